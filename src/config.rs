@@ -1,0 +1,91 @@
+//! Configuration: one typed struct, parsed once by `main` (every flag has an environment variable) and
+//! handed to [`crate::run`]. Defaults work on a laptop from the repository root.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "socket-identity", version, about)]
+pub struct Config {
+    /// TCP port to listen on.
+    #[arg(long, env = "PORT", default_value_t = 5009)]
+    pub port: u16,
+
+    /// Address to bind.
+    #[arg(long, env = "BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+
+    /// Redis URL (`redis://[user:pass@]host:port[/db]`). Unset: a single node with an in-memory adapter.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis channel this cluster uses; nodes with different prefixes never see each other.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "socket-identity")]
+    pub redis_prefix: String,
+
+    /// This node's id, shown to clients and used in channel names (`A-Z a-z 0-9 - _ .`). Default: a new uuid.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "TLS_CERT", default_value = "certs-dev/cert.pem")]
+    pub tls_cert: PathBuf,
+
+    /// PEM private key for TLS.
+    #[arg(long, env = "TLS_KEY", default_value = "certs-dev/key.pem")]
+    pub tls_key: PathBuf,
+
+    /// Serve plain HTTP instead of TLS: only behind a proxy that terminates TLS.
+    #[arg(long, env = "PLAIN_HTTP", default_value_t = false)]
+    pub plain_http: bool,
+
+    /// How long `GET /:room/users` waits for other nodes before answering with what it has.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub request_timeout_ms: u64,
+
+    /// The socket.io browser client served at `/socket.io.js` (fetched by `scripts/fetch-client.sh`).
+    #[arg(
+        long,
+        env = "CLIENT_BUNDLE",
+        default_value = "deploy/static/socket.io.min.js"
+    )]
+    pub client_bundle: PathBuf,
+}
+
+impl Config {
+    /// A config for tests and embedding: loopback, defaults everywhere else.
+    pub fn for_tests() -> Self {
+        Self::parse_from(["socket-identity", "--bind", "127.0.0.1", "--port", "0"])
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::parse_from(["socket-identity"]);
+        assert_eq!(c.port, 5009);
+        assert_eq!(c.bind.to_string(), "0.0.0.0");
+        assert!(c.redis_url.is_none());
+        assert!(!c.plain_http);
+        assert_eq!(c.request_timeout(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn rejects_zero_timeout() {
+        assert!(Config::try_parse_from(["x", "--request-timeout-ms", "0"]).is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::CommandFactory;
+        Config::command().debug_assert();
+    }
+}

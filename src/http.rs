@@ -1,0 +1,311 @@
+//! REST and page routes. Built by [`router`], testable without a socket.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{FromRequestParts, Path, State},
+    http::{HeaderMap, HeaderValue, header, request::Parts},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+
+use crate::{
+    cluster::{Cluster, RoomAnswer},
+    error::AppError,
+    socket::LocalRooms,
+    validate,
+};
+
+/// The page a browser gets at `/{room}?id_user=..`.
+const PAGE: &str = include_str!("page.html");
+
+/// Everything the HTTP handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub node: Arc<str>,
+    pub local: Arc<dyn LocalRooms>,
+    /// `None` on a single node.
+    pub cluster: Option<Arc<Cluster>>,
+    /// The socket.io browser client, read once at start-up; `None` if it is not installed.
+    pub client_bundle: Option<Bytes>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/socket.io.js", get(client_bundle))
+        .route("/{room}", get(page))
+        .route("/{room}/users", get(users))
+        .fallback(|| async { AppError::NotFound })
+        .with_state(state)
+}
+
+/// A room name from the path, percent-decoded and checked against [`validate::room`].
+struct Room(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Room {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Path(room) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| AppError::BadPath)?;
+        validate::room(&room).map_err(AppError::BadRoom)?;
+        Ok(Self(room))
+    }
+}
+
+/// One entry of `GET /{room}/users`.
+#[derive(Debug, Serialize)]
+struct RoomUser<'a> {
+    id_socket: &'a str,
+    id_user: &'a str,
+    node: &'a str,
+}
+
+async fn health(State(s): State<AppState>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "status": "ok",
+        "node": &*s.node,
+        "mode": if s.cluster.is_some() { "cluster" } else { "single" },
+        "sockets": s.local.socket_count(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn users(State(s): State<AppState>, Room(room): Room) -> Response {
+    let answer = match &s.cluster {
+        Some(cluster) => cluster.room_members(&room).await,
+        None => RoomAnswer::local(s.node.clone(), s.local.members(&room)),
+    };
+    let mut list: Vec<RoomUser> = answer
+        .nodes
+        .iter()
+        .flat_map(|(node, members)| {
+            members.iter().map(move |m| RoomUser {
+                id_socket: &m.id_socket,
+                id_user: &m.id_user,
+                node,
+            })
+        })
+        .collect();
+    list.sort_unstable_by(|a, b| (a.id_user, a.id_socket).cmp(&(b.id_user, b.id_socket)));
+
+    let mut headers = HeaderMap::new();
+    let expected = answer.expected.map_or("?".to_owned(), |n| n.to_string());
+    let nodes = format!("{}/{expected}", answer.answered);
+    headers.insert(
+        "x-cluster-nodes",
+        HeaderValue::from_str(&nodes).expect("ascii"),
+    );
+    headers.insert(
+        "x-cluster-partial",
+        HeaderValue::from_static(if answer.is_partial() { "true" } else { "false" }),
+    );
+    if let Some(error) = answer.error.as_deref()
+        && let Ok(v) = HeaderValue::from_str(error)
+    {
+        headers.insert("x-cluster-error", v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    (headers, Json(list)).into_response()
+}
+
+async fn page(Room(_): Room) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
+}
+
+async fn client_bundle(State(s): State<AppState>) -> Result<Response, AppError> {
+    let body = s
+        .client_bundle
+        .clone()
+        .ok_or(AppError::ClientBundleMissing)?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                "application/javascript; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Member;
+    use axum::{body::Body, http::Request, http::StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    struct Fixed;
+    impl LocalRooms for Fixed {
+        fn members(&self, room: &str) -> Vec<Member> {
+            if room != "Maths" {
+                return vec![];
+            }
+            vec![
+                Member {
+                    id_socket: "s2".into(),
+                    id_user: "foo".into(),
+                },
+                Member {
+                    id_socket: "s1".into(),
+                    id_user: "bar".into(),
+                },
+            ]
+        }
+        fn socket_count(&self) -> usize {
+            2
+        }
+        fn close(&self) -> futures_util::future::BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn app(bundle: Option<&'static str>) -> Router {
+        router(AppState {
+            node: "n1".into(),
+            local: Arc::new(Fixed),
+            cluster: None,
+            client_bundle: bundle.map(Bytes::from_static),
+        })
+    }
+
+    async fn get(app: Router, uri: &str) -> (StatusCode, HeaderMap, serde_json::Value) {
+        let res = app
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        (status, headers, json)
+    }
+
+    #[tokio::test]
+    async fn users_sorted_with_headers() {
+        let (status, headers, body) = get(app(None), "/Maths/users").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(headers["x-cluster-nodes"], "1/1");
+        assert_eq!(headers["x-cluster-partial"], "false");
+        assert_eq!(
+            body,
+            serde_json::json!([
+                {"id_socket": "s1", "id_user": "bar", "node": "n1"},
+                {"id_socket": "s2", "id_user": "foo", "node": "n1"},
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_room_is_empty() {
+        let (status, _, body) = get(app(None), "/Nobody/users").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn bad_rooms_are_400_json() {
+        for (uri, msg) in [
+            (
+                "/a%2Fb/users",
+                "invalid room: room contains a character that is not allowed",
+            ),
+            (
+                "/..%2F..%2Fetc/users",
+                "invalid room: room contains a character that is not allowed",
+            ),
+            ("/.env/users", "invalid room: room must not start with '.'"),
+            (
+                "/%FF/users",
+                "invalid room: the path is not valid percent-encoded UTF-8",
+            ),
+            (
+                "/health/users",
+                "invalid room: room name 'health' is reserved",
+            ),
+        ] {
+            let (status, _, body) = get(app(None), uri).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
+            assert_eq!(body["error"], msg, "{uri}");
+        }
+        let long = format!("/{}/users", "x".repeat(65));
+        let (status, _, body) = get(app(None), &long).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body["error"],
+            "invalid room: room must be at most 64 characters"
+        );
+    }
+
+    #[tokio::test]
+    async fn unicode_room_is_decoded() {
+        let (status, _, body) = get(app(None), "/Caf%C3%A9/users").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!([]));
+    }
+
+    #[tokio::test]
+    async fn health_reports_node() {
+        let (status, _, body) = get(app(None), "/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["node"], "n1");
+        assert_eq!(body["mode"], "single");
+        assert_eq!(body["sockets"], 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_are_404_json() {
+        let (status, _, body) = get(app(None), "/a/b/c").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"], "not found");
+    }
+
+    #[tokio::test]
+    async fn client_bundle_served_or_explained() {
+        let (status, _, body) = get(app(None), "/socket.io.js").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body["error"].as_str().unwrap().contains("fetch-client"));
+        let res = app(Some("/* io */"))
+            .oneshot(Request::get("/socket.io.js").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/javascript")
+        );
+    }
+
+    #[tokio::test]
+    async fn page_only_for_valid_rooms() {
+        let res = app(None)
+            .oneshot(
+                Request::get("/Maths?id_user=foo")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let html = res.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            std::str::from_utf8(&html)
+                .unwrap()
+                .contains("/socket.io.js")
+        );
+        let (status, _, _) = get(app(None), "/.git").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+}

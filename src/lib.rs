@@ -1,0 +1,192 @@
+//! # socket-identity
+//!
+//! A horizontally clustered Socket.IO server that answers "who is in this room?" across every node.
+//!
+//! Each socket says who it is (`id_user`) and which room it joins at handshake; the identity is kept in the
+//! socket's extensions. `GET /{room}/users` on any node lists the room's sockets on all nodes.
+//!
+//! ## Layout
+//! * [`config`]: the one typed configuration (clap, every flag with an environment variable).
+//! * [`validate`]: the rules for room names, user ids and node ids, shared by every entry point.
+//! * [`socket`]: the Socket.IO handshake, the identity on each socket, the room events.
+//! * [`protocol`]: the cross-node wire types; [`cluster`]: moving them over Redis pub/sub.
+//! * [`redis`]: fred clients configured for this cluster (RESP3, reconnects, re-subscription).
+//! * [`http`]: REST and page routes; [`error`]: how failures become HTTP answers.
+//! * [`tls`], [`shutdown`]: rustls configuration and the signal future.
+//!
+//! ## The cross-node protocol
+//! Two kinds of message, JSON-encoded [`protocol`] types, on plain (not sharded) Redis pub/sub channels whose
+//! names start with `REDIS_PREFIX` (default `socket-identity`):
+//!
+//! | channel | who subscribes | message |
+//! |---|---|---|
+//! | `{prefix}:users#req` | every node | [`protocol::Request`] `{v, id, from, room}` |
+//! | `{prefix}:users#reply#{node}` | node `{node}` | [`protocol::Response`] `{v, id, node, members}` |
+//!
+//! 1. The asking node publishes **one** request. `PUBLISH` returns how many nodes are subscribed.
+//! 2. Every other node answers with its local sockets of the room and their `id_user`, read from the sockets'
+//!    extensions, in one reply. Round trips do not grow with the number of sockets.
+//! 3. The asker also receives its own request: that echo proves its own subscription is counted. It returns as
+//!    soon as every counted node has answered, or at the request timeout with what it has, marked partial
+//!    (`X-Cluster-Nodes: 2/3`, `X-Cluster-Partial: true`).
+//!
+//! Messages with another version, malformed fields, unknown request ids or duplicate answers are logged and
+//! ignored. Rooms and broadcasts between nodes (the `socket-connected` events and the like) go through the
+//! socketioxide-redis adapter on its own sharded channels (`{prefix}-adapter-*`). Its `fetch_sockets` is not used
+//! for the room query: remote sockets carry no extensions (so no `id_user`), and its answer is silently partial
+//! when a node is slow.
+
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod protocol;
+pub mod redis;
+pub mod shutdown;
+pub mod socket;
+pub mod tls;
+pub mod validate;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use axum::body::Bytes;
+use axum_server::tls_rustls::RustlsConfig;
+use socketioxide::{SocketIo, handler::ConnectHandler};
+use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
+
+pub use config::Config;
+pub use error::StartError;
+
+use crate::{
+    cluster::Cluster,
+    http::AppState,
+    socket::{LocalRooms, NodeInfo},
+};
+
+/// How long shutdown waits for clients to be told and for requests in flight to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one node on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let node: Arc<str> = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        .into();
+    validate::node_id(&node).map_err(StartError::NodeId)?;
+    let tls = match config.plain_http {
+        true => None,
+        false => Some(tls::server_config(&config.tls_cert, &config.tls_key)?),
+    };
+    let client_bundle = load_client_bundle(&config);
+    let info = NodeInfo { id: node.clone() };
+
+    let app_state = |local: Arc<dyn LocalRooms>, cluster: Option<Arc<Cluster>>| AppState {
+        node: node.clone(),
+        local,
+        cluster,
+        client_bundle: client_bundle.clone(),
+    };
+
+    // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
+    let (app, local, cluster) = match &config.redis_url {
+        None => {
+            let (layer, io) = SocketIo::builder().with_state(info).build_layer();
+            io.ns("/", socket::on_connect.with(socket::handshake));
+            let local: Arc<dyn LocalRooms> = Arc::new(io);
+            let app = http::router(app_state(local.clone(), None)).layer(layer);
+            (app, local, None)
+        }
+        Some(url) => {
+            let adapter = RedisAdapterCtr::new_with_fred_config(
+                redis::subscriber(url, Duration::from_secs(5))?,
+                RedisAdapterConfig::new()
+                    .with_prefix(format!("{}-adapter", config.redis_prefix))
+                    .with_request_timeout(config.request_timeout()),
+            )
+            .await
+            .map_err(|e| StartError::Adapter(format!("{e} ({})", redis::redact(url))))?;
+            let (layer, io) = SocketIo::builder()
+                .with_state(info)
+                .with_adapter::<FredAdapter<_>>(adapter)
+                .build_layer();
+            io.ns("/", socket::on_connect.with(socket::handshake))
+                .await
+                .map_err(|e| StartError::Adapter(e.to_string()))?;
+            let local: Arc<dyn LocalRooms> = Arc::new(io);
+            let cluster = Cluster::start(
+                url,
+                &config.redis_prefix,
+                node.clone(),
+                local.clone(),
+                config.request_timeout(),
+            )
+            .await?;
+            let app = http::router(app_state(local.clone(), Some(cluster.clone()))).layer(layer);
+            (app, local, Some(cluster))
+        }
+    };
+
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    tokio::spawn(drain_on(shutdown, handle.clone(), local, cluster));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%node, "listening on {scheme}://{addr}");
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(tls) => {
+            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::new(tls)))
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+        None => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+    }
+    tracing::info!(%node, "stopped");
+    Ok(())
+}
+
+/// On shutdown: tell every client (so it reconnects elsewhere), leave the cluster, then stop the listener and
+/// let requests in flight finish, all bounded by [`DRAIN_TIMEOUT`].
+async fn drain_on(
+    shutdown: impl Future<Output = ()>,
+    handle: axum_server::Handle,
+    local: Arc<dyn LocalRooms>,
+    cluster: Option<Arc<Cluster>>,
+) {
+    shutdown.await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing client sockets took too long");
+    }
+    if let Some(cluster) = cluster {
+        cluster.stop().await;
+    }
+    handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+}
+
+fn load_client_bundle(config: &Config) -> Option<Bytes> {
+    match std::fs::read(&config.client_bundle) {
+        Ok(bytes) => Some(bytes.into()),
+        Err(e) => {
+            tracing::warn!(
+                path = %config.client_bundle.display(),
+                error = %e,
+                "socket.io client bundle not found; /socket.io.js will answer 503 (run scripts/fetch-client.sh)"
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The rules for room names, user ids and node ids.
+//!
+//! One place, so the Socket.IO handshake, the REST path and the cross-node decoder agree:
+//! a room that can be joined can always be queried, and nothing else can.
+//!
+//! * **room**: 1 to 64 characters; each a Unicode letter or digit or one of `-` `_` `.` `~`; it may not start
+//!   with `.` (so `.`, `..` and `.env` are refused); names that collide with our own routes are reserved
+//!   ([`RESERVED_ROOMS`], compared without case). The REST path is percent-decoded once before the check, so
+//!   `/Caf%C3%A9/users` is room `Café` and `/a%2Fb/users` is refused. No Unicode normalisation: rooms are compared
+//!   exactly.
+//! * **id_user**: 1 to 128 characters, no control characters, no leading or trailing whitespace. Anything else
+//!   is allowed: it is data, shown with `textContent`, never markup.
+//! * **node id**: 1 to 64 characters of `A-Z a-z 0-9 - _ .`, because it becomes part of a Redis channel name.
+
+/// Longest room name, in characters.
+pub const MAX_ROOM_CHARS: usize = 64;
+/// Longest user id, in characters.
+pub const MAX_USER_CHARS: usize = 128;
+/// Longest node id, in characters.
+pub const MAX_NODE_CHARS: usize = 64;
+
+/// Room names that are our own routes (or soon will be), so `/{room}` can never shadow them.
+pub const RESERVED_ROOMS: &[&str] = &[
+    "health",
+    "ready",
+    "metrics",
+    "socket.io",
+    "socket.io.js",
+    "favicon.ico",
+    "robots.txt",
+    "admin",
+    "api",
+];
+
+/// Why a value was refused. The Display text is what clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("{0} is required")]
+    Missing(&'static str),
+    #[error("{0} must be a string")]
+    NotString(&'static str),
+    #[error("{0} must be at most {1} characters")]
+    TooLong(&'static str, usize),
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("{0} contains a character that is not allowed")]
+    BadChar(&'static str),
+    #[error("{0} must not start with '.'")]
+    LeadingDot(&'static str),
+    #[error("{0} must not start or end with whitespace")]
+    Whitespace(&'static str),
+    #[error("room name '{0}' is reserved")]
+    Reserved(String),
+    #[error("{0} is given more than once")]
+    Repeated(&'static str),
+}
+
+fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
+    if value.is_empty() {
+        return Err(Invalid::Empty(field));
+    }
+    if value.chars().nth(max).is_some() {
+        return Err(Invalid::TooLong(field, max));
+    }
+    Ok(())
+}
+
+/// Checks a room name (already percent-decoded).
+pub fn room(value: &str) -> Result<(), Invalid> {
+    check_len("room", value, MAX_ROOM_CHARS)?;
+    if !value
+        .chars()
+        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+    {
+        return Err(Invalid::BadChar("room"));
+    }
+    if value.starts_with('.') {
+        return Err(Invalid::LeadingDot("room"));
+    }
+    if RESERVED_ROOMS.iter().any(|r| r.eq_ignore_ascii_case(value)) {
+        return Err(Invalid::Reserved(value.to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks a user id.
+pub fn id_user(value: &str) -> Result<(), Invalid> {
+    check_len("id_user", value, MAX_USER_CHARS)?;
+    if value.chars().any(char::is_control) {
+        return Err(Invalid::BadChar("id_user"));
+    }
+    if value.trim() != value {
+        return Err(Invalid::Whitespace("id_user"));
+    }
+    Ok(())
+}
+
+/// Checks a node id.
+pub fn node_id(value: &str) -> Result<(), Invalid> {
+    check_len("node id", value, MAX_NODE_CHARS)?;
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(Invalid::BadChar("node id"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rooms() {
+        for ok in [
+            "Maths",
+            "a",
+            "Café",
+            "日本語",
+            "room-1_b.c~d",
+            &"x".repeat(64),
+        ] {
+            assert_eq!(room(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(room(""), Err(Invalid::Empty("room")));
+        assert_eq!(room(&"x".repeat(65)), Err(Invalid::TooLong("room", 64)));
+        // 64 multi-byte characters are fine: the limit is in characters.
+        assert_eq!(room(&"é".repeat(64)), Ok(()));
+        for bad in [
+            "a/b", "a b", "a\nb", "a%2Fb", "<script>", "a?b", "a#b", "\u{0}",
+        ] {
+            assert_eq!(room(bad), Err(Invalid::BadChar("room")), "{bad:?}");
+        }
+        for dot in [".", "..", ".env"] {
+            assert_eq!(room(dot), Err(Invalid::LeadingDot("room")));
+        }
+        assert_eq!(room("health"), Err(Invalid::Reserved("health".into())));
+        assert_eq!(
+            room("Socket.IO"),
+            Err(Invalid::Reserved("Socket.IO".into()))
+        );
+        assert!(room("healthy").is_ok());
+    }
+
+    #[test]
+    fn user_ids() {
+        for ok in [
+            "foo",
+            "a b",
+            "ünïcødé",
+            "<b>x</b>",
+            "x@example.com",
+            &"u".repeat(128),
+        ] {
+            assert_eq!(id_user(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(id_user(""), Err(Invalid::Empty("id_user")));
+        assert_eq!(
+            id_user(&"u".repeat(129)),
+            Err(Invalid::TooLong("id_user", 128))
+        );
+        assert_eq!(id_user("a\u{7}b"), Err(Invalid::BadChar("id_user")));
+        assert_eq!(id_user("a\nb"), Err(Invalid::BadChar("id_user")));
+        assert_eq!(id_user(" foo"), Err(Invalid::Whitespace("id_user")));
+        assert_eq!(id_user("   "), Err(Invalid::Whitespace("id_user")));
+    }
+
+    #[test]
+    fn node_ids() {
+        assert!(node_id("node-1").is_ok());
+        assert!(node_id("0b1c6a3e-8a2f-4c1e-9b7d-2f0e4d5c6b7a").is_ok());
+        assert_eq!(node_id(""), Err(Invalid::Empty("node id")));
+        assert_eq!(node_id("a:b"), Err(Invalid::BadChar("node id")));
+        assert_eq!(node_id("é"), Err(Invalid::BadChar("node id")));
+        assert_eq!(
+            node_id(&"n".repeat(65)),
+            Err(Invalid::TooLong("node id", 64))
+        );
+    }
+}
