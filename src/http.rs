@@ -174,7 +174,7 @@ mod tests {
             node: "n1".into(),
             local: Arc::new(Fixed),
             cluster: None,
-            client_bundle: bundle.map(Bytes::from_static),
+            client_bundle: bundle.map(|s| Bytes::from_static(s.as_bytes())),
         })
     }
 

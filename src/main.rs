@@ -1,6 +1,9 @@
 //! The `socket-identity` binary: parse the config, set up logging, bind, run until a signal.
 
-use std::net::{SocketAddr, TcpListener};
+use std::{
+    io::IsTerminal,
+    net::{SocketAddr, TcpListener},
+};
 
 use anyhow::Context;
 use clap::Parser;
@@ -13,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,socketioxide=warn,engineioxide=warn,fred=warn".into()),
         )
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
     let config = Config::parse();
     let addr = SocketAddr::new(config.bind, config.port);

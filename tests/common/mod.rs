@@ -1,0 +1,501 @@
+//! Shared test harness: a real `redis-server` on a free port, real node processes of the built binary, real
+//! socket.io-client sockets (driven through `tests/js/driver.mjs`) and an HTTPS client that trusts the dev CA.
+//!
+//! Everything started here is stopped on drop, by pid. Every wait is bounded. Node logs are kept in
+//! `target/test-logs/<test>/` so a failing run can be read afterwards.
+
+#![allow(dead_code)]
+
+use std::{
+    collections::{BTreeSet, VecDeque},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{ChildStdin, Command as TokioCommand},
+    sync::Notify,
+};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+pub fn root() -> &'static Path {
+    Path::new(ROOT)
+}
+
+/// A free loopback port (bound then released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A directory for this test's logs and artifacts.
+pub fn log_dir(test: &str) -> PathBuf {
+    let dir = root().join("target/test-logs").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn need(program: &str, hint: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{program} is not installed: {hint} (scripts/test.sh installs it)"
+    );
+}
+
+/// Waits until `f` returns `Some`, polling every 20 ms, at most `limit`.
+pub async fn eventually<T>(
+    limit: Duration,
+    what: &str,
+    mut f: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Redis
+
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Self {
+        need("redis-server", "apt-get install -y redis-server");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start redis-server");
+        let redis = Self { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis.ping() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Nodes
+
+/// A node process of the real binary.
+pub struct Node {
+    child: Child,
+    pub id: String,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+/// How to start a node.
+pub struct NodeOpts<'a> {
+    pub id: &'a str,
+    pub redis: Option<String>,
+    pub prefix: &'a str,
+    pub timeout_ms: u64,
+}
+
+impl Node {
+    pub async fn start(dir: &Path, opts: NodeOpts<'_>) -> Self {
+        let port = free_port();
+        let log = dir.join(format!("{}.log", opts.id));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_socket-identity"));
+        cmd.current_dir(root())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,socket_identity=debug")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--node-id",
+                opts.id,
+            ])
+            .args(["--redis-prefix", opts.prefix])
+            .args(["--request-timeout-ms", &opts.timeout_ms.to_string()])
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::options().append(true).open(&log).unwrap());
+        if let Some(url) = &opts.redis {
+            cmd.args(["--redis-url", url]);
+        }
+        let child = cmd.spawn().expect("start node");
+        let node = Self {
+            child,
+            id: opts.id.to_owned(),
+            port,
+            log,
+        };
+        let http = Http::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(res) = http.client.get(node.url("/health")).send().await
+                && res.status() == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not become healthy; log:\n{}",
+                node.id,
+                std::fs::read_to_string(&node.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node
+    }
+
+    pub fn base(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} {}", self.pid());
+    }
+
+    /// SIGTERM, then the exit status (bounded wait).
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} ignored SIGTERM",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts Redis and `n` cluster nodes named `a`, `b`, `c`, ...
+pub async fn cluster(test: &str, n: usize, timeout_ms: u64) -> (PathBuf, Redis, Vec<Node>) {
+    let dir = log_dir(test);
+    let redis = Redis::start(&dir);
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let id = ((b'a' + i as u8) as char).to_string();
+        nodes.push(
+            Node::start(
+                &dir,
+                NodeOpts {
+                    id: &id,
+                    redis: Some(redis.url()),
+                    prefix: test,
+                    timeout_ms,
+                },
+            )
+            .await,
+        );
+    }
+    (dir, redis, nodes)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HTTPS
+
+pub struct Http {
+    pub client: reqwest::Client,
+}
+
+/// A `GET /{room}/users` answer.
+#[derive(Debug)]
+pub struct Users {
+    pub status: u16,
+    pub nodes: String,
+    pub partial: String,
+    pub body: Value,
+}
+
+impl Users {
+    /// `(id_socket, id_user)` pairs, as a set.
+    pub fn set(&self) -> BTreeSet<(String, String)> {
+        self.body
+            .as_array()
+            .unwrap_or_else(|| panic!("not an array: {}", self.body))
+            .iter()
+            .map(|u| {
+                (
+                    u["id_socket"].as_str().unwrap().to_owned(),
+                    u["id_user"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Http {
+    pub fn new() -> Self {
+        let ca = std::fs::read(root().join("certs-dev/ca.pem")).unwrap();
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        Self { client }
+    }
+
+    pub async fn users(&self, node: &Node, room: &str) -> Users {
+        let res = self
+            .client
+            .get(node.url(&format!("/{room}/users")))
+            .send()
+            .await
+            .unwrap();
+        let h = |name: &str| {
+            res.headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        let (nodes, partial) = (h("x-cluster-nodes"), h("x-cluster-partial"));
+        let status = res.status().as_u16();
+        let body = res.json().await.unwrap();
+        Users {
+            status,
+            nodes,
+            partial,
+            body,
+        }
+    }
+}
+
+/// A set of expected `(id_socket, id_user)` pairs.
+pub fn pairs(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
+    items
+        .iter()
+        .map(|(s, u)| (s.to_string(), u.to_string()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// socket.io-client
+
+/// Real socket.io-client sockets in one `node` process.
+pub struct Clients {
+    stdin: ChildStdin,
+    events: Arc<(Mutex<VecDeque<Value>>, Notify)>,
+    _child: tokio::process::Child,
+}
+
+impl Clients {
+    pub fn start() -> Self {
+        need("node", "apt-get install -y nodejs");
+        let js = root().join("tests/js");
+        assert!(
+            js.join("node_modules/socket.io-client").exists(),
+            "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test.sh does)"
+        );
+        let mut child = TokioCommand::new("node")
+            .arg(js.join("driver.mjs"))
+            .env("NODE_EXTRA_CA_CERTS", root().join("certs-dev/ca.pem"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start node driver");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let events = Arc::new((Mutex::new(VecDeque::new()), Notify::new()));
+        let sink = events.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let v: Value = serde_json::from_str(&line).expect("driver prints JSON");
+                sink.0.lock().unwrap().push_back(v);
+                sink.1.notify_waiters();
+            }
+        });
+        Self {
+            stdin,
+            events,
+            _child: child,
+        }
+    }
+
+    async fn send(&mut self, cmd: Value) {
+        let mut line = serde_json::to_vec(&cmd).unwrap();
+        line.push(b'\n');
+        self.stdin.write_all(&line).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// Opens a socket (not waiting for the outcome).
+    pub async fn open(
+        &mut self,
+        id: &str,
+        node: &Node,
+        query: Value,
+        auth: Value,
+        transports: &[&str],
+    ) {
+        self.send(
+            json!({"op": "connect", "id": id, "url": node.base(), "query": query,
+            "auth": auth, "transports": transports}),
+        )
+        .await;
+    }
+
+    /// Connects `id` to `node` as `user` in `room` and returns its socket id.
+    pub async fn join(
+        &mut self,
+        id: &str,
+        node: &Node,
+        user: &str,
+        room: &str,
+        transport: &str,
+    ) -> String {
+        let transports: &[&str] = match transport {
+            "websocket" => &["websocket"],
+            "polling" => &["polling"],
+            _ => &["polling", "websocket"],
+        };
+        self.open(
+            id,
+            node,
+            json!({"id_user": user, "room": room}),
+            Value::Null,
+            transports,
+        )
+        .await;
+        let ev = self.expect_any(id, &["connect", "connect_error"]).await;
+        assert_eq!(ev["event"], "connect", "{id} could not connect: {ev}");
+        ev["sid"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn emit(&mut self, id: &str, event: &str, args: Value, ack: bool) {
+        self.send(json!({"op": "emit", "id": id, "event": event, "args": args, "ack": ack}))
+            .await;
+    }
+
+    pub async fn disconnect(&mut self, id: &str) {
+        self.send(json!({"op": "disconnect", "id": id})).await;
+    }
+
+    /// The next event named `event` for client `id` (earlier other events stay queued), within 5 s.
+    pub async fn expect(&mut self, id: &str, event: &str) -> Value {
+        self.expect_any(id, &[event]).await
+    }
+
+    pub async fn expect_any(&mut self, id: &str, events: &[&str]) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let notified = self.events.1.notified();
+            {
+                let mut q = self.events.0.lock().unwrap();
+                if let Some(pos) = q
+                    .iter()
+                    .position(|e| e["id"] == id && events.iter().any(|name| e["event"] == *name))
+                {
+                    return q.remove(pos).unwrap();
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "{id} got no {events:?} within 5 s; queue: {:?}",
+                self.events.0.lock().unwrap()
+            );
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
+        }
+    }
+
+    /// Asserts that no `event` for `id` arrives within `wait`.
+    pub async fn expect_none(&mut self, id: &str, event: &str, wait: Duration) {
+        tokio::time::sleep(wait).await;
+        let q = self.events.0.lock().unwrap();
+        assert!(
+            !q.iter().any(|e| e["id"] == id && e["event"] == event),
+            "{id} unexpectedly got {event}: {q:?}"
+        );
+    }
+}

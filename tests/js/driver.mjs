@@ -1,0 +1,59 @@
+// Drives real socket.io-client sockets for the Rust integration tests.
+// stdin: one JSON command per line; stdout: one JSON event per line. Exits when stdin closes.
+//   {"op":"connect","id":"a","url":"https://127.0.0.1:5009","query":{...},"auth":{...},"transports":["websocket"]}
+//   {"op":"emit","id":"a","event":"identity-change","args":[...],"ack":true}
+//   {"op":"disconnect","id":"a"}
+// Events: {"id":"a","event":"connect","sid":"..."} | {"id":"a","event":"connect_error","message":"..."}
+//         {"id":"a","event":"disconnect","reason":"..."} | {"id":"a","event":"ack","args":[...]}
+//         {"id":"a","event":"<server event>","args":[...]}
+import { createInterface } from "node:readline";
+import { io } from "socket.io-client";
+
+const sockets = new Map();
+const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
+
+function connect({ id, url, query, auth, transports }) {
+  const socket = io(url, {
+    query: query ?? {},
+    auth: auth ?? undefined,
+    transports: transports ?? ["polling", "websocket"],
+    reconnection: false,
+    forceNew: true,
+    timeout: 5000,
+  });
+  sockets.set(id, socket);
+  socket.on("connect", () => out({ id, event: "connect", sid: socket.id }));
+  socket.on("connect_error", (err) => out({ id, event: "connect_error", message: err.message }));
+  socket.on("disconnect", (reason) => out({ id, event: "disconnect", reason }));
+  socket.onAny((event, ...args) => out({ id, event, args }));
+}
+
+const rl = createInterface({ input: process.stdin });
+rl.on("line", (line) => {
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+  } catch (e) {
+    out({ event: "driver_error", message: `bad command: ${e.message}` });
+    return;
+  }
+  const socket = sockets.get(cmd.id);
+  switch (cmd.op) {
+    case "connect":
+      connect(cmd);
+      break;
+    case "emit":
+      if (cmd.ack) socket.emit(cmd.event, ...(cmd.args ?? []), (...args) => out({ id: cmd.id, event: "ack", args }));
+      else socket.emit(cmd.event, ...(cmd.args ?? []));
+      break;
+    case "disconnect":
+      socket?.disconnect();
+      break;
+    default:
+      out({ event: "driver_error", message: `unknown op ${cmd.op}` });
+  }
+});
+rl.on("close", () => {
+  for (const s of sockets.values()) s.disconnect();
+  process.exit(0);
+});
