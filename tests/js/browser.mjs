@@ -35,6 +35,7 @@ try {
     result.push({
       url,
       users: await page.$$eval("#users tr", (rows) => rows.map((r) => r.cells[0].textContent)),
+      sockets: await page.$$eval("#users tr", (rows) => rows.map((r) => r.cells[1].textContent)),
       nodes: await page.$$eval("#users tr", (rows) => rows.map((r) => r.cells[2].textContent)),
       node: await page.textContent("#me-node"),
       socket: await page.textContent("#me-socket"),

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs), Redis 7+, Node.js
+# and npm, Chromium, openssl; then the socket.io browser bundle and the test clients from the npm registry.
+# Safe to run again. Debian/Ubuntu (apt-get); needs root or sudo only when something is missing.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+
+missing=()
+command -v cc >/dev/null || missing+=(build-essential)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v openssl >/dev/null || missing+=(openssl)
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+redis_major=$(redis-server --version | sed -E 's/.*v=([0-9]+).*/\1/')
+[ "$redis_major" -ge 7 ] || { echo "Redis 7+ is needed (sharded pub/sub), found $(redis-server --version)" >&2; exit 1; }
+
+"$root/scripts/fetch-client.sh"
+if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/tests/js/node_modules/playwright-core" ]; then
+  npm ci --prefix "$root/tests/js" --no-audit --no-fund --loglevel=error
+fi

@@ -1,0 +1,81 @@
+//! The page, in headless Chromium: two browsers on two nodes see each other in the room's live table.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_on_two_nodes_list_both_users() {
+    let (dir, _redis, nodes) = cluster("pages_on_two_nodes_list_both_users", 2, 1000).await;
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: apt-get install -y chromium (scripts/test.sh does)"
+    );
+    let bundle = root().join("deploy/static/socket.io.min.js");
+    assert!(bundle.exists(), "run scripts/fetch-client.sh first (scripts/test.sh does)");
+
+    let artifacts = root().join("tests/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join("room-page.png");
+    let _ = std::fs::remove_file(&shot);
+    let page_a = nodes[0].url("/Maths?id_user=foo");
+    let page_b = nodes[1].url("/Maths?id_user=bar");
+
+    // The page script runs in its own process, bounded, with a visible log on failure.
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["60", "node"])
+            .arg(root().join("tests/js/browser.mjs"))
+            .arg(&shot)
+            .arg("bar,foo")
+            .args([&page_a, &page_b])
+            .env("CHROMIUM", chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(dir.join("browser.stderr"), stderr.as_bytes()).unwrap();
+    assert!(
+        out.status.success(),
+        "browser script failed ({}):\n{stderr}\nnode a:\n{}",
+        out.status,
+        nodes[0].log_text()
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pages = result["pages"].as_array().unwrap();
+    assert_eq!(pages.len(), 2);
+    for (page, node) in pages.iter().zip(["a", "b"]) {
+        let mut users: Vec<&str> = page["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+        users.sort();
+        assert_eq!(users, ["bar", "foo"], "{page}");
+        assert_eq!(page["node"], node, "{page}");
+        assert_eq!(page["status"], "connected", "{page}");
+        let mut holders: Vec<&str> = page["nodes"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+        holders.sort();
+        assert_eq!(holders, ["a", "b"], "{page}");
+    }
+    // Each table lists exactly the two pages' own sockets.
+    let own: std::collections::BTreeSet<&str> = pages.iter().map(|p| p["socket"].as_str().unwrap()).collect();
+    assert_eq!(own.len(), 2);
+    for page in pages {
+        let listed: std::collections::BTreeSet<&str> =
+            page["sockets"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert_eq!(listed, own, "{page}");
+    }
+    // The browser is gone: so are its sockets, on every node.
+    let http = Http::new();
+    for node in &nodes {
+        eventually(std::time::Duration::from_secs(2), "the pages' sockets to leave", async || {
+            http.users(node, "Maths").await.set().is_empty().then_some(())
+        })
+        .await;
+    }
+    assert!(root().join("tests/artifacts/room-page.png").exists());
+    println!("screenshot: tests/artifacts/room-page.png");
+}
