@@ -109,7 +109,7 @@ pub async fn run(
                     .with_request_timeout(config.request_timeout()),
             )
             .await
-            .map_err(|e| StartError::Adapter(format!("{e} ({})", redis::redact(url))))?;
+            .map_err(|e| redis::connect_err(url, e))?;
             let (layer, io) = SocketIo::builder()
                 .with_state(info)
                 .with_adapter::<FredAdapter<_>>(adapter)

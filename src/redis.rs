@@ -16,11 +16,8 @@ use fred::{
 /// Redis failed at start-up. Display never contains the URL's password.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
-    #[error("invalid REDIS_URL {url}: {source}")]
-    Url {
-        url: String,
-        source: fred::error::Error,
-    },
+    #[error("invalid REDIS_URL {url}: {reason}")]
+    Url { url: String, reason: String },
     #[error("cannot connect to Redis at {url}: {source}")]
     Connect {
         url: String,
@@ -44,10 +41,14 @@ pub fn redact(url: &str) -> String {
 }
 
 fn builder(url: &str, command_timeout: Duration) -> Result<Builder, RedisError> {
-    let mut config = RedisConfig::from_url(url).map_err(|source| RedisError::Url {
+    let bad = |reason: String| RedisError::Url {
         url: redact(url),
-        source,
-    })?;
+        reason,
+    };
+    if !url.starts_with("redis://") {
+        return Err(bad("the URL must start with redis://".into()));
+    }
+    let mut config = RedisConfig::from_url(url).map_err(|e| bad(e.to_string()))?;
     config.version = RespVersion::RESP3;
     let mut builder = Builder::from_config(config);
     builder
@@ -97,7 +98,7 @@ pub async fn init(client: &SubscriberClient, url: &str) -> Result<(), RedisError
         .map_err(|source| connect_err(url, source))
 }
 
-fn connect_err(url: &str, source: fred::error::Error) -> RedisError {
+pub fn connect_err(url: &str, source: fred::error::Error) -> RedisError {
     RedisError::Connect {
         url: redact(url),
         source,
@@ -133,6 +134,28 @@ async fn resubscribe_on_reconnect(client: SubscriberClient) {
 #[cfg(test)]
 mod tests {
     use super::redact;
+
+    #[test]
+    fn refuses_other_schemes() {
+        for url in [
+            "nope://x",
+            "127.0.0.1:6379",
+            "http://127.0.0.1",
+            "rediss://127.0.0.1",
+        ] {
+            let err = super::builder(url, std::time::Duration::from_secs(1))
+                .err()
+                .unwrap();
+            assert!(err.to_string().starts_with("invalid REDIS_URL"), "{err}");
+        }
+        assert!(
+            super::builder(
+                "redis://:pw@127.0.0.1:6379/2",
+                std::time::Duration::from_secs(1)
+            )
+            .is_ok()
+        );
+    }
 
     #[test]
     fn redacts_passwords() {

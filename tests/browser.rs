@@ -16,7 +16,10 @@ async fn pages_on_two_nodes_list_both_users() {
         "{chromium} is missing: apt-get install -y chromium (scripts/test.sh does)"
     );
     let bundle = root().join("deploy/static/socket.io.min.js");
-    assert!(bundle.exists(), "run scripts/fetch-client.sh first (scripts/test.sh does)");
+    assert!(
+        bundle.exists(),
+        "run scripts/fetch-client.sh first (scripts/test.sh does)"
+    );
 
     let artifacts = root().join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -51,29 +54,54 @@ async fn pages_on_two_nodes_list_both_users() {
     let pages = result["pages"].as_array().unwrap();
     assert_eq!(pages.len(), 2);
     for (page, node) in pages.iter().zip(["a", "b"]) {
-        let mut users: Vec<&str> = page["users"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+        let mut users: Vec<&str> = page["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap())
+            .collect();
         users.sort();
         assert_eq!(users, ["bar", "foo"], "{page}");
         assert_eq!(page["node"], node, "{page}");
         assert_eq!(page["status"], "connected", "{page}");
-        let mut holders: Vec<&str> = page["nodes"].as_array().unwrap().iter().map(|u| u.as_str().unwrap()).collect();
+        let mut holders: Vec<&str> = page["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u.as_str().unwrap())
+            .collect();
         holders.sort();
         assert_eq!(holders, ["a", "b"], "{page}");
     }
     // Each table lists exactly the two pages' own sockets.
-    let own: std::collections::BTreeSet<&str> = pages.iter().map(|p| p["socket"].as_str().unwrap()).collect();
+    let own: std::collections::BTreeSet<&str> = pages
+        .iter()
+        .map(|p| p["socket"].as_str().unwrap())
+        .collect();
     assert_eq!(own.len(), 2);
     for page in pages {
-        let listed: std::collections::BTreeSet<&str> =
-            page["sockets"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        let listed: std::collections::BTreeSet<&str> = page["sockets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
         assert_eq!(listed, own, "{page}");
     }
     // The browser is gone: so are its sockets, on every node.
     let http = Http::new();
     for node in &nodes {
-        eventually(std::time::Duration::from_secs(2), "the pages' sockets to leave", async || {
-            http.users(node, "Maths").await.set().is_empty().then_some(())
-        })
+        eventually(
+            std::time::Duration::from_secs(2),
+            "the pages' sockets to leave",
+            async || {
+                http.users(node, "Maths")
+                    .await
+                    .set()
+                    .is_empty()
+                    .then_some(())
+            },
+        )
         .await;
     }
     assert!(root().join("tests/artifacts/room-page.png").exists());

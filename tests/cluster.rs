@@ -394,3 +394,84 @@ async fn a_hung_or_dead_node_never_stalls_the_query() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_recovers_after_a_redis_restart() {
+    let timeout_ms = 500;
+    let (dir, redis, nodes) =
+        cluster("the_cluster_recovers_after_a_redis_restart", 2, timeout_ms).await;
+    let [a, b] = &nodes[..] else { unreachable!() };
+    let http = Http::new();
+    let mut clients = Clients::start();
+    let foo = clients.join("foo", a, "foo", "Maths", "websocket").await;
+    let bar = clients.join("bar", b, "bar", "Maths", "websocket").await;
+    clients.expect("foo", "socket-connected").await;
+
+    // Redis goes away: each node still answers, at once or at the timeout, with its own sockets, marked partial.
+    let port = redis.port;
+    drop(redis);
+    for (node, own, user) in [(a, &foo, "foo"), (b, &bar, "bar")] {
+        let started = std::time::Instant::now();
+        let users = http.users(node, "Maths").await;
+        println!(
+            "node {} answered during the outage in {:?}",
+            node.id,
+            started.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_millis(timeout_ms + 1000));
+        assert_eq!(users.status, 200);
+        assert_eq!(users.set(), pairs(&[(own.as_str(), user)]));
+        assert_eq!(
+            (users.nodes.as_str(), users.partial.as_str()),
+            ("1/?", "true")
+        );
+    }
+
+    // Redis is back (empty: a restart without persistence). Nodes reconnect and re-subscribe by themselves.
+    let _redis = Redis::start_on(&dir, port);
+    let back = std::time::Instant::now();
+    let both = pairs(&[(&foo, "foo"), (&bar, "bar")]);
+    for node in &nodes {
+        eventually(
+            Duration::from_secs(10),
+            "exact answers after the restart",
+            async || {
+                let u = http.users(node, "Maths").await;
+                (u.nodes == "2/2" && u.set() == both).then_some(())
+            },
+        )
+        .await;
+    }
+    println!(
+        "room query exact again {:?} after Redis returned",
+        back.elapsed()
+    );
+
+    // The adapter's broadcasts work again too: a newcomer on b is announced to foo on a.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    for n in 0.. {
+        let id = format!("late{n}");
+        let sid = clients.join(&id, b, &id, "Maths", "websocket").await;
+        let ev = clients
+            .within("foo", &["socket-connected"], Duration::from_millis(500))
+            .await;
+        if ev.is_some_and(|ev| ev["args"][0]["id_socket"] == sid.as_str()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broadcasts never came back"
+        );
+    }
+    println!(
+        "cross-node broadcasts work again {:?} after Redis returned",
+        back.elapsed()
+    );
+    for node in &nodes {
+        assert!(
+            !node.log_text().contains("panicked"),
+            "node {} panicked",
+            node.id
+        );
+    }
+}

@@ -86,8 +86,12 @@ pub struct Redis {
 
 impl Redis {
     pub fn start(dir: &Path) -> Self {
+        Self::start_on(dir, free_port())
+    }
+
+    /// Starts redis-server on `port` (e.g. the port of one that was stopped, to simulate a restart).
+    pub fn start_on(dir: &Path, port: u16) -> Self {
         need("redis-server", "apt-get install -y redis-server");
-        let port = free_port();
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -99,7 +103,13 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
-            .stdout(std::fs::File::create(dir.join("redis.log")).unwrap())
+            .stdout(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("redis.log"))
+                    .unwrap(),
+            )
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start redis-server");
@@ -324,9 +334,14 @@ impl Http {
     }
 
     pub async fn users(&self, node: &Node, room: &str) -> Users {
+        self.users_at(&node.base(), room).await
+    }
+
+    /// `GET {base}/{room}/users`.
+    pub async fn users_at(&self, base: &str, room: &str) -> Users {
         let res = self
             .client
-            .get(node.url(&format!("/{room}/users")))
+            .get(format!("{base}/{room}/users"))
             .send()
             .await
             .unwrap();
@@ -467,7 +482,18 @@ impl Clients {
     }
 
     pub async fn expect_any(&mut self, id: &str, events: &[&str]) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        match self.within(id, events, Duration::from_secs(5)).await {
+            Some(v) => v,
+            None => panic!(
+                "{id} got no {events:?} within 5 s; queue: {:?}",
+                self.events.0.lock().unwrap()
+            ),
+        }
+    }
+
+    /// The next of `events` for client `id`, if one arrives within `wait`.
+    pub async fn within(&mut self, id: &str, events: &[&str], wait: Duration) -> Option<Value> {
+        let deadline = Instant::now() + wait;
         loop {
             let notified = self.events.1.notified();
             {
@@ -476,15 +502,13 @@ impl Clients {
                     .iter()
                     .position(|e| e["id"] == id && events.iter().any(|name| e["event"] == *name))
                 {
-                    return q.remove(pos).unwrap();
+                    return q.remove(pos);
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "{id} got no {events:?} within 5 s; queue: {:?}",
-                self.events.0.lock().unwrap()
-            );
+            if left.is_zero() {
+                return None;
+            }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), notified).await;
         }
     }

@@ -1,0 +1,125 @@
+//! The fast tier: nodes started in-process through the library API (`socket_identity::run`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use socket_identity::{Config, run};
+use tokio::sync::oneshot;
+
+struct InProcess {
+    base: String,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), socket_identity::StartError>>,
+}
+
+async fn start(redis: &Redis, id: &str, prefix: &str) -> InProcess {
+    let mut config = Config::for_tests();
+    config.redis_url = Some(redis.url());
+    config.redis_prefix = prefix.into();
+    config.node_id = Some(id.into());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!(
+        "https://127.0.0.1:{}",
+        listener.local_addr().unwrap().port()
+    );
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    let http = Http::new();
+    eventually(Duration::from_secs(10), "the node to serve", async || {
+        http.client.get(format!("{base}/health")).send().await.ok()
+    })
+    .await;
+    InProcess { base, stop, task }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_in_one_process_form_a_cluster_and_stop_cleanly() {
+    let dir = log_dir("in_process");
+    let redis = Redis::start(&dir);
+    let a = start(&redis, "a", "in-process").await;
+    let b = start(&redis, "b", "in-process").await;
+    let http = Http::new();
+
+    for node in [&a, &b] {
+        let users = http.users_at(&node.base, "Maths").await;
+        assert_eq!(
+            (users.status, users.nodes.as_str(), users.partial.as_str()),
+            (200, "2/2", "false")
+        );
+        assert_eq!(users.body, serde_json::json!([]));
+    }
+
+    // A node on another prefix is another cluster: neither sees the other.
+    let other = start(&redis, "c", "another-cluster").await;
+    assert_eq!(http.users_at(&other.base, "Maths").await.nodes, "1/1");
+    assert_eq!(http.users_at(&a.base, "Maths").await.nodes, "2/2");
+
+    // The shutdown future stops each node, which returns Ok, and the others notice.
+    for node in [b, other] {
+        node.stop.send(()).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), node.task)
+            .await
+            .expect("run() returned after shutdown");
+        assert!(result.unwrap().is_ok());
+    }
+    let users = http.users_at(&a.base, "Maths").await;
+    assert_eq!(
+        (users.nodes.as_str(), users.partial.as_str()),
+        ("1/1", "false")
+    );
+    a.stop.send(()).unwrap();
+    assert!(a.task.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn start_up_errors_are_clear() {
+    let listener = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut config = Config::for_tests();
+    config.redis_url = Some(format!("redis://user:hunter2@127.0.0.1:{}", free_port()));
+    let err = run(config, listener(), std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cannot connect to Redis at redis://user:***@127.0.0.1:"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"));
+
+    let mut config = Config::for_tests();
+    config.redis_url = Some("localhost:6379".into());
+    let err = run(config, listener(), std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "invalid REDIS_URL localhost:6379: the URL must start with redis://"
+    );
+
+    let mut config = Config::for_tests();
+    config.tls_key = "certs-dev/missing.pem".into();
+    let err = run(config, listener(), std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("cannot read TLS key certs-dev/missing.pem"),
+        "{err}"
+    );
+
+    let mut config = Config::for_tests();
+    config.node_id = Some("a b".into());
+    let err = run(config, listener(), std::future::pending())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "invalid NODE_ID: node id contains a character that is not allowed"
+    );
+}
