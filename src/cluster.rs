@@ -11,8 +11,8 @@ use std::{
 };
 
 use fred::{
-    clients::{Client, SubscriberClient},
-    prelude::{EventInterface, PubsubInterface},
+    clients::Client,
+    prelude::{ClientLike, EventInterface, PubsubInterface},
     types::Message,
 };
 use tokio::{
@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::{
     protocol::{self, Member, Request, Response},
-    redis::{self, RedisError},
+    redis::{self, RedisError, Subscriber},
     socket::LocalRooms,
 };
 
@@ -103,7 +103,7 @@ pub struct Cluster {
     node: Arc<str>,
     request_channel: String,
     publisher: Client,
-    subscriber: SubscriberClient,
+    subscriber: Subscriber,
     pending: Arc<Pending>,
     local: Arc<dyn LocalRooms>,
     timeout: Duration,
@@ -121,14 +121,14 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<Arc<Self>, RedisError> {
         let publisher = redis::connect_client(url, timeout).await?;
-        let subscriber = redis::subscriber(url, Duration::from_secs(5))?;
+        let subscriber = Subscriber::new(url, Duration::from_secs(5))?;
         let request_channel = format!("{prefix}:users#req");
         let reply_prefix = format!("{prefix}:users#reply#");
         let reply_channel = format!("{reply_prefix}{node}");
         let pending = Arc::new(Pending::default());
         // Listen before subscribing, so nothing published after the SUBSCRIBE is missed.
         let listener = tokio::spawn(listen(
-            subscriber.message_rx(),
+            subscriber.client.message_rx(),
             Handler {
                 node: node.clone(),
                 request_channel: request_channel.clone(),
@@ -140,8 +140,9 @@ impl Cluster {
                 permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLIES)),
             },
         ));
-        redis::init(&subscriber, url).await?;
+        redis::init(&subscriber.client, url).await?;
         subscriber
+            .client
             .subscribe(vec![request_channel.clone(), reply_channel])
             .await
             .map_err(|source| RedisError::Connect {
@@ -218,7 +219,9 @@ impl Cluster {
     /// Stops answering other nodes and leaves the channels.
     pub async fn stop(&self) {
         self.listener.abort();
-        let _ = self.subscriber.unsubscribe_all().await;
+        let _ = self.subscriber.client.unsubscribe_all().await;
+        self.subscriber.close().await;
+        let _ = self.publisher.quit().await;
     }
 }
 

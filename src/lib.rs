@@ -93,17 +93,18 @@ pub async fn run(
     };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
-    let (app, local, cluster) = match &config.redis_url {
+    let (app, local, cluster, adapter_sub) = match &config.redis_url {
         None => {
             let (layer, io) = SocketIo::builder().with_state(info).build_layer();
             io.ns("/", socket::on_connect.with(socket::handshake));
             let local: Arc<dyn LocalRooms> = Arc::new(io);
             let app = http::router(app_state(local.clone(), None)).layer(layer);
-            (app, local, None)
+            (app, local, None, None)
         }
         Some(url) => {
+            let adapter_sub = redis::Subscriber::new(url, Duration::from_secs(5))?;
             let adapter = RedisAdapterCtr::new_with_fred_config(
-                redis::subscriber(url, Duration::from_secs(5))?,
+                adapter_sub.client.clone(),
                 RedisAdapterConfig::new()
                     .with_prefix(format!("{}-adapter", config.redis_prefix))
                     .with_request_timeout(config.request_timeout()),
@@ -127,14 +128,20 @@ pub async fn run(
             )
             .await?;
             let app = http::router(app_state(local.clone(), Some(cluster.clone()))).layer(layer);
-            (app, local, Some(cluster))
+            (app, local, Some(cluster), Some(adapter_sub))
         }
     };
 
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
-    tokio::spawn(drain_on(shutdown, handle.clone(), local, cluster));
+    tokio::spawn(drain_on(
+        shutdown,
+        handle.clone(),
+        local,
+        cluster,
+        adapter_sub,
+    ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%node, "listening on {scheme}://{addr}");
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -156,13 +163,15 @@ pub async fn run(
     Ok(())
 }
 
-/// On shutdown: tell every client (so it reconnects elsewhere), leave the cluster, then stop the listener and
-/// let requests in flight finish, all bounded by [`DRAIN_TIMEOUT`].
+/// On shutdown: tell every client (so it reconnects elsewhere), leave the cluster and close the Redis
+/// connections (so the other nodes stop counting this one at once), then stop the listener and let requests in
+/// flight finish, all bounded by [`DRAIN_TIMEOUT`].
 async fn drain_on(
     shutdown: impl Future<Output = ()>,
     handle: axum_server::Handle,
     local: Arc<dyn LocalRooms>,
     cluster: Option<Arc<Cluster>>,
+    adapter_sub: Option<redis::Subscriber>,
 ) {
     shutdown.await;
     if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
@@ -171,8 +180,16 @@ async fn drain_on(
     {
         tracing::warn!("closing client sockets took too long");
     }
-    if let Some(cluster) = cluster {
-        cluster.stop().await;
+    let leave = async {
+        if let Some(cluster) = cluster {
+            cluster.stop().await;
+        }
+        if let Some(sub) = adapter_sub {
+            sub.close().await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, leave).await.is_err() {
+        tracing::warn!("leaving Redis took too long");
     }
     handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
 }

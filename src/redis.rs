@@ -80,14 +80,27 @@ pub async fn connect_client(url: &str, command_timeout: Duration) -> Result<Clie
 }
 
 /// A subscriber client (RESP3) whose channels, plain and sharded, are restored after every reconnect.
-///
-/// Not yet connected: the socketioxide-redis adapter calls `init` itself; other callers call [`init`].
-pub fn subscriber(url: &str, command_timeout: Duration) -> Result<SubscriberClient, RedisError> {
-    let client = builder(url, command_timeout)?
-        .build_subscriber_client()
-        .map_err(|source| connect_err(url, source))?;
-    tokio::spawn(resubscribe_on_reconnect(client.clone()));
-    Ok(client)
+pub struct Subscriber {
+    pub client: SubscriberClient,
+    /// The task that re-subscribes after reconnects; it holds a client handle, so it is stopped by [`Self::close`].
+    restorer: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Not yet connected: the socketioxide-redis adapter calls `init` itself; other callers call [`init`].
+    pub fn new(url: &str, command_timeout: Duration) -> Result<Self, RedisError> {
+        let client = builder(url, command_timeout)?
+            .build_subscriber_client()
+            .map_err(|source| connect_err(url, source))?;
+        let restorer = tokio::spawn(resubscribe_on_reconnect(client.clone()));
+        Ok(Self { client, restorer })
+    }
+
+    /// Stops re-subscribing and closes the connection, so Redis stops counting this node at once.
+    pub async fn close(&self) {
+        self.restorer.abort();
+        let _ = self.client.quit().await;
+    }
 }
 
 pub async fn init(client: &SubscriberClient, url: &str) -> Result<(), RedisError> {
