@@ -120,13 +120,7 @@ pub async fn on_connect<A: Adapter>(
         id_socket: socket.id.to_string(),
         id_user: &me.id_user,
     };
-    if let Err(e) = socket
-        .to(me.room.to_string())
-        .emit("socket-connected", &event)
-        .await
-    {
-        tracing::warn!(error = %e, "socket-connected could not be relayed");
-    }
+    relay(&socket, &me.room, "socket-connected", &event).await;
     socket.on("identity-change", on_identity_change::<A>);
     socket.on_disconnect(on_disconnect::<A>);
 }
@@ -165,13 +159,7 @@ async fn on_identity_change<A: Adapter>(
         id_user: &updated.id_user,
         previous_id_user: &previous.id_user,
     };
-    if let Err(e) = socket
-        .to(updated.room.to_string())
-        .emit("identity-change", &event)
-        .await
-    {
-        tracing::warn!(error = %e, "identity-change could not be relayed");
-    }
+    relay(&socket, &updated.room, "identity-change", &event).await;
 }
 
 async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, reason: DisconnectReason) {
@@ -183,12 +171,14 @@ async fn on_disconnect<A: Adapter>(socket: SocketRef<A>, reason: DisconnectReaso
         id_socket: socket.id.to_string(),
         id_user: &me.id_user,
     };
-    if let Err(e) = socket
-        .to(me.room.to_string())
-        .emit("socket-disconnected", &event)
-        .await
-    {
-        tracing::warn!(error = %e, "socket-disconnected could not be relayed");
+    relay(&socket, &me.room, "socket-disconnected", &event).await;
+}
+
+/// Emits `event` to the others in `room`, on every node. A failure (Redis away) is logged: the socket itself
+/// stays connected, and room lists stay right because they are asked for, not pushed.
+async fn relay<A: Adapter, T: Serialize>(socket: &SocketRef<A>, room: &str, event: &str, data: &T) {
+    if let Err(e) = socket.to(room.to_owned()).emit(event, data).await {
+        tracing::warn!(error = %e, event, "event could not be relayed to the room");
     }
 }
 

@@ -75,49 +75,44 @@ async fn nodes_in_one_process_form_a_cluster_and_stop_cleanly() {
     assert!(a.task.await.unwrap().is_ok());
 }
 
-#[tokio::test]
-async fn start_up_errors_are_clear() {
-    let listener = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// Runs a node with `change` applied to the test config, expecting it to refuse to start.
+async fn start_error(change: impl FnOnce(&mut Config)) -> String {
     let mut config = Config::for_tests();
-    config.redis_url = Some(format!("redis://user:hunter2@127.0.0.1:{}", free_port()));
-    let err = run(config, listener(), std::future::pending())
+    change(&mut config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    run(config, listener, std::future::pending())
         .await
         .unwrap_err()
-        .to_string();
-    assert!(
-        err.starts_with("cannot connect to Redis at redis://user:***@127.0.0.1:"),
-        "{err}"
+        .to_string()
+}
+
+#[tokio::test]
+async fn start_up_errors_are_clear() {
+    let port = free_port();
+    let err =
+        start_error(|c| c.redis_url = Some(format!("redis://user:hunter2@127.0.0.1:{port}"))).await;
+    assert_eq!(
+        err.split(": ").next().unwrap(),
+        format!("cannot connect to Redis at redis://user:***@127.0.0.1:{port}")
     );
     assert!(!err.contains("hunter2"));
 
-    let mut config = Config::for_tests();
-    config.redis_url = Some("localhost:6379".into());
-    let err = run(config, listener(), std::future::pending())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = start_error(|c| c.redis_url = Some("localhost:6379".into())).await;
     assert_eq!(
         err,
         "invalid REDIS_URL localhost:6379: the URL must start with redis://"
     );
 
-    let mut config = Config::for_tests();
-    config.tls_key = "certs-dev/missing.pem".into();
-    let err = run(config, listener(), std::future::pending())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = start_error(|c| c.tls_key = "certs-dev/missing.pem".into()).await;
     assert!(
         err.starts_with("cannot read TLS key certs-dev/missing.pem"),
         "{err}"
     );
 
-    let mut config = Config::for_tests();
-    config.node_id = Some("a b".into());
-    let err = run(config, listener(), std::future::pending())
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = start_error(|c| c.tls_cert = "Cargo.toml".into()).await;
+    assert!(err.contains("no certificate in the file"), "{err}");
+
+    let err = start_error(|c| c.node_id = Some("a b".into())).await;
     assert_eq!(
         err,
         "invalid NODE_ID: node id contains a character that is not allowed"
