@@ -145,10 +145,7 @@ impl Cluster {
             .client
             .subscribe(vec![request_channel.clone(), reply_channel])
             .await
-            .map_err(|source| RedisError::Connect {
-                url: redis::redact(url),
-                source,
-            })?;
+            .map_err(|source| redis::connect_err(url, source))?;
         Ok(Arc::new(Self {
             node,
             request_channel,
