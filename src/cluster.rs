@@ -177,6 +177,11 @@ impl Cluster {
         )
         .await;
         let subscribers = match published {
+            // Zero: not even our own subscription is live (Redis just came back, re-subscribing is under way),
+            // so nobody can say who else is there.
+            Ok(Ok(n)) if n <= 0 => {
+                return answer.failed("not subscribed to the cluster channels yet".into());
+            }
             Ok(Ok(n)) => usize::try_from(n).unwrap_or(0),
             Ok(Err(e)) => return answer.failed(format!("redis: {e}")),
             Err(_) => return answer.failed("redis: publish timed out".into()),
