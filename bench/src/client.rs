@@ -1,0 +1,233 @@
+//! A minimal Socket.IO client over TLS websockets: just what the load generator needs, and cheap enough that
+//! 20,000 of them fit in one process.
+//!
+//! Engine.IO v4 straight to websocket (no polling): `0{..}` open, we send `40` (connect to `/`), the server
+//! answers `40{"sid"}` or `44{"message"}`; afterwards we answer pings (`2`) with pongs (`3`) and report
+//! `identity-change` events to the fan-out probe.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::{SinkExt, StreamExt};
+use rustls_pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::{net::TcpStream, sync::Notify, task::JoinHandle};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How a handshake can fail; the bench counts these, it never panics on them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("tcp: {0}")]
+    Tcp(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("connect_error: {0}")]
+    Refused(String),
+    #[error("unexpected frame: {0}")]
+    Protocol(String),
+    #[error("handshake timed out")]
+    Timeout,
+}
+
+/// TLS settings shared by every connection: trust the development CA only.
+pub fn tls_connector(ca_pem: &std::path::Path) -> anyhow::Result<TlsConnector> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_pem)? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Counts `identity-change` events of the current fan-out round across every client.
+#[derive(Default)]
+pub struct FanoutProbe {
+    round: AtomicU64,
+    arrived: AtomicUsize,
+    target: AtomicUsize,
+    /// When the last expected receiver got the event.
+    last: Mutex<Option<Instant>>,
+    done: Notify,
+}
+
+impl FanoutProbe {
+    /// Starts round `round`, complete once `target` clients got it.
+    pub fn arm(&self, round: u64, target: usize) {
+        *self.last.lock().unwrap() = None;
+        self.arrived.store(0, Ordering::SeqCst);
+        self.target.store(target, Ordering::SeqCst);
+        self.round.store(round, Ordering::SeqCst);
+    }
+
+    /// Waits for the round to complete; returns when the last receiver got it, or `None` at the deadline.
+    pub async fn wait(&self, limit: Duration) -> Option<Instant> {
+        let _ = tokio::time::timeout(limit, self.done.notified()).await;
+        *self.last.lock().unwrap()
+    }
+
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
+    }
+
+    fn saw(&self, text: &str) {
+        // The emitter names each round `fanout-<round>` in the new id_user.
+        let Some(round) = text
+            .split_once("\"id_user\":\"fanout-")
+            .and_then(|(_, rest)| rest.split('"').next())
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            return;
+        };
+        if round != self.round.load(Ordering::SeqCst) {
+            return;
+        }
+        let n = self.arrived.fetch_add(1, Ordering::SeqCst) + 1;
+        if n == self.target.load(Ordering::SeqCst) {
+            *self.last.lock().unwrap() = Some(Instant::now());
+            self.done.notify_one();
+        }
+    }
+}
+
+/// A connected client: a task that keeps the socket alive. Dropping it closes the connection.
+pub struct Client {
+    outbox: tokio::sync::mpsc::Sender<String>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Client {
+    /// Connects as `id_user` in `room`, within `limit`.
+    pub async fn connect(
+        tls: &TlsConnector,
+        addr: SocketAddr,
+        id_user: &str,
+        room: &str,
+        probe: Arc<FanoutProbe>,
+        limit: Duration,
+    ) -> Result<Self, ConnectError> {
+        tokio::time::timeout(limit, Self::handshake(tls, addr, id_user, room, probe))
+            .await
+            .unwrap_or(Err(ConnectError::Timeout))
+    }
+
+    async fn handshake(
+        tls: &TlsConnector,
+        addr: SocketAddr,
+        id_user: &str,
+        room: &str,
+        probe: Arc<FanoutProbe>,
+    ) -> Result<Self, ConnectError> {
+        let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
+        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+        let stream = tls
+            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+            .map_err(ConnectError::Tls)?;
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("EIO", "4")
+            .append_pair("transport", "websocket")
+            .append_pair("id_user", id_user)
+            .append_pair("room", room)
+            .finish();
+        let url = format!("wss://{addr}/socket.io/?{query}");
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+
+        let open = next_text(&mut ws).await?;
+        if !open.starts_with('0') {
+            return Err(ConnectError::Protocol(open));
+        }
+        ws.send(Message::text("40")).await?;
+        loop {
+            let text = next_text(&mut ws).await?;
+            if let Some(body) = text.strip_prefix("40") {
+                let v: serde_json::Value = serde_json::from_str(body)
+                    .map_err(|_| ConnectError::Protocol(text.clone()))?;
+                if v["sid"].is_string() {
+                    break;
+                }
+                return Err(ConnectError::Protocol(text));
+            } else if let Some(body) = text.strip_prefix("44") {
+                let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+                return Err(ConnectError::Refused(
+                    v["message"].as_str().unwrap_or(body).to_owned(),
+                ));
+            } else if text == "2" {
+                ws.send(Message::text("3")).await?;
+            }
+        }
+
+        let (outbox, mut inbox) = tokio::sync::mpsc::channel::<String>(4);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = ws.next() => match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            if t.as_str() == "2" {
+                                if ws.send(Message::text("3")).await.is_err() {
+                                    return;
+                                }
+                            } else if t.starts_with("42[\"identity-change\"") {
+                                probe.saw(&t);
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                        Some(Ok(_)) => {}
+                    },
+                    Some(text) = inbox.recv() => {
+                        if ws.send(Message::text(text)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { outbox, task })
+    }
+
+    /// Sends `identity-change` naming fan-out round `round`: the server relays it to the rest of the room.
+    pub async fn emit_fanout(&self, round: u64) {
+        let _ = self
+            .outbox
+            .send(format!(
+                "42[\"identity-change\",{{\"id_user\":\"fanout-{round}\"}}]"
+            ))
+            .await;
+    }
+}
+
+async fn next_text<S>(
+    ws: &mut tokio_tungstenite::WebSocketStream<S>,
+) -> Result<String, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(frame))) => {
+                return Err(ConnectError::Protocol(format!("closed: {frame:?}")));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => return Err(ConnectError::Protocol("connection closed".into())),
+        }
+    }
+}

@@ -1,0 +1,645 @@
+//! `bench`: the load generator behind `scripts/bench.sh` (method and results in BENCHMARKS.md).
+//!
+//! For each target (our server, and the Node reference in `bench/node-reference/`) it starts its own
+//! `redis-server` and K nodes on loopback, opens N Socket.IO clients over TLS websockets spread across the nodes,
+//! and measures:
+//! 1. `GET /{room}/users` latency (sequential requests, keep-alive HTTPS) and that every answer has exactly N entries;
+//! 2. connection set-up time, and resident memory per idle connection on one node;
+//! 3. fan-out: one `identity-change` relayed to the N-1 others of the room, until the last one has it;
+//! 4. how the query scales with the number of nodes.
+//!
+//! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
+//! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
+//! runs a tiny `--check` run so the benchmark cannot rot.
+
+mod client;
+mod procs;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::{
+    client::{Client, FanoutProbe},
+    procs::{Node, Redis, Target},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "bench", about = "Load generator: our server against the Node reference")]
+struct Args {
+    /// Our server's binary.
+    #[arg(long, default_value = "target/release/socket-identity")]
+    ours: String,
+    /// The command that starts one node of the Node reference (split on spaces).
+    #[arg(long, default_value = "node bench/node-reference/server.mjs")]
+    reference: String,
+    /// Which targets to measure: ours, node, or both.
+    #[arg(long, default_value = "both")]
+    only: String,
+    /// Room sizes N for the query and fan-out measurements.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    sizes: Vec<usize>,
+    /// Nodes K for the query and fan-out measurements.
+    #[arg(long, default_value_t = 4)]
+    nodes: usize,
+    /// `GET /{room}/users` requests per room size (after a short warm-up).
+    #[arg(long, default_value_t = 200)]
+    requests: usize,
+    /// Fan-out rounds per room size.
+    #[arg(long, default_value_t = 30)]
+    fanout_rounds: usize,
+    /// Idle connections opened on one node for the memory measurement (clamped to the open-files limit).
+    #[arg(long, default_value_t = 20_000)]
+    memory_conns: usize,
+    /// Node counts for the scaling measurement (room of `--scale-size`); `--scale-nodes` alone skips it.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2,4,8")]
+    scale_nodes: Vec<usize>,
+    #[arg(long, default_value_t = 1000)]
+    scale_size: usize,
+    /// Handshakes in flight at once while connecting.
+    #[arg(long, default_value_t = 128)]
+    concurrency: usize,
+    /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
+    #[arg(long)]
+    check: bool,
+    /// Write every result as JSON here too.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Logs of the started processes.
+    #[arg(long, default_value = "target/bench")]
+    logs: PathBuf,
+    /// The whole run stops after this many minutes, whatever is left.
+    #[arg(long, default_value_t = 40)]
+    max_minutes: u64,
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+struct Summary {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    samples: usize,
+}
+
+impl Summary {
+    fn of(mut samples: Vec<Duration>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1].as_secs_f64() * 1e3
+        };
+        Self {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            max: at(1.0),
+            samples: samples.len(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+struct RoomResult {
+    n: usize,
+    k: usize,
+    connect_secs: f64,
+    connect_errors: usize,
+    query: Summary,
+    /// Answers whose length was not N, or that failed.
+    wrong_answers: usize,
+    fanout: Summary,
+    fanout_lost_rounds: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct MemoryResult {
+    conns: usize,
+    connect_secs: f64,
+    connect_errors: usize,
+    rss_before: u64,
+    rss_after: u64,
+    bytes_per_conn: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ScaleResult {
+    k: usize,
+    n: usize,
+    query: Summary,
+    wrong_answers: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    target: String,
+    rooms: Vec<RoomResult>,
+    memory: Option<MemoryResult>,
+    scale: Vec<ScaleResult>,
+    errors: Vec<String>,
+}
+
+impl Report {
+    fn error_count(&self) -> usize {
+        self.errors.len()
+            + self
+                .rooms
+                .iter()
+                .map(|r| r.connect_errors + r.wrong_answers + r.fanout_lost_rounds)
+                .sum::<usize>()
+            + self.memory.as_ref().map_or(0, |m| m.connect_errors)
+            + self.scale.iter().map(|s| s.wrong_answers).sum::<usize>()
+    }
+}
+
+/// What every measurement needs.
+struct Bench {
+    args: Args,
+    root: PathBuf,
+    tls: tokio_rustls::TlsConnector,
+    http: reqwest::Client,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let root = std::env::current_dir()?;
+    let ca = root.join("certs-dev/ca.pem");
+    let tls = client::tls_connector(&ca).context("certs-dev/ca.pem (run from the repository root)")?;
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?)
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(4)
+        .build()?;
+    let mut targets = Vec::new();
+    if matches!(args.only.as_str(), "both" | "ours") {
+        targets.push(Target {
+            name: "ours",
+            command: vec![args.ours.clone()],
+        });
+    }
+    if matches!(args.only.as_str(), "both" | "node") {
+        targets.push(Target {
+            name: "node",
+            command: args.reference.split_whitespace().map(String::from).collect(),
+        });
+    }
+    anyhow::ensure!(!targets.is_empty(), "--only must be ours, node or both");
+    std::fs::create_dir_all(&args.logs)?;
+    let limit = Duration::from_secs(args.max_minutes * 60);
+    let check = args.check;
+    let json = args.json.clone();
+    let bench = Bench {
+        args,
+        root,
+        tls,
+        http,
+    };
+    print_machine();
+
+    let mut reports = Vec::new();
+    let run = async {
+        for target in &targets {
+            let report = bench.measure(target).await;
+            print_report(&report);
+            reports.push(report);
+        }
+    };
+    if tokio::time::timeout(limit, run).await.is_err() {
+        eprintln!("bench: the run hit its {limit:?} deadline; results are incomplete");
+        std::process::exit(3);
+    }
+    if reports.len() == 2 {
+        print_ratios(&reports[0], &reports[1]);
+    }
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&reports)?)?;
+        println!("\nraw results: {}", path.display());
+    }
+    let errors: usize = reports.iter().map(Report::error_count).sum();
+    if check && errors > 0 {
+        anyhow::bail!("{errors} error(s) during the run (see above)");
+    }
+    Ok(())
+}
+
+impl Bench {
+    async fn measure(&self, target: &Target) -> Report {
+        let mut report = Report {
+            target: target.name.into(),
+            ..Default::default()
+        };
+        println!("\n== {} ({})", target.name, target.command.join(" "));
+        if let Err(e) = self.rooms(target, &mut report).await {
+            report.errors.push(format!("rooms: {e:#}"));
+        }
+        match self.memory(target).await {
+            Ok(m) => report.memory = Some(m),
+            Err(e) => report.errors.push(format!("memory: {e:#}")),
+        }
+        for &k in &self.args.scale_nodes {
+            match self.scale(target, k).await {
+                Ok(s) => report.scale.push(s),
+                Err(e) => report.errors.push(format!("scale k={k}: {e:#}")),
+            }
+        }
+        for e in &report.errors {
+            eprintln!("{}: error: {e}", target.name);
+        }
+        report
+    }
+
+    fn logs(&self, target: &Target, phase: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.args.logs.join(target.name).join(phase);
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    async fn cluster(
+        &self,
+        target: &Target,
+        k: usize,
+        phase: &str,
+    ) -> anyhow::Result<(Redis, Vec<Node>)> {
+        let logs = self.logs(target, phase)?;
+        let redis = Redis::start(&logs)?;
+        let nodes =
+            procs::start_nodes(target, k, Some(&redis), &self.root, &logs, &self.http).await?;
+        Ok((redis, nodes))
+    }
+
+    /// Query latency and fan-out for each room size, on one K-node cluster.
+    async fn rooms(&self, target: &Target, report: &mut Report) -> anyhow::Result<()> {
+        let k = self.args.nodes;
+        let (_redis, nodes) = self.cluster(target, k, "rooms").await?;
+        for &n in &self.args.sizes {
+            let room = format!("bench-{n}");
+            let probe = Arc::new(FanoutProbe::default());
+            let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+            let started = Instant::now();
+            let (clients, connect_errors) = self.connect(&addrs, n, &room, &probe).await;
+            let connect_secs = started.elapsed().as_secs_f64();
+            let bases: Vec<&str> = nodes.iter().map(|n| n.base.as_str()).collect();
+            let (query, wrong_answers) = self
+                .query(&bases, &room, clients.len(), self.args.requests)
+                .await;
+            let (fanout, fanout_lost_rounds) = self.fanout(&clients, &probe).await;
+            let r = RoomResult {
+                n,
+                k,
+                connect_secs,
+                connect_errors,
+                query,
+                wrong_answers,
+                fanout,
+                fanout_lost_rounds,
+            };
+            println!(
+                "  N={n:>6} K={k}: connect {:.2}s ({} errors), query p50 {:.2} ms p99 {:.2} ms ({} wrong), \
+                 fan-out p50 {:.2} ms p99 {:.2} ms ({} lost)",
+                r.connect_secs,
+                r.connect_errors,
+                r.query.p50,
+                r.query.p99,
+                r.wrong_answers,
+                r.fanout.p50,
+                r.fanout.p99,
+                r.fanout_lost_rounds
+            );
+            report.rooms.push(r);
+            drop(clients);
+            self.drained(&nodes).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens `n` clients, client `i` on node `i % K`, as user `u{i}` in `room`.
+    async fn connect(
+        &self,
+        addrs: &[SocketAddr],
+        n: usize,
+        room: &str,
+        probe: &Arc<FanoutProbe>,
+    ) -> (Vec<Client>, usize) {
+        let results: Vec<_> = futures_util::stream::iter(0..n)
+            .map(|i| {
+                let probe = probe.clone();
+                let addr = addrs[i % addrs.len()];
+                async move {
+                    Client::connect(
+                        &self.tls,
+                        addr,
+                        &format!("u{i}"),
+                        room,
+                        probe,
+                        Duration::from_secs(20),
+                    )
+                    .await
+                }
+            })
+            .buffer_unordered(self.args.concurrency)
+            .collect()
+            .await;
+        let mut clients = Vec::with_capacity(n);
+        let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+        for r in results {
+            match r {
+                Ok(c) => clients.push(c),
+                Err(e) => *errors.entry(e.to_string()).or_default() += 1,
+            }
+        }
+        for (e, count) in &errors {
+            eprintln!("  {count} connection(s) failed: {e}");
+        }
+        let failed = n - clients.len();
+        (clients, failed)
+    }
+
+    /// `requests` sequential `GET /{room}/users`, round-robin over the nodes, each checked to hold `expected`
+    /// entries. The clock stops when the whole body has arrived; counting happens after.
+    async fn query(
+        &self,
+        bases: &[&str],
+        room: &str,
+        expected: usize,
+        requests: usize,
+    ) -> (Summary, usize) {
+        let mut samples = Vec::with_capacity(requests);
+        let mut wrong = 0;
+        for i in 0..(requests + 2 * bases.len()) {
+            let url = format!("{}/{room}/users", bases[i % bases.len()]);
+            let started = Instant::now();
+            let body = match self.http.get(&url).send().await {
+                Ok(res) if res.status().is_success() => res.bytes().await.ok(),
+                _ => None,
+            };
+            let took = started.elapsed();
+            let count = body
+                .and_then(|b| serde_json::from_slice::<Vec<serde::de::IgnoredAny>>(&b).ok())
+                .map(|v| v.len());
+            // The first two rounds over the nodes warm up connections and caches.
+            if i < 2 * bases.len() {
+                continue;
+            }
+            if count != Some(expected) {
+                wrong += 1;
+                if wrong <= 3 {
+                    eprintln!("  {url}: expected {expected} entries, got {count:?}");
+                }
+            }
+            samples.push(took);
+        }
+        (Summary::of(samples), wrong)
+    }
+
+    /// Client 0 sends `identity-change`; the round ends when the other N-1 have it relayed.
+    async fn fanout(&self, clients: &[Client], probe: &FanoutProbe) -> (Summary, usize) {
+        let Some(emitter) = clients.first() else {
+            return (Summary::default(), 0);
+        };
+        let mut samples = Vec::new();
+        let mut lost = 0;
+        for round in 1..=self.args.fanout_rounds as u64 {
+            probe.arm(round, clients.len() - 1);
+            let started = Instant::now();
+            emitter.emit_fanout(round).await;
+            match probe.wait(Duration::from_secs(10)).await {
+                Some(last) => samples.push(last.duration_since(started)),
+                None => {
+                    lost += 1;
+                    eprintln!(
+                        "  fan-out round {round}: {} of {} got it within 10 s",
+                        probe.arrived(),
+                        clients.len() - 1
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (Summary::of(samples), lost)
+    }
+
+    /// Waits until every node reports no local socket, so the next measurement starts clean.
+    async fn drained(&self, nodes: &[Node]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for node in nodes {
+            while procs::local_sockets(node, &self.http).await != Some(0) {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "sockets of {} never went away",
+                    node.base
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Idle connections on one node: set-up time and resident memory per connection.
+    async fn memory(&self, target: &Target) -> anyhow::Result<MemoryResult> {
+        let (_redis, nodes) = self.cluster(target, 1, "memory").await?;
+        let node = &nodes[0];
+        let conns = clamp_to_fd_limit(self.args.memory_conns);
+        // Let start-up allocations settle before the baseline.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss_before = node.rss()?;
+        let probe = Arc::new(FanoutProbe::default());
+        let started = Instant::now();
+        let (clients, connect_errors) = self.connect(&[node.addr], conns, "idle", &probe).await;
+        let connect_secs = started.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss_after = node.rss()?;
+        let held = clients.len().max(1);
+        let m = MemoryResult {
+            conns,
+            connect_secs,
+            connect_errors,
+            rss_before,
+            rss_after,
+            bytes_per_conn: rss_after.saturating_sub(rss_before) as f64 / held as f64,
+        };
+        println!(
+            "  memory: {} connections on one node in {:.2}s ({:.0}/s, {} errors), RSS {:.1} -> {:.1} MiB, \
+             {:.1} KiB per connection",
+            m.conns,
+            m.connect_secs,
+            held as f64 / m.connect_secs,
+            m.connect_errors,
+            m.rss_before as f64 / 1048576.0,
+            m.rss_after as f64 / 1048576.0,
+            m.bytes_per_conn / 1024.0
+        );
+        Ok(m)
+    }
+
+    /// Query latency for a room of `--scale-size` sockets on `k` nodes.
+    async fn scale(&self, target: &Target, k: usize) -> anyhow::Result<ScaleResult> {
+        let (_redis, nodes) = self.cluster(target, k, &format!("scale-{k}")).await?;
+        let n = self.args.scale_size;
+        let probe = Arc::new(FanoutProbe::default());
+        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+        let (clients, errors) = self.connect(&addrs, n, "scale", &probe).await;
+        anyhow::ensure!(errors == 0, "{errors} connections failed");
+        let bases: Vec<&str> = nodes.iter().map(|n| n.base.as_str()).collect();
+        let (query, wrong_answers) = self
+            .query(&bases, "scale", clients.len(), self.args.requests)
+            .await;
+        println!(
+            "  scale: K={k} N={n}: query p50 {:.2} ms p99 {:.2} ms ({wrong_answers} wrong)",
+            query.p50, query.p99
+        );
+        Ok(ScaleResult {
+            k,
+            n,
+            query,
+            wrong_answers,
+        })
+    }
+}
+
+/// The open-files limit bounds connections on both ends (this process and the node); keep a margin.
+fn clamp_to_fd_limit(wanted: usize) -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+        });
+    match soft {
+        Some(limit) if wanted + 500 > limit => {
+            let n = limit.saturating_sub(500);
+            println!(
+                "  note: the open-files limit is {limit} (ulimit -n), so {n} connections instead of {wanted}"
+            );
+            n
+        }
+        _ => wanted,
+    }
+}
+
+fn print_machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {cores} cores, {cpu}");
+}
+
+fn print_report(r: &Report) {
+    println!("\n### {}\n", r.target);
+    println!(
+        "| N | K | connect (s) | query p50 | p90 | p99 | max (ms) | wrong | fan-out p50 | p99 | max (ms) | lost |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for x in &r.rooms {
+        println!(
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} |",
+            x.n,
+            x.k,
+            x.connect_secs,
+            x.query.p50,
+            x.query.p90,
+            x.query.p99,
+            x.query.max,
+            x.wrong_answers,
+            x.fanout.p50,
+            x.fanout.p99,
+            x.fanout.max,
+            x.fanout_lost_rounds
+        );
+    }
+    if let Some(m) = &r.memory {
+        println!(
+            "\nmemory: {} idle TLS websocket connections on one node, set up in {:.2} s ({} errors); \
+             RSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection",
+            m.conns,
+            m.connect_secs,
+            m.connect_errors,
+            m.rss_before as f64 / 1048576.0,
+            m.rss_after as f64 / 1048576.0,
+            m.bytes_per_conn / 1024.0
+        );
+    }
+    if !r.scale.is_empty() {
+        println!("\n| K (N={}) | query p50 | p90 | p99 | max (ms) | wrong |", r.scale[0].n);
+        println!("|---|---|---|---|---|---|");
+        for s in &r.scale {
+            println!(
+                "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+                s.k, s.query.p50, s.query.p90, s.query.p99, s.query.max, s.wrong_answers
+            );
+        }
+    }
+}
+
+/// Ours divided by Node's: below 1 is better for every row (time and memory).
+fn print_ratios(ours: &Report, node: &Report) {
+    println!("\n### ours / node (lower is better)\n");
+    println!("| measurement | ours | node | ratio |");
+    println!("|---|---|---|---|");
+    let row = |name: String, a: f64, b: f64, unit: &str| {
+        let ratio = if b > 0.0 { a / b } else { f64::NAN };
+        println!("| {name} | {a:.2} {unit} | {b:.2} {unit} | {ratio:.2} |");
+    };
+    for (a, b) in ours.rooms.iter().zip(&node.rooms) {
+        row(
+            format!("query p50, N={} K={}", a.n, a.k),
+            a.query.p50,
+            b.query.p50,
+            "ms",
+        );
+        row(
+            format!("query p99, N={} K={}", a.n, a.k),
+            a.query.p99,
+            b.query.p99,
+            "ms",
+        );
+        row(
+            format!("fan-out p99, N={} K={}", a.n, a.k),
+            a.fanout.p99,
+            b.fanout.p99,
+            "ms",
+        );
+        row(
+            format!("connect N={} K={}", a.n, a.k),
+            a.connect_secs,
+            b.connect_secs,
+            "s",
+        );
+    }
+    if let (Some(a), Some(b)) = (&ours.memory, &node.memory) {
+        row(
+            format!("memory per idle connection ({})", a.conns),
+            a.bytes_per_conn / 1024.0,
+            b.bytes_per_conn / 1024.0,
+            "KiB",
+        );
+    }
+    for (a, b) in ours.scale.iter().zip(&node.scale) {
+        row(
+            format!("query p50, N={} K={}", a.n, a.k),
+            a.query.p50,
+            b.query.p50,
+            "ms",
+        );
+    }
+}

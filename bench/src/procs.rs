@@ -1,0 +1,166 @@
+//! The processes a bench run starts: one `redis-server` and K server nodes, all on loopback, each stopped by
+//! its pid when dropped. Logs go to the run's directory.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Kills the child on drop, by pid, and reaps it.
+struct Owned(Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Redis {
+    _child: Owned,
+    pub url: String,
+}
+
+impl Redis {
+    pub fn start(logs: &Path) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::fs::File::create(logs.join("redis.log"))?)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (apt-get install -y redis-server)")?;
+        let child = Owned(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not listen on {port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Self {
+            _child: child,
+            url: format!("redis://127.0.0.1:{port}"),
+        })
+    }
+}
+
+/// Which server is measured and how to start one node of it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `ours` or `node`.
+    pub name: &'static str,
+    /// Program and arguments; the node's settings come from the environment (`PORT`, `NODE_ID`, ...).
+    pub command: Vec<String>,
+}
+
+/// A running node of a [`Target`].
+pub struct Node {
+    child: Owned,
+    pub addr: SocketAddr,
+    pub base: String,
+}
+
+impl Node {
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
+    /// Resident memory in bytes, from `/proc/<pid>/status`.
+    pub fn rss(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .context("no VmRSS")?;
+        Ok(kib * 1024)
+    }
+}
+
+/// Starts K nodes of `target` on one Redis (or none when `redis` is `None`) and waits until each is healthy.
+pub async fn start_nodes(
+    target: &Target,
+    k: usize,
+    redis: Option<&Redis>,
+    root: &Path,
+    logs: &Path,
+    http: &reqwest::Client,
+) -> anyhow::Result<Vec<Node>> {
+    let mut nodes = Vec::with_capacity(k);
+    for i in 0..k {
+        let port = free_port()?;
+        let id = format!("{}-{}", target.name, i + 1);
+        let log = logs.join(format!("{id}.log"));
+        let mut cmd = Command::new(&target.command[0]);
+        cmd.args(&target.command[1..])
+            .current_dir(root)
+            .env("PORT", port.to_string())
+            .env("BIND", "127.0.0.1")
+            .env("NODE_ID", &id)
+            .env("RUST_LOG", "warn")
+            .env("NODE_ENV", "production")
+            .env_remove("REDIS_URL")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::options().append(true).open(&log)?);
+        if let Some(redis) = redis {
+            cmd.env("REDIS_URL", &redis.url);
+        }
+        let child = Owned(
+            cmd.spawn()
+                .with_context(|| format!("cannot start {:?}", target.command))?,
+        );
+        let node = Node {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            base: format!("https://127.0.0.1:{port}"),
+        };
+        wait_healthy(&node, http, &log).await?;
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+async fn wait_healthy(node: &Node, http: &reqwest::Client, log: &PathBuf) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(res) = http.get(format!("{}/health", node.base)).send().await
+            && res.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node on {} did not become healthy; log {}:\n{}",
+                node.base,
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Local sockets a node reports on `/health`.
+pub async fn local_sockets(node: &Node, http: &reqwest::Client) -> Option<u64> {
+    let v: serde_json::Value = http
+        .get(format!("{}/health", node.base))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    v["sockets"].as_u64()
+}
