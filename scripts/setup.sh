@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs), Redis 7+, Node.js
-# and npm, Chromium, openssl; then the socket.io browser bundle and the test clients from the npm registry.
+# and npm, Chromium, openssl; then the socket.io browser bundle, the test clients and the benchmark's Node reference from the npm registry.
 # Safe to run again. Debian/Ubuntu (apt-get); needs root or sudo only when something is missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,4 +26,8 @@ redis_major=$(redis-server --version | sed -E 's/.*v=([0-9]+).*/\1/')
 "$root/scripts/fetch-client.sh"
 if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/tests/js/node_modules/playwright-core" ]; then
   npm ci --prefix "$root/tests/js" --no-audit --no-fund --loglevel=error
+fi
+# The Node reference the benchmark compares against (bench/node-reference/).
+if [ ! -d "$root/bench/node-reference/node_modules/socket.io" ]; then
+  npm ci --prefix "$root/bench/node-reference" --no-audit --no-fund --loglevel=error
 fi

@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub request_timeout_ms: u64,
 
+    /// Tell the room when a socket joins or leaves (`socket-connected`, `socket-disconnected`). Each join costs one
+    /// delivery per member, so filling a room of N costs N²/2: turn it off for rooms of many thousands.
+    #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub presence_events: bool,
+
     /// The socket.io browser client served at `/socket.io.js` (fetched by `scripts/fetch-client.sh`).
     #[arg(
         long,
@@ -76,6 +81,9 @@ mod tests {
         assert!(c.redis_url.is_none());
         assert!(!c.plain_http);
         assert_eq!(c.request_timeout(), Duration::from_secs(1));
+        assert!(c.presence_events);
+        let c = Config::parse_from(["socket-identity", "--presence-events", "false"]);
+        assert!(!c.presence_events);
     }
 
     #[test]

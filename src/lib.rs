@@ -66,6 +66,20 @@ use crate::{
 /// How long shutdown waits for clients to be told and for requests in flight to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Packets queued per socket before an emit to it fails; room-wide bursts (a room filling up, announced to
+/// everyone) must fit. Memory is only taken while a backlog exists.
+const SOCKET_BUFFER_PACKETS: usize = 1024;
+/// Cross-node messages queued in the adapter before it drops them.
+const ADAPTER_STREAM_BUFFER: usize = 65_536;
+
+fn io_builder(
+    info: NodeInfo,
+) -> socketioxide::SocketIoBuilder<socketioxide::adapter::LocalAdapter> {
+    SocketIo::builder()
+        .max_buffer_size(SOCKET_BUFFER_PACKETS)
+        .with_state(info)
+}
+
 /// Serves one node on `listener` until `shutdown` resolves, then drains and returns.
 pub async fn run(
     config: Config,
@@ -83,7 +97,10 @@ pub async fn run(
         false => Some(tls::server_config(&config.tls_cert, &config.tls_key)?),
     };
     let client_bundle = load_client_bundle(&config);
-    let info = NodeInfo { id: node.clone() };
+    let info = NodeInfo {
+        id: node.clone(),
+        presence: config.presence_events,
+    };
 
     let app_state = |local: Arc<dyn LocalRooms>, cluster: Option<Arc<Cluster>>| AppState {
         node: node.clone(),
@@ -95,7 +112,7 @@ pub async fn run(
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
     let (app, local, cluster, adapter_sub) = match &config.redis_url {
         None => {
-            let (layer, io) = SocketIo::builder().with_state(info).build_layer();
+            let (layer, io) = io_builder(info).build_layer();
             io.ns("/", socket::on_connect.with(socket::handshake));
             let local: Arc<dyn LocalRooms> = Arc::new(io);
             let app = http::router(app_state(local.clone(), None)).layer(layer);
@@ -107,12 +124,14 @@ pub async fn run(
                 adapter_sub.client.clone(),
                 RedisAdapterConfig::new()
                     .with_prefix(format!("{}-adapter", config.redis_prefix))
-                    .with_request_timeout(config.request_timeout()),
+                    .with_request_timeout(config.request_timeout())
+                    // Messages from other nodes queue here; when it is full the adapter drops them (and logs),
+                    // so a burst of broadcasts must fit. Memory is only taken while a backlog exists.
+                    .with_stream_buffer(ADAPTER_STREAM_BUFFER),
             )
             .await
             .map_err(|e| redis::connect_err(url, e))?;
-            let (layer, io) = SocketIo::builder()
-                .with_state(info)
+            let (layer, io) = io_builder(info)
                 .with_adapter::<FredAdapter<_>>(adapter)
                 .build_layer();
             io.ns("/", socket::on_connect.with(socket::handshake))

@@ -57,9 +57,9 @@ fn builder(url: &str, command_timeout: Duration) -> Result<Builder, RedisError> 
         .with_performance_config(|p| {
             // A command sent while Redis is away waits at most this long, never for ever.
             p.default_command_timeout = command_timeout;
-            // Pub/sub messages are fanned out to our readers through this buffer; the default (32) drops
-            // messages under a burst of requests.
-            p.broadcast_channel_capacity = 4096;
+            // Pub/sub messages are fanned out to our readers (the adapter's and ours) through this ring, allocated
+            // up front; the default (32) drops messages under a burst of broadcasts.
+            p.broadcast_channel_capacity = 8_192;
         })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);

@@ -31,6 +31,8 @@ pub struct Identity {
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
     pub id: Arc<str>,
+    /// Whether joins and leaves are announced to the room ([`crate::Config::presence_events`]).
+    pub presence: bool,
 }
 
 /// `socket-connected`, `socket-disconnected`: who came or went.
@@ -116,13 +118,15 @@ pub async fn on_connect<A: Adapter>(
             "room": &*me.room,
         }),
     );
-    let event = Presence {
-        id_socket: socket.id.to_string(),
-        id_user: &me.id_user,
-    };
-    relay(&socket, &me.room, "socket-connected", &event).await;
     socket.on("identity-change", on_identity_change::<A>);
-    socket.on_disconnect(on_disconnect::<A>);
+    if node.presence {
+        let event = Presence {
+            id_socket: socket.id.to_string(),
+            id_user: &me.id_user,
+        };
+        relay(&socket, &me.room, "socket-connected", &event).await;
+        socket.on_disconnect(on_disconnect::<A>);
+    }
 }
 
 async fn on_identity_change<A: Adapter>(

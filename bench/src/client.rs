@@ -158,8 +158,8 @@ impl Client {
         loop {
             let text = next_text(&mut ws).await?;
             if let Some(body) = text.strip_prefix("40") {
-                let v: serde_json::Value = serde_json::from_str(body)
-                    .map_err(|_| ConnectError::Protocol(text.clone()))?;
+                let v: serde_json::Value =
+                    serde_json::from_str(body).map_err(|_| ConnectError::Protocol(text.clone()))?;
                 if v["sid"].is_string() {
                     break;
                 }

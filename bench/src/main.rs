@@ -34,9 +34,12 @@ use crate::{
 };
 
 #[derive(Debug, Parser)]
-#[command(name = "bench", about = "Load generator: our server against the Node reference")]
+#[command(
+    name = "bench",
+    about = "Load generator: our server against the Node reference"
+)]
 struct Args {
-    /// Our server's binary.
+    /// Our server's binary (and arguments, split on spaces).
     #[arg(long, default_value = "target/release/socket-identity")]
     ours: String,
     /// The command that starts one node of the Node reference (split on spaces).
@@ -46,7 +49,7 @@ struct Args {
     #[arg(long, default_value = "both")]
     only: String,
     /// Room sizes N for the query and fan-out measurements.
-    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "100,1000,10000")]
     sizes: Vec<usize>,
     /// Nodes K for the query and fan-out measurements.
     #[arg(long, default_value_t = 4)]
@@ -65,6 +68,10 @@ struct Args {
     scale_nodes: Vec<usize>,
     #[arg(long, default_value_t = 1000)]
     scale_size: usize,
+    /// Start the nodes with join/leave events on (`PRESENCE_EVENTS=true`): filling a room of N then costs N²/2
+    /// deliveries, which at N = 10,000 dominates everything else.
+    #[arg(long)]
+    presence: bool,
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
@@ -123,6 +130,10 @@ struct RoomResult {
     wrong_answers: usize,
     fanout: Summary,
     fanout_lost_rounds: usize,
+    /// CPU time per fan-out round: the nodes and Redis together, and this load generator (which has to read
+    /// and decrypt every delivery on the same two cores).
+    fanout_cpu_servers_ms: f64,
+    fanout_cpu_client_ms: f64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -178,7 +189,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let root = std::env::current_dir()?;
     let ca = root.join("certs-dev/ca.pem");
-    let tls = client::tls_connector(&ca).context("certs-dev/ca.pem (run from the repository root)")?;
+    let tls =
+        client::tls_connector(&ca).context("certs-dev/ca.pem (run from the repository root)")?;
     let http = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca)?)?)
         .timeout(Duration::from_secs(30))
@@ -188,13 +200,17 @@ async fn main() -> anyhow::Result<()> {
     if matches!(args.only.as_str(), "both" | "ours") {
         targets.push(Target {
             name: "ours",
-            command: vec![args.ours.clone()],
+            command: args.ours.split_whitespace().map(String::from).collect(),
         });
     }
     if matches!(args.only.as_str(), "both" | "node") {
         targets.push(Target {
             name: "node",
-            command: args.reference.split_whitespace().map(String::from).collect(),
+            command: args
+                .reference
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
         });
     }
     anyhow::ensure!(!targets.is_empty(), "--only must be ours, node or both");
@@ -276,27 +292,46 @@ impl Bench {
     ) -> anyhow::Result<(Redis, Vec<Node>)> {
         let logs = self.logs(target, phase)?;
         let redis = Redis::start(&logs)?;
-        let nodes =
-            procs::start_nodes(target, k, Some(&redis), &self.root, &logs, &self.http).await?;
+        let nodes = procs::start_nodes(
+            target,
+            k,
+            &redis,
+            self.args.presence,
+            &self.root,
+            &logs,
+            &self.http,
+        )
+        .await?;
         Ok((redis, nodes))
     }
 
     /// Query latency and fan-out for each room size, on one K-node cluster.
     async fn rooms(&self, target: &Target, report: &mut Report) -> anyhow::Result<()> {
         let k = self.args.nodes;
-        let (_redis, nodes) = self.cluster(target, k, "rooms").await?;
+        let (redis, nodes) = self.cluster(target, k, "rooms").await?;
+        let mut server_pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
+        server_pids.push(redis.pid());
         for &n in &self.args.sizes {
             let room = format!("bench-{n}");
             let probe = Arc::new(FanoutProbe::default());
             let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
             let started = Instant::now();
-            let (clients, connect_errors) = self.connect(&addrs, n, &room, &probe).await;
+            let (clients, connect_errors) = self.connect(&addrs, n, |_| room.clone(), &probe).await;
             let connect_secs = started.elapsed().as_secs_f64();
             let bases: Vec<&str> = nodes.iter().map(|n| n.base.as_str()).collect();
             let (query, wrong_answers) = self
                 .query(&bases, &room, clients.len(), self.args.requests)
                 .await;
+            let cpu = |pids: &[u32]| pids.iter().map(|&p| procs::cpu_time(p)).sum::<Duration>();
+            let me = [std::process::id()];
+            let (servers_before, client_before) = (cpu(&server_pids), cpu(&me));
             let (fanout, fanout_lost_rounds) = self.fanout(&clients, &probe).await;
+            let rounds = self.args.fanout_rounds.max(1) as f64;
+            let per_round = |after: Duration, before: Duration| {
+                after.saturating_sub(before).as_secs_f64() * 1e3 / rounds
+            };
+            let fanout_cpu_servers_ms = per_round(cpu(&server_pids), servers_before);
+            let fanout_cpu_client_ms = per_round(cpu(&me), client_before);
             let r = RoomResult {
                 n,
                 k,
@@ -306,10 +341,12 @@ impl Bench {
                 wrong_answers,
                 fanout,
                 fanout_lost_rounds,
+                fanout_cpu_servers_ms,
+                fanout_cpu_client_ms,
             };
             println!(
                 "  N={n:>6} K={k}: connect {:.2}s ({} errors), query p50 {:.2} ms p99 {:.2} ms ({} wrong), \
-                 fan-out p50 {:.2} ms p99 {:.2} ms ({} lost)",
+                 fan-out p50 {:.2} ms p99 {:.2} ms ({} lost; CPU per round: servers {:.0} ms, client {:.0} ms)",
                 r.connect_secs,
                 r.connect_errors,
                 r.query.p50,
@@ -317,7 +354,9 @@ impl Bench {
                 r.wrong_answers,
                 r.fanout.p50,
                 r.fanout.p99,
-                r.fanout_lost_rounds
+                r.fanout_lost_rounds,
+                r.fanout_cpu_servers_ms,
+                r.fanout_cpu_client_ms
             );
             report.rooms.push(r);
             drop(clients);
@@ -326,24 +365,25 @@ impl Bench {
         Ok(())
     }
 
-    /// Opens `n` clients, client `i` on node `i % K`, as user `u{i}` in `room`.
+    /// Opens `n` clients, client `i` on node `i % K`, as user `u{i}` in the room `rooms(i)` names.
     async fn connect(
         &self,
         addrs: &[SocketAddr],
         n: usize,
-        room: &str,
+        rooms: impl Fn(usize) -> String,
         probe: &Arc<FanoutProbe>,
     ) -> (Vec<Client>, usize) {
         let results: Vec<_> = futures_util::stream::iter(0..n)
             .map(|i| {
                 let probe = probe.clone();
                 let addr = addrs[i % addrs.len()];
+                let room = rooms(i);
                 async move {
                     Client::connect(
                         &self.tls,
                         addr,
                         &format!("u{i}"),
-                        room,
+                        &room,
                         probe,
                         Duration::from_secs(20),
                     )
@@ -458,7 +498,10 @@ impl Bench {
         let rss_before = node.rss()?;
         let probe = Arc::new(FanoutProbe::default());
         let started = Instant::now();
-        let (clients, connect_errors) = self.connect(&[node.addr], conns, "idle", &probe).await;
+        // Rooms of 10: idle means idle, not a room-wide `socket-connected` storm at every join.
+        let (clients, connect_errors) = self
+            .connect(&[node.addr], conns, |i| format!("idle-{}", i / 10), &probe)
+            .await;
         let connect_secs = started.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let rss_after = node.rss()?;
@@ -491,7 +534,7 @@ impl Bench {
         let n = self.args.scale_size;
         let probe = Arc::new(FanoutProbe::default());
         let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-        let (clients, errors) = self.connect(&addrs, n, "scale", &probe).await;
+        let (clients, errors) = self.connect(&addrs, n, |_| "scale".into(), &probe).await;
         anyhow::ensure!(errors == 0, "{errors} connections failed");
         let bases: Vec<&str> = nodes.iter().map(|n| n.base.as_str()).collect();
         let (query, wrong_answers) = self
@@ -547,12 +590,13 @@ fn print_machine() {
 fn print_report(r: &Report) {
     println!("\n### {}\n", r.target);
     println!(
-        "| N | K | connect (s) | query p50 | p90 | p99 | max (ms) | wrong | fan-out p50 | p99 | max (ms) | lost |"
+        "| N | K | connect (s) | query p50 | p90 | p99 | max (ms) | wrong | fan-out p50 | p99 | max (ms) | lost \
+         | fan-out CPU/round servers, client (ms) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for x in &r.rooms {
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {:.0}, {:.0} |",
             x.n,
             x.k,
             x.connect_secs,
@@ -564,7 +608,9 @@ fn print_report(r: &Report) {
             x.fanout.p50,
             x.fanout.p99,
             x.fanout.max,
-            x.fanout_lost_rounds
+            x.fanout_lost_rounds,
+            x.fanout_cpu_servers_ms,
+            x.fanout_cpu_client_ms
         );
     }
     if let Some(m) = &r.memory {
@@ -580,7 +626,10 @@ fn print_report(r: &Report) {
         );
     }
     if !r.scale.is_empty() {
-        println!("\n| K (N={}) | query p50 | p90 | p99 | max (ms) | wrong |", r.scale[0].n);
+        println!(
+            "\n| K (N={}) | query p50 | p90 | p99 | max (ms) | wrong |",
+            r.scale[0].n
+        );
         println!("|---|---|---|---|---|---|");
         for s in &r.scale {
             println!(

@@ -15,6 +15,20 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (clock ticks of 10 ms).
+pub fn cpu_time(pid: u32) -> Duration {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 /// Kills the child on drop, by pid, and reaps it.
 struct Owned(Child);
 
@@ -26,11 +40,15 @@ impl Drop for Owned {
 }
 
 pub struct Redis {
-    _child: Owned,
+    child: Owned,
     pub url: String,
 }
 
 impl Redis {
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     pub fn start(logs: &Path) -> anyhow::Result<Self> {
         let port = free_port()?;
         let child = Command::new("redis-server")
@@ -49,7 +67,7 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(Self {
-            _child: child,
+            child,
             url: format!("redis://127.0.0.1:{port}"),
         })
     }
@@ -88,11 +106,12 @@ impl Node {
     }
 }
 
-/// Starts K nodes of `target` on one Redis (or none when `redis` is `None`) and waits until each is healthy.
+/// Starts K nodes of `target` on one Redis and waits until each is healthy.
 pub async fn start_nodes(
     target: &Target,
     k: usize,
-    redis: Option<&Redis>,
+    redis: &Redis,
+    presence: bool,
     root: &Path,
     logs: &Path,
     http: &reqwest::Client,
@@ -110,13 +129,11 @@ pub async fn start_nodes(
             .env("NODE_ID", &id)
             .env("RUST_LOG", "warn")
             .env("NODE_ENV", "production")
-            .env_remove("REDIS_URL")
+            .env("REDIS_URL", &redis.url)
+            .env("PRESENCE_EVENTS", presence.to_string())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?);
-        if let Some(redis) = redis {
-            cmd.env("REDIS_URL", &redis.url);
-        }
         let child = Owned(
             cmd.spawn()
                 .with_context(|| format!("cannot start {:?}", target.command))?,
