@@ -1,0 +1,49 @@
+//! A tiny run of the benchmark (`scripts/bench.sh`), so it cannot rot: both targets, every phase, and
+//! `--check`, which fails on any refused connection, wrong room count or lost fan-out event. Speed is not
+//! asserted here; BENCHMARKS.md has the numbers.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn bench_smoke_run_is_correct() {
+    let reference = root().join("bench/node-reference/node_modules/socket.io");
+    assert!(
+        reference.exists(),
+        "bench/node-reference/node_modules is missing: scripts/setup.sh installs it"
+    );
+    let logs = log_dir("bench_smoke");
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(env!("CARGO_BIN_EXE_bench"))
+        .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
+        .args(["--sizes", "50", "--nodes", "2", "--requests", "10"])
+        .args(["--fanout-rounds", "3", "--memory-conns", "60"])
+        .args(["--scale-nodes", "1,2", "--scale-size", "20", "--presence"])
+        .args(["--check", "--max-minutes", "4", "--logs"])
+        .arg(&logs)
+        .current_dir(root())
+        .output()
+        .expect("run the bench binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(logs.join("bench.out"), stdout.as_bytes()).unwrap();
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "bench --check failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    // Both targets measured every phase, and the comparison was printed.
+    for section in ["### ours", "### node", "### ours / node"] {
+        assert!(stdout.contains(section), "no {section:?} in:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("| 50 | 2 |").count(), 2, "{stdout}");
+    assert_eq!(
+        stdout.matches("60 idle TLS websocket connections").count(),
+        2
+    );
+}
