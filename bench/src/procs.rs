@@ -29,11 +29,22 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// Kills the child on drop, by pid, and reaps it.
+/// Stops the child on drop, by pid: SIGTERM (so it can shut down, and a profiler wrapped around it can write its
+/// report), SIGKILL after 10 s, then reaps it.
 struct Owned(Child);
 
 impl Drop for Owned {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
