@@ -72,6 +72,7 @@ const SOCKET_BUFFER_PACKETS: usize = 1024;
 /// Cross-node messages queued in the adapter before it drops them.
 const ADAPTER_STREAM_BUFFER: usize = 65_536;
 
+/// The Socket.IO settings both modes (single node and cluster) share.
 fn io_builder(
     info: NodeInfo,
 ) -> socketioxide::SocketIoBuilder<socketioxide::adapter::LocalAdapter> {
