@@ -71,6 +71,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const SOCKET_BUFFER_PACKETS: usize = 1024;
 /// Cross-node messages queued in the adapter before it drops them.
 const ADAPTER_STREAM_BUFFER: usize = 65_536;
+/// Bytes read from a websocket at a time. Each connection holds this buffer for its whole life, and our
+/// messages are small, so 1 KiB instead of engineioxide's 4 KiB saves 3 KiB per connection (BENCHMARKS.md).
+const WS_READ_BUFFER: usize = 1024;
 
 /// The Socket.IO settings both modes (single node and cluster) share.
 fn io_builder(
@@ -78,6 +81,7 @@ fn io_builder(
 ) -> socketioxide::SocketIoBuilder<socketioxide::adapter::LocalAdapter> {
     SocketIo::builder()
         .max_buffer_size(SOCKET_BUFFER_PACKETS)
+        .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(info)
 }
 
