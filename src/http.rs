@@ -43,6 +43,29 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Copies the request line and headers out of hyper's connection read buffer.
+///
+/// hyper parses them zero-copy, as slices of the connection's read buffer (8-16 KiB), and socketioxide keeps the
+/// handshake request's parts for the socket's whole life: without this, every websocket pins a read buffer it
+/// will never use again (BENCHMARKS.md, memory).
+pub async fn detach_head(req: axum::extract::Request) -> axum::extract::Request {
+    let (mut parts, body) = req.into_parts();
+    if let Ok(uri) = axum::http::Uri::from_maybe_shared(Bytes::from(parts.uri.to_string())) {
+        parts.uri = uri;
+    }
+    // The router records the URI as it arrived, before any middleware runs.
+    if let Some(original) = parts.extensions.get_mut::<axum::extract::OriginalUri>() {
+        original.0 = parts.uri.clone();
+    }
+    for value in parts.headers.values_mut() {
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(value.is_sensitive());
+            *value = copy;
+        }
+    }
+    axum::extract::Request::from_parts(parts, body)
+}
+
 /// A room name from the path, percent-decoded and checked against [`validate::room`].
 struct Room(String);
 

@@ -168,6 +168,7 @@ pub async fn run(
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(%node, "listening on {scheme}://{addr}");
+    let app = app.layer(axum::middleware::map_request(http::detach_head));
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         Some(tls) => {
