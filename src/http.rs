@@ -192,6 +192,41 @@ mod tests {
         }
     }
 
+    /// hyper hands us a request whose URI and header values are slices of the connection's read buffer; after
+    /// `detach_head` nothing may point into that buffer any more, or every websocket pins it for its life.
+    #[tokio::test]
+    async fn detach_head_releases_the_read_buffer() {
+        let buffer = Bytes::from(
+            b"/socket.io/?EIO=4&transport=websocket&id_user=u1 dGhlIHNhbXBsZQ==".to_vec(),
+        );
+        let uri = axum::http::Uri::from_maybe_shared(buffer.slice(0..48)).unwrap();
+        let key = HeaderValue::from_maybe_shared(buffer.slice(49..)).unwrap();
+        let mut req = Request::builder()
+            .uri(uri.clone())
+            .header(header::SEC_WEBSOCKET_KEY, key)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(axum::extract::OriginalUri(uri));
+        assert!(!buffer.is_unique());
+
+        let req = detach_head(req).await;
+
+        assert!(
+            buffer.is_unique(),
+            "something still points into the read buffer"
+        );
+        assert_eq!(
+            req.uri(),
+            "/socket.io/?EIO=4&transport=websocket&id_user=u1"
+        );
+        assert_eq!(req.headers()[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZQ==");
+        let original = req
+            .extensions()
+            .get::<axum::extract::OriginalUri>()
+            .unwrap();
+        assert_eq!(original.0, *req.uri());
+    }
+
     fn app(bundle: Option<&'static str>) -> Router {
         router(AppState {
             node: "n1".into(),
