@@ -22,6 +22,7 @@ use tokio::{
 use uuid::Uuid;
 
 use crate::{
+    metrics::{Metrics, Outcome},
     protocol::{self, Member, Request, Response},
     redis::{self, RedisError, Subscriber},
     socket::LocalRooms,
@@ -31,6 +32,8 @@ use crate::{
 const MAX_CONCURRENT_REPLIES: usize = 256;
 /// Replies buffered per pending request; forged floods beyond it are dropped.
 const REPLY_BUFFER: usize = 1024;
+/// How long the readiness probe waits for Redis.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The result of a room query across the cluster.
 #[derive(Debug)]
@@ -107,6 +110,7 @@ pub struct Cluster {
     pending: Arc<Pending>,
     local: Arc<dyn LocalRooms>,
     timeout: Duration,
+    metrics: Arc<Metrics>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -119,9 +123,12 @@ impl Cluster {
         node: Arc<str>,
         local: Arc<dyn LocalRooms>,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisError> {
         let publisher = redis::connect_client(url, timeout).await?;
         let subscriber = Subscriber::new(url, Duration::from_secs(5))?;
+        metrics.watch_redis(&publisher, "publisher");
+        metrics.watch_redis(&subscriber.client, "cluster_subscriber");
         let request_channel = format!("{prefix}:users#req");
         let reply_prefix = format!("{prefix}:users#reply#");
         let reply_channel = format!("{reply_prefix}{node}");
@@ -138,6 +145,7 @@ impl Cluster {
                 pending: pending.clone(),
                 local: local.clone(),
                 permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLIES)),
+                metrics: metrics.clone(),
             },
         ));
         redis::init(&subscriber.client, url).await?;
@@ -154,12 +162,52 @@ impl Cluster {
             pending,
             local,
             timeout,
+            metrics,
             listener,
         }))
     }
 
     /// Every socket of `room` on every node that answers within the request timeout.
     pub async fn room_members(&self, room: &str) -> RoomAnswer {
+        let started = Instant::now();
+        let answer = self.query(room).await;
+        let outcome = match (&answer.error, answer.is_partial()) {
+            (Some(_), _) => "failed",
+            (None, true) => "partial",
+            (None, false) => "complete",
+        };
+        let m = &self.metrics;
+        m.cluster_requests.get_or_create(&Outcome { outcome }).inc();
+        m.cluster_request_seconds
+            .observe(started.elapsed().as_secs_f64());
+        m.cluster_nodes_answering
+            .set(answer.answered.try_into().unwrap_or(i64::MAX));
+        answer
+    }
+
+    /// Whether this node takes part in the cluster now, and how many nodes Redis counts on the request channel
+    /// (this one included when its subscription is live).
+    pub async fn probe(&self) -> Result<usize, String> {
+        if !self.subscriber.client.is_connected() {
+            return Err("the cluster subscription to Redis is down".into());
+        }
+        let numsub = self
+            .publisher
+            .pubsub_numsub::<fred::types::Value, _>(self.request_channel.clone());
+        let reply = tokio::time::timeout(PROBE_TIMEOUT, numsub)
+            .await
+            .map_err(|_| "Redis did not answer in time".to_string())?
+            .map_err(|e| format!("redis: {e}"))?;
+        // `[channel, count]` (a map in RESP3).
+        reply
+            .into_array()
+            .get(1)
+            .and_then(|n| n.as_i64())
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| "unexpected PUBSUB NUMSUB reply".into())
+    }
+
+    async fn query(&self, room: &str) -> RoomAnswer {
         let deadline = Instant::now() + self.timeout;
         let request = Request::new(&self.node, room);
         let (tx, mut rx) = mpsc::channel(REPLY_BUFFER);
@@ -195,7 +243,7 @@ impl Cluster {
                 Ok(Some(Reply::Echo)) => echoed = true,
                 Ok(Some(Reply::Answer(resp))) => {
                     if *resp.node == *self.node || !seen.insert(resp.node.clone()) {
-                        tracing::warn!(node = %resp.node, "duplicate reply ignored");
+                        tracing::warn!(from = %resp.node, "duplicate reply ignored");
                         continue;
                     }
                     answer.nodes.push((resp.node.into(), resp.members));
@@ -246,6 +294,7 @@ struct Handler {
     pending: Arc<Pending>,
     local: Arc<dyn LocalRooms>,
     permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
 }
 
 async fn listen(mut messages: broadcast::Receiver<Message>, h: Handler) {
@@ -264,18 +313,25 @@ impl Handler {
     fn handle(&self, msg: Message) {
         let Some(bytes) = msg.value.as_bytes() else {
             tracing::warn!(channel = %msg.channel, "non-binary pub/sub message ignored");
+            self.metrics.cluster_messages_rejected.inc();
             return;
         };
         if *msg.channel == *self.request_channel {
             match protocol::decode_request(bytes) {
                 Ok(req) if *req.from == *self.node => self.pending.deliver(req.id, Reply::Echo),
                 Ok(req) => self.answer(req),
-                Err(e) => tracing::warn!(error = %e, "bad cluster request ignored"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad cluster request ignored");
+                    self.metrics.cluster_messages_rejected.inc();
+                }
             }
         } else if *msg.channel == *self.reply_channel {
             match protocol::decode_response(bytes) {
                 Ok(resp) => self.pending.deliver(resp.id, Reply::Answer(resp)),
-                Err(e) => tracing::warn!(error = %e, "bad cluster reply ignored"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad cluster reply ignored");
+                    self.metrics.cluster_messages_rejected.inc();
+                }
             }
         }
     }
@@ -293,13 +349,17 @@ impl Handler {
         };
         let channel = format!("{}{}", self.reply_prefix, req.from);
         let publisher = self.publisher.clone();
+        let sent = self.metrics.cluster_replies_sent.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = publisher
+            match publisher
                 .publish::<i64, _, _>(channel, protocol::encode(&response))
                 .await
             {
-                tracing::warn!(error = %e, "cluster reply could not be published");
+                Ok(_) => {
+                    sent.inc();
+                }
+                Err(e) => tracing::warn!(error = %e, "cluster reply could not be published"),
             }
         });
     }

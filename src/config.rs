@@ -5,6 +5,8 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::logging::LogFormat;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "socket-identity", version, about)]
 pub struct Config {
@@ -56,12 +58,23 @@ pub struct Config {
         default_value = "deploy/static/socket.io.min.js"
     )]
     pub client_bundle: PathBuf,
+
+    /// Log lines as `human` text or as `json` objects (one per line). Either way each line names the node;
+    /// `RUST_LOG` sets the levels.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
 }
 
 impl Config {
     /// A config for tests and embedding: loopback, defaults everywhere else.
     pub fn for_tests() -> Self {
         Self::parse_from(["socket-identity", "--bind", "127.0.0.1", "--port", "0"])
+    }
+
+    /// This node's id: `NODE_ID`, or a new uuid chosen once and kept.
+    pub fn node_id(&mut self) -> &str {
+        self.node_id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string())
     }
 
     pub fn request_timeout(&self) -> Duration {

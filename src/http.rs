@@ -1,6 +1,9 @@
 //! REST and page routes. Built by [`router`], testable without a socket.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use axum::{
     Json, Router,
@@ -15,6 +18,7 @@ use serde::Serialize;
 use crate::{
     cluster::{Cluster, RoomAnswer},
     error::AppError,
+    metrics::Metrics,
     socket::LocalRooms,
     validate,
 };
@@ -31,11 +35,20 @@ pub struct AppState {
     pub cluster: Option<Arc<Cluster>>,
     /// The socket.io browser client, read once at start-up; `None` if it is not installed.
     pub client_bundle: Option<Bytes>,
+    pub metrics: Arc<Metrics>,
+    /// Whether clients reach this node over TLS (reported by `/ready`).
+    pub tls: bool,
+    /// Set when shutdown starts: `/ready` turns false so balancers stop sending new clients.
+    pub draining: Arc<AtomicBool>,
+    /// The socketioxide-redis adapter's subscriber, in cluster mode: rooms and broadcasts need it.
+    pub adapter_redis: Option<fred::clients::SubscriberClient>,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .route("/socket.io.js", get(client_bundle))
         .route("/{room}", get(page))
         .route("/{room}/users", get(users))
@@ -97,6 +110,58 @@ async fn health(State(s): State<AppState>) -> impl IntoResponse {
         "sockets": s.local.socket_count(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
+}
+
+/// Readiness: 200 when this node can serve clients and answer for the whole cluster, 503 with the reason
+/// otherwise (shutting down, Redis unreachable, a subscription down).
+async fn ready(State(s): State<AppState>) -> Response {
+    let draining = s.draining.load(Ordering::Relaxed);
+    let (redis, cluster_nodes, problem) = match &s.cluster {
+        None => ("not used", None, None),
+        Some(cluster) => match cluster.probe().await {
+            Err(e) => ("down", None, Some(e)),
+            Ok(n) => match &s.adapter_redis {
+                Some(a) if !fred::prelude::ClientLike::is_connected(a) => (
+                    "down",
+                    Some(n),
+                    Some("the adapter's subscription to Redis is down".to_owned()),
+                ),
+                _ => ("up", Some(n), None),
+            },
+        },
+    };
+    let problem = match draining {
+        true => Some("shutting down".to_owned()),
+        false => problem,
+    };
+    let status = match problem {
+        None => axum::http::StatusCode::OK,
+        Some(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = serde_json::json!({
+        "ready": problem.is_none(),
+        "node": &*s.node,
+        "tls": s.tls,
+        "redis": redis,
+        "cluster_nodes": cluster_nodes,
+        "sockets": s.local.socket_count(),
+        "error": problem,
+    });
+    (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = s
+        .metrics
+        .render(s.local.socket_count(), s.local.room_count());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn users(State(s): State<AppState>, Room(room): Room) -> Response {
@@ -187,6 +252,9 @@ mod tests {
         fn socket_count(&self) -> usize {
             2
         }
+        fn room_count(&self) -> usize {
+            1
+        }
         fn close(&self) -> futures_util::future::BoxFuture<'_, ()> {
             Box::pin(async {})
         }
@@ -233,6 +301,10 @@ mod tests {
             local: Arc::new(Fixed),
             cluster: None,
             client_bundle: bundle.map(|s| Bytes::from_static(s.as_bytes())),
+            metrics: Arc::new(Metrics::new()),
+            tls: false,
+            draining: Arc::default(),
+            adapter_redis: None,
         })
     }
 

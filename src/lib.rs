@@ -40,6 +40,8 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod redis;
 pub mod shutdown;
@@ -47,7 +49,15 @@ pub mod socket;
 pub mod tls;
 pub mod validate;
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::body::Bytes;
 use axum_server::tls_rustls::RustlsConfig;
@@ -91,28 +101,35 @@ pub async fn run(
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    let node: Arc<str> = config
-        .node_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-        .into();
+    let mut config = config;
+    let node: Arc<str> = config.node_id().into();
     validate::node_id(&node).map_err(StartError::NodeId)?;
     let tls = match config.plain_http {
         true => None,
         false => Some(tls::server_config(&config.tls_cert, &config.tls_key)?),
     };
     let client_bundle = load_client_bundle(&config);
+    let metrics = Arc::new(metrics::Metrics::new());
+    let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
         id: node.clone(),
         presence: config.presence_events,
+        metrics: metrics.clone(),
     };
 
-    let app_state = |local: Arc<dyn LocalRooms>, cluster: Option<Arc<Cluster>>| AppState {
-        node: node.clone(),
-        local,
-        cluster,
-        client_bundle: client_bundle.clone(),
-    };
+    let app_state =
+        |local: Arc<dyn LocalRooms>,
+         cluster: Option<Arc<Cluster>>,
+         adapter_redis: Option<fred::clients::SubscriberClient>| AppState {
+            node: node.clone(),
+            local,
+            cluster,
+            client_bundle: client_bundle.clone(),
+            metrics: metrics.clone(),
+            tls: tls.is_some(),
+            draining: draining.clone(),
+            adapter_redis,
+        };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
     let (app, local, cluster, adapter_sub) = match &config.redis_url {
@@ -120,11 +137,12 @@ pub async fn run(
             let (layer, io) = io_builder(info).build_layer();
             io.ns("/", socket::on_connect.with(socket::handshake));
             let local: Arc<dyn LocalRooms> = Arc::new(io);
-            let app = http::router(app_state(local.clone(), None)).layer(layer);
+            let app = http::router(app_state(local.clone(), None, None)).layer(layer);
             (app, local, None, None)
         }
         Some(url) => {
             let adapter_sub = redis::Subscriber::new(url, Duration::from_secs(5))?;
+            metrics.watch_redis(&adapter_sub.client, "adapter_subscriber");
             let adapter = RedisAdapterCtr::new_with_fred_config(
                 adapter_sub.client.clone(),
                 RedisAdapterConfig::new()
@@ -149,9 +167,15 @@ pub async fn run(
                 node.clone(),
                 local.clone(),
                 config.request_timeout(),
+                metrics.clone(),
             )
             .await?;
-            let app = http::router(app_state(local.clone(), Some(cluster.clone()))).layer(layer);
+            let state = app_state(
+                local.clone(),
+                Some(cluster.clone()),
+                Some(adapter_sub.client.clone()),
+            );
+            let app = http::router(state).layer(layer);
             (app, local, Some(cluster), Some(adapter_sub))
         }
     };
@@ -161,13 +185,14 @@ pub async fn run(
     let handle = axum_server::Handle::new();
     tokio::spawn(drain_on(
         shutdown,
+        draining,
         handle.clone(),
         local,
         cluster,
         adapter_sub,
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%node, "listening on {scheme}://{addr}");
+    tracing::info!("listening on {scheme}://{addr}");
     let app = app.layer(axum::middleware::map_request(http::detach_head));
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
@@ -184,7 +209,7 @@ pub async fn run(
                 .await?
         }
     }
-    tracing::info!(%node, "stopped");
+    tracing::info!("stopped");
     Ok(())
 }
 
@@ -193,12 +218,14 @@ pub async fn run(
 /// flight finish, all bounded by [`DRAIN_TIMEOUT`].
 async fn drain_on(
     shutdown: impl Future<Output = ()>,
+    draining: Arc<AtomicBool>,
     handle: axum_server::Handle,
     local: Arc<dyn LocalRooms>,
     cluster: Option<Arc<Cluster>>,
     adapter_sub: Option<redis::Subscriber>,
 ) {
     shutdown.await;
+    draining.store(true, Ordering::Relaxed);
     if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
         .await
         .is_err()

@@ -1,26 +1,30 @@
 //! The `socket-identity` binary: parse the config, set up logging, bind, run until a signal.
 
 use std::{
-    io::IsTerminal,
     net::{SocketAddr, TcpListener},
+    process::ExitCode,
 };
 
-use anyhow::Context;
 use clap::Parser;
-use socket_identity::{Config, run, shutdown};
+use socket_identity::{Config, logging, run, shutdown};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,socketioxide=warn,engineioxide=warn,fred=warn".into()),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
-    let config = Config::parse();
+async fn main() -> ExitCode {
+    let mut config = Config::parse();
+    logging::init(config.log_format, config.node_id());
     let addr = SocketAddr::new(config.bind, config.port);
-    let listener = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    run(config, listener, shutdown::signal()).await?;
-    Ok(())
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen on {addr}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(config, listener, shutdown::signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            ExitCode::FAILURE
+        }
+    }
 }

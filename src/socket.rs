@@ -16,6 +16,7 @@ use socketioxide::{
 };
 
 use crate::{
+    metrics::{Metrics, Reason},
     protocol::Member,
     validate::{self, Invalid},
 };
@@ -33,6 +34,7 @@ pub struct NodeInfo {
     pub id: Arc<str>,
     /// Whether joins and leaves are announced to the room ([`crate::Config::presence_events`]).
     pub presence: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// `socket-connected`, `socket-disconnected`: who came or went.
@@ -96,9 +98,14 @@ fn field(name: &'static str, query: Option<&str>, auth: Option<&Value>) -> Resul
 pub async fn handshake<A: Adapter>(
     socket: SocketRef<A>,
     TryData(auth): TryData<Value>,
+    State(node): State<NodeInfo>,
 ) -> Result<(), Invalid> {
     let identity = Identity::from_handshake(socket.req_parts().uri.query(), auth.ok().as_ref())
-        .inspect_err(|e| tracing::debug!(error = %e, "handshake refused"))?;
+        .inspect_err(|e| {
+            tracing::debug!(error = %e, "handshake refused");
+            let reason = Reason { reason: e.kind() };
+            node.metrics.handshakes_refused.get_or_create(&reason).inc();
+        })?;
     socket.extensions.insert(identity);
     Ok(())
 }
@@ -192,6 +199,8 @@ pub trait LocalRooms: Send + Sync + 'static {
     fn members(&self, room: &str) -> Vec<Member>;
     /// How many sockets are connected to this node.
     fn socket_count(&self) -> usize;
+    /// Rooms with at least one socket on this node.
+    fn room_count(&self) -> usize;
     /// Disconnects every local socket with reason "server shutting down", so clients reconnect elsewhere.
     fn close(&self) -> BoxFuture<'_, ()>;
 }
@@ -214,6 +223,15 @@ impl<A: Adapter> LocalRooms for SocketIo<A> {
 
     fn socket_count(&self) -> usize {
         self.local().sockets().len()
+    }
+
+    fn room_count(&self) -> usize {
+        let sockets = self.local().sockets();
+        let rooms: std::collections::HashSet<_> = sockets
+            .iter()
+            .filter_map(|s| s.extensions.get::<Identity>().map(|id| id.room))
+            .collect();
+        rooms.len()
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {

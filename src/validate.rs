@@ -55,6 +55,23 @@ pub enum Invalid {
     Repeated(&'static str),
 }
 
+impl Invalid {
+    /// A stable, short name for metrics labels (`handshakes_refused_total{reason=..}`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Missing(_) => "missing",
+            Self::NotString(_) => "not_string",
+            Self::TooLong(..) => "too_long",
+            Self::Empty(_) => "empty",
+            Self::BadChar(_) => "bad_char",
+            Self::LeadingDot(_) => "leading_dot",
+            Self::Whitespace(_) => "whitespace",
+            Self::Reserved(_) => "reserved",
+            Self::Repeated(_) => "repeated",
+        }
+    }
+}
+
 fn check_len(field: &'static str, value: &str, max: usize) -> Result<(), Invalid> {
     if value.is_empty() {
         return Err(Invalid::Empty(field));

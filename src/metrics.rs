@@ -1,0 +1,220 @@
+//! Prometheus metrics, served at `GET /metrics` in the text format.
+//!
+//! Counters are bumped where things happen (handshake, cluster query, Redis events); the socket and room
+//! gauges are read from the node when scraped, so they can never drift from the truth.
+
+use std::sync::Mutex;
+
+use fred::prelude::EventInterface;
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Which failure refused a handshake ([`crate::validate::Invalid::kind`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+/// How a room query ended: `complete`, `partial` (a node did not answer in time) or `failed` (Redis).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+/// Which of the node's Redis connections: `publisher`, `cluster_subscriber` or `adapter_subscriber`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Connection {
+    pub connection: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    sockets: Gauge,
+    rooms: Gauge,
+    pub handshakes_refused: Family<Reason, Counter>,
+    pub cluster_requests: Family<Outcome, Counter>,
+    pub cluster_request_seconds: Histogram,
+    /// Nodes that answered the last room query asked on this node, this one included.
+    pub cluster_nodes_answering: Gauge,
+    pub cluster_replies_sent: Counter,
+    /// Malformed, wrong-version or unexpected cluster messages, ignored.
+    pub cluster_messages_rejected: Counter,
+    pub redis_errors: Family<Connection, Counter>,
+    pub redis_reconnects: Family<Connection, Counter>,
+    /// The tasks counting Redis events; stopped with the node.
+    watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let sockets = Gauge::default();
+        let rooms = Gauge::default();
+        let handshakes_refused = Family::default();
+        let cluster_requests = Family::default();
+        // 0.25 ms .. ~4 s: a local answer is sub-millisecond, a timed-out one is the request timeout.
+        let cluster_request_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
+        let cluster_nodes_answering = Gauge::default();
+        let cluster_replies_sent = Counter::default();
+        let cluster_messages_rejected = Counter::default();
+        let redis_errors = Family::default();
+        let redis_reconnects = Family::default();
+
+        let mut r = Registry::with_prefix("socket_identity");
+        r.register(
+            "connected_sockets",
+            "Socket.IO sockets connected to this node",
+            sockets.clone(),
+        );
+        r.register(
+            "rooms",
+            "Rooms with at least one socket on this node",
+            rooms.clone(),
+        );
+        r.register(
+            "handshakes_refused",
+            "Socket.IO handshakes refused, by reason",
+            handshakes_refused.clone(),
+        );
+        r.register(
+            "cluster_requests",
+            "Room queries asked on this node, by outcome",
+            cluster_requests.clone(),
+        );
+        r.register(
+            "cluster_request_seconds",
+            "Time to answer a room query across the cluster",
+            cluster_request_seconds.clone(),
+        );
+        r.register(
+            "cluster_nodes_answering",
+            "Nodes that answered the last room query asked on this node, this one included",
+            cluster_nodes_answering.clone(),
+        );
+        r.register(
+            "cluster_replies_sent",
+            "Answers this node sent to other nodes' room queries",
+            cluster_replies_sent.clone(),
+        );
+        r.register(
+            "cluster_messages_rejected",
+            "Cluster messages ignored because they were malformed or unexpected",
+            cluster_messages_rejected.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Errors on a Redis connection",
+            redis_errors.clone(),
+        );
+        r.register(
+            "redis_reconnects",
+            "Successful (re)connections of a Redis connection",
+            redis_reconnects.clone(),
+        );
+        Self {
+            registry: r,
+            sockets,
+            rooms,
+            handshakes_refused,
+            cluster_requests,
+            cluster_request_seconds,
+            cluster_nodes_answering,
+            cluster_replies_sent,
+            cluster_messages_rejected,
+            redis_errors,
+            redis_reconnects,
+            watchers: Mutex::default(),
+        }
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn render(&self, sockets: usize, rooms: usize) -> String {
+        self.sockets.set(sockets.try_into().unwrap_or(i64::MAX));
+        self.rooms.set(rooms.try_into().unwrap_or(i64::MAX));
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts the errors and reconnections fred reports for `client`.
+    pub fn watch_redis(&self, client: &impl EventInterface, connection: &'static str) {
+        let label = Connection { connection };
+        let mut errors = client.error_rx();
+        let counter = self.redis_errors.get_or_create(&label).clone();
+        let on_error = tokio::spawn(async move {
+            while let Ok((error, _)) = errors.recv().await {
+                tracing::warn!(connection, %error, "Redis connection error");
+                counter.inc();
+            }
+        });
+        let mut reconnects = client.reconnect_rx();
+        let counter = self.redis_reconnects.get_or_create(&label).clone();
+        let on_reconnect = tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                counter.inc();
+            }
+        });
+        let mut watchers = self.watchers.lock().unwrap();
+        watchers.extend([on_error, on_reconnect]);
+    }
+}
+
+impl Drop for Metrics {
+    fn drop(&mut self) {
+        for w in self.watchers.get_mut().unwrap().drain(..) {
+            w.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family() {
+        let m = Metrics::new();
+        m.handshakes_refused
+            .get_or_create(&Reason { reason: "missing" })
+            .inc();
+        m.cluster_requests
+            .get_or_create(&Outcome {
+                outcome: "complete",
+            })
+            .inc();
+        m.cluster_request_seconds.observe(0.002);
+        let text = m.render(3, 2);
+        for line in [
+            "socket_identity_connected_sockets 3",
+            "socket_identity_rooms 2",
+            "socket_identity_handshakes_refused_total{reason=\"missing\"} 1",
+            "socket_identity_cluster_requests_total{outcome=\"complete\"} 1",
+            "socket_identity_cluster_request_seconds_count 1",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+    }
+}
