@@ -118,15 +118,15 @@ impl Cluster {
     /// Connects to Redis, subscribes to the request channel and this node's reply channel, and starts
     /// answering other nodes.
     pub async fn start(
-        url: &str,
+        redis: &redis::Endpoint,
         prefix: &str,
         node: Arc<str>,
         local: Arc<dyn LocalRooms>,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisError> {
-        let publisher = redis::connect_client(url, timeout).await?;
-        let subscriber = Subscriber::new(url, Duration::from_secs(5))?;
+        let publisher = redis::connect_client(redis, timeout).await?;
+        let subscriber = Subscriber::new(redis, Duration::from_secs(5))?;
         metrics.watch_redis(&publisher, "publisher");
         metrics.watch_redis(&subscriber.client, "cluster_subscriber");
         let request_channel = format!("{prefix}:users#req");
@@ -148,12 +148,12 @@ impl Cluster {
                 metrics: metrics.clone(),
             },
         ));
-        redis::init(&subscriber.client, url).await?;
+        redis::init(&subscriber.client, redis).await?;
         subscriber
             .client
             .subscribe(vec![request_channel.clone(), reply_channel])
             .await
-            .map_err(|source| redis::connect_err(url, source))?;
+            .map_err(|source| redis::connect_err(redis, source))?;
         Ok(Arc::new(Self {
             node,
             request_channel,

@@ -18,9 +18,14 @@ pub struct Config {
     #[arg(long, env = "BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
 
-    /// Redis URL (`redis://[user:pass@]host:port[/db]`). Unset: a single node with an in-memory adapter.
-    #[arg(long, env = "REDIS_URL")]
+    /// Redis URL: `redis://[user:pass@]host:port[/db]`, or `rediss://…` for TLS. Unset: a single node with an
+    /// in-memory adapter. Never logged with its password.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// PEM file of the CA(s) to trust for `rediss://` instead of the system's roots (a private CA).
+    #[arg(long, env = "REDIS_CA")]
+    pub redis_ca: Option<PathBuf>,
 
     /// Prefix of every Redis channel this cluster uses; nodes with different prefixes never see each other.
     #[arg(long, env = "REDIS_PREFIX", default_value = "socket-identity")]

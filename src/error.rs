@@ -23,6 +23,23 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
+impl StartError {
+    /// Whether trying again later may succeed: Redis refused or dropped the connection, or timed out. A bad URL,
+    /// bad credentials or a TLS failure are not retried: they need a person.
+    pub fn is_transient(&self) -> bool {
+        use fred::error::ErrorKind;
+        match self {
+            Self::Redis(RedisError::Connect { source, .. }) => match source.kind() {
+                // rustls reports a refused certificate as an `InvalidData` I/O error.
+                ErrorKind::IO => !source.details().contains("InvalidData"),
+                ErrorKind::Timeout | ErrorKind::Canceled => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 /// A request that cannot be served. Rendered as `{"error": "..."}` with a fitting status.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -52,5 +69,33 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let body = Json(serde_json::json!({ "error": self.to_string() }));
         (self.status(), body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error, ErrorKind};
+
+    fn connect(kind: ErrorKind, details: &str) -> StartError {
+        StartError::Redis(RedisError::Connect {
+            url: "redis://x".into(),
+            source: Error::new(kind, details.to_owned()),
+        })
+    }
+
+    #[test]
+    fn retries_only_what_can_heal() {
+        let refused = r#"Os { code: 111, kind: ConnectionRefused, message: "Connection refused" }"#;
+        assert!(connect(ErrorKind::IO, refused).is_transient());
+        assert!(connect(ErrorKind::Timeout, "").is_transient());
+        let bad_cert = "Custom { kind: InvalidData, error: InvalidCertificate(UnknownIssuer) }";
+        assert!(!connect(ErrorKind::IO, bad_cert).is_transient());
+        assert!(!connect(ErrorKind::Auth, "WRONGPASS").is_transient());
+        let url = StartError::Redis(RedisError::Url {
+            url: "x".into(),
+            reason: "y".into(),
+        });
+        assert!(!url.is_transient());
     }
 }

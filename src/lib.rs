@@ -61,6 +61,7 @@ use std::{
 
 use axum::body::Bytes;
 use axum_server::tls_rustls::RustlsConfig;
+use futures_util::FutureExt;
 use socketioxide::{SocketIo, handler::ConnectHandler};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
@@ -73,6 +74,9 @@ use crate::{
     socket::{LocalRooms, NodeInfo},
 };
 
+/// Back-off between attempts to reach Redis at start-up: doubling from the first to the most.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long shutdown waits for clients to be told and for requests in flight to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -102,6 +106,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let mut config = config;
+    let shutdown = shutdown.boxed().shared();
     let node: Arc<str> = config.node_id().into();
     validate::node_id(&node).map_err(StartError::NodeId)?;
     let tls = match config.plain_http {
@@ -132,7 +137,7 @@ pub async fn run(
         };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
-    let (app, local, cluster, adapter_sub) = match &config.redis_url {
+    let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
         None => {
             let (layer, io) = io_builder(info).build_layer();
             io.ns("/", socket::on_connect.with(socket::handshake));
@@ -141,42 +146,24 @@ pub async fn run(
             (app, local, None, None)
         }
         Some(url) => {
-            let adapter_sub = redis::Subscriber::new(url, Duration::from_secs(5))?;
-            metrics.watch_redis(&adapter_sub.client, "adapter_subscriber");
-            let adapter = RedisAdapterCtr::new_with_fred_config(
-                adapter_sub.client.clone(),
-                RedisAdapterConfig::new()
-                    .with_prefix(format!("{}-adapter", config.redis_prefix))
-                    .with_request_timeout(config.request_timeout())
-                    // Messages from other nodes queue here; when it is full the adapter drops them (and logs),
-                    // so a burst of broadcasts must fit. Memory is only taken while a backlog exists.
-                    .with_stream_buffer(ADAPTER_STREAM_BUFFER),
-            )
-            .await
-            .map_err(|e| redis::connect_err(url, e))?;
-            let (layer, io) = io_builder(info)
-                .with_adapter::<FredAdapter<_>>(adapter)
-                .build_layer();
-            io.ns("/", socket::on_connect.with(socket::handshake))
-                .await
-                .map_err(|e| StartError::Adapter(e.to_string()))?;
-            let local: Arc<dyn LocalRooms> = Arc::new(io);
-            let cluster = Cluster::start(
-                url,
-                &config.redis_prefix,
-                node.clone(),
-                local.clone(),
-                config.request_timeout(),
-                metrics.clone(),
-            )
-            .await?;
-            let state = app_state(
-                local.clone(),
-                Some(cluster.clone()),
-                Some(adapter_sub.client.clone()),
-            );
-            let app = http::router(state).layer(layer);
-            (app, local, Some(cluster), Some(adapter_sub))
+            let redis = redis::Endpoint::parse(url, config.redis_ca.as_deref())?;
+            // Redis may not be up yet (all services starting at boot): retry what can heal, fail on the rest.
+            let mut delay = RETRY_FIRST;
+            loop {
+                let attempt = join_cluster(&redis, &config, info.clone(), &app_state);
+                match attempt.await {
+                    Ok(joined) => break joined,
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "Redis is not reachable yet");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = shutdown.clone() => return Ok(()),
+                        }
+                        delay = (delay * 2).min(RETRY_MAX);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
     };
 
@@ -211,6 +198,66 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What serving needs: the app, the local sockets, and in cluster mode our query protocol and the adapter's
+/// subscriber (both closed at shutdown).
+type Serving = (
+    axum::Router,
+    Arc<dyn LocalRooms>,
+    Option<Arc<Cluster>>,
+    Option<redis::Subscriber>,
+);
+
+/// One attempt to join the cluster: the adapter on its own subscriber, the Socket.IO layer on the adapter, and
+/// our room-query protocol.
+async fn join_cluster(
+    redis: &redis::Endpoint,
+    config: &Config,
+    info: NodeInfo,
+    app_state: &impl Fn(
+        Arc<dyn LocalRooms>,
+        Option<Arc<Cluster>>,
+        Option<fred::clients::SubscriberClient>,
+    ) -> AppState,
+) -> Result<Serving, StartError> {
+    let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
+    info.metrics
+        .watch_redis(&adapter_sub.client, "adapter_subscriber");
+    let adapter = RedisAdapterCtr::new_with_fred_config(
+        adapter_sub.client.clone(),
+        RedisAdapterConfig::new()
+            .with_prefix(format!("{}-adapter", config.redis_prefix))
+            .with_request_timeout(config.request_timeout())
+            // Messages from other nodes queue here; when it is full the adapter drops them (and logs),
+            // so a burst of broadcasts must fit. Memory is only taken while a backlog exists.
+            .with_stream_buffer(ADAPTER_STREAM_BUFFER),
+    )
+    .await
+    .map_err(|e| redis::connect_err(redis, e))?;
+    let (layer, io) = io_builder(info.clone())
+        .with_adapter::<FredAdapter<_>>(adapter)
+        .build_layer();
+    io.ns("/", socket::on_connect.with(socket::handshake))
+        .await
+        .map_err(|e| StartError::Adapter(e.to_string()))?;
+    let local: Arc<dyn LocalRooms> = Arc::new(io);
+    let cluster = Cluster::start(
+        redis,
+        &config.redis_prefix,
+        info.id.clone(),
+        local.clone(),
+        config.request_timeout(),
+        info.metrics.clone(),
+    )
+    .await?;
+    let state = app_state(
+        local.clone(),
+        Some(cluster.clone()),
+        Some(adapter_sub.client.clone()),
+    );
+    let app = http::router(state).layer(layer);
+    Ok((app, local, Some(cluster), Some(adapter_sub)))
 }
 
 /// On shutdown: tell every client (so it reconnects elsewhere), leave the cluster and close the Redis

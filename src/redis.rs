@@ -5,7 +5,7 @@
 //! after a reconnect nobody re-subscribes the sharded channels of the adapter, so [`connect_subscriber`] starts a
 //! task that restores every tracked channel on each reconnect.
 
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use fred::{
     clients::{Client, SubscriberClient},
@@ -18,6 +18,8 @@ use fred::{
 pub enum RedisError {
     #[error("invalid REDIS_URL {url}: {reason}")]
     Url { url: String, reason: String },
+    #[error("cannot read REDIS_CA {path}: {reason}")]
+    Ca { path: String, reason: String },
     #[error("cannot connect to Redis at {url}: {source}")]
     Connect {
         url: String,
@@ -40,16 +42,83 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-fn builder(url: &str, command_timeout: Duration) -> Result<Builder, RedisError> {
-    let bad = |reason: String| RedisError::Url {
-        url: redact(url),
-        reason,
-    };
-    if !url.starts_with("redis://") {
-        return Err(bad("the URL must start with redis://".into()));
+/// Where Redis is and how to reach it, checked once at start-up so a bad URL fails at once rather than being
+/// retried. Holds the password: never log it, log [`Endpoint::redacted`].
+#[derive(Clone)]
+pub struct Endpoint {
+    url: String,
+    config: RedisConfig,
+}
+
+impl Endpoint {
+    /// `redis://` or `rediss://` (TLS). TLS trusts the system's roots (and `SSL_CERT_FILE`), or only the PEM
+    /// certificates in `ca_file` when it is given (a private CA).
+    pub fn parse(url: &str, ca_file: Option<&Path>) -> Result<Self, RedisError> {
+        let bad = |reason: String| RedisError::Url {
+            url: redact(url),
+            reason,
+        };
+        let tls = if url.starts_with("rediss://") {
+            true
+        } else if url.starts_with("redis://") {
+            false
+        } else {
+            return Err(bad(
+                "the URL must start with redis:// or rediss:// (TLS)".into()
+            ));
+        };
+        if ca_file.is_some() && !tls {
+            return Err(bad("REDIS_CA is set but the URL is not rediss://".into()));
+        }
+        // fred builds its default TLS client from the process-wide rustls provider: name ours.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let mut config = RedisConfig::from_url(url).map_err(|e| bad(e.to_string()))?;
+        config.version = RespVersion::RESP3;
+        if let Some(ca_file) = ca_file {
+            config.tls = Some(trusting(ca_file).map_err(|reason| RedisError::Ca {
+                path: ca_file.display().to_string(),
+                reason,
+            })?);
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            config,
+        })
     }
-    let mut config = RedisConfig::from_url(url).map_err(|e| bad(e.to_string()))?;
-    config.version = RespVersion::RESP3;
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact(&self.url)
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.config.tls.is_some()
+    }
+}
+
+/// A TLS client configuration that trusts only the certificates in `ca_file`.
+fn trusting(ca_file: &Path) -> Result<fred::types::config::TlsConfig, String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| e.to_string())? {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the file".into());
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(fred::types::config::TlsConnector::from(config).into())
+}
+
+fn builder(endpoint: &Endpoint, command_timeout: Duration) -> Builder {
+    let config = endpoint.config.clone();
     let mut builder = Builder::from_config(config);
     builder
         // Retry for ever, 100 ms to 2 s apart: a node outlives a Redis restart.
@@ -64,18 +133,21 @@ fn builder(url: &str, command_timeout: Duration) -> Result<Builder, RedisError> 
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);
         });
-    Ok(builder)
+    builder
 }
 
 /// A client for plain commands (`PUBLISH`).
-pub async fn connect_client(url: &str, command_timeout: Duration) -> Result<Client, RedisError> {
-    let client = builder(url, command_timeout)?
+pub async fn connect_client(
+    endpoint: &Endpoint,
+    command_timeout: Duration,
+) -> Result<Client, RedisError> {
+    let client = builder(endpoint, command_timeout)
         .build()
-        .map_err(|source| connect_err(url, source))?;
+        .map_err(|source| connect_err(endpoint, source))?;
     client
         .init()
         .await
-        .map_err(|source| connect_err(url, source))?;
+        .map_err(|source| connect_err(endpoint, source))?;
     Ok(client)
 }
 
@@ -88,10 +160,10 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Not yet connected: the socketioxide-redis adapter calls `init` itself; other callers call [`init`].
-    pub fn new(url: &str, command_timeout: Duration) -> Result<Self, RedisError> {
-        let client = builder(url, command_timeout)?
+    pub fn new(endpoint: &Endpoint, command_timeout: Duration) -> Result<Self, RedisError> {
+        let client = builder(endpoint, command_timeout)
             .build_subscriber_client()
-            .map_err(|source| connect_err(url, source))?;
+            .map_err(|source| connect_err(endpoint, source))?;
         let restorer = tokio::spawn(resubscribe_on_reconnect(client.clone()));
         Ok(Self { client, restorer })
     }
@@ -103,17 +175,24 @@ impl Subscriber {
     }
 }
 
-pub async fn init(client: &SubscriberClient, url: &str) -> Result<(), RedisError> {
+impl Drop for Subscriber {
+    /// Also when start-up gives up on this client, so a retry does not leave a restorer behind.
+    fn drop(&mut self) {
+        self.restorer.abort();
+    }
+}
+
+pub async fn init(client: &SubscriberClient, endpoint: &Endpoint) -> Result<(), RedisError> {
     client
         .init()
         .await
         .map(drop)
-        .map_err(|source| connect_err(url, source))
+        .map_err(|source| connect_err(endpoint, source))
 }
 
-pub fn connect_err(url: &str, source: fred::error::Error) -> RedisError {
+pub fn connect_err(endpoint: &Endpoint, source: fred::error::Error) -> RedisError {
     RedisError::Connect {
-        url: redact(url),
+        url: endpoint.redacted(),
         source,
     }
 }
@@ -146,7 +225,7 @@ async fn resubscribe_on_reconnect(client: SubscriberClient) {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{Endpoint, redact};
 
     #[test]
     fn refuses_other_schemes() {
@@ -154,19 +233,45 @@ mod tests {
             "nope://x",
             "127.0.0.1:6379",
             "http://127.0.0.1",
-            "rediss://127.0.0.1",
+            "redis-cluster://127.0.0.1",
+            "redis://127.0.0.1:notaport",
         ] {
-            let err = super::builder(url, std::time::Duration::from_secs(1))
-                .err()
-                .unwrap();
+            let err = Endpoint::parse(url, None).err().unwrap();
             assert!(err.to_string().starts_with("invalid REDIS_URL"), "{err}");
         }
+        for url in [
+            "redis://:pw@127.0.0.1:6379/2",
+            "rediss://u:pw@localhost:6380",
+        ] {
+            assert!(Endpoint::parse(url, None).is_ok(), "{url}");
+        }
         assert!(
-            super::builder(
-                "redis://:pw@127.0.0.1:6379/2",
-                std::time::Duration::from_secs(1)
-            )
-            .is_ok()
+            Endpoint::parse("rediss://localhost:6380", None)
+                .unwrap()
+                .is_tls()
+        );
+        assert!(!Endpoint::parse("redis://localhost", None).unwrap().is_tls());
+    }
+
+    #[test]
+    fn private_ca() {
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/certs-dev/ca.pem");
+        let e = Endpoint::parse("rediss://localhost:6380", Some(ca.as_ref())).unwrap();
+        assert!(e.is_tls());
+        let err = Endpoint::parse("redis://localhost", Some(ca.as_ref()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("not rediss://"), "{err}");
+        let err = Endpoint::parse("rediss://localhost", Some("/nonexistent.pem".as_ref()))
+            .err()
+            .unwrap();
+        assert!(err.to_string().starts_with("cannot read REDIS_CA"), "{err}");
+        let err = Endpoint::parse("rediss://localhost", Some("Cargo.toml".as_ref()))
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().ends_with("no certificate in the file"),
+            "{err}"
         );
     }
 
