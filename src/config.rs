@@ -18,6 +18,12 @@ pub struct Config {
     #[arg(long, env = "BIND", default_value = "0.0.0.0")]
     pub bind: IpAddr,
 
+    /// Share the port with other instances on this host (SO_REUSEPORT; the kernel spreads connections). Clients
+    /// must then use websocket only (long-polling needs every request of a session on one instance), so the
+    /// server refuses long-polling and its page connects by websocket.
+    #[arg(long, env = "REUSE_PORT", default_value_t = false)]
+    pub reuse_port: bool,
+
     /// Redis URL: `redis://[user:pass@]host:port[/db]`, or `rediss://…` for TLS. Unset: a single node with an
     /// in-memory adapter. Never logged with its password.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]

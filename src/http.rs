@@ -42,6 +42,23 @@ pub struct AppState {
     pub draining: Arc<AtomicBool>,
     /// The socketioxide-redis adapter's subscriber, in cluster mode: rooms and broadcasts need it.
     pub adapter_redis: Option<fred::clients::SubscriberClient>,
+    /// The room page, from [`page_html`].
+    pub page: Bytes,
+}
+
+/// The room page. `websocket_only` when instances share a port without sticky sessions: a long-polling
+/// session's requests would land on instances that do not know it.
+pub fn page_html(websocket_only: bool) -> Bytes {
+    if websocket_only {
+        PAGE.replacen(
+            r#"data-transports="polling websocket""#,
+            r#"data-transports="websocket""#,
+            1,
+        )
+        .into()
+    } else {
+        Bytes::from_static(PAGE.as_bytes())
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -202,8 +219,8 @@ async fn users(State(s): State<AppState>, Room(room): Room) -> Response {
     (headers, Json(list)).into_response()
 }
 
-async fn page(Room(_): Room) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "no-cache")], Html(PAGE))
+async fn page(State(s): State<AppState>, Room(_): Room) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-cache")], Html(s.page))
 }
 
 async fn client_bundle(State(s): State<AppState>) -> Result<Response, AppError> {
@@ -295,6 +312,15 @@ mod tests {
         assert_eq!(original.0, *req.uri());
     }
 
+    #[test]
+    fn page_names_its_transports() {
+        let both = String::from_utf8(page_html(false).to_vec()).unwrap();
+        assert!(both.contains(r#"<body data-transports="polling websocket">"#));
+        let ws = String::from_utf8(page_html(true).to_vec()).unwrap();
+        assert!(ws.contains(r#"<body data-transports="websocket">"#));
+        assert_eq!(both.len() - ws.len(), "polling ".len());
+    }
+
     fn app(bundle: Option<&'static str>) -> Router {
         router(AppState {
             node: "n1".into(),
@@ -305,6 +331,7 @@ mod tests {
             tls: false,
             draining: Arc::default(),
             adapter_redis: None,
+            page: page_html(false),
         })
     }
 

@@ -62,7 +62,7 @@ use std::{
 use axum::body::Bytes;
 use axum_server::tls_rustls::RustlsConfig;
 use futures_util::FutureExt;
-use socketioxide::{SocketIo, handler::ConnectHandler};
+use socketioxide::{SocketIo, TransportType, handler::ConnectHandler};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 pub use config::Config;
@@ -92,11 +92,33 @@ const WS_READ_BUFFER: usize = 1024;
 /// The Socket.IO settings both modes (single node and cluster) share.
 fn io_builder(
     info: NodeInfo,
+    websocket_only: bool,
 ) -> socketioxide::SocketIoBuilder<socketioxide::adapter::LocalAdapter> {
-    SocketIo::builder()
+    let builder = SocketIo::builder()
         .max_buffer_size(SOCKET_BUFFER_PACKETS)
         .ws_read_buffer_size(WS_READ_BUFFER)
-        .with_state(info)
+        .with_state(info);
+    if websocket_only {
+        builder.transports([TransportType::Websocket])
+    } else {
+        builder
+    }
+}
+
+/// Binds the listening socket, shared with this host's other instances when `reuse_port` is set.
+pub fn listen(config: &Config) -> std::io::Result<std::net::TcpListener> {
+    let addr = SocketAddr::new(config.bind, config.port);
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted instance must not wait for the old one's TIME_WAIT connections.
+    socket.set_reuseaddr(true)?;
+    if config.reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
 }
 
 /// Serves one node on `listener` until `shutdown` resolves, then drains and returns.
@@ -114,6 +136,7 @@ pub async fn run(
         false => Some(tls::server_config(&config.tls_cert, &config.tls_key)?),
     };
     let client_bundle = load_client_bundle(&config);
+    let page = http::page_html(config.reuse_port);
     let metrics = Arc::new(metrics::Metrics::new());
     let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
@@ -134,12 +157,13 @@ pub async fn run(
             tls: tls.is_some(),
             draining: draining.clone(),
             adapter_redis,
+            page: page.clone(),
         };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
     let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
         None => {
-            let (layer, io) = io_builder(info).build_layer();
+            let (layer, io) = io_builder(info, config.reuse_port).build_layer();
             io.ns("/", socket::on_connect.with(socket::handshake));
             let local: Arc<dyn LocalRooms> = Arc::new(io);
             let app = http::router(app_state(local.clone(), None, None)).layer(layer);
@@ -235,7 +259,7 @@ async fn join_cluster(
     )
     .await
     .map_err(|e| redis::connect_err(redis, e))?;
-    let (layer, io) = io_builder(info.clone())
+    let (layer, io) = io_builder(info.clone(), config.reuse_port)
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
     io.ns("/", socket::on_connect.with(socket::handshake))

@@ -1,9 +1,6 @@
 //! The `socket-identity` binary: parse the config, set up logging, bind, run until a signal.
 
-use std::{
-    net::{SocketAddr, TcpListener},
-    process::ExitCode,
-};
+use std::process::ExitCode;
 
 use clap::Parser;
 use socket_identity::{Config, logging, run, shutdown};
@@ -12,10 +9,10 @@ use socket_identity::{Config, logging, run, shutdown};
 async fn main() -> ExitCode {
     let mut config = Config::parse();
     logging::init(config.log_format, config.node_id());
-    let addr = SocketAddr::new(config.bind, config.port);
-    let listener = match TcpListener::bind(addr) {
+    let listener = match socket_identity::listen(&config) {
         Ok(l) => l,
         Err(e) => {
+            let addr = std::net::SocketAddr::new(config.bind, config.port);
             tracing::error!(error = %e, "cannot listen on {addr}");
             return ExitCode::FAILURE;
         }
