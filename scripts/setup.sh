@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs), Redis 7+, Node.js
-# and npm, Chromium, openssl; then the socket.io browser bundle, the test clients and the benchmark's Node reference from the npm registry.
+# and npm, Chromium, openssl, systemd-analyze; then from the npm registry the socket.io browser bundle, the test
+# clients and PM2 (tests/js), and the benchmark's Node reference.
 # Safe to run again. Debian/Ubuntu (apt-get); needs root or sudo only when something is missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,6 +15,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 # Tests and the bench signal the processes they started with /usr/bin/kill (not the shell builtin).
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+# tests/deploy.rs checks the systemd unit with systemd-analyze verify.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=""
@@ -26,7 +29,8 @@ redis_major=$(redis-server --version | sed -E 's/.*v=([0-9]+).*/\1/')
 [ "$redis_major" -ge 7 ] || { echo "Redis 7+ is needed (sharded pub/sub), found $(redis-server --version)" >&2; exit 1; }
 
 "$root/scripts/fetch-client.sh"
-if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/tests/js/node_modules/playwright-core" ]; then
+if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/tests/js/node_modules/playwright-core" ] ||
+  [ ! -x "$root/tests/js/node_modules/.bin/pm2" ]; then
   npm ci --prefix "$root/tests/js" --no-audit --no-fund --loglevel=error
 fi
 # The Node reference the benchmark compares against (bench/node-reference/).

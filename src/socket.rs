@@ -201,7 +201,8 @@ pub trait LocalRooms: Send + Sync + 'static {
     fn socket_count(&self) -> usize;
     /// Rooms with at least one socket on this node.
     fn room_count(&self) -> usize;
-    /// Disconnects every local socket with reason "server shutting down", so clients reconnect elsewhere.
+    /// Closes every local socket's transport: socket.io clients see `transport close` and reconnect on their
+    /// own, to another node (a Socket.IO `disconnect` would tell them not to).
     fn close(&self) -> BoxFuture<'_, ()>;
 }
 

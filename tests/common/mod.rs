@@ -45,7 +45,7 @@ pub fn log_dir(test: &str) -> PathBuf {
     dir
 }
 
-fn need(program: &str, hint: &str) {
+pub fn need(program: &str, hint: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {program}")])
         .output()
@@ -433,8 +433,21 @@ impl Clients {
         auth: Value,
         transports: &[&str],
     ) {
+        self.open_at(id, &node.base(), query, auth, transports)
+            .await;
+    }
+
+    /// Opens a socket to the server at `base` (`https://host:port`), not waiting for the outcome.
+    pub async fn open_at(
+        &mut self,
+        id: &str,
+        base: &str,
+        query: Value,
+        auth: Value,
+        transports: &[&str],
+    ) {
         self.send(
-            json!({"op": "connect", "id": id, "url": node.base(), "query": query,
+            json!({"op": "connect", "id": id, "url": base, "query": query,
             "auth": auth, "transports": transports}),
         )
         .await;
@@ -449,14 +462,26 @@ impl Clients {
         room: &str,
         transport: &str,
     ) -> String {
+        self.join_at(id, &node.base(), user, room, transport).await
+    }
+
+    /// [`Self::join`] to the server at `base`.
+    pub async fn join_at(
+        &mut self,
+        id: &str,
+        base: &str,
+        user: &str,
+        room: &str,
+        transport: &str,
+    ) -> String {
         let transports: &[&str] = match transport {
             "websocket" => &["websocket"],
             "polling" => &["polling"],
             _ => &["polling", "websocket"],
         };
-        self.open(
+        self.open_at(
             id,
-            node,
+            base,
             json!({"id_user": user, "room": room}),
             Value::Null,
             transports,

@@ -1,0 +1,255 @@
+//! The deployment recipes with the real tools: PM2 (from npm) runs `deploy/ecosystem.config.js`, and
+//! `systemd-analyze verify` checks the systemd template unit.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_socket-identity");
+
+/// A PM2 daemon of our own (its own `PM2_HOME`), killed on drop with everything it started.
+struct Pm2 {
+    home: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Pm2 {
+    fn new(dir: &Path, env: Vec<(&'static str, String)>) -> Self {
+        let pm2 = root().join("tests/js/node_modules/.bin/pm2");
+        assert!(
+            pm2.exists(),
+            "PM2 is not installed: run `npm ci --prefix tests/js` (scripts/test.sh does)"
+        );
+        Self {
+            home: dir.join("pm2-home"),
+            env,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = Command::new(root().join("tests/js/node_modules/.bin/pm2"))
+            .args(args)
+            .current_dir(root())
+            .env("PM2_HOME", &self.home)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run pm2");
+        assert!(
+            out.status.success(),
+            "pm2 {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// `(name, pid, status)` of every process PM2 manages.
+    fn list(&self) -> Vec<(String, u32, String)> {
+        let out = self.run(["jlist"].as_slice());
+        let apps: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "pm2 jlist is not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        apps.as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["name"].as_str().unwrap().to_owned(),
+                    a["pid"].as_u64().unwrap() as u32,
+                    a["pm2_env"]["status"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for Pm2 {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("tests/js/node_modules/.bin/pm2"))
+            .arg("kill")
+            .env("PM2_HOME", &self.home)
+            .output();
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// PM2 starts four instances sharing one port (SO_REUSEPORT), they form one cluster, a room spread over them is
+/// listed whole by whichever instance answers, long-polling is refused, and `pm2 stop` stops them gracefully.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pm2_runs_four_instances_on_one_port() {
+    need("node", "apt-get install -y nodejs");
+    let dir = log_dir("pm2_runs_four_instances_on_one_port");
+    let redis = Redis::start(&dir);
+    let port = free_port();
+    let base = format!("https://localhost:{port}");
+    let pm2 = Pm2::new(
+        &dir,
+        vec![
+            ("SOCKET_IDENTITY_BIN", BIN.to_owned()),
+            ("REDIS_URL", redis.url()),
+            ("REDIS_PREFIX", format!("pm2-{port}")),
+            ("PORT", port.to_string()),
+            ("BIND", "127.0.0.1".into()),
+            ("NODE_ID_PREFIX", "pm2".into()),
+            ("RUST_LOG", "info".into()),
+        ],
+    );
+    pm2.run(&["start", "deploy/ecosystem.config.js"]);
+
+    let names: BTreeSet<String> = (1..=4).map(|i| format!("socket-identity-{i}")).collect();
+    let listed = pm2.list();
+    assert_eq!(
+        listed.iter().map(|a| a.0.clone()).collect::<BTreeSet<_>>(),
+        names
+    );
+
+    // A fresh TCP connection per request, so the kernel spreads them over the instances.
+    let ca = std::fs::read(root().join("certs-dev/ca.pem")).unwrap();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let ready = |http: reqwest::Client, base: String| async move {
+        let res = http.get(format!("{base}/ready")).send().await.ok()?;
+        let body: Value = res.json().await.ok()?;
+        (body["ready"] == true && body["cluster_nodes"] == 4).then_some(body)
+    };
+    eventually(Duration::from_secs(20), "4 ready instances", async || {
+        ready(http.clone(), base.clone()).await
+    })
+    .await;
+    let listed = pm2.list();
+    assert!(
+        listed
+            .iter()
+            .all(|(_, pid, status)| status == "online" && alive(*pid)),
+        "{listed:?}"
+    );
+
+    let mut clients = Clients::start();
+    let mut expected = BTreeSet::new();
+    for i in 0..12 {
+        let (id, user) = (format!("c{i}"), format!("user{i}"));
+        let sid = clients.join_at(&id, &base, &user, "Ops", "websocket").await;
+        expected.insert((sid, user));
+    }
+    // Instances share a port without sticky sessions, so long-polling is refused rather than broken.
+    clients
+        .open_at(
+            "poll",
+            &base,
+            serde_json::json!({"id_user": "p", "room": "Ops"}),
+            Value::Null,
+            &["polling"],
+        )
+        .await;
+    let ev = clients
+        .expect_any("poll", &["connect", "connect_error"])
+        .await;
+    assert_eq!(ev["event"], "connect_error", "{ev}");
+
+    // Whichever instance answers, the room is whole.
+    let (mut answering, mut holding) = (BTreeSet::new(), BTreeSet::new());
+    for _ in 0..20 {
+        let health: Value = http
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answering.insert(health["node"].as_str().unwrap().to_owned());
+        let res = http.get(format!("{base}/Ops/users")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["x-cluster-nodes"], "4/4");
+        let body: Value = res.json().await.unwrap();
+        let got: BTreeSet<(String, String)> = body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                holding.insert(u["node"].as_str().unwrap().to_owned());
+                (
+                    u["id_socket"].as_str().unwrap().to_owned(),
+                    u["id_user"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+    }
+    println!("instances answering: {answering:?}; instances holding sockets: {holding:?}");
+    assert!(
+        answering.len() >= 2 && holding.len() >= 2,
+        "the kernel should spread 32 connections over 4 instances: {answering:?} {holding:?}"
+    );
+    assert!(holding.iter().all(|n| n.starts_with("pm2-")), "{holding:?}");
+
+    // A graceful stop: each client sees its transport close (so socket.io-client reconnects on its own, to another
+    // instance; "io server disconnect" would stop it from reconnecting), and the processes exit.
+    let pids: Vec<u32> = pm2.list().iter().map(|a| a.1).collect();
+    pm2.run(&["stop", "deploy/ecosystem.config.js"]);
+    for i in 0..12 {
+        let ev = clients.expect(&format!("c{i}"), "disconnect").await;
+        assert_eq!(ev["reason"], "transport close", "{ev}");
+    }
+    eventually(Duration::from_secs(20), "instances to exit", async || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    assert!(pm2.list().iter().all(|a| a.2 == "stopped"));
+    pm2.run(&["delete", "deploy/ecosystem.config.js"]);
+}
+
+/// `systemd-analyze verify` accepts the template unit, instantiated as it would be installed.
+#[test]
+fn systemd_analyze_accepts_the_unit() {
+    need(
+        "systemd-analyze",
+        "apt-get install -y systemd (it provides systemd-analyze)",
+    );
+    let dir = log_dir("systemd_analyze_accepts_the_unit");
+    let unit = std::fs::read_to_string(root().join("deploy/systemd/socket-identity@.service"))
+        .expect("deploy/systemd/socket-identity@.service");
+    // The unit names the installed binary; point it at the one just built so `verify` can check it exists.
+    assert!(unit.contains("ExecStart=/usr/local/bin/socket-identity"));
+    let unit = unit.replace(
+        "ExecStart=/usr/local/bin/socket-identity",
+        &format!("ExecStart={BIN}"),
+    );
+    std::fs::write(dir.join("socket-identity@.service"), unit).unwrap();
+    let instance = dir.join("socket-identity@1.service");
+    let _ = std::fs::remove_file(&instance);
+    std::os::unix::fs::symlink("socket-identity@.service", &instance).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&instance)
+        .env("SYSTEMD_LOG_LEVEL", "notice")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("systemd-analyze verify: {:?} {stderr}", out.status);
+    assert!(out.status.success(), "{stderr}");
+    // Warnings about our unit are failures too (systemd's own units on this machine are not ours to judge).
+    let ours: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("socket-identity"))
+        .collect();
+    assert!(ours.is_empty(), "{ours:?}");
+}
