@@ -168,9 +168,13 @@ impl Metrics {
         });
         let mut reconnects = client.reconnect_rx();
         let counter = self.redis_reconnects.get_or_create(&label).clone();
+        // fred reports the first connection like a reconnect: that one is not counted.
+        let mut first = !client.is_connected();
         let on_reconnect = tokio::spawn(async move {
             while reconnects.recv().await.is_ok() {
-                counter.inc();
+                if !std::mem::take(&mut first) {
+                    counter.inc();
+                }
             }
         });
         let mut watchers = self.watchers.lock().unwrap();

@@ -251,6 +251,7 @@ async fn single_node_without_redis() {
             redis: None,
             prefix: "x",
             timeout_ms: 1000,
+            ..NodeOpts::default()
         },
     )
     .await;

@@ -91,6 +91,11 @@ impl Redis {
 
     /// Starts redis-server on `port` (e.g. the port of one that was stopped, to simulate a restart).
     pub fn start_on(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, &[])
+    }
+
+    /// Starts redis-server on `port` with more arguments (e.g. `--requirepass`, `--tls-port`).
+    pub fn start_with(dir: &Path, port: u16, args: &[&str]) -> Self {
         need("redis-server", "apt-get install -y redis-server");
         let child = Command::new("redis-server")
             .args([
@@ -103,6 +108,7 @@ impl Redis {
                 "--appendonly",
                 "no",
             ])
+            .args(args)
             .stdout(
                 std::fs::File::options()
                     .create(true)
@@ -136,7 +142,10 @@ impl Redis {
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
         let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+        // A Redis that wants a password answers `-NOAUTH ...`: it is up all the same.
+        s.write_all(b"PING\r\n").is_ok()
+            && s.read_exact(&mut buf).is_ok()
+            && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
     }
 }
 
@@ -164,11 +173,36 @@ pub struct NodeOpts<'a> {
     pub redis: Option<String>,
     pub prefix: &'a str,
     pub timeout_ms: u64,
+    /// More flags, e.g. `["--log-format", "json"]`.
+    pub args: &'a [&'a str],
+    /// A given port (to restart a node where it was); default: a free one.
+    pub port: Option<u16>,
+}
+
+impl Default for NodeOpts<'_> {
+    fn default() -> Self {
+        Self {
+            id: "a",
+            redis: None,
+            prefix: "test",
+            timeout_ms: 1000,
+            args: &[],
+            port: None,
+        }
+    }
 }
 
 impl Node {
+    /// Starts a node and waits until it answers `/health`.
     pub async fn start(dir: &Path, opts: NodeOpts<'_>) -> Self {
-        let port = free_port();
+        let node = Self::spawn(dir, opts);
+        node.wait_healthy(Duration::from_secs(20)).await;
+        node
+    }
+
+    /// Starts a node without waiting for it.
+    pub fn spawn(dir: &Path, opts: NodeOpts<'_>) -> Self {
+        let port = opts.port.unwrap_or_else(free_port);
         let log = dir.join(format!("{}.log", opts.id));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_socket-identity"));
         cmd.current_dir(root())
@@ -185,35 +219,58 @@ impl Node {
             ])
             .args(["--redis-prefix", opts.prefix])
             .args(["--request-timeout-ms", &opts.timeout_ms.to_string()])
-            .stdout(std::fs::File::create(&log).unwrap())
+            .args(opts.args)
+            .stdout(
+                std::fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            )
             .stderr(std::fs::File::options().append(true).open(&log).unwrap());
         if let Some(url) = &opts.redis {
             cmd.args(["--redis-url", url]);
         }
         let child = cmd.spawn().expect("start node");
-        let node = Self {
+        Self {
             child,
             id: opts.id.to_owned(),
             port,
             log,
-        };
+        }
+    }
+
+    pub async fn wait_healthy(&self, limit: Duration) {
         let http = Http::new();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + limit;
         loop {
-            if let Ok(res) = http.client.get(node.url("/health")).send().await
+            if let Ok(res) = http.client.get(self.url("/health")).send().await
                 && res.status() == 200
             {
-                break;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "node {} did not become healthy; log:\n{}",
-                node.id,
-                std::fs::read_to_string(&node.log).unwrap_or_default()
+                self.id,
+                self.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        node
+    }
+
+    /// The exit status, if the process ends within `limit`.
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn base(&self) -> String {
@@ -281,6 +338,7 @@ pub async fn cluster(test: &str, n: usize, timeout_ms: u64) -> (PathBuf, Redis, 
                     redis: Some(redis.url()),
                     prefix: test,
                     timeout_ms,
+                    ..NodeOpts::default()
                 },
             )
             .await,
