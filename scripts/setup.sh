@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs), Redis 7+, Node.js
-# and npm, Chromium, openssl, systemd-analyze; then from the npm registry the socket.io browser bundle, the test
+# and npm, Chromium, openssl, systemd-analyze, nginx; then from the npm registry the socket.io browser bundle, the test
 # clients and PM2 (tests/js), and the benchmark's Node reference.
 # Safe to run again. Debian/Ubuntu (apt-get); needs root or sudo only when something is missing.
 set -euo pipefail
@@ -17,11 +17,17 @@ command -v openssl >/dev/null || missing+=(openssl)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 # tests/deploy.rs checks the systemd unit with systemd-analyze verify.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing: ${missing[*]}"
+# tests/deploy.rs runs the sample nginx config (nginx-light is the small build; newer Debian has only nginx).
+need_nginx=false
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_nginx=true
+if [ ${#missing[@]} -gt 0 ] || $need_nginx; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
+  if $need_nginx; then
+    if apt-cache show nginx-light >/dev/null 2>&1; then missing+=(nginx-light); else missing+=(nginx); fi
+  fi
+  echo "installing: ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 

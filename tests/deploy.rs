@@ -253,3 +253,175 @@ fn systemd_analyze_accepts_the_unit() {
         .collect();
     assert!(ours.is_empty(), "{ours:?}");
 }
+
+/// nginx, stopped on drop by SIGTERM to its master (SIGKILL would leave its workers behind), by pid.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The sample nginx config (ports and certificate paths adapted) in front of two plain-HTTP instances: `nginx -t`
+/// accepts it, long-polling sessions survive through it (sticky), websockets upgrade through it, and the room
+/// is listed whole through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_sample_proxies_sticky_sessions_and_websockets() {
+    need("nginx", "apt-get install -y nginx-light");
+    let dir = log_dir("nginx_sample_proxies_sticky_sessions_and_websockets");
+    let redis = Redis::start(&dir);
+    let mut nodes = Vec::new();
+    for id in ["a", "b"] {
+        nodes.push(
+            Node::start(
+                &dir,
+                NodeOpts {
+                    id,
+                    redis: Some(redis.url()),
+                    prefix: "nginx",
+                    args: &["--plain-http"],
+                    ..NodeOpts::default()
+                },
+            )
+            .await,
+        );
+    }
+    let port = free_port();
+    let sample = std::fs::read_to_string(root().join("deploy/nginx/socket-identity.conf")).unwrap();
+    let upstreams: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "    server 127.0.0.1:{} max_fails=1 fail_timeout=5s;\n",
+                n.port
+            )
+        })
+        .collect();
+    let mut site = String::new();
+    for line in sample.lines() {
+        if line.trim_start().starts_with("server 127.0.0.1:51") {
+            if line.contains(":5101") {
+                site.push_str(&upstreams);
+            }
+        } else if line.contains("listen [::]:5009") {
+        } else {
+            site.push_str(line);
+            site.push('\n');
+        }
+    }
+    let certs = root().join("certs-dev");
+    let site = site
+        .replace("listen 5009 ssl;", &format!("listen 127.0.0.1:{port} ssl;"))
+        .replace(
+            "/etc/socket-identity/cert.pem",
+            &certs.join("cert.pem").display().to_string(),
+        )
+        .replace(
+            "/etc/socket-identity/key.pem",
+            &certs.join("key.pem").display().to_string(),
+        );
+    assert!(site.contains(&format!("127.0.0.1:{port} ssl")));
+    std::fs::write(dir.join("site.conf"), site).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  access_log {d}/nginx-access.log;\n  client_body_temp_path {d}/tmp-body;\n\
+               proxy_temp_path {d}/tmp-proxy;\n  fastcgi_temp_path {d}/tmp-fcgi;\n\
+               uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n  include {d}/site.conf;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let conf = dir.join("nginx.conf");
+    let check = Command::new("nginx")
+        .args(["-t", "-p"])
+        .arg(&dir)
+        .arg("-c")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "nginx -t: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _nginx = Nginx(
+        Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&conf)
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("https://127.0.0.1:{port}");
+    let http = Http::new();
+    eventually(
+        Duration::from_secs(10),
+        "nginx to proxy /health",
+        async || {
+            let res = http
+                .client
+                .get(format!("{base}/health"))
+                .send()
+                .await
+                .ok()?;
+            (res.status() == 200).then_some(())
+        },
+    )
+    .await;
+
+    let mut clients = Clients::start();
+    let mut expected = BTreeSet::new();
+    for (id, transport) in [
+        ("p1", "polling"),
+        ("p2", "polling"),
+        ("w", "websocket"),
+        ("u", "any"),
+    ] {
+        let sid = clients.join_at(id, &base, id, "Proxied", transport).await;
+        expected.insert((sid, id.to_owned()));
+    }
+    // A socket straight on instance b, so the room spans both whichever instance nginx picked.
+    let direct = clients
+        .join("d", &nodes[1], "d", "Proxied", "websocket")
+        .await;
+    expected.insert((direct, "d".to_owned()));
+    // Long-polling sessions keep working through the proxy: an event reaches them after several polls.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    clients
+        .emit(
+            "d",
+            "identity-change",
+            serde_json::json!([{"id_user": "d2"}]),
+            true,
+        )
+        .await;
+    for id in ["p1", "p2", "w", "u"] {
+        let ev = clients.expect(id, "identity-change").await;
+        assert_eq!(ev["args"][0]["id_user"], "d2", "{ev}");
+    }
+    expected.retain(|(_, u)| u != "d");
+    let d = expected.len();
+    let users = http.users_at(&base, "Proxied").await;
+    assert_eq!(users.status, 200);
+    assert_eq!(users.nodes, "2/2");
+    let got = users.set();
+    assert_eq!(got.len(), d + 1, "{got:?}");
+    assert!(expected.is_subset(&got), "{got:?}");
+    assert!(got.iter().any(|(_, u)| u == "d2"), "{got:?}");
+}

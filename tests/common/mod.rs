@@ -165,6 +165,8 @@ pub struct Node {
     pub id: String,
     pub port: u16,
     pub log: PathBuf,
+    /// `https`, or `http` when started with `--plain-http`.
+    pub scheme: &'static str,
 }
 
 /// How to start a node.
@@ -237,6 +239,11 @@ impl Node {
             id: opts.id.to_owned(),
             port,
             log,
+            scheme: if opts.args.contains(&"--plain-http") {
+                "http"
+            } else {
+                "https"
+            },
         }
     }
 
@@ -274,7 +281,7 @@ impl Node {
     }
 
     pub fn base(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
     }
 
     pub fn url(&self, path: &str) -> String {
