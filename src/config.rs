@@ -115,6 +115,23 @@ mod tests {
         assert!(Config::try_parse_from(["x", "--request-timeout-ms", "0"]).is_err());
     }
 
+    /// The example environment file documents every setting.
+    #[test]
+    fn env_example_names_every_variable() {
+        use clap::CommandFactory;
+        let example = include_str!("../deploy/socket-identity.env.example");
+        for arg in Config::command().get_arguments() {
+            let Some(env) = arg.get_env() else { continue };
+            let env = env.to_str().unwrap();
+            assert!(
+                example
+                    .lines()
+                    .any(|l| l.trim_start_matches('#').starts_with(&format!("{env}="))),
+                "{env} is missing from deploy/socket-identity.env.example"
+            );
+        }
+    }
+
     #[test]
     fn clap_definition_is_valid() {
         use clap::CommandFactory;
