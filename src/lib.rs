@@ -194,9 +194,9 @@ pub async fn run(
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let handle = axum_server::Handle::new();
-    tokio::spawn(drain_on(
+    let drain = tokio::spawn(drain_on(
         shutdown,
-        draining,
+        draining.clone(),
         handle.clone(),
         local,
         cluster,
@@ -219,6 +219,13 @@ pub async fn run(
                 .serve(service)
                 .await?
         }
+    }
+    // The listener is closed; websockets are not the server's to wait for (they left hyper at the upgrade), so
+    // the drain finishes closing them and leaving the cluster before we return.
+    if draining.load(Ordering::Relaxed) {
+        let _ = drain.await;
+    } else {
+        drain.abort();
     }
     tracing::info!("stopped");
     Ok(())
@@ -284,9 +291,10 @@ async fn join_cluster(
     Ok((app, local, Some(cluster), Some(adapter_sub)))
 }
 
-/// On shutdown: tell every client (so it reconnects elsewhere), leave the cluster and close the Redis
-/// connections (so the other nodes stop counting this one at once), then stop the listener and let requests in
-/// flight finish, all bounded by [`DRAIN_TIMEOUT`].
+/// On shutdown: stop accepting (so clients that reconnect land on another node, even on a shared port) while
+/// HTTP requests in flight finish; close every client's transport (so it reconnects elsewhere); then leave the
+/// cluster and close the Redis connections (so the other nodes stop counting this one at once). Each step is
+/// bounded by [`DRAIN_TIMEOUT`].
 async fn drain_on(
     shutdown: impl Future<Output = ()>,
     draining: Arc<AtomicBool>,
@@ -297,6 +305,7 @@ async fn drain_on(
 ) {
     shutdown.await;
     draining.store(true, Ordering::Relaxed);
+    handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
     if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
         .await
         .is_err()
@@ -314,7 +323,6 @@ async fn drain_on(
     if tokio::time::timeout(DRAIN_TIMEOUT, leave).await.is_err() {
         tracing::warn!("leaving Redis took too long");
     }
-    handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
 }
 
 fn load_client_bundle(config: &Config) -> Option<Bytes> {

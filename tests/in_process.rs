@@ -75,6 +75,27 @@ async fn nodes_in_one_process_form_a_cluster_and_stop_cleanly() {
     assert!(a.task.await.unwrap().is_ok());
 }
 
+/// While Redis is not up, the node retries; the shutdown future still stops it, promptly and cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_wait_for_redis() {
+    let mut config = Config::for_tests();
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", free_port()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(
+        Duration::from_secs(5),
+        run(
+            config,
+            listener,
+            tokio::time::sleep(Duration::from_millis(1500)),
+        ),
+    )
+    .await
+    .expect("run() returned after shutdown");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
 /// Runs a node with `change` applied to the test config, expecting it to refuse to start.
 async fn start_error(change: impl FnOnce(&mut Config)) -> String {
     let mut config = Config::for_tests();
@@ -88,19 +109,34 @@ async fn start_error(change: impl FnOnce(&mut Config)) -> String {
 
 #[tokio::test]
 async fn start_up_errors_are_clear() {
+    let dir = log_dir("start_up_errors_are_clear");
     let port = free_port();
+    let _redis = Redis::start_with(&dir, port, &["--requirepass", "right"]);
     let err =
-        start_error(|c| c.redis_url = Some(format!("redis://user:hunter2@127.0.0.1:{port}"))).await;
+        start_error(|c| c.redis_url = Some(format!("redis://:hunter2@127.0.0.1:{port}"))).await;
     assert_eq!(
         err.split(": ").next().unwrap(),
-        format!("cannot connect to Redis at redis://user:***@127.0.0.1:{port}")
+        format!("cannot connect to Redis at redis://:***@127.0.0.1:{port}")
     );
-    assert!(!err.contains("hunter2"));
+    assert!(
+        err.contains("WRONGPASS") && !err.contains("hunter2"),
+        "{err}"
+    );
 
     let err = start_error(|c| c.redis_url = Some("localhost:6379".into())).await;
     assert_eq!(
         err,
-        "invalid REDIS_URL localhost:6379: the URL must start with redis://"
+        "invalid REDIS_URL localhost:6379: the URL must start with redis:// or rediss:// (TLS)"
+    );
+
+    let err = start_error(|c| {
+        c.redis_url = Some("redis://localhost".into());
+        c.redis_ca = Some("certs-dev/ca.pem".into());
+    })
+    .await;
+    assert!(
+        err.contains("REDIS_CA is set but the URL is not rediss://"),
+        "{err}"
     );
 
     let err = start_error(|c| c.tls_key = "certs-dev/missing.pem".into()).await;
