@@ -13,6 +13,10 @@
 //! * [`redis`]: fred clients configured for this cluster (RESP3, reconnects, re-subscription).
 //! * [`http`]: REST and page routes; [`error`]: how failures become HTTP answers.
 //! * [`tls`], [`shutdown`]: rustls configuration and the signal future.
+//! * [`metrics`], [`logging`]: what `/metrics` exposes, and log lines (human or JSON) that name the node.
+//!
+//! [`run`] serves one node on a listener until a shutdown future resolves (the binary's is [`shutdown::signal`]);
+//! [`listen`] binds that listener, shared with the host's other instances when `REUSE_PORT` is set.
 //!
 //! ## The cross-node protocol
 //! Two kinds of message, JSON-encoded [`protocol`] types, on plain (not sharded) Redis pub/sub channels whose

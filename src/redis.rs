@@ -2,7 +2,7 @@
 //!
 //! Three traps handled here (see `STACK-NOTES.md`): fred ignores `?protocol=resp3` so RESP3 is set by hand
 //! (the socketioxide-redis adapter publishes on subscribed connections); fred reconnects only with a policy; and
-//! after a reconnect nobody re-subscribes the sharded channels of the adapter, so [`connect_subscriber`] starts a
+//! after a reconnect nobody re-subscribes the sharded channels of the adapter, so [`Subscriber::new`] starts a
 //! task that restores every tracked channel on each reconnect.
 
 use std::{path::Path, time::Duration};

@@ -214,6 +214,16 @@ async fn pm2_runs_four_instances_on_one_port() {
     })
     .await;
     assert!(pm2.list().iter().all(|a| a.2 == "stopped"));
+    // Each instance ran its graceful shutdown to the end (PM2 would SIGKILL it after kill_timeout).
+    for i in 1..=4 {
+        let out =
+            std::fs::read_to_string(pm2.home.join(format!("logs/socket-identity-{i}-out.log")))
+                .unwrap_or_default();
+        assert!(
+            out.contains("INFO socket_identity: stopped"),
+            "instance {i}:\n{out}"
+        );
+    }
     pm2.run(&["delete", "deploy/ecosystem.config.js"]);
 }
 
