@@ -435,3 +435,104 @@ async fn nginx_sample_proxies_sticky_sessions_and_websockets() {
     assert!(expected.is_subset(&got), "{got:?}");
     assert!(got.iter().any(|(_, u)| u == "d2"), "{got:?}");
 }
+
+/// `scripts/dev-cluster.sh` on its own state directory and ports; `stop` on drop, should the test fail.
+struct DevCluster {
+    state: PathBuf,
+    redis_port: u16,
+    first: u16,
+}
+
+impl DevCluster {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(root().join("scripts/dev-cluster.sh"))
+            .args(args)
+            .current_dir(root())
+            .env("DEV_DIR", &self.state)
+            .env("DEV_REDIS_PORT", self.redis_port.to_string())
+            .env("DEV_PORT", self.first.to_string())
+            .env("DEV_BIN", BIN)
+            .env("BIND", "127.0.0.1")
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = self.run(&["stop"]);
+    }
+}
+
+/// Two consecutive free loopback ports.
+fn free_port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// `scripts/dev-cluster.sh` starts Redis and the nodes, `status` shows them ready as one cluster, and `stop`
+/// stops everything it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_cluster_script_starts_reports_and_stops() {
+    need("curl", "apt-get install -y curl");
+    let dir = log_dir("dev_cluster_script_starts_reports_and_stops");
+    let state = dir.join("dev");
+    std::fs::create_dir_all(&state).unwrap();
+    let first = free_port_pair();
+    let redis_port = free_port();
+    let dev = DevCluster {
+        state: state.clone(),
+        redis_port,
+        first,
+    };
+    let script = |args: &[&str]| {
+        let out = dev.run(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "dev-cluster.sh {args:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let started = script(&["start", "2"]);
+    assert!(
+        started.contains(&format!("node2: https://localhost:{}", first + 1)),
+        "{started}"
+    );
+    let status = eventually(Duration::from_secs(20), "both nodes ready", async || {
+        let s = script(&["status"]);
+        (s.matches(r#""ready":true"#).count() == 2
+            && s.matches(r#""cluster_nodes":2"#).count() == 2)
+            .then_some(s)
+    })
+    .await;
+    println!("{status}");
+    assert!(
+        status.contains(&format!("redis: up on {redis_port}")),
+        "{status}"
+    );
+    let pids: Vec<u32> = ["node1", "node2", "redis"]
+        .iter()
+        .map(|f| {
+            let text = std::fs::read_to_string(state.join(format!("{f}.pid"))).unwrap();
+            text.trim().parse().unwrap()
+        })
+        .collect();
+
+    assert!(script(&["stop"]).contains("stopped"));
+    eventually(Duration::from_secs(10), "everything to exit", async || {
+        pids.iter().all(|p| !alive(*p)).then_some(())
+    })
+    .await;
+    let status = script(&["status"]);
+    assert!(status.contains("redis: down"), "{status}");
+    for node in ["node1", "node2"] {
+        let log = std::fs::read_to_string(state.join(format!("{node}.log"))).unwrap();
+        assert!(log.contains("socket_identity: stopped"), "{node}:\n{log}");
+    }
+}
