@@ -1,12 +1,16 @@
 //! The cross-node room query over Redis pub/sub (see the crate docs for the protocol).
 //!
-//! One request is published to every node; each answers with its local sockets of the room. The asker counts
-//! the nodes from the subscriber count `PUBLISH` returns, so it returns as soon as the last live node has
-//! answered, and at the deadline with whatever arrived, marked partial.
+//! One request is published to every node; each answers with its local sockets of the room. The asker waits
+//! for the nodes it knows to be alive ([`Membership`], from heartbeats), so it returns as soon as the last of them
+//! has answered; it stops waiting for a node declared down meanwhile, and at the deadline answers with whatever
+//! arrived, marked partial.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -22,8 +26,9 @@ use tokio::{
 use uuid::Uuid;
 
 use crate::{
+    membership::{Membership, Seen},
     metrics::{Metrics, Outcome},
-    protocol::{self, Member, Request, Response},
+    protocol::{self, Heartbeat, Member, Request, Response},
     redis::{self, RedisError, Subscriber},
     socket::LocalRooms,
 };
@@ -64,19 +69,12 @@ impl RoomAnswer {
     }
 }
 
-/// What arrives for a pending request.
-enum Reply {
-    /// Our own request came back on the request channel: our subscription is live and counted by `PUBLISH`.
-    Echo,
-    Answer(Response),
-}
-
 /// Requests in flight, by id.
 #[derive(Default)]
-struct Pending(Mutex<HashMap<Uuid, mpsc::Sender<Reply>>>);
+struct Pending(Mutex<HashMap<Uuid, mpsc::Sender<Response>>>);
 
 impl Pending {
-    fn deliver(&self, id: Uuid, reply: Reply) {
+    fn deliver(&self, id: Uuid, reply: Response) {
         let tx = self.0.lock().unwrap().get(&id).cloned();
         match tx {
             Some(tx) => {
@@ -105,24 +103,29 @@ impl Drop for Registration<'_> {
 pub struct Cluster {
     node: Arc<str>,
     request_channel: String,
+    nodes_channel: String,
+    reply_prefix: String,
     publisher: Client,
     subscriber: Subscriber,
     pending: Arc<Pending>,
+    membership: Arc<Membership>,
     local: Arc<dyn LocalRooms>,
     timeout: Duration,
     metrics: Arc<Metrics>,
     listener: tokio::task::JoinHandle<()>,
+    heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Cluster {
-    /// Connects to Redis, subscribes to the request channel and this node's reply channel, and starts
-    /// answering other nodes.
+    /// Connects to Redis, subscribes to the request, nodes and reply channels, announces this node, and starts
+    /// answering other nodes and sending a heartbeat every `heartbeat`.
     pub async fn start(
         redis: &redis::Endpoint,
         prefix: &str,
         node: Arc<str>,
         local: Arc<dyn LocalRooms>,
         timeout: Duration,
+        heartbeat: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisError> {
         let publisher = redis::connect_client(redis, timeout).await?;
@@ -132,7 +135,15 @@ impl Cluster {
         let request_channel = format!("{prefix}:users#req");
         let reply_prefix = format!("{prefix}:users#reply#");
         let reply_channel = format!("{reply_prefix}{node}");
+        let nodes_channel = format!("{prefix}:nodes");
         let pending = Arc::new(Pending::default());
+        let membership = Arc::new(Membership::new(node.clone(), heartbeat));
+        let alive = protocol::encode(&Heartbeat {
+            v: protocol::VERSION,
+            node: node.to_string(),
+            leaving: false,
+        });
+        let answering = Arc::new(AtomicBool::new(false));
         // Listen before subscribing, so nothing published after the SUBSCRIBE is missed.
         let listener = tokio::spawn(listen(
             subscriber.client.message_rx(),
@@ -140,9 +151,13 @@ impl Cluster {
                 node: node.clone(),
                 request_channel: request_channel.clone(),
                 reply_channel: reply_channel.clone(),
-                reply_prefix,
+                nodes_channel: nodes_channel.clone(),
+                reply_prefix: reply_prefix.clone(),
                 publisher: publisher.clone(),
                 pending: pending.clone(),
+                membership: membership.clone(),
+                alive: alive.clone(),
+                answering: answering.clone(),
                 local: local.clone(),
                 permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLIES)),
                 metrics: metrics.clone(),
@@ -151,20 +166,46 @@ impl Cluster {
         redis::init(&subscriber.client, redis).await?;
         subscriber
             .client
-            .subscribe(vec![request_channel.clone(), reply_channel])
+            .subscribe(vec![
+                request_channel.clone(),
+                reply_channel,
+                nodes_channel.clone(),
+            ])
             .await
             .map_err(|source| redis::connect_err(redis, source))?;
+        // Announce ourselves before answering: a node must not receive our reply before it knows us.
+        publisher
+            .publish::<i64, _, _>(&nodes_channel, alive.clone())
+            .await
+            .map_err(|source| redis::connect_err(redis, source))?;
+        answering.store(true, Ordering::Relaxed);
+        let heartbeat = tokio::spawn(beat(
+            publisher.clone(),
+            nodes_channel.clone(),
+            alive,
+            membership.clone(),
+            heartbeat,
+        ));
         Ok(Arc::new(Self {
             node,
             request_channel,
+            nodes_channel,
+            reply_prefix,
             publisher,
             subscriber,
             pending,
+            membership,
             local,
             timeout,
             metrics,
             listener,
+            heartbeat,
         }))
+    }
+
+    /// Live nodes, this one included.
+    pub fn size(&self) -> usize {
+        self.membership.size()
     }
 
     /// Every socket of `room` on every node that answers within the request timeout.
@@ -185,8 +226,8 @@ impl Cluster {
         answer
     }
 
-    /// Whether this node takes part in the cluster now, and how many nodes Redis counts on the request channel
-    /// (this one included when its subscription is live).
+    /// Whether this node takes part in the cluster now (its subscription is up and Redis answers), and how many
+    /// nodes are alive, this one included.
     pub async fn probe(&self) -> Result<usize, String> {
         if !self.subscriber.client.is_connected() {
             return Err("the cluster subscription to Redis is down".into());
@@ -198,13 +239,12 @@ impl Cluster {
             .await
             .map_err(|_| "Redis did not answer in time".to_string())?
             .map_err(|e| format!("redis: {e}"))?;
-        // `[channel, count]` (a map in RESP3).
-        reply
-            .into_array()
-            .get(1)
-            .and_then(|n| n.as_i64())
-            .and_then(|n| usize::try_from(n).ok())
-            .ok_or_else(|| "unexpected PUBSUB NUMSUB reply".into())
+        // `[channel, count]` (a map in RESP3): zero means our own subscription is not restored yet.
+        match reply.into_array().get(1).and_then(|n| n.as_i64()) {
+            Some(n) if n > 0 => Ok(self.membership.size()),
+            Some(_) => Err("the cluster channels are not subscribed yet".into()),
+            None => Err("unexpected PUBSUB NUMSUB reply".into()),
+        }
     }
 
     async fn query(&self, room: &str) -> RoomAnswer {
@@ -235,39 +275,98 @@ impl Cluster {
             Err(_) => return answer.failed("redis: publish timed out".into()),
         };
 
-        // `subscribers` counts us too if our subscription is live, which our own echo proves.
-        let mut echoed = false;
-        let mut seen = HashSet::new();
-        while seen.len() + usize::from(echoed) < subscribers {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(Reply::Echo)) => echoed = true,
-                Ok(Some(Reply::Answer(resp))) => {
-                    if *resp.node == *self.node || !seen.insert(resp.node.clone()) {
-                        tracing::warn!(from = %resp.node, "duplicate reply ignored");
-                        continue;
+        let mut departures = self.membership.departures();
+        let mut waiting: HashSet<Arc<str>> = self.membership.others().into_iter().collect();
+        // Fewer subscribers than live nodes: some node's connection to Redis is gone (killed, not hung): ask
+        // Redis which, rather than wait for its heartbeats to stop.
+        if subscribers < waiting.len() + 1 {
+            self.forget_unsubscribed(&waiting, deadline).await;
+            waiting.retain(|n| self.membership.contains(n));
+        }
+        let mut expected = 1 + waiting.len();
+        while !waiting.is_empty() {
+            tokio::select! {
+                reply = rx.recv() => {
+                    let Some(resp) = reply else { break };
+                    let node: Arc<str> = resp.node.into();
+                    if waiting.remove(&node) {
+                        answer.nodes.push((node, resp.members));
+                    } else if answer.nodes.iter().any(|(n, _)| *n == node) {
+                        tracing::warn!(from = %node, "duplicate reply ignored");
+                        self.metrics.cluster_messages_rejected.inc();
+                    } else if self.membership.contains(&node) {
+                        // Joined after we asked: its answer is as good as any.
+                        expected += 1;
+                        answer.nodes.push((node, resp.members));
+                    } else {
+                        tracing::warn!(from = %node, "reply from a node that is not a member ignored");
+                        self.metrics.cluster_messages_rejected.inc();
                     }
-                    answer.nodes.push((resp.node.into(), resp.members));
                 }
-                Ok(None) | Err(_) => break,
+                Ok(()) = departures.changed() => {
+                    let before = waiting.len();
+                    waiting.retain(|n| self.membership.contains(n));
+                    expected -= before - waiting.len();
+                }
+                () = tokio::time::sleep_until(deadline) => break,
             }
         }
-        answer.answered += seen.len();
-        // Without the echo we are not among the subscribers: every one of them is another node.
-        answer.expected =
-            Some(if echoed { subscribers } else { subscribers + 1 }.max(answer.answered));
+        answer.answered = answer.nodes.len();
+        answer.expected = Some(expected);
         if answer.is_partial() {
             tracing::warn!(
                 room,
                 answered = answer.answered,
-                expected = ?answer.expected,
+                expected,
+                missing = ?waiting,
                 "room query timed out before every node answered"
             );
         }
         answer
     }
 
-    /// Stops answering other nodes and leaves the channels.
+    /// Asks Redis which of `nodes` still have their reply channel subscribed, and removes the others from the
+    /// membership.
+    async fn forget_unsubscribed(&self, nodes: &HashSet<Arc<str>>, deadline: Instant) {
+        let nodes: Vec<&Arc<str>> = nodes.iter().collect();
+        let channels: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{}{n}", self.reply_prefix))
+            .collect();
+        let numsub = self
+            .publisher
+            .pubsub_numsub::<fred::types::Value, _>(channels);
+        let Ok(Ok(reply)) = tokio::time::timeout_at(deadline, numsub).await else {
+            return;
+        };
+        // `[channel, count, channel, count, ...]`, in the order asked (a map in RESP3).
+        let counts: Vec<Option<i64>> = reply
+            .into_array()
+            .chunks(2)
+            .map(|pair| pair.get(1).and_then(|n| n.as_i64()))
+            .collect();
+        if counts.len() != nodes.len() {
+            return;
+        }
+        for (node, count) in nodes.into_iter().zip(counts) {
+            if count == Some(0) {
+                self.membership.remove(node, "its Redis connection is gone");
+            }
+        }
+    }
+
+    /// Says goodbye (so the others stop waiting for us at once), stops answering and leaves the channels.
     pub async fn stop(&self) {
+        self.heartbeat.abort();
+        let leaving = Heartbeat {
+            v: protocol::VERSION,
+            node: self.node.to_string(),
+            leaving: true,
+        };
+        let _ = self
+            .publisher
+            .publish::<i64, _, _>(&self.nodes_channel, protocol::encode(&leaving))
+            .await;
         self.listener.abort();
         let _ = self.subscriber.client.unsubscribe_all().await;
         self.subscriber.close().await;
@@ -289,9 +388,15 @@ struct Handler {
     node: Arc<str>,
     request_channel: String,
     reply_channel: String,
+    nodes_channel: String,
     reply_prefix: String,
     publisher: Client,
     pending: Arc<Pending>,
+    membership: Arc<Membership>,
+    /// Our encoded heartbeat, sent again at once when a node joins, so it knows us without waiting.
+    alive: Vec<u8>,
+    /// Set once our heartbeat is out: before that, nobody may receive a reply from a node it does not know.
+    answering: Arc<AtomicBool>,
     local: Arc<dyn LocalRooms>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
@@ -318,7 +423,10 @@ impl Handler {
         };
         if *msg.channel == *self.request_channel {
             match protocol::decode_request(bytes) {
-                Ok(req) if *req.from == *self.node => self.pending.deliver(req.id, Reply::Echo),
+                Ok(req) if *req.from == *self.node => {}
+                Ok(req) if !self.answering.load(Ordering::Relaxed) => {
+                    tracing::debug!(from = %req.from, "request before our announcement ignored");
+                }
                 Ok(req) => self.answer(req),
                 Err(e) => {
                     tracing::warn!(error = %e, "bad cluster request ignored");
@@ -327,9 +435,26 @@ impl Handler {
             }
         } else if *msg.channel == *self.reply_channel {
             match protocol::decode_response(bytes) {
-                Ok(resp) => self.pending.deliver(resp.id, Reply::Answer(resp)),
+                Ok(resp) => self.pending.deliver(resp.id, resp),
                 Err(e) => {
                     tracing::warn!(error = %e, "bad cluster reply ignored");
+                    self.metrics.cluster_messages_rejected.inc();
+                }
+            }
+        } else if *msg.channel == *self.nodes_channel {
+            match protocol::decode_heartbeat(bytes) {
+                Ok(hb) if hb.leaving => self.membership.remove(&hb.node, "it is shutting down"),
+                Ok(hb) => {
+                    if self.membership.alive(&hb.node) == Seen::Joined {
+                        let publisher = self.publisher.clone();
+                        let (channel, alive) = (self.nodes_channel.clone(), self.alive.clone());
+                        tokio::spawn(async move {
+                            let _ = publisher.publish::<i64, _, _>(channel, alive).await;
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad heartbeat ignored");
                     self.metrics.cluster_messages_rejected.inc();
                 }
             }
@@ -362,5 +487,27 @@ impl Handler {
                 Err(e) => tracing::warn!(error = %e, "cluster reply could not be published"),
             }
         });
+    }
+}
+
+/// Publishes our heartbeat every `every`, and declares down the nodes that stopped sending theirs.
+async fn beat(
+    publisher: Client,
+    channel: String,
+    alive: Vec<u8>,
+    membership: Arc<Membership>,
+    every: Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = publisher
+            .publish::<i64, _, _>(&channel, alive.clone())
+            .await
+        {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+        membership.sweep();
     }
 }

@@ -57,6 +57,11 @@ pub struct Config {
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub request_timeout_ms: u64,
 
+    /// How often each node says it is alive. A node silent for 3 intervals is declared down, and room queries
+    /// stop waiting for it.
+    #[arg(long, env = "HEARTBEAT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub heartbeat_ms: u64,
+
     /// Tell the room when a socket joins or leaves (`socket-connected`, `socket-disconnected`). Each join costs one
     /// delivery per member, so filling a room of N costs N²/2: turn it off for rooms of many thousands.
     #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -90,6 +95,10 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_ms)
     }
 }
 

@@ -13,6 +13,7 @@
 //! * [`redis`]: fred clients configured for this cluster (RESP3, reconnects, re-subscription).
 //! * [`http`]: REST and page routes; [`error`]: how failures become HTTP answers.
 //! * [`tls`], [`shutdown`]: rustls configuration and the signal future.
+//! * [`membership`]: which nodes are alive, from their heartbeats.
 //! * [`metrics`], [`logging`]: what `/metrics` exposes, and log lines (human or JSON) that name the node.
 //!
 //! [`run`] serves one node on a listener until a shutdown future resolves (the binary's is [`shutdown::signal`]);
@@ -45,6 +46,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod membership;
 pub mod metrics;
 pub mod protocol;
 pub mod redis;
@@ -283,6 +285,7 @@ async fn join_cluster(
         info.id.clone(),
         local.clone(),
         config.request_timeout(),
+        config.heartbeat(),
         info.metrics.clone(),
     )
     .await?;

@@ -38,6 +38,16 @@ pub struct Response {
     pub members: Vec<Member>,
 }
 
+/// "I am alive" (every heartbeat interval), or "I am leaving" (at graceful shutdown), published by every node
+/// on the nodes channel. Membership follows these: a node that misses a few is declared down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub v: u16,
+    pub node: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
+}
+
 /// A socket in a room, with the user id stored on it at handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {
@@ -102,6 +112,12 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
     Ok(resp)
 }
 
+pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
+    let hb: Heartbeat = parse(bytes)?;
+    validate::node_id(&hb.node)?;
+    Ok(hb)
+}
+
 /// Size check, then a typed parse; on failure, a second look tells a version mismatch from garbage.
 fn parse<T: serde::de::DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
@@ -132,6 +148,11 @@ impl Versioned for Request {
     }
 }
 impl Versioned for Response {
+    fn version(&self) -> u16 {
+        self.v
+    }
+}
+impl Versioned for Heartbeat {
     fn version(&self) -> u16 {
         self.v
     }
@@ -174,6 +195,30 @@ mod tests {
             ..resp
         };
         assert_eq!(decode_response(&encode(&empty)).unwrap(), empty);
+    }
+
+    #[test]
+    fn heartbeat_round_trip() {
+        for leaving in [false, true] {
+            let hb = Heartbeat {
+                v: VERSION,
+                node: "node-a".into(),
+                leaving,
+            };
+            assert_eq!(decode_heartbeat(&encode(&hb)).unwrap(), hb);
+        }
+        assert_eq!(
+            String::from_utf8(encode(&Heartbeat {
+                v: 1,
+                node: "a".into(),
+                leaving: false
+            }))
+            .unwrap(),
+            r#"{"v":1,"node":"a"}"#
+        );
+        assert!(decode_heartbeat(br#"{"v":1,"node":"a b"}"#).is_err());
+        assert!(decode_heartbeat(br#"{"v":2,"node":"a"}"#).is_err());
+        assert!(decode_heartbeat(br#"{"v":1,"node":"a","leaving":1}"#).is_err());
     }
 
     #[test]

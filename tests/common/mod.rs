@@ -518,6 +518,23 @@ impl Clients {
         .await;
     }
 
+    /// Connects `id` to `base` as `user` in `room` over websocket, reconnecting by itself whenever the connection
+    /// drops (socket.io-client's own reconnection, 200 ms to 1 s apart); returns the first socket id.
+    pub async fn join_reconnecting(
+        &mut self,
+        id: &str,
+        base: &str,
+        user: &str,
+        room: &str,
+    ) -> String {
+        self.send(json!({"op": "connect", "id": id, "url": base,
+            "query": {"id_user": user, "room": room}, "transports": ["websocket"], "reconnect": true}))
+            .await;
+        let ev = self.expect_any(id, &["connect", "connect_error"]).await;
+        assert_eq!(ev["event"], "connect", "{id} could not connect: {ev}");
+        ev["sid"].as_str().unwrap().to_owned()
+    }
+
     /// Connects `id` to `node` as `user` in `room` and returns its socket id.
     pub async fn join(
         &mut self,

@@ -1,6 +1,7 @@
 // Drives real socket.io-client sockets for the Rust integration tests.
 // stdin: one JSON command per line; stdout: one JSON event per line. Exits when stdin closes.
-//   {"op":"connect","id":"a","url":"https://127.0.0.1:5009","query":{...},"auth":{...},"transports":["websocket"]}
+//   {"op":"connect","id":"a","url":"https://127.0.0.1:5009","query":{...},"auth":{...},"transports":["websocket"],
+//    "reconnect":true}
 //   {"op":"emit","id":"a","event":"identity-change","args":[...],"ack":true}
 //   {"op":"disconnect","id":"a"}
 // Events: {"id":"a","event":"connect","sid":"..."} | {"id":"a","event":"connect_error","message":"..."}
@@ -12,12 +13,15 @@ import { io } from "socket.io-client";
 const sockets = new Map();
 const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
 
-function connect({ id, url, query, auth, transports }) {
+function connect({ id, url, query, auth, transports, reconnect }) {
   const socket = io(url, {
     query: query ?? {},
     auth: auth ?? undefined,
     transports: transports ?? ["polling", "websocket"],
-    reconnection: false,
+    // Off unless asked: most tests want to see a disconnect stay a disconnect.
+    reconnection: reconnect ?? false,
+    reconnectionDelay: 200,
+    reconnectionDelayMax: 1000,
     forceNew: true,
     timeout: 5000,
   });

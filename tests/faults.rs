@@ -1,0 +1,359 @@
+//! Faults, with the real binary, a real Redis and real socket.io clients: a paused node, a killed node, a Redis
+//! outage, a rolling restart. Each test prints its figures (run with `--nocapture`); README's reliability section
+//! quotes them.
+
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::Value;
+
+/// Redis and `n` nodes (`a`, `b`, ...) with the given request timeout and heartbeat interval.
+async fn cluster_with(
+    test: &str,
+    n: usize,
+    timeout_ms: u64,
+    heartbeat_ms: &str,
+) -> (PathBuf, Redis, Vec<Node>) {
+    let dir = log_dir(test);
+    let redis = Redis::start(&dir);
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let id = ((b'a' + i as u8) as char).to_string();
+        nodes.push(
+            Node::start(
+                &dir,
+                NodeOpts {
+                    id: &id,
+                    redis: Some(redis.url()),
+                    prefix: test,
+                    timeout_ms,
+                    args: &["--heartbeat-ms", heartbeat_ms],
+                    ..NodeOpts::default()
+                },
+            )
+            .await,
+        );
+    }
+    (dir, redis, nodes)
+}
+
+/// A node paused with SIGSTOP (alive for Redis, silent for us) costs at most the request timeout, and only until
+/// it misses 3 heartbeats: then pending queries stop waiting for it and later ones do not wait at all. Resumed,
+/// it rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_is_declared_down_then_rejoins() {
+    // Heartbeat 300 ms: declared down after 900 ms of silence, well inside the 5 s request timeout.
+    let (_dir, _redis, nodes) = cluster_with("paused_node", 3, 5000, "300").await;
+    let [a, b, c] = &nodes[..] else {
+        unreachable!()
+    };
+    let http = Http::new();
+    let mut clients = Clients::start();
+    let sa = clients.join("a", a, "ua", "Room", "websocket").await;
+    let sb = clients.join("b", b, "ub", "Room", "websocket").await;
+    let sc = clients.join("c", c, "uc", "Room", "websocket").await;
+    assert_eq!(http.users(a, "Room").await.nodes, "3/3");
+
+    b.signal("STOP");
+    // The query asked right away waits for b, until b is declared down: not the 5 s timeout.
+    let started = Instant::now();
+    let users = http.users(a, "Room").await;
+    let first = started.elapsed();
+    println!(
+        "query asked as b paused: {first:?}, {} {}",
+        users.nodes, users.partial
+    );
+    assert_eq!(users.set(), pairs(&[(&sa, "ua"), (&sc, "uc")]));
+    assert_eq!(
+        (users.nodes.as_str(), users.partial.as_str()),
+        ("2/2", "false")
+    );
+    assert!(
+        first < Duration::from_secs(3),
+        "waited {first:?} for a paused node"
+    );
+
+    // From then on it costs nothing.
+    for node in [a, c] {
+        let started = Instant::now();
+        let users = http.users(node, "Room").await;
+        let took = started.elapsed();
+        assert_eq!(users.nodes, "2/2");
+        assert!(
+            took < Duration::from_millis(500),
+            "{} took {took:?}",
+            node.id
+        );
+    }
+    let ready: Value = http
+        .client
+        .get(a.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["cluster_nodes"], 2, "{ready}");
+
+    // Resumed, b beats again and is back in every answer.
+    b.signal("CONT");
+    let started = Instant::now();
+    let whole = pairs(&[(&sa, "ua"), (&sb, "ub"), (&sc, "uc")]);
+    eventually(Duration::from_secs(5), "b back in the answer", async || {
+        let u = http.users(a, "Room").await;
+        (u.nodes == "3/3" && u.set() == whole).then_some(())
+    })
+    .await;
+    println!("b rejoined {:?} after SIGCONT", started.elapsed());
+}
+
+/// A node killed (SIGKILL) while the others answer non-stop: no request fails, none waits much past the timeout,
+/// and the dead node is dropped at the next query (Redis saw its connections close), so its sockets never show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_never_fails_a_request() {
+    let timeout_ms = 1000;
+    let (_dir, _redis, mut nodes) = cluster_with("killed_node", 3, timeout_ms, "2000").await;
+    let http = Http::new();
+    let mut clients = Clients::start();
+    let sa = clients
+        .join("a", &nodes[0], "ua", "Room", "websocket")
+        .await;
+    let sb = clients
+        .join("b", &nodes[1], "ub", "Room", "websocket")
+        .await;
+    let sc = clients
+        .join("c", &nodes[2], "uc", "Room", "websocket")
+        .await;
+    let survivors = pairs(&[(&sa, "ua"), (&sc, "uc")]);
+
+    let b = nodes.remove(1);
+    let bases = [nodes[0].base(), nodes[1].base()];
+    let killed = std::sync::Arc::new(std::sync::OnceLock::<Instant>::new());
+    let load = {
+        let (client, killed, sb) = (http.client.clone(), killed.clone(), sb.clone());
+        tokio::spawn(async move {
+            let mut log = Vec::new();
+            let end = Instant::now() + Duration::from_secs(4);
+            while Instant::now() < end {
+                for base in &bases {
+                    let t = Instant::now();
+                    let res = client.get(format!("{base}/Room/users")).send().await;
+                    let took = t.elapsed();
+                    let after_kill = killed.get().map(|k| t.duration_since(*k));
+                    let res = res.expect("request failed");
+                    let status = res.status().as_u16();
+                    let nodes = res.headers()["x-cluster-nodes"]
+                        .to_str()
+                        .unwrap()
+                        .to_owned();
+                    let body: Value = res.json().await.unwrap();
+                    let has_b = body
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|u| u["id_socket"] == *sb);
+                    log.push((after_kill, status, nodes, took, has_b));
+                }
+            }
+            log
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    b.signal("KILL");
+    killed.set(Instant::now()).unwrap();
+    drop(b);
+    let log = load.await.unwrap();
+
+    let after: Vec<_> = log.iter().filter(|l| l.0.is_some()).collect();
+    let slowest = log.iter().map(|l| l.3).max().unwrap();
+    let partial = after.iter().filter(|l| l.2 != "2/2").count();
+    let last_ghost = after.iter().filter(|l| l.4).filter_map(|l| l.0).max();
+    let exact_from = after
+        .iter()
+        .rev()
+        .take_while(|l| l.2 == "2/2" && !l.4)
+        .last()
+        .and_then(|l| l.0);
+    println!(
+        "{} requests ({} after the kill): all 200, slowest {slowest:?}, {partial} partial after the kill, \
+         b's socket last listed {last_ghost:?} after the kill, exact from {exact_from:?} after the kill",
+        log.len(),
+        after.len()
+    );
+    assert!(log.iter().all(|l| l.1 == 200));
+    assert!(after.len() >= 10, "too few requests after the kill");
+    assert!(
+        slowest < Duration::from_millis(timeout_ms + 1000),
+        "{slowest:?}"
+    );
+    // Only requests already in flight at the kill may still count b, and none lists b's socket later.
+    assert!(
+        exact_from.is_some_and(|t| t < Duration::from_millis(timeout_ms + 500)),
+        "{exact_from:?}"
+    );
+    assert!(
+        last_ghost.is_none_or(|t| t < Duration::from_millis(100)),
+        "{last_ghost:?}"
+    );
+    for node in &nodes {
+        let users = http.users(node, "Room").await;
+        assert_eq!(
+            (users.set(), users.nodes.as_str()),
+            (survivors.clone(), "2/2")
+        );
+    }
+}
+
+/// Redis is stopped for 10 s and started again: nodes stay up and serve their own sockets (answers marked
+/// partial, `/ready` 503), then within a bound the cluster is whole again, rooms and broadcasts included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_of_ten_seconds() {
+    let (dir, redis, mut nodes) = cluster_with("redis_outage", 2, 1000, "1000").await;
+    let http = Http::new();
+    let mut clients = Clients::start();
+    let sa = clients
+        .join("a", &nodes[0], "ua", "Room", "websocket")
+        .await;
+    let sb = clients
+        .join("b", &nodes[1], "ub", "Room", "websocket")
+        .await;
+
+    let port = redis.port;
+    drop(redis);
+    let outage = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (node, own) in [
+        (&nodes[0], (sa.as_str(), "ua")),
+        (&nodes[1], (sb.as_str(), "ub")),
+    ] {
+        let users = http.users(node, "Room").await;
+        assert_eq!(users.status, 200);
+        assert_eq!(users.set(), pairs(&[own]), "{}", node.id);
+        assert_eq!(users.partial, "true");
+        let ready = http.client.get(node.url("/ready")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+    }
+    // A client may still connect to a node during the outage.
+    let sa2 = clients
+        .join("a2", &nodes[0], "ua2", "Room", "websocket")
+        .await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
+
+    let _redis = Redis::start_on(&dir, port);
+    let back = Instant::now();
+    let whole = pairs(&[(&sa, "ua"), (&sb, "ub"), (&sa2, "ua2")]);
+    for node in &nodes {
+        eventually(
+            Duration::from_secs(10),
+            "an exact answer again",
+            async || {
+                let u = http.users(node, "Room").await;
+                (u.nodes == "2/2" && u.set() == whole).then_some(())
+            },
+        )
+        .await;
+    }
+    let exact = back.elapsed();
+    // Broadcasts between nodes (the adapter's subscriptions) work again too.
+    let broadcast = eventually(
+        Duration::from_secs(10),
+        "a broadcast across nodes",
+        async || {
+            clients
+                .emit(
+                    "b",
+                    "identity-change",
+                    serde_json::json!([{"id_user": "ub"}]),
+                    true,
+                )
+                .await;
+            clients.expect("b", "ack").await;
+            clients
+                .within("a", &["identity-change"], Duration::from_millis(300))
+                .await
+        },
+    )
+    .await;
+    println!(
+        "Redis down 10 s: exact answers {exact:?} after it came back, broadcasts {:?}: {broadcast}",
+        back.elapsed()
+    );
+    assert!(exact < Duration::from_secs(5), "{exact:?}");
+    for node in nodes.iter_mut() {
+        assert!(
+            node.exit_within(Duration::ZERO).await.is_none(),
+            "{} exited",
+            node.id
+        );
+    }
+}
+
+/// Every node is restarted in turn (SIGTERM, start again on its port) while clients stay connected through
+/// socket.io-client's own reconnection and queries run: at the end every client is connected and every node
+/// lists the room exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_keeps_every_client() {
+    let (dir, redis, mut nodes) = cluster_with("rolling_restart", 3, 1000, "500").await;
+    let http = Http::new();
+    let mut clients = Clients::start();
+    let mut users = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for j in 0..3 {
+            let id = format!("c{i}{j}");
+            clients
+                .join_reconnecting(&id, &node.base(), &id, "Room")
+                .await;
+            users.push((id, i));
+        }
+    }
+    let started = Instant::now();
+    let mut answers = 0;
+    for i in 0..nodes.len() {
+        let old = nodes.remove(i);
+        let (id, port) = (old.id.clone(), old.port);
+        assert!(old.terminate().await.success());
+        let node = Node::start(
+            &dir,
+            NodeOpts {
+                id: &id,
+                redis: Some(redis.url()),
+                prefix: "rolling_restart",
+                port: Some(port),
+                args: &["--heartbeat-ms", "500"],
+                ..NodeOpts::default()
+            },
+        )
+        .await;
+        nodes.insert(i, node);
+        // Its clients come back by themselves; the other nodes answer all along.
+        for (id, _) in users.iter().filter(|u| u.1 == i) {
+            clients.expect(id, "disconnect").await;
+            clients.expect(id, "connect").await;
+        }
+        for node in &nodes {
+            assert_eq!(http.users(node, "Room").await.status, 200);
+            answers += 1;
+        }
+    }
+    let expected: BTreeSet<String> = users.iter().map(|u| u.0.clone()).collect();
+    for node in &nodes {
+        let u = eventually(Duration::from_secs(5), "the whole room", async || {
+            let u = http.users(node, "Room").await;
+            let ids: BTreeSet<String> = u.set().into_iter().map(|p| p.1).collect();
+            (u.nodes == "3/3" && ids == expected && u.set().len() == expected.len()).then_some(u)
+        })
+        .await;
+        assert_eq!(u.partial, "false");
+    }
+    println!(
+        "rolling restart of 3 nodes with 9 clients: {:?}, {answers} answers between restarts, all 9 back",
+        started.elapsed()
+    );
+}
