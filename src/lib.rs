@@ -27,13 +27,18 @@
 //! |---|---|---|
 //! | `{prefix}:users#req` | every node | [`protocol::Request`] `{v, id, from, room}` |
 //! | `{prefix}:users#reply#{node}` | node `{node}` | [`protocol::Response`] `{v, id, node, members}` |
+//! | `{prefix}:nodes` | every node | [`protocol::Heartbeat`] `{v, node}` every `HEARTBEAT_MS`, `{v, node, leaving: true}` at shutdown |
 //!
-//! 1. The asking node publishes **one** request. `PUBLISH` returns how many nodes are subscribed.
-//! 2. Every other node answers with its local sockets of the room and their `id_user`, read from the sockets'
+//! 1. Membership ([`membership`]): a node announces itself before it answers any request, sends a heartbeat
+//!    every interval, and says when it leaves. A node silent for 3 intervals is declared down. A node hearing a
+//!    newcomer sends its own heartbeat at once, so the newcomer knows everyone within a round trip.
+//! 2. The asking node publishes **one** request and waits for the nodes it knows to be alive. If `PUBLISH`
+//!    counts fewer subscribers than that, one `PUBSUB NUMSUB` of their reply channels tells which are gone.
+//! 3. Every other node answers with its local sockets of the room and their `id_user`, read from the sockets'
 //!    extensions, in one reply. Round trips do not grow with the number of sockets.
-//! 3. The asker also receives its own request: that echo proves its own subscription is counted. It returns as
-//!    soon as every counted node has answered, or at the request timeout with what it has, marked partial
-//!    (`X-Cluster-Nodes: 2/3`, `X-Cluster-Partial: true`).
+//! 4. The asker returns as soon as every live node has answered (a node declared down meanwhile is no longer
+//!    waited for), or at the request timeout with what it has, marked partial (`X-Cluster-Nodes: 2/3`,
+//!    `X-Cluster-Partial: true`). Replies from nodes that are not members, and duplicates, are ignored.
 //!
 //! Messages with another version, malformed fields, unknown request ids or duplicate answers are logged and
 //! ignored. Rooms and broadcasts between nodes (the `socket-connected` events and the like) go through the
