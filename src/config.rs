@@ -62,6 +62,28 @@ pub struct Config {
     #[arg(long, env = "HEARTBEAT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub heartbeat_ms: u64,
 
+    /// Most sockets this node holds; further handshakes get `connect_error` "this node is full".
+    #[arg(long, env = "MAX_SOCKETS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sockets: u64,
+
+    /// Socket.IO handshakes accepted per second on this node (bursts of as many); 0: no limit. Refused clients
+    /// get `connect_error` and retry.
+    #[arg(long, env = "HANDSHAKE_RATE", default_value_t = 1_000)]
+    pub handshake_rate: u32,
+
+    /// Largest Engine.IO packet a client may send, in bytes; a bigger one closes its connection.
+    #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    pub max_payload_bytes: u64,
+
+    /// Browser origins allowed to connect and to read the REST API (comma-separated, e.g.
+    /// `https://app.example,https://admin.example`). Empty: Socket.IO from any origin, REST same-origin only.
+    #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// If set, `GET /{room}/users` requires `Authorization: Bearer <token>`. Never logged.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
     /// Tell the room when a socket joins or leaves (`socket-connected`, `socket-disconnected`). Each join costs one
     /// delivery per member, so filling a room of N costs N²/2: turn it off for rooms of many thousands.
     #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -97,6 +119,15 @@ impl Config {
         Duration::from_millis(self.request_timeout_ms)
     }
 
+    /// `CORS_ORIGINS` without empty entries (`CORS_ORIGINS=` means none).
+    pub fn origins(&self) -> Vec<String> {
+        self.cors_origins
+            .iter()
+            .map(|o| o.trim().to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
@@ -117,6 +148,17 @@ mod tests {
         assert!(c.presence_events);
         let c = Config::parse_from(["socket-identity", "--presence-events", "false"]);
         assert!(!c.presence_events);
+    }
+
+    #[test]
+    fn lists_origins() {
+        let c = Config::parse_from([
+            "x",
+            "--cors-origins",
+            "https://a.example, https://b.example,",
+        ]);
+        assert_eq!(c.origins(), ["https://a.example", "https://b.example"]);
+        assert!(Config::parse_from(["x"]).origins().is_empty());
     }
 
     #[test]

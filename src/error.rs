@@ -13,6 +13,8 @@ use crate::{redis::RedisError, tls::TlsError, validate::Invalid};
 pub enum StartError {
     #[error("invalid NODE_ID: {0}")]
     NodeId(Invalid),
+    #[error("invalid setting: {0}")]
+    Config(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -49,6 +51,8 @@ pub enum AppError {
     BadPath,
     #[error("not found")]
     NotFound,
+    #[error("this API needs a bearer token: Authorization: Bearer <API_TOKEN>")]
+    Unauthorized,
     #[error(
         "the socket.io client bundle is not installed on this server (run scripts/fetch-client.sh)"
     )]
@@ -60,6 +64,7 @@ impl AppError {
         match self {
             Self::BadRoom(_) | Self::BadPath => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::ClientBundleMissing => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -68,7 +73,14 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let body = Json(serde_json::json!({ "error": self.to_string() }));
-        (self.status(), body).into_response()
+        let mut res = (self.status(), body).into_response();
+        if matches!(self, Self::Unauthorized) {
+            res.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        res
     }
 }
 

@@ -9,7 +9,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{FromRequestParts, Path, State},
-    http::{HeaderMap, HeaderValue, header, request::Parts},
+    http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts},
     response::{Html, IntoResponse, Response},
     routing::get,
 };
@@ -44,6 +44,10 @@ pub struct AppState {
     pub adapter_redis: Option<fred::clients::SubscriberClient>,
     /// The room page, from [`page_html`].
     pub page: Bytes,
+    /// `API_TOKEN`: when set, the room list needs it as a bearer token.
+    pub api_token: Option<Arc<str>>,
+    /// `CORS_ORIGINS`: browser origins allowed to read the REST API.
+    pub cors_origins: Arc<[HeaderValue]>,
 }
 
 /// The room page. `websocket_only` when instances share a port without sticky sessions: a long-polling
@@ -62,7 +66,20 @@ pub fn page_html(websocket_only: bool) -> Bytes {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let cors = (!state.cors_origins.is_empty()).then(|| {
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::AllowOrigin::list(
+                state.cors_origins.iter().cloned(),
+            ))
+            .allow_methods([axum::http::Method::GET])
+            .allow_headers([header::AUTHORIZATION])
+            .expose_headers([
+                HeaderName::from_static("x-cluster-nodes"),
+                HeaderName::from_static("x-cluster-partial"),
+                HeaderName::from_static("x-cluster-error"),
+            ])
+    });
+    let router = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -70,7 +87,27 @@ pub fn router(state: AppState) -> Router {
         .route("/{room}", get(page))
         .route("/{room}/users", get(users))
         .fallback(|| async { AppError::NotFound })
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Whether the request carries the API token, when one is set. Compared in constant time.
+fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
+    let Some(token) = token else { return true };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+            == 0
 }
 
 /// Copies the request line and headers out of hyper's connection read buffer.
@@ -181,7 +218,10 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn users(State(s): State<AppState>, Room(room): Room) -> Response {
+async fn users(State(s): State<AppState>, headers: HeaderMap, Room(room): Room) -> Response {
+    if !authorized(&headers, s.api_token.as_deref()) {
+        return AppError::Unauthorized.into_response();
+    }
     let answer = match &s.cluster {
         Some(cluster) => cluster.room_members(&room).await,
         None => RoomAnswer::local(s.node.clone(), s.local.members(&room)),
@@ -332,6 +372,8 @@ mod tests {
             draining: Arc::default(),
             adapter_redis: None,
             page: page_html(false),
+            api_token: None,
+            cors_origins: Arc::new([]),
         })
     }
 

@@ -8,6 +8,7 @@
 //! ## Layout
 //! * [`config`]: the one typed configuration (clap, every flag with an environment variable).
 //! * [`validate`]: the rules for room names, user ids and node ids, shared by every entry point.
+//! * [`admission`]: limits on handshakes (socket cap, rate, origins).
 //! * [`socket`]: the Socket.IO handshake, the identity on each socket, the room events.
 //! * [`protocol`]: the cross-node wire types; [`cluster`]: moving them over Redis pub/sub.
 //! * [`redis`]: fred clients configured for this cluster (RESP3, reconnects, re-subscription).
@@ -46,6 +47,7 @@
 //! for the room query: remote sockets carry no extensions (so no `id_user`), and its answer is silently partial
 //! when a node is slow.
 
+pub mod admission;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -103,13 +105,20 @@ const WS_READ_BUFFER: usize = 1024;
 /// The Socket.IO settings both modes (single node and cluster) share.
 fn io_builder(
     info: NodeInfo,
-    websocket_only: bool,
+    config: &Config,
 ) -> socketioxide::SocketIoBuilder<socketioxide::adapter::LocalAdapter> {
+    // engineioxide applies `max_payload` to long-polling only; websocket messages have their own limits (64 MiB
+    // by default), set to the same here.
+    let max_payload = config.max_payload_bytes;
+    let ws_max = usize::try_from(max_payload).unwrap_or(usize::MAX);
     let builder = SocketIo::builder()
         .max_buffer_size(SOCKET_BUFFER_PACKETS)
+        .max_payload(max_payload)
+        .ws_max_message_size(ws_max)
+        .ws_max_frame_size(ws_max)
         .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(info);
-    if websocket_only {
+    if config.reuse_port {
         builder.transports([TransportType::Websocket])
     } else {
         builder
@@ -148,12 +157,26 @@ pub async fn run(
     };
     let client_bundle = load_client_bundle(&config);
     let page = http::page_html(config.reuse_port);
+    let cors_origins = config
+        .origins()
+        .iter()
+        .map(|o| {
+            axum::http::HeaderValue::from_str(o).map_err(|_| {
+                StartError::Config(format!("CORS_ORIGINS: {o:?} is not a valid origin"))
+            })
+        })
+        .collect::<Result<Arc<[_]>, _>>()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
         id: node.clone(),
         presence: config.presence_events,
         metrics: metrics.clone(),
+        admission: Arc::new(admission::Admission::new(
+            config.max_sockets.try_into().unwrap_or(usize::MAX),
+            config.handshake_rate,
+            config.origins(),
+        )),
     };
 
     let app_state =
@@ -169,12 +192,14 @@ pub async fn run(
             draining: draining.clone(),
             adapter_redis,
             page: page.clone(),
+            api_token: config.api_token.as_deref().map(Arc::from),
+            cors_origins: cors_origins.clone(),
         };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
     let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
         None => {
-            let (layer, io) = io_builder(info, config.reuse_port).build_layer();
+            let (layer, io) = io_builder(info, &config).build_layer();
             io.ns("/", socket::on_connect.with(socket::handshake));
             let local: Arc<dyn LocalRooms> = Arc::new(io);
             let app = http::router(app_state(local.clone(), None, None)).layer(layer);
@@ -277,7 +302,7 @@ async fn join_cluster(
     )
     .await
     .map_err(|e| redis::connect_err(redis, e))?;
-    let (layer, io) = io_builder(info.clone(), config.reuse_port)
+    let (layer, io) = io_builder(info.clone(), config)
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
     io.ns("/", socket::on_connect.with(socket::handshake))

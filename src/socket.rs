@@ -16,6 +16,7 @@ use socketioxide::{
 };
 
 use crate::{
+    admission::{Admission, Refused},
     metrics::{Metrics, Reason},
     protocol::Member,
     validate::{self, Invalid},
@@ -35,6 +36,25 @@ pub struct NodeInfo {
     /// Whether joins and leaves are announced to the room ([`crate::Config::presence_events`]).
     pub presence: bool,
     pub metrics: Arc<Metrics>,
+    pub admission: Arc<Admission>,
+}
+
+/// Why a handshake was refused: the client sees the message in its `connect_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+impl HandshakeError {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Invalid(e) => e.kind(),
+            Self::Refused(e) => e.kind(),
+        }
+    }
 }
 
 /// `socket-connected`, `socket-disconnected`: who came or went.
@@ -99,13 +119,24 @@ pub async fn handshake<A: Adapter>(
     socket: SocketRef<A>,
     TryData(auth): TryData<Value>,
     State(node): State<NodeInfo>,
-) -> Result<(), Invalid> {
-    let identity = Identity::from_handshake(socket.req_parts().uri.query(), auth.ok().as_ref())
-        .inspect_err(|e| {
-            tracing::debug!(error = %e, "handshake refused");
-            let reason = Reason { reason: e.kind() };
-            node.metrics.handshakes_refused.get_or_create(&reason).inc();
-        })?;
+) -> Result<(), HandshakeError> {
+    let parts = socket.req_parts();
+    let origin = parts
+        .headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    let admitted = node.admission.admit(origin).map_err(HandshakeError::from);
+    let identity = admitted.and_then(|slot| {
+        let identity = Identity::from_handshake(parts.uri.query(), auth.ok().as_ref())?;
+        Ok((slot, identity))
+    });
+    let (slot, identity) = identity.inspect_err(|e| {
+        tracing::debug!(error = %e, "handshake refused");
+        let reason = Reason { reason: e.kind() };
+        node.metrics.handshakes_refused.get_or_create(&reason).inc();
+    })?;
+    // The slot goes with the socket: dropped with it, it frees its place under MAX_SOCKETS.
+    socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(identity);
     Ok(())
 }

@@ -535,6 +535,15 @@ impl Clients {
         ev["sid"].as_str().unwrap().to_owned()
     }
 
+    /// Opens a websocket socket to `node` with extra HTTP headers on its handshake (e.g. `Origin`).
+    pub async fn open_with_headers(&mut self, id: &str, node: &Node, query: Value, headers: Value) {
+        self.send(
+            json!({"op": "connect", "id": id, "url": node.base(), "query": query,
+            "transports": ["websocket"], "headers": headers}),
+        )
+        .await;
+    }
+
     /// Connects `id` to `node` as `user` in `room` and returns its socket id.
     pub async fn join(
         &mut self,

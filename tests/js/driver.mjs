@@ -1,7 +1,7 @@
 // Drives real socket.io-client sockets for the Rust integration tests.
 // stdin: one JSON command per line; stdout: one JSON event per line. Exits when stdin closes.
 //   {"op":"connect","id":"a","url":"https://127.0.0.1:5009","query":{...},"auth":{...},"transports":["websocket"],
-//    "reconnect":true}
+//    "reconnect":true, "headers":{"origin":"https://app.example"}}
 //   {"op":"emit","id":"a","event":"identity-change","args":[...],"ack":true}
 //   {"op":"disconnect","id":"a"}
 // Events: {"id":"a","event":"connect","sid":"..."} | {"id":"a","event":"connect_error","message":"..."}
@@ -13,8 +13,9 @@ import { io } from "socket.io-client";
 const sockets = new Map();
 const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
 
-function connect({ id, url, query, auth, transports, reconnect }) {
+function connect({ id, url, query, auth, transports, reconnect, headers }) {
   const socket = io(url, {
+    extraHeaders: headers ?? {},
     query: query ?? {},
     auth: auth ?? undefined,
     transports: transports ?? ["polling", "websocket"],

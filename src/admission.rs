@@ -1,0 +1,170 @@
+//! Who may open a socket: a cap on this node's sockets, a handshake rate, and an origin allow-list.
+//!
+//! Checked in the Socket.IO connect middleware, before any state is kept for the socket, so a refused client
+//! costs nothing beyond its connection, and gets a `connect_error` saying why.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+
+/// Why a handshake was refused by a limit (bad fields are [`crate::validate::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("this node is full ({0} sockets): try another")]
+    Full(usize),
+    #[error("too many handshakes per second on this node: retry shortly")]
+    TooFast,
+    #[error("origin not allowed")]
+    Origin,
+}
+
+impl Refused {
+    /// A label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Full(_) => "full",
+            Self::TooFast => "rate",
+            Self::Origin => "origin",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Admission {
+    max_sockets: usize,
+    sockets: Arc<AtomicUsize>,
+    rate: Option<Mutex<Bucket>>,
+    /// `None`: any origin (and none).
+    origins: Option<Vec<String>>,
+}
+
+/// Held in a socket's extensions: the socket's place under the cap, given back when the socket is dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Admission {
+    /// `rate`: handshakes per second (bursts of as many), 0 for no limit. `origins`: empty for any.
+    pub fn new(max_sockets: usize, rate: u32, origins: Vec<String>) -> Self {
+        Self {
+            max_sockets,
+            sockets: Arc::default(),
+            rate: (rate > 0).then(|| Mutex::new(Bucket::new(rate))),
+            origins: (!origins.is_empty()).then_some(origins),
+        }
+    }
+
+    /// Admits a handshake from `origin` (the `Origin` header, if any), or says why not.
+    pub fn admit(&self, origin: Option<&str>) -> Result<Slot, Refused> {
+        if let (Some(allowed), Some(origin)) = (&self.origins, origin)
+            && !allowed.iter().any(|a| a == origin)
+        {
+            return Err(Refused::Origin);
+        }
+        if let Some(rate) = &self.rate
+            && !rate.lock().unwrap().take(Instant::now())
+        {
+            return Err(Refused::TooFast);
+        }
+        let taken = self.sockets.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(self.sockets.clone());
+        if taken >= self.max_sockets {
+            return Err(Refused::Full(self.max_sockets));
+        }
+        Ok(slot)
+    }
+
+    /// Sockets holding a slot now.
+    pub fn sockets(&self) -> usize {
+        self.sockets.load(Ordering::Relaxed)
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most `rate`.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Self {
+        Self {
+            rate: rate.into(),
+            tokens: rate.into(),
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.rate);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn caps_sockets_and_gives_slots_back() {
+        let a = Admission::new(2, 0, vec![]);
+        let one = a.admit(None).unwrap();
+        let two = a.admit(None).unwrap();
+        assert_eq!(a.admit(None).unwrap_err(), Refused::Full(2));
+        assert_eq!(a.sockets(), 2, "a refusal takes no slot");
+        drop(one);
+        let three = a.admit(None).unwrap();
+        drop((two, three));
+        assert_eq!(a.sockets(), 0);
+    }
+
+    #[test]
+    fn limits_the_handshake_rate() {
+        let mut b = Bucket::new(3);
+        let t0 = Instant::now();
+        assert!((0..3).all(|_| b.take(t0)));
+        assert!(!b.take(t0));
+        assert!(b.take(t0 + Duration::from_millis(340)));
+        assert!(!b.take(t0 + Duration::from_millis(340)));
+        // Idle time refills up to one second's worth, no more.
+        let later = t0 + Duration::from_secs(60);
+        assert!((0..3).all(|_| b.take(later)));
+        assert!(!b.take(later));
+    }
+
+    #[test]
+    fn checks_the_origin_only_when_a_list_is_set() {
+        let any = Admission::new(10, 0, vec![]);
+        assert!(any.admit(Some("https://evil.example")).is_ok());
+        let list = Admission::new(10, 0, vec!["https://app.example".into()]);
+        assert!(list.admit(Some("https://app.example")).is_ok());
+        assert!(
+            list.admit(None).is_ok(),
+            "non-browser clients send no Origin"
+        );
+        assert_eq!(
+            list.admit(Some("https://evil.example")).unwrap_err(),
+            Refused::Origin
+        );
+    }
+}

@@ -1,0 +1,277 @@
+//! Limits and access control with the real binary and socket.io-client: the socket cap, the handshake rate, the
+//! payload limit, the origin allow-list, and the REST bearer token.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+async fn node(test: &str, args: &[&str]) -> (std::path::PathBuf, Node) {
+    let dir = log_dir(test);
+    let node = Node::start(
+        &dir,
+        NodeOpts {
+            id: "n",
+            args,
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    (dir, node)
+}
+
+async fn refused_total(http: &Http, node: &Node, reason: &str) -> f64 {
+    let text = http
+        .client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sample = format!("socket_identity_handshakes_refused_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&sample)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `--max-sockets 2`: a third socket is told the node is full; when one leaves, a newcomer gets its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_cap_refuses_then_frees_places() {
+    let (_dir, node) = node("socket_cap", &["--max-sockets", "2"]).await;
+    let http = Http::new();
+    let mut clients = Clients::start();
+    clients.join("one", &node, "one", "R", "websocket").await;
+    clients.join("two", &node, "two", "R", "websocket").await;
+    clients
+        .open(
+            "three",
+            &node,
+            json!({"id_user": "three", "room": "R"}),
+            Value::Null,
+            &["websocket"],
+        )
+        .await;
+    let ev = clients.expect("three", "connect_error").await;
+    assert_eq!(ev["message"], "this node is full (2 sockets): try another");
+    assert_eq!(refused_total(&http, &node, "full").await, 1.0);
+
+    clients.disconnect("one").await;
+    let four = eventually(Duration::from_secs(5), "a free place", async || {
+        clients
+            .open(
+                "four",
+                &node,
+                json!({"id_user": "four", "room": "R"}),
+                Value::Null,
+                &["websocket"],
+            )
+            .await;
+        let ev = clients
+            .expect_any("four", &["connect", "connect_error"])
+            .await;
+        (ev["event"] == "connect").then_some(ev)
+    })
+    .await;
+    println!("a place freed: {four}");
+    let users = http.users(&node, "R").await;
+    let names: Vec<String> = users.set().into_iter().map(|p| p.1).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"four".to_owned()) && names.contains(&"two".to_owned()));
+}
+
+/// `--handshake-rate 5`: a burst of 20 handshakes gets about 5 through, the rest are told to retry, and a
+/// second later handshakes pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_rate_limits_a_flood() {
+    let (_dir, node) = node("handshake_rate", &["--handshake-rate", "5"]).await;
+    let http = Http::new();
+    let mut clients = Clients::start();
+    for i in 0..20 {
+        clients
+            .open(
+                &format!("c{i}"),
+                &node,
+                json!({"id_user": format!("u{i}"), "room": "R"}),
+                Value::Null,
+                &["websocket"],
+            )
+            .await;
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..20 {
+        let ev = clients
+            .expect_any(&format!("c{i}"), &["connect", "connect_error"])
+            .await;
+        if ev["event"] == "connect" {
+            ok += 1;
+        } else {
+            assert_eq!(
+                ev["message"],
+                "too many handshakes per second on this node: retry shortly"
+            );
+            refused += 1;
+        }
+    }
+    println!("a burst of 20 handshakes at 5/s: {ok} accepted, {refused} refused");
+    assert!((5..=10).contains(&ok), "{ok} accepted");
+    assert_eq!(
+        refused_total(&http, &node, "rate").await,
+        f64::from(refused)
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    clients
+        .join("later", &node, "later", "R", "websocket")
+        .await;
+    let health = http.client.get(node.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// `--max-payload-bytes 1024`: a client sending more is disconnected; the node and other clients carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_payload_closes_only_its_connection() {
+    let (_dir, node) = node("max_payload", &["--max-payload-bytes", "1024"]).await;
+    let http = Http::new();
+    let mut clients = Clients::start();
+    clients.join("big", &node, "big", "R", "websocket").await;
+    let small = clients
+        .join("small", &node, "small", "R", "websocket")
+        .await;
+    clients
+        .emit(
+            "big",
+            "identity-change",
+            json!([{"id_user": "x".repeat(4096)}]),
+            true,
+        )
+        .await;
+    let ev = clients.expect("big", "disconnect").await;
+    println!("oversized payload: {ev}");
+    // The other client still works, and the room lost only the offender.
+    clients
+        .emit(
+            "small",
+            "identity-change",
+            json!([{"id_user": "small2"}]),
+            true,
+        )
+        .await;
+    let ack = clients.expect("small", "ack").await;
+    assert_eq!(ack["args"][0]["ok"], true, "{ack}");
+    let users = http.users(&node, "R").await;
+    assert_eq!(users.set(), pairs(&[(&small, "small2")]));
+}
+
+/// `--cors-origins`: handshakes from other origins are refused, the REST API answers them without CORS headers,
+/// and listed origins get both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_outside_the_allow_list_are_refused() {
+    let app = "https://app.example";
+    let (_dir, node) = node(
+        "cors_origins",
+        &[
+            "--cors-origins",
+            "https://app.example,https://admin.example",
+        ],
+    )
+    .await;
+    let mut clients = Clients::start();
+    let q = |u: &str| json!({"id_user": u, "room": "R"});
+    clients
+        .open_with_headers(
+            "evil",
+            &node,
+            q("evil"),
+            json!({"origin": "https://evil.example"}),
+        )
+        .await;
+    let ev = clients
+        .expect_any("evil", &["connect", "connect_error"])
+        .await;
+    assert_eq!(
+        (ev["event"].as_str(), ev["message"].as_str()),
+        (Some("connect_error"), Some("origin not allowed"))
+    );
+    clients
+        .open_with_headers("app", &node, q("app"), json!({"origin": app}))
+        .await;
+    clients.expect("app", "connect").await;
+    // Non-browser clients send no Origin and are not concerned.
+    clients.join("cli", &node, "cli", "R", "websocket").await;
+
+    let http = Http::new();
+    for (origin, allowed) in [(app, true), ("https://evil.example", false)] {
+        let res = http
+            .client
+            .get(node.url("/R/users"))
+            .header("origin", origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let acao = res
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(acao.as_deref(), allowed.then_some(origin), "{origin}");
+    }
+    let preflight = http
+        .client
+        .request(reqwest::Method::OPTIONS, node.url("/R/users"))
+        .header("origin", app)
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], app);
+}
+
+/// `--api-token`: the room list needs `Authorization: Bearer <token>`; the token never reaches the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_room_list_can_require_a_bearer_token() {
+    let (_dir, node) = node("api_token", &["--api-token", "s3cret-token"]).await;
+    let http = Http::new();
+    for auth in [
+        None,
+        Some("Bearer wrong-token!"),
+        Some("Bearer s3cret-toke"),
+        Some("s3cret-token"),
+    ] {
+        let mut req = http.client.get(node.url("/R/users"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401, "{auth:?}");
+        assert_eq!(res.headers()["www-authenticate"], "Bearer");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            body,
+            json!({"error": "this API needs a bearer token: Authorization: Bearer <API_TOKEN>"})
+        );
+    }
+    let res = http
+        .client
+        .get(node.url("/R/users"))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Health and the page stay open.
+    assert_eq!(
+        http.client
+            .get(node.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(!node.log_text().contains("s3cret-token"));
+}
