@@ -1,7 +1,9 @@
-//! Who may open a socket: a cap on this node's sockets, a handshake rate, and an origin allow-list.
+//! Who may open a socket: a rate of new Engine.IO sessions, a cap on this node's sockets, and an origin
+//! allow-list.
 //!
-//! Checked in the Socket.IO connect middleware, before any state is kept for the socket, so a refused client
-//! costs nothing beyond its connection, and gets a `connect_error` saying why.
+//! The rate is checked on the HTTP request that would open an Engine.IO session (before engineioxide allocates
+//! one), so a flood costs a rejected request each. The cap and the origin are checked in the Socket.IO connect
+//! middleware, before any state is kept for the socket; the client gets a `connect_error` saying why.
 
 use std::{
     sync::{
@@ -16,7 +18,7 @@ use std::{
 pub enum Refused {
     #[error("this node is full ({0} sockets): try another")]
     Full(usize),
-    #[error("too many handshakes per second on this node: retry shortly")]
+    #[error("too many new connections per second on this node: retry shortly")]
     TooFast,
     #[error("origin not allowed")]
     Origin,
@@ -63,17 +65,20 @@ impl Admission {
         }
     }
 
-    /// Admits a handshake from `origin` (the `Origin` header, if any), or says why not.
+    /// Whether a new Engine.IO session may open now (the handshake rate).
+    pub fn new_session(&self) -> Result<(), Refused> {
+        match &self.rate {
+            Some(rate) if !rate.lock().unwrap().take(Instant::now()) => Err(Refused::TooFast),
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits a Socket.IO handshake from `origin` (the `Origin` header, if any), or says why not.
     pub fn admit(&self, origin: Option<&str>) -> Result<Slot, Refused> {
         if let (Some(allowed), Some(origin)) = (&self.origins, origin)
             && !allowed.iter().any(|a| a == origin)
         {
             return Err(Refused::Origin);
-        }
-        if let Some(rate) = &self.rate
-            && !rate.lock().unwrap().take(Instant::now())
-        {
-            return Err(Refused::TooFast);
         }
         let taken = self.sockets.fetch_add(1, Ordering::Relaxed);
         let slot = Slot(self.sockets.clone());
@@ -136,6 +141,19 @@ mod tests {
         let three = a.admit(None).unwrap();
         drop((two, three));
         assert_eq!(a.sockets(), 0);
+    }
+
+    #[test]
+    fn rate_limits_new_sessions_only_when_set() {
+        let unlimited = Admission::new(10, 0, vec![]);
+        assert!((0..10_000).all(|_| unlimited.new_session().is_ok()));
+        let limited = Admission::new(10, 2, vec![]);
+        assert!(limited.new_session().is_ok() && limited.new_session().is_ok());
+        assert_eq!(limited.new_session().unwrap_err(), Refused::TooFast);
+        assert!(
+            limited.admit(None).is_ok(),
+            "the rate does not limit the socket itself"
+        );
     }
 
     #[test]

@@ -66,8 +66,8 @@ pub struct Config {
     #[arg(long, env = "MAX_SOCKETS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_sockets: u64,
 
-    /// Socket.IO handshakes accepted per second on this node (bursts of as many); 0: no limit. Refused clients
-    /// get `connect_error` and retry.
+    /// New Engine.IO sessions accepted per second on this node (bursts of as many); 0: no limit. Beyond it the
+    /// handshake request gets `429`; socket.io clients see `connect_error` and retry.
     #[arg(long, env = "HANDSHAKE_RATE", default_value_t = 1_000)]
     pub handshake_rate: u32,
 

@@ -53,6 +53,8 @@ pub enum AppError {
     NotFound,
     #[error("this API needs a bearer token: Authorization: Bearer <API_TOKEN>")]
     Unauthorized,
+    #[error(transparent)]
+    Refused(#[from] crate::admission::Refused),
     #[error(
         "the socket.io client bundle is not installed on this server (run scripts/fetch-client.sh)"
     )]
@@ -65,6 +67,7 @@ impl AppError {
             Self::BadRoom(_) | Self::BadPath => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::ClientBundleMissing => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -74,11 +77,14 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let body = Json(serde_json::json!({ "error": self.to_string() }));
         let mut res = (self.status(), body).into_response();
-        if matches!(self, Self::Unauthorized) {
-            res.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+        let extra = match self {
+            Self::Unauthorized => Some((axum::http::header::WWW_AUTHENTICATE, "Bearer")),
+            Self::Refused(_) => Some((axum::http::header::RETRY_AFTER, "1")),
+            _ => None,
+        };
+        if let Some((name, value)) = extra {
+            res.headers_mut()
+                .insert(name, axum::http::HeaderValue::from_static(value));
         }
         res
     }

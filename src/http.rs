@@ -94,6 +94,28 @@ pub fn router(state: AppState) -> Router {
     }
 }
 
+/// Applies the handshake rate to requests that would open an Engine.IO session (no `sid`): `429` with a JSON
+/// error and `Retry-After`. socket.io clients see a `connect_error` and retry with back-off.
+pub async fn limit_sessions(
+    State(node): State<crate::socket::NodeInfo>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let opens_session = req.uri().path().starts_with("/socket.io/")
+        && !req
+            .uri()
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p.starts_with("sid=")));
+    if opens_session && let Err(refused) = node.admission.new_session() {
+        let reason = crate::metrics::Reason {
+            reason: refused.kind(),
+        };
+        node.metrics.handshakes_refused.get_or_create(&reason).inc();
+        return AppError::from(refused).into_response();
+    }
+    next.run(req).await
+}
+
 /// Whether the request carries the API token, when one is set. Compared in constant time.
 fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
     let Some(token) = token else { return true };

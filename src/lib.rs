@@ -90,6 +90,8 @@ use crate::{
 /// Back-off between attempts to reach Redis at start-up: doubling from the first to the most.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a new Engine.IO session may take to join the namespace.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for clients to be told and for requests in flight to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -116,6 +118,9 @@ fn io_builder(
         .max_payload(max_payload)
         .ws_max_message_size(ws_max)
         .ws_max_frame_size(ws_max)
+        // An Engine.IO session that has not joined the namespace by then is closed: clients join at once, so a
+        // flood of bare sessions cannot pile up.
+        .connect_timeout(CONNECT_TIMEOUT)
         .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(info);
     if config.reuse_port {
@@ -199,7 +204,7 @@ pub async fn run(
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
     let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
         None => {
-            let (layer, io) = io_builder(info, &config).build_layer();
+            let (layer, io) = io_builder(info.clone(), &config).build_layer();
             io.ns("/", socket::on_connect.with(socket::handshake));
             let local: Arc<dyn LocalRooms> = Arc::new(io);
             let app = http::router(app_state(local.clone(), None, None)).layer(layer);
@@ -240,7 +245,12 @@ pub async fn run(
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{addr}");
-    let app = app.layer(axum::middleware::map_request(http::detach_head));
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            info,
+            http::limit_sessions,
+        ))
+        .layer(axum::middleware::map_request(http::detach_head));
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         Some(tls) => {

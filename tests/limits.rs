@@ -83,8 +83,9 @@ async fn the_socket_cap_refuses_then_frees_places() {
     assert!(names.contains(&"four".to_owned()) && names.contains(&"two".to_owned()));
 }
 
-/// `--handshake-rate 5`: a burst of 20 handshakes gets about 5 through, the rest are told to retry, and a
-/// second later handshakes pass again.
+/// `--handshake-rate 5`: of a burst of 20 socket.io clients about 5 get through, the others get a
+/// `connect_error` (their Engine.IO handshake was answered `429`); plain HTTP handshakes get `429` with a JSON
+/// error and `Retry-After`; a second later handshakes pass again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_handshake_rate_limits_a_flood() {
     let (_dir, node) = node("handshake_rate", &["--handshake-rate", "5"]).await;
@@ -109,25 +110,34 @@ async fn the_handshake_rate_limits_a_flood() {
         if ev["event"] == "connect" {
             ok += 1;
         } else {
-            assert_eq!(
-                ev["message"],
-                "too many handshakes per second on this node: retry shortly"
-            );
             refused += 1;
         }
     }
+    let raw = http
+        .client
+        .get(node.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), 429);
+    assert_eq!(raw.headers()["retry-after"], "1");
+    let body: Value = raw.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"error": "too many new connections per second on this node: retry shortly"})
+    );
     println!("a burst of 20 handshakes at 5/s: {ok} accepted, {refused} refused");
     assert!((5..=10).contains(&ok), "{ok} accepted");
     assert_eq!(
         refused_total(&http, &node, "rate").await,
-        f64::from(refused)
+        f64::from(refused + 1)
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     clients
         .join("later", &node, "later", "R", "websocket")
         .await;
-    let health = http.client.get(node.url("/health")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    let users = http.users(&node, "R").await;
+    assert_eq!(users.set().len(), ok + 1);
 }
 
 /// `--max-payload-bytes 1024`: a client sending more is disconnected; the node and other clients carry on.
