@@ -51,6 +51,8 @@ pub enum AppError {
     BadPath,
     #[error("not found")]
     NotFound,
+    #[error("method not allowed: this API only answers GET")]
+    MethodNotAllowed,
     #[error("this API needs a bearer token: Authorization: Bearer <API_TOKEN>")]
     Unauthorized,
     #[error(transparent)]
@@ -66,6 +68,7 @@ impl AppError {
         match self {
             Self::BadRoom(_) | Self::BadPath => StatusCode::BAD_REQUEST,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::ClientBundleMissing => StatusCode::SERVICE_UNAVAILABLE,

@@ -87,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/{room}", get(page))
         .route("/{room}/users", get(users))
         .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state);
     match cors {
         Some(cors) => router.layer(cors),

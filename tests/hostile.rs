@@ -1,0 +1,476 @@
+//! Bad input with the real binary: hostile HTTP requests, malformed Engine.IO/Socket.IO frames on a raw
+//! websocket, plain HTTP on the TLS port, a flood of bare handshakes, and forged cluster messages published on
+//! Redis. Each gets a clear answer or a closed connection; the node stays up, its memory bounded, its answers
+//! right.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use common::*;
+use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::tungstenite::Message;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+async fn tls(port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(root().join("certs-dev/ca.pem")).unwrap();
+    for cert in rustls_pemfile_certs(&ca) {
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.unwrap())
+        .collect()
+}
+
+/// Opens a raw websocket Engine.IO session, sends `frame` after the open packet, and says what happened within
+/// 3 s: `"closed"`, or the texts the server sent back.
+async fn send_raw(port: u16, query: &str, frame: Message) -> String {
+    let stream = tls(port).await;
+    let url = format!("wss://localhost:{port}/socket.io/?EIO=4&transport=websocket{query}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+    let open = ws.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+    if ws.send(frame).await.is_err() {
+        return "closed while we were sending".into();
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return format!("open, got {got:?}"),
+            Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => {
+                return if got.is_empty() {
+                    "closed".into()
+                } else {
+                    format!("closed after {got:?}")
+                };
+            }
+            Ok(Some(Ok(m))) => got.push(m.to_string()),
+        }
+    }
+}
+
+/// Malformed Engine.IO and Socket.IO frames close their own connection and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_close_only_their_connection() {
+    let dir = log_dir("malformed_frames");
+    let node = Node::start(&dir, NodeOpts::default()).await;
+    let mut clients = Clients::start();
+    let good = clients.join("good", &node, "good", "R", "websocket").await;
+    let before = rss_kib(node.pid());
+
+    let fields = "&id_user=raw&room=R";
+    type Check = fn(&str) -> bool;
+    let closed: Check = |o| o.starts_with("closed");
+    let refused: Check = |o| o.contains(r#"44{\"message\":\"id_user is required\"}"#);
+    let frames: Vec<(&str, &str, Message, Check)> = vec![
+        (
+            "not an engine.io packet",
+            fields,
+            Message::text("garbage"),
+            closed,
+        ),
+        ("unknown engine.io type", fields, Message::text("9"), closed),
+        ("empty", fields, Message::text(""), closed),
+        (
+            "socket.io packet of unknown type",
+            fields,
+            Message::text("4z"),
+            closed,
+        ),
+        // A connect whose auth is not JSON counts as no auth: here the query has no fields either.
+        (
+            "truncated connect",
+            "",
+            Message::text("40{\"id_user\":"),
+            refused,
+        ),
+        (
+            "event before connect",
+            fields,
+            Message::text("42[\"identity-change\",\"x\"]"),
+            closed,
+        ),
+        (
+            "truncated event",
+            fields,
+            Message::text("42[\"identity-change\""),
+            closed,
+        ),
+        (
+            "binary junk",
+            fields,
+            Message::binary(vec![0xff, 0x00, 0x13, 0x37]),
+            closed,
+        ),
+        (
+            "70 KiB message",
+            fields,
+            Message::text(format!("42[\"x\",\"{}\"]", "a".repeat(70 * 1024))),
+            closed,
+        ),
+    ];
+    for (what, query, frame, check) in frames {
+        let outcome = send_raw(node.port, query, frame).await;
+        println!("{what}: {outcome}");
+        assert!(check(&outcome), "{what}: {outcome}");
+    }
+    // The node and its good client carry on.
+    clients
+        .emit(
+            "good",
+            "identity-change",
+            json!([{"id_user": "still-good"}]),
+            true,
+        )
+        .await;
+    assert_eq!(clients.expect("good", "ack").await["args"][0]["ok"], true);
+    let users = Http::new().users(&node, "R").await;
+    assert_eq!(users.set(), pairs(&[(&good, "still-good")]));
+    let after = rss_kib(node.pid());
+    println!("RSS {before} -> {after} KiB");
+    assert!(after < before + 20 * 1024, "{before} -> {after} KiB");
+}
+
+/// Plain HTTP on the TLS port: the connection is closed, no HTTP answer, the node carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_on_the_tls_port_is_closed() {
+    let dir = log_dir("plain_http_on_tls");
+    let node = Node::start(&dir, NodeOpts::default()).await;
+    let mut tcp = TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut got)).await;
+    println!("plain HTTP on the TLS port: {read:?}, {got:?}");
+    assert!(read.is_ok(), "the connection was left open");
+    assert!(!got.starts_with(b"HTTP/"), "{got:?}");
+    let health = Http::new()
+        .client
+        .get(node.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// Hostile REST requests get a status and a JSON error; a burst of them leaves memory where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_http_requests_get_clear_errors() {
+    let dir = log_dir("hostile_http");
+    let node = Node::start(&dir, NodeOpts::default()).await;
+    let http = Http::new();
+    let long = "x".repeat(65);
+    let huge = "y".repeat(16 * 1024);
+    let cases: Vec<(String, u16)> = vec![
+        (format!("/{long}/users"), 400),
+        (format!("/{huge}/users"), 400),
+        ("/%2e%2e%2f%2e%2e%2fetc%2fpasswd/users".into(), 400),
+        ("/..%2F..%2Fetc/users".into(), 400),
+        ("/a%2Fb/users".into(), 400),
+        ("/%ZZ/users".into(), 400),
+        ("/a%00b/users".into(), 400),
+        ("/%F0%9F%98%80/users".into(), 400),
+        ("/health/users".into(), 400),
+        ("/Caf%C3%A9/users".into(), 200),
+        ("/%E6%95%B0%E5%AD%A6/users".into(), 200),
+        ("/R/users/extra".into(), 404),
+    ];
+    let before = rss_kib(node.pid());
+    for _ in 0..20 {
+        for (path, status) in &cases {
+            let res = http.client.get(node.url(path)).send().await.unwrap();
+            assert_eq!(res.status().as_u16(), *status, "{path}");
+            let body: Value = res.json().await.unwrap();
+            if *status == 200 {
+                assert_eq!(body, json!([]), "{path}");
+            } else {
+                assert!(body["error"].is_string(), "{path}: {body}");
+            }
+        }
+    }
+    // A body where none is expected: refused without reading it all.
+    let res = http
+        .client
+        .post(node.url("/R/users"))
+        .body(vec![b'z'; 8 << 20])
+        .send()
+        .await;
+    match res {
+        Ok(res) => {
+            assert_eq!(res.status(), 405);
+            let body: Value = res.json().await.unwrap();
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("method not allowed")
+            );
+        }
+        // hyper may answer and close before the whole body is sent.
+        Err(e) => println!("8 MiB POST: {e}"),
+    }
+    // Oversized headers: beyond hyper's buffer (~400 KiB) the request is refused.
+    let res = http
+        .client
+        .get(node.url("/R/users"))
+        .header("x-junk", "j".repeat(1024 * 1024))
+        .send()
+        .await;
+    println!("1 MiB header: {:?}", res.as_ref().map(|r| r.status()));
+    if let Ok(res) = res {
+        assert_eq!(res.status(), 431);
+    }
+    let after = rss_kib(node.pid());
+    println!(
+        "RSS {before} -> {after} KiB after {} hostile requests",
+        cases.len() * 20 + 2
+    );
+    assert!(after < before + 20 * 1024, "{before} -> {after} KiB");
+    assert_eq!(
+        http.client
+            .get(node.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+/// A flood of Engine.IO handshakes that never join (3,000, with the rate limit off): memory stays bounded, and
+/// the sessions are closed after the connect timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_bare_handshakes_is_bounded() {
+    let dir = log_dir("handshake_flood");
+    let node = Node::start(
+        &dir,
+        NodeOpts {
+            args: &["--handshake-rate", "0"],
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let http = Http::new();
+    let before = rss_kib(node.pid());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, url) = (
+            http.client.clone(),
+            node.url("/socket.io/?EIO=4&transport=polling"),
+        );
+        tasks.spawn(async move {
+            for _ in 0..375 {
+                let res = client.get(&url).send().await.unwrap();
+                assert_eq!(res.status(), 200);
+                let text = res.text().await.unwrap();
+                assert!(text.starts_with("0{"), "{text}");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    let peak = rss_kib(node.pid());
+    println!("3000 bare Engine.IO sessions: RSS {before} -> {peak} KiB");
+    assert!(peak < before + 64 * 1024, "{before} -> {peak} KiB");
+    // A bare session is closed after the connect timeout (10 s).
+    let open: String = http
+        .client
+        .get(node.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sid = serde_json::from_str::<Value>(&open[1..]).unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let poll = node.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    eventually(
+        Duration::from_secs(15),
+        "the bare session to be closed",
+        async || {
+            let res = http.client.get(&poll).send().await.ok()?;
+            let status = res.status();
+            let text = res.text().await.unwrap_or_default();
+            // Polling answers pings ("2") while the session lives; then the server closes it.
+            (status != 200 || text.contains('1')).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        http.client
+            .get(node.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+/// Garbage, wrong versions, replies to requests never sent, and replies from a node that is not a member (even
+/// with the id of a real request, read off Redis) change no answer and crash nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cluster_messages_change_no_answer() {
+    let prefix = "forged";
+    let dir = log_dir("forged_cluster_messages");
+    let redis = Redis::start(&dir);
+    let mut nodes = Vec::new();
+    for id in ["a", "b"] {
+        nodes.push(
+            Node::start(
+                &dir,
+                NodeOpts {
+                    id,
+                    redis: Some(redis.url()),
+                    prefix,
+                    ..NodeOpts::default()
+                },
+            )
+            .await,
+        );
+    }
+    let mut clients = Clients::start();
+    let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
+    let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
+    let exact = pairs(&[(&sa, "ua"), (&sb, "ub")]);
+
+    let config = fred::prelude::Config::from_url(&redis.url()).unwrap();
+    let publisher = fred::prelude::Builder::from_config(config.clone())
+        .build()
+        .unwrap();
+    publisher.init().await.unwrap();
+    let spy = fred::prelude::Builder::from_config(config)
+        .build_subscriber_client()
+        .unwrap();
+    spy.init().await.unwrap();
+    // The attacker reads each real request and answers it as a node that does not exist.
+    let mut requests = spy.message_rx();
+    spy.subscribe(format!("{prefix}:users#req")).await.unwrap();
+    let forger = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let mut forged = 0;
+            while let Ok(msg) = requests.recv().await {
+                // Our own junk passes here too: only real requests are answered.
+                let Some(Ok(req)) = msg.value.as_bytes().map(serde_json::from_slice::<Value>)
+                else {
+                    continue;
+                };
+                let (Some(id), Some(from)) = (req["id"].as_str(), req["from"].as_str()) else {
+                    continue;
+                };
+                let reply = json!({"v": 1, "id": id, "node": "evil",
+                    "members": [{"id_socket": "EvilEvilEvilEvilEvil", "id_user": "mallory"}]});
+                let channel = format!("{prefix}:users#reply#{from}");
+                if publisher
+                    .publish::<i64, _, _>(channel, reply.to_string())
+                    .await
+                    .is_ok()
+                {
+                    forged += 1;
+                }
+            }
+            forged
+        })
+    };
+    let junk: Vec<(String, String)> = [
+        ("users#req", "garbage".to_owned()),
+        (
+            "users#req",
+            r#"{"v":2,"id":"0b7e1a36-4f0c-4b0e-9a53-6a3f3c1d2e10","from":"x","room":"R"}"#.into(),
+        ),
+        (
+            "users#req",
+            r#"{"v":1,"id":"0b7e1a36-4f0c-4b0e-9a53-6a3f3c1d2e10","from":"x","room":"../R"}"#
+                .into(),
+        ),
+        (
+            "users#reply#a",
+            r#"{"v":1,"id":"0b7e1a36-4f0c-4b0e-9a53-6a3f3c1d2e10","node":"b","members":[]}"#.into(),
+        ),
+        ("users#reply#a", r#"{"v":1,"id":"0b7e1a36-4f0c"#.into()),
+        ("users#reply#b", "[".repeat(100_000)),
+        ("nodes", r#"{"v":1,"node":"bad node"}"#.into()),
+        ("nodes", "\u{0}\u{1}".into()),
+    ]
+    .iter()
+    .map(|(c, m)| (format!("{prefix}:{c}"), m.clone()))
+    .collect();
+    let http = Http::new();
+    for round in 0..30 {
+        for (channel, message) in &junk {
+            let _: i64 = publisher.publish(channel, message.clone()).await.unwrap();
+        }
+        let node = &nodes[round % 2];
+        let users = http.users(node, "R").await;
+        assert_eq!(users.status, 200);
+        assert_eq!(users.set(), exact, "round {round} on {}", node.id);
+        assert_eq!(users.nodes, "2/2");
+    }
+    forger.abort();
+    let rejected = http
+        .client
+        .get(nodes[0].url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("socket_identity_cluster_messages_rejected_total "))
+        .unwrap()
+        .parse::<f64>()
+        .unwrap();
+    println!("node a rejected {rejected} forged or malformed cluster messages");
+    assert!(rejected >= 30.0, "{rejected}");
+    for node in &nodes {
+        assert_eq!(
+            http.client
+                .get(node.url("/health"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+}
