@@ -6,42 +6,11 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use common::*;
 use serde_json::Value;
-
-/// Redis and `n` nodes (`a`, `b`, ...) with the given request timeout and heartbeat interval.
-async fn cluster_with(
-    test: &str,
-    n: usize,
-    timeout_ms: u64,
-    heartbeat_ms: &str,
-) -> (PathBuf, Redis, Vec<Node>) {
-    let dir = log_dir(test);
-    let redis = Redis::start(&dir);
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let id = ((b'a' + i as u8) as char).to_string();
-        nodes.push(
-            Node::start(
-                &dir,
-                NodeOpts {
-                    id: &id,
-                    redis: Some(redis.url()),
-                    prefix: test,
-                    timeout_ms,
-                    args: &["--heartbeat-ms", heartbeat_ms],
-                    ..NodeOpts::default()
-                },
-            )
-            .await,
-        );
-    }
-    (dir, redis, nodes)
-}
 
 /// A node paused with SIGSTOP (alive for Redis, silent for us) costs at most the request timeout, and only until
 /// it misses 3 heartbeats: then pending queries stop waiting for it and later ones do not wait at all. Resumed,
@@ -49,7 +18,8 @@ async fn cluster_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_is_declared_down_then_rejoins() {
     // Heartbeat 300 ms: declared down after 900 ms of silence, well inside the 5 s request timeout.
-    let (_dir, _redis, nodes) = cluster_with("paused_node", 3, 5000, "300").await;
+    let (_dir, _redis, nodes) =
+        cluster_with("paused_node", 3, 5000, &["--heartbeat-ms", "300"]).await;
     let [a, b, c] = &nodes[..] else {
         unreachable!()
     };
@@ -119,7 +89,8 @@ async fn a_paused_node_is_declared_down_then_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_never_fails_a_request() {
     let timeout_ms = 1000;
-    let (_dir, _redis, mut nodes) = cluster_with("killed_node", 3, timeout_ms, "2000").await;
+    let (_dir, _redis, mut nodes) =
+        cluster_with("killed_node", 3, timeout_ms, &["--heartbeat-ms", "2000"]).await;
     let http = Http::new();
     let mut clients = Clients::start();
     let sa = clients
@@ -215,7 +186,8 @@ async fn a_killed_node_never_fails_a_request() {
 /// partial, `/ready` 503), then within a bound the cluster is whole again, rooms and broadcasts included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_of_ten_seconds() {
-    let (dir, redis, mut nodes) = cluster_with("redis_outage", 2, 1000, "1000").await;
+    let (dir, redis, mut nodes) =
+        cluster_with("redis_outage", 2, 1000, &["--heartbeat-ms", "1000"]).await;
     let http = Http::new();
     let mut clients = Clients::start();
     let sa = clients
@@ -300,7 +272,8 @@ async fn a_redis_outage_of_ten_seconds() {
 /// lists the room exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_keeps_every_client() {
-    let (dir, redis, mut nodes) = cluster_with("rolling_restart", 3, 1000, "500").await;
+    let (dir, redis, mut nodes) =
+        cluster_with("rolling_restart", 3, 1000, &["--heartbeat-ms", "500"]).await;
     let http = Http::new();
     let mut clients = Clients::start();
     let mut users = Vec::new();

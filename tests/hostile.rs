@@ -178,13 +178,7 @@ async fn plain_http_on_the_tls_port_is_closed() {
     println!("plain HTTP on the TLS port: {read:?}, {got:?}");
     assert!(read.is_ok(), "the connection was left open");
     assert!(!got.starts_with(b"HTTP/"), "{got:?}");
-    let health = Http::new()
-        .client
-        .get(node.url("/health"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(Http::new().status(&node, "/health").await, 200);
 }
 
 /// Hostile REST requests get a status and a JSON error; a burst of them leaves memory where it was.
@@ -260,15 +254,7 @@ async fn hostile_http_requests_get_clear_errors() {
         cases.len() * 20 + 2
     );
     assert!(after < before + 20 * 1024, "{before} -> {after} KiB");
-    assert_eq!(
-        http.client
-            .get(node.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(http.status(&node, "/health").await, 200);
 }
 
 /// A flood of Engine.IO handshakes that never join (3,000, with the rate limit off): memory stays bounded, and
@@ -334,15 +320,7 @@ async fn a_flood_of_bare_handshakes_is_bounded() {
         },
     )
     .await;
-    assert_eq!(
-        http.client
-            .get(node.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(http.status(&node, "/health").await, 200);
 }
 
 /// Garbage, wrong versions, replies to requests never sent, and replies from a node that is not a member (even
@@ -447,30 +425,12 @@ async fn forged_cluster_messages_change_no_answer() {
     }
     forger.abort();
     let rejected = http
-        .client
-        .get(nodes[0].url("/metrics"))
-        .send()
+        .metric(&nodes[0], "socket_identity_cluster_messages_rejected_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("socket_identity_cluster_messages_rejected_total "))
-        .unwrap()
-        .parse::<f64>()
         .unwrap();
     println!("node a rejected {rejected} forged or malformed cluster messages");
     assert!(rejected >= 30.0, "{rejected}");
     for node in &nodes {
-        assert_eq!(
-            http.client
-                .get(node.url("/health"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
+        assert_eq!(http.status(node, "/health").await, 200);
     }
 }

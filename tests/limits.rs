@@ -23,19 +23,8 @@ async fn node(test: &str, args: &[&str]) -> (std::path::PathBuf, Node) {
 }
 
 async fn refused_total(http: &Http, node: &Node, reason: &str) -> f64 {
-    let text = http
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let sample = format!("socket_identity_handshakes_refused_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&sample)?.parse().ok())
-        .unwrap_or(0.0)
+    let sample = format!("socket_identity_handshakes_refused_total{{reason=\"{reason}\"}}");
+    http.metric(node, &sample).await.unwrap_or(0.0)
 }
 
 /// `--max-sockets 2`: a third socket is told the node is full; when one leaves, a newcomer gets its place.
@@ -274,14 +263,6 @@ async fn the_room_list_can_require_a_bearer_token() {
         .unwrap();
     assert_eq!(res.status(), 200);
     // Health and the page stay open.
-    assert_eq!(
-        http.client
-            .get(node.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(http.status(&node, "/health").await, 200);
     assert!(!node.log_text().contains("s3cret-token"));
 }

@@ -16,24 +16,8 @@ async fn ready(http: &Http, node: &Node) -> (u16, Value) {
     (res.status().as_u16(), res.json().await.unwrap())
 }
 
-/// The value of one sample of `/metrics` (exact name with labels), if present.
-async fn metric(http: &Http, node: &Node, sample: &str) -> Option<f64> {
-    let text = http
-        .client
-        .get(node.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(text.ends_with("# EOF\n"), "not OpenMetrics text: {text}");
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-}
-
 async fn metric_is(http: &Http, node: &Node, sample: &str) -> f64 {
-    metric(http, node, sample)
+    http.metric(node, sample)
         .await
         .unwrap_or_else(|| panic!("no {sample} in /metrics of {}", node.id))
 }
@@ -116,8 +100,7 @@ async fn ready_and_metrics_follow_the_cluster_and_redis() {
     assert_eq!(down["ready"], false);
     assert_eq!(down["redis"], "down");
     assert!(down["error"].is_string());
-    let health = http.client.get(a.url("/health")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(http.status(a, "/health").await, 200);
     let errors: f64 = {
         let mut sum = 0.0;
         for c in connections {

@@ -332,6 +332,16 @@ impl Drop for Node {
 
 /// Starts Redis and `n` cluster nodes named `a`, `b`, `c`, ...
 pub async fn cluster(test: &str, n: usize, timeout_ms: u64) -> (PathBuf, Redis, Vec<Node>) {
+    cluster_with(test, n, timeout_ms, &[]).await
+}
+
+/// [`cluster`], every node started with `args` too (e.g. `["--heartbeat-ms", "300"]`).
+pub async fn cluster_with(
+    test: &str,
+    n: usize,
+    timeout_ms: u64,
+    args: &[&str],
+) -> (PathBuf, Redis, Vec<Node>) {
     let dir = log_dir(test);
     let redis = Redis::start(&dir);
     let mut nodes = Vec::new();
@@ -345,6 +355,7 @@ pub async fn cluster(test: &str, n: usize, timeout_ms: u64) -> (PathBuf, Redis, 
                     redis: Some(redis.url()),
                     prefix: test,
                     timeout_ms,
+                    args,
                     ..NodeOpts::default()
                 },
             )
@@ -396,6 +407,21 @@ impl Http {
             .build()
             .unwrap();
         Self { client }
+    }
+
+    /// The status of `GET {path}` on `node`.
+    pub async fn status(&self, node: &Node, path: &str) -> u16 {
+        let res = self.client.get(node.url(path)).send().await.unwrap();
+        res.status().as_u16()
+    }
+
+    /// The value of one sample of `node`'s `/metrics` (its exact name and labels), if present.
+    pub async fn metric(&self, node: &Node, sample: &str) -> Option<f64> {
+        let res = self.client.get(node.url("/metrics")).send().await.unwrap();
+        let text = res.text().await.unwrap();
+        assert!(text.ends_with("# EOF\n"), "not OpenMetrics text: {text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }
 
     pub async fn users(&self, node: &Node, room: &str) -> Users {
