@@ -162,8 +162,8 @@ pub async fn run(
     };
     let client_bundle = load_client_bundle(&config);
     let page = http::page_html(config.reuse_port);
-    let cors_origins = config
-        .origins()
+    let origins = config.origins();
+    let cors_origins = origins
         .iter()
         .map(|o| {
             axum::http::HeaderValue::from_str(o).map_err(|_| {
@@ -180,10 +180,11 @@ pub async fn run(
         admission: Arc::new(admission::Admission::new(
             config.max_sockets.try_into().unwrap_or(usize::MAX),
             config.handshake_rate,
-            config.origins(),
+            origins,
         )),
     };
 
+    let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
     let app_state =
         |local: Arc<dyn LocalRooms>,
          cluster: Option<Arc<Cluster>>,
@@ -197,7 +198,7 @@ pub async fn run(
             draining: draining.clone(),
             adapter_redis,
             page: page.clone(),
-            api_token: config.api_token.as_deref().map(Arc::from),
+            api_token: api_token.clone(),
             cors_origins: cors_origins.clone(),
         };
 
