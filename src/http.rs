@@ -228,9 +228,11 @@ async fn ready(State(s): State<AppState>) -> Response {
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
-    let text = s
-        .metrics
-        .render(s.local.socket_count(), s.local.room_count());
+    let text = s.metrics.render(
+        s.local.socket_count(),
+        s.local.room_count(),
+        s.cluster.as_ref().map_or(1, |c| c.size()),
+    );
     (
         [(
             header::CONTENT_TYPE,

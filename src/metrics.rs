@@ -39,6 +39,7 @@ pub struct Metrics {
     registry: Registry,
     sockets: Gauge,
     rooms: Gauge,
+    members: Gauge,
     pub handshakes_refused: Family<Reason, Counter>,
     pub cluster_requests: Family<Outcome, Counter>,
     pub cluster_request_seconds: Histogram,
@@ -69,6 +70,7 @@ impl Metrics {
     pub fn new() -> Self {
         let sockets = Gauge::default();
         let rooms = Gauge::default();
+        let members = Gauge::default();
         let handshakes_refused = Family::default();
         let cluster_requests = Family::default();
         // 0.25 ms .. ~4 s: a local answer is sub-millisecond, a timed-out one is the request timeout.
@@ -89,6 +91,11 @@ impl Metrics {
             "rooms",
             "Rooms with at least one socket on this node",
             rooms.clone(),
+        );
+        r.register(
+            "cluster_members",
+            "Live nodes in the cluster by their heartbeats, this one included (1 without Redis)",
+            members.clone(),
         );
         r.register(
             "handshakes_refused",
@@ -134,6 +141,7 @@ impl Metrics {
             registry: r,
             sockets,
             rooms,
+            members,
             handshakes_refused,
             cluster_requests,
             cluster_request_seconds,
@@ -147,9 +155,11 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read now.
-    pub fn render(&self, sockets: usize, rooms: usize) -> String {
+    /// The text exposition; the gauges that are read rather than counted are set here.
+    pub fn render(&self, sockets: usize, rooms: usize, members: usize) -> String {
         self.sockets.set(sockets.try_into().unwrap_or(i64::MAX));
         self.rooms.set(rooms.try_into().unwrap_or(i64::MAX));
+        self.members.set(members.try_into().unwrap_or(i64::MAX));
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
@@ -206,10 +216,11 @@ mod tests {
             })
             .inc();
         m.cluster_request_seconds.observe(0.002);
-        let text = m.render(3, 2);
+        let text = m.render(3, 2, 4);
         for line in [
             "socket_identity_connected_sockets 3",
             "socket_identity_rooms 2",
+            "socket_identity_cluster_members 4",
             "socket_identity_handshakes_refused_total{reason=\"missing\"} 1",
             "socket_identity_cluster_requests_total{outcome=\"complete\"} 1",
             "socket_identity_cluster_request_seconds_count 1",

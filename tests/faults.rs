@@ -71,6 +71,10 @@ async fn a_paused_node_is_declared_down_then_rejoins() {
         .await
         .unwrap();
     assert_eq!(ready["cluster_nodes"], 2, "{ready}");
+    assert_eq!(
+        http.metric(a, "socket_identity_cluster_members").await,
+        Some(2.0)
+    );
 
     // Resumed, b beats again and is back in every answer.
     b.signal("CONT");
