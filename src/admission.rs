@@ -89,7 +89,8 @@ impl Admission {
     }
 
     /// Sockets holding a slot now.
-    pub fn sockets(&self) -> usize {
+    #[cfg(test)]
+    fn sockets(&self) -> usize {
         self.sockets.load(Ordering::Relaxed)
     }
 }

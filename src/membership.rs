@@ -108,14 +108,6 @@ impl Membership {
     pub fn departures(&self) -> watch::Receiver<u64> {
         self.departures.subscribe()
     }
-
-    /// Forgets everyone (this node lost Redis: it cannot hear heartbeats, so it cannot vouch for anyone).
-    pub fn clear(&self) {
-        let had = std::mem::take(&mut *self.others.lock().unwrap());
-        if !had.is_empty() {
-            self.departures.send_modify(|n| *n += 1);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -151,9 +143,5 @@ mod tests {
         m.remove("c", "leaving");
         assert!(!departures.has_changed().unwrap());
         assert_eq!(m.others(), vec![Arc::<str>::from("b")]);
-
-        m.clear();
-        assert_eq!(m.size(), 1);
-        assert!(departures.has_changed().unwrap());
     }
 }

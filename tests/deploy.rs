@@ -290,24 +290,13 @@ impl Drop for Nginx {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_sample_proxies_sticky_sessions_and_websockets() {
     need("nginx", "apt-get install -y nginx-light");
-    let dir = log_dir("nginx_sample_proxies_sticky_sessions_and_websockets");
-    let redis = Redis::start(&dir);
-    let mut nodes = Vec::new();
-    for id in ["a", "b"] {
-        nodes.push(
-            Node::start(
-                &dir,
-                NodeOpts {
-                    id,
-                    redis: Some(redis.url()),
-                    prefix: "nginx",
-                    args: &["--plain-http"],
-                    ..NodeOpts::default()
-                },
-            )
-            .await,
-        );
-    }
+    let (dir, _redis, nodes) = cluster_with(
+        "nginx_sample_proxies_sticky_sessions_and_websockets",
+        2,
+        1000,
+        &["--plain-http"],
+    )
+    .await;
     let port = free_port();
     let sample = std::fs::read_to_string(root().join("deploy/nginx/socket-identity.conf")).unwrap();
     let upstreams: String = nodes

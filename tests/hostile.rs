@@ -327,24 +327,9 @@ async fn a_flood_of_bare_handshakes_is_bounded() {
 /// with the id of a real request, read off Redis) change no answer and crash nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_cluster_messages_change_no_answer() {
-    let prefix = "forged";
-    let dir = log_dir("forged_cluster_messages");
-    let redis = Redis::start(&dir);
-    let mut nodes = Vec::new();
-    for id in ["a", "b"] {
-        nodes.push(
-            Node::start(
-                &dir,
-                NodeOpts {
-                    id,
-                    redis: Some(redis.url()),
-                    prefix,
-                    ..NodeOpts::default()
-                },
-            )
-            .await,
-        );
-    }
+    // The harness names the channel prefix after the test.
+    let prefix = "forged_cluster_messages";
+    let (_dir, redis, nodes) = cluster_with(prefix, 2, 1000, &[]).await;
     let mut clients = Clients::start();
     let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
     let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
