@@ -347,7 +347,7 @@ async fn a_hung_or_dead_node_never_stalls_the_query() {
         .await;
 
     // Node b hangs (still subscribed in Redis, never answers).
-    nodes[1].signal("STOP");
+    nodes[1].pause();
     for node in [&nodes[0], &nodes[2]] {
         let started = Instant::now();
         let users = http.users(node, "Maths").await;

@@ -301,6 +301,23 @@ impl Node {
         assert!(ok, "kill -{sig} {}", self.pid());
     }
 
+    /// SIGSTOP, returning once the process is stopped (signal delivery is asynchronous: a node may otherwise
+    /// still answer a request sent right after `kill`).
+    pub fn pause(&self) {
+        self.signal("STOP");
+        let stat = format!("/proc/{}/stat", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The state is the field after the parenthesised command name: `T` when stopped.
+        while !std::fs::read_to_string(&stat)
+            .unwrap_or_default()
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('T'))
+        {
+            assert!(Instant::now() < deadline, "node {} did not stop", self.id);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// SIGTERM, then the exit status (bounded wait).
     pub async fn terminate(mut self) -> std::process::ExitStatus {
         self.signal("TERM");
