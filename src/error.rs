@@ -6,7 +6,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{redis::RedisError, tls::TlsError, validate::Invalid};
+use crate::{domain::validate::Invalid, net::tls::TlsError, redis::RedisError};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ pub enum AppError {
     #[error("this API needs a bearer token: Authorization: Bearer <API_TOKEN>")]
     Unauthorized,
     #[error(transparent)]
-    Refused(#[from] crate::admission::Refused),
+    Refused(#[from] crate::realtime::admission::Refused),
     #[error(
         "the socket.io client bundle is not installed on this server (run scripts/fetch-client.sh)"
     )]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use socket_identity::{Config, logging, run, shutdown};
+use socket_identity::{Config, net::shutdown, run, telemetry::logging};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -6,11 +6,11 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use socket_identity::{
-    protocol::{
+    cluster::protocol::{
         self, Heartbeat, Member, Request, Response, decode_heartbeat, decode_request,
         decode_response,
     },
-    validate,
+    domain::validate,
 };
 
 /// What every decoded message must satisfy, whatever bytes it came from.

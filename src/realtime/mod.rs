@@ -3,6 +3,8 @@
 //! Generic over the adapter, so the same handlers run on one node (in-memory adapter) and in a cluster
 //! (socketioxide-redis), where `socket.to(room).emit(..)` reaches the room on every node.
 
+pub mod admission;
+
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -16,10 +18,10 @@ use socketioxide::{
 };
 
 use crate::{
-    admission::{Admission, Refused},
-    metrics::{Metrics, Reason},
-    protocol::Member,
-    validate::{self, Invalid},
+    cluster::protocol::Member,
+    domain::validate::{self, Invalid},
+    realtime::admission::{Admission, Refused},
+    telemetry::metrics::{Metrics, Reason},
 };
 
 /// Who a socket is, stored in its extensions at handshake. `id_user` changes on `identity-change`.

@@ -5,6 +5,9 @@
 //! has answered; it stops waiting for a node declared down meanwhile, and at the deadline answers with whatever
 //! arrived, marked partial.
 
+pub mod membership;
+pub mod protocol;
+
 use std::{
     collections::{HashMap, HashSet},
     sync::{
@@ -26,11 +29,11 @@ use tokio::{
 use uuid::Uuid;
 
 use crate::{
-    membership::{Membership, Seen},
-    metrics::{Metrics, Outcome},
-    protocol::{self, Heartbeat, Member, Request, Response},
+    cluster::membership::{Membership, Seen},
+    cluster::protocol::{Heartbeat, Member, Request, Response},
+    realtime::LocalRooms,
     redis::{self, RedisError, Subscriber},
-    socket::LocalRooms,
+    telemetry::metrics::{Metrics, Outcome},
 };
 
 /// Most replies this node computes at once; requests beyond it are dropped (the asker marks its answer partial).

@@ -5,7 +5,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
-use crate::logging::LogFormat;
+use crate::telemetry::logging::LogFormat;
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "socket-identity", version, about)]
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn env_example_names_every_variable() {
         use clap::CommandFactory;
-        let example = include_str!("../deploy/socket-identity.env.example");
+        let example = include_str!("../../deploy/socket-identity.env.example");
         for arg in Config::command().get_arguments() {
             let Some(env) = arg.get_env() else { continue };
             let env = env.to_str().unwrap();

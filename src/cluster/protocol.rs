@@ -2,12 +2,12 @@
 //!
 //! Knows nothing of HTTP, Redis or Socket.IO; [`crate::cluster`] moves these bytes. Everything decoded here
 //! came from Redis and is untrusted: [`decode_request`] and [`decode_response`] check the version, the size and
-//! every field against [`crate::validate`] before anyone uses it.
+//! every field against [`crate::domain::validate`] before anyone uses it.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::validate;
+use crate::domain::validate;
 
 /// Bumped on any incompatible change; a node ignores (and logs) messages of another version.
 pub const VERSION: u16 = 1;

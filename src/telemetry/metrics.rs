@@ -17,7 +17,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Which failure refused a handshake ([`crate::validate::Invalid::kind`]).
+/// Which failure refused a handshake ([`crate::domain::validate::Invalid::kind`]).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: &'static str,

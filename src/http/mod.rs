@@ -17,10 +17,10 @@ use serde::Serialize;
 
 use crate::{
     cluster::{Cluster, RoomAnswer},
+    domain::validate,
     error::AppError,
-    metrics::Metrics,
-    socket::LocalRooms,
-    validate,
+    realtime::LocalRooms,
+    telemetry::metrics::Metrics,
 };
 
 /// The page a browser gets at `/{room}?id_user=..`.
@@ -98,7 +98,7 @@ pub fn router(state: AppState) -> Router {
 /// Applies the handshake rate to requests that would open an Engine.IO session (no `sid`): `429` with a JSON
 /// error and `Retry-After`. socket.io clients see a `connect_error` and retry with back-off.
 pub async fn limit_sessions(
-    State(node): State<crate::socket::NodeInfo>,
+    State(node): State<crate::realtime::NodeInfo>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -108,7 +108,7 @@ pub async fn limit_sessions(
             .query()
             .is_some_and(|q| q.split('&').any(|p| p.starts_with("sid=")));
     if opens_session && let Err(refused) = node.admission.new_session() {
-        let reason = crate::metrics::Reason {
+        let reason = crate::telemetry::metrics::Reason {
             reason: refused.kind(),
         };
         node.metrics.handshakes_refused.get_or_create(&reason).inc();
@@ -309,7 +309,7 @@ async fn client_bundle(State(s): State<AppState>) -> Result<Response, AppError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Member;
+    use crate::cluster::protocol::Member;
     use axum::{body::Body, http::Request, http::StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;

@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-/// Why a handshake was refused by a limit (bad fields are [`crate::validate::Invalid`]).
+/// Why a handshake was refused by a limit (bad fields are [`crate::domain::validate::Invalid`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     #[error("this node is full ({0} sockets): try another")]

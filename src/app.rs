@@ -1,0 +1,328 @@
+//! Building and serving one node: the Socket.IO layer, the cluster protocol, the HTTP routes, and the drain.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::body::Bytes;
+use axum_server::tls_rustls::RustlsConfig;
+use futures_util::FutureExt;
+use socketioxide::{SocketIo, TransportType, handler::ConnectHandler};
+use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
+
+use crate::{
+    Config, StartError,
+    cluster::Cluster,
+    domain::validate,
+    http::{self, AppState},
+    net::tls,
+    realtime::{self as socket, LocalRooms, NodeInfo, admission},
+    redis,
+    telemetry::metrics,
+};
+
+/// Back-off between attempts to reach Redis at start-up: doubling from the first to the most.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long a new Engine.IO session may take to join the namespace.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for clients to be told and for requests in flight to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Packets queued per socket before an emit to it fails; room-wide bursts (a room filling up, announced to
+/// everyone) must fit. Memory is only taken while a backlog exists.
+const SOCKET_BUFFER_PACKETS: usize = 1024;
+/// Cross-node messages queued in the adapter before it drops them.
+const ADAPTER_STREAM_BUFFER: usize = 65_536;
+/// Bytes read from a websocket at a time. Each connection holds this buffer for its whole life, and our
+/// messages are small, so 1 KiB instead of engineioxide's 4 KiB saves 3 KiB per connection (BENCHMARKS.md).
+const WS_READ_BUFFER: usize = 1024;
+
+/// The Socket.IO settings both modes (single node and cluster) share.
+fn io_builder(
+    info: NodeInfo,
+    config: &Config,
+) -> socketioxide::SocketIoBuilder<socketioxide::adapter::LocalAdapter> {
+    // engineioxide applies `max_payload` to long-polling only; websocket messages have their own limits (64 MiB
+    // by default), set to the same here.
+    let max_payload = config.max_payload_bytes;
+    let ws_max = usize::try_from(max_payload).unwrap_or(usize::MAX);
+    let builder = SocketIo::builder()
+        .max_buffer_size(SOCKET_BUFFER_PACKETS)
+        .max_payload(max_payload)
+        .ws_max_message_size(ws_max)
+        .ws_max_frame_size(ws_max)
+        // An Engine.IO session that has not joined the namespace by then is closed: clients join at once, so a
+        // flood of bare sessions cannot pile up.
+        .connect_timeout(CONNECT_TIMEOUT)
+        .ws_read_buffer_size(WS_READ_BUFFER)
+        .with_state(info);
+    if config.reuse_port {
+        builder.transports([TransportType::Websocket])
+    } else {
+        builder
+    }
+}
+
+/// Binds the listening socket, shared with this host's other instances when `reuse_port` is set.
+pub fn listen(config: &Config) -> std::io::Result<std::net::TcpListener> {
+    let addr = SocketAddr::new(config.bind, config.port);
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted instance must not wait for the old one's TIME_WAIT connections.
+    socket.set_reuseaddr(true)?;
+    if config.reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// Serves one node on `listener` until `shutdown` resolves, then drains and returns.
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let mut config = config;
+    let shutdown = shutdown.boxed().shared();
+    let node: Arc<str> = config.node_id().into();
+    validate::node_id(&node).map_err(StartError::NodeId)?;
+    let tls = match config.plain_http {
+        true => None,
+        false => Some(tls::server_config(&config.tls_cert, &config.tls_key)?),
+    };
+    let client_bundle = load_client_bundle(&config);
+    let page = http::page_html(config.reuse_port);
+    let origins = config.origins();
+    let cors_origins = origins
+        .iter()
+        .map(|o| {
+            axum::http::HeaderValue::from_str(o).map_err(|_| {
+                StartError::Config(format!("CORS_ORIGINS: {o:?} is not a valid origin"))
+            })
+        })
+        .collect::<Result<Arc<[_]>, _>>()?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    let draining = Arc::new(AtomicBool::new(false));
+    let info = NodeInfo {
+        id: node.clone(),
+        presence: config.presence_events,
+        metrics: metrics.clone(),
+        admission: Arc::new(admission::Admission::new(
+            config.max_sockets.try_into().unwrap_or(usize::MAX),
+            config.handshake_rate,
+            origins,
+        )),
+    };
+
+    let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
+    let app_state =
+        |local: Arc<dyn LocalRooms>,
+         cluster: Option<Arc<Cluster>>,
+         adapter_redis: Option<fred::clients::SubscriberClient>| AppState {
+            node: node.clone(),
+            local,
+            cluster,
+            client_bundle: client_bundle.clone(),
+            metrics: metrics.clone(),
+            tls: tls.is_some(),
+            draining: draining.clone(),
+            adapter_redis,
+            page: page.clone(),
+            api_token: api_token.clone(),
+            cors_origins: cors_origins.clone(),
+        };
+
+    // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
+    let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
+        None => {
+            let (layer, io) = io_builder(info.clone(), &config).build_layer();
+            io.ns("/", socket::on_connect.with(socket::handshake));
+            let local: Arc<dyn LocalRooms> = Arc::new(io);
+            let app = http::router(app_state(local.clone(), None, None)).layer(layer);
+            (app, local, None, None)
+        }
+        Some(url) => {
+            let redis = redis::Endpoint::parse(url, config.redis_ca.as_deref())?;
+            // Redis may not be up yet (all services starting at boot): retry what can heal, fail on the rest.
+            let mut delay = RETRY_FIRST;
+            loop {
+                let attempt = join_cluster(&redis, &config, info.clone(), &app_state);
+                match attempt.await {
+                    Ok(joined) => break joined,
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(error = %e, retry_in = ?delay, "Redis is not reachable yet");
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            () = shutdown.clone() => return Ok(()),
+                        }
+                        delay = (delay * 2).min(RETRY_MAX);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    };
+
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let drain = tokio::spawn(drain_on(
+        shutdown,
+        draining.clone(),
+        handle.clone(),
+        local,
+        cluster,
+        adapter_sub,
+    ));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("listening on {scheme}://{addr}");
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            info,
+            http::limit_sessions,
+        ))
+        .layer(axum::middleware::map_request(http::detach_head));
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        Some(tls) => {
+            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::new(tls)))
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+        None => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+    }
+    // The listener is closed; websockets are not the server's to wait for (they left hyper at the upgrade), so
+    // the drain finishes closing them and leaving the cluster before we return.
+    if draining.load(Ordering::Relaxed) {
+        let _ = drain.await;
+    } else {
+        drain.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// What serving needs: the app, the local sockets, and in cluster mode our query protocol and the adapter's
+/// subscriber (both closed at shutdown).
+type Serving = (
+    axum::Router,
+    Arc<dyn LocalRooms>,
+    Option<Arc<Cluster>>,
+    Option<redis::Subscriber>,
+);
+
+/// One attempt to join the cluster: the adapter on its own subscriber, the Socket.IO layer on the adapter, and
+/// our room-query protocol.
+async fn join_cluster(
+    redis: &redis::Endpoint,
+    config: &Config,
+    info: NodeInfo,
+    app_state: &impl Fn(
+        Arc<dyn LocalRooms>,
+        Option<Arc<Cluster>>,
+        Option<fred::clients::SubscriberClient>,
+    ) -> AppState,
+) -> Result<Serving, StartError> {
+    let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
+    info.metrics
+        .watch_redis(&adapter_sub.client, "adapter_subscriber");
+    let adapter = RedisAdapterCtr::new_with_fred_config(
+        adapter_sub.client.clone(),
+        RedisAdapterConfig::new()
+            .with_prefix(format!("{}-adapter", config.redis_prefix))
+            .with_request_timeout(config.request_timeout())
+            // Messages from other nodes queue here; when it is full the adapter drops them (and logs),
+            // so a burst of broadcasts must fit. Memory is only taken while a backlog exists.
+            .with_stream_buffer(ADAPTER_STREAM_BUFFER),
+    )
+    .await
+    .map_err(|e| redis::connect_err(redis, e))?;
+    let (layer, io) = io_builder(info.clone(), config)
+        .with_adapter::<FredAdapter<_>>(adapter)
+        .build_layer();
+    io.ns("/", socket::on_connect.with(socket::handshake))
+        .await
+        .map_err(|e| StartError::Adapter(e.to_string()))?;
+    let local: Arc<dyn LocalRooms> = Arc::new(io);
+    let cluster = Cluster::start(
+        redis,
+        &config.redis_prefix,
+        info.id.clone(),
+        local.clone(),
+        config.request_timeout(),
+        config.heartbeat(),
+        info.metrics.clone(),
+    )
+    .await?;
+    let state = app_state(
+        local.clone(),
+        Some(cluster.clone()),
+        Some(adapter_sub.client.clone()),
+    );
+    let app = http::router(state).layer(layer);
+    Ok((app, local, Some(cluster), Some(adapter_sub)))
+}
+
+/// On shutdown: stop accepting (so clients that reconnect land on another node, even on a shared port) while
+/// HTTP requests in flight finish; close every client's transport (so it reconnects elsewhere); then leave the
+/// cluster and close the Redis connections (so the other nodes stop counting this one at once). Each step is
+/// bounded by [`DRAIN_TIMEOUT`].
+async fn drain_on(
+    shutdown: impl Future<Output = ()>,
+    draining: Arc<AtomicBool>,
+    handle: axum_server::Handle,
+    local: Arc<dyn LocalRooms>,
+    cluster: Option<Arc<Cluster>>,
+    adapter_sub: Option<redis::Subscriber>,
+) {
+    shutdown.await;
+    draining.store(true, Ordering::Relaxed);
+    handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+    if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing client sockets took too long");
+    }
+    let leave = async {
+        if let Some(cluster) = cluster {
+            cluster.stop().await;
+        }
+        if let Some(sub) = adapter_sub {
+            sub.close().await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_TIMEOUT, leave).await.is_err() {
+        tracing::warn!("leaving Redis took too long");
+    }
+}
+
+fn load_client_bundle(config: &Config) -> Option<Bytes> {
+    match std::fs::read(&config.client_bundle) {
+        Ok(bytes) => Some(bytes.into()),
+        Err(e) => {
+            tracing::warn!(
+                path = %config.client_bundle.display(),
+                error = %e,
+                "socket.io client bundle not found; /socket.io.js will answer 503 (run scripts/fetch-client.sh)"
+            );
+            None
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Names and rules shared by every entry point (handshake, REST, cluster decoder, config file).
+
+pub mod validate;
