@@ -49,6 +49,12 @@ pub enum AppError {
     BadRoom(Invalid),
     #[error("invalid room: the path is not valid percent-encoded UTF-8")]
     BadPath,
+    #[error("invalid namespace: {0}")]
+    BadNamespace(Invalid),
+    #[error("invalid query string: {0}")]
+    BadQuery(String),
+    #[error("unknown namespace: {0}")]
+    UnknownNamespace(String),
     #[error("not found")]
     NotFound,
     #[error("method not allowed: this API only answers GET")]
@@ -66,8 +72,10 @@ pub enum AppError {
 impl AppError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadRoom(_) | Self::BadPath => StatusCode::BAD_REQUEST,
-            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::BadRoom(_) | Self::BadPath | Self::BadNamespace(_) | Self::BadQuery(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::NotFound | Self::UnknownNamespace(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Refused(_) => StatusCode::TOO_MANY_REQUESTS,

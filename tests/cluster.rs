@@ -187,9 +187,9 @@ async fn check_refusals(node: &Node) {
             "room name 'health' is reserved",
         ),
         (
-            json!({"id_user": "foo", "room": "x".repeat(65)}),
+            json!({"id_user": "foo", "room": "x".repeat(129)}),
             Value::Null,
-            "room must be at most 64 characters",
+            "room must be at most 128 characters",
         ),
         (
             json!({"room": "Maths"}),

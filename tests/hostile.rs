@@ -187,7 +187,7 @@ async fn hostile_http_requests_get_clear_errors() {
     let dir = log_dir("hostile_http");
     let node = Node::start(&dir, NodeOpts::default()).await;
     let http = Http::new();
-    let long = "x".repeat(65);
+    let long = "x".repeat(129);
     let huge = "y".repeat(16 * 1024);
     let cases: Vec<(String, u16)> = vec![
         (format!("/{long}/users"), 400),

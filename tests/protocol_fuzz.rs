@@ -7,8 +7,8 @@ use std::path::Path;
 use proptest::prelude::*;
 use socket_identity::{
     cluster::protocol::{
-        self, Heartbeat, Member, Request, Response, decode_heartbeat, decode_request,
-        decode_response,
+        self, Heartbeat, Member, Query, Reply, Request, Response, RoomCount, decode_heartbeat,
+        decode_request, decode_response,
     },
     domain::validate,
 };
@@ -17,20 +17,35 @@ use socket_identity::{
 fn check_request(r: &Request) {
     assert_eq!(r.v, protocol::VERSION);
     validate::node_id(&r.from).unwrap();
-    validate::room(&r.room).unwrap();
+    validate::namespace(&r.ns).unwrap();
+    if let Query::Users { room } = &r.query {
+        validate::room(room).unwrap();
+    }
 }
 
 fn check_response(r: &Response) {
     assert_eq!(r.v, protocol::VERSION);
     validate::node_id(&r.node).unwrap();
-    for m in &r.members {
-        validate::id_user(&m.id_user).unwrap();
-        assert!(!m.id_socket.is_empty() && m.id_socket.len() <= 64);
-        assert!(
-            m.id_socket
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        );
+    match &r.reply {
+        Reply::Users { members } => {
+            for m in members {
+                if let Some(u) = &m.id_user {
+                    validate::id_user(u).unwrap();
+                }
+                assert!(!m.id_socket.is_empty() && m.id_socket.len() <= 64);
+                assert!(
+                    m.id_socket
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                );
+            }
+        }
+        Reply::Rooms { rooms } => {
+            for r in rooms {
+                validate::room(&r.room).unwrap();
+            }
+        }
+        Reply::Views { .. } => {}
     }
 }
 
@@ -61,17 +76,44 @@ fn room() -> impl Strategy<Value = String> {
 }
 
 fn member() -> impl Strategy<Value = Member> {
-    ("[A-Za-z0-9_-]{20}", "[^\\p{Cc}]{1,40}")
-        .prop_filter("a valid id_user", |(_, u)| validate::id_user(u).is_ok())
+    ("[A-Za-z0-9_-]{20}", prop::option::of("[^\\p{Cc}]{1,40}"))
+        .prop_filter("a valid id_user", |(_, u)| {
+            u.as_ref().is_none_or(|u| validate::id_user(u).is_ok())
+        })
         .prop_map(|(id_socket, id_user)| Member { id_socket, id_user })
 }
 
+fn reply() -> impl Strategy<Value = Reply> {
+    prop_oneof![
+        prop::collection::vec(member(), 0..8).prop_map(|members| Reply::Users { members }),
+        prop::collection::vec((room(), any::<u64>()), 0..8).prop_map(|rooms| Reply::Rooms {
+            rooms: rooms
+                .into_iter()
+                .map(|(room, sockets)| RoomCount { room, sockets })
+                .collect()
+        }),
+        any::<u64>().prop_map(|count| Reply::Views { count }),
+    ]
+}
+
+fn query() -> impl Strategy<Value = Query> {
+    prop_oneof![
+        room().prop_map(|room| Query::Users { room }),
+        Just(Query::Rooms),
+        Just(Query::Views),
+    ]
+}
+
+fn namespace() -> impl Strategy<Value = String> {
+    "/[A-Za-z0-9_.~/-]{0,30}"
+}
+
 fn response() -> impl Strategy<Value = Response> {
-    (node_id(), prop::collection::vec(member(), 0..8)).prop_map(|(node, members)| Response {
+    (node_id(), reply()).prop_map(|(node, reply)| Response {
         v: protocol::VERSION,
         id: uuid::Uuid::new_v4(),
         node,
-        members,
+        reply,
     })
 }
 
@@ -95,8 +137,14 @@ proptest! {
     }
 
     #[test]
-    fn valid_messages_round_trip(from in node_id(), room in room(), resp in response(), leaving: bool) {
-        let req = Request::new(&from, &room);
+    fn valid_messages_round_trip(
+        from in node_id(),
+        ns in namespace(),
+        query in query(),
+        resp in response(),
+        leaving: bool,
+    ) {
+        let req = Request::new(&from, &ns, query);
         prop_assert_eq!(decode_request(&protocol::encode(&req)).unwrap(), req);
         prop_assert_eq!(decode_response(&protocol::encode(&resp)).unwrap(), resp.clone());
         let hb = Heartbeat { v: protocol::VERSION, node: from, leaving };

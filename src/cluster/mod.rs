@@ -1,6 +1,7 @@
-//! The cross-node room query over Redis pub/sub (see the crate docs for the protocol).
+//! The cross-node query over Redis pub/sub (see the crate docs for the protocol).
 //!
-//! One request is published to every node; each answers with its local sockets of the room. The asker waits
+//! One request is published to every node; each answers about its local sockets of the namespace (a room's
+//! members, the rooms and their sizes, the number of views). The asker waits
 //! for the nodes it knows to be alive ([`Membership`], from heartbeats), so it returns as soon as the last of them
 //! has answered; it stops waiting for a node declared down meanwhile, and at the deadline answers with whatever
 //! arrived, marked partial.
@@ -30,7 +31,7 @@ use uuid::Uuid;
 
 use crate::{
     cluster::membership::{Membership, Seen},
-    cluster::protocol::{Heartbeat, Member, Request, Response},
+    cluster::protocol::{Heartbeat, Query, Reply, Request, Response},
     realtime::LocalRooms,
     redis::{self, RedisError, Subscriber},
     telemetry::metrics::{Metrics, Outcome},
@@ -43,11 +44,11 @@ const REPLY_BUFFER: usize = 1024;
 /// How long the readiness probe waits for Redis.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// The result of a room query across the cluster.
+/// The result of a query across the cluster.
 #[derive(Debug)]
-pub struct RoomAnswer {
-    /// Members grouped by the node that holds them, this node first.
-    pub nodes: Vec<(Arc<str>, Vec<Member>)>,
+pub struct Answer {
+    /// Each node's reply, this node's first.
+    pub nodes: Vec<(Arc<str>, Reply)>,
     /// Nodes that answered, this one included.
     pub answered: usize,
     /// Nodes that should have answered, when known (not known when Redis could not be reached).
@@ -56,11 +57,11 @@ pub struct RoomAnswer {
     pub error: Option<String>,
 }
 
-impl RoomAnswer {
+impl Answer {
     /// An answer from this node alone, in single-node mode.
-    pub fn local(node: Arc<str>, members: Vec<Member>) -> Self {
+    pub fn local(node: Arc<str>, reply: Reply) -> Self {
         Self {
-            nodes: vec![(node, members)],
+            nodes: vec![(node, reply)],
             answered: 1,
             expected: Some(1),
             error: None,
@@ -211,10 +212,11 @@ impl Cluster {
         self.membership.size()
     }
 
-    /// Every socket of `room` on every node that answers within the request timeout.
-    pub async fn room_members(&self, room: &str) -> RoomAnswer {
+    /// Asks every node about its sockets of namespace `ns`; returns the replies of those that answer within the
+    /// request timeout.
+    pub async fn ask(&self, ns: &str, query: Query) -> Answer {
         let started = Instant::now();
-        let answer = self.query(room).await;
+        let answer = self.query(ns, query).await;
         let outcome = match (&answer.error, answer.is_partial()) {
             (Some(_), _) => "failed",
             (None, true) => "partial",
@@ -250,16 +252,17 @@ impl Cluster {
         }
     }
 
-    async fn query(&self, room: &str) -> RoomAnswer {
+    async fn query(&self, ns: &str, query: Query) -> Answer {
         let deadline = Instant::now() + self.timeout;
-        let request = Request::new(&self.node, room);
+        let mine = self.local.answer(ns, &query);
+        let request = Request::new(&self.node, ns, query);
         let (tx, mut rx) = mpsc::channel(REPLY_BUFFER);
         self.pending.0.lock().unwrap().insert(request.id, tx);
         let _registration = Registration {
             pending: &self.pending,
             id: request.id,
         };
-        let mut answer = RoomAnswer::local(self.node.clone(), self.local.members(room));
+        let mut answer = Answer::local(self.node.clone(), mine);
 
         let published = tokio::time::timeout_at(
             deadline,
@@ -292,15 +295,18 @@ impl Cluster {
                 reply = rx.recv() => {
                     let Some(resp) = reply else { break };
                     let node: Arc<str> = resp.node.into();
-                    if waiting.remove(&node) {
-                        answer.nodes.push((node, resp.members));
+                    if !resp.reply.answers(&request.query) {
+                        tracing::warn!(from = %node, "reply of another kind ignored");
+                        self.metrics.cluster_messages_rejected.inc();
+                    } else if waiting.remove(&node) {
+                        answer.nodes.push((node, resp.reply));
                     } else if answer.nodes.iter().any(|(n, _)| *n == node) {
                         tracing::warn!(from = %node, "duplicate reply ignored");
                         self.metrics.cluster_messages_rejected.inc();
                     } else if self.membership.contains(&node) {
                         // Joined after we asked: its answer is as good as any.
                         expected += 1;
-                        answer.nodes.push((node, resp.members));
+                        answer.nodes.push((node, resp.reply));
                     } else {
                         tracing::warn!(from = %node, "reply from a node that is not a member ignored");
                         self.metrics.cluster_messages_rejected.inc();
@@ -318,11 +324,12 @@ impl Cluster {
         answer.expected = Some(expected);
         if answer.is_partial() {
             tracing::warn!(
-                room,
+                ns,
+                query = ?request.query,
                 answered = answer.answered,
                 expected,
                 missing = ?waiting,
-                "room query timed out before every node answered"
+                "cluster query timed out before every node answered"
             );
         }
         answer
@@ -377,7 +384,7 @@ impl Cluster {
     }
 }
 
-impl RoomAnswer {
+impl Answer {
     fn failed(mut self, error: String) -> Self {
         tracing::warn!(%error, "room query answered from this node only");
         self.expected = None;
@@ -473,7 +480,7 @@ impl Handler {
             v: protocol::VERSION,
             id: req.id,
             node: self.node.to_string(),
-            members: self.local.members(&req.room),
+            reply: self.local.answer(&req.ns, &req.query),
         };
         let channel = format!("{}{}", self.reply_prefix, req.from);
         let publisher = self.publisher.clone();

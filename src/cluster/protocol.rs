@@ -9,14 +9,15 @@ use uuid::Uuid;
 
 use crate::domain::validate;
 
-/// Bumped on any incompatible change; a node ignores (and logs) messages of another version.
-pub const VERSION: u16 = 1;
+/// Bumped on any incompatible change; a node ignores (and logs) messages of another version. Version 2 added
+/// namespaces and the kinds of question ([`Query`]).
+pub const VERSION: u16 = 2;
 
 /// Messages larger than this are refused before parsing (a node with 100,000 sockets in one room answers in
 /// about 6 MB).
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
-/// "Who of room `room` is connected to you?", published once on the request channel to every node.
+/// A question about namespace `ns`, published once on the request channel to every node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub v: u16,
@@ -24,10 +25,24 @@ pub struct Request {
     pub id: Uuid,
     /// The asking node: replies go to its reply channel.
     pub from: String,
-    pub room: String,
+    /// The namespace asked about (`/`, `/do-lab`); every answer is about this namespace alone.
+    pub ns: String,
+    pub query: Query,
 }
 
-/// One node's answer: its local sockets of the room, published on the asking node's reply channel.
+/// What a node is asked about its local sockets of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Query {
+    /// The sockets of `room`, with their user ids.
+    Users { room: String },
+    /// Every room with its number of sockets.
+    Rooms,
+    /// How many `view` sockets are connected (seed 000's `__count__`).
+    Views,
+}
+
+/// One node's answer, published on the asking node's reply channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub v: u16,
@@ -35,7 +50,37 @@ pub struct Response {
     pub id: Uuid,
     /// The answering node.
     pub node: String,
-    pub members: Vec<Member>,
+    pub reply: Reply,
+}
+
+/// The answer to a [`Query`], of the same kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    Users { members: Vec<Member> },
+    Rooms { rooms: Vec<RoomCount> },
+    Views { count: u64 },
+}
+
+impl Reply {
+    /// Whether this answers `query` (a node must not answer a question with another kind of answer).
+    pub fn answers(&self, query: &Query) -> bool {
+        matches!(
+            (self, query),
+            (Self::Users { .. }, Query::Users { .. })
+                | (Self::Rooms { .. }, Query::Rooms)
+                | (Self::Views { .. }, Query::Views)
+        )
+    }
+
+    /// The empty answer to `query`: what a node without that namespace says.
+    pub fn empty(query: &Query) -> Self {
+        match query {
+            Query::Users { .. } => Self::Users { members: vec![] },
+            Query::Rooms => Self::Rooms { rooms: vec![] },
+            Query::Views => Self::Views { count: 0 },
+        }
+    }
 }
 
 /// "I am alive" (every heartbeat interval), or "I am leaving" (at graceful shutdown), published by every node
@@ -48,11 +93,18 @@ pub struct Heartbeat {
     pub leaving: bool,
 }
 
-/// A socket in a room, with the user id stored on it at handshake.
+/// A socket in a room, with the user id stored on it at handshake (none in namespaces without identity).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Member {
     pub id_socket: String,
-    pub id_user: String,
+    pub id_user: Option<String>,
+}
+
+/// A room of a namespace on one node, and how many of that node's sockets are in it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RoomCount {
+    pub room: String,
+    pub sockets: u64,
 }
 
 /// Why a message from Redis was ignored.
@@ -71,12 +123,13 @@ pub enum DecodeError {
 }
 
 impl Request {
-    pub fn new(from: &str, room: &str) -> Self {
+    pub fn new(from: &str, ns: &str, query: Query) -> Self {
         Self {
             v: VERSION,
             id: Uuid::new_v4(),
             from: from.to_owned(),
-            room: room.to_owned(),
+            ns: ns.to_owned(),
+            query,
         }
     }
 }
@@ -89,27 +142,44 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
     let req: Request = parse(bytes)?;
     validate::node_id(&req.from)?;
-    validate::room(&req.room)?;
+    validate::namespace(&req.ns)?;
+    if let Query::Users { room } = &req.query {
+        validate::room(room)?;
+    }
     Ok(req)
 }
 
 pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
     let resp: Response = parse(bytes)?;
     validate::node_id(&resp.node)?;
-    for m in &resp.members {
-        validate::id_user(&m.id_user)?;
-        // Engine.IO ids are 20 characters of base64url; allow some slack, never markup or control bytes.
-        if m.id_socket.is_empty()
-            || m.id_socket.len() > 64
-            || !m
-                .id_socket
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return Err(DecodeError::SocketId);
+    match &resp.reply {
+        Reply::Users { members } => {
+            for m in members {
+                if let Some(user) = &m.id_user {
+                    validate::id_user(user)?;
+                }
+                if !is_socket_id(&m.id_socket) {
+                    return Err(DecodeError::SocketId);
+                }
+            }
         }
+        Reply::Rooms { rooms } => {
+            for r in rooms {
+                validate::room(&r.room)?;
+            }
+        }
+        Reply::Views { .. } => {}
     }
     Ok(resp)
+}
+
+/// Engine.IO ids are 20 characters of base64url; allow some slack, never markup or control bytes.
+pub fn is_socket_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 pub fn decode_heartbeat(bytes: &[u8]) -> Result<Heartbeat, DecodeError> {
@@ -162,39 +232,69 @@ impl Versioned for Heartbeat {
 mod tests {
     use super::*;
 
+    fn member(id_socket: &str, id_user: Option<&str>) -> Member {
+        Member {
+            id_socket: id_socket.into(),
+            id_user: id_user.map(Into::into),
+        }
+    }
+
     fn response() -> Response {
         Response {
             v: VERSION,
             id: Uuid::new_v4(),
             node: "node-b".into(),
-            members: vec![
-                Member {
-                    id_socket: "aCfIOY5n5eEKQlOxAAAA".into(),
-                    id_user: "foo".into(),
-                },
-                Member {
-                    id_socket: "eKGcrPYDdHBEkdueAAAA".into(),
-                    id_user: "bär \"quoted\" <b>".into(),
-                },
-            ],
+            reply: Reply::Users {
+                members: vec![
+                    member("aCfIOY5n5eEKQlOxAAAA", Some("foo")),
+                    member("eKGcrPYDdHBEkdueAAAA", Some("bär \"quoted\" <b>")),
+                    member("xKGcrPYDdHBEkdueAAAA", None),
+                ],
+            },
         }
+    }
+
+    fn users(room: &str) -> Query {
+        Query::Users { room: room.into() }
     }
 
     #[test]
     fn request_round_trip() {
-        let req = Request::new("node-a", "Maths");
-        assert_eq!(decode_request(&encode(&req)).unwrap(), req);
+        for query in [users("Maths"), Query::Rooms, Query::Views] {
+            let req = Request::new("node-a", "/do-lab", query);
+            assert_eq!(decode_request(&encode(&req)).unwrap(), req);
+        }
     }
 
     #[test]
     fn response_round_trip() {
         let resp = response();
         assert_eq!(decode_response(&encode(&resp)).unwrap(), resp);
-        let empty = Response {
-            members: vec![],
-            ..resp
-        };
-        assert_eq!(decode_response(&encode(&empty)).unwrap(), empty);
+        for reply in [
+            Reply::Users { members: vec![] },
+            Reply::Rooms {
+                rooms: vec![RoomCount {
+                    room: "user.42".into(),
+                    sockets: 3,
+                }],
+            },
+            Reply::Views { count: 7 },
+        ] {
+            let resp = Response {
+                reply,
+                ..response()
+            };
+            assert_eq!(decode_response(&encode(&resp)).unwrap(), resp);
+        }
+    }
+
+    #[test]
+    fn replies_match_their_queries() {
+        for q in [users("a"), Query::Rooms, Query::Views] {
+            assert!(Reply::empty(&q).answers(&q));
+        }
+        assert!(!Reply::Views { count: 1 }.answers(&Query::Rooms));
+        assert!(!Reply::Rooms { rooms: vec![] }.answers(&users("a")));
     }
 
     #[test]
@@ -209,30 +309,41 @@ mod tests {
         }
         assert_eq!(
             String::from_utf8(encode(&Heartbeat {
-                v: 1,
+                v: 2,
                 node: "a".into(),
                 leaving: false
             }))
             .unwrap(),
-            r#"{"v":1,"node":"a"}"#
+            r#"{"v":2,"node":"a"}"#
         );
-        assert!(decode_heartbeat(br#"{"v":1,"node":"a b"}"#).is_err());
-        assert!(decode_heartbeat(br#"{"v":2,"node":"a"}"#).is_err());
-        assert!(decode_heartbeat(br#"{"v":1,"node":"a","leaving":1}"#).is_err());
+        assert!(decode_heartbeat(br#"{"v":2,"node":"a b"}"#).is_err());
+        assert!(decode_heartbeat(br#"{"v":1,"node":"a"}"#).is_err());
+        assert!(decode_heartbeat(br#"{"v":2,"node":"a","leaving":1}"#).is_err());
     }
 
     #[test]
     fn wire_format_is_stable() {
         let id = Uuid::nil();
         let req = Request {
-            v: 1,
+            v: 2,
             id,
             from: "a".into(),
-            room: "Maths".into(),
+            ns: "/".into(),
+            query: users("Maths"),
         };
         assert_eq!(
             String::from_utf8(encode(&req)).unwrap(),
-            r#"{"v":1,"id":"00000000-0000-0000-0000-000000000000","from":"a","room":"Maths"}"#
+            r#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","from":"a","ns":"/","query":{"kind":"users","room":"Maths"}}"#
+        );
+        let resp = Response {
+            v: 2,
+            id,
+            node: "b".into(),
+            reply: Reply::Views { count: 3 },
+        };
+        assert_eq!(
+            String::from_utf8(encode(&resp)).unwrap(),
+            r#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","node":"b","reply":{"kind":"views","count":3}}"#
         );
     }
 
@@ -245,51 +356,72 @@ mod tests {
                 Err(DecodeError::Malformed(_))
             ));
         }
-        for junk in [&b"\xff\xfe"[..], b"null", b"[]", b"42", b"{}", b"{\"v\":1}"] {
+        for junk in [&b"\xff\xfe"[..], b"null", b"[]", b"42", b"{}", b"{\"v\":2}"] {
             assert!(decode_request(junk).is_err(), "{junk:?}");
             assert!(decode_response(junk).is_err(), "{junk:?}");
         }
         // A request is not a response.
-        let req = encode(&Request::new("a", "Maths"));
+        let req = encode(&Request::new("a", "/", users("Maths")));
         assert!(decode_response(&req).is_err());
+        // Unknown kinds are refused.
+        assert!(decode_request(br#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","from":"a","ns":"/","query":{"kind":"drop"}}"#).is_err());
     }
 
     #[test]
     fn rejects_other_versions() {
         let mut resp = response();
-        resp.v = 2;
+        resp.v = 1;
         assert!(matches!(
             decode_response(&encode(&resp)),
-            Err(DecodeError::Version(2))
+            Err(DecodeError::Version(1))
         ));
-        // A future version with a different shape is still reported as a version problem.
+        // A version of another shape is still reported as a version problem.
         assert!(matches!(
             decode_request(br#"{"v":7,"whatever":true}"#),
             Err(DecodeError::Version(7))
+        ));
+        assert!(matches!(
+            decode_request(
+                br#"{"v":1,"id":"00000000-0000-0000-0000-000000000000","from":"a","room":"Maths"}"#
+            ),
+            Err(DecodeError::Version(1))
         ));
     }
 
     #[test]
     fn rejects_invalid_fields() {
-        let mut req = Request::new("a", "Maths");
-        req.room = "../etc".into();
+        let mut req = Request::new("a", "/", users("../etc"));
         assert!(matches!(
             decode_request(&encode(&req)),
             Err(DecodeError::Invalid(_))
         ));
-        let mut req = Request::new("a", "Maths");
+        req.query = users("Maths");
         req.from = "a:b*".into();
         assert!(decode_request(&encode(&req)).is_err());
+        let req = Request::new("a", "no-slash", Query::Rooms);
+        assert!(decode_request(&encode(&req)).is_err());
 
-        let mut resp = response();
-        resp.members[0].id_user = "x\u{0}".into();
+        let with_members = |members| Response {
+            reply: Reply::Users { members },
+            ..response()
+        };
+        let resp = with_members(vec![member("aCfIOY5n5eEKQlOxAAAA", Some("x\u{0}"))]);
         assert!(decode_response(&encode(&resp)).is_err());
-        let mut resp = response();
-        resp.members[0].id_socket = "<img src=x>".into();
+        let resp = with_members(vec![member("<img src=x>", Some("u"))]);
         assert!(matches!(
             decode_response(&encode(&resp)),
             Err(DecodeError::SocketId)
         ));
+        let resp = Response {
+            reply: Reply::Rooms {
+                rooms: vec![RoomCount {
+                    room: "a/b".into(),
+                    sockets: 1,
+                }],
+            },
+            ..response()
+        };
+        assert!(decode_response(&encode(&resp)).is_err());
     }
 
     #[test]

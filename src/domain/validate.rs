@@ -3,7 +3,8 @@
 //! One place, so the Socket.IO handshake, the REST path and the cross-node decoder agree:
 //! a room that can be joined can always be queried, and nothing else can.
 //!
-//! * **room**: 1 to 64 characters; each a Unicode letter or digit or one of `-` `_` `.` `~`; it may not start
+//! * **room**: 1 to 128 characters; each a Unicode letter or digit or one of `-` `_` `.` `~` `@` `+` `:` (so
+//!   `user.{id}` rooms of e-mail-like ids and `user:42` work); it may not start
 //!   with `.` (so `.`, `..` and `.env` are refused); names that collide with our own routes are reserved
 //!   ([`RESERVED_ROOMS`], compared without case). The REST path is percent-decoded once before the check, so
 //!   `/Caf%C3%A9/users` is room `Café` and `/a%2Fb/users` is refused. No Unicode normalisation: rooms are compared
@@ -11,13 +12,16 @@
 //! * **id_user**: 1 to 128 characters, no control characters, no leading or trailing whitespace. Anything else
 //!   is allowed: it is data, shown with `textContent`, never markup.
 //! * **node id**: 1 to 64 characters of `A-Z a-z 0-9 - _ .`, because it becomes part of a Redis channel name.
+//! * **namespace**: `/` then up to 127 characters, each an ASCII letter or digit or one of `-` `_` `.` `~` `/`.
 
 /// Longest room name, in characters.
-pub const MAX_ROOM_CHARS: usize = 64;
+pub const MAX_ROOM_CHARS: usize = 128;
 /// Longest user id, in characters.
 pub const MAX_USER_CHARS: usize = 128;
 /// Longest node id, in characters.
 pub const MAX_NODE_CHARS: usize = 64;
+/// Longest namespace name, in characters (the leading `/` included).
+pub const MAX_NAMESPACE_CHARS: usize = 128;
 
 /// Room names that are our own routes (or soon will be), so `/{room}` can never shadow them.
 pub const RESERVED_ROOMS: &[&str] = &[
@@ -53,6 +57,8 @@ pub enum Invalid {
     Reserved(String),
     #[error("{0} is given more than once")]
     Repeated(&'static str),
+    #[error("{0} must start with '/'")]
+    NoSlash(&'static str),
 }
 
 impl Invalid {
@@ -68,6 +74,7 @@ impl Invalid {
             Self::Whitespace(_) => "whitespace",
             Self::Reserved(_) => "reserved",
             Self::Repeated(_) => "repeated",
+            Self::NoSlash(_) => "no_slash",
         }
     }
 }
@@ -87,7 +94,7 @@ pub fn room(value: &str) -> Result<(), Invalid> {
     check_len("room", value, MAX_ROOM_CHARS)?;
     if !value
         .chars()
-        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '@' | '+' | ':'))
     {
         return Err(Invalid::BadChar("room"));
     }
@@ -108,6 +115,21 @@ pub fn id_user(value: &str) -> Result<(), Invalid> {
     }
     if value.trim() != value {
         return Err(Invalid::Whitespace("id_user"));
+    }
+    Ok(())
+}
+
+/// Checks a namespace name (`/`, `/do-lab`).
+pub fn namespace(value: &str) -> Result<(), Invalid> {
+    check_len("namespace", value, MAX_NAMESPACE_CHARS)?;
+    let Some(rest) = value.strip_prefix('/') else {
+        return Err(Invalid::NoSlash("namespace"));
+    };
+    if !rest
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/'))
+    {
+        return Err(Invalid::BadChar("namespace"));
     }
     Ok(())
 }
@@ -136,14 +158,16 @@ mod tests {
             "Café",
             "日本語",
             "room-1_b.c~d",
-            &"x".repeat(64),
+            &"x".repeat(128),
+            "user.a@example.com",
+            "user:42",
         ] {
             assert_eq!(room(ok), Ok(()), "{ok}");
         }
         assert_eq!(room(""), Err(Invalid::Empty("room")));
-        assert_eq!(room(&"x".repeat(65)), Err(Invalid::TooLong("room", 64)));
-        // 64 multi-byte characters are fine: the limit is in characters.
-        assert_eq!(room(&"é".repeat(64)), Ok(()));
+        assert_eq!(room(&"x".repeat(129)), Err(Invalid::TooLong("room", 128)));
+        // 128 multi-byte characters are fine: the limit is in characters.
+        assert_eq!(room(&"é".repeat(128)), Ok(()));
         for bad in [
             "a/b", "a b", "a\nb", "a%2Fb", "<script>", "a?b", "a#b", "\u{0}",
         ] {
@@ -181,6 +205,21 @@ mod tests {
         assert_eq!(id_user("a\nb"), Err(Invalid::BadChar("id_user")));
         assert_eq!(id_user(" foo"), Err(Invalid::Whitespace("id_user")));
         assert_eq!(id_user("   "), Err(Invalid::Whitespace("id_user")));
+    }
+
+    #[test]
+    fn namespaces() {
+        for ok in ["/", "/do-lab", "/sharedsocket", "/a/b", "/x_1.2~3"] {
+            assert_eq!(namespace(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(namespace(""), Err(Invalid::Empty("namespace")));
+        assert_eq!(namespace("do-lab"), Err(Invalid::NoSlash("namespace")));
+        assert_eq!(namespace("/a b"), Err(Invalid::BadChar("namespace")));
+        assert_eq!(namespace("/é"), Err(Invalid::BadChar("namespace")));
+        assert_eq!(
+            namespace(&format!("/{}", "n".repeat(128))),
+            Err(Invalid::TooLong("namespace", 128))
+        );
     }
 
     #[test]

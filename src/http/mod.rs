@@ -16,7 +16,10 @@ use axum::{
 use serde::Serialize;
 
 use crate::{
-    cluster::{Cluster, RoomAnswer},
+    cluster::{
+        Answer, Cluster,
+        protocol::{Query, Reply},
+    },
     domain::validate,
     error::AppError,
     realtime::LocalRooms,
@@ -86,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/socket.io.js", get(client_bundle))
         .route("/{room}", get(page))
         .route("/{room}/users", get(users))
+        .route("/api/rooms", get(rooms))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state);
@@ -175,7 +179,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Room {
 #[derive(Debug, Serialize)]
 struct RoomUser<'a> {
     id_socket: &'a str,
-    id_user: &'a str,
+    id_user: Option<&'a str>,
     node: &'a str,
 }
 
@@ -243,27 +247,31 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn users(State(s): State<AppState>, headers: HeaderMap, Room(room): Room) -> Response {
-    if !authorized(&headers, s.api_token.as_deref()) {
-        return AppError::Unauthorized.into_response();
-    }
-    let answer = match &s.cluster {
-        Some(cluster) => cluster.room_members(&room).await,
-        None => RoomAnswer::local(s.node.clone(), s.local.members(&room)),
-    };
-    let mut list: Vec<RoomUser> = answer
-        .nodes
-        .iter()
-        .flat_map(|(node, members)| {
-            members.iter().map(move |m| RoomUser {
-                id_socket: &m.id_socket,
-                id_user: &m.id_user,
-                node,
-            })
-        })
-        .collect();
-    list.sort_unstable_by(|a, b| (a.id_user, a.id_socket).cmp(&(b.id_user, b.id_socket)));
+/// `?namespace=`: which namespace a REST query is about (`/` when absent).
+#[derive(Debug, serde::Deserialize)]
+struct NamespaceParam {
+    namespace: Option<String>,
+}
 
+/// The namespace a request names, checked: `/` by default.
+fn namespace_of(query: Option<&str>) -> Result<String, AppError> {
+    let param: NamespaceParam = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| AppError::BadQuery(e.to_string()))?;
+    let ns = param.namespace.unwrap_or_else(|| "/".to_owned());
+    validate::namespace(&ns).map_err(AppError::BadNamespace)?;
+    Ok(ns)
+}
+
+/// Asks the cluster (or this node alone) about namespace `ns`.
+async fn ask(s: &AppState, ns: &str, query: Query) -> Answer {
+    match &s.cluster {
+        Some(cluster) => cluster.ask(ns, query).await,
+        None => Answer::local(s.node.clone(), s.local.answer(ns, &query)),
+    }
+}
+
+/// `X-Cluster-Nodes: answered/expected`, `X-Cluster-Partial`, `X-Cluster-Error`: how complete an answer is.
+fn cluster_headers(answer: &Answer) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let expected = answer.expected.map_or("?".to_owned(), |n| n.to_string());
     let nodes = format!("{}/{expected}", answer.answered);
@@ -281,7 +289,71 @@ async fn users(State(s): State<AppState>, headers: HeaderMap, Room(room): Room) 
         headers.insert("x-cluster-error", v);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    (headers, Json(list)).into_response()
+    headers
+}
+
+async fn users(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Room(room): Room,
+) -> Result<Response, AppError> {
+    if !authorized(&headers, s.api_token.as_deref()) {
+        return Err(AppError::Unauthorized);
+    }
+    let ns = namespace_of(uri.query())?;
+    let answer = ask(&s, &ns, Query::Users { room }).await;
+    let mut list: Vec<RoomUser> = answer
+        .nodes
+        .iter()
+        .flat_map(|(node, reply)| {
+            let members = match reply {
+                Reply::Users { members } => members.as_slice(),
+                _ => &[],
+            };
+            members.iter().map(move |m| RoomUser {
+                id_socket: &m.id_socket,
+                id_user: m.id_user.as_deref(),
+                node,
+            })
+        })
+        .collect();
+    list.sort_unstable_by(|a, b| (a.id_user, a.id_socket).cmp(&(b.id_user, b.id_socket)));
+    Ok((cluster_headers(&answer), Json(list)).into_response())
+}
+
+/// One entry of `GET /api/rooms`.
+#[derive(Debug, Serialize)]
+struct RoomSize {
+    room: String,
+    sockets: u64,
+}
+
+/// `GET /api/rooms?namespace=`: the namespace's rooms across the cluster with their socket counts, by name.
+async fn rooms(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Result<Response, AppError> {
+    if !authorized(&headers, s.api_token.as_deref()) {
+        return Err(AppError::Unauthorized);
+    }
+    let ns = namespace_of(uri.query())?;
+    let answer = ask(&s, &ns, Query::Rooms).await;
+    let mut sizes = std::collections::BTreeMap::<String, u64>::new();
+    for (_, reply) in answer.nodes.iter() {
+        if let Reply::Rooms { rooms } = reply {
+            for r in rooms {
+                *sizes.entry(r.room.clone()).or_default() += r.sockets;
+            }
+        }
+    }
+    let rooms: Vec<RoomSize> = sizes
+        .into_iter()
+        .map(|(room, sockets)| RoomSize { room, sockets })
+        .collect();
+    let body = serde_json::json!({ "namespace": ns, "rooms": rooms });
+    Ok((cluster_headers(&answer), Json(body)).into_response())
 }
 
 async fn page(State(s): State<AppState>, Room(_): Room) -> impl IntoResponse {
@@ -316,20 +388,23 @@ mod tests {
 
     struct Fixed;
     impl LocalRooms for Fixed {
-        fn members(&self, room: &str) -> Vec<Member> {
-            if room != "Maths" {
-                return vec![];
+        fn answer(&self, ns: &str, query: &Query) -> Reply {
+            let member = |s: &str, u: &str| Member {
+                id_socket: s.into(),
+                id_user: Some(u.into()),
+            };
+            match query {
+                Query::Users { room } if room == "Maths" && ns == "/" => Reply::Users {
+                    members: vec![member("s2", "foo"), member("s1", "bar")],
+                },
+                Query::Rooms if ns == "/" => Reply::Rooms {
+                    rooms: vec![crate::cluster::protocol::RoomCount {
+                        room: "Maths".into(),
+                        sockets: 2,
+                    }],
+                },
+                _ => Reply::empty(query),
             }
-            vec![
-                Member {
-                    id_socket: "s2".into(),
-                    id_user: "foo".into(),
-                },
-                Member {
-                    id_socket: "s1".into(),
-                    id_user: "bar".into(),
-                },
-            ]
         }
         fn socket_count(&self) -> usize {
             2
@@ -462,12 +537,12 @@ mod tests {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}");
             assert_eq!(body["error"], msg, "{uri}");
         }
-        let long = format!("/{}/users", "x".repeat(65));
+        let long = format!("/{}/users", "x".repeat(129));
         let (status, _, body) = get(app(None), &long).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(
             body["error"],
-            "invalid room: room must be at most 64 characters"
+            "invalid room: room must be at most 128 characters"
         );
     }
 

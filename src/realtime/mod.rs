@@ -18,7 +18,7 @@ use socketioxide::{
 };
 
 use crate::{
-    cluster::protocol::Member,
+    cluster::protocol::{Member, Query, Reply, RoomCount},
     domain::validate::{self, Invalid},
     realtime::admission::{Admission, Refused},
     telemetry::metrics::{Metrics, Reason},
@@ -228,8 +228,8 @@ async fn relay<A: Adapter, T: Serialize>(socket: &SocketRef<A>, room: &str, even
 
 /// This node's own sockets, as the cluster protocol and `/health` need them.
 pub trait LocalRooms: Send + Sync + 'static {
-    /// The local sockets of `room` with their `id_user`.
-    fn members(&self, room: &str) -> Vec<Member>;
+    /// Answers `query` about this node's sockets of namespace `ns`.
+    fn answer(&self, ns: &str, query: &Query) -> Reply;
     /// How many sockets are connected to this node.
     fn socket_count(&self) -> usize;
     /// Rooms with at least one socket on this node.
@@ -240,19 +240,44 @@ pub trait LocalRooms: Send + Sync + 'static {
 }
 
 impl<A: Adapter> LocalRooms for SocketIo<A> {
-    fn members(&self, room: &str) -> Vec<Member> {
-        self.local()
-            .to(room.to_owned())
-            .sockets()
-            .into_iter()
-            .filter_map(|s| {
-                let id = s.extensions.get::<Identity>()?;
-                Some(Member {
-                    id_socket: s.id.to_string(),
-                    id_user: id.id_user.to_string(),
-                })
-            })
-            .collect()
+    fn answer(&self, ns: &str, query: &Query) -> Reply {
+        let Some(ops) = self.of(ns) else {
+            return Reply::empty(query);
+        };
+        match query {
+            Query::Users { room } => Reply::Users {
+                members: ops
+                    .local()
+                    .to(room.clone())
+                    .sockets()
+                    .into_iter()
+                    .map(|s| Member {
+                        id_user: s
+                            .extensions
+                            .get::<Identity>()
+                            .map(|id| id.id_user.to_string()),
+                        id_socket: s.id.to_string(),
+                    })
+                    .collect(),
+            },
+            Query::Rooms => {
+                let mut rooms: std::collections::BTreeMap<String, u64> = Default::default();
+                for s in ops.local().sockets() {
+                    for room in s.rooms() {
+                        if room != s.id.as_str() {
+                            *rooms.entry(room.into_owned()).or_default() += 1;
+                        }
+                    }
+                }
+                Reply::Rooms {
+                    rooms: rooms
+                        .into_iter()
+                        .map(|(room, sockets)| RoomCount { room, sockets })
+                        .collect(),
+                }
+            }
+            Query::Views => Reply::Views { count: 0 },
+        }
     }
 
     fn socket_count(&self) -> usize {
