@@ -4,13 +4,15 @@
 //! members, the rooms and their sizes, the number of views). The asker waits
 //! for the nodes it knows to be alive ([`Membership`], from heartbeats), so it returns as soon as the last of them
 //! has answered; it stops waiting for a node declared down meanwhile, and at the deadline answers with whatever
-//! arrived, marked partial.
+//! arrived, marked partial. That waiting logic is [`query`], over a small transport trait; this module gives it
+//! Redis, answers other nodes' requests and sends the heartbeats.
 
 pub mod membership;
 pub mod protocol;
+pub mod query;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -29,9 +31,11 @@ use tokio::{
 };
 use uuid::Uuid;
 
+pub use query::Answer;
+
 use crate::{
     cluster::membership::{Membership, Seen},
-    cluster::protocol::{Heartbeat, Query, Reply, Request, Response},
+    cluster::protocol::{Heartbeat, Query, Request, Response},
     realtime::LocalRooms,
     redis::{self, RedisError, Subscriber},
     telemetry::metrics::{Metrics, Outcome},
@@ -43,35 +47,6 @@ const MAX_CONCURRENT_REPLIES: usize = 256;
 const REPLY_BUFFER: usize = 1024;
 /// How long the readiness probe waits for Redis.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The result of a query across the cluster.
-#[derive(Debug)]
-pub struct Answer {
-    /// Each node's reply, this node's first.
-    pub nodes: Vec<(Arc<str>, Reply)>,
-    /// Nodes that answered, this one included.
-    pub answered: usize,
-    /// Nodes that should have answered, when known (not known when Redis could not be reached).
-    pub expected: Option<usize>,
-    /// Why the answer may be incomplete, besides nodes that did not answer in time.
-    pub error: Option<String>,
-}
-
-impl Answer {
-    /// An answer from this node alone, in single-node mode.
-    pub fn local(node: Arc<str>, reply: Reply) -> Self {
-        Self {
-            nodes: vec![(node, reply)],
-            answered: 1,
-            expected: Some(1),
-            error: None,
-        }
-    }
-
-    pub fn is_partial(&self) -> bool {
-        self.expected != Some(self.answered)
-    }
-}
 
 /// Requests in flight, by id.
 #[derive(Default)]
@@ -106,10 +81,8 @@ impl Drop for Registration<'_> {
 /// This node's membership in the cluster protocol.
 pub struct Cluster {
     node: Arc<str>,
-    request_channel: String,
     nodes_channel: String,
-    reply_prefix: String,
-    publisher: Client,
+    transport: RedisTransport,
     subscriber: Subscriber,
     pending: Arc<Pending>,
     membership: Arc<Membership>,
@@ -192,10 +165,12 @@ impl Cluster {
         ));
         Ok(Arc::new(Self {
             node,
-            request_channel,
             nodes_channel,
-            reply_prefix,
-            publisher,
+            transport: RedisTransport {
+                publisher,
+                request_channel,
+                reply_prefix,
+            },
             subscriber,
             pending,
             membership,
@@ -238,8 +213,9 @@ impl Cluster {
             return Err("the cluster subscription to Redis is down".into());
         }
         let numsub = self
+            .transport
             .publisher
-            .pubsub_numsub::<fred::types::Value, _>(self.request_channel.clone());
+            .pubsub_numsub::<fred::types::Value, _>(self.transport.request_channel.clone());
         let reply = tokio::time::timeout(PROBE_TIMEOUT, numsub)
             .await
             .map_err(|_| "Redis did not answer in time".to_string())?
@@ -254,7 +230,7 @@ impl Cluster {
 
     async fn query(&self, ns: &str, query: Query) -> Answer {
         let deadline = Instant::now() + self.timeout;
-        let mine = self.local.answer(ns, &query);
+        let mine = Answer::local(self.node.clone(), self.local.answer(ns, &query));
         let request = Request::new(&self.node, ns, query);
         let (tx, mut rx) = mpsc::channel(REPLY_BUFFER);
         self.pending.0.lock().unwrap().insert(request.id, tx);
@@ -262,107 +238,12 @@ impl Cluster {
             pending: &self.pending,
             id: request.id,
         };
-        let mut answer = Answer::local(self.node.clone(), mine);
-
-        let published = tokio::time::timeout_at(
-            deadline,
-            self.publisher
-                .publish::<i64, _, _>(&self.request_channel, protocol::encode(&request)),
-        )
-        .await;
-        let subscribers = match published {
-            // Zero: not even our own subscription is live (Redis just came back, re-subscribing is under way),
-            // so nobody can say who else is there.
-            Ok(Ok(n)) if n <= 0 => {
-                return answer.failed("not subscribed to the cluster channels yet".into());
-            }
-            Ok(Ok(n)) => usize::try_from(n).unwrap_or(0),
-            Ok(Err(e)) => return answer.failed(format!("redis: {e}")),
-            Err(_) => return answer.failed("redis: publish timed out".into()),
+        let asker = query::Asker {
+            transport: &self.transport,
+            membership: &self.membership,
+            rejected: &self.metrics.cluster_messages_rejected,
         };
-
-        let mut departures = self.membership.departures();
-        let mut waiting: HashSet<Arc<str>> = self.membership.others().into_iter().collect();
-        // Fewer subscribers than live nodes: some node's connection to Redis is gone (killed, not hung): ask
-        // Redis which, rather than wait for its heartbeats to stop.
-        if subscribers < waiting.len() + 1 {
-            self.forget_unsubscribed(&waiting, deadline).await;
-            waiting.retain(|n| self.membership.contains(n));
-        }
-        let mut expected = 1 + waiting.len();
-        while !waiting.is_empty() {
-            tokio::select! {
-                reply = rx.recv() => {
-                    let Some(resp) = reply else { break };
-                    let node: Arc<str> = resp.node.into();
-                    if !resp.reply.answers(&request.query) {
-                        tracing::warn!(from = %node, "reply of another kind ignored");
-                        self.metrics.cluster_messages_rejected.inc();
-                    } else if waiting.remove(&node) {
-                        answer.nodes.push((node, resp.reply));
-                    } else if answer.nodes.iter().any(|(n, _)| *n == node) {
-                        tracing::warn!(from = %node, "duplicate reply ignored");
-                        self.metrics.cluster_messages_rejected.inc();
-                    } else if self.membership.contains(&node) {
-                        // Joined after we asked: its answer is as good as any.
-                        expected += 1;
-                        answer.nodes.push((node, resp.reply));
-                    } else {
-                        tracing::warn!(from = %node, "reply from a node that is not a member ignored");
-                        self.metrics.cluster_messages_rejected.inc();
-                    }
-                }
-                Ok(()) = departures.changed() => {
-                    let before = waiting.len();
-                    waiting.retain(|n| self.membership.contains(n));
-                    expected -= before - waiting.len();
-                }
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        answer.answered = answer.nodes.len();
-        answer.expected = Some(expected);
-        if answer.is_partial() {
-            tracing::warn!(
-                ns,
-                query = ?request.query,
-                answered = answer.answered,
-                expected,
-                missing = ?waiting,
-                "cluster query timed out before every node answered"
-            );
-        }
-        answer
-    }
-
-    /// Asks Redis which of `nodes` still have their reply channel subscribed, and removes the others from the
-    /// membership.
-    async fn forget_unsubscribed(&self, nodes: &HashSet<Arc<str>>, deadline: Instant) {
-        let nodes: Vec<&Arc<str>> = nodes.iter().collect();
-        let channels: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("{}{n}", self.reply_prefix))
-            .collect();
-        let numsub = self
-            .publisher
-            .pubsub_numsub::<fred::types::Value, _>(channels);
-        let Ok(Ok(reply)) = tokio::time::timeout_at(deadline, numsub).await else {
-            return;
-        };
-        // `[channel, count, channel, count, ...]`, in the order asked (a map in RESP3).
-        let counts: Vec<Option<i64>> = reply
-            .into_array()
-            .chunks(2)
-            .map(|pair| pair.get(1).and_then(|n| n.as_i64()))
-            .collect();
-        if counts.len() != nodes.len() {
-            return;
-        }
-        for (node, count) in nodes.into_iter().zip(counts) {
-            if count == Some(0) {
-                self.membership.remove(node, "its Redis connection is gone");
-            }
-        }
+        asker.gather(&request, mine, &mut rx, deadline).await
     }
 
     /// Says goodbye (so the others stop waiting for us at once), stops answering and leaves the channels.
@@ -373,23 +254,62 @@ impl Cluster {
             node: self.node.to_string(),
             leaving: true,
         };
-        let _ = self
-            .publisher
+        let publisher = &self.transport.publisher;
+        let _ = publisher
             .publish::<i64, _, _>(&self.nodes_channel, protocol::encode(&leaving))
             .await;
         self.listener.abort();
         let _ = self.subscriber.client.unsubscribe_all().await;
         self.subscriber.close().await;
-        let _ = self.publisher.quit().await;
+        let _ = publisher.quit().await;
     }
 }
 
-impl Answer {
-    fn failed(mut self, error: String) -> Self {
-        tracing::warn!(%error, "room query answered from this node only");
-        self.expected = None;
-        self.error = Some(error);
-        self
+/// The query's transport: requests on the request channel, `PUBSUB NUMSUB` on the reply channels.
+struct RedisTransport {
+    publisher: Client,
+    request_channel: String,
+    /// A node's reply channel is this followed by its id.
+    reply_prefix: String,
+}
+
+impl query::Transport for RedisTransport {
+    async fn publish(&self, request: &Request) -> Result<usize, String> {
+        let subscribers: i64 = self
+            .publisher
+            .publish(&self.request_channel, protocol::encode(request))
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(usize::try_from(subscribers).unwrap_or(0))
+    }
+
+    async fn reply_subscribers(
+        &self,
+        nodes: &[Arc<str>],
+    ) -> Result<HashMap<Arc<str>, u64>, String> {
+        let channels: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{}{n}", self.reply_prefix))
+            .collect();
+        let reply: fred::types::Value = self
+            .publisher
+            .pubsub_numsub(channels)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        // `[channel, count, channel, count, ...]`, in the order asked (a map in RESP3).
+        let counts: Vec<Option<i64>> = reply
+            .into_array()
+            .chunks(2)
+            .map(|pair| pair.get(1).and_then(|n| n.as_i64()))
+            .collect();
+        if counts.len() != nodes.len() {
+            return Err("unexpected PUBSUB NUMSUB reply".into());
+        }
+        Ok(nodes
+            .iter()
+            .zip(counts)
+            .filter_map(|(node, count)| Some((node.clone(), u64::try_from(count?).ok()?)))
+            .collect())
     }
 }
 
