@@ -197,6 +197,29 @@ pub fn connect_err(endpoint: &Endpoint, source: fred::error::Error) -> RedisErro
     }
 }
 
+/// Subscriber counts by channel name from a `PUBSUB NUMSUB` reply: a flat `[channel, count, ...]` array (RESP2,
+/// and Redis 7.0 in RESP3) or a map (fred's map is a hash map: positions mean nothing there). Callers look the
+/// channels they asked about up by name; a malformed reply is an error.
+pub fn numsub_counts(
+    reply: fred::types::Value,
+) -> Result<std::collections::HashMap<String, u64>, String> {
+    use fred::types::Value;
+    let bad = || "unexpected PUBSUB NUMSUB reply".to_owned();
+    let entry = |name: Option<String>, count: &Value| Some((name?, count.as_u64()?));
+    match reply {
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(name, count)| entry(name.into_string(), &count).ok_or_else(bad))
+            .collect(),
+        Value::Array(items) if items.len() % 2 == 0 => items
+            .chunks(2)
+            .map(|pair| entry(pair[0].as_string(), &pair[1]).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
 /// fred's own `manage_subscriptions` sends an empty `SUBSCRIBE` first when only shard channels are tracked,
 /// Redis refuses it, and the shard channels are never restored; so we restore each kind only when non-empty.
 async fn resubscribe_on_reconnect(client: SubscriberClient) {
@@ -225,7 +248,60 @@ async fn resubscribe_on_reconnect(client: SubscriberClient) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Endpoint, redact};
+    use super::{Endpoint, numsub_counts, redact};
+    use fred::types::{Map, Value};
+
+    fn numsub(channels: &[(&str, i64)]) -> Vec<Value> {
+        channels
+            .iter()
+            .flat_map(|(c, n)| [Value::from(*c), Value::Integer(*n)])
+            .collect()
+    }
+
+    /// `PUBSUB NUMSUB` counts are read by channel name, from a flat array (RESP2, and Redis 7.0 in RESP3) or a
+    /// map, whatever the order.
+    #[test]
+    fn reads_numsub_counts_by_name() {
+        let asked = [("n:reply#b", 1), ("n:reply#c", 0), ("n:reply#d", 3)];
+        let expected: std::collections::HashMap<String, u64> = [
+            ("n:reply#b".into(), 1),
+            ("n:reply#c".into(), 0),
+            ("n:reply#d".into(), 3),
+        ]
+        .into();
+        let array = Value::Array(numsub(&asked));
+        assert_eq!(numsub_counts(array).unwrap(), expected);
+        let reversed = asked.iter().rev().copied().collect::<Vec<_>>();
+        assert_eq!(
+            numsub_counts(Value::Array(numsub(&reversed))).unwrap(),
+            expected
+        );
+        let map: Map = asked
+            .iter()
+            .map(|(c, n)| (fred::types::Key::from(*c), Value::Integer(*n)))
+            .collect();
+        assert_eq!(numsub_counts(Value::Map(map)).unwrap(), expected);
+        // Channels not asked about are simply there too; a channel missing is missing.
+        let counts = numsub_counts(Value::Array(numsub(&asked[..1]))).unwrap();
+        assert_eq!(counts.get("n:reply#b"), Some(&1));
+        assert_eq!(counts.get("n:reply#c"), None);
+        assert!(numsub_counts(Value::Array(vec![])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refuses_malformed_numsub_replies() {
+        for reply in [
+            Value::Null,
+            Value::Integer(1),
+            // Odd length, a count that is not a number, a negative count, a name that is not a string.
+            Value::Array(vec!["a".into()]),
+            Value::Array(vec!["a".into(), "many".into()]),
+            Value::Array(vec!["a".into(), Value::Integer(-1)]),
+            Value::Array(vec![Value::Array(vec![]), Value::Integer(1)]),
+        ] {
+            assert!(numsub_counts(reply.clone()).is_err(), "{reply:?}");
+        }
+    }
 
     #[test]
     fn refuses_other_schemes() {

@@ -212,17 +212,18 @@ impl Cluster {
         if !self.subscriber.client.is_connected() {
             return Err("the cluster subscription to Redis is down".into());
         }
+        let channel = &self.transport.request_channel;
         let numsub = self
             .transport
             .publisher
-            .pubsub_numsub::<fred::types::Value, _>(self.transport.request_channel.clone());
+            .pubsub_numsub::<fred::types::Value, _>(channel.clone());
         let reply = tokio::time::timeout(PROBE_TIMEOUT, numsub)
             .await
             .map_err(|_| "Redis did not answer in time".to_string())?
             .map_err(|e| format!("redis: {e}"))?;
-        // `[channel, count]` (a map in RESP3): zero means our own subscription is not restored yet.
-        match reply.into_array().get(1).and_then(|n| n.as_i64()) {
-            Some(n) if n > 0 => Ok(self.membership.size()),
+        // Zero means our own subscription is not restored yet.
+        match redis::numsub_counts(reply)?.get(channel) {
+            Some(n) if *n > 0 => Ok(self.membership.size()),
             Some(_) => Err("the cluster channels are not subscribed yet".into()),
             None => Err("unexpected PUBSUB NUMSUB reply".into()),
         }
@@ -293,22 +294,14 @@ impl query::Transport for RedisTransport {
             .collect();
         let reply: fred::types::Value = self
             .publisher
-            .pubsub_numsub(channels)
+            .pubsub_numsub(channels.clone())
             .await
             .map_err(|e| format!("redis: {e}"))?;
-        // `[channel, count, channel, count, ...]`, in the order asked (a map in RESP3).
-        let counts: Vec<Option<i64>> = reply
-            .into_array()
-            .chunks(2)
-            .map(|pair| pair.get(1).and_then(|n| n.as_i64()))
-            .collect();
-        if counts.len() != nodes.len() {
-            return Err("unexpected PUBSUB NUMSUB reply".into());
-        }
+        let counts = redis::numsub_counts(reply)?;
         Ok(nodes
             .iter()
-            .zip(counts)
-            .filter_map(|(node, count)| Some((node.clone(), u64::try_from(count?).ok()?)))
+            .zip(channels)
+            .filter_map(|(node, channel)| Some((node.clone(), *counts.get(&channel)?)))
             .collect())
     }
 }
