@@ -6,8 +6,11 @@
 //! has answered; it stops waiting for a node declared down meanwhile, and at the deadline answers with whatever
 //! arrived, marked partial.
 
+mod local;
 pub mod membership;
 pub mod protocol;
+
+pub use local::LocalRooms;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -32,7 +35,6 @@ use uuid::Uuid;
 use crate::{
     cluster::membership::{Membership, Seen},
     cluster::protocol::{Heartbeat, Query, Reply, Request, Response},
-    realtime::LocalRooms,
     redis::{self, RedisError, Subscriber},
     telemetry::metrics::{Metrics, Outcome},
 };
