@@ -13,16 +13,18 @@ use std::{
 use axum::body::Bytes;
 use axum_server::tls_rustls::RustlsConfig;
 use futures_util::FutureExt;
-use socketioxide::{SocketIo, TransportType, handler::ConnectHandler};
+use socketioxide::{SocketIo, TransportType};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::{
     Config, StartError,
     cluster::Cluster,
+    cluster::LocalRooms,
+    config::file,
     domain::validate,
     http::{self, AppState},
     net::tls,
-    realtime::{self as socket, LocalRooms, NodeInfo, admission},
+    realtime::{Namespaces, NodeInfo, admission},
     redis,
     telemetry::metrics,
 };
@@ -112,6 +114,7 @@ pub async fn run(
         })
         .collect::<Result<Arc<[_]>, _>>()?;
     let metrics = Arc::new(metrics::Metrics::new());
+    let namespaces = Arc::new(load_namespaces(&config, &metrics)?);
     let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
         id: node.clone(),
@@ -122,6 +125,10 @@ pub async fn run(
             config.handshake_rate,
             origins,
         )),
+        namespaces: namespaces.clone(),
+        cluster: Arc::default(),
+        event_rate: std::num::NonZeroU32::new(config.socket_event_rate)
+            .map(governor::Quota::per_second),
     };
 
     let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
@@ -140,13 +147,14 @@ pub async fn run(
             page: page.clone(),
             api_token: api_token.clone(),
             cors_origins: cors_origins.clone(),
+            namespaces: namespaces.clone(),
         };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
     let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
         None => {
             let (layer, io) = io_builder(info.clone(), &config).build_layer();
-            io.ns("/", socket::on_connect.with(socket::handshake));
+            namespaces.register(&io).map_err(StartError::Config)?;
             let local: Arc<dyn LocalRooms> = Arc::new(io);
             let app = http::router(app_state(local.clone(), None, None)).layer(layer);
             (app, local, None, None)
@@ -256,9 +264,9 @@ async fn join_cluster(
     let (layer, io) = io_builder(info.clone(), config)
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
-    io.ns("/", socket::on_connect.with(socket::handshake))
-        .await
-        .map_err(|e| StartError::Adapter(e.to_string()))?;
+    for init in info.namespaces.register(&io).map_err(StartError::Config)? {
+        init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+    }
     let local: Arc<dyn LocalRooms> = Arc::new(io);
     let cluster = Cluster::start(
         redis,
@@ -270,6 +278,7 @@ async fn join_cluster(
         info.metrics.clone(),
     )
     .await?;
+    let _ = info.cluster.set(cluster.clone());
     let state = app_state(
         local.clone(),
         Some(cluster.clone()),
@@ -311,6 +320,30 @@ async fn drain_on(
     if tokio::time::timeout(DRAIN_TIMEOUT, leave).await.is_err() {
         tracing::warn!("leaving Redis took too long");
     }
+}
+
+/// The namespaces of the config file, or `/` alone (today's behaviour) without one.
+fn load_namespaces(
+    config: &Config,
+    metrics: &Arc<metrics::Metrics>,
+) -> Result<Namespaces, StartError> {
+    let Some(path) = &config.config else {
+        return Ok(Namespaces::single_default());
+    };
+    let checked = file::load(path).map_err(|e| StartError::Config(e.to_string()))?;
+    let namespaces = Namespaces::build(checked, &path.display().to_string(), metrics)
+        .map_err(StartError::Config)?;
+    for ns in namespaces.iter() {
+        tracing::info!(
+            namespace = %ns.pattern,
+            auth = ?ns.verifier,
+            rooms = ?ns.rooms,
+            forward = ns.forward,
+            views = ns.views,
+            "serving namespace"
+        );
+    }
+    Ok(namespaces)
 }
 
 fn load_client_bundle(config: &Config) -> Option<Bytes> {

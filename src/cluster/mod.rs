@@ -7,9 +7,12 @@
 //! arrived, marked partial. That waiting logic is [`query`], over a small transport trait; this module gives it
 //! Redis, answers other nodes' requests and sends the heartbeats.
 
+mod local;
 pub mod membership;
 pub mod protocol;
 pub mod query;
+
+pub use local::LocalRooms;
 
 use std::{
     collections::HashMap,
@@ -36,7 +39,6 @@ pub use query::Answer;
 use crate::{
     cluster::membership::{Membership, Seen},
     cluster::protocol::{Heartbeat, Query, Request, Response},
-    realtime::LocalRooms,
     redis::{self, RedisError, Subscriber},
     telemetry::metrics::{Metrics, Outcome},
 };

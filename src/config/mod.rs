@@ -7,6 +7,8 @@ use clap::Parser;
 
 use crate::telemetry::logging::LogFormat;
 
+pub mod file;
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "socket-identity", version, about)]
 pub struct Config {
@@ -96,6 +98,16 @@ pub struct Config {
         default_value = "deploy/static/socket.io.min.js"
     )]
     pub client_bundle: PathBuf,
+
+    /// The config file (TOML) listing the namespaces and how each verifies its clients (README, "Config
+    /// file"). Unset: one namespace `/` where clients say who they are (`auth = "claim"`).
+    #[arg(long, env = "CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Client events a socket may send per second (bursts of as many); beyond it the socket gets a
+    /// `rate_limited` event saying why and is disconnected. 0: no limit.
+    #[arg(long, env = "SOCKET_EVENT_RATE", default_value_t = 100)]
+    pub socket_event_rate: u32,
 
     /// Log lines as `human` text or as `json` objects (one per line). Either way each line names the node;
     /// `RUST_LOG` sets the levels.

@@ -1,3 +1,4 @@
 //! Names and rules shared by every entry point (handshake, REST, cluster decoder, config file).
 
+pub mod secret;
 pub mod validate;

@@ -17,12 +17,12 @@ use serde::Serialize;
 
 use crate::{
     cluster::{
-        Answer, Cluster,
+        Answer, Cluster, LocalRooms,
         protocol::{Query, Reply},
     },
     domain::validate,
     error::AppError,
-    realtime::LocalRooms,
+    realtime::Namespaces,
     telemetry::metrics::Metrics,
 };
 
@@ -51,6 +51,8 @@ pub struct AppState {
     pub api_token: Option<Arc<str>>,
     /// `CORS_ORIGINS`: browser origins allowed to read the REST API.
     pub cors_origins: Arc<[HeaderValue]>,
+    /// The namespaces served: a query about another one is a `404`.
+    pub namespaces: Arc<Namespaces>,
 }
 
 /// The room page. `websocket_only` when instances share a port without sticky sessions: a long-polling
@@ -253,12 +255,15 @@ struct NamespaceParam {
     namespace: Option<String>,
 }
 
-/// The namespace a request names, checked: `/` by default.
-fn namespace_of(query: Option<&str>) -> Result<String, AppError> {
+/// The namespace a request names (`/` by default), checked, and served here.
+fn namespace_of(s: &AppState, query: Option<&str>) -> Result<String, AppError> {
     let param: NamespaceParam = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| AppError::BadQuery(e.to_string()))?;
     let ns = param.namespace.unwrap_or_else(|| "/".to_owned());
     validate::namespace(&ns).map_err(AppError::BadNamespace)?;
+    if s.namespaces.find(&ns).is_none() {
+        return Err(AppError::UnknownNamespace(ns));
+    }
     Ok(ns)
 }
 
@@ -301,7 +306,7 @@ async fn users(
     if !authorized(&headers, s.api_token.as_deref()) {
         return Err(AppError::Unauthorized);
     }
-    let ns = namespace_of(uri.query())?;
+    let ns = namespace_of(&s, uri.query())?;
     let answer = ask(&s, &ns, Query::Users { room }).await;
     let mut list: Vec<RoomUser> = answer
         .nodes
@@ -338,7 +343,7 @@ async fn rooms(
     if !authorized(&headers, s.api_token.as_deref()) {
         return Err(AppError::Unauthorized);
     }
-    let ns = namespace_of(uri.query())?;
+    let ns = namespace_of(&s, uri.query())?;
     let answer = ask(&s, &ns, Query::Rooms).await;
     let mut sizes = std::collections::BTreeMap::<String, u64>::new();
     for (_, reply) in answer.nodes.iter() {
@@ -474,6 +479,7 @@ mod tests {
             page: page_html(false),
             api_token: None,
             cors_origins: Arc::new([]),
+            namespaces: Arc::new(Namespaces::single_default()),
         })
     }
 

@@ -41,6 +41,10 @@ pub struct Metrics {
     rooms: Gauge,
     members: Gauge,
     pub handshakes_refused: Family<Reason, Counter>,
+    /// Auth webhook calls that gave no usable answer, by reason (`timeout`, `unreachable`, `status`, `body`).
+    pub auth_webhook_failures: Family<Reason, Counter>,
+    /// Sockets disconnected for sending events faster than `SOCKET_EVENT_RATE`.
+    pub sockets_rate_limited: Counter,
     pub cluster_requests: Family<Outcome, Counter>,
     pub cluster_request_seconds: Histogram,
     /// Nodes that answered the last room query asked on this node, this one included.
@@ -72,6 +76,8 @@ impl Metrics {
         let rooms = Gauge::default();
         let members = Gauge::default();
         let handshakes_refused = Family::default();
+        let auth_webhook_failures = Family::default();
+        let sockets_rate_limited = Counter::default();
         let cluster_requests = Family::default();
         // 0.25 ms .. ~4 s: a local answer is sub-millisecond, a timed-out one is the request timeout.
         let cluster_request_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
@@ -101,6 +107,16 @@ impl Metrics {
             "handshakes_refused",
             "Socket.IO handshakes refused, by reason",
             handshakes_refused.clone(),
+        );
+        r.register(
+            "auth_webhook_failures",
+            "Auth webhook calls that gave no usable answer (the handshake was refused), by reason",
+            auth_webhook_failures.clone(),
+        );
+        r.register(
+            "sockets_rate_limited",
+            "Sockets disconnected for sending events faster than SOCKET_EVENT_RATE",
+            sockets_rate_limited.clone(),
         );
         r.register(
             "cluster_requests",
@@ -143,6 +159,8 @@ impl Metrics {
             rooms,
             members,
             handshakes_refused,
+            auth_webhook_failures,
+            sockets_rate_limited,
             cluster_requests,
             cluster_request_seconds,
             cluster_nodes_answering,

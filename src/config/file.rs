@@ -1,0 +1,448 @@
+//! The config file (TOML, `--config`/`CONFIG`): the namespaces a node serves and how each verifies its
+//! clients. Read and checked once at start-up; a mistake stops the process with the file, the line and the key.
+//!
+//! Without a file the node serves one namespace, `/`, with `auth = "claim"` and `rooms = ["handshake"]`:
+//! exactly the behaviour before config files existed. README "Config file" documents every key;
+//! `deploy/config.example.toml` is a complete example.
+
+use std::{
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::domain::validate;
+
+/// The whole file. Unknown keys are errors: a typo must not silently weaken authentication.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default, rename = "namespace")]
+    pub namespaces: Vec<Spanned<NamespaceConfig>>,
+}
+
+/// How a namespace verifies who connects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    /// No identity needed; an `id_user` the client gives is kept, unverified.
+    None,
+    /// The client says who it is (`id_user` in auth or query), unverified: the behaviour of seed 004.
+    #[default]
+    Claim,
+    /// `auth: {username, password}` checked against a file of bcrypt/argon2 hashes (seed 000).
+    Credentials,
+    /// A signed JWT (HS256 secret, or RS256/ES256 public key).
+    Jwt,
+    /// The application's auth webhook says yes (and which rooms) for the client's token (seed 001).
+    Webhook,
+}
+
+impl AuthKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Claim => "claim",
+            Self::Credentials => "credentials",
+            Self::Jwt => "jwt",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// Where a socket's rooms come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomSource {
+    /// The `room` field of the handshake (auth or query), required then.
+    Handshake,
+    /// `user.{id_user}` for a socket with a user id.
+    User,
+    /// `session.{id}`: from the JWT's session claim, or in `claim` namespaces the `session_id` field or event.
+    Session,
+    /// The rooms the auth webhook answered.
+    Auth,
+}
+
+/// One `[[namespace]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// An exact name (`/`, `/sharedsocket`) or a prefix ending in `*` (`/do-*`) for dynamic namespaces.
+    pub name: String,
+    #[serde(default)]
+    pub auth: AuthKind,
+    /// `credentials`: a JSON file `[{"username": "...", "password": "<bcrypt or argon2 hash>"}]`.
+    pub credentials_file: Option<PathBuf>,
+    /// `credentials`: accept plain-text passwords in the file (migrating from seed 000's service); warned about.
+    #[serde(default)]
+    pub allow_plain_passwords: bool,
+    /// `jwt`: the HS256 secret.
+    pub jwt_secret: Option<String>,
+    /// `jwt`: a PEM public key (RSA for RS256, EC P-256 for ES256) instead of a secret.
+    pub jwt_public_key: Option<PathBuf>,
+    /// `jwt`: the claim that is the user id.
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// `jwt`: the claim that is the session id (for `session` rooms).
+    #[serde(default = "default_session_claim")]
+    pub session_claim: String,
+    /// `jwt`: a cookie that may carry the token (e.g. `ID_TOKEN`).
+    pub jwt_cookie: Option<String>,
+    /// `webhook`: the URL asked with `GET` and `Authorization: {auth_scheme} {token}`.
+    pub auth_url: Option<String>,
+    #[serde(default = "default_auth_scheme")]
+    pub auth_scheme: String,
+    /// `webhook`: how long the webhook may take before the handshake is refused.
+    #[serde(default = "default_auth_timeout_ms")]
+    pub auth_timeout_ms: u64,
+    #[serde(default = "default_rooms")]
+    pub rooms: Vec<RoomSource>,
+    /// Relay every client event to every socket of the namespace, sender included (seed 000).
+    #[serde(default)]
+    pub forward: bool,
+    /// Controller/view events `__count__`, `__connect__`, `__disconnect__` (seed 000).
+    #[serde(default)]
+    pub views: bool,
+    /// Logged (warn) on every connection: the namespace is kept for old clients only.
+    pub deprecated: Option<String>,
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_session_claim() -> String {
+    "sid".into()
+}
+fn default_auth_scheme() -> String {
+    "Bearer".into()
+}
+fn default_auth_timeout_ms() -> u64 {
+    3000
+}
+fn default_rooms() -> Vec<RoomSource> {
+    vec![RoomSource::Handshake]
+}
+
+/// A mistake in the config file, with where it is.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct FileError {
+    pub file: String,
+    /// 1-based; 0 when the file could not be read at all.
+    pub line: usize,
+    pub message: String,
+}
+
+/// A namespace's name: one exact namespace, or every namespace starting with a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamePattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl NamePattern {
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name.strip_suffix('*') {
+            Some(prefix) => {
+                validate::namespace(prefix).map_err(|e| format!("name {name:?}: {e}"))?;
+                Ok(Self::Prefix(prefix.to_owned()))
+            }
+            None => {
+                validate::namespace(name).map_err(|e| format!("name {name:?}: {e}"))?;
+                Ok(Self::Exact(name.to_owned()))
+            }
+        }
+    }
+
+    /// Whether namespace `ns` is this one (a prefix matches longer names only: `/do-*` is not `/do-`).
+    pub fn matches(&self, ns: &str) -> bool {
+        match self {
+            Self::Exact(name) => name == ns,
+            Self::Prefix(prefix) => ns.len() > prefix.len() && ns.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+impl std::fmt::Display for NamePattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exact(name) => f.write_str(name),
+            Self::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
+/// A namespace table that passed every check, with its file paths made absolute.
+#[derive(Debug, Clone)]
+pub struct CheckedNamespace {
+    pub pattern: NamePattern,
+    pub config: NamespaceConfig,
+    /// Where the table starts, for later errors (loading the credentials file, the key).
+    pub line: usize,
+}
+
+/// Reads and checks the config file. Relative paths in it are relative to the file's directory.
+pub fn load(path: &Path) -> Result<Vec<CheckedNamespace>, FileError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        file: file.clone(),
+        line: 0,
+        message: format!("cannot read the config file: {e}"),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, &file, base)
+}
+
+/// [`load`] on text already read; `file` names it in errors.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<Vec<CheckedNamespace>, FileError> {
+    let err = |span: Option<Range<usize>>, message: String| FileError {
+        file: file.to_owned(),
+        line: span.map_or(1, |s| line_of(text, s.start)),
+        message,
+    };
+    let parsed: FileConfig =
+        toml::from_str(text).map_err(|e| err(e.span(), e.message().trim().to_owned()))?;
+    let mut checked: Vec<CheckedNamespace> = Vec::new();
+    for table in parsed.namespaces {
+        let span = table.span();
+        let line = line_of(text, span.start);
+        let mut ns = table.into_inner();
+        let pattern = NamePattern::parse(&ns.name).map_err(|m| err(Some(span.clone()), m))?;
+        let named = |m: String| err(Some(span.clone()), format!("namespace {:?}: {m}", ns.name));
+        if checked.iter().any(|c| c.pattern == pattern) {
+            return Err(named("is defined twice".into()));
+        }
+        check(&ns).map_err(named)?;
+        for p in [&mut ns.credentials_file, &mut ns.jwt_public_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        checked.push(CheckedNamespace {
+            pattern,
+            config: ns,
+            line,
+        });
+    }
+    if checked.is_empty() {
+        return Err(err(
+            None,
+            "no [[namespace]] table: the file must declare at least one namespace".into(),
+        ));
+    }
+    Ok(checked)
+}
+
+/// The rules between keys: what each auth kind needs, and what it does not take.
+fn check(ns: &NamespaceConfig) -> Result<(), String> {
+    use AuthKind::*;
+    let kind = ns.auth;
+    let given = |key: &str, set: bool| -> Result<(), String> {
+        match set {
+            true => Err(format!(
+                "`{key}` does not apply to auth = \"{}\"",
+                kind.as_str()
+            )),
+            false => Ok(()),
+        }
+    };
+    let needs = |key: &str, set: bool| -> Result<(), String> {
+        match set {
+            true => Ok(()),
+            false => Err(format!(
+                "`{key}` is required with auth = \"{}\"",
+                kind.as_str()
+            )),
+        }
+    };
+    if kind != Credentials {
+        given("credentials_file", ns.credentials_file.is_some())?;
+        given("allow_plain_passwords", ns.allow_plain_passwords)?;
+    }
+    if kind != Jwt {
+        given("jwt_secret", ns.jwt_secret.is_some())?;
+        given("jwt_public_key", ns.jwt_public_key.is_some())?;
+        given("jwt_cookie", ns.jwt_cookie.is_some())?;
+    }
+    if kind != Webhook {
+        given("auth_url", ns.auth_url.is_some())?;
+    }
+    match kind {
+        Credentials => needs("credentials_file", ns.credentials_file.is_some())?,
+        Jwt => match (&ns.jwt_secret, &ns.jwt_public_key) {
+            (Option::None, Option::None) => {
+                return Err(
+                    "`jwt_secret` or `jwt_public_key` is required with auth = \"jwt\"".into(),
+                );
+            }
+            (Some(_), Some(_)) => {
+                return Err("give `jwt_secret` or `jwt_public_key`, not both".into());
+            }
+            (Some(s), Option::None) if s.len() < 16 => {
+                return Err("`jwt_secret` must be at least 16 bytes long".into());
+            }
+            _ => {}
+        },
+        Webhook => {
+            needs("auth_url", ns.auth_url.is_some())?;
+            let url = ns.auth_url.as_deref().unwrap_or_default();
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+                _ => return Err(format!("`auth_url` {url:?} is not an http(s) URL")),
+            }
+            if !(1..=60_000).contains(&ns.auth_timeout_ms) {
+                return Err("`auth_timeout_ms` must be between 1 and 60000".into());
+            }
+            if ns.auth_scheme.is_empty()
+                || !ns
+                    .auth_scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err("`auth_scheme` must be a word such as \"Bearer\"".into());
+            }
+        }
+        None | Claim => {}
+    }
+    for (i, room) in ns.rooms.iter().enumerate() {
+        if ns.rooms[..i].contains(room) {
+            return Err(format!("`rooms` lists {room:?} twice"));
+        }
+        match room {
+            RoomSource::Auth if kind != Webhook => {
+                return Err("`rooms` = \"auth\" needs auth = \"webhook\"".into());
+            }
+            RoomSource::User if kind == None => {
+                return Err("`rooms` = \"user\" needs a verified user (auth is \"none\")".into());
+            }
+            RoomSource::Session if !matches!(kind, Claim | Jwt) => {
+                return Err(format!(
+                    "`rooms` = \"session\" needs auth = \"jwt\" (the session claim) or \"claim\", not \"{}\"",
+                    kind.as_str()
+                ));
+            }
+            _ => {}
+        }
+    }
+    for (key, claim) in [
+        ("user_claim", &ns.user_claim),
+        ("session_claim", &ns.session_claim),
+    ] {
+        if claim.is_empty() {
+            return Err(format!("`{key}` must not be empty"));
+        }
+    }
+    if let Some(d) = &ns.deprecated
+        && d.trim().is_empty()
+    {
+        return Err("`deprecated` must say something (why, or what to use instead)".into());
+    }
+    Ok(())
+}
+
+/// The 1-based line of byte `at`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> Vec<CheckedNamespace> {
+        parse(text, "test.toml", Path::new("/etc/si")).unwrap()
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, "test.toml", Path::new("/etc/si"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn reads_every_kind_with_defaults() {
+        let list = parse_ok(
+            r#"
+[[namespace]]
+name = "/"
+auth = "jwt"
+jwt_secret = "0123456789abcdef"
+rooms = ["user", "session"]
+
+[[namespace]]
+name = "/do-*"
+auth = "credentials"
+credentials_file = "creds.json"
+rooms = []
+forward = true
+views = true
+
+[[namespace]]
+name = "/sharedsocket"
+auth = "none"
+rooms = []
+deprecated = "use /do-{name}"
+
+[[namespace]]
+name = "/newsite"
+auth = "webhook"
+auth_url = "http://127.0.0.1:8080/socketrooms"
+rooms = ["auth", "user"]
+"#,
+        );
+        assert_eq!(list.len(), 4);
+        assert_eq!(list[0].pattern, NamePattern::Exact("/".into()));
+        assert_eq!(list[0].config.user_claim, "sub");
+        assert_eq!(list[0].config.session_claim, "sid");
+        assert_eq!(list[0].line, 2);
+        assert_eq!(list[1].pattern, NamePattern::Prefix("/do-".into()));
+        assert_eq!(
+            list[1].config.credentials_file.as_deref(),
+            Some(Path::new("/etc/si/creds.json"))
+        );
+        assert!(list[1].config.forward && list[1].config.views);
+        assert_eq!(list[2].config.auth, AuthKind::None);
+        assert_eq!(list[3].config.auth_scheme, "Bearer");
+        assert_eq!(list[3].config.auth_timeout_ms, 3000);
+        // Without `auth` and `rooms`: today's rules.
+        let list = parse_ok("[[namespace]]\nname = \"/\"\n");
+        assert_eq!(list[0].config.auth, AuthKind::Claim);
+        assert_eq!(list[0].config.rooms, [RoomSource::Handshake]);
+    }
+
+    #[test]
+    fn patterns_match_names() {
+        let p = NamePattern::parse("/do-*").unwrap();
+        assert!(p.matches("/do-lab"));
+        assert!(!p.matches("/do-"));
+        assert!(!p.matches("/dolab"));
+        let e = NamePattern::parse("/a").unwrap();
+        assert!(e.matches("/a") && !e.matches("/ab"));
+        assert!(NamePattern::parse("do-*").is_err());
+        assert!(NamePattern::parse("/a*b*").is_err());
+        assert!(NamePattern::parse("/a{x}").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let e = parse_err("[[namespace]]\nname = \"/\"\nauht = \"jwt\"\n");
+        assert!(e.starts_with("test.toml:3: unknown field `auht`"), "{e}");
+        let e = parse_err("\n\n[[namespace]]\nname = \"/\"\nauth = \"jwt\"\n");
+        assert_eq!(
+            e,
+            "test.toml:3: namespace \"/\": `jwt_secret` or `jwt_public_key` is required with auth = \"jwt\""
+        );
+        let e = parse_err("[[namespace]]\nname = \"/\"\nauth = \"magic\"\n");
+        assert!(e.starts_with("test.toml:3: unknown variant `magic`"), "{e}");
+    }
+}

@@ -1,0 +1,276 @@
+//! `auth = "credentials"` (seed 000): `auth: {username, password}` checked against a file of password hashes.
+//!
+//! Hash checks cost tens of milliseconds of CPU by design, so they run on tokio's blocking pool, at most one
+//! per core at a time; a handshake that cannot start its check within [`QUEUE_WAIT`] is refused as busy. The
+//! async workers keep serving everyone else whatever the flood.
+
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+use super::{AuthError, Handshake, Verified};
+use crate::domain::validate;
+
+/// Longest a handshake waits for a free core to check its password.
+const QUEUE_WAIT: Duration = Duration::from_secs(3);
+
+/// One entry of the credentials file (seed 000's format).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    username: String,
+    password: String,
+}
+
+#[derive(Debug, Clone)]
+enum Stored {
+    Bcrypt(String),
+    Argon2(String),
+    /// Only with `allow_plain_passwords`.
+    Plain(String),
+}
+
+#[derive(Debug)]
+pub struct Credentials {
+    users: Arc<HashMap<String, Stored>>,
+    /// A hash of a random password at the file's bcrypt cost, checked when the user is unknown so that unknown
+    /// users take as long as known ones (no user enumeration by timing).
+    dummy: Stored,
+    cores: Arc<Semaphore>,
+}
+
+impl Credentials {
+    /// Reads the file; errors name it and the entry (never a password).
+    pub fn load(path: &Path, allow_plain: bool) -> Result<Self, String> {
+        let file = path.display();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("credentials_file {file}: cannot read it: {e}"))?;
+        let entries: Vec<Entry> = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "credentials_file {file}: not a JSON list of {{\"username\", \"password\"}}: {e}"
+            )
+        })?;
+        let mut users = HashMap::new();
+        let mut plain = 0;
+        for (i, e) in entries.into_iter().enumerate() {
+            validate::id_user(&e.username)
+                .map_err(|err| format!("credentials_file {file}: entry {i}: username: {err}"))?;
+            let stored = if e.password.starts_with("$2a$")
+                || e.password.starts_with("$2b$")
+                || e.password.starts_with("$2y$")
+            {
+                e.password.parse::<bcrypt::HashParts>().map_err(|err| {
+                    format!(
+                        "credentials_file {file}: user {:?}: bad bcrypt hash: {err}",
+                        e.username
+                    )
+                })?;
+                Stored::Bcrypt(e.password)
+            } else if e.password.starts_with("$argon2") {
+                argon2::PasswordHash::new(&e.password).map_err(|err| {
+                    format!(
+                        "credentials_file {file}: user {:?}: bad argon2 hash: {err}",
+                        e.username
+                    )
+                })?;
+                Stored::Argon2(e.password)
+            } else if allow_plain {
+                plain += 1;
+                Stored::Plain(e.password)
+            } else {
+                return Err(format!(
+                    "credentials_file {file}: user {:?}: the password is not a bcrypt or argon2 hash \
+                     (hash it, or set allow_plain_passwords = true while migrating)",
+                    e.username
+                ));
+            };
+            if users.insert(e.username.clone(), stored).is_some() {
+                return Err(format!(
+                    "credentials_file {file}: user {:?} is listed twice",
+                    e.username
+                ));
+            }
+        }
+        if plain > 0 {
+            tracing::warn!(
+                file = %file,
+                users = plain,
+                "credentials file holds plain-text passwords (allow_plain_passwords): hash them with bcrypt"
+            );
+        }
+        let cost = users
+            .values()
+            .find_map(|s| match s {
+                Stored::Bcrypt(h) => h.parse::<bcrypt::HashParts>().ok(),
+                _ => None,
+            })
+            .map_or(bcrypt::DEFAULT_COST, |p| p.get_cost());
+        let dummy = bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost)
+            .map_err(|e| format!("credentials_file {file}: {e}"))?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Self {
+            users: Arc::new(users),
+            dummy: Stored::Bcrypt(dummy),
+            cores: Arc::new(Semaphore::new(cores)),
+        })
+    }
+
+    pub async fn verify(&self, hs: Handshake<'_>) -> Result<Verified, AuthError> {
+        let field = |name| {
+            hs.auth
+                .and_then(|a| a.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let (Some(username), Some(password)) = (field("username"), field("password")) else {
+            return Err(AuthError::Unauthorized);
+        };
+        let known = self.users.get(&username);
+        let stored = known.unwrap_or(&self.dummy).clone();
+        let known = known.is_some();
+        let permit = tokio::time::timeout(QUEUE_WAIT, self.cores.clone().acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Busy)?;
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            check(&stored, &password) && known
+        })
+        .await
+        .unwrap_or(false);
+        match ok {
+            true => Ok(Verified {
+                id_user: Some(username),
+                ..Verified::default()
+            }),
+            false => Err(AuthError::Unauthorized),
+        }
+    }
+}
+
+/// Whether `password` matches the stored hash (or plain value).
+fn check(stored: &Stored, password: &str) -> bool {
+    match stored {
+        Stored::Bcrypt(hash) => bcrypt::verify(password, hash).unwrap_or(false),
+        Stored::Argon2(hash) => {
+            use argon2::PasswordVerifier;
+            argon2::PasswordHash::new(hash).is_ok_and(|h| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+        }
+        Stored::Plain(plain) => crate::domain::secret::equal(plain.as_bytes(), password.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+    use serde_json::json;
+
+    fn file(content: &str) -> tempfile_path::TempPath {
+        tempfile_path::write(content)
+    }
+
+    /// A tiny self-cleaning temp file, enough for these tests.
+    mod tempfile_path {
+        pub struct TempPath(pub std::path::PathBuf);
+        impl Drop for TempPath {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        pub fn write(content: &str) -> TempPath {
+            let p = std::env::temp_dir().join(format!("creds-{}.json", uuid::Uuid::new_v4()));
+            std::fs::write(&p, content).unwrap();
+            TempPath(p)
+        }
+    }
+
+    async fn login(c: &Credentials, user: &str, pass: &str) -> Result<Verified, AuthError> {
+        let auth = json!({"username": user, "password": pass});
+        let headers = HeaderMap::new();
+        c.verify(Handshake {
+            query: None,
+            auth: Some(&auth),
+            headers: &headers,
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn checks_bcrypt_and_argon2_hashes() {
+        use argon2::PasswordHasher;
+        let bc = bcrypt::hash("s3cret", 4).unwrap();
+        let ar = argon2::Argon2::default()
+            .hash_password_with_salt(b"hunter2", b"some-salt-16byte")
+            .unwrap()
+            .to_string();
+        let f = file(
+            &json!([{"username": "alice", "password": bc}, {"username": "bob", "password": ar}])
+                .to_string(),
+        );
+        let c = Credentials::load(&f.0, false).unwrap();
+        let v = login(&c, "alice", "s3cret").await.unwrap();
+        assert_eq!(v.id_user.as_deref(), Some("alice"));
+        assert!(login(&c, "bob", "hunter2").await.is_ok());
+        for (u, p) in [("alice", "wrong"), ("bob", "s3cret"), ("carol", "s3cret")] {
+            assert_eq!(login(&c, u, p).await.unwrap_err(), AuthError::Unauthorized);
+        }
+        let headers = HeaderMap::new();
+        let none = c
+            .verify(Handshake {
+                query: Some("username=alice&password=s3cret"),
+                auth: None,
+                headers: &headers,
+            })
+            .await;
+        assert_eq!(
+            none.unwrap_err(),
+            AuthError::Unauthorized,
+            "auth object only"
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_passwords_only_when_allowed() {
+        let f = file(r#"[{"username": "admin", "password": "admin"}]"#);
+        let e = Credentials::load(&f.0, false).unwrap_err();
+        assert!(
+            e.contains("\"admin\"") && e.contains("not a bcrypt or argon2 hash"),
+            "{e}"
+        );
+        let c = Credentials::load(&f.0, true).unwrap();
+        assert!(login(&c, "admin", "admin").await.is_ok());
+        assert!(login(&c, "admin", "admin2").await.is_err());
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        for (content, says) in [
+            ("{", "not a JSON list"),
+            (r#"[{"username": "a"}]"#, "not a JSON list"),
+            (
+                r#"[{"username": "a", "password": "$2b$10$short"}]"#,
+                "bad bcrypt hash",
+            ),
+            (
+                r#"[{"username": "a", "password": "$argon2id$x"}]"#,
+                "bad argon2 hash",
+            ),
+            (r#"[{"username": "", "password": "$2b$04$x"}]"#, "username"),
+        ] {
+            let f = file(content);
+            let e = Credentials::load(&f.0, false).unwrap_err();
+            assert!(
+                e.contains("credentials_file") && e.contains(says),
+                "{content}: {e}"
+            );
+        }
+        let e = Credentials::load(Path::new("/nonexistent/creds.json"), false).unwrap_err();
+        assert!(e.contains("/nonexistent/creds.json"), "{e}");
+    }
+}

@@ -1,0 +1,253 @@
+//! `auth = "jwt"`: a signed token, from `auth.token`, the `token` query field, `Authorization: Bearer` or a
+//! cookie. The signature, `exp` (required) and `nbf` are checked, with 30 s of leeway for clock skew.
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde_json::{Map, Value};
+
+use super::{AuthError, Handshake, Verified, checked_session};
+use crate::{config::file::NamespaceConfig, domain::validate};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+const LEEWAY_S: u64 = 30;
+
+pub struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+    user_claim: String,
+    session_claim: String,
+    cookie: Option<String>,
+}
+
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field("algorithms", &self.validation.algorithms)
+            .field("user_claim", &self.user_claim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Jwt {
+    pub fn new(c: &NamespaceConfig) -> Result<Self, String> {
+        let (key, algorithm) = match (&c.jwt_secret, &c.jwt_public_key) {
+            (Some(secret), _) => (
+                DecodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ),
+            (None, Some(path)) => {
+                let file = path.display();
+                let pem = std::fs::read(path)
+                    .map_err(|e| format!("jwt_public_key {file}: cannot read it: {e}"))?;
+                match DecodingKey::from_rsa_pem(&pem) {
+                    Ok(key) => (key, Algorithm::RS256),
+                    Err(_) => (
+                        DecodingKey::from_ec_pem(&pem).map_err(|_| {
+                            format!("jwt_public_key {file}: not a PEM RSA or EC (P-256) public key")
+                        })?,
+                        Algorithm::ES256,
+                    ),
+                }
+            }
+            (None, None) => return Err("`jwt_secret` or `jwt_public_key` is required".into()),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_S;
+        Ok(Self {
+            key,
+            validation,
+            user_claim: c.user_claim.clone(),
+            session_claim: c.session_claim.clone(),
+            cookie: c.jwt_cookie.clone(),
+        })
+    }
+
+    pub fn verify(&self, hs: Handshake<'_>) -> Result<Verified, AuthError> {
+        let token = self.token(hs)?.ok_or(AuthError::Token("no token"))?;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(&token, &self.key, &self.validation)
+            .map_err(|e| {
+                AuthError::Token(match e.kind() {
+                    ErrorKind::ExpiredSignature => "token expired",
+                    ErrorKind::ImmatureSignature => "token not valid yet",
+                    ErrorKind::InvalidSignature => "invalid signature",
+                    ErrorKind::InvalidAlgorithm => "algorithm not accepted",
+                    ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
+                    _ => "malformed token",
+                })
+            })?;
+        let claims = data.claims;
+        let id_user = claim(&claims, &self.user_claim)
+            .ok_or(AuthError::Token("the token has no usable user claim"))?;
+        validate::id_user(&id_user)
+            .map_err(|_| AuthError::Token("the user claim is not a valid id"))?;
+        let session = claim(&claims, &self.session_claim)
+            .map(checked_session)
+            .transpose()?;
+        Ok(Verified {
+            id_user: Some(id_user),
+            session,
+            rooms: vec![],
+        })
+    }
+
+    /// The token from the first place that has one: `auth.token`, `?token=`, `Authorization: Bearer`, cookie.
+    fn token(&self, hs: Handshake<'_>) -> Result<Option<String>, AuthError> {
+        if let Some(t) = hs.field("token")? {
+            return Ok(Some(t));
+        }
+        let header = |name| {
+            hs.headers
+                .get_all(name)
+                .into_iter()
+                .filter_map(|v| v.to_str().ok())
+        };
+        if let Some(t) = header(axum::http::header::AUTHORIZATION).find_map(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        }) {
+            return Ok(Some(t.trim().to_owned()));
+        }
+        let Some(cookie) = &self.cookie else {
+            return Ok(None);
+        };
+        Ok(header(axum::http::header::COOKIE)
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == cookie)
+            .map(|(_, v)| v.to_owned()))
+    }
+}
+
+/// A claim as a string: strings as they are, numbers written out (numeric user ids are common).
+fn claim(claims: &Map<String, Value>, name: &str) -> Option<String> {
+    match claims.get(name)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "0123456789abcdef-secret";
+
+    fn config(extra: &str) -> NamespaceConfig {
+        let text = format!(
+            "[[namespace]]\nname = \"/\"\nauth = \"jwt\"\njwt_secret = \"{SECRET}\"\n{extra}"
+        );
+        crate::config::file::parse(&text, "t.toml", std::path::Path::new("."))
+            .unwrap()
+            .remove(0)
+            .config
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn token(claims: Value, secret: &str) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn verify(j: &Jwt, query: &str, headers: &HeaderMap) -> Result<Verified, AuthError> {
+        j.verify(Handshake {
+            query: Some(query),
+            auth: None,
+            headers,
+        })
+    }
+
+    #[test]
+    fn accepts_good_tokens_from_every_place() {
+        let j = Jwt::new(&config("jwt_cookie = \"ID_TOKEN\"")).unwrap();
+        let t = token(
+            json!({"sub": "alice", "sid": "s-1", "exp": now() + 600}),
+            SECRET,
+        );
+        let none = HeaderMap::new();
+        let v = verify(&j, &format!("token={t}"), &none).unwrap();
+        assert_eq!(v.id_user.as_deref(), Some("alice"));
+        assert_eq!(v.session.as_deref(), Some("s-1"));
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {t}").parse().unwrap());
+        assert!(verify(&j, "", &h).is_ok());
+        let mut h = HeaderMap::new();
+        h.insert("cookie", format!("a=b; ID_TOKEN={t}").parse().unwrap());
+        assert!(verify(&j, "", &h).is_ok());
+        let numeric = token(json!({"sub": 42, "exp": now() + 600}), SECRET);
+        let v = verify(&j, &format!("token={numeric}"), &none).unwrap();
+        assert_eq!(v.id_user.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn refuses_bad_tokens_with_reasons() {
+        let j = Jwt::new(&config("")).unwrap();
+        let none = HeaderMap::new();
+        let err = |t: String| {
+            verify(&j, &format!("token={t}"), &none)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            verify(&j, "", &none).unwrap_err().to_string(),
+            "UNAUTHORIZED: no token"
+        );
+        assert_eq!(
+            err(token(json!({"sub": "a", "exp": now() - 3600}), SECRET)),
+            "UNAUTHORIZED: token expired"
+        );
+        assert_eq!(
+            err(token(
+                json!({"sub": "a", "exp": now() + 600, "nbf": now() + 3600}),
+                SECRET
+            )),
+            "UNAUTHORIZED: token not valid yet"
+        );
+        assert_eq!(
+            err(token(
+                json!({"sub": "a", "exp": now() + 600}),
+                "another-secret-of-16"
+            )),
+            "UNAUTHORIZED: invalid signature"
+        );
+        assert_eq!(
+            err(token(json!({"sub": "a"}), SECRET)),
+            "UNAUTHORIZED: the token has no exp claim"
+        );
+        assert_eq!(
+            err(token(json!({"name": "a", "exp": now() + 600}), SECRET)),
+            "UNAUTHORIZED: the token has no usable user claim"
+        );
+        assert_eq!(err("not.a.jwt".into()), "UNAUTHORIZED: malformed token");
+        // `alg: none` and other algorithms are refused whatever the payload.
+        let unsigned = format!(
+            "eyJhbGciOiJub25lIn0.{}.",
+            "eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ"
+        );
+        assert!(err(unsigned).starts_with("UNAUTHORIZED: "));
+    }
+
+    #[test]
+    fn user_claim_is_configurable() {
+        let j = Jwt::new(&config("user_claim = \"preferred_username\"")).unwrap();
+        let t = token(
+            json!({"sub": "uuid-1", "preferred_username": "bob", "exp": now() + 60}),
+            SECRET,
+        );
+        let v = verify(&j, &format!("token={t}"), &HeaderMap::new()).unwrap();
+        assert_eq!(v.id_user.as_deref(), Some("bob"));
+    }
+}

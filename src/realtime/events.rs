@@ -1,0 +1,389 @@
+//! What client events do, per namespace:
+//!
+//! * `identity-change` (`claim` namespaces): a new `id_user`, relayed to the handshake room.
+//! * `session_id` (`claim` namespaces with `session` rooms): joins `session.{id}` (seed 002).
+//! * `__count__` (`views = true`): answered to the asker with the number of view sockets of the namespace on
+//!   every node (seed 000); views joining and non-controllers leaving are announced with `__connect__` and
+//!   `__disconnect__ {id}`.
+//! * any other event: relayed with its arguments to every socket of the namespace on every node, the sender
+//!   included, when `forward = true` (seed 000); ignored otherwise.
+//!
+//! Every event counts against the socket's rate (`SOCKET_EVENT_RATE`); beyond it the socket gets
+//! `rate_limited` with the reason and is disconnected.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use socketioxide::{
+    SocketIo,
+    adapter::Adapter,
+    extract::{AckSender, Event, SocketRef, State, TryData},
+    socket::DisconnectReason,
+};
+
+use super::{
+    NodeInfo,
+    auth::checked_session,
+    handshake::{Identity, Role, session_room, user_room},
+    namespaces::Namespace,
+};
+use crate::{
+    cluster::protocol::{Query, Reply},
+    config::file::RoomSource,
+    domain::validate::{self, Invalid},
+};
+
+type Limiter = governor::DefaultDirectRateLimiter;
+
+/// `socket-connected`, `socket-disconnected`: who came or went.
+#[derive(Debug, Serialize)]
+pub struct Presence<'a> {
+    pub id_socket: String,
+    pub id_user: Option<&'a str>,
+}
+
+/// `identity-change`, relayed to the others in the room.
+#[derive(Debug, Serialize)]
+struct IdentityChanged<'a> {
+    id_socket: String,
+    id_user: &'a str,
+    previous_id_user: Option<&'a str>,
+}
+
+/// What a client sends with `identity-change` (`{"id_user": "new"}` or `"new"`) or `session_id`
+/// (`{"session_id": "s"}` or `"s"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum NewValue {
+    User { id_user: Value },
+    Session { session_id: Value },
+    Bare(Value),
+}
+
+impl NewValue {
+    fn string(self) -> Option<String> {
+        match self {
+            Self::User { id_user: v } | Self::Session { session_id: v } | Self::Bare(v) => {
+                match v {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                }
+            }
+        }
+    }
+}
+
+/// The arguments of an event, whatever their number, relayed as they came (not wrapped in one array).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Args(pub Vec<Value>);
+
+impl Serialize for Args {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        // A tuple, so socketioxide sends each element as its own argument.
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for v in &self.0 {
+            t.serialize_element(v)?;
+        }
+        t.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for Args {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Args;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("event arguments")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<Args, S::Error> {
+                let mut args = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    args.push(v);
+                }
+                Ok(Args(args))
+            }
+        }
+        // A tuple, so socketioxide hands over every argument, not only the first.
+        d.deserialize_tuple(usize::MAX, Visit)
+    }
+}
+
+/// Sets up the socket's event handlers for its namespace.
+pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace, me: &Identity) {
+    if let Some(quota) = node.event_rate {
+        socket.extensions.insert(Arc::new(Limiter::direct(quota)));
+    }
+    if ns.verifier.is_claim() {
+        socket.on("identity-change", on_identity_change::<A>);
+        if ns.joins(RoomSource::Session) {
+            socket.on("session_id", on_session_id::<A>);
+        }
+    }
+    if ns.views && me.role == Role::Controller {
+        socket.on("__count__", on_count::<A>);
+    }
+    socket.on_fallback(on_other::<A>);
+    socket.on_disconnect(on_disconnect::<A>);
+}
+
+/// Takes one event from the socket's rate; beyond it, tells the socket why and disconnects it.
+fn within_rate<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo) -> bool {
+    let Some(limiter) = socket.extensions.get::<Arc<Limiter>>() else {
+        return true;
+    };
+    if limiter.check().is_ok() {
+        return true;
+    }
+    let per_second = node.event_rate.map_or(0, |q| q.burst_size().get());
+    tracing::warn!(id_socket = %socket.id, ns = socket.ns(), "socket over its event rate, disconnected");
+    node.metrics.sockets_rate_limited.inc();
+    let _ = socket.emit(
+        "rate_limited",
+        &serde_json::json!({
+            "error": format!("too many events: at most {per_second} per second; disconnecting")
+        }),
+    );
+    let _ = socket.clone().disconnect();
+    false
+}
+
+/// Parses a one-string payload (`identity-change`, `session_id`), or says why not through the ack.
+fn new_value<A: Adapter>(
+    data: Result<NewValue, impl std::fmt::Display>,
+    field: &'static str,
+    ack: AckSender<A>,
+) -> Option<(String, AckSender<A>)> {
+    match data.ok().and_then(NewValue::string) {
+        Some(value) => Some((value, ack)),
+        None => {
+            let _ =
+                ack.send(&serde_json::json!({ "error": Invalid::NotString(field).to_string() }));
+            None
+        }
+    }
+}
+
+async fn on_identity_change<A: Adapter>(
+    socket: SocketRef<A>,
+    State(node): State<NodeInfo>,
+    TryData(data): TryData<NewValue>,
+    ack: AckSender<A>,
+) {
+    if !within_rate(&socket, &node) {
+        return;
+    }
+    let Some((new, ack)) = new_value(data, "id_user", ack) else {
+        return;
+    };
+    if let Err(e) = validate::id_user(&new) {
+        let _ = ack.send(&serde_json::json!({ "error": e.to_string() }));
+        return;
+    }
+    let (Some(previous), Some(ns)) = (
+        socket.extensions.get::<Identity>(),
+        node.namespaces.find(socket.ns()),
+    ) else {
+        return;
+    };
+    let updated = Identity {
+        id_user: Some(new.into()),
+        ..previous.clone()
+    };
+    if let Err(e) = super::handshake::check_derived(ns, &updated) {
+        let _ = ack.send(&serde_json::json!({ "error": e.to_string() }));
+        return;
+    }
+    if ns.joins(RoomSource::User) {
+        if let Some(old) = &previous.id_user {
+            socket.leave(user_room(old));
+        }
+        socket.join(user_room(updated.id_user.as_deref().unwrap_or_default()));
+    }
+    socket.extensions.insert(updated.clone());
+    let id_user = updated.id_user.as_deref().unwrap_or_default();
+    let _ = ack.send(&serde_json::json!({ "ok": true, "id_user": id_user }));
+    if let Some(room) = &updated.room {
+        let event = IdentityChanged {
+            id_socket: socket.id.to_string(),
+            id_user,
+            previous_id_user: previous.id_user.as_deref(),
+        };
+        relay(&socket, room, "identity-change", &event).await;
+    }
+}
+
+/// `session_id` (seed 002): the socket joins `session.{id}`, leaving its previous session room.
+async fn on_session_id<A: Adapter>(
+    socket: SocketRef<A>,
+    State(node): State<NodeInfo>,
+    TryData(data): TryData<NewValue>,
+    ack: AckSender<A>,
+) {
+    if !within_rate(&socket, &node) {
+        return;
+    }
+    let Some((new, ack)) = new_value(data, "session_id", ack) else {
+        return;
+    };
+    let Some(previous) = socket.extensions.get::<Identity>() else {
+        return;
+    };
+    let room = match checked_session(new.clone()).map(|s| session_room(&s)) {
+        Ok(room) => room,
+        Err(e) => {
+            let _ = ack.send(&serde_json::json!({ "error": e.to_string() }));
+            return;
+        }
+    };
+    if let Err(e) = validate::room(&room) {
+        let _ = ack.send(&serde_json::json!({
+            "error": format!("session_id cannot be used in a room name: {e}")
+        }));
+        return;
+    }
+    if let Some(old) = &previous.session {
+        socket.leave(session_room(old));
+    }
+    socket.join(room.clone());
+    socket.extensions.insert(Identity {
+        session: Some(new.into()),
+        ..previous
+    });
+    let _ = ack.send(&serde_json::json!({ "ok": true, "room": room }));
+}
+
+/// `__count__` from a controller: the number of view sockets of the namespace, cluster-wide, to it alone.
+async fn on_count<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<NodeInfo>,
+    ack: AckSender<A>,
+) {
+    if !within_rate(&socket, &node) {
+        return;
+    }
+    let answer = node.ask(&io, socket.ns(), Query::Views).await;
+    let count: u64 = answer
+        .nodes
+        .iter()
+        .map(|(_, r)| match r {
+            Reply::Views { count } => *count,
+            _ => 0,
+        })
+        .sum();
+    let _ = socket.emit("__count__", &count);
+    let _ = ack.send(&count);
+}
+
+/// Any other event: relayed to the whole namespace when it forwards, else ignored.
+async fn on_other<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<NodeInfo>,
+    Event(event): Event,
+    TryData(args): TryData<Args>,
+) {
+    if !within_rate(&socket, &node) {
+        return;
+    }
+    let forwards = node
+        .namespaces
+        .find(socket.ns())
+        .is_some_and(|ns| ns.forward);
+    if !forwards {
+        tracing::trace!(event, "event ignored: the namespace does not forward");
+        return;
+    }
+    match args {
+        Ok(args) => to_namespace(&io, socket.ns(), &event, &args).await,
+        Err(e) => {
+            tracing::debug!(event, error = %e, "event with unreadable arguments not forwarded")
+        }
+    }
+}
+
+async fn on_disconnect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<NodeInfo>,
+    reason: DisconnectReason,
+) {
+    let Some(me) = socket.extensions.get::<Identity>() else {
+        return;
+    };
+    tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
+    if node.presence
+        && let Some(room) = &me.room
+    {
+        let event = Presence {
+            id_socket: socket.id.to_string(),
+            id_user: me.id_user.as_deref(),
+        };
+        relay(&socket, room, "socket-disconnected", &event).await;
+    }
+    let views = node.namespaces.find(socket.ns()).is_some_and(|ns| ns.views);
+    if views && me.role != Role::Controller && reason != DisconnectReason::ClosingServer {
+        let id = serde_json::json!({ "id": socket.id.to_string() });
+        to_namespace(&io, socket.ns(), "__disconnect__", &id).await;
+    }
+}
+
+/// Emits `event` to the others in `room`, on every node. A failure (Redis away) is logged: the socket itself
+/// stays connected, and room lists stay right because they are asked for, not pushed.
+pub async fn relay<A: Adapter, T: Serialize>(
+    socket: &SocketRef<A>,
+    room: &str,
+    event: &str,
+    data: &T,
+) {
+    if let Err(e) = socket.to(room.to_owned()).emit(event, data).await {
+        tracing::warn!(error = %e, event, "event could not be relayed to the room");
+    }
+}
+
+/// Emits `event` to every socket of namespace `ns` on every node.
+pub async fn to_namespace<A: Adapter, T: Serialize + ?Sized>(
+    io: &SocketIo<A>,
+    ns: &str,
+    event: &str,
+    data: &T,
+) {
+    let Some(ops) = io.of(ns) else { return };
+    if let Err(e) = ops.emit(event, data).await {
+        tracing::warn!(error = %e, event, ns, "event could not be sent to the namespace");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn new_values() {
+        let v: NewValue = serde_json::from_value(json!({"id_user": "x"})).unwrap();
+        assert_eq!(v.string().as_deref(), Some("x"));
+        let v: NewValue = serde_json::from_value(json!({"session_id": "s"})).unwrap();
+        assert_eq!(v.string().as_deref(), Some("s"));
+        let v: NewValue = serde_json::from_value(json!("y")).unwrap();
+        assert_eq!(v.string().as_deref(), Some("y"));
+        let v: NewValue = serde_json::from_value(json!(42)).unwrap();
+        assert_eq!(v.string(), None);
+    }
+
+    #[test]
+    fn args_are_a_tuple_both_ways() {
+        use socketioxide_core::parser::{is_de_tuple, is_ser_tuple};
+        assert!(is_ser_tuple(&Args(vec![json!(1), json!("a")])));
+        assert!(is_de_tuple::<Args>());
+        let args: Args = serde_json::from_value(json!(["user", {"id": 1}])).unwrap();
+        assert_eq!(args.0, [json!("user"), json!({"id": 1})]);
+        assert_eq!(
+            serde_json::to_value(&args).unwrap(),
+            json!(["user", {"id": 1}])
+        );
+    }
+}

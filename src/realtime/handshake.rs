@@ -1,0 +1,312 @@
+//! The Socket.IO handshake: who may connect to a namespace, who they are, and which rooms they land in.
+//!
+//! The connect middleware ([`handshake`]) admits the socket (origin, socket cap), verifies it with the
+//! namespace's auth kind, and stores an [`Identity`] in its extensions; a refusal reaches the client as
+//! `connect_error` with the error's text. The connect handler ([`on_connect`]) joins the rooms, greets the
+//! client with a `handshake` event and sets up the event handlers.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use socketioxide::{
+    SocketIo,
+    adapter::Adapter,
+    extract::{Extension, SocketRef, State, TryData},
+};
+
+use super::{
+    NodeInfo,
+    admission::Refused,
+    auth::{AuthError, Handshake},
+    events,
+    namespaces::Namespace,
+};
+use crate::{
+    config::file::RoomSource,
+    domain::validate::{self, Invalid},
+    telemetry::metrics::Reason,
+};
+
+/// Who a socket is, stored in its extensions at handshake. `id_user` changes on `identity-change` (in `claim`
+/// namespaces only), the session on `session_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub id_user: Option<Arc<str>>,
+    /// The room named in the handshake, in namespaces that join it.
+    pub room: Option<Arc<str>>,
+    pub session: Option<Arc<str>>,
+    pub role: Role,
+    /// Rooms the auth webhook gave.
+    pub auth_rooms: Arc<[String]>,
+}
+
+/// Seed 000's socket types, from the handshake's `type` field in namespaces with `views = true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Controller,
+    View,
+    /// Neither: no `type`, or a namespace without controller/view events.
+    Plain,
+}
+
+/// Why a handshake was refused: the client sees the message in its `connect_error`.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0} cannot be used in a room name: {1}")]
+    RoomName(&'static str, Invalid),
+    #[error("type must be \"controller\" or \"view\"")]
+    BadType,
+    #[error("namespace not served")]
+    UnknownNamespace,
+}
+
+impl HandshakeError {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Invalid(e) => e.kind(),
+            Self::Refused(e) => e.kind(),
+            Self::Auth(e) => e.kind(),
+            Self::RoomName(..) => "room_name",
+            Self::BadType => "bad_type",
+            Self::UnknownNamespace => "namespace",
+        }
+    }
+}
+
+impl Identity {
+    /// Every room the socket is in, in this order: the handshake room, `user.{id}`, `session.{id}`, the
+    /// webhook's rooms.
+    pub fn rooms(&self, ns: &Namespace) -> Vec<String> {
+        let mut rooms = Vec::new();
+        if let Some(room) = &self.room {
+            rooms.push(room.to_string());
+        }
+        if ns.joins(RoomSource::User)
+            && let Some(user) = &self.id_user
+        {
+            rooms.push(user_room(user));
+        }
+        if ns.joins(RoomSource::Session)
+            && let Some(session) = &self.session
+        {
+            rooms.push(session_room(session));
+        }
+        if ns.joins(RoomSource::Auth) {
+            rooms.extend(self.auth_rooms.iter().cloned());
+        }
+        rooms.dedup();
+        rooms
+    }
+}
+
+/// The room of every socket of a user (seed 002).
+pub fn user_room(id_user: &str) -> String {
+    format!("user.{id_user}")
+}
+
+/// The room of every socket of a session (seed 002).
+pub fn session_room(session: &str) -> String {
+    format!("session.{session}")
+}
+
+/// Checks that the rooms derived from a user id or session are valid room names.
+pub fn check_derived(ns: &Namespace, identity: &Identity) -> Result<(), HandshakeError> {
+    if ns.joins(RoomSource::User)
+        && let Some(user) = &identity.id_user
+    {
+        validate::room(&user_room(user)).map_err(|e| HandshakeError::RoomName("id_user", e))?;
+    }
+    if ns.joins(RoomSource::Session)
+        && let Some(session) = &identity.session
+    {
+        validate::room(&session_room(session))
+            .map_err(|e| HandshakeError::RoomName("session_id", e))?;
+    }
+    Ok(())
+}
+
+/// Connect middleware: a refusal here reaches the client as `connect_error` with the error's text.
+pub async fn handshake<A: Adapter>(
+    socket: SocketRef<A>,
+    TryData(auth): TryData<Value>,
+    State(node): State<NodeInfo>,
+) -> Result<(), HandshakeError> {
+    let admitted = admit(&socket, auth.ok(), &node).await;
+    let (slot, identity) = admitted.inspect_err(|e| {
+        tracing::debug!(ns = socket.ns(), error = %e, "handshake refused");
+        let reason = Reason { reason: e.kind() };
+        node.metrics.handshakes_refused.get_or_create(&reason).inc();
+    })?;
+    // The slot goes with the socket: dropped with it, it frees its place under MAX_SOCKETS.
+    socket.extensions.insert(Arc::new(slot));
+    socket.extensions.insert(identity);
+    Ok(())
+}
+
+async fn admit<A: Adapter>(
+    socket: &SocketRef<A>,
+    auth: Option<Value>,
+    node: &NodeInfo,
+) -> Result<(super::admission::Slot, Identity), HandshakeError> {
+    let parts = socket.req_parts();
+    let origin = parts
+        .headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    let slot = node.admission.admit(origin)?;
+    let ns = node
+        .namespaces
+        .find(socket.ns())
+        .ok_or(HandshakeError::UnknownNamespace)?;
+    let hs = Handshake {
+        query: parts.uri.query(),
+        auth: auth.as_ref(),
+        headers: &parts.headers,
+    };
+    let verified = ns.verifier.verify(hs).await?;
+    let room = match ns.joins(RoomSource::Handshake) {
+        true => {
+            let room = hs.required("room")?;
+            validate::room(&room)?;
+            Some(room.into())
+        }
+        false => None,
+    };
+    let role = match (ns.views, hs.field("type")?.as_deref()) {
+        (true, Some("controller")) => Role::Controller,
+        (true, Some("view")) => Role::View,
+        (true, Some(_)) => return Err(HandshakeError::BadType),
+        _ => Role::Plain,
+    };
+    let identity = Identity {
+        id_user: verified.id_user.map(Into::into),
+        room,
+        session: verified.session.map(Into::into),
+        role,
+        auth_rooms: verified.rooms.into(),
+    };
+    check_derived(ns, &identity)?;
+    Ok((slot, identity))
+}
+
+/// The `handshake` event: what the server made of the client.
+#[derive(Debug, Serialize)]
+struct Greeting<'a> {
+    node: &'a str,
+    id_socket: String,
+    id_user: Option<&'a str>,
+    namespace: &'a str,
+    room: Option<&'a str>,
+    rooms: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    r#type: Option<Role>,
+}
+
+pub async fn on_connect<A: Adapter>(
+    socket: SocketRef<A>,
+    io: SocketIo<A>,
+    State(node): State<NodeInfo>,
+    Extension(me): Extension<Identity>,
+) {
+    let Some(ns) = node.namespaces.find(socket.ns()) else {
+        return;
+    };
+    if let Some(message) = &ns.deprecated {
+        tracing::warn!(
+            namespace = socket.ns(),
+            id_socket = %socket.id,
+            id_user = me.id_user.as_deref(),
+            "connection to a deprecated namespace: {message}"
+        );
+    }
+    let rooms = me.rooms(ns);
+    socket.join(rooms.clone());
+    let greeting = Greeting {
+        node: &node.id,
+        id_socket: socket.id.to_string(),
+        id_user: me.id_user.as_deref(),
+        namespace: socket.ns(),
+        room: me.room.as_deref(),
+        rooms: &rooms,
+        r#type: (me.role != Role::Plain).then_some(me.role),
+    };
+    let _ = socket.emit("handshake", &greeting);
+    events::attach(&socket, &node, ns, &me);
+    if node.presence
+        && let Some(room) = &me.room
+    {
+        let event = events::Presence {
+            id_socket: socket.id.to_string(),
+            id_user: me.id_user.as_deref(),
+        };
+        events::relay(&socket, room, "socket-connected", &event).await;
+    }
+    if ns.views && me.role == Role::View {
+        events::to_namespace(&io, socket.ns(), "__connect__", &()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::auth::Verifier;
+
+    fn ns(rooms: &[RoomSource]) -> Namespace {
+        Namespace {
+            pattern: crate::config::file::NamePattern::Exact("/".into()),
+            verifier: Verifier::Claim,
+            rooms: rooms.to_vec(),
+            forward: false,
+            views: false,
+            deprecated: None,
+        }
+    }
+
+    fn identity(user: &str, session: Option<&str>) -> Identity {
+        Identity {
+            id_user: Some(user.into()),
+            room: Some("Maths".into()),
+            session: session.map(Into::into),
+            role: Role::Plain,
+            auth_rooms: vec!["staff".to_owned(), "user_1".to_owned()].into(),
+        }
+    }
+
+    #[test]
+    fn rooms_follow_the_namespace() {
+        use RoomSource::*;
+        let me = identity("42", Some("s1"));
+        assert_eq!(me.rooms(&ns(&[Handshake])), ["Maths"]);
+        assert_eq!(
+            me.rooms(&ns(&[Handshake, User, Session, Auth])),
+            ["Maths", "user.42", "session.s1", "staff", "user_1"]
+        );
+        let mut anonymous = identity("x", None);
+        anonymous.id_user = None;
+        anonymous.room = None;
+        assert!(anonymous.rooms(&ns(&[User, Session])).is_empty());
+    }
+
+    #[test]
+    fn derived_rooms_must_be_valid_names() {
+        let n = ns(&[RoomSource::User, RoomSource::Session]);
+        assert!(check_derived(&n, &identity("alice@example.com", Some("s-1"))).is_ok());
+        let e = check_derived(&n, &identity("a b", None)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "id_user cannot be used in a room name: room contains a character that is not allowed"
+        );
+        let e = check_derived(&n, &identity("a", Some("x/y"))).unwrap_err();
+        assert!(e.to_string().starts_with("session_id cannot"), "{e}");
+        // Without user rooms any user id is fine.
+        assert!(check_derived(&ns(&[]), &identity("a b", None)).is_ok());
+    }
+}

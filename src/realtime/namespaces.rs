@@ -1,0 +1,161 @@
+//! The namespaces this node serves, built once from the config file, and their registration with socketioxide.
+//!
+//! Exact names become socketioxide namespaces; a prefix (`/do-*`) becomes a dynamic namespace (`/do-{*rest}`),
+//! whose children (`/do-lab`, `/do-b`) are separate namespaces with their own rooms and adapter channels, so
+//! nothing of one reaches another.
+
+use std::sync::Arc;
+
+use socketioxide::{SocketIo, adapter::Adapter, handler::ConnectHandler};
+use socketioxide_core::adapter::DefinedAdapter;
+
+use super::{auth::Verifier, handshake};
+use crate::{
+    config::file::{CheckedNamespace, NamePattern, NamespaceConfig, RoomSource},
+    telemetry::metrics::Metrics,
+};
+
+/// One `[[namespace]]` table, ready to serve.
+#[derive(Debug)]
+pub struct Namespace {
+    pub pattern: NamePattern,
+    pub verifier: Verifier,
+    /// Where the sockets' rooms come from.
+    pub rooms: Vec<RoomSource>,
+    pub forward: bool,
+    pub views: bool,
+    pub deprecated: Option<String>,
+}
+
+impl Namespace {
+    pub fn joins(&self, source: RoomSource) -> bool {
+        self.rooms.contains(&source)
+    }
+}
+
+/// Every namespace of the node.
+#[derive(Debug)]
+pub struct Namespaces(Vec<Namespace>);
+
+impl Namespaces {
+    /// Builds the verifiers (reading credentials files and keys). Errors name the file and line of the table.
+    pub fn build(
+        checked: Vec<CheckedNamespace>,
+        file: &str,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let mut list = Vec::new();
+        for ns in checked {
+            let verifier = Verifier::build(&ns, metrics)
+                .map_err(|e| format!("{file}:{}: namespace {:?}: {e}", ns.line, ns.config.name))?;
+            list.push(Self::namespace(ns.pattern, verifier, ns.config));
+        }
+        Ok(Self(list))
+    }
+
+    /// Without a config file: `/` only, clients say who they are and which room they join.
+    pub fn single_default() -> Self {
+        Self(vec![Namespace {
+            pattern: NamePattern::Exact("/".into()),
+            verifier: Verifier::Claim,
+            rooms: vec![RoomSource::Handshake],
+            forward: false,
+            views: false,
+            deprecated: None,
+        }])
+    }
+
+    fn namespace(pattern: NamePattern, verifier: Verifier, c: NamespaceConfig) -> Namespace {
+        Namespace {
+            pattern,
+            verifier,
+            rooms: c.rooms,
+            forward: c.forward,
+            views: c.views,
+            deprecated: c.deprecated,
+        }
+    }
+
+    /// The namespace `ns` belongs to: its exact entry, else the longest matching prefix.
+    pub fn find(&self, ns: &str) -> Option<&Namespace> {
+        self.0
+            .iter()
+            .find(|n| n.pattern == NamePattern::Exact(ns.to_owned()))
+            .or_else(|| {
+                self.0
+                    .iter()
+                    .filter(|n| n.pattern.matches(ns))
+                    .max_by_key(|n| match &n.pattern {
+                        NamePattern::Prefix(p) => p.len(),
+                        NamePattern::Exact(_) => usize::MAX,
+                    })
+            })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Namespace> {
+        self.0.iter()
+    }
+
+    /// Registers every namespace with socketioxide. Returns the adapters' init results of the exact ones (in a
+    /// cluster, futures to await: they subscribe to Redis); dynamic children are initialised when first used.
+    pub fn register<A: Adapter + DefinedAdapter>(
+        &self,
+        io: &SocketIo<A>,
+    ) -> Result<Vec<A::InitRes>, String> {
+        let mut inits = Vec::new();
+        for ns in &self.0 {
+            match &ns.pattern {
+                NamePattern::Exact(name) => inits.push(io.ns(
+                    name.clone(),
+                    handshake::on_connect::<A>.with(handshake::handshake::<A>),
+                )),
+                NamePattern::Prefix(prefix) => io
+                    .dyn_ns(
+                        format!("{prefix}{{*rest}}"),
+                        handshake::on_connect::<A>.with(handshake::handshake::<A>),
+                    )
+                    .map_err(|e| format!("namespace {prefix}*: {e}"))?,
+            }
+        }
+        Ok(inits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_exact_names_before_prefixes() {
+        let text = r#"
+[[namespace]]
+name = "/do-*"
+auth = "none"
+rooms = []
+[[namespace]]
+name = "/do-lab-*"
+auth = "none"
+rooms = []
+forward = true
+[[namespace]]
+name = "/do-special"
+auth = "none"
+rooms = []
+views = true
+"#;
+        let checked = crate::config::file::parse(text, "t", std::path::Path::new(".")).unwrap();
+        let all = Namespaces::build(checked, "t", &Arc::new(Metrics::new())).unwrap();
+        assert_eq!(
+            all.find("/do-special").unwrap().pattern.to_string(),
+            "/do-special"
+        );
+        assert_eq!(
+            all.find("/do-lab-1").unwrap().pattern.to_string(),
+            "/do-lab-*"
+        );
+        assert_eq!(all.find("/do-x").unwrap().pattern.to_string(), "/do-*");
+        assert!(all.find("/do-").is_none());
+        assert!(all.find("/").is_none());
+        assert!(Namespaces::single_default().find("/").is_some());
+    }
+}
