@@ -18,8 +18,8 @@ use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::{
     Config, StartError,
-    cluster::Cluster,
     cluster::LocalRooms,
+    cluster::{self, Cluster, seal::Seal},
     config::file,
     domain::validate,
     http::{self, AppState},
@@ -153,6 +153,11 @@ pub async fn run(
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
     let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
         None => {
+            if config.cluster_secret.is_some() {
+                tracing::warn!(
+                    "CLUSTER_SECRET is set but REDIS_URL is not: a single node has nothing to sign"
+                );
+            }
             let (layer, io) = io_builder(info.clone(), &config).build_layer();
             namespaces.register(&io).map_err(StartError::Config)?;
             let local: Arc<dyn LocalRooms> = Arc::new(io);
@@ -161,10 +166,14 @@ pub async fn run(
         }
         Some(url) => {
             let redis = redis::Endpoint::parse(url, config.redis_ca.as_deref())?;
+            let seal = config.cluster_seal().map_err(StartError::Config)?;
+            if seal.is_signed() {
+                tracing::info!("cluster messages are signed (CLUSTER_SECRET)");
+            }
             // Redis may not be up yet (all services starting at boot): retry what can heal, fail on the rest.
             let mut delay = RETRY_FIRST;
             loop {
-                let attempt = join_cluster(&redis, &config, info.clone(), &app_state);
+                let attempt = join_cluster(&redis, &seal, &config, info.clone(), &app_state);
                 match attempt.await {
                     Ok(joined) => break joined,
                     Err(e) if e.is_transient() => {
@@ -239,6 +248,7 @@ type Serving = (
 /// our room-query protocol.
 async fn join_cluster(
     redis: &redis::Endpoint,
+    seal: &Seal,
     config: &Config,
     info: NodeInfo,
     app_state: &impl Fn(
@@ -268,16 +278,14 @@ async fn join_cluster(
         init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
     }
     let local: Arc<dyn LocalRooms> = Arc::new(io);
-    let cluster = Cluster::start(
-        redis,
-        &config.redis_prefix,
-        info.id.clone(),
-        local.clone(),
-        config.request_timeout(),
-        config.heartbeat(),
-        info.metrics.clone(),
-    )
-    .await?;
+    let settings = cluster::Settings {
+        prefix: config.redis_prefix.clone(),
+        node: info.id.clone(),
+        timeout: config.request_timeout(),
+        heartbeat: config.heartbeat(),
+        seal: seal.clone(),
+    };
+    let cluster = Cluster::start(redis, settings, local.clone(), info.metrics.clone()).await?;
     let _ = info.cluster.set(cluster.clone());
     let state = app_state(
         local.clone(),

@@ -23,16 +23,16 @@
 //! `REUSE_PORT` is set.
 //!
 //! ## The cross-node protocol
-//! Two kinds of message, JSON-encoded [`protocol`] types, on plain (not sharded) Redis pub/sub channels whose
+//! Two kinds of message, JSON-encoded [`protocol`](cluster::protocol) types, on plain (not sharded) Redis pub/sub channels whose
 //! names start with `REDIS_PREFIX` (default `socket-identity`):
 //!
 //! | channel | who subscribes | message |
 //! |---|---|---|
-//! | `{prefix}:users#req` | every node | [`protocol::Request`] `{v, id, from, room}` |
-//! | `{prefix}:users#reply#{node}` | node `{node}` | [`protocol::Response`] `{v, id, node, members}` |
-//! | `{prefix}:nodes` | every node | [`protocol::Heartbeat`] `{v, node}` every `HEARTBEAT_MS`, `{v, node, leaving: true}` at shutdown |
+//! | `{prefix}:users#req` | every node | [`protocol::Request`](cluster::protocol::Request) `{v, id, from, ns, query}` |
+//! | `{prefix}:users#reply#{node}` | node `{node}` | [`protocol::Response`](cluster::protocol::Response) `{v, id, node, reply}` |
+//! | `{prefix}:nodes` | every node | [`protocol::Heartbeat`](cluster::protocol::Heartbeat) `{v, node}` every `HEARTBEAT_MS`, `{v, node, leaving: true}` at shutdown |
 //!
-//! 1. Membership ([`membership`]): a node announces itself before it answers any request, sends a heartbeat
+//! 1. Membership ([`membership`](cluster::membership)): a node announces itself before it answers any request, sends a heartbeat
 //!    every interval, and says when it leaves. A node silent for 3 intervals is declared down. A node hearing a
 //!    newcomer sends its own heartbeat at once, so the newcomer knows everyone within a round trip.
 //! 2. The asking node publishes **one** request and waits for the nodes it knows to be alive. If `PUBLISH`
@@ -42,6 +42,14 @@
 //! 4. The asker returns as soon as every live node has answered (a node declared down meanwhile is no longer
 //!    waited for), or at the request timeout with what it has, marked partial (`X-Cluster-Nodes: 2/3`,
 //!    `X-Cluster-Partial: true`). Replies from nodes that are not members, and duplicates, are ignored.
+//!
+//! With `CLUSTER_SECRET` set, every message is published in a signed envelope ([`cluster::seal::Envelope`]):
+//! `{"ts": <ms since the epoch>, "sig": "<hex HMAC-SHA256>", "msg": <the message above, byte for byte>}`, the
+//! HMAC keyed with the secret over the channel name's length (8 bytes, big-endian), the name, `ts` (8 bytes,
+//! big-endian) and the message.
+//! A node refuses what is unsigned, signed with another secret, published on another channel, or sealed more than
+//! 60 s away from its clock, and a heartbeat older than the last accepted from its node (no replays); so a
+//! client of Redis cannot speak for a node. Without the secret, messages are the bare JSON.
 //!
 //! Messages with another version, malformed fields, unknown request ids or duplicate answers are logged and
 //! ignored. Rooms and broadcasts between nodes (the `socket-connected` events and the like) go through the

@@ -419,3 +419,166 @@ async fn forged_cluster_messages_change_no_answer() {
         assert_eq!(http.status(node, "/health").await, 200);
     }
 }
+
+const SECRET: &str = "a-cluster-secret-for-tests";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// With `CLUSTER_SECRET`, a forged `leaving` heartbeat for a live node (bare, in an envelope with a made-up
+/// signature, or a genuine heartbeat of that node turned into a `leaving` one) hides nothing: every answer still
+/// counts b and lists its socket. Refusals are counted, and logged at most once a minute per kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_cluster_messages_cannot_be_forged() {
+    let prefix = "signed_cluster_messages";
+    let (_dir, redis, nodes) = cluster_with(
+        prefix,
+        2,
+        1000,
+        &["--cluster-secret", SECRET, "--heartbeat-ms", "1000"],
+    )
+    .await;
+    let mut clients = Clients::start();
+    let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
+    let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
+    let exact = pairs(&[(&sa, "ua"), (&sb, "ub")]);
+
+    let config = fred::prelude::Config::from_url(&redis.url()).unwrap();
+    let publisher = fred::prelude::Builder::from_config(config.clone())
+        .build()
+        .unwrap();
+    publisher.init().await.unwrap();
+    let spy = fred::prelude::Builder::from_config(config)
+        .build_subscriber_client()
+        .unwrap();
+    spy.init().await.unwrap();
+    let nodes_channel = format!("{prefix}:nodes");
+    let mut heard = spy.message_rx();
+    spy.subscribe(nodes_channel.clone()).await.unwrap();
+    // A genuine signed heartbeat of b, read off Redis.
+    let genuine = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let msg = heard.recv().await.unwrap();
+            let text = msg.value.as_string().unwrap();
+            if text.contains(r#""msg":{"v":2,"node":"b"}"#) {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("no heartbeat from b within 5 s");
+    println!("b's heartbeat: {genuine}");
+    let tampered = genuine.replace(r#""node":"b"}"#, r#""node":"b","leaving":true}"#);
+    assert_ne!(tampered, genuine);
+
+    let http = Http::new();
+    for round in 0..20 {
+        let made_up = json!({"ts": now_ms(), "sig": "0".repeat(64),
+            "msg": {"v": 2, "node": "b", "leaving": true}});
+        for forged in [
+            r#"{"v":2,"node":"b","leaving":true}"#.to_owned(),
+            made_up.to_string(),
+            tampered.clone(),
+        ] {
+            let _: i64 = publisher.publish(&nodes_channel, forged).await.unwrap();
+        }
+        let node = &nodes[round % 2];
+        let users = http.users(node, "R").await;
+        assert_eq!(
+            (users.set(), users.nodes.as_str(), users.partial.as_str()),
+            (exact.clone(), "2/2", "false"),
+            "round {round} on {}",
+            node.id
+        );
+    }
+    let rejected = http
+        .metric(&nodes[0], "socket_identity_cluster_messages_rejected_total")
+        .await
+        .unwrap();
+    println!("node a refused {rejected} forged cluster messages");
+    assert!(rejected >= 60.0, "{rejected}");
+    let log = nodes[0].log_text();
+    let logged = log.matches("cluster message refused").count();
+    assert!(
+        (1..=3).contains(&logged),
+        "{logged} refusals logged:\n{log}"
+    );
+    for node in &nodes {
+        assert!(!node.log_text().contains(SECRET), "the secret was logged");
+    }
+}
+
+/// Nodes with the same `CLUSTER_SECRET` form a cluster; a node with another secret, or none, is not counted
+/// by them, nor counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_with_the_same_secret_form_a_cluster() {
+    let prefix = "same_secret_cluster";
+    let (dir, redis, nodes) = cluster_with(prefix, 2, 500, &["--cluster-secret", SECRET]).await;
+    let other = Node::start(
+        &dir,
+        NodeOpts {
+            id: "c",
+            redis: Some(redis.url()),
+            prefix,
+            timeout_ms: 500,
+            args: &["--cluster-secret", "another-secret-of-this-cluster"],
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let unsigned = Node::start(
+        &dir,
+        NodeOpts {
+            id: "d",
+            redis: Some(redis.url()),
+            prefix,
+            timeout_ms: 500,
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let mut clients = Clients::start();
+    let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
+    let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
+    let sc = clients.join("c", &other, "uc", "R", "websocket").await;
+    let sd = clients.join("d", &unsigned, "ud", "R", "websocket").await;
+    // Give heartbeats time to be heard (and refused).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let http = Http::new();
+    for node in &nodes {
+        let users = http.users(node, "R").await;
+        assert_eq!(
+            (users.set(), users.nodes.as_str(), users.partial.as_str()),
+            (pairs(&[(&sa, "ua"), (&sb, "ub")]), "2/2", "false"),
+            "{}",
+            node.id
+        );
+    }
+    for (node, own) in [
+        (&other, (sc.as_str(), "uc")),
+        (&unsigned, (sd.as_str(), "ud")),
+    ] {
+        let users = http.users(node, "R").await;
+        assert_eq!(
+            (users.set(), users.nodes.as_str()),
+            (pairs(&[own]), "1/1"),
+            "{}",
+            node.id
+        );
+    }
+    let rejected = http
+        .metric(&nodes[0], "socket_identity_cluster_messages_rejected_total")
+        .await
+        .unwrap();
+    assert!(rejected > 0.0, "{rejected}");
+    let log = nodes[0].log_text();
+    assert!(
+        log.contains("bad signature") && log.contains("unsigned cluster message"),
+        "{log}"
+    );
+}

@@ -11,6 +11,7 @@ mod local;
 pub mod membership;
 pub mod protocol;
 pub mod query;
+pub mod seal;
 
 pub use local::LocalRooms;
 
@@ -39,6 +40,7 @@ pub use query::Answer;
 use crate::{
     cluster::membership::{Membership, Seen},
     cluster::protocol::{Heartbeat, Query, Request, Response},
+    cluster::seal::{Freshness, RejectionLog, Seal, SealError},
     redis::{self, RedisError, Subscriber},
     telemetry::metrics::{Metrics, Outcome},
 };
@@ -83,7 +85,7 @@ impl Drop for Registration<'_> {
 /// This node's membership in the cluster protocol.
 pub struct Cluster {
     node: Arc<str>,
-    nodes_channel: String,
+    beats: Beats,
     transport: RedisTransport,
     subscriber: Subscriber,
     pending: Arc<Pending>,
@@ -95,18 +97,36 @@ pub struct Cluster {
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
+/// How this node takes part in the cluster protocol.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `REDIS_PREFIX`: every channel name starts with it.
+    pub prefix: String,
+    pub node: Arc<str>,
+    /// How long a query waits for the other nodes.
+    pub timeout: Duration,
+    /// How often this node says it is alive.
+    pub heartbeat: Duration,
+    /// Signs and checks every message when `CLUSTER_SECRET` is set.
+    pub seal: Seal,
+}
+
 impl Cluster {
     /// Connects to Redis, subscribes to the request, nodes and reply channels, announces this node, and starts
     /// answering other nodes and sending a heartbeat every `heartbeat`.
     pub async fn start(
         redis: &redis::Endpoint,
-        prefix: &str,
-        node: Arc<str>,
+        settings: Settings,
         local: Arc<dyn LocalRooms>,
-        timeout: Duration,
-        heartbeat: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisError> {
+        let Settings {
+            prefix,
+            node,
+            timeout,
+            heartbeat,
+            seal,
+        } = settings;
         let publisher = redis::connect_client(redis, timeout).await?;
         let subscriber = Subscriber::new(redis, Duration::from_secs(5))?;
         metrics.watch_redis(&publisher, "publisher");
@@ -117,11 +137,11 @@ impl Cluster {
         let nodes_channel = format!("{prefix}:nodes");
         let pending = Arc::new(Pending::default());
         let membership = Arc::new(Membership::new(node.clone(), heartbeat));
-        let alive = protocol::encode(&Heartbeat {
-            v: protocol::VERSION,
-            node: node.to_string(),
-            leaving: false,
-        });
+        let beats = Beats {
+            node: node.clone(),
+            channel: nodes_channel.clone(),
+            seal: seal.clone(),
+        };
         let answering = Arc::new(AtomicBool::new(false));
         // Listen before subscribing, so nothing published after the SUBSCRIBE is missed.
         let listener = tokio::spawn(listen(
@@ -135,11 +155,14 @@ impl Cluster {
                 publisher: publisher.clone(),
                 pending: pending.clone(),
                 membership: membership.clone(),
-                alive: alive.clone(),
+                beats: beats.clone(),
                 answering: answering.clone(),
                 local: local.clone(),
                 permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLIES)),
                 metrics: metrics.clone(),
+                seal: seal.clone(),
+                fresh: Freshness::default(),
+                refusals: RejectionLog::default(),
             },
         ));
         redis::init(&subscriber.client, redis).await?;
@@ -154,24 +177,24 @@ impl Cluster {
             .map_err(|source| redis::connect_err(redis, source))?;
         // Announce ourselves before answering: a node must not receive our reply before it knows us.
         publisher
-            .publish::<i64, _, _>(&nodes_channel, alive.clone())
+            .publish::<i64, _, _>(&nodes_channel, beats.alive())
             .await
             .map_err(|source| redis::connect_err(redis, source))?;
         answering.store(true, Ordering::Relaxed);
         let heartbeat = tokio::spawn(beat(
             publisher.clone(),
-            nodes_channel.clone(),
-            alive,
+            beats.clone(),
             membership.clone(),
             heartbeat,
         ));
         Ok(Arc::new(Self {
             node,
-            nodes_channel,
+            beats,
             transport: RedisTransport {
                 publisher,
                 request_channel,
                 reply_prefix,
+                seal,
             },
             subscriber,
             pending,
@@ -252,14 +275,9 @@ impl Cluster {
     /// Says goodbye (so the others stop waiting for us at once), stops answering and leaves the channels.
     pub async fn stop(&self) {
         self.heartbeat.abort();
-        let leaving = Heartbeat {
-            v: protocol::VERSION,
-            node: self.node.to_string(),
-            leaving: true,
-        };
         let publisher = &self.transport.publisher;
         let _ = publisher
-            .publish::<i64, _, _>(&self.nodes_channel, protocol::encode(&leaving))
+            .publish::<i64, _, _>(&self.beats.channel, self.beats.leaving())
             .await;
         self.listener.abort();
         let _ = self.subscriber.client.unsubscribe_all().await;
@@ -274,13 +292,18 @@ struct RedisTransport {
     request_channel: String,
     /// A node's reply channel is this followed by its id.
     reply_prefix: String,
+    seal: Seal,
 }
 
 impl query::Transport for RedisTransport {
     async fn publish(&self, request: &Request) -> Result<usize, String> {
         let subscribers: i64 = self
             .publisher
-            .publish(&self.request_channel, protocol::encode(request))
+            .publish(
+                &self.request_channel,
+                self.seal
+                    .seal(&self.request_channel, protocol::encode(request)),
+            )
             .await
             .map_err(|e| format!("redis: {e}"))?;
         Ok(usize::try_from(subscribers).unwrap_or(0))
@@ -308,6 +331,34 @@ impl query::Transport for RedisTransport {
     }
 }
 
+/// This node's heartbeats, sealed when they are sent (a signed one carries the time it was sent).
+#[derive(Clone)]
+struct Beats {
+    node: Arc<str>,
+    /// The nodes channel.
+    channel: String,
+    seal: Seal,
+}
+
+impl Beats {
+    fn alive(&self) -> Vec<u8> {
+        self.encode(false)
+    }
+
+    fn leaving(&self) -> Vec<u8> {
+        self.encode(true)
+    }
+
+    fn encode(&self, leaving: bool) -> Vec<u8> {
+        let hb = Heartbeat {
+            v: protocol::VERSION,
+            node: self.node.to_string(),
+            leaving,
+        };
+        self.seal.seal(&self.channel, protocol::encode(&hb))
+    }
+}
+
 /// Everything the listening task needs.
 struct Handler {
     node: Arc<str>,
@@ -318,13 +369,18 @@ struct Handler {
     publisher: Client,
     pending: Arc<Pending>,
     membership: Arc<Membership>,
-    /// Our encoded heartbeat, sent again at once when a node joins, so it knows us without waiting.
-    alive: Vec<u8>,
+    /// Our heartbeat, sent again at once when a node joins, so it knows us without waiting.
+    beats: Beats,
     /// Set once our heartbeat is out: before that, nobody may receive a reply from a node it does not know.
     answering: Arc<AtomicBool>,
     local: Arc<dyn LocalRooms>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// Opens what arrives (checks signatures when `CLUSTER_SECRET` is set) and seals our replies.
+    seal: Seal,
+    /// The time of the last signed heartbeat accepted from each node.
+    fresh: Freshness,
+    refusals: RejectionLog,
 }
 
 async fn listen(mut messages: broadcast::Receiver<Message>, h: Handler) {
@@ -345,6 +401,14 @@ impl Handler {
             tracing::warn!(channel = %msg.channel, "non-binary pub/sub message ignored");
             self.metrics.cluster_messages_rejected.inc();
             return;
+        };
+        let (bytes, sealed_at) = match self.seal.open(&msg.channel, bytes) {
+            Ok(opened) => (opened.msg, opened.ts),
+            Err(e) => {
+                self.refusals.warn(&msg.channel, &e);
+                self.metrics.cluster_messages_rejected.inc();
+                return;
+            }
         };
         if *msg.channel == *self.request_channel {
             match protocol::decode_request(bytes) {
@@ -368,11 +432,15 @@ impl Handler {
             }
         } else if *msg.channel == *self.nodes_channel {
             match protocol::decode_heartbeat(bytes) {
+                Ok(hb) if sealed_at.is_some_and(|ts| !self.fresh.accept(&hb.node, ts)) => {
+                    self.refusals.warn(&msg.channel, &SealError::Replayed);
+                    self.metrics.cluster_messages_rejected.inc();
+                }
                 Ok(hb) if hb.leaving => self.membership.remove(&hb.node, "it is shutting down"),
                 Ok(hb) => {
                     if self.membership.alive(&hb.node) == Seen::Joined {
                         let publisher = self.publisher.clone();
-                        let (channel, alive) = (self.nodes_channel.clone(), self.alive.clone());
+                        let (channel, alive) = (self.nodes_channel.clone(), self.beats.alive());
                         tokio::spawn(async move {
                             let _ = publisher.publish::<i64, _, _>(channel, alive).await;
                         });
@@ -400,12 +468,11 @@ impl Handler {
         let channel = format!("{}{}", self.reply_prefix, req.from);
         let publisher = self.publisher.clone();
         let sent = self.metrics.cluster_replies_sent.clone();
+        let seal = self.seal.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match publisher
-                .publish::<i64, _, _>(channel, protocol::encode(&response))
-                .await
-            {
+            let message = seal.seal(&channel, protocol::encode(&response));
+            match publisher.publish::<i64, _, _>(channel, message).await {
                 Ok(_) => {
                     sent.inc();
                 }
@@ -416,19 +483,13 @@ impl Handler {
 }
 
 /// Publishes our heartbeat every `every`, and declares down the nodes that stopped sending theirs.
-async fn beat(
-    publisher: Client,
-    channel: String,
-    alive: Vec<u8>,
-    membership: Arc<Membership>,
-    every: Duration,
-) {
+async fn beat(publisher: Client, beats: Beats, membership: Arc<Membership>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         if let Err(e) = publisher
-            .publish::<i64, _, _>(&channel, alive.clone())
+            .publish::<i64, _, _>(&beats.channel, beats.alive())
             .await
         {
             tracing::debug!(error = %e, "heartbeat not sent");

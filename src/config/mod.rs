@@ -86,6 +86,12 @@ pub struct Config {
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// Signs every cluster message (HMAC-SHA256) and refuses those not signed with it: without it, anyone who
+    /// can publish on Redis can speak for a node. The same on every node of the cluster, at least 16
+    /// characters; give it in the environment rather than on the command line. Never logged.
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Hidden>,
+
     /// Tell the room when a socket joins or leaves (`socket-connected`, `socket-disconnected`). Each join costs one
     /// delivery per member, so filling a room of N costs N²/2: turn it off for rooms of many thousands.
     #[arg(long, env = "PRESENCE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -113,6 +119,31 @@ pub struct Config {
     /// `RUST_LOG` sets the levels.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+}
+
+/// A setting that must never be printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hidden(String);
+
+impl Hidden {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Hidden {
+    type Err = std::convert::Infallible;
+
+    /// Never fails: a bad value must be refused later, by a message that does not quote it (clap's would).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 impl Config {
@@ -143,6 +174,18 @@ impl Config {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
+
+    /// How cluster messages are sealed: signed with `CLUSTER_SECRET` when it is set. The error never quotes it.
+    pub fn cluster_seal(&self) -> Result<crate::cluster::seal::Seal, String> {
+        use crate::cluster::seal::{MIN_SECRET_BYTES, Seal};
+        match &self.cluster_secret {
+            None => Ok(Seal::new(None)),
+            Some(secret) if secret.expose().len() < MIN_SECRET_BYTES => Err(format!(
+                "CLUSTER_SECRET must be at least {MIN_SECRET_BYTES} bytes long"
+            )),
+            Some(secret) => Ok(Seal::new(Some(secret.expose().as_bytes()))),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +214,27 @@ mod tests {
         ]);
         assert_eq!(c.origins(), ["https://a.example", "https://b.example"]);
         assert!(Config::parse_from(["x"]).origins().is_empty());
+    }
+
+    #[test]
+    fn the_cluster_secret_is_checked_and_never_shown() {
+        assert!(
+            !Config::parse_from(["x"])
+                .cluster_seal()
+                .unwrap()
+                .is_signed()
+        );
+        let c = Config::parse_from(["x", "--cluster-secret", "0123456789abcdef"]);
+        assert!(c.cluster_seal().unwrap().is_signed());
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        let c = Config::parse_from(["x", "--cluster-secret", "short-secret"]);
+        let err = c.cluster_seal().unwrap_err();
+        assert_eq!(err, "CLUSTER_SECRET must be at least 16 bytes long");
+        let c = Config::parse_from(["x", "--cluster-secret", ""]);
+        assert!(
+            c.cluster_seal().is_err(),
+            "an empty secret is refused, not ignored"
+        );
     }
 
     #[test]
