@@ -34,7 +34,12 @@ use crate::{
     domain::validate::{self, Invalid},
 };
 
-type Limiter = governor::DefaultDirectRateLimiter;
+/// A socket's event rate, in its extensions.
+struct EventRate {
+    limiter: governor::DefaultDirectRateLimiter,
+    /// Set once the socket went over: it is being disconnected, later events are dropped silently.
+    over: std::sync::atomic::AtomicBool,
+}
 
 /// `socket-connected`, `socket-disconnected`: who came or went.
 #[derive(Debug, Serialize)]
@@ -114,7 +119,10 @@ impl<'de> Deserialize<'de> for Args {
 /// Sets up the socket's event handlers for its namespace.
 pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace, me: &Identity) {
     if let Some(quota) = node.event_rate {
-        socket.extensions.insert(Arc::new(Limiter::direct(quota)));
+        socket.extensions.insert(Arc::new(EventRate {
+            limiter: governor::RateLimiter::direct(quota),
+            over: Default::default(),
+        }));
     }
     if ns.verifier.is_claim() {
         socket.on("identity-change", on_identity_change::<A>);
@@ -131,11 +139,14 @@ pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace
 
 /// Takes one event from the socket's rate; beyond it, tells the socket why and disconnects it.
 fn within_rate<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo) -> bool {
-    let Some(limiter) = socket.extensions.get::<Arc<Limiter>>() else {
+    let Some(rate) = socket.extensions.get::<Arc<EventRate>>() else {
         return true;
     };
-    if limiter.check().is_ok() {
+    if rate.limiter.check().is_ok() {
         return true;
+    }
+    if rate.over.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return false;
     }
     let per_second = node.event_rate.map_or(0, |q| q.burst_size().get());
     tracing::warn!(id_socket = %socket.id, ns = socket.ns(), "socket over its event rate, disconnected");

@@ -250,7 +250,7 @@ pub async fn on_connect<A: Adapter>(
         events::relay(&socket, room, "socket-connected", &event).await;
     }
     if ns.views && me.role == Role::View {
-        events::to_namespace(&io, socket.ns(), "__connect__", &()).await;
+        events::to_namespace(&io, socket.ns(), "__connect__", &events::Args::default()).await;
     }
 }
 
