@@ -330,9 +330,9 @@ fn load_namespaces(
     let Some(path) = &config.config else {
         return Ok(Namespaces::single_default());
     };
-    let checked = file::load(path).map_err(|e| StartError::Config(e.to_string()))?;
+    let checked = file::load(path).map_err(|e| StartError::ConfigFile(e.to_string()))?;
     let namespaces = Namespaces::build(checked, &path.display().to_string(), metrics)
-        .map_err(StartError::Config)?;
+        .map_err(StartError::ConfigFile)?;
     for ns in namespaces.iter() {
         tracing::info!(
             namespace = %ns.pattern,

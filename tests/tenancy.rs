@@ -816,3 +816,100 @@ async fn a_socket_flooding_events_is_told_and_disconnected() {
         Some(1.0)
     );
 }
+
+/// Password checks run off the async workers, at most one per core: a flood of credential handshakes (bcrypt
+/// cost 10) leaves the node answering HTTP and admitting other namespaces' sockets at once, and every flooding
+/// handshake gets an answer: admitted, or told the node is busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_password_checks_never_starves_the_node() {
+    let dir = log_dir("tenancy_bcrypt_flood");
+    let hash = bcrypt::hash("open-sesame", 10).unwrap();
+    std::fs::write(
+        dir.join("credentials.json"),
+        json!([{"username": "lab-user", "password": hash}]).to_string(),
+    )
+    .unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[namespace]]
+name = "/do-*"
+auth = "credentials"
+credentials_file = "credentials.json"
+rooms = []
+
+[[namespace]]
+name = "/"
+"#,
+    )
+    .unwrap();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--handshake-rate",
+        "0",
+    ];
+    let node = Node::start(
+        &dir,
+        NodeOpts {
+            args: &args,
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let mut io = Clients::start();
+    const FLOOD: usize = 120;
+    let auth = json!({"username": "lab-user", "password": "open-sesame"});
+    for i in 0..FLOOD {
+        io.open_at(
+            &format!("f{i}"),
+            &format!("{}/do-lab", node.base()),
+            Value::Null,
+            auth.clone(),
+            &["websocket"],
+        )
+        .await;
+    }
+    // While the checks run: HTTP answers at once, and a socket of another namespace is admitted at once.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let http = Http::new();
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        assert_eq!(http.status(&node, "/health").await, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "health took {:?}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = std::time::Instant::now();
+    io.join("calm", &node, "calm", "Maths", "websocket").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a claim socket waited {:?}",
+        started.elapsed()
+    );
+    // Every flooding handshake ends: admitted, or refused as busy.
+    let (mut admitted, mut busy) = (0, 0);
+    for i in 0..FLOOD {
+        let id = format!("f{i}");
+        let ev = io
+            .within(&id, &["connect", "connect_error"], Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{id} got no answer"));
+        match ev["event"].as_str() {
+            Some("connect") => admitted += 1,
+            _ => {
+                assert_eq!(
+                    ev["message"], "server busy checking passwords: retry shortly",
+                    "{ev}"
+                );
+                busy += 1;
+            }
+        }
+    }
+    println!("{FLOOD} bcrypt handshakes: {admitted} admitted, {busy} told busy");
+    assert!(admitted > 0);
+}

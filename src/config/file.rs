@@ -66,6 +66,17 @@ pub enum RoomSource {
     Auth,
 }
 
+impl RoomSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::User => "user",
+            Self::Session => "session",
+            Self::Auth => "auth",
+        }
+    }
+}
+
 /// One `[[namespace]]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -334,7 +345,7 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
     }
     for (i, room) in ns.rooms.iter().enumerate() {
         if ns.rooms[..i].contains(room) {
-            return Err(format!("`rooms` lists {room:?} twice"));
+            return Err(format!("`rooms` lists \"{}\" twice", room.as_str()));
         }
         match room {
             RoomSource::Auth if kind != Webhook => {
