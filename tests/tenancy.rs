@@ -323,6 +323,19 @@ async fn every_auth_kind_accepts_and_refuses() {
         )
         .await;
     assert_eq!(refused(&ev), "UNAUTHORIZED: no token");
+    // A verified identity cannot be changed, nor the session taken from the token.
+    io.emit("j1", "identity-change", json!(["mallory"]), true)
+        .await;
+    assert_eq!(
+        io.expect("j1", "ack").await["args"][0]["error"],
+        "id_user is verified in this namespace: it cannot be changed"
+    );
+    io.emit("j1", "session_id", json!(["other-session"]), true)
+        .await;
+    assert_eq!(
+        io.expect("j1", "ack").await["args"][0]["error"],
+        "the session comes from the token in this namespace"
+    );
 
     // webhook (seed 001): rooms from the answer, the user from an object answer.
     let w1 = connected(

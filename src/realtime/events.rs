@@ -129,12 +129,40 @@ pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace
         if ns.joins(RoomSource::Session) {
             socket.on("session_id", on_session_id::<A>);
         }
+    } else {
+        // Verified identities cannot be changed by the client: say so rather than leave its ack waiting.
+        socket.on(
+            "identity-change",
+            refuse::<A>("id_user is verified in this namespace: it cannot be changed"),
+        );
+        if ns.joins(RoomSource::Session) {
+            socket.on(
+                "session_id",
+                refuse::<A>("the session comes from the token in this namespace"),
+            );
+        }
     }
     if ns.views && me.role == Role::Controller {
         socket.on("__count__", on_count::<A>);
     }
     socket.on_fallback(on_other::<A>);
     socket.on_disconnect(on_disconnect::<A>);
+}
+
+/// A handler that answers every call with `{"error": why}` (and counts against the rate).
+fn refuse<A: Adapter>(
+    why: &'static str,
+) -> impl Fn(SocketRef<A>, State<NodeInfo>, AckSender<A>) -> std::future::Ready<()>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |socket, State(node), ack| {
+        if within_rate(&socket, &node) {
+            let _ = ack.send(&serde_json::json!({ "error": why }));
+        }
+        std::future::ready(())
+    }
 }
 
 /// Takes one event from the socket's rate; beyond it, tells the socket why and disconnects it.
@@ -336,7 +364,7 @@ async fn on_disconnect<A: Adapter>(
         relay(&socket, room, "socket-disconnected", &event).await;
     }
     let views = node.namespaces.find(socket.ns()).is_some_and(|ns| ns.views);
-    if views && me.role != Role::Controller && reason != DisconnectReason::ClosingServer {
+    if views && me.role != Role::Controller {
         let id = serde_json::json!({ "id": socket.id.to_string() });
         to_namespace(&io, socket.ns(), "__disconnect__", &id).await;
     }
