@@ -626,6 +626,18 @@ async fn views_and_forwarding_cross_nodes_and_stay_in_their_namespace() {
         assert_eq!(ev["args"], json!([{"x": 1}, "blue", 3]), "{id}");
     }
 
+    // The server's own event names are not forwarded: a client cannot forge them for the others.
+    io.emit("v1", "__disconnect__", json!([{"id": "forged"}]), false)
+        .await;
+    io.emit("v1", "rate_limited", json!([{"error": "forged"}]), false)
+        .await;
+    io.emit("v1", "after", json!([]), false).await;
+    io.expect("ctl", "after").await;
+    io.expect_none("ctl", "rate_limited", Duration::from_millis(10))
+        .await;
+    io.expect_none("ctl", "__disconnect__", Duration::from_millis(10))
+        .await;
+
     // A view leaving is announced (with its id); the count follows.
     let v2_sid = {
         io.emit("v2", "whoami", json!([]), false).await;

@@ -6,7 +6,8 @@
 //!   every node (seed 000); views joining and non-controllers leaving are announced with `__connect__` and
 //!   `__disconnect__ {id}`.
 //! * any other event: relayed with its arguments to every socket of the namespace on every node, the sender
-//!   included, when `forward = true` (seed 000); ignored otherwise.
+//!   included, when `forward = true` (seed 000); ignored otherwise. The names of the server's own events
+//!   ([`SERVER_EVENTS`]) are never relayed, so a client cannot forge them.
 //!
 //! Every event counts against the socket's rate (`SOCKET_EVENT_RATE`); beyond it the socket gets
 //! `rate_limited` with the reason and is disconnected.
@@ -33,6 +34,19 @@ use crate::{
     config::file::RoomSource,
     domain::validate::{self, Invalid},
 };
+
+/// Event names the server itself sends: never forwarded from a client, so no client can forge them.
+const SERVER_EVENTS: &[&str] = &[
+    "handshake",
+    "socket-connected",
+    "socket-disconnected",
+    "identity-change",
+    "session_id",
+    "rate_limited",
+    "__connect__",
+    "__disconnect__",
+    "__count__",
+];
 
 /// A socket's event rate, in its extensions.
 struct EventRate {
@@ -334,6 +348,10 @@ async fn on_other<A: Adapter>(
         .is_some_and(|ns| ns.forward);
     if !forwards {
         tracing::trace!(event, "event ignored: the namespace does not forward");
+        return;
+    }
+    if SERVER_EVENTS.contains(&event.as_str()) {
+        tracing::debug!(event, id_socket = %socket.id, "a client sent a server event name: not forwarded");
         return;
     }
     match args {
