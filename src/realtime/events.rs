@@ -36,7 +36,7 @@ use crate::{
 };
 
 /// Event names the server itself sends: never forwarded from a client, so no client can forge them.
-const SERVER_EVENTS: &[&str] = &[
+pub const SERVER_EVENTS: &[&str] = &[
     "handshake",
     "socket-connected",
     "socket-disconnected",
