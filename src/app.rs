@@ -129,6 +129,7 @@ pub async fn run(
         cluster: Arc::default(),
         event_rate: std::num::NonZeroU32::new(config.socket_event_rate)
             .map(governor::Quota::per_second),
+        handshakes: Arc::default(),
     };
 
     let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);

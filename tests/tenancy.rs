@@ -323,6 +323,19 @@ async fn every_auth_kind_accepts_and_refuses() {
         )
         .await;
     assert_eq!(refused(&ev), "UNAUTHORIZED: no token");
+    // A verified identity cannot be changed, nor the session taken from the token.
+    io.emit("j1", "identity-change", json!(["mallory"]), true)
+        .await;
+    assert_eq!(
+        io.expect("j1", "ack").await["args"][0]["error"],
+        "id_user is verified in this namespace: it cannot be changed"
+    );
+    io.emit("j1", "session_id", json!(["other-session"]), true)
+        .await;
+    assert_eq!(
+        io.expect("j1", "ack").await["args"][0]["error"],
+        "the session comes from the token in this namespace"
+    );
 
     // webhook (seed 001): rooms from the answer, the user from an object answer.
     let w1 = connected(
@@ -612,6 +625,18 @@ async fn views_and_forwarding_cross_nodes_and_stay_in_their_namespace() {
         let ev = io.expect(id, "draw").await;
         assert_eq!(ev["args"], json!([{"x": 1}, "blue", 3]), "{id}");
     }
+
+    // The server's own event names are not forwarded: a client cannot forge them for the others.
+    io.emit("v1", "__disconnect__", json!([{"id": "forged"}]), false)
+        .await;
+    io.emit("v1", "rate_limited", json!([{"error": "forged"}]), false)
+        .await;
+    io.emit("v1", "after", json!([]), false).await;
+    io.expect("ctl", "after").await;
+    io.expect_none("ctl", "rate_limited", Duration::from_millis(10))
+        .await;
+    io.expect_none("ctl", "__disconnect__", Duration::from_millis(10))
+        .await;
 
     // A view leaving is announced (with its id); the count follows.
     let v2_sid = {
@@ -912,4 +937,81 @@ name = "/"
     }
     println!("{FLOOD} bcrypt handshakes: {admitted} admitted, {busy} told busy");
     assert!(admitted > 0);
+}
+
+/// The shard channels the adapters of a node subscribe to in Redis.
+fn shard_channels(redis: &Redis) -> usize {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "PUBSUB", "SHARDCHANNELS"])
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Refused handshakes to dynamic namespaces leave nothing behind: socketioxide creates a dynamic namespace
+/// (and its Redis subscriptions) before authentication, and the node removes it once its handshakes are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_do_not_pile_up_dynamic_namespaces() {
+    let (_dir, redis, nodes, _) = tenancy_cluster("tenancy_dyn_cleanup").await;
+    let a = &nodes[0];
+    let mut io = Clients::start();
+    let none = Value::Null;
+    let before = shard_channels(&redis);
+    let wrong = json!({"username": "lab-user", "password": "wrong"});
+    for i in 0..20 {
+        let ev = io
+            .connect_ns(
+                &format!("x{i}"),
+                &a.base(),
+                &format!("/do-probe{i}"),
+                none.clone(),
+                wrong.clone(),
+                none.clone(),
+            )
+            .await;
+        assert_eq!(refused(&ev), "UNAUTHORIZED");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the refused namespaces to be gone",
+        async || (shard_channels(&redis) == before).then_some(()),
+    )
+    .await;
+    // An accepted socket keeps its namespace (and its subscriptions) alive, and a refused one beside it does not
+    // remove it.
+    let good = json!({"username": "lab-user", "password": "open-sesame"});
+    connected(
+        &io.connect_ns(
+            "ok",
+            &a.base(),
+            "/do-kept",
+            none.clone(),
+            good,
+            none.clone(),
+        )
+        .await,
+    );
+    let with_one = shard_channels(&redis);
+    assert!(with_one > before, "{with_one} > {before}");
+    let ev = io
+        .connect_ns(
+            "bad",
+            &a.base(),
+            "/do-kept",
+            none.clone(),
+            wrong,
+            none.clone(),
+        )
+        .await;
+    refused(&ev);
+    io.emit("ok", "ping", json!([1]), false).await;
+    assert_eq!(
+        io.expect("ok", "ping").await["args"],
+        json!([1]),
+        "the namespace still forwards"
+    );
+    assert_eq!(shard_channels(&redis), with_one);
 }
