@@ -129,6 +129,7 @@ pub async fn run(
         cluster: Arc::default(),
         event_rate: std::num::NonZeroU32::new(config.socket_event_rate)
             .map(governor::Quota::per_second),
+        handshakes: Arc::default(),
     };
 
     let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
@@ -338,9 +339,9 @@ fn load_namespaces(
     let Some(path) = &config.config else {
         return Ok(Namespaces::single_default());
     };
-    let checked = file::load(path).map_err(|e| StartError::Config(e.to_string()))?;
+    let checked = file::load(path).map_err(|e| StartError::ConfigFile(e.to_string()))?;
     let namespaces = Namespaces::build(checked, &path.display().to_string(), metrics)
-        .map_err(StartError::Config)?;
+        .map_err(StartError::ConfigFile)?;
     for ns in namespaces.iter() {
         tracing::info!(
             namespace = %ns.pattern,

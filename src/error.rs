@@ -15,6 +15,9 @@ pub enum StartError {
     NodeId(Invalid),
     #[error("invalid setting: {0}")]
     Config(String),
+    /// A mistake in the config file or a file it names: the message names the file and the line.
+    #[error("bad config file: {0}")]
+    ConfigFile(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]

@@ -2,8 +2,10 @@
 //!
 //! A horizontally clustered Socket.IO server that answers "who is in this room?" across every node.
 //!
-//! Each socket says who it is (`id_user`) and which room it joins at handshake; the identity is kept in the
-//! socket's extensions. `GET /{room}/users` on any node lists the room's sockets on all nodes.
+//! Each namespace of the config file verifies who connects its own way (claimed, credentials, JWT, an auth
+//! webhook, or no identity) and puts the socket in its rooms (the handshake's room, `user.{id}`,
+//! `session.{id}`, the webhook's rooms); the identity is kept in the socket's extensions. `GET /{room}/users`
+//! on any node lists a room's sockets on all nodes; `GET /api/rooms` a namespace's rooms with their sizes.
 //!
 //! ## Layout
 //! Grouped by capability; dependencies flow down this list, never up.
@@ -23,22 +25,28 @@
 //! `REUSE_PORT` is set.
 //!
 //! ## The cross-node protocol
-//! Two kinds of message, JSON-encoded [`protocol`](cluster::protocol) types, on plain (not sharded) Redis pub/sub channels whose
+//! Two kinds of message, JSON-encoded [`cluster::protocol`] types, on plain (not sharded) Redis pub/sub channels whose
 //! names start with `REDIS_PREFIX` (default `socket-identity`):
 //!
 //! | channel | who subscribes | message |
 //! |---|---|---|
-//! | `{prefix}:users#req` | every node | [`protocol::Request`](cluster::protocol::Request) `{v, id, from, ns, query}` |
-//! | `{prefix}:users#reply#{node}` | node `{node}` | [`protocol::Response`](cluster::protocol::Response) `{v, id, node, reply}` |
-//! | `{prefix}:nodes` | every node | [`protocol::Heartbeat`](cluster::protocol::Heartbeat) `{v, node}` every `HEARTBEAT_MS`, `{v, node, leaving: true}` at shutdown |
+//! | `{prefix}:users#req` | every node | [`cluster::protocol::Request`] `{v, id, from, ns, query}` |
+//! | `{prefix}:users#reply#{node}` | node `{node}` | [`cluster::protocol::Response`] `{v, id, node, reply}` |
+//! | `{prefix}:nodes` | every node | [`cluster::protocol::Heartbeat`] `{v, node}` every `HEARTBEAT_MS`, `{v, node, leaving: true}` at shutdown |
 //!
-//! 1. Membership ([`membership`](cluster::membership)): a node announces itself before it answers any request, sends a heartbeat
-//!    every interval, and says when it leaves. A node silent for 3 intervals is declared down. A node hearing a
+//! A request asks about one namespace `ns` ([`cluster::protocol::Query`]): the members of a room (`users`), the
+//! rooms and their sizes (`rooms`), or the number of view sockets (`views`, for seed 000's `__count__`); each
+//! answer is of the same kind ([`cluster::protocol::Reply`]). The wire format is version 2: nodes of another
+//! version ignore each other's messages.
+//!
+//! 1. Membership ([`cluster::membership`]): a node announces itself before it answers any request, sends a
+//!    heartbeat every interval, and says when it leaves. A node silent for 3 intervals is declared down. A node hearing a
 //!    newcomer sends its own heartbeat at once, so the newcomer knows everyone within a round trip.
 //! 2. The asking node publishes **one** request and waits for the nodes it knows to be alive. If `PUBLISH`
 //!    counts fewer subscribers than that, one `PUBSUB NUMSUB` of their reply channels tells which are gone.
-//! 3. Every other node answers with its local sockets of the room and their `id_user`, read from the sockets'
-//!    extensions, in one reply. Round trips do not grow with the number of sockets.
+//! 3. Every other node answers with its local sockets of the namespace (for `users`: the room's sockets and
+//!    their `id_user`, read from the sockets' extensions), in one reply. Round trips do not grow with the
+//!    number of sockets.
 //! 4. The asker returns as soon as every live node has answered (a node declared down meanwhile is no longer
 //!    waited for), or at the request timeout with what it has, marked partial (`X-Cluster-Nodes: 2/3`,
 //!    `X-Cluster-Partial: true`). Replies from nodes that are not members, and duplicates, are ignored.
@@ -51,9 +59,10 @@
 //! 60 s away from its clock, and a heartbeat older than the last accepted from its node (no replays); so a
 //! client of Redis cannot speak for a node. Without the secret, messages are the bare JSON.
 //!
-//! Messages with another version, malformed fields, unknown request ids or duplicate answers are logged and
-//! ignored. Rooms and broadcasts between nodes (the `socket-connected` events and the like) go through the
-//! socketioxide-redis adapter on its own sharded channels (`{prefix}-adapter-*`). Its `fetch_sockets` is not used
+//! Messages with another version, malformed fields, unknown request ids, answers of another kind or duplicate
+//! answers are logged and ignored. Rooms and broadcasts between nodes (the `socket-connected` events,
+//! forwarded events, `__connect__` and the like) go through the socketioxide-redis adapter on its own sharded
+//! channels (`{prefix}-adapter-*`), one set per namespace, so one tenant's broadcasts never reach another's. Its `fetch_sockets` is not used
 //! for the room query: remote sockets carry no extensions (so no `id_user`), and its answer is silently partial
 //! when a node is slow.
 

@@ -66,6 +66,17 @@ pub enum RoomSource {
     Auth,
 }
 
+impl RoomSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::User => "user",
+            Self::Session => "session",
+            Self::Auth => "auth",
+        }
+    }
+}
+
 /// One `[[namespace]]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +120,28 @@ pub struct NamespaceConfig {
     /// Logged (warn) on every connection: the namespace is kept for old clients only.
     pub deprecated: Option<String>,
 }
+
+/// Every key of a `[[namespace]]` table. Update this list and [`NamespaceConfig`] together: the tests check that
+/// it matches the struct's fields and that `deploy/config.example.toml` names each key (set or commented out).
+#[cfg(test)]
+const NAMESPACE_KEYS: &[&str] = &[
+    "name",
+    "auth",
+    "credentials_file",
+    "allow_plain_passwords",
+    "jwt_secret",
+    "jwt_public_key",
+    "user_claim",
+    "session_claim",
+    "jwt_cookie",
+    "auth_url",
+    "auth_scheme",
+    "auth_timeout_ms",
+    "rooms",
+    "forward",
+    "views",
+    "deprecated",
+];
 
 fn default_user_claim() -> String {
     "sub".into()
@@ -312,7 +345,7 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
     }
     for (i, room) in ns.rooms.iter().enumerate() {
         if ns.rooms[..i].contains(room) {
-            return Err(format!("`rooms` lists {room:?} twice"));
+            return Err(format!("`rooms` lists \"{}\" twice", room.as_str()));
         }
         match room {
             RoomSource::Auth if kind != Webhook => {
@@ -444,5 +477,97 @@ rooms = ["auth", "user"]
         );
         let e = parse_err("[[namespace]]\nname = \"/\"\nauth = \"magic\"\n");
         assert!(e.starts_with("test.toml:3: unknown variant `magic`"), "{e}");
+    }
+
+    const EXAMPLE: &str = include_str!("../../deploy/config.example.toml");
+
+    /// `deploy/config.example.toml` loads, with the seeds' namespaces that README "Config file" describes.
+    #[test]
+    fn example_file_loads() {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let list = parse(EXAMPLE, "deploy/config.example.toml", &base).unwrap();
+        let find = |name: &str| {
+            list.iter()
+                .find(|n| n.config.name == name)
+                .unwrap_or_else(|| panic!("{name} is missing from the example"))
+                .config
+                .clone()
+        };
+        use RoomSource::*;
+        let root = find("/");
+        assert_eq!(root.auth, AuthKind::Jwt);
+        assert_eq!(root.rooms, [User, Session]);
+        let lab = find("/do-*");
+        assert_eq!(lab.auth, AuthKind::Credentials);
+        assert!(lab.forward && lab.views && !lab.allow_plain_passwords);
+        let shared = find("/sharedsocket");
+        assert_eq!(shared.auth, AuthKind::None);
+        assert!(shared.deprecated.is_some());
+        let site = find("/newsite");
+        assert_eq!(site.auth, AuthKind::Webhook);
+        assert_eq!(site.rooms, [Auth, User]);
+        let chat = find("/chat");
+        assert_eq!(chat.auth, AuthKind::Claim);
+        assert_eq!(chat.rooms, [Handshake, User, Session]);
+        assert_eq!(list.len(), 5);
+
+        // The credentials file it names holds a bcrypt hash of the password its comment gives.
+        let creds = lab.credentials_file.expect("set");
+        assert_eq!(creds, base.join("credentials.example.json"));
+        let users: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&creds).unwrap()).unwrap();
+        assert_eq!(users[0]["username"], "lab");
+        let hash = users[0]["password"].as_str().unwrap();
+        assert!(hash.starts_with("$2b$10$"), "{hash}");
+        assert!(bcrypt::verify("example-password", hash).unwrap());
+        assert!(EXAMPLE.contains("\"example-password\""));
+    }
+
+    /// Every key of `[[namespace]]` is in the example file, set or commented out.
+    #[test]
+    fn example_file_names_every_key() {
+        for key in NAMESPACE_KEYS {
+            let named = EXAMPLE.lines().any(|line| {
+                let line = line.trim_start().trim_start_matches('#').trim_start();
+                line.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            assert!(named, "`{key}` is missing from deploy/config.example.toml");
+        }
+    }
+
+    /// [`NAMESPACE_KEYS`] is exactly what serde accepts in a `[[namespace]]` table, in the struct's order.
+    #[test]
+    fn namespace_keys_match_the_struct() {
+        assert_eq!(serde_fields::<NamespaceConfig>(), NAMESPACE_KEYS);
+    }
+
+    /// The field names a derived `Deserialize` asks its deserializer for.
+    fn serde_fields<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+        use serde::de::{Error, Visitor, value};
+        struct Fields(&'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for &mut Fields {
+            type Error = value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, value::Error> {
+                Err(value::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, value::Error> {
+                self.0 = fields;
+                Err(value::Error::custom("fields read"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+                option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+                ignored_any
+            }
+        }
+        let mut fields = Fields(&[]);
+        let _ = T::deserialize(&mut fields);
+        fields.0
     }
 }

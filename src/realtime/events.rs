@@ -6,7 +6,8 @@
 //!   every node (seed 000); views joining and non-controllers leaving are announced with `__connect__` and
 //!   `__disconnect__ {id}`.
 //! * any other event: relayed with its arguments to every socket of the namespace on every node, the sender
-//!   included, when `forward = true` (seed 000); ignored otherwise.
+//!   included, when `forward = true` (seed 000); ignored otherwise. The names of the server's own events
+//!   ([`SERVER_EVENTS`]) are never relayed, so a client cannot forge them.
 //!
 //! Every event counts against the socket's rate (`SOCKET_EVENT_RATE`); beyond it the socket gets
 //! `rate_limited` with the reason and is disconnected.
@@ -34,7 +35,25 @@ use crate::{
     domain::validate::{self, Invalid},
 };
 
-type Limiter = governor::DefaultDirectRateLimiter;
+/// Event names the server itself sends: never forwarded from a client, so no client can forge them.
+pub const SERVER_EVENTS: &[&str] = &[
+    "handshake",
+    "socket-connected",
+    "socket-disconnected",
+    "identity-change",
+    "session_id",
+    "rate_limited",
+    "__connect__",
+    "__disconnect__",
+    "__count__",
+];
+
+/// A socket's event rate, in its extensions.
+struct EventRate {
+    limiter: governor::DefaultDirectRateLimiter,
+    /// Set once the socket went over: it is being disconnected, later events are dropped silently.
+    over: std::sync::atomic::AtomicBool,
+}
 
 /// `socket-connected`, `socket-disconnected`: who came or went.
 #[derive(Debug, Serialize)]
@@ -114,12 +133,27 @@ impl<'de> Deserialize<'de> for Args {
 /// Sets up the socket's event handlers for its namespace.
 pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace, me: &Identity) {
     if let Some(quota) = node.event_rate {
-        socket.extensions.insert(Arc::new(Limiter::direct(quota)));
+        socket.extensions.insert(Arc::new(EventRate {
+            limiter: governor::RateLimiter::direct(quota),
+            over: Default::default(),
+        }));
     }
     if ns.verifier.is_claim() {
         socket.on("identity-change", on_identity_change::<A>);
         if ns.joins(RoomSource::Session) {
             socket.on("session_id", on_session_id::<A>);
+        }
+    } else {
+        // Verified identities cannot be changed by the client: say so rather than leave its ack waiting.
+        socket.on(
+            "identity-change",
+            refuse::<A>("id_user is verified in this namespace: it cannot be changed"),
+        );
+        if ns.joins(RoomSource::Session) {
+            socket.on(
+                "session_id",
+                refuse::<A>("the session comes from the token in this namespace"),
+            );
         }
     }
     if ns.views && me.role == Role::Controller {
@@ -129,13 +163,32 @@ pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace
     socket.on_disconnect(on_disconnect::<A>);
 }
 
+/// A handler that answers every call with `{"error": why}` (and counts against the rate).
+fn refuse<A: Adapter>(
+    why: &'static str,
+) -> impl Fn(SocketRef<A>, State<NodeInfo>, AckSender<A>) -> std::future::Ready<()>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |socket, State(node), ack| {
+        if within_rate(&socket, &node) {
+            let _ = ack.send(&serde_json::json!({ "error": why }));
+        }
+        std::future::ready(())
+    }
+}
+
 /// Takes one event from the socket's rate; beyond it, tells the socket why and disconnects it.
 fn within_rate<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo) -> bool {
-    let Some(limiter) = socket.extensions.get::<Arc<Limiter>>() else {
+    let Some(rate) = socket.extensions.get::<Arc<EventRate>>() else {
         return true;
     };
-    if limiter.check().is_ok() {
+    if rate.limiter.check().is_ok() {
         return true;
+    }
+    if rate.over.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return false;
     }
     let per_second = node.event_rate.map_or(0, |q| q.burst_size().get());
     tracing::warn!(id_socket = %socket.id, ns = socket.ns(), "socket over its event rate, disconnected");
@@ -297,6 +350,10 @@ async fn on_other<A: Adapter>(
         tracing::trace!(event, "event ignored: the namespace does not forward");
         return;
     }
+    if SERVER_EVENTS.contains(&event.as_str()) {
+        tracing::debug!(event, id_socket = %socket.id, "a client sent a server event name: not forwarded");
+        return;
+    }
     match args {
         Ok(args) => to_namespace(&io, socket.ns(), &event, &args).await,
         Err(e) => {
@@ -325,7 +382,7 @@ async fn on_disconnect<A: Adapter>(
         relay(&socket, room, "socket-disconnected", &event).await;
     }
     let views = node.namespaces.find(socket.ns()).is_some_and(|ns| ns.views);
-    if views && me.role != Role::Controller && reason != DisconnectReason::ClosingServer {
+    if views && me.role != Role::Controller {
         let id = serde_json::json!({ "id": socket.id.to_string() });
         to_namespace(&io, socket.ns(), "__disconnect__", &id).await;
     }

@@ -66,6 +66,8 @@ pub enum HandshakeError {
     BadType,
     #[error("namespace not served")]
     UnknownNamespace,
+    #[error("namespace reset while connecting: retry")]
+    Retry,
 }
 
 impl HandshakeError {
@@ -77,6 +79,7 @@ impl HandshakeError {
             Self::RoomName(..) => "room_name",
             Self::BadType => "bad_type",
             Self::UnknownNamespace => "namespace",
+            Self::Retry => "retry",
         }
     }
 }
@@ -136,10 +139,20 @@ pub fn check_derived(ns: &Namespace, identity: &Identity) -> Result<(), Handshak
 /// Connect middleware: a refusal here reaches the client as `connect_error` with the error's text.
 pub async fn handshake<A: Adapter>(
     socket: SocketRef<A>,
+    io: SocketIo<A>,
     TryData(auth): TryData<Value>,
     State(node): State<NodeInfo>,
 ) -> Result<(), HandshakeError> {
+    let entered = node.handshakes.enter(socket.ns());
     let admitted = admit(&socket, auth.ok(), &node).await;
+    let others = entered.leave();
+    if admitted.is_err() && others == 0 {
+        forget_if_unused(&io, &node, socket.ns());
+    }
+    if admitted.is_ok() && io.of(socket.ns()).is_none() {
+        // Removed by a refused handshake that finished meanwhile: this socket would be in a dead namespace.
+        return Err(HandshakeError::Retry);
+    }
     let (slot, identity) = admitted.inspect_err(|e| {
         tracing::debug!(ns = socket.ns(), error = %e, "handshake refused");
         let reason = Reason { reason: e.kind() };
@@ -149,6 +162,26 @@ pub async fn handshake<A: Adapter>(
     socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(identity);
     Ok(())
+}
+
+/// Removes a dynamic namespace (`/do-x` of `/do-*`) that has no socket on this node once its last handshake
+/// in progress is refused. socketioxide creates a dynamic namespace, with its adapter's Redis subscriptions,
+/// before our middleware runs: without this, clients refused by auth could create namespaces without end.
+fn forget_if_unused<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo, ns: &str) {
+    let dynamic = node
+        .namespaces
+        .find(ns)
+        .is_some_and(|n| matches!(n.pattern, crate::config::file::NamePattern::Prefix(_)));
+    let empty = io
+        .of(ns)
+        .is_some_and(|ops| ops.local().sockets().is_empty());
+    if dynamic && empty {
+        tracing::debug!(
+            ns,
+            "dynamic namespace without sockets removed after a refused handshake"
+        );
+        io.delete_ns(ns);
+    }
 }
 
 async fn admit<A: Adapter>(
@@ -250,7 +283,7 @@ pub async fn on_connect<A: Adapter>(
         events::relay(&socket, room, "socket-connected", &event).await;
     }
     if ns.views && me.role == Role::View {
-        events::to_namespace(&io, socket.ns(), "__connect__", &()).await;
+        events::to_namespace(&io, socket.ns(), "__connect__", &events::Args::default()).await;
     }
 }
 

@@ -42,6 +42,50 @@ pub struct NodeInfo {
     pub cluster: Arc<OnceLock<Arc<Cluster>>>,
     /// Client events per second per socket ([`crate::Config::socket_event_rate`]); `None`: no limit.
     pub event_rate: Option<governor::Quota>,
+    /// Handshakes in progress, by namespace.
+    pub handshakes: Arc<InProgress>,
+}
+
+/// Handshakes in progress per namespace path: a dynamic namespace is only removed when none is.
+#[derive(Debug, Default)]
+pub struct InProgress(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+/// One handshake in progress; [`Entered::leave`] says how many others are still going on.
+pub struct Entered<'a> {
+    of: &'a InProgress,
+    ns: String,
+}
+
+impl InProgress {
+    pub fn enter(&self, ns: &str) -> Entered<'_> {
+        *self.0.lock().unwrap().entry(ns.to_owned()).or_default() += 1;
+        Entered {
+            of: self,
+            ns: ns.to_owned(),
+        }
+    }
+}
+
+impl Entered<'_> {
+    /// Ends this handshake; returns the number of others still in progress in the namespace.
+    pub fn leave(self) -> usize {
+        let (of, ns) = (self.of, self.ns.clone());
+        drop(self);
+        of.0.lock().unwrap().get(&ns).copied().unwrap_or(0)
+    }
+}
+
+/// Also when the handshake's future is dropped half-way (the client went away).
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        let mut map = self.of.0.lock().unwrap();
+        if let Some(n) = map.get_mut(&self.ns) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ns);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for NodeInfo {
@@ -60,5 +104,22 @@ impl NodeInfo {
             Some(cluster) => cluster.ask(ns, query).await,
             None => Answer::local(self.id.clone(), io.answer(ns, &query)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_handshakes_in_progress() {
+        let p = InProgress::default();
+        let a = p.enter("/do-x");
+        let b = p.enter("/do-x");
+        let c = p.enter("/do-y");
+        assert_eq!(a.leave(), 1);
+        drop(c);
+        assert_eq!(b.leave(), 0);
+        assert!(p.0.lock().unwrap().is_empty());
     }
 }

@@ -408,7 +408,7 @@ impl Users {
             .map(|u| {
                 (
                     u["id_socket"].as_str().unwrap().to_owned(),
-                    u["id_user"].as_str().unwrap().to_owned(),
+                    u["id_user"].as_str().unwrap_or("").to_owned(),
                 )
             })
             .collect()
@@ -447,9 +447,15 @@ impl Http {
 
     /// `GET {base}/{room}/users`.
     pub async fn users_at(&self, base: &str, room: &str) -> Users {
+        self.users_in(base, room, "/").await
+    }
+
+    /// `GET {base}/{room}/users?namespace={ns}`.
+    pub async fn users_in(&self, base: &str, room: &str, ns: &str) -> Users {
         let res = self
             .client
             .get(format!("{base}/{room}/users"))
+            .query(&[("namespace", ns)])
             .send()
             .await
             .unwrap();
@@ -576,6 +582,29 @@ impl Clients {
         let ev = self.expect_any(id, &["connect", "connect_error"]).await;
         assert_eq!(ev["event"], "connect", "{id} could not connect: {ev}");
         ev["sid"].as_str().unwrap().to_owned()
+    }
+
+    /// Connects `id` to namespace `ns` of the server at `base` over websocket, with `query`, `auth` and extra
+    /// HTTP `headers` on the handshake; returns the outcome: the `connect` or `connect_error` event.
+    pub async fn connect_ns(
+        &mut self,
+        id: &str,
+        base: &str,
+        ns: &str,
+        query: Value,
+        auth: Value,
+        headers: Value,
+    ) -> Value {
+        let url = match ns {
+            "/" => base.to_owned(),
+            ns => format!("{base}{ns}"),
+        };
+        self.send(
+            json!({"op": "connect", "id": id, "url": url, "query": query, "auth": auth,
+            "transports": ["websocket"], "headers": headers}),
+        )
+        .await;
+        self.expect_any(id, &["connect", "connect_error"]).await
     }
 
     /// Opens a websocket socket to `node` with extra HTTP headers on its handshake (e.g. `Origin`).

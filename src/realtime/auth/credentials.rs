@@ -13,7 +13,7 @@ use super::{AuthError, Handshake, Verified};
 use crate::domain::validate;
 
 /// Longest a handshake waits for a free core to check its password.
-const QUEUE_WAIT: Duration = Duration::from_secs(3);
+const QUEUE_WAIT: Duration = Duration::from_secs(8);
 
 /// One entry of the credentials file (seed 000's format).
 #[derive(Debug, Deserialize)]

@@ -240,6 +240,51 @@ mod tests {
         assert!(err(unsigned).starts_with("UNAUTHORIZED: "));
     }
 
+    /// ES256 with a public key file: tokens signed by the matching private key pass, others do not.
+    #[test]
+    fn public_keys_verify_es256() {
+        use aws_lc_rs::{
+            rand::SystemRandom,
+            signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair},
+        };
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        // SubjectPublicKeyInfo for a P-256 key: a fixed DER header, then the uncompressed point.
+        let mut spki = vec![
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
+            0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+        ];
+        spki.extend_from_slice(pair.public_key().as_ref());
+        use base64::Engine;
+        let pem = format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(&spki)
+        );
+        let path = std::env::temp_dir().join(format!("es256-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&path, pem).unwrap();
+        let mut c = config("");
+        c.jwt_secret = None;
+        c.jwt_public_key = Some(path.clone());
+        let j = Jwt::new(&c).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let claims = json!({"sub": "eve", "exp": now() + 60});
+        let signed = encode(
+            &Header::new(Algorithm::ES256),
+            &claims,
+            &EncodingKey::from_ec_der(pkcs8.as_ref()),
+        )
+        .unwrap();
+        let v = verify(&j, &format!("token={signed}"), &HeaderMap::new()).unwrap();
+        assert_eq!(v.id_user.as_deref(), Some("eve"));
+        // An HS256 token, even with a "secret" equal to the public key, is refused: the algorithm is pinned.
+        let hs = token(claims, "whatever-secret-value");
+        let e = verify(&j, &format!("token={hs}"), &HeaderMap::new()).unwrap_err();
+        assert_eq!(e.to_string(), "UNAUTHORIZED: algorithm not accepted");
+    }
+
     #[test]
     fn user_claim_is_configurable() {
         let j = Jwt::new(&config("user_claim = \"preferred_username\"")).unwrap();
