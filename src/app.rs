@@ -242,8 +242,40 @@ type Serving = (
     axum::Router,
     Arc<dyn LocalRooms>,
     Option<Arc<Cluster>>,
-    Option<redis::Subscriber>,
+    Option<AdapterLink>,
 );
+
+/// The socketioxide-redis adapter's connection, and the watchers counting its events: they go together.
+struct AdapterLink {
+    sub: redis::Subscriber,
+    _watch: metrics::RedisWatch,
+}
+
+impl AdapterLink {
+    async fn close(&self) {
+        self.sub.close().await;
+    }
+}
+
+/// Closes what a failed attempt to join opened, so that retries do not pile up connections and tasks: the
+/// namespaces (their adapters' Redis subscriptions and the tasks reading them), then the adapter's connection.
+/// Each step is bounded by [`DRAIN_TIMEOUT`], should Redis be the reason the attempt failed.
+async fn abandon(local: &dyn LocalRooms, adapter: &AdapterLink) {
+    if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing the namespaces of a failed start-up attempt took too long");
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, adapter.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "closing the adapter's connection of a failed start-up attempt took too long"
+        );
+    }
+}
 
 /// One attempt to join the cluster: the adapter on its own subscriber, the Socket.IO layer on the adapter, and
 /// our room-query protocol.
@@ -259,10 +291,12 @@ async fn join_cluster(
     ) -> AppState,
 ) -> Result<Serving, StartError> {
     let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
-    info.metrics
-        .watch_redis(&adapter_sub.client, "adapter_subscriber");
+    let link = AdapterLink {
+        _watch: (info.metrics).watch_redis(&adapter_sub.client, "adapter_subscriber"),
+        sub: adapter_sub,
+    };
     let adapter = RedisAdapterCtr::new_with_fred_config(
-        adapter_sub.client.clone(),
+        link.sub.client.clone(),
         RedisAdapterConfig::new()
             .with_prefix(format!("{}-adapter", config.redis_prefix))
             .with_request_timeout(config.request_timeout())
@@ -270,31 +304,48 @@ async fn join_cluster(
             // so a burst of broadcasts must fit. Memory is only taken while a backlog exists.
             .with_stream_buffer(ADAPTER_STREAM_BUFFER),
     )
-    .await
-    .map_err(|e| redis::connect_err(redis, e))?;
+    .await;
+    let adapter = match adapter {
+        Ok(adapter) => adapter,
+        Err(e) => {
+            link.close().await;
+            return Err(redis::connect_err(redis, e).into());
+        }
+    };
     let (layer, io) = io_builder(info.clone(), config)
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
-    for init in info.namespaces.register(&io).map_err(StartError::Config)? {
-        init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
-    }
-    let local: Arc<dyn LocalRooms> = Arc::new(io);
-    let settings = cluster::Settings {
-        prefix: config.redis_prefix.clone(),
-        node: info.id.clone(),
-        timeout: config.request_timeout(),
-        heartbeat: config.heartbeat(),
-        seal: seal.clone(),
+    let local: Arc<dyn LocalRooms> = Arc::new(io.clone());
+    let started = async {
+        for init in info.namespaces.register(&io).map_err(StartError::Config)? {
+            init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+        }
+        let settings = cluster::Settings {
+            prefix: config.redis_prefix.clone(),
+            node: info.id.clone(),
+            timeout: config.request_timeout(),
+            heartbeat: config.heartbeat(),
+            seal: seal.clone(),
+        };
+        Ok::<_, StartError>(
+            Cluster::start(redis, settings, local.clone(), info.metrics.clone()).await?,
+        )
     };
-    let cluster = Cluster::start(redis, settings, local.clone(), info.metrics.clone()).await?;
+    let cluster = match started.await {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            abandon(&*local, &link).await;
+            return Err(e);
+        }
+    };
     let _ = info.cluster.set(cluster.clone());
     let state = app_state(
         local.clone(),
         Some(cluster.clone()),
-        Some(adapter_sub.client.clone()),
+        Some(link.sub.client.clone()),
     );
     let app = http::router(state).layer(layer);
-    Ok((app, local, Some(cluster), Some(adapter_sub)))
+    Ok((app, local, Some(cluster), Some(link)))
 }
 
 /// On shutdown: stop accepting (so clients that reconnect land on another node, even on a shared port) while
@@ -307,7 +358,7 @@ async fn drain_on(
     handle: axum_server::Handle,
     local: Arc<dyn LocalRooms>,
     cluster: Option<Arc<Cluster>>,
-    adapter_sub: Option<redis::Subscriber>,
+    adapter_sub: Option<AdapterLink>,
 ) {
     shutdown.await;
     draining.store(true, Ordering::Relaxed);

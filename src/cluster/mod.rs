@@ -42,7 +42,7 @@ use crate::{
     cluster::protocol::{Heartbeat, Query, Request, Response},
     cluster::seal::{Freshness, RejectionLog, Seal, SealError},
     redis::{self, RedisError, Subscriber},
-    telemetry::metrics::{Metrics, Outcome},
+    telemetry::metrics::{Metrics, Outcome, RedisWatch},
 };
 
 /// Most replies this node computes at once; requests beyond it are dropped (the asker marks its answer partial).
@@ -95,6 +95,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     listener: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Count the publisher's and the subscriber's Redis events for as long as the cluster lives.
+    _watches: [RedisWatch; 2],
 }
 
 /// How this node takes part in the cluster protocol.
@@ -128,9 +130,17 @@ impl Cluster {
             seal,
         } = settings;
         let publisher = redis::connect_client(redis, timeout).await?;
-        let subscriber = Subscriber::new(redis, Duration::from_secs(5))?;
-        metrics.watch_redis(&publisher, "publisher");
-        metrics.watch_redis(&subscriber.client, "cluster_subscriber");
+        let subscriber = match Subscriber::new(redis, Duration::from_secs(5)) {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                let _ = publisher.quit().await;
+                return Err(e);
+            }
+        };
+        let watches = [
+            metrics.watch_redis(&publisher, "publisher"),
+            metrics.watch_redis(&subscriber.client, "cluster_subscriber"),
+        ];
         let request_channel = format!("{prefix}:users#req");
         let reply_prefix = format!("{prefix}:users#reply#");
         let reply_channel = format!("{reply_prefix}{node}");
@@ -165,21 +175,34 @@ impl Cluster {
                 refusals: RejectionLog::default(),
             },
         ));
-        redis::init(&subscriber.client, redis).await?;
-        subscriber
-            .client
-            .subscribe(vec![
+        let joined = async {
+            let failed = |source| redis::connect_err(redis, source);
+            redis::init(&subscriber.client, redis).await?;
+            let channels = vec![
                 request_channel.clone(),
                 reply_channel,
                 nodes_channel.clone(),
-            ])
-            .await
-            .map_err(|source| redis::connect_err(redis, source))?;
-        // Announce ourselves before answering: a node must not receive our reply before it knows us.
-        publisher
-            .publish::<i64, _, _>(&nodes_channel, beats.alive())
-            .await
-            .map_err(|source| redis::connect_err(redis, source))?;
+            ];
+            subscriber
+                .client
+                .subscribe(channels)
+                .await
+                .map_err(failed)?;
+            // Announce ourselves before answering: a node must not receive our reply before it knows us.
+            publisher
+                .publish::<i64, _, _>(&nodes_channel, beats.alive())
+                .await
+                .map_err(failed)?;
+            Ok::<_, RedisError>(())
+        };
+        if let Err(e) = joined.await {
+            // Leave nothing behind for the next attempt: the listener, both connections (fred keeps a client
+            // connected, and reconnecting, until it quits) and, as `watches` drops, their watchers.
+            listener.abort();
+            subscriber.close().await;
+            let _ = publisher.quit().await;
+            return Err(e);
+        }
         answering.store(true, Ordering::Relaxed);
         let heartbeat = tokio::spawn(beat(
             publisher.clone(),
@@ -204,6 +227,7 @@ impl Cluster {
             metrics,
             listener,
             heartbeat,
+            _watches: watches,
         }))
     }
 

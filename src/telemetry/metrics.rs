@@ -3,8 +3,6 @@
 //! Counters are bumped where things happen (handshake, cluster query, Redis events); the socket and room
 //! gauges are read from the node when scraped, so they can never drift from the truth.
 
-use std::sync::Mutex;
-
 use fred::prelude::EventInterface;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -54,8 +52,6 @@ pub struct Metrics {
     pub cluster_messages_rejected: Counter,
     pub redis_errors: Family<Connection, Counter>,
     pub redis_reconnects: Family<Connection, Counter>,
-    /// The tasks counting Redis events; stopped with the node.
-    watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,7 +164,6 @@ impl Metrics {
             cluster_messages_rejected,
             redis_errors,
             redis_reconnects,
-            watchers: Mutex::default(),
         }
     }
 
@@ -183,8 +178,13 @@ impl Metrics {
         out
     }
 
-    /// Counts the errors and reconnections fred reports for `client`.
-    pub fn watch_redis(&self, client: &impl EventInterface, connection: &'static str) {
+    /// Counts the errors and reconnections fred reports for `client`, until the returned guard is dropped: the
+    /// owner of the connection keeps it as long as the connection (a failed start-up attempt drops both).
+    pub fn watch_redis(
+        &self,
+        client: &impl EventInterface,
+        connection: &'static str,
+    ) -> RedisWatch {
         let label = Connection { connection };
         let mut errors = client.error_rx();
         let counter = self.redis_errors.get_or_create(&label).clone();
@@ -205,15 +205,19 @@ impl Metrics {
                 }
             }
         });
-        let mut watchers = self.watchers.lock().unwrap();
-        watchers.extend([on_error, on_reconnect]);
+        RedisWatch([on_error, on_reconnect])
     }
 }
 
-impl Drop for Metrics {
+/// The two tasks counting one Redis connection's events ([`Metrics::watch_redis`]); stopped when dropped.
+#[must_use = "the watchers stop when this is dropped"]
+#[derive(Debug)]
+pub struct RedisWatch([tokio::task::JoinHandle<()>; 2]);
+
+impl Drop for RedisWatch {
     fn drop(&mut self) {
-        for w in self.watchers.get_mut().unwrap().drain(..) {
-            w.abort();
+        for task in &self.0 {
+            task.abort();
         }
     }
 }
@@ -221,6 +225,27 @@ impl Drop for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watchers of a connection stop with their guard (a failed start-up attempt must not leave them).
+    #[tokio::test]
+    async fn redis_watchers_stop_with_their_guard() {
+        let endpoint = crate::redis::Endpoint::parse("redis://127.0.0.1:1", None).unwrap();
+        let sub =
+            crate::redis::Subscriber::new(&endpoint, std::time::Duration::from_secs(1)).unwrap();
+        let m = Metrics::new();
+        let watch = m.watch_redis(&sub.client, "publisher");
+        let handles: Vec<_> = watch.0.iter().map(|t| t.abort_handle()).collect();
+        tokio::task::yield_now().await;
+        assert!(handles.iter().all(|h| !h.is_finished()), "watching");
+        drop(watch);
+        for _ in 0..100 {
+            if handles.iter().all(|h| h.is_finished()) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the watchers outlived their guard");
+    }
 
     #[test]
     fn renders_every_family() {

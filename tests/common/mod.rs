@@ -135,6 +135,26 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Runs one command with `redis-cli` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `CLIENT LIST` without the connection asking: the clients connected now.
+    pub fn clients(&self) -> Vec<String> {
+        self.cli(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn ping(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
