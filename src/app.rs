@@ -337,7 +337,7 @@ fn load_namespaces(
     for ns in namespaces.iter() {
         tracing::info!(
             namespace = %ns.pattern,
-            auth = ?ns.verifier,
+            auth = ns.verifier.kind(),
             rooms = ?ns.rooms,
             forward = ns.forward,
             views = ns.views,
