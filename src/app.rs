@@ -110,7 +110,7 @@ pub async fn run(
                 StartError::Config(format!("CORS_ORIGINS: {o:?} is not a valid origin"))
             })
         })
-        .collect::<Result<Arc<[_]>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
@@ -139,7 +139,6 @@ pub async fn run(
             adapter_redis,
             page: page.clone(),
             api_token: api_token.clone(),
-            cors_origins: cors_origins.clone(),
         };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
@@ -186,12 +185,17 @@ pub async fn run(
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{addr}");
-    let app = app
-        .layer(axum::middleware::from_fn_with_state(
-            info,
-            http::limit_sessions,
-        ))
-        .layer(axum::middleware::map_request(http::detach_head));
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        info,
+        http::limit_sessions,
+    ));
+    // Outside the Socket.IO layer (inside `app`) so `/socket.io/` gets CORS too, and outside the rate limit so a
+    // preflight is never counted as a new session.
+    let app = match http::cors(&cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    let app = app.layer(axum::middleware::map_request(http::detach_head));
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     match tls {
         Some(tls) => {

@@ -76,7 +76,8 @@ pub struct Config {
     pub max_payload_bytes: u64,
 
     /// Browser origins allowed to connect and to read the REST API (comma-separated, e.g.
-    /// `https://app.example,https://admin.example`). Empty: Socket.IO from any origin, REST same-origin only.
+    /// `https://app.example,https://admin.example`); they get CORS headers, with credentials, on `/socket.io/`
+    /// and the REST routes. Empty: Socket.IO from any origin, no CORS header (same-origin only).
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 

@@ -580,9 +580,23 @@ impl Clients {
 
     /// Opens a websocket socket to `node` with extra HTTP headers on its handshake (e.g. `Origin`).
     pub async fn open_with_headers(&mut self, id: &str, node: &Node, query: Value, headers: Value) {
+        self.open_with_headers_over(id, node, query, headers, &["websocket"])
+            .await;
+    }
+
+    /// [`Self::open_with_headers`] over the given transports; with `polling`, every long-polling request carries
+    /// the headers.
+    pub async fn open_with_headers_over(
+        &mut self,
+        id: &str,
+        node: &Node,
+        query: Value,
+        headers: Value,
+        transports: &[&str],
+    ) {
         self.send(
             json!({"op": "connect", "id": id, "url": node.base(), "query": query,
-            "transports": ["websocket"], "headers": headers}),
+            "transports": transports, "headers": headers}),
         )
         .await;
     }
