@@ -11,19 +11,21 @@ use std::{
 };
 
 use axum::body::Bytes;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::{
+    accept::DefaultAcceptor,
+    tls_rustls::{RustlsAcceptor, RustlsConfig},
+};
 use futures_util::FutureExt;
 use socketioxide::{SocketIo, TransportType};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::{
     Config, StartError,
-    cluster::LocalRooms,
-    cluster::{self, Cluster, seal::Seal},
+    cluster::{self, Cluster, LocalRooms, seal::Seal},
     config::file,
     domain::validate,
     http::{self, AppState},
-    net::tls,
+    net::{pending, tls},
     realtime::{Namespaces, NodeInfo, admission},
     redis,
     telemetry::metrics,
@@ -112,7 +114,7 @@ pub async fn run(
                 StartError::Config(format!("CORS_ORIGINS: {o:?} is not a valid origin"))
             })
         })
-        .collect::<Result<Arc<[_]>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let namespaces = Arc::new(load_namespaces(&config, &metrics)?);
     let draining = Arc::new(AtomicBool::new(false));
@@ -147,7 +149,6 @@ pub async fn run(
             adapter_redis,
             page: page.clone(),
             api_token: api_token.clone(),
-            cors_origins: cors_origins.clone(),
             namespaces: namespaces.clone(),
         };
 
@@ -204,25 +205,45 @@ pub async fn run(
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{addr}");
-    let app = app
-        .layer(axum::middleware::from_fn_with_state(
-            info,
-            http::limit_sessions,
-        ))
-        .layer(axum::middleware::map_request(http::detach_head));
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        info,
+        http::limit_sessions,
+    ));
+    // Outside the Socket.IO layer (inside `app`) so `/socket.io/` gets CORS too, and outside the rate limit so a
+    // preflight is never counted as a new session.
+    let app = match http::cors(&cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    let app = app.layer(axum::middleware::map_request(http::detach_head));
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let header_timeout = config.header_read_timeout();
+    let pending = pending::Pending::new(
+        config
+            .max_pending_connections
+            .try_into()
+            .unwrap_or(usize::MAX),
+        header_timeout,
+        metrics.clone(),
+    );
     match tls {
         Some(tls) => {
-            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::new(tls)))
-                .handle(handle)
-                .serve(service)
-                .await?
+            // The pending limits cover the handshake too; axum-server's own handshake timeout (10 s) must not cut
+            // it shorter than configured.
+            let tls = RustlsAcceptor::new(RustlsConfig::from_config(Arc::new(tls)))
+                .handshake_timeout(header_timeout);
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(pending::Acceptor::new(tls, pending))
+                .handle(handle);
+            bound_request_heads(server.http_builder(), header_timeout);
+            server.serve(service).await?
         }
         None => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(service)
-                .await?
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(pending::Acceptor::new(DefaultAcceptor, pending))
+                .handle(handle);
+            bound_request_heads(server.http_builder(), header_timeout);
+            server.serve(service).await?
         }
     }
     // The listener is closed; websockets are not the server's to wait for (they left hyper at the upgrade), so
@@ -234,6 +255,18 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// hyper's `header_read_timeout`: every request head after a connection's first (which [`pending`] bounds) must
+/// arrive within `timeout`, so an idle keep-alive connection is closed after it too. hyper needs a timer for it.
+fn bound_request_heads(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
 }
 
 /// What serving needs: the app, the local sockets, and in cluster mode our query protocol and the adapter's
@@ -292,7 +325,9 @@ async fn join_cluster(
 ) -> Result<Serving, StartError> {
     let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
     let link = AdapterLink {
-        _watch: (info.metrics).watch_redis(&adapter_sub.client, "adapter_subscriber"),
+        _watch: info
+            .metrics
+            .watch_redis(&adapter_sub.client, "adapter_subscriber"),
         sub: adapter_sub,
     };
     let adapter = RedisAdapterCtr::new_with_fred_config(
@@ -396,7 +431,7 @@ fn load_namespaces(
     for ns in namespaces.iter() {
         tracing::info!(
             namespace = %ns.pattern,
-            auth = ?ns.verifier,
+            auth = ns.verifier.kind(),
             rooms = ?ns.rooms,
             forward = ns.forward,
             views = ns.views,

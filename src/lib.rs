@@ -18,7 +18,8 @@
 //! * [`config`]: the one typed configuration (clap, every flag with an environment variable) and the TOML file.
 //! * [`domain`]: the rules for room names, user ids, node ids, shared by every entry point.
 //! * [`telemetry`]: what `/metrics` exposes, and log lines (human or JSON) that name the node.
-//! * [`net`]: rustls configuration and the shutdown signal.
+//! * [`net`]: rustls configuration, the limits on connections that are not requests yet ([`net::pending`]),
+//!   and the shutdown signal.
 //!
 //! [`run`] serves one node on a listener until a shutdown future resolves (the binary's is
 //! [`net::shutdown::signal`]); [`listen`] binds that listener, shared with the host's other instances when

@@ -77,8 +77,20 @@ pub struct Config {
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub max_payload_bytes: u64,
 
+    /// How long a client has, in milliseconds, from its TCP connect to the end of its first request head (TLS
+    /// handshake included), and then for each later request head on the connection (idle keep-alive included).
+    /// Slower connections are closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// Most connections waiting for their TLS handshake or first request at once; beyond, the oldest is closed.
+    /// Websockets and long-polling requests never count.
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_pending_connections: u64,
+
     /// Browser origins allowed to connect and to read the REST API (comma-separated, e.g.
-    /// `https://app.example,https://admin.example`). Empty: Socket.IO from any origin, REST same-origin only.
+    /// `https://app.example,https://admin.example`); they get CORS headers, with credentials, on `/socket.io/`
+    /// and the REST routes. Empty: Socket.IO from any origin, no CORS header (same-origin only).
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
@@ -186,6 +198,10 @@ impl Config {
             Some(secret) => Ok(Seal::new(Some(secret.expose().as_bytes()))),
         }
     }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +217,8 @@ mod tests {
         assert!(!c.plain_http);
         assert_eq!(c.request_timeout(), Duration::from_secs(1));
         assert!(c.presence_events);
+        assert_eq!(c.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(c.max_pending_connections, 1024);
         let c = Config::parse_from(["socket-identity", "--presence-events", "false"]);
         assert!(!c.presence_events);
     }
@@ -240,6 +258,8 @@ mod tests {
     #[test]
     fn rejects_zero_timeout() {
         assert!(Config::try_parse_from(["x", "--request-timeout-ms", "0"]).is_err());
+        assert!(Config::try_parse_from(["x", "--header-read-timeout-ms", "0"]).is_err());
+        assert!(Config::try_parse_from(["x", "--max-pending-connections", "0"]).is_err());
     }
 
     /// The example environment file documents every setting.

@@ -49,8 +49,6 @@ pub struct AppState {
     pub page: Bytes,
     /// `API_TOKEN`: when set, the room list needs it as a bearer token.
     pub api_token: Option<Arc<str>>,
-    /// `CORS_ORIGINS`: browser origins allowed to read the REST API.
-    pub cors_origins: Arc<[HeaderValue]>,
     /// The namespaces served: a query about another one is a `404`.
     pub namespaces: Arc<Namespaces>,
 }
@@ -71,20 +69,7 @@ pub fn page_html(websocket_only: bool) -> Bytes {
 }
 
 pub fn router(state: AppState) -> Router {
-    let cors = (!state.cors_origins.is_empty()).then(|| {
-        tower_http::cors::CorsLayer::new()
-            .allow_origin(tower_http::cors::AllowOrigin::list(
-                state.cors_origins.iter().cloned(),
-            ))
-            .allow_methods([axum::http::Method::GET])
-            .allow_headers([header::AUTHORIZATION])
-            .expose_headers([
-                HeaderName::from_static("x-cluster-nodes"),
-                HeaderName::from_static("x-cluster-partial"),
-                HeaderName::from_static("x-cluster-error"),
-            ])
-    });
-    let router = Router::new()
+    Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -94,11 +79,32 @@ pub fn router(state: AppState) -> Router {
         .route("/api/rooms", get(rooms))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .with_state(state);
-    match cors {
-        Some(cors) => router.layer(cors),
-        None => router,
-    }
+        .with_state(state)
+}
+
+/// CORS for `CORS_ORIGINS`, `None` when it is empty (browsers then get no CORS header: same-origin only).
+///
+/// It must wrap the Socket.IO layer, not only [`router`]: that layer answers `/socket.io/` itself, and a browser
+/// page on a listed origin needs the allow headers there to complete a long-polling session (the Engine.IO
+/// handshake, then its polls and POSTs, some preflighted). Credentials are allowed, since the socket.io admin
+/// UI and other clients connect `withCredentials`; that is safe because the origins are an exact list, never `*`.
+/// Requested headers are mirrored for listed origins (what socket.io's own server does), so clients may add
+/// `extraHeaders`. Place it outside the handshake rate limit too: a preflight is not a new session, and a `429`
+/// must be readable by the page.
+pub fn cors(origins: &[HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
+    (!origins.is_empty()).then(|| {
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+            .allow_credentials(true)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([
+                HeaderName::from_static("x-cluster-nodes"),
+                HeaderName::from_static("x-cluster-partial"),
+                HeaderName::from_static("x-cluster-error"),
+            ])
+    })
 }
 
 /// Applies the handshake rate to requests that would open an Engine.IO session (no `sid`): `429` with a JSON
@@ -478,7 +484,6 @@ mod tests {
             adapter_redis: None,
             page: page_html(false),
             api_token: None,
-            cors_origins: Arc::new([]),
             namespaces: Arc::new(Namespaces::single_default()),
         })
     }

@@ -52,6 +52,9 @@ pub struct Metrics {
     pub cluster_messages_rejected: Counter,
     pub redis_errors: Family<Connection, Counter>,
     pub redis_reconnects: Family<Connection, Counter>,
+    /// Connections closed before their first request: `timeout` (`HEADER_READ_TIMEOUT_MS`) or `evicted` (the
+    /// oldest, to make room beyond `MAX_PENDING_CONNECTIONS`).
+    pub pending_closed: Family<Reason, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +85,7 @@ impl Metrics {
         let cluster_messages_rejected = Counter::default();
         let redis_errors = Family::default();
         let redis_reconnects = Family::default();
+        let pending_closed = Family::default();
 
         let mut r = Registry::with_prefix("socket_identity");
         r.register(
@@ -149,6 +153,11 @@ impl Metrics {
             "Successful (re)connections of a Redis connection",
             redis_reconnects.clone(),
         );
+        r.register(
+            "pending_connections_closed",
+            "Connections closed before their first request, by reason: timeout, or evicted to make room",
+            pending_closed.clone(),
+        );
         Self {
             registry: r,
             sockets,
@@ -164,6 +173,7 @@ impl Metrics {
             cluster_messages_rejected,
             redis_errors,
             redis_reconnects,
+            pending_closed,
         }
     }
 
@@ -259,6 +269,9 @@ mod tests {
             })
             .inc();
         m.cluster_request_seconds.observe(0.002);
+        m.pending_closed
+            .get_or_create(&Reason { reason: "timeout" })
+            .inc();
         let text = m.render(3, 2, 4);
         for line in [
             "socket_identity_connected_sockets 3",
@@ -267,6 +280,7 @@ mod tests {
             "socket_identity_handshakes_refused_total{reason=\"missing\"} 1",
             "socket_identity_cluster_requests_total{outcome=\"complete\"} 1",
             "socket_identity_cluster_request_seconds_count 1",
+            "socket_identity_pending_connections_closed_total{reason=\"timeout\"} 1",
             "# EOF",
         ] {
             assert!(
