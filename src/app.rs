@@ -149,6 +149,7 @@ pub async fn run(
             adapter_redis,
             page: page.clone(),
             api_token: api_token.clone(),
+            admission: info.admission.clone(),
             namespaces: namespaces.clone(),
         };
 

@@ -22,7 +22,7 @@ use crate::{
     },
     domain::validate,
     error::AppError,
-    realtime::Namespaces,
+    realtime::{Namespaces, admission::Admission},
     telemetry::metrics::Metrics,
 };
 
@@ -49,6 +49,8 @@ pub struct AppState {
     pub page: Bytes,
     /// `API_TOKEN`: when set, the room list needs it as a bearer token.
     pub api_token: Option<Arc<str>>,
+    /// The socket cap's count is this node's socket count (`/health`, `/ready`, `/metrics`).
+    pub admission: Arc<Admission>,
     /// The namespaces served: a query about another one is a `404`.
     pub namespaces: Arc<Namespaces>,
 }
@@ -196,7 +198,7 @@ async fn health(State(s): State<AppState>) -> impl IntoResponse {
         "status": "ok",
         "node": &*s.node,
         "mode": if s.cluster.is_some() { "cluster" } else { "single" },
-        "sockets": s.local.socket_count(),
+        "sockets": s.admission.sockets(),
         "version": env!("CARGO_PKG_VERSION"),
     }))
 }
@@ -233,7 +235,7 @@ async fn ready(State(s): State<AppState>) -> Response {
         "tls": s.tls,
         "redis": redis,
         "cluster_nodes": cluster_nodes,
-        "sockets": s.local.socket_count(),
+        "sockets": s.admission.sockets(),
         "error": problem,
     });
     (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
@@ -241,7 +243,7 @@ async fn ready(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     let text = s.metrics.render(
-        s.local.socket_count(),
+        s.admission.sockets(),
         s.local.room_count(),
         s.cluster.as_ref().map_or(1, |c| c.size()),
     );
@@ -418,7 +420,7 @@ mod tests {
             }
         }
         fn socket_count(&self) -> usize {
-            2
+            panic!("socket_count clones every socket: the admission count is read instead")
         }
         fn room_count(&self) -> usize {
             1
@@ -484,8 +486,47 @@ mod tests {
             adapter_redis: None,
             page: page_html(false),
             api_token: None,
+            admission: admitted(),
             namespaces: Arc::new(Namespaces::single_default()),
         })
+    }
+
+    /// An admission count of 3 sockets (their slots kept for the test's life).
+    fn admitted() -> Arc<Admission> {
+        static SLOTS: std::sync::OnceLock<(Arc<Admission>, Vec<crate::realtime::admission::Slot>)> =
+            std::sync::OnceLock::new();
+        let (admission, _) = SLOTS.get_or_init(|| {
+            let admission = Arc::new(Admission::new(10, 0, vec![]));
+            let slots = (0..3).map(|_| admission.admit(None).unwrap()).collect();
+            (admission, slots)
+        });
+        admission.clone()
+    }
+
+    /// `/health`, `/ready` and `/metrics` count sockets with the admission counter, never by listing them.
+    #[tokio::test]
+    async fn socket_counts_come_from_admission() {
+        let (status, _, body) = get(app(None), "/health").await;
+        assert_eq!(
+            (status, &body["sockets"]),
+            (StatusCode::OK, &serde_json::json!(3))
+        );
+        let (status, _, body) = get(app(None), "/ready").await;
+        assert_eq!(
+            (status, &body["sockets"]),
+            (StatusCode::OK, &serde_json::json!(3))
+        );
+        let res = app(None)
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let text = res.into_body().collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&text).unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l == "socket_identity_connected_sockets 3"),
+            "{text}"
+        );
     }
 
     async fn get(app: Router, uri: &str) -> (StatusCode, HeaderMap, serde_json::Value) {
@@ -570,7 +611,7 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(body["node"], "n1");
         assert_eq!(body["mode"], "single");
-        assert_eq!(body["sockets"], 2);
+        assert_eq!(body["sockets"], 3);
     }
 
     #[tokio::test]

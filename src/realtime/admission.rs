@@ -88,9 +88,9 @@ impl Admission {
         Ok(slot)
     }
 
-    /// Sockets holding a slot now.
-    #[cfg(test)]
-    fn sockets(&self) -> usize {
+    /// Sockets holding a place under the cap now: connected, or in the middle of their handshake. A counter
+    /// read, where asking socketioxide would clone every socket of every namespace.
+    pub fn sockets(&self) -> usize {
         self.sockets.load(Ordering::Relaxed)
     }
 }
