@@ -27,18 +27,22 @@ pub enum RedisError {
     },
 }
 
-/// Makes a URL printable: the password, if any, becomes `***`.
+/// Makes a URL printable: the password, if any, becomes `***`. A string that does not parse as a URL with a host
+/// (it is shown in the error refusing it) loses everything before its last `@`, which may hold a password.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.has_host() => {
+            if parsed.password().is_some() {
+                // Cannot fail on a URL with a host.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
         }
-        None => url.to_owned(),
+        _ => match (url.split_once("://"), url.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+            (None, Some((_, host))) => format!("***@{host}"),
+            (_, None) => url.to_owned(),
+        },
     }
 }
 
@@ -361,5 +365,25 @@ mod tests {
         assert_eq!(redact("rediss://:s3cret@host"), "rediss://:***@host");
         assert_eq!(redact("redis://a:b@c@host/x@y"), "redis://a:***@host/x@y");
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(redact("redis://[::1]:6379/2"), "redis://[::1]:6379/2");
+    }
+
+    /// URLs that do not parse (a bad port, a `/` or `#` in an unencoded password, no `//`) are redacted too:
+    /// they end up in the error that refuses them.
+    #[test]
+    fn redacts_passwords_of_malformed_urls() {
+        for (url, shown) in [
+            ("redis://user:pa/ss@host:6379", "redis://***@host:6379"),
+            ("redis://:pa#ss@host", "redis://***@host"),
+            ("redis://u:pw@host:notaport", "redis://***@host:notaport"),
+            ("user:pass@host", "***@host"),
+        ] {
+            let redacted = redact(url);
+            assert_eq!(redacted, shown, "{url}");
+            assert!(
+                !redacted.contains("pa") && !redacted.contains("pw"),
+                "{url}"
+            );
+        }
     }
 }

@@ -131,7 +131,8 @@ pub async fn limit_sessions(
     next.run(req).await
 }
 
-/// Whether the request carries the API token, when one is set. Compared in constant time.
+/// Whether the request carries the API token, when one is set. Compared in constant time, lengths included
+/// ([`crate::domain::secret::equal`]).
 fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
     let Some(token) = token else { return true };
     let given = headers
@@ -139,12 +140,7 @@ fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0
+    crate::domain::secret::equal(given.as_bytes(), token.as_bytes())
 }
 
 /// Copies the request line and headers out of hyper's connection read buffer.
@@ -463,6 +459,27 @@ mod tests {
             .get::<axum::extract::OriginalUri>()
             .unwrap();
         assert_eq!(original.0, *req.uri());
+    }
+
+    #[test]
+    fn the_api_token_must_match_exactly() {
+        let bearer = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+            h
+        };
+        let token = Some("s3cret-token");
+        assert!(authorized(&bearer("Bearer s3cret-token"), token));
+        for wrong in [
+            "Bearer s3cret-toke",
+            "Bearer s3cret-token2",
+            "Bearer ",
+            "s3cret-token",
+        ] {
+            assert!(!authorized(&bearer(wrong), token), "{wrong}");
+        }
+        assert!(!authorized(&HeaderMap::new(), token));
+        assert!(authorized(&HeaderMap::new(), None), "no token set: open");
     }
 
     #[test]
