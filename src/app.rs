@@ -134,6 +134,7 @@ pub async fn run(
         handshakes: Arc::default(),
     };
 
+    let query_limit = http::throttle::QueryLimit::new(config.query_rate).map(Arc::new);
     let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
     let app_state =
         |local: Arc<dyn LocalRooms>,
@@ -150,6 +151,7 @@ pub async fn run(
             page: page.clone(),
             api_token: api_token.clone(),
             admission: info.admission.clone(),
+            query_limit: query_limit.clone(),
             namespaces: namespaces.clone(),
         };
 

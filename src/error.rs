@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 
@@ -66,6 +66,9 @@ pub enum AppError {
     Unauthorized,
     #[error(transparent)]
     Refused(#[from] crate::realtime::admission::Refused),
+    /// `QUERY_RATE`: this client asked too many cluster queries; it may ask again in `retry_after` seconds.
+    #[error("too many queries from this address (QUERY_RATE per second): retry in {retry_after} s")]
+    TooManyQueries { retry_after: u64 },
     #[error(
         "the socket.io client bundle is not installed on this server (run scripts/fetch-client.sh)"
     )]
@@ -81,7 +84,7 @@ impl AppError {
             Self::NotFound | Self::UnknownNamespace(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Refused(_) | Self::TooManyQueries { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ClientBundleMissing => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -92,13 +95,21 @@ impl IntoResponse for AppError {
         let body = Json(serde_json::json!({ "error": self.to_string() }));
         let mut res = (self.status(), body).into_response();
         let extra = match self {
-            Self::Unauthorized => Some((axum::http::header::WWW_AUTHENTICATE, "Bearer")),
-            Self::Refused(_) => Some((axum::http::header::RETRY_AFTER, "1")),
+            Self::Unauthorized => Some((
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            )),
+            Self::Refused(_) => Some((
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            )),
+            Self::TooManyQueries { retry_after } => {
+                Some((axum::http::header::RETRY_AFTER, retry_after.into()))
+            }
             _ => None,
         };
         if let Some((name, value)) = extra {
-            res.headers_mut()
-                .insert(name, axum::http::HeaderValue::from_static(value));
+            res.headers_mut().insert(name, value);
         }
         res
     }

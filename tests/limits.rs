@@ -381,3 +381,49 @@ async fn the_room_list_can_require_a_bearer_token() {
     assert_eq!(http.status(&node, "/health").await, 200);
     assert!(!node.log_text().contains("s3cret-token"));
 }
+
+/// `--query-rate 5`: a burst of room queries from one client beyond 5 gets `429`, a JSON error and `Retry-After`
+/// (`GET /api/rooms` shares the client's rate); other routes are not limited; a second later the client is
+/// served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_queries_are_rate_limited_per_client() {
+    let (_dir, node) = node("query_rate", &["--query-rate", "5"]).await;
+    let http = Http::new();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let res = http.client.get(node.url("/R/users")).send().await.unwrap();
+        let status = res.status().as_u16();
+        if status == 429 {
+            assert_eq!(res.headers()["retry-after"], "1");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(
+                body,
+                json!({"error": "too many queries from this address (QUERY_RATE per second): retry in 1 s"})
+            );
+        } else {
+            assert_eq!(status, 200);
+            assert_eq!(res.json::<Value>().await.unwrap(), json!([]));
+        }
+        statuses.push(status);
+    }
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    println!("a burst of 20 room queries at 5/s: {served} served, {statuses:?}");
+    assert_eq!(&statuses[..5], [200; 5], "the first burst is served");
+    assert!((5..=8).contains(&served), "{served} served");
+    let rooms = http
+        .client
+        .get(node.url("/api/rooms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rooms.status(), 429, "the same client's rate");
+    assert_eq!(http.status(&node, "/health").await, 200);
+    assert_eq!(
+        http.metric(&node, "socket_identity_queries_refused_total")
+            .await,
+        Some((20 - served + 1) as f64)
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let users = http.users(&node, "R").await;
+    assert_eq!((users.status, users.nodes.as_str()), (200, "1/1"));
+}

@@ -142,9 +142,10 @@ pub async fn start_nodes(
             .env("NODE_ENV", "production")
             .env("REDIS_URL", &redis.url)
             .env("PRESENCE_EVENTS", presence.to_string())
-            // The benchmark measures capacity: no socket cap, no handshake rate limit.
+            // The benchmark measures capacity: no socket cap, no handshake or query rate limit.
             .env("MAX_SOCKETS", "1000000")
             .env("HANDSHAKE_RATE", "0")
+            .env("QUERY_RATE", "0")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?);

@@ -47,6 +47,9 @@ use crate::{
 
 /// Most replies this node computes at once; requests beyond it are dropped (the asker marks its answer partial).
 const MAX_CONCURRENT_REPLIES: usize = 256;
+/// Most queries this node asks at once; more wait for a place (within their timeout). Kept well under what a node
+/// answers at once, so that a few nodes asking at full tilt are still all answered.
+const MAX_CONCURRENT_QUERIES: usize = 64;
 /// Replies buffered per pending request; forged floods beyond it are dropped.
 const REPLY_BUFFER: usize = 1024;
 /// How long the readiness probe waits for Redis.
@@ -95,6 +98,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     listener: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Places for the queries this node asks at once ([`MAX_CONCURRENT_QUERIES`]).
+    queries: Semaphore,
     /// Count the publisher's and the subscriber's Redis events for as long as the cluster lives.
     _watches: [RedisWatch; 2],
 }
@@ -227,6 +232,7 @@ impl Cluster {
             metrics,
             listener,
             heartbeat,
+            queries: Semaphore::new(MAX_CONCURRENT_QUERIES),
             _watches: watches,
         }))
     }
@@ -292,6 +298,7 @@ impl Cluster {
             transport: &self.transport,
             membership: &self.membership,
             rejected: &self.metrics.cluster_messages_rejected,
+            in_flight: &self.queries,
         };
         asker.gather(&request, mine, &mut rx, deadline).await
     }

@@ -15,7 +15,10 @@ use std::{
 };
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Semaphore, mpsc},
+    time::Instant,
+};
 
 use super::{
     membership::Membership,
@@ -78,6 +81,9 @@ pub struct Asker<'a, T> {
     pub membership: &'a Membership,
     /// Replies ignored (duplicates, from non-members, of another kind) are counted here.
     pub rejected: &'a Counter,
+    /// Places for the queries this node asks at once: a query waits for one until its deadline, so a burst of
+    /// askers cannot flood the other nodes (each answers a bounded number at once, and drops the rest).
+    pub in_flight: &'a Semaphore,
 }
 
 impl<T: Transport> Asker<'_, T> {
@@ -91,6 +97,10 @@ impl<T: Transport> Asker<'_, T> {
         deadline: Instant,
     ) -> Answer {
         let membership = self.membership;
+        let Ok(Ok(_place)) = tokio::time::timeout_at(deadline, self.in_flight.acquire()).await
+        else {
+            return answer.failed("too many cluster queries in flight on this node".into());
+        };
         // Whom to wait for is decided before the request goes out: a node heard of later may have subscribed
         // after our PUBLISH and never see the request (if it answers all the same, it is counted below).
         let mut departures = membership.departures();
@@ -267,6 +277,7 @@ mod tests {
         tx: mpsc::Sender<Response>,
         rx: mpsc::Receiver<Response>,
         rejected: Counter,
+        in_flight: Arc<Semaphore>,
     }
 
     impl Run {
@@ -277,6 +288,7 @@ mod tests {
                 tx,
                 rx,
                 rejected: Counter::default(),
+                in_flight: Arc::new(Semaphore::new(4)),
             }
         }
 
@@ -299,6 +311,7 @@ mod tests {
                 transport,
                 membership,
                 rejected: &self.rejected,
+                in_flight: &self.in_flight,
             };
             let started = Instant::now();
             let mine = Answer::local("a".into(), Reply::empty(&self.request.query));
@@ -374,6 +387,7 @@ mod tests {
             transport: &Fake::delivering(2),
             membership: &membership,
             rejected: &run.rejected,
+            in_flight: &run.in_flight,
         };
         let started = Instant::now();
         let mine = Answer::local("a".into(), Reply::empty(&run.request.query));
@@ -489,6 +503,35 @@ mod tests {
         let (answer, took) = run.gather(&transport, &membership).await;
         assert_eq!(took, TIMEOUT);
         assert_eq!(answer.error.as_deref(), Some("redis: publish timed out"));
+    }
+
+    /// Past the queries a node may have in flight, a query waits for a place, and fails at its deadline if none
+    /// frees up.
+    #[tokio::test(start_paused = true)]
+    async fn queries_wait_for_a_place_in_flight() {
+        let membership = members(&["b"]);
+        let mut run = Run::new(users());
+        run.in_flight = Arc::new(Semaphore::new(1));
+        let taken = run.in_flight.clone().acquire_owned().await.unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(taken);
+        });
+        run.send_after(Duration::from_millis(310), reply(&run.request, "b"));
+        let (answer, took) = run.gather(&Fake::delivering(2), &membership).await;
+        assert_eq!(took, Duration::from_millis(310));
+        assert_eq!((answer.answered, answer.expected), (2, Some(2)));
+
+        let mut run = Run::new(users());
+        run.in_flight = Arc::new(Semaphore::new(1));
+        let _taken = run.in_flight.clone().acquire_owned().await.unwrap();
+        let (answer, took) = run.gather(&Fake::delivering(2), &membership).await;
+        assert_eq!(took, TIMEOUT);
+        assert_eq!((answer.answered, answer.expected), (1, None));
+        assert_eq!(
+            answer.error.as_deref(),
+            Some("too many cluster queries in flight on this node")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -98,6 +98,11 @@ pub struct Config {
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// Cluster queries (`GET /{room}/users`, `GET /api/rooms`) one client address may ask per second (bursts of
+    /// as many); beyond it `429`. 0: no limit. Behind a proxy every client has the proxy's address.
+    #[arg(long, env = "QUERY_RATE", default_value_t = 50)]
+    pub query_rate: u32,
+
     /// Signs every cluster message (HMAC-SHA256) and refuses those not signed with it: without it, anyone who
     /// can publish on Redis can speak for a node. The same on every node of the cluster, at least 16
     /// characters; give it in the environment rather than on the command line. Never logged.

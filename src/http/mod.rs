@@ -1,5 +1,7 @@
 //! REST and page routes. Built by [`router`], testable without a socket.
 
+pub mod throttle;
+
 use std::sync::{
     Arc,
     atomic::{AtomicBool, Ordering},
@@ -15,6 +17,7 @@ use axum::{
 };
 use serde::Serialize;
 
+use self::throttle::QueryLimit;
 use crate::{
     cluster::{
         Answer, Cluster, LocalRooms,
@@ -51,6 +54,8 @@ pub struct AppState {
     pub api_token: Option<Arc<str>>,
     /// The socket cap's count is this node's socket count (`/health`, `/ready`, `/metrics`).
     pub admission: Arc<Admission>,
+    /// `QUERY_RATE`: cluster queries per second per client; `None`: no limit.
+    pub query_limit: Option<Arc<QueryLimit>>,
     /// The namespaces served: a query about another one is a `404`.
     pub namespaces: Arc<Namespaces>,
 }
@@ -71,14 +76,21 @@ pub fn page_html(websocket_only: bool) -> Bytes {
 }
 
 pub fn router(state: AppState) -> Router {
+    // Each of these asks every node: limited per client (`QUERY_RATE`).
+    let queries = Router::new()
+        .route("/{room}/users", get(users))
+        .route("/api/rooms", get(rooms))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_queries,
+        ));
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/socket.io.js", get(client_bundle))
         .route("/{room}", get(page))
-        .route("/{room}/users", get(users))
-        .route("/api/rooms", get(rooms))
+        .merge(queries)
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .with_state(state)
@@ -107,6 +119,30 @@ pub fn cors(origins: &[HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
                 HeaderName::from_static("x-cluster-error"),
             ])
     })
+}
+
+/// Applies `QUERY_RATE` to a client's cluster queries: beyond it, `429` with a JSON error and `Retry-After`.
+/// The client is the connection's peer address (every client of a proxy in front shares the proxy's).
+async fn limit_queries(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(limit) = &s.query_limit {
+        let client = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+        if let Err(wait) = limit.check(client) {
+            s.metrics.queries_refused.inc();
+            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return AppError::TooManyQueries {
+                retry_after: retry_after.max(1),
+            }
+            .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 /// Applies the handshake rate to requests that would open an Engine.IO session (no `sid`): `429` with a JSON
@@ -493,10 +529,17 @@ mod tests {
 
     fn app(bundle: Option<&'static str>) -> Router {
         router(AppState {
+            client_bundle: bundle.map(|s| Bytes::from_static(s.as_bytes())),
+            ..state()
+        })
+    }
+
+    fn state() -> AppState {
+        AppState {
             node: "n1".into(),
             local: Arc::new(Fixed),
             cluster: None,
-            client_bundle: bundle.map(|s| Bytes::from_static(s.as_bytes())),
+            client_bundle: None,
             metrics: Arc::new(Metrics::new()),
             tls: false,
             draining: Arc::default(),
@@ -504,8 +547,34 @@ mod tests {
             page: page_html(false),
             api_token: None,
             admission: admitted(),
+            query_limit: None,
             namespaces: Arc::new(Namespaces::single_default()),
-        })
+        }
+    }
+
+    /// `QUERY_RATE`: past the rate a client's queries get `429`, a JSON error and `Retry-After`; other routes are
+    /// not limited.
+    #[tokio::test]
+    async fn cluster_queries_are_rate_limited() {
+        let app = router(AppState {
+            query_limit: throttle::QueryLimit::new(2).map(Arc::new),
+            ..state()
+        });
+        for uri in ["/Maths/users", "/api/rooms"] {
+            let (status, _, _) = get(app.clone(), uri).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+        }
+        for uri in ["/Maths/users", "/api/rooms"] {
+            let (status, headers, body) = get(app.clone(), uri).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{uri}");
+            assert_eq!(headers["retry-after"], "1");
+            assert_eq!(
+                body["error"],
+                "too many queries from this address (QUERY_RATE per second): retry in 1 s"
+            );
+        }
+        let (status, _, _) = get(app.clone(), "/health").await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     /// An admission count of 3 sockets (their slots kept for the test's life).

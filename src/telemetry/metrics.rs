@@ -39,6 +39,8 @@ pub struct Metrics {
     rooms: Gauge,
     members: Gauge,
     pub handshakes_refused: Family<Reason, Counter>,
+    /// `GET /{room}/users` and `GET /api/rooms` answered `429` (`QUERY_RATE`).
+    pub queries_refused: Counter,
     /// Auth webhook calls that gave no usable answer, by reason (`timeout`, `unreachable`, `status`, `body`).
     pub auth_webhook_failures: Family<Reason, Counter>,
     /// Sockets disconnected for sending events faster than `SOCKET_EVENT_RATE`.
@@ -75,6 +77,7 @@ impl Metrics {
         let rooms = Gauge::default();
         let members = Gauge::default();
         let handshakes_refused = Family::default();
+        let queries_refused = Counter::default();
         let auth_webhook_failures = Family::default();
         let sockets_rate_limited = Counter::default();
         let cluster_requests = Family::default();
@@ -107,6 +110,11 @@ impl Metrics {
             "handshakes_refused",
             "Socket.IO handshakes refused, by reason",
             handshakes_refused.clone(),
+        );
+        r.register(
+            "queries_refused",
+            "Cluster queries (GET /{room}/users, GET /api/rooms) refused for exceeding QUERY_RATE",
+            queries_refused.clone(),
         );
         r.register(
             "auth_webhook_failures",
@@ -164,6 +172,7 @@ impl Metrics {
             rooms,
             members,
             handshakes_refused,
+            queries_refused,
             auth_webhook_failures,
             sockets_rate_limited,
             cluster_requests,

@@ -253,6 +253,11 @@ impl Node {
         if let Some(url) = &opts.redis {
             cmd.args(["--redis-url", url]);
         }
+        // Tests ask the room list hundreds of times a second from one address: no QUERY_RATE unless a test sets
+        // one (tests/limits.rs does).
+        if !opts.args.contains(&"--query-rate") {
+            cmd.args(["--query-rate", "0"]);
+        }
         let child = cmd.spawn().expect("start node");
         Self {
             child,
