@@ -13,8 +13,9 @@
 //! * [`http`]: REST and page routes; [`error`]: how failures become HTTP answers (and start-up errors).
 //! * [`realtime`]: the Socket.IO side: namespaces from the config file, handshake and identity
 //!   ([`realtime::auth`]), rooms, forwarding and controller/view events, admission limits.
-//! * [`cluster`]: the cross-node wire types ([`cluster::protocol`]), membership by heartbeats, and the query
-//!   over Redis pub/sub; [`redis`]: fred clients configured for it (RESP3, reconnects, re-subscription).
+//! * [`cluster`]: the cross-node wire types ([`cluster::protocol`]), membership by heartbeats, the query's
+//!   waiting logic ([`cluster::query`]) over Redis pub/sub, signed messages ([`cluster::seal`]); [`redis`]: fred
+//!   clients configured for it (RESP3, reconnects, re-subscription).
 //! * [`config`]: the one typed configuration (clap, every flag with an environment variable) and the TOML file.
 //! * [`domain`]: the rules for room names, user ids, node ids, shared by every entry point.
 //! * [`telemetry`]: what `/metrics` exposes, and log lines (human or JSON) that name the node.
