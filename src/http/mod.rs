@@ -1,36 +1,37 @@
 //! REST and page routes. Built by [`router`], testable without a socket.
+//!
+//! * `rooms`: `GET /{room}/users` and `GET /api/rooms`, the cluster queries.
+//! * `ops`: `/health`, `/ready`, `/metrics`.
+//! * `page`: the room page and the socket.io client bundle.
+//! * `middleware`: the query and handshake rates, and [`detach_head`].
+//! * [`throttle`]: the per-client query limiter.
 
+mod middleware;
+mod ops;
+mod page;
+mod rooms;
 pub mod throttle;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
-};
+use std::sync::{Arc, atomic::AtomicBool};
 
 use axum::{
-    Json, Router,
+    Router,
     body::Bytes,
-    extract::{FromRequestParts, Path, State},
-    http::{HeaderMap, HeaderName, HeaderValue, header, request::Parts},
-    response::{Html, IntoResponse, Response},
+    http::{HeaderName, HeaderValue},
     routing::get,
 };
-use serde::Serialize;
 
 use self::throttle::QueryLimit;
+pub use self::{
+    middleware::{detach_head, limit_sessions},
+    page::page_html,
+};
 use crate::{
-    cluster::{
-        Answer, Cluster, LocalRooms,
-        protocol::{Query, Reply},
-    },
-    domain::validate,
+    cluster::{Cluster, LocalRooms},
     error::AppError,
     realtime::{Namespaces, admission::Admission},
     telemetry::metrics::Metrics,
 };
-
-/// The page a browser gets at `/{room}?id_user=..`.
-const PAGE: &str = include_str!("page.html");
 
 /// Everything the HTTP handlers share.
 #[derive(Clone)]
@@ -60,36 +61,21 @@ pub struct AppState {
     pub namespaces: Arc<Namespaces>,
 }
 
-/// The room page. `websocket_only` when instances share a port without sticky sessions: a long-polling
-/// session's requests would land on instances that do not know it.
-pub fn page_html(websocket_only: bool) -> Bytes {
-    if websocket_only {
-        PAGE.replacen(
-            r#"data-transports="polling websocket""#,
-            r#"data-transports="websocket""#,
-            1,
-        )
-        .into()
-    } else {
-        Bytes::from_static(PAGE.as_bytes())
-    }
-}
-
 pub fn router(state: AppState) -> Router {
     // Each of these asks every node: limited per client (`QUERY_RATE`).
     let queries = Router::new()
-        .route("/{room}/users", get(users))
-        .route("/api/rooms", get(rooms))
+        .route("/{room}/users", get(rooms::users))
+        .route("/api/rooms", get(rooms::rooms))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            limit_queries,
+            middleware::limit_queries,
         ));
     Router::new()
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/socket.io.js", get(client_bundle))
-        .route("/{room}", get(page))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .route("/socket.io.js", get(page::client_bundle))
+        .route("/{room}", get(page::page))
         .merge(queries)
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
@@ -121,312 +107,12 @@ pub fn cors(origins: &[HeaderValue]) -> Option<tower_http::cors::CorsLayer> {
     })
 }
 
-/// Applies `QUERY_RATE` to a client's cluster queries: beyond it, `429` with a JSON error and `Retry-After`.
-/// The client is the connection's peer address (every client of a proxy in front shares the proxy's).
-async fn limit_queries(
-    State(s): State<AppState>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if let Some(limit) = &s.query_limit {
-        let client = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
-        if let Err(wait) = limit.check(client) {
-            s.metrics.queries_refused.inc();
-            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return AppError::TooManyQueries {
-                retry_after: retry_after.max(1),
-            }
-            .into_response();
-        }
-    }
-    next.run(req).await
-}
-
-/// Applies the handshake rate to requests that would open an Engine.IO session (no `sid`): `429` with a JSON
-/// error and `Retry-After`. socket.io clients see a `connect_error` and retry with back-off.
-pub async fn limit_sessions(
-    State(node): State<crate::realtime::NodeInfo>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let opens_session = req.uri().path().starts_with("/socket.io/")
-        && !req
-            .uri()
-            .query()
-            .is_some_and(|q| q.split('&').any(|p| p.starts_with("sid=")));
-    if opens_session && let Err(refused) = node.admission.new_session() {
-        let reason = crate::telemetry::metrics::Reason {
-            reason: refused.kind(),
-        };
-        node.metrics.handshakes_refused.get_or_create(&reason).inc();
-        return AppError::from(refused).into_response();
-    }
-    next.run(req).await
-}
-
-/// Whether the request carries the API token, when one is set. Compared in constant time, lengths included
-/// ([`crate::domain::secret::equal`]).
-fn authorized(headers: &HeaderMap, token: Option<&str>) -> bool {
-    let Some(token) = token else { return true };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    crate::domain::secret::equal(given.as_bytes(), token.as_bytes())
-}
-
-/// Copies the request line and headers out of hyper's connection read buffer.
-///
-/// hyper parses them zero-copy, as slices of the connection's read buffer (8-16 KiB), and socketioxide keeps the
-/// handshake request's parts for the socket's whole life: without this, every websocket pins a read buffer it
-/// will never use again (BENCHMARKS.md, memory).
-pub async fn detach_head(req: axum::extract::Request) -> axum::extract::Request {
-    let (mut parts, body) = req.into_parts();
-    if let Ok(uri) = axum::http::Uri::from_maybe_shared(Bytes::from(parts.uri.to_string())) {
-        parts.uri = uri;
-    }
-    // The router records the URI as it arrived, before any middleware runs.
-    if let Some(original) = parts.extensions.get_mut::<axum::extract::OriginalUri>() {
-        original.0 = parts.uri.clone();
-    }
-    for value in parts.headers.values_mut() {
-        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
-            copy.set_sensitive(value.is_sensitive());
-            *value = copy;
-        }
-    }
-    axum::extract::Request::from_parts(parts, body)
-}
-
-/// A room name from the path, percent-decoded and checked against [`validate::room`].
-struct Room(String);
-
-impl<S: Send + Sync> FromRequestParts<S> for Room {
-    type Rejection = AppError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        let Path(room) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| AppError::BadPath)?;
-        validate::room(&room).map_err(AppError::BadRoom)?;
-        Ok(Self(room))
-    }
-}
-
-/// One entry of `GET /{room}/users`.
-#[derive(Debug, Serialize)]
-struct RoomUser<'a> {
-    id_socket: &'a str,
-    id_user: Option<&'a str>,
-    node: &'a str,
-}
-
-async fn health(State(s): State<AppState>) -> impl IntoResponse {
-    Json(serde_json::json!({
-        "status": "ok",
-        "node": &*s.node,
-        "mode": if s.cluster.is_some() { "cluster" } else { "single" },
-        "sockets": s.admission.sockets(),
-        "version": env!("CARGO_PKG_VERSION"),
-    }))
-}
-
-/// Readiness: 200 when this node can serve clients and answer for the whole cluster, 503 with the reason
-/// otherwise (shutting down, Redis unreachable, a subscription down).
-async fn ready(State(s): State<AppState>) -> Response {
-    let draining = s.draining.load(Ordering::Relaxed);
-    let (redis, cluster_nodes, problem) = match &s.cluster {
-        None => ("not used", None, None),
-        Some(cluster) => match cluster.probe().await {
-            Err(e) => ("down", None, Some(e)),
-            Ok(n) => match &s.adapter_redis {
-                Some(a) if !fred::prelude::ClientLike::is_connected(a) => (
-                    "down",
-                    Some(n),
-                    Some("the adapter's subscription to Redis is down".to_owned()),
-                ),
-                _ => ("up", Some(n), None),
-            },
-        },
-    };
-    let problem = match draining {
-        true => Some("shutting down".to_owned()),
-        false => problem,
-    };
-    let status = match problem {
-        None => axum::http::StatusCode::OK,
-        Some(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let body = serde_json::json!({
-        "ready": problem.is_none(),
-        "node": &*s.node,
-        "tls": s.tls,
-        "redis": redis,
-        "cluster_nodes": cluster_nodes,
-        "sockets": s.admission.sockets(),
-        "error": problem,
-    });
-    (status, [(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
-}
-
-async fn metrics(State(s): State<AppState>) -> Response {
-    let text = s.metrics.render(
-        s.admission.sockets(),
-        s.local.room_count(),
-        s.cluster.as_ref().map_or(1, |c| c.size()),
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
-}
-
-/// `?namespace=`: which namespace a REST query is about (`/` when absent).
-#[derive(Debug, serde::Deserialize)]
-struct NamespaceParam {
-    namespace: Option<String>,
-}
-
-/// The namespace a request names (`/` by default), checked, and served here.
-fn namespace_of(s: &AppState, query: Option<&str>) -> Result<String, AppError> {
-    let param: NamespaceParam = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| AppError::BadQuery(e.to_string()))?;
-    let ns = param.namespace.unwrap_or_else(|| "/".to_owned());
-    validate::namespace(&ns).map_err(AppError::BadNamespace)?;
-    if s.namespaces.find(&ns).is_none() {
-        return Err(AppError::UnknownNamespace(ns));
-    }
-    Ok(ns)
-}
-
-/// Asks the cluster (or this node alone) about namespace `ns`.
-async fn ask(s: &AppState, ns: &str, query: Query) -> Answer {
-    match &s.cluster {
-        Some(cluster) => cluster.ask(ns, query).await,
-        None => Answer::local(s.node.clone(), s.local.answer(ns, &query)),
-    }
-}
-
-/// `X-Cluster-Nodes: answered/expected`, `X-Cluster-Partial`, `X-Cluster-Error`: how complete an answer is.
-fn cluster_headers(answer: &Answer) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    let expected = answer.expected.map_or("?".to_owned(), |n| n.to_string());
-    let nodes = format!("{}/{expected}", answer.answered);
-    headers.insert(
-        "x-cluster-nodes",
-        HeaderValue::from_str(&nodes).expect("ascii"),
-    );
-    headers.insert(
-        "x-cluster-partial",
-        HeaderValue::from_static(if answer.is_partial() { "true" } else { "false" }),
-    );
-    if let Some(error) = answer.error.as_deref()
-        && let Ok(v) = HeaderValue::from_str(error)
-    {
-        headers.insert("x-cluster-error", v);
-    }
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers
-}
-
-async fn users(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    Room(room): Room,
-) -> Result<Response, AppError> {
-    if !authorized(&headers, s.api_token.as_deref()) {
-        return Err(AppError::Unauthorized);
-    }
-    let ns = namespace_of(&s, uri.query())?;
-    let answer = ask(&s, &ns, Query::Users { room }).await;
-    let mut list: Vec<RoomUser> = answer
-        .nodes
-        .iter()
-        .flat_map(|(node, reply)| {
-            let members = match reply {
-                Reply::Users { members } => members.as_slice(),
-                _ => &[],
-            };
-            members.iter().map(move |m| RoomUser {
-                id_socket: &m.id_socket,
-                id_user: m.id_user.as_deref(),
-                node,
-            })
-        })
-        .collect();
-    list.sort_unstable_by(|a, b| (a.id_user, a.id_socket).cmp(&(b.id_user, b.id_socket)));
-    Ok((cluster_headers(&answer), Json(list)).into_response())
-}
-
-/// One entry of `GET /api/rooms`.
-#[derive(Debug, Serialize)]
-struct RoomSize {
-    room: String,
-    sockets: u64,
-}
-
-/// `GET /api/rooms?namespace=`: the namespace's rooms across the cluster with their socket counts, by name.
-async fn rooms(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Result<Response, AppError> {
-    if !authorized(&headers, s.api_token.as_deref()) {
-        return Err(AppError::Unauthorized);
-    }
-    let ns = namespace_of(&s, uri.query())?;
-    let answer = ask(&s, &ns, Query::Rooms).await;
-    let mut sizes = std::collections::BTreeMap::<String, u64>::new();
-    for (_, reply) in answer.nodes.iter() {
-        if let Reply::Rooms { rooms } = reply {
-            for r in rooms {
-                *sizes.entry(r.room.clone()).or_default() += r.sockets;
-            }
-        }
-    }
-    let rooms: Vec<RoomSize> = sizes
-        .into_iter()
-        .map(|(room, sockets)| RoomSize { room, sockets })
-        .collect();
-    let body = serde_json::json!({ "namespace": ns, "rooms": rooms });
-    Ok((cluster_headers(&answer), Json(body)).into_response())
-}
-
-async fn page(State(s): State<AppState>, Room(_): Room) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "no-cache")], Html(s.page))
-}
-
-async fn client_bundle(State(s): State<AppState>) -> Result<Response, AppError> {
-    let body = s
-        .client_bundle
-        .clone()
-        .ok_or(AppError::ClientBundleMissing)?;
-    Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                "application/javascript; charset=utf-8",
-            ),
-            (header::CACHE_CONTROL, "public, max-age=3600"),
-        ],
-        body,
-    )
-        .into_response())
-}
-
 #[cfg(test)]
 mod tests {
+    use super::rooms::authorized;
     use super::*;
-    use crate::cluster::protocol::Member;
+    use crate::cluster::protocol::{Member, Query, Reply};
+    use axum::http::{HeaderMap, header};
     use axum::{body::Body, http::Request, http::StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
