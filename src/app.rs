@@ -26,7 +26,7 @@ use crate::{
     domain::validate,
     http::{self, AppState},
     net::{pending, tls},
-    realtime::{Namespaces, NodeInfo, admission},
+    realtime::{Namespaces, NodeInfo, admission, push::Push},
     redis,
     telemetry::metrics,
 };
@@ -137,11 +137,12 @@ pub async fn run(
     let query_limit = http::throttle::QueryLimit::new(config.query_rate).map(Arc::new);
     let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
     let app_state =
-        |local: Arc<dyn LocalRooms>,
+        |(local, push): (Arc<dyn LocalRooms>, Arc<dyn Push>),
          cluster: Option<Arc<Cluster>>,
          adapter_redis: Option<fred::clients::SubscriberClient>| AppState {
             node: node.clone(),
             local,
+            push,
             cluster,
             client_bundle: client_bundle.clone(),
             metrics: metrics.clone(),
@@ -165,8 +166,9 @@ pub async fn run(
             }
             let (layer, io) = io_builder(info.clone(), &config).build_layer();
             namespaces.register(&io).map_err(StartError::Config)?;
+            let push: Arc<dyn Push> = Arc::new(io.clone());
             let local: Arc<dyn LocalRooms> = Arc::new(io);
-            let app = http::router(app_state(local.clone(), None, None)).layer(layer);
+            let app = http::router(app_state((local.clone(), push), None, None)).layer(layer);
             (app, local, None, None)
         }
         Some(url) => {
@@ -321,7 +323,7 @@ async fn join_cluster(
     config: &Config,
     info: NodeInfo,
     app_state: &impl Fn(
-        Arc<dyn LocalRooms>,
+        (Arc<dyn LocalRooms>, Arc<dyn Push>),
         Option<Arc<Cluster>>,
         Option<fred::clients::SubscriberClient>,
     ) -> AppState,
@@ -377,8 +379,9 @@ async fn join_cluster(
         }
     };
     let _ = info.cluster.set(cluster.clone());
+    let push: Arc<dyn Push> = Arc::new(io.clone());
     let state = app_state(
-        local.clone(),
+        (local.clone(), push),
         Some(cluster.clone()),
         Some(link.sub.client.clone()),
     );

@@ -58,6 +58,19 @@ pub enum AppError {
     BadQuery(String),
     #[error("unknown namespace: {0}")]
     UnknownNamespace(String),
+    /// A field of a request (query parameter or body) is missing or wrong: the message names it.
+    #[error("invalid {0}: {1}")]
+    BadField(&'static str, String),
+    /// `POST /send` to a site that does not exist or with the wrong key: the same answer, so that the sites
+    /// cannot be discovered.
+    #[error("unknown site or wrong API key")]
+    UnknownSite,
+    #[error("the body must be application/json or application/x-www-form-urlencoded")]
+    UnsupportedMediaType,
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    PushFailed(String),
     #[error("not found")]
     NotFound,
     #[error("method not allowed: this API only answers GET")]
@@ -78,9 +91,15 @@ pub enum AppError {
 impl AppError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadRoom(_) | Self::BadPath | Self::BadNamespace(_) | Self::BadQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadRoom(_)
+            | Self::BadPath
+            | Self::BadNamespace(_)
+            | Self::BadQuery(_)
+            | Self::BadField(..) => StatusCode::BAD_REQUEST,
+            Self::UnknownSite => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PushFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound | Self::UnknownNamespace(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -120,6 +120,10 @@ pub struct NamespaceConfig {
     pub views: bool,
     /// Logged (warn) on every connection: the namespace is kept for old clients only.
     pub deprecated: Option<String>,
+    /// The key the application's backend gives to `POST /send` to this namespace (seed 001's `apiKey`).
+    pub api_key: Option<String>,
+    /// The same, stored as `sha256:<64 hex digits>` of the key, so the file does not hold the key itself.
+    pub api_key_hash: Option<String>,
 }
 
 /// Every key of a `[[namespace]]` table. Update this list and [`NamespaceConfig`] together: the tests check that
@@ -144,6 +148,8 @@ const NAMESPACE_KEYS: &[&str] = &[
     "forward",
     "views",
     "deprecated",
+    "api_key",
+    "api_key_hash",
 ];
 
 impl NamespaceConfig {
@@ -254,6 +260,13 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Vec<CheckedNamespace
             return Err(named("is defined twice".into()));
         }
         check(&ns).map_err(named)?;
+        if matches!(pattern, NamePattern::Prefix(_))
+            && (ns.api_key.is_some() || ns.api_key_hash.is_some())
+        {
+            return Err(named(
+                "`api_key` needs an exact name: POST /send pushes to one namespace".into(),
+            ));
+        }
         for p in [&mut ns.credentials_file, &mut ns.jwt_public_key]
             .into_iter()
             .flatten()
@@ -382,12 +395,36 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
             return Err(format!("`{key}` must not be empty"));
         }
     }
+    match (&ns.api_key, &ns.api_key_hash) {
+        (Some(_), Some(_)) => return Err("give `api_key` or `api_key_hash`, not both".into()),
+        (Some(k), Option::None) if k.is_empty() => return Err("`api_key` must not be empty".into()),
+        (Option::None, Some(h)) => {
+            api_key_digest(h)?;
+        }
+        _ => {}
+    }
     if let Some(d) = &ns.deprecated
         && d.trim().is_empty()
     {
         return Err("`deprecated` must say something (why, or what to use instead)".into());
     }
     Ok(())
+}
+
+/// The SHA-256 digest in an `api_key_hash` (`sha256:<64 hex digits>`).
+pub fn api_key_digest(hash: &str) -> Result<[u8; 32], String> {
+    let bad = || {
+        "`api_key_hash` must be \"sha256:\" then 64 hex digits (sha256sum of the key)".to_owned()
+    };
+    let hex = hash.strip_prefix("sha256:").ok_or_else(bad)?;
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(digest)
 }
 
 /// The 1-based line of byte `at`.

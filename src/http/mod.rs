@@ -6,10 +6,12 @@
 //! * `middleware`: the query and handshake rates, and [`detach_head`].
 //! * [`throttle`]: the per-client query limiter.
 
+mod form;
 mod middleware;
 mod ops;
 mod page;
 mod rooms;
+mod send;
 pub mod throttle;
 
 use std::sync::{Arc, atomic::AtomicBool};
@@ -29,7 +31,7 @@ pub use self::{
 use crate::{
     cluster::{Cluster, LocalRooms},
     error::AppError,
-    realtime::{Namespaces, admission::Admission},
+    realtime::{Namespaces, admission::Admission, push::Push},
     telemetry::metrics::Metrics,
 };
 
@@ -59,6 +61,8 @@ pub struct AppState {
     pub query_limit: Option<Arc<QueryLimit>>,
     /// The namespaces served: a query about another one is a `404`.
     pub namespaces: Arc<Namespaces>,
+    /// Emits the events of `POST /send`.
+    pub push: Arc<dyn Push>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -71,6 +75,7 @@ pub fn router(state: AppState) -> Router {
             middleware::limit_queries,
         ));
     Router::new()
+        .route("/send", axum::routing::post(send::send))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
@@ -116,6 +121,20 @@ mod tests {
     use axum::{body::Body, http::Request, http::StatusCode};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
+
+    struct NoPush;
+    impl Push for NoPush {
+        fn emit<'a>(
+            &'a self,
+            _: &'a str,
+            _: Vec<String>,
+            _: &'a str,
+            _: &'a crate::realtime::events::Args,
+        ) -> futures_util::future::BoxFuture<'a, Result<(), crate::realtime::push::PushError>>
+        {
+            Box::pin(async { Ok(()) })
+        }
+    }
 
     struct Fixed;
     impl LocalRooms for Fixed {
@@ -232,6 +251,7 @@ mod tests {
             admission: admitted(),
             query_limit: None,
             namespaces: Arc::new(Namespaces::single_default()),
+            push: Arc::new(NoPush),
         }
     }
 

@@ -310,6 +310,7 @@ mod tests {
             forward: false,
             views: false,
             deprecated: None,
+            api_key: None,
         }
     }
 
