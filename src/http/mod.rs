@@ -6,6 +6,7 @@
 //! * `middleware`: the query and handshake rates, and [`detach_head`].
 //! * [`throttle`]: the per-client query limiter.
 
+pub mod form;
 mod middleware;
 mod ops;
 mod page;
