@@ -187,6 +187,23 @@ async fn pushes_reach_rooms_users_and_sessions_on_every_node() {
     io.expect_none("other", "update_store", Duration::from_millis(10))
         .await;
 
+    // The same as seed 001's backends send it: a form in the extended encoding (values are strings).
+    let form = "rooms[]=user.1&rooms[]=staff&event=update_form&args[0]=user&args[1][id]=1";
+    let query = format!("site=chat&apiKey={CHAT_KEY}");
+    let kind = "application/x-www-form-urlencoded";
+    let (status, answer) = post(&http, a, &query, kind, form).await;
+    assert_eq!(status, 200, "{answer}");
+    for id in ["s1", "s2"] {
+        let ev = io.expect(id, "update_form").await;
+        assert_eq!(ev["args"], json!(["user", {"id": "1"}]), "{id}");
+    }
+    let (status, answer) = post(&http, a, &query, kind, "rooms=staff&event=x&rooms=y").await;
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("\"rooms\""),
+        "{answer}"
+    );
+
     // Emit to a user (every socket of alice, on two nodes) and to a session of `/` (`site=/`), the key as a
     // bearer token checked against its hash.
     let push = |rooms: Value, event: &str| json!({"rooms": rooms, "event": event, "args": [event]});

@@ -3,10 +3,11 @@
 //! * `rooms`: `GET /{room}/users` and `GET /api/rooms`, the cluster queries.
 //! * `ops`: `/health`, `/ready`, `/metrics`.
 //! * `page`: the room page and the socket.io client bundle.
+//! * `send`: `POST /send`, pushes from the application's backend; [`form`]: its extended form encoding.
 //! * `middleware`: the query and handshake rates, and [`detach_head`].
 //! * [`throttle`]: the per-client query limiter.
 
-mod form;
+pub mod form;
 mod middleware;
 mod ops;
 mod page;
