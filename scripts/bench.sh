@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The benchmark (method and results in BENCHMARKS.md): our server against the Node reference
-# (bench/node-reference/, socket.io v4 + @socket.io/redis-adapter), in one run, on loopback only; then, ours
+# (bench/node-reference/, socket.io v4 + @socket.io/redis-adapter), in one run, on loopback only; and, for ours
 # only, handshakes per second by auth kind (claim, jwt, credentials) and the users query on a namespace with
 # 3 rooms per socket.
-#   scripts/bench.sh                 the full run (about 12 minutes on 2 cores)
+#   scripts/bench.sh                 the full run (about 10 minutes on 2 cores, the tenancy phases ~30 s of it)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0    the tenancy phases alone
 # Starts its own redis-server and nodes, stops them by pid, and stops by itself (--max-minutes, default 40).
