@@ -11,20 +11,22 @@ use std::{
 };
 
 use axum::body::Bytes;
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::{
+    accept::DefaultAcceptor,
+    tls_rustls::{RustlsAcceptor, RustlsConfig},
+};
 use futures_util::FutureExt;
 use socketioxide::{SocketIo, TransportType};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::{
     Config, StartError,
-    cluster::Cluster,
-    cluster::LocalRooms,
+    cluster::{self, Cluster, LocalRooms, seal::Seal},
     config::file,
     domain::validate,
     http::{self, AppState},
-    net::tls,
-    realtime::{Namespaces, NodeInfo, admission},
+    net::{pending, tls},
+    realtime::{Namespaces, NodeInfo, admission, push::Push},
     redis,
     telemetry::metrics,
 };
@@ -112,7 +114,7 @@ pub async fn run(
                 StartError::Config(format!("CORS_ORIGINS: {o:?} is not a valid origin"))
             })
         })
-        .collect::<Result<Arc<[_]>, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let metrics = Arc::new(metrics::Metrics::new());
     let namespaces = Arc::new(load_namespaces(&config, &metrics)?);
     let draining = Arc::new(AtomicBool::new(false));
@@ -132,13 +134,15 @@ pub async fn run(
         handshakes: Arc::default(),
     };
 
+    let query_limit = http::throttle::QueryLimit::new(config.query_rate).map(Arc::new);
     let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
     let app_state =
-        |local: Arc<dyn LocalRooms>,
+        |(local, push): (Arc<dyn LocalRooms>, Arc<dyn Push>),
          cluster: Option<Arc<Cluster>>,
          adapter_redis: Option<fred::clients::SubscriberClient>| AppState {
             node: node.clone(),
             local,
+            push,
             cluster,
             client_bundle: client_bundle.clone(),
             metrics: metrics.clone(),
@@ -147,25 +151,36 @@ pub async fn run(
             adapter_redis,
             page: page.clone(),
             api_token: api_token.clone(),
-            cors_origins: cors_origins.clone(),
+            admission: info.admission.clone(),
+            query_limit: query_limit.clone(),
             namespaces: namespaces.clone(),
         };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
     let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
         None => {
+            if config.cluster_secret.is_some() {
+                tracing::warn!(
+                    "CLUSTER_SECRET is set but REDIS_URL is not: a single node has nothing to sign"
+                );
+            }
             let (layer, io) = io_builder(info.clone(), &config).build_layer();
             namespaces.register(&io).map_err(StartError::Config)?;
+            let push: Arc<dyn Push> = Arc::new(io.clone());
             let local: Arc<dyn LocalRooms> = Arc::new(io);
-            let app = http::router(app_state(local.clone(), None, None)).layer(layer);
+            let app = http::router(app_state((local.clone(), push), None, None)).layer(layer);
             (app, local, None, None)
         }
         Some(url) => {
             let redis = redis::Endpoint::parse(url, config.redis_ca.as_deref())?;
+            let seal = config.cluster_seal().map_err(StartError::Config)?;
+            if seal.is_signed() {
+                tracing::info!("cluster messages are signed (CLUSTER_SECRET)");
+            }
             // Redis may not be up yet (all services starting at boot): retry what can heal, fail on the rest.
             let mut delay = RETRY_FIRST;
             loop {
-                let attempt = join_cluster(&redis, &config, info.clone(), &app_state);
+                let attempt = join_cluster(&redis, &seal, &config, info.clone(), &app_state);
                 match attempt.await {
                     Ok(joined) => break joined,
                     Err(e) if e.is_transient() => {
@@ -195,25 +210,45 @@ pub async fn run(
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{addr}");
-    let app = app
-        .layer(axum::middleware::from_fn_with_state(
-            info,
-            http::limit_sessions,
-        ))
-        .layer(axum::middleware::map_request(http::detach_head));
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        info,
+        http::limit_sessions,
+    ));
+    // Outside the Socket.IO layer (inside `app`) so `/socket.io/` gets CORS too, and outside the rate limit so a
+    // preflight is never counted as a new session.
+    let app = match http::cors(&cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    let app = app.layer(axum::middleware::map_request(http::detach_head));
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let header_timeout = config.header_read_timeout();
+    let pending = pending::Pending::new(
+        config
+            .max_pending_connections
+            .try_into()
+            .unwrap_or(usize::MAX),
+        header_timeout,
+        metrics.clone(),
+    );
     match tls {
         Some(tls) => {
-            axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(Arc::new(tls)))
-                .handle(handle)
-                .serve(service)
-                .await?
+            // The pending limits cover the handshake too; axum-server's own handshake timeout (10 s) must not cut
+            // it shorter than configured.
+            let tls = RustlsAcceptor::new(RustlsConfig::from_config(Arc::new(tls)))
+                .handshake_timeout(header_timeout);
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(pending::Acceptor::new(tls, pending))
+                .handle(handle);
+            bound_request_heads(server.http_builder(), header_timeout);
+            server.serve(service).await?
         }
         None => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(service)
-                .await?
+            let mut server = axum_server::from_tcp(listener)
+                .acceptor(pending::Acceptor::new(DefaultAcceptor, pending))
+                .handle(handle);
+            bound_request_heads(server.http_builder(), header_timeout);
+            server.serve(service).await?
         }
     }
     // The listener is closed; websockets are not the server's to wait for (they left hyper at the upgrade), so
@@ -227,32 +262,81 @@ pub async fn run(
     Ok(())
 }
 
+/// hyper's `header_read_timeout`: every request head after a connection's first (which [`pending`] bounds) must
+/// arrive within `timeout`, so an idle keep-alive connection is closed after it too. hyper needs a timer for it.
+fn bound_request_heads(
+    builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    timeout: Duration,
+) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(timeout);
+}
+
 /// What serving needs: the app, the local sockets, and in cluster mode our query protocol and the adapter's
 /// subscriber (both closed at shutdown).
 type Serving = (
     axum::Router,
     Arc<dyn LocalRooms>,
     Option<Arc<Cluster>>,
-    Option<redis::Subscriber>,
+    Option<AdapterLink>,
 );
+
+/// The socketioxide-redis adapter's connection, and the watchers counting its events: they go together.
+struct AdapterLink {
+    sub: redis::Subscriber,
+    _watch: metrics::RedisWatch,
+}
+
+impl AdapterLink {
+    async fn close(&self) {
+        self.sub.close().await;
+    }
+}
+
+/// Closes what a failed attempt to join opened, so that retries do not pile up connections and tasks: the
+/// namespaces (their adapters' Redis subscriptions and the tasks reading them), then the adapter's connection.
+/// Each step is bounded by [`DRAIN_TIMEOUT`], should Redis be the reason the attempt failed.
+async fn abandon(local: &dyn LocalRooms, adapter: &AdapterLink) {
+    if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("closing the namespaces of a failed start-up attempt took too long");
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, adapter.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "closing the adapter's connection of a failed start-up attempt took too long"
+        );
+    }
+}
 
 /// One attempt to join the cluster: the adapter on its own subscriber, the Socket.IO layer on the adapter, and
 /// our room-query protocol.
 async fn join_cluster(
     redis: &redis::Endpoint,
+    seal: &Seal,
     config: &Config,
     info: NodeInfo,
     app_state: &impl Fn(
-        Arc<dyn LocalRooms>,
+        (Arc<dyn LocalRooms>, Arc<dyn Push>),
         Option<Arc<Cluster>>,
         Option<fred::clients::SubscriberClient>,
     ) -> AppState,
 ) -> Result<Serving, StartError> {
     let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
-    info.metrics
-        .watch_redis(&adapter_sub.client, "adapter_subscriber");
+    let link = AdapterLink {
+        _watch: info
+            .metrics
+            .watch_redis(&adapter_sub.client, "adapter_subscriber"),
+        sub: adapter_sub,
+    };
     let adapter = RedisAdapterCtr::new_with_fred_config(
-        adapter_sub.client.clone(),
+        link.sub.client.clone(),
         RedisAdapterConfig::new()
             .with_prefix(format!("{}-adapter", config.redis_prefix))
             .with_request_timeout(config.request_timeout())
@@ -260,33 +344,49 @@ async fn join_cluster(
             // so a burst of broadcasts must fit. Memory is only taken while a backlog exists.
             .with_stream_buffer(ADAPTER_STREAM_BUFFER),
     )
-    .await
-    .map_err(|e| redis::connect_err(redis, e))?;
+    .await;
+    let adapter = match adapter {
+        Ok(adapter) => adapter,
+        Err(e) => {
+            link.close().await;
+            return Err(redis::connect_err(redis, e).into());
+        }
+    };
     let (layer, io) = io_builder(info.clone(), config)
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
-    for init in info.namespaces.register(&io).map_err(StartError::Config)? {
-        init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
-    }
-    let local: Arc<dyn LocalRooms> = Arc::new(io);
-    let cluster = Cluster::start(
-        redis,
-        &config.redis_prefix,
-        info.id.clone(),
-        local.clone(),
-        config.request_timeout(),
-        config.heartbeat(),
-        info.metrics.clone(),
-    )
-    .await?;
+    let local: Arc<dyn LocalRooms> = Arc::new(io.clone());
+    let started = async {
+        for init in info.namespaces.register(&io).map_err(StartError::Config)? {
+            init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+        }
+        let settings = cluster::Settings {
+            prefix: config.redis_prefix.clone(),
+            node: info.id.clone(),
+            timeout: config.request_timeout(),
+            heartbeat: config.heartbeat(),
+            seal: seal.clone(),
+        };
+        Ok::<_, StartError>(
+            Cluster::start(redis, settings, local.clone(), info.metrics.clone()).await?,
+        )
+    };
+    let cluster = match started.await {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            abandon(&*local, &link).await;
+            return Err(e);
+        }
+    };
     let _ = info.cluster.set(cluster.clone());
+    let push: Arc<dyn Push> = Arc::new(io.clone());
     let state = app_state(
-        local.clone(),
+        (local.clone(), push),
         Some(cluster.clone()),
-        Some(adapter_sub.client.clone()),
+        Some(link.sub.client.clone()),
     );
     let app = http::router(state).layer(layer);
-    Ok((app, local, Some(cluster), Some(adapter_sub)))
+    Ok((app, local, Some(cluster), Some(link)))
 }
 
 /// On shutdown: stop accepting (so clients that reconnect land on another node, even on a shared port) while
@@ -299,7 +399,7 @@ async fn drain_on(
     handle: axum_server::Handle,
     local: Arc<dyn LocalRooms>,
     cluster: Option<Arc<Cluster>>,
-    adapter_sub: Option<redis::Subscriber>,
+    adapter_sub: Option<AdapterLink>,
 ) {
     shutdown.await;
     draining.store(true, Ordering::Relaxed);
@@ -337,7 +437,7 @@ fn load_namespaces(
     for ns in namespaces.iter() {
         tracing::info!(
             namespace = %ns.pattern,
-            auth = ?ns.verifier,
+            auth = ns.verifier.kind(),
             rooms = ?ns.rooms,
             forward = ns.forward,
             views = ns.views,

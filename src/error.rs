@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    http::StatusCode,
+    http::{HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 
@@ -58,6 +58,19 @@ pub enum AppError {
     BadQuery(String),
     #[error("unknown namespace: {0}")]
     UnknownNamespace(String),
+    /// A field of a request (query parameter or body) is missing or wrong: the message names it.
+    #[error("invalid {0}: {1}")]
+    BadField(&'static str, String),
+    /// `POST /send` to a site that does not exist or with the wrong key: the same answer, so that the sites
+    /// cannot be discovered.
+    #[error("unknown site or wrong API key")]
+    UnknownSite,
+    #[error("the body must be application/json or application/x-www-form-urlencoded")]
+    UnsupportedMediaType,
+    #[error("the body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    PushFailed(String),
     #[error("not found")]
     NotFound,
     #[error("method not allowed: this API only answers GET")]
@@ -66,6 +79,9 @@ pub enum AppError {
     Unauthorized,
     #[error(transparent)]
     Refused(#[from] crate::realtime::admission::Refused),
+    /// `QUERY_RATE`: this client asked too many cluster queries; it may ask again in `retry_after` seconds.
+    #[error("too many queries from this address (QUERY_RATE per second): retry in {retry_after} s")]
+    TooManyQueries { retry_after: u64 },
     #[error(
         "the socket.io client bundle is not installed on this server (run scripts/fetch-client.sh)"
     )]
@@ -75,13 +91,19 @@ pub enum AppError {
 impl AppError {
     fn status(&self) -> StatusCode {
         match self {
-            Self::BadRoom(_) | Self::BadPath | Self::BadNamespace(_) | Self::BadQuery(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadRoom(_)
+            | Self::BadPath
+            | Self::BadNamespace(_)
+            | Self::BadQuery(_)
+            | Self::BadField(..) => StatusCode::BAD_REQUEST,
+            Self::UnknownSite => StatusCode::UNAUTHORIZED,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PushFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotFound | Self::UnknownNamespace(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Refused(_) | Self::TooManyQueries { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ClientBundleMissing => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -92,13 +114,21 @@ impl IntoResponse for AppError {
         let body = Json(serde_json::json!({ "error": self.to_string() }));
         let mut res = (self.status(), body).into_response();
         let extra = match self {
-            Self::Unauthorized => Some((axum::http::header::WWW_AUTHENTICATE, "Bearer")),
-            Self::Refused(_) => Some((axum::http::header::RETRY_AFTER, "1")),
+            Self::Unauthorized => Some((
+                axum::http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            )),
+            Self::Refused(_) => Some((
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from_static("1"),
+            )),
+            Self::TooManyQueries { retry_after } => {
+                Some((axum::http::header::RETRY_AFTER, retry_after.into()))
+            }
             _ => None,
         };
         if let Some((name, value)) = extra {
-            res.headers_mut()
-                .insert(name, axum::http::HeaderValue::from_static(value));
+            res.headers_mut().insert(name, value);
         }
         res
     }

@@ -13,12 +13,14 @@
 //! * [`http`]: REST and page routes; [`error`]: how failures become HTTP answers (and start-up errors).
 //! * [`realtime`]: the Socket.IO side: namespaces from the config file, handshake and identity
 //!   ([`realtime::auth`]), rooms, forwarding and controller/view events, admission limits.
-//! * [`cluster`]: the cross-node wire types ([`cluster::protocol`]), membership by heartbeats, and the query
-//!   over Redis pub/sub; [`redis`]: fred clients configured for it (RESP3, reconnects, re-subscription).
+//! * [`cluster`]: the cross-node wire types ([`cluster::protocol`]), membership by heartbeats, the query's
+//!   waiting logic ([`cluster::query`]) over Redis pub/sub, signed messages ([`cluster::seal`]); [`redis`]: fred
+//!   clients configured for it (RESP3, reconnects, re-subscription).
 //! * [`config`]: the one typed configuration (clap, every flag with an environment variable) and the TOML file.
 //! * [`domain`]: the rules for room names, user ids, node ids, shared by every entry point.
 //! * [`telemetry`]: what `/metrics` exposes, and log lines (human or JSON) that name the node.
-//! * [`net`]: rustls configuration and the shutdown signal.
+//! * [`net`]: rustls configuration, the limits on connections that are not requests yet ([`net::pending`]),
+//!   and the shutdown signal.
 //!
 //! [`run`] serves one node on a listener until a shutdown future resolves (the binary's is
 //! [`net::shutdown::signal`]); [`listen`] binds that listener, shared with the host's other instances when
@@ -50,6 +52,14 @@
 //! 4. The asker returns as soon as every live node has answered (a node declared down meanwhile is no longer
 //!    waited for), or at the request timeout with what it has, marked partial (`X-Cluster-Nodes: 2/3`,
 //!    `X-Cluster-Partial: true`). Replies from nodes that are not members, and duplicates, are ignored.
+//!
+//! With `CLUSTER_SECRET` set, every message is published in a signed envelope ([`cluster::seal::Envelope`]):
+//! `{"ts": <ms since the epoch>, "sig": "<hex HMAC-SHA256>", "msg": <the message above, byte for byte>}`, the
+//! HMAC keyed with the secret over the channel name's length (8 bytes, big-endian), the name, `ts` (8 bytes,
+//! big-endian) and the message.
+//! A node refuses what is unsigned, signed with another secret, published on another channel, or sealed more than
+//! 60 s away from its clock, and a heartbeat older than the last accepted from its node (no replays); so a
+//! client of Redis cannot speak for a node. Without the secret, messages are the bare JSON.
 //!
 //! Messages with another version, malformed fields, unknown request ids, answers of another kind or duplicate
 //! answers are logged and ignored. Rooms and broadcasts between nodes (the `socket-connected` events,

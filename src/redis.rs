@@ -27,18 +27,22 @@ pub enum RedisError {
     },
 }
 
-/// Makes a URL printable: the password, if any, becomes `***`.
+/// Makes a URL printable: the password, if any, becomes `***`. A string that does not parse as a URL with a host
+/// (it is shown in the error refusing it) loses everything before its last `@`, which may hold a password.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.has_host() => {
+            if parsed.password().is_some() {
+                // Cannot fail on a URL with a host.
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
         }
-        None => url.to_owned(),
+        _ => match (url.split_once("://"), url.rsplit_once('@')) {
+            (Some((scheme, _)), Some((_, host))) => format!("{scheme}://***@{host}"),
+            (None, Some((_, host))) => format!("***@{host}"),
+            (_, None) => url.to_owned(),
+        },
     }
 }
 
@@ -197,6 +201,29 @@ pub fn connect_err(endpoint: &Endpoint, source: fred::error::Error) -> RedisErro
     }
 }
 
+/// Subscriber counts by channel name from a `PUBSUB NUMSUB` reply: a flat `[channel, count, ...]` array (RESP2,
+/// and Redis 7.0 in RESP3) or a map (fred's map is a hash map: positions mean nothing there). Callers look the
+/// channels they asked about up by name; a malformed reply is an error.
+pub fn numsub_counts(
+    reply: fred::types::Value,
+) -> Result<std::collections::HashMap<String, u64>, String> {
+    use fred::types::Value;
+    let bad = || "unexpected PUBSUB NUMSUB reply".to_owned();
+    let entry = |name: Option<String>, count: &Value| Some((name?, count.as_u64()?));
+    match reply {
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(name, count)| entry(name.into_string(), &count).ok_or_else(bad))
+            .collect(),
+        Value::Array(items) if items.len() % 2 == 0 => items
+            .chunks(2)
+            .map(|pair| entry(pair[0].as_string(), &pair[1]).ok_or_else(bad))
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
 /// fred's own `manage_subscriptions` sends an empty `SUBSCRIBE` first when only shard channels are tracked,
 /// Redis refuses it, and the shard channels are never restored; so we restore each kind only when non-empty.
 async fn resubscribe_on_reconnect(client: SubscriberClient) {
@@ -225,7 +252,60 @@ async fn resubscribe_on_reconnect(client: SubscriberClient) {
 
 #[cfg(test)]
 mod tests {
-    use super::{Endpoint, redact};
+    use super::{Endpoint, numsub_counts, redact};
+    use fred::types::{Map, Value};
+
+    fn numsub(channels: &[(&str, i64)]) -> Vec<Value> {
+        channels
+            .iter()
+            .flat_map(|(c, n)| [Value::from(*c), Value::Integer(*n)])
+            .collect()
+    }
+
+    /// `PUBSUB NUMSUB` counts are read by channel name, from a flat array (RESP2, and Redis 7.0 in RESP3) or a
+    /// map, whatever the order.
+    #[test]
+    fn reads_numsub_counts_by_name() {
+        let asked = [("n:reply#b", 1), ("n:reply#c", 0), ("n:reply#d", 3)];
+        let expected: std::collections::HashMap<String, u64> = [
+            ("n:reply#b".into(), 1),
+            ("n:reply#c".into(), 0),
+            ("n:reply#d".into(), 3),
+        ]
+        .into();
+        let array = Value::Array(numsub(&asked));
+        assert_eq!(numsub_counts(array).unwrap(), expected);
+        let reversed = asked.iter().rev().copied().collect::<Vec<_>>();
+        assert_eq!(
+            numsub_counts(Value::Array(numsub(&reversed))).unwrap(),
+            expected
+        );
+        let map: Map = asked
+            .iter()
+            .map(|(c, n)| (fred::types::Key::from(*c), Value::Integer(*n)))
+            .collect();
+        assert_eq!(numsub_counts(Value::Map(map)).unwrap(), expected);
+        // Channels not asked about are simply there too; a channel missing is missing.
+        let counts = numsub_counts(Value::Array(numsub(&asked[..1]))).unwrap();
+        assert_eq!(counts.get("n:reply#b"), Some(&1));
+        assert_eq!(counts.get("n:reply#c"), None);
+        assert!(numsub_counts(Value::Array(vec![])).unwrap().is_empty());
+    }
+
+    #[test]
+    fn refuses_malformed_numsub_replies() {
+        for reply in [
+            Value::Null,
+            Value::Integer(1),
+            // Odd length, a count that is not a number, a negative count, a name that is not a string.
+            Value::Array(vec!["a".into()]),
+            Value::Array(vec!["a".into(), "many".into()]),
+            Value::Array(vec!["a".into(), Value::Integer(-1)]),
+            Value::Array(vec![Value::Array(vec![]), Value::Integer(1)]),
+        ] {
+            assert!(numsub_counts(reply.clone()).is_err(), "{reply:?}");
+        }
+    }
 
     #[test]
     fn refuses_other_schemes() {
@@ -285,5 +365,25 @@ mod tests {
         assert_eq!(redact("rediss://:s3cret@host"), "rediss://:***@host");
         assert_eq!(redact("redis://a:b@c@host/x@y"), "redis://a:***@host/x@y");
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(redact("redis://[::1]:6379/2"), "redis://[::1]:6379/2");
+    }
+
+    /// URLs that do not parse (a bad port, a `/` or `#` in an unencoded password, no `//`) are redacted too:
+    /// they end up in the error that refuses them.
+    #[test]
+    fn redacts_passwords_of_malformed_urls() {
+        for (url, shown) in [
+            ("redis://user:pa/ss@host:6379", "redis://***@host:6379"),
+            ("redis://:pa#ss@host", "redis://***@host"),
+            ("redis://u:pw@host:notaport", "redis://***@host:notaport"),
+            ("user:pass@host", "***@host"),
+        ] {
+            let redacted = redact(url);
+            assert_eq!(redacted, shown, "{url}");
+            assert!(
+                !redacted.contains("pa") && !redacted.contains("pw"),
+                "{url}"
+            );
+        }
     }
 }

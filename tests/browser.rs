@@ -1,4 +1,5 @@
-//! The page, in headless Chromium: two browsers on two nodes see each other in the room's live table.
+//! The page, in headless Chromium: two browsers on two nodes see each other in the room's live table; a page on
+//! a listed origin connects across origins by long-polling.
 
 mod common;
 
@@ -7,9 +8,8 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pages_on_two_nodes_list_both_users() {
-    let (dir, _redis, nodes) = cluster("pages_on_two_nodes_list_both_users", 2, 1000).await;
+/// The Chromium to drive, checked to be there with the socket.io bundle the pages load.
+fn chromium() -> String {
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&chromium).exists(),
@@ -20,6 +20,13 @@ async fn pages_on_two_nodes_list_both_users() {
         bundle.exists(),
         "run scripts/fetch-client.sh first (scripts/test.sh does)"
     );
+    chromium
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_on_two_nodes_list_both_users() {
+    let (dir, _redis, nodes) = cluster("pages_on_two_nodes_list_both_users", 2, 1000).await;
+    let chromium = chromium();
 
     let artifacts = root().join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -106,4 +113,54 @@ async fn pages_on_two_nodes_list_both_users() {
     }
     assert!(root().join("tests/artifacts/room-page.png").exists());
     println!("screenshot: tests/artifacts/room-page.png");
+}
+
+/// A page on `https://127.0.0.1:{port}`, a listed origin, connects to the same node as `https://localhost:{port}`
+/// (another origin to the browser) over long-polling only, with credentials, and reads the room list: the browser
+/// enforces CORS on every request, the preflighted ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_on_a_listed_origin_long_polls_across_origins() {
+    let dir = log_dir("cors_browser");
+    let port = free_port();
+    let origin = format!("https://127.0.0.1:{port}");
+    let node = Node::start(
+        &dir,
+        NodeOpts {
+            id: "n",
+            port: Some(port),
+            args: &["--cors-origins", &format!("https://app.example,{origin}")],
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let chromium = chromium();
+    let page = node.url("/health");
+    let base = format!("https://localhost:{port}");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("timeout")
+            .args(["60", "node"])
+            .arg(root().join("tests/js/cors.mjs"))
+            .args([&page, &base])
+            .env("CHROMIUM", chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(dir.join("browser.stderr"), stderr.as_bytes()).unwrap();
+    assert!(
+        out.status.success(),
+        "browser script failed ({}):\n{stderr}\nnode:\n{}",
+        out.status,
+        node.log_text()
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("cross-origin page: {result}");
+    assert_eq!(
+        result["socket"],
+        serde_json::json!({"event": "connect", "transport": "polling"}),
+        "{stderr}"
+    );
+    assert_eq!(result["users"], serde_json::json!(["browser"]), "{stderr}");
 }

@@ -220,7 +220,7 @@ async fn pm2_runs_four_instances_on_one_port() {
             std::fs::read_to_string(pm2.home.join(format!("logs/socket-identity-{i}-out.log")))
                 .unwrap_or_default();
         assert!(
-            out.contains("INFO socket_identity: stopped"),
+            out.contains("INFO socket_identity::app: stopped"),
             "instance {i}:\n{out}"
         );
     }
@@ -522,6 +522,9 @@ async fn dev_cluster_script_starts_reports_and_stops() {
     assert!(status.contains("redis: down"), "{status}");
     for node in ["node1", "node2"] {
         let log = std::fs::read_to_string(state.join(format!("{node}.log"))).unwrap();
-        assert!(log.contains("socket_identity: stopped"), "{node}:\n{log}");
+        assert!(
+            log.contains("socket_identity::app: stopped"),
+            "{node}:\n{log}"
+        );
     }
 }

@@ -334,3 +334,56 @@ async fn a_rolling_restart_keeps_every_client() {
         started.elapsed()
     );
 }
+
+/// Start-up attempts that fail after the adapter has connected (Redis up, its writes paused, so the cluster's
+/// first PUBLISH times out) are retried, and each failed attempt closes everything it opened: once Redis takes
+/// writes again and the node has joined, Redis sees the node's three connections (adapter, publisher, cluster
+/// subscriber), however many attempts failed before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_start_up_attempts_leave_no_connection_behind() {
+    let dir = log_dir("start_up_retries");
+    let redis = Redis::start(&dir);
+    redis.cli(&["CLIENT", "PAUSE", "30000", "WRITE"]);
+    let node = Node::spawn(
+        &dir,
+        NodeOpts {
+            id: "a",
+            redis: Some(redis.url()),
+            prefix: "start_up_retries",
+            timeout_ms: 200,
+            ..NodeOpts::default()
+        },
+    );
+    let failed = eventually(Duration::from_secs(20), "4 failed attempts", async || {
+        let n = node
+            .log_text()
+            .matches("Redis is not reachable yet")
+            .count();
+        (n >= 4).then_some(n)
+    })
+    .await;
+    redis.cli(&["CLIENT", "UNPAUSE"]);
+    node.wait_healthy(Duration::from_secs(20)).await;
+    let failed = node
+        .log_text()
+        .matches("Redis is not reachable yet")
+        .count()
+        .max(failed);
+    // A connection closed by a failed attempt goes once its QUIT is through (behind the paused PUBLISH).
+    let settled = Instant::now() + Duration::from_secs(5);
+    let clients = loop {
+        let clients = redis.clients();
+        if clients.len() <= 3 || Instant::now() > settled {
+            break clients;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "{failed} failed start-up attempts, then {} connections:\n{}",
+        clients.len(),
+        clients.join("\n")
+    );
+    assert_eq!(clients.len(), 3, "{failed} failed attempts");
+    let users = Http::new().users(&node, "R").await;
+    assert_eq!((users.status, users.nodes.as_str()), (200, "1/1"));
+}

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use common::*;
 use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
@@ -24,34 +24,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-async fn tls(port: u16) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca = std::fs::read(root().join("certs-dev/ca.pem")).unwrap();
-    for cert in rustls_pemfile_certs(&ca) {
-        roots.add(cert).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap()
-}
-
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
-    use rustls_pki_types::pem::PemObject;
-    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
-        .map(|c| c.unwrap())
-        .collect()
 }
 
 /// Opens a raw websocket Engine.IO session, sends `frame` after the open packet, and says what happened within
@@ -79,6 +51,66 @@ async fn send_raw(port: u16, query: &str, frame: Message) -> String {
             }
             Ok(Some(Ok(m))) => got.push(m.to_string()),
         }
+    }
+}
+
+/// What the server did with one raw HTTP/1.1 request on its own TLS connection.
+struct Raw {
+    /// Everything it sent back before closing the connection (or within 5 s).
+    answer: String,
+    /// Whether it closed the connection (end of stream or reset) within 5 s.
+    closed: bool,
+    /// Whether the bytes sent after that went through.
+    more: std::io::Result<()>,
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let answer: String = self.answer.chars().take(300).collect();
+        f.debug_struct("Raw")
+            .field("answer", &answer)
+            .field("closed", &self.closed)
+            .field("more", &self.more)
+            .finish()
+    }
+}
+
+/// Sends `sent` (written while the answer is read, so a server that stops reading cannot block us), reads the
+/// answer until the server closes the connection (at most 5 s), then tries to send `more` bytes on it.
+async fn raw_request(port: u16, sent: Vec<u8>, more: usize) -> Raw {
+    let (mut reader, mut writer) = tokio::io::split(tls(port).await);
+    // A write may fail once the server closes: what it answered is what matters.
+    let writing = tokio::spawn(async move {
+        let _ = writer.write_all(&sent).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = vec![0; 64 * 1024];
+        // Ends at the end of the stream (0) or on a reset (an error).
+        while let Ok(n @ 1..) = reader.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .is_ok();
+    let mut writer = tokio::time::timeout(Duration::from_secs(5), writing)
+        .await
+        .expect("writing the request took more than 5 s")
+        .unwrap();
+    let chunk = vec![b'z'; 64 * 1024];
+    let more = tokio::time::timeout(Duration::from_secs(5), async {
+        for _ in 0..more.div_ceil(chunk.len()) {
+            writer.write_all(&chunk).await?;
+        }
+        writer.flush().await
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    Raw {
+        answer: String::from_utf8_lossy(&answer).into_owned(),
+        closed,
+        more,
     }
 }
 
@@ -216,38 +248,59 @@ async fn hostile_http_requests_get_clear_errors() {
             }
         }
     }
-    // A body where none is expected: refused without reading it all.
-    let res = http
-        .client
-        .post(node.url("/R/users"))
-        .body(vec![b'z'; 8 << 20])
-        .send()
-        .await;
-    match res {
-        Ok(res) => {
-            assert_eq!(res.status(), 405);
-            let body: Value = res.json().await.unwrap();
-            assert!(
-                body["error"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("method not allowed")
-            );
-        }
-        // hyper may answer and close before the whole body is sent.
-        Err(e) => println!("8 MiB POST: {e}"),
-    }
-    // Oversized headers: beyond hyper's buffer (~400 KiB) the request is refused.
-    let res = http
-        .client
-        .get(node.url("/R/users"))
-        .header("x-junk", "j".repeat(1024 * 1024))
-        .send()
-        .await;
-    println!("1 MiB header: {:?}", res.as_ref().map(|r| r.status()));
-    if let Ok(res) = res {
-        assert_eq!(res.status(), 431);
-    }
+    // A body where none is expected: `405` at once, before the body arrives, then the connection is closed
+    // rather than read to its end, so sending the rest of the 8 MiB fails.
+    let body = 8 << 20;
+    let mut sent = format!(
+        "POST /R/users HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/octet-stream\r\n\
+         content-length: {body}\r\n\r\n"
+    )
+    .into_bytes();
+    sent.extend(vec![b'z'; 64 * 1024]);
+    let post = raw_request(node.port, sent, body - 64 * 1024).await;
+    println!("8 MiB POST: {post:?}");
+    assert!(
+        post.answer
+            .starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+        "{post:?}"
+    );
+    assert!(
+        post.answer
+            .ends_with("\r\n\r\n{\"error\":\"method not allowed: this API only answers GET\"}"),
+        "{post:?}"
+    );
+    assert!(post.closed, "the connection was left open: {post:?}");
+    let refused = post
+        .more
+        .as_ref()
+        .expect_err("the server read the whole body");
+    assert!(
+        matches!(
+            refused.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        "{refused}"
+    );
+    // Oversized headers: beyond hyper's read buffer (~400 KiB) the request is refused with `431`, then the
+    // connection is closed.
+    let mut sent = b"GET /R/users HTTP/1.1\r\nhost: localhost\r\nx-junk: ".to_vec();
+    sent.extend(vec![b'j'; 1024 * 1024]);
+    sent.extend_from_slice(b"\r\n\r\n");
+    let header = raw_request(node.port, sent, 0).await;
+    println!("1 MiB header: {header:?}");
+    assert!(
+        header
+            .answer
+            .starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{header:?}"
+    );
+    assert!(
+        header.answer.contains("\r\nconnection: close\r\n")
+            && header.answer.contains("\r\ncontent-length: 0\r\n")
+            && header.answer.ends_with("\r\n\r\n"),
+        "{header:?}"
+    );
+    assert!(header.closed, "the connection was left open: {header:?}");
     let after = rss_kib(node.pid());
     println!(
         "RSS {before} -> {after} KiB after {} hostile requests",
@@ -418,4 +471,167 @@ async fn forged_cluster_messages_change_no_answer() {
     for node in &nodes {
         assert_eq!(http.status(node, "/health").await, 200);
     }
+}
+
+const SECRET: &str = "a-cluster-secret-for-tests";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// With `CLUSTER_SECRET`, a forged `leaving` heartbeat for a live node (bare, in an envelope with a made-up
+/// signature, or a genuine heartbeat of that node turned into a `leaving` one) hides nothing: every answer still
+/// counts b and lists its socket. Refusals are counted, and logged at most once a minute per kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_cluster_messages_cannot_be_forged() {
+    let prefix = "signed_cluster_messages";
+    let (_dir, redis, nodes) = cluster_with(
+        prefix,
+        2,
+        1000,
+        &["--cluster-secret", SECRET, "--heartbeat-ms", "1000"],
+    )
+    .await;
+    let mut clients = Clients::start();
+    let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
+    let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
+    let exact = pairs(&[(&sa, "ua"), (&sb, "ub")]);
+
+    let config = fred::prelude::Config::from_url(&redis.url()).unwrap();
+    let publisher = fred::prelude::Builder::from_config(config.clone())
+        .build()
+        .unwrap();
+    publisher.init().await.unwrap();
+    let spy = fred::prelude::Builder::from_config(config)
+        .build_subscriber_client()
+        .unwrap();
+    spy.init().await.unwrap();
+    let nodes_channel = format!("{prefix}:nodes");
+    let mut heard = spy.message_rx();
+    spy.subscribe(nodes_channel.clone()).await.unwrap();
+    // A genuine signed heartbeat of b, read off Redis.
+    let genuine = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let msg = heard.recv().await.unwrap();
+            let text = msg.value.as_string().unwrap();
+            if text.contains(r#""msg":{"v":2,"node":"b"}"#) {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("no heartbeat from b within 5 s");
+    println!("b's heartbeat: {genuine}");
+    let tampered = genuine.replace(r#""node":"b"}"#, r#""node":"b","leaving":true}"#);
+    assert_ne!(tampered, genuine);
+
+    let http = Http::new();
+    for round in 0..20 {
+        let made_up = json!({"ts": now_ms(), "sig": "0".repeat(64),
+            "msg": {"v": 2, "node": "b", "leaving": true}});
+        for forged in [
+            r#"{"v":2,"node":"b","leaving":true}"#.to_owned(),
+            made_up.to_string(),
+            tampered.clone(),
+        ] {
+            let _: i64 = publisher.publish(&nodes_channel, forged).await.unwrap();
+        }
+        let node = &nodes[round % 2];
+        let users = http.users(node, "R").await;
+        assert_eq!(
+            (users.set(), users.nodes.as_str(), users.partial.as_str()),
+            (exact.clone(), "2/2", "false"),
+            "round {round} on {}",
+            node.id
+        );
+    }
+    let rejected = http
+        .metric(&nodes[0], "socket_identity_cluster_messages_rejected_total")
+        .await
+        .unwrap();
+    println!("node a refused {rejected} forged cluster messages");
+    assert!(rejected >= 60.0, "{rejected}");
+    let log = nodes[0].log_text();
+    let logged = log.matches("cluster message refused").count();
+    assert!(
+        (1..=3).contains(&logged),
+        "{logged} refusals logged:\n{log}"
+    );
+    for node in &nodes {
+        assert!(!node.log_text().contains(SECRET), "the secret was logged");
+    }
+}
+
+/// Nodes with the same `CLUSTER_SECRET` form a cluster; a node with another secret, or none, is not counted
+/// by them, nor counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_nodes_with_the_same_secret_form_a_cluster() {
+    let prefix = "same_secret_cluster";
+    let (dir, redis, nodes) = cluster_with(prefix, 2, 500, &["--cluster-secret", SECRET]).await;
+    let other = Node::start(
+        &dir,
+        NodeOpts {
+            id: "c",
+            redis: Some(redis.url()),
+            prefix,
+            timeout_ms: 500,
+            args: &["--cluster-secret", "another-secret-of-this-cluster"],
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let unsigned = Node::start(
+        &dir,
+        NodeOpts {
+            id: "d",
+            redis: Some(redis.url()),
+            prefix,
+            timeout_ms: 500,
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let mut clients = Clients::start();
+    let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
+    let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
+    let sc = clients.join("c", &other, "uc", "R", "websocket").await;
+    let sd = clients.join("d", &unsigned, "ud", "R", "websocket").await;
+    // Give heartbeats time to be heard (and refused).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let http = Http::new();
+    for node in &nodes {
+        let users = http.users(node, "R").await;
+        assert_eq!(
+            (users.set(), users.nodes.as_str(), users.partial.as_str()),
+            (pairs(&[(&sa, "ua"), (&sb, "ub")]), "2/2", "false"),
+            "{}",
+            node.id
+        );
+    }
+    for (node, own) in [
+        (&other, (sc.as_str(), "uc")),
+        (&unsigned, (sd.as_str(), "ud")),
+    ] {
+        let users = http.users(node, "R").await;
+        assert_eq!(
+            (users.set(), users.nodes.as_str()),
+            (pairs(&[own]), "1/1"),
+            "{}",
+            node.id
+        );
+    }
+    let rejected = http
+        .metric(&nodes[0], "socket_identity_cluster_messages_rejected_total")
+        .await
+        .unwrap();
+    assert!(rejected > 0.0, "{rejected}");
+    let log = nodes[0].log_text();
+    assert!(
+        log.contains("bad signature") && log.contains("unsigned cluster message"),
+        "{log}"
+    );
 }

@@ -230,6 +230,121 @@ async fn origins_outside_the_allow_list_are_refused() {
     assert_eq!(preflight.headers()["access-control-allow-origin"], app);
 }
 
+/// `--cors-origins` reaches `/socket.io/`: a browser page on a listed origin can open a long-polling session
+/// (the admin UI does, with credentials), its preflight passes, and other origins get no allow header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_origins_can_long_poll_socket_io() {
+    let app = "https://app.example";
+    let evil = "https://evil.example";
+    let (_dir, node) = node(
+        "cors_socket_io",
+        &[
+            "--cors-origins",
+            "https://app.example,https://admin.example",
+        ],
+    )
+    .await;
+    let http = Http::new();
+    let handshake = node.url("/socket.io/?EIO=4&transport=polling");
+    let header = |res: &reqwest::Response, name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // The Engine.IO handshake a browser sends first.
+    let res = http
+        .client
+        .get(&handshake)
+        .header("origin", app)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    assert_eq!(
+        header(&res, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    assert!(res.text().await.unwrap().starts_with("0{"));
+
+    // The preflight of a long-polling POST that carries an extra header (socket.io-client's `extraHeaders`).
+    let preflight = http
+        .client
+        .request(reqwest::Method::OPTIONS, &handshake)
+        .header("origin", app)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-client")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        header(&preflight, "access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    assert_eq!(
+        header(&preflight, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    let methods = header(&preflight, "access-control-allow-methods").unwrap_or_default();
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = header(&preflight, "access-control-allow-headers").unwrap_or_default();
+    assert!(headers.contains("x-client"), "{headers}");
+
+    // Another origin gets no allow header, on the handshake or on the preflight.
+    let res = http
+        .client
+        .get(&handshake)
+        .header("origin", evil)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&res, "access-control-allow-origin"), None);
+    let preflight = http
+        .client
+        .request(reqwest::Method::OPTIONS, &handshake)
+        .header("origin", evil)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&preflight, "access-control-allow-origin"), None);
+
+    // The official client over long-polling only, every request carrying the Origin header.
+    let mut clients = Clients::start();
+    let q = |u: &str| json!({"id_user": u, "room": "R"});
+    clients
+        .open_with_headers_over("app", &node, q("app"), json!({"origin": app}), &["polling"])
+        .await;
+    let ev = clients
+        .expect_any("app", &["connect", "connect_error"])
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    clients
+        .open_with_headers_over(
+            "evil",
+            &node,
+            q("evil"),
+            json!({"origin": evil}),
+            &["polling"],
+        )
+        .await;
+    let ev = clients
+        .expect_any("evil", &["connect", "connect_error"])
+        .await;
+    assert_eq!(
+        (ev["event"].as_str(), ev["message"].as_str()),
+        (Some("connect_error"), Some("origin not allowed"))
+    );
+    let users = http.users(&node, "R").await;
+    let names: Vec<String> = users.set().into_iter().map(|p| p.1).collect();
+    assert_eq!(names, ["app"]);
+}
+
 /// `--api-token`: the room list needs `Authorization: Bearer <token>`; the token never reaches the logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_room_list_can_require_a_bearer_token() {
@@ -265,4 +380,50 @@ async fn the_room_list_can_require_a_bearer_token() {
     // Health and the page stay open.
     assert_eq!(http.status(&node, "/health").await, 200);
     assert!(!node.log_text().contains("s3cret-token"));
+}
+
+/// `--query-rate 5`: a burst of room queries from one client beyond 5 gets `429`, a JSON error and `Retry-After`
+/// (`GET /api/rooms` shares the client's rate); other routes are not limited; a second later the client is
+/// served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_queries_are_rate_limited_per_client() {
+    let (_dir, node) = node("query_rate", &["--query-rate", "5"]).await;
+    let http = Http::new();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let res = http.client.get(node.url("/R/users")).send().await.unwrap();
+        let status = res.status().as_u16();
+        if status == 429 {
+            assert_eq!(res.headers()["retry-after"], "1");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(
+                body,
+                json!({"error": "too many queries from this address (QUERY_RATE per second): retry in 1 s"})
+            );
+        } else {
+            assert_eq!(status, 200);
+            assert_eq!(res.json::<Value>().await.unwrap(), json!([]));
+        }
+        statuses.push(status);
+    }
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    println!("a burst of 20 room queries at 5/s: {served} served, {statuses:?}");
+    assert_eq!(&statuses[..5], [200; 5], "the first burst is served");
+    assert!((5..=8).contains(&served), "{served} served");
+    let rooms = http
+        .client
+        .get(node.url("/api/rooms"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rooms.status(), 429, "the same client's rate");
+    assert_eq!(http.status(&node, "/health").await, 200);
+    assert_eq!(
+        http.metric(&node, "socket_identity_queries_refused_total")
+            .await,
+        Some((20 - served + 1) as f64)
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let users = http.users(&node, "R").await;
+    assert_eq!((users.status, users.nodes.as_str()), (200, "1/1"));
 }

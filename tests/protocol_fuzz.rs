@@ -10,6 +10,7 @@ use socket_identity::{
         self, Heartbeat, Member, Query, Reply, Request, Response, RoomCount, decode_heartbeat,
         decode_request, decode_response,
     },
+    cluster::seal::Seal,
     domain::validate,
 };
 
@@ -165,6 +166,31 @@ proptest! {
         }
         decode_all(&bytes);
         decode_all(&bytes[..cut.index(len)]);
+    }
+
+    /// Signed envelopes (`CLUSTER_SECRET`): a sealed message opens to itself, on its channel only; any change of
+    /// a byte or a cut is refused (never a panic), and arbitrary bytes never open.
+    #[test]
+    fn sealed_messages_open_only_untouched(
+        resp in response(),
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        garbage in prop::collection::vec(any::<u8>(), 0..256),
+    ) {
+        let seal = Seal::new(Some(b"a secret of sixteen bytes or more"));
+        let msg = protocol::encode(&resp);
+        let sealed = seal.seal("p:users#reply#a", msg.clone());
+        let opened = seal.open("p:users#reply#a", &sealed).unwrap();
+        prop_assert_eq!(opened.msg, &msg[..]);
+        prop_assert!(seal.open("p:users#reply#b", &sealed).is_err());
+        let mut changed = sealed.clone();
+        let i = at.index(changed.len());
+        if changed[i] != byte {
+            changed[i] = byte;
+            prop_assert!(seal.open("p:users#reply#a", &changed).is_err());
+        }
+        prop_assert!(seal.open("p:users#reply#a", &sealed[..i]).is_err());
+        prop_assert!(seal.open("p:users#reply#a", &garbage).is_err());
     }
 }
 

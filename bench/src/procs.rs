@@ -145,10 +145,11 @@ pub async fn start_nodes(
             .env("NODE_ENV", "production")
             .env("REDIS_URL", &redis.url)
             .env("PRESENCE_EVENTS", presence.to_string())
-            // The benchmark measures capacity: no socket cap, no handshake rate limit (`HANDSHAKE_RATE=0` is
-            // `--handshake-rate 0`; the default, 1,000 new sessions/s per node, would answer 429 beyond it).
+            // The benchmark measures capacity: no socket cap, no handshake or query rate limit (`HANDSHAKE_RATE=0`
+            // is `--handshake-rate 0`; the default, 1,000 new sessions/s per node, would answer 429 beyond it).
             .env("MAX_SOCKETS", "1000000")
             .env("HANDSHAKE_RATE", "0")
+            .env("QUERY_RATE", "0")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?);

@@ -8,8 +8,6 @@ use super::protocol::{Query, Reply};
 pub trait LocalRooms: Send + Sync + 'static {
     /// Answers `query` about this node's sockets of namespace `ns`.
     fn answer(&self, ns: &str, query: &Query) -> Reply;
-    /// How many sockets are connected to this node.
-    fn socket_count(&self) -> usize;
     /// Rooms with at least one socket on this node, over every namespace.
     fn room_count(&self) -> usize;
     /// Closes every local socket's transport: socket.io clients see `transport close` and reconnect on their

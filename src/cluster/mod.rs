@@ -4,16 +4,19 @@
 //! members, the rooms and their sizes, the number of views). The asker waits
 //! for the nodes it knows to be alive ([`Membership`], from heartbeats), so it returns as soon as the last of them
 //! has answered; it stops waiting for a node declared down meanwhile, and at the deadline answers with whatever
-//! arrived, marked partial.
+//! arrived, marked partial. That waiting logic is [`query`], over a small transport trait; this module gives it
+//! Redis, answers other nodes' requests and sends the heartbeats.
 
 mod local;
 pub mod membership;
 pub mod protocol;
+pub mod query;
+pub mod seal;
 
 pub use local::LocalRooms;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -32,48 +35,25 @@ use tokio::{
 };
 use uuid::Uuid;
 
+pub use query::Answer;
+
 use crate::{
     cluster::membership::{Membership, Seen},
-    cluster::protocol::{Heartbeat, Query, Reply, Request, Response},
+    cluster::protocol::{Heartbeat, Query, Request, Response},
+    cluster::seal::{Freshness, RejectionLog, Seal, SealError},
     redis::{self, RedisError, Subscriber},
-    telemetry::metrics::{Metrics, Outcome},
+    telemetry::metrics::{Metrics, Outcome, RedisWatch},
 };
 
 /// Most replies this node computes at once; requests beyond it are dropped (the asker marks its answer partial).
 const MAX_CONCURRENT_REPLIES: usize = 256;
+/// Most queries this node asks at once; more wait for a place (within their timeout). Kept well under what a node
+/// answers at once, so that a few nodes asking at full tilt are still all answered.
+const MAX_CONCURRENT_QUERIES: usize = 64;
 /// Replies buffered per pending request; forged floods beyond it are dropped.
 const REPLY_BUFFER: usize = 1024;
 /// How long the readiness probe waits for Redis.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The result of a query across the cluster.
-#[derive(Debug)]
-pub struct Answer {
-    /// Each node's reply, this node's first.
-    pub nodes: Vec<(Arc<str>, Reply)>,
-    /// Nodes that answered, this one included.
-    pub answered: usize,
-    /// Nodes that should have answered, when known (not known when Redis could not be reached).
-    pub expected: Option<usize>,
-    /// Why the answer may be incomplete, besides nodes that did not answer in time.
-    pub error: Option<String>,
-}
-
-impl Answer {
-    /// An answer from this node alone, in single-node mode.
-    pub fn local(node: Arc<str>, reply: Reply) -> Self {
-        Self {
-            nodes: vec![(node, reply)],
-            answered: 1,
-            expected: Some(1),
-            error: None,
-        }
-    }
-
-    pub fn is_partial(&self) -> bool {
-        self.expected != Some(self.answered)
-    }
-}
 
 /// Requests in flight, by id.
 #[derive(Default)]
@@ -108,10 +88,8 @@ impl Drop for Registration<'_> {
 /// This node's membership in the cluster protocol.
 pub struct Cluster {
     node: Arc<str>,
-    request_channel: String,
-    nodes_channel: String,
-    reply_prefix: String,
-    publisher: Client,
+    beats: Beats,
+    transport: RedisTransport,
     subscriber: Subscriber,
     pending: Arc<Pending>,
     membership: Arc<Membership>,
@@ -120,6 +98,24 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     listener: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Places for the queries this node asks at once ([`MAX_CONCURRENT_QUERIES`]).
+    queries: Semaphore,
+    /// Count the publisher's and the subscriber's Redis events for as long as the cluster lives.
+    _watches: [RedisWatch; 2],
+}
+
+/// How this node takes part in the cluster protocol.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `REDIS_PREFIX`: every channel name starts with it.
+    pub prefix: String,
+    pub node: Arc<str>,
+    /// How long a query waits for the other nodes.
+    pub timeout: Duration,
+    /// How often this node says it is alive.
+    pub heartbeat: Duration,
+    /// Signs and checks every message when `CLUSTER_SECRET` is set.
+    pub seal: Seal,
 }
 
 impl Cluster {
@@ -127,28 +123,40 @@ impl Cluster {
     /// answering other nodes and sending a heartbeat every `heartbeat`.
     pub async fn start(
         redis: &redis::Endpoint,
-        prefix: &str,
-        node: Arc<str>,
+        settings: Settings,
         local: Arc<dyn LocalRooms>,
-        timeout: Duration,
-        heartbeat: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, RedisError> {
+        let Settings {
+            prefix,
+            node,
+            timeout,
+            heartbeat,
+            seal,
+        } = settings;
         let publisher = redis::connect_client(redis, timeout).await?;
-        let subscriber = Subscriber::new(redis, Duration::from_secs(5))?;
-        metrics.watch_redis(&publisher, "publisher");
-        metrics.watch_redis(&subscriber.client, "cluster_subscriber");
+        let subscriber = match Subscriber::new(redis, Duration::from_secs(5)) {
+            Ok(subscriber) => subscriber,
+            Err(e) => {
+                let _ = publisher.quit().await;
+                return Err(e);
+            }
+        };
+        let watches = [
+            metrics.watch_redis(&publisher, "publisher"),
+            metrics.watch_redis(&subscriber.client, "cluster_subscriber"),
+        ];
         let request_channel = format!("{prefix}:users#req");
         let reply_prefix = format!("{prefix}:users#reply#");
         let reply_channel = format!("{reply_prefix}{node}");
         let nodes_channel = format!("{prefix}:nodes");
         let pending = Arc::new(Pending::default());
         let membership = Arc::new(Membership::new(node.clone(), heartbeat));
-        let alive = protocol::encode(&Heartbeat {
-            v: protocol::VERSION,
-            node: node.to_string(),
-            leaving: false,
-        });
+        let beats = Beats {
+            node: node.clone(),
+            channel: nodes_channel.clone(),
+            seal: seal.clone(),
+        };
         let answering = Arc::new(AtomicBool::new(false));
         // Listen before subscribing, so nothing published after the SUBSCRIBE is missed.
         let listener = tokio::spawn(listen(
@@ -162,42 +170,60 @@ impl Cluster {
                 publisher: publisher.clone(),
                 pending: pending.clone(),
                 membership: membership.clone(),
-                alive: alive.clone(),
+                beats: beats.clone(),
                 answering: answering.clone(),
                 local: local.clone(),
                 permits: Arc::new(Semaphore::new(MAX_CONCURRENT_REPLIES)),
                 metrics: metrics.clone(),
+                seal: seal.clone(),
+                fresh: Freshness::default(),
+                refusals: RejectionLog::default(),
             },
         ));
-        redis::init(&subscriber.client, redis).await?;
-        subscriber
-            .client
-            .subscribe(vec![
+        let joined = async {
+            let failed = |source| redis::connect_err(redis, source);
+            redis::init(&subscriber.client, redis).await?;
+            let channels = vec![
                 request_channel.clone(),
                 reply_channel,
                 nodes_channel.clone(),
-            ])
-            .await
-            .map_err(|source| redis::connect_err(redis, source))?;
-        // Announce ourselves before answering: a node must not receive our reply before it knows us.
-        publisher
-            .publish::<i64, _, _>(&nodes_channel, alive.clone())
-            .await
-            .map_err(|source| redis::connect_err(redis, source))?;
+            ];
+            subscriber
+                .client
+                .subscribe(channels)
+                .await
+                .map_err(failed)?;
+            // Announce ourselves before answering: a node must not receive our reply before it knows us.
+            publisher
+                .publish::<i64, _, _>(&nodes_channel, beats.alive())
+                .await
+                .map_err(failed)?;
+            Ok::<_, RedisError>(())
+        };
+        if let Err(e) = joined.await {
+            // Leave nothing behind for the next attempt: the listener, both connections (fred keeps a client
+            // connected, and reconnecting, until it quits) and, as `watches` drops, their watchers.
+            listener.abort();
+            subscriber.close().await;
+            let _ = publisher.quit().await;
+            return Err(e);
+        }
         answering.store(true, Ordering::Relaxed);
         let heartbeat = tokio::spawn(beat(
             publisher.clone(),
-            nodes_channel.clone(),
-            alive,
+            beats.clone(),
             membership.clone(),
             heartbeat,
         ));
         Ok(Arc::new(Self {
             node,
-            request_channel,
-            nodes_channel,
-            reply_prefix,
-            publisher,
+            beats,
+            transport: RedisTransport {
+                publisher,
+                request_channel,
+                reply_prefix,
+                seal,
+            },
             subscriber,
             pending,
             membership,
@@ -206,6 +232,8 @@ impl Cluster {
             metrics,
             listener,
             heartbeat,
+            queries: Semaphore::new(MAX_CONCURRENT_QUERIES),
+            _watches: watches,
         }))
     }
 
@@ -239,16 +267,18 @@ impl Cluster {
         if !self.subscriber.client.is_connected() {
             return Err("the cluster subscription to Redis is down".into());
         }
+        let channel = &self.transport.request_channel;
         let numsub = self
+            .transport
             .publisher
-            .pubsub_numsub::<fred::types::Value, _>(self.request_channel.clone());
+            .pubsub_numsub::<fred::types::Value, _>(channel.clone());
         let reply = tokio::time::timeout(PROBE_TIMEOUT, numsub)
             .await
             .map_err(|_| "Redis did not answer in time".to_string())?
             .map_err(|e| format!("redis: {e}"))?;
-        // `[channel, count]` (a map in RESP3): zero means our own subscription is not restored yet.
-        match reply.into_array().get(1).and_then(|n| n.as_i64()) {
-            Some(n) if n > 0 => Ok(self.membership.size()),
+        // Zero means our own subscription is not restored yet.
+        match redis::numsub_counts(reply)?.get(channel) {
+            Some(n) if *n > 0 => Ok(self.membership.size()),
             Some(_) => Err("the cluster channels are not subscribed yet".into()),
             None => Err("unexpected PUBSUB NUMSUB reply".into()),
         }
@@ -256,7 +286,7 @@ impl Cluster {
 
     async fn query(&self, ns: &str, query: Query) -> Answer {
         let deadline = Instant::now() + self.timeout;
-        let mine = self.local.answer(ns, &query);
+        let mine = Answer::local(self.node.clone(), self.local.answer(ns, &query));
         let request = Request::new(&self.node, ns, query);
         let (tx, mut rx) = mpsc::channel(REPLY_BUFFER);
         self.pending.0.lock().unwrap().insert(request.id, tx);
@@ -264,134 +294,99 @@ impl Cluster {
             pending: &self.pending,
             id: request.id,
         };
-        let mut answer = Answer::local(self.node.clone(), mine);
-
-        let published = tokio::time::timeout_at(
-            deadline,
-            self.publisher
-                .publish::<i64, _, _>(&self.request_channel, protocol::encode(&request)),
-        )
-        .await;
-        let subscribers = match published {
-            // Zero: not even our own subscription is live (Redis just came back, re-subscribing is under way),
-            // so nobody can say who else is there.
-            Ok(Ok(n)) if n <= 0 => {
-                return answer.failed("not subscribed to the cluster channels yet".into());
-            }
-            Ok(Ok(n)) => usize::try_from(n).unwrap_or(0),
-            Ok(Err(e)) => return answer.failed(format!("redis: {e}")),
-            Err(_) => return answer.failed("redis: publish timed out".into()),
+        let asker = query::Asker {
+            transport: &self.transport,
+            membership: &self.membership,
+            rejected: &self.metrics.cluster_messages_rejected,
+            in_flight: &self.queries,
         };
-
-        let mut departures = self.membership.departures();
-        let mut waiting: HashSet<Arc<str>> = self.membership.others().into_iter().collect();
-        // Fewer subscribers than live nodes: some node's connection to Redis is gone (killed, not hung): ask
-        // Redis which, rather than wait for its heartbeats to stop.
-        if subscribers < waiting.len() + 1 {
-            self.forget_unsubscribed(&waiting, deadline).await;
-            waiting.retain(|n| self.membership.contains(n));
-        }
-        let mut expected = 1 + waiting.len();
-        while !waiting.is_empty() {
-            tokio::select! {
-                reply = rx.recv() => {
-                    let Some(resp) = reply else { break };
-                    let node: Arc<str> = resp.node.into();
-                    if !resp.reply.answers(&request.query) {
-                        tracing::warn!(from = %node, "reply of another kind ignored");
-                        self.metrics.cluster_messages_rejected.inc();
-                    } else if waiting.remove(&node) {
-                        answer.nodes.push((node, resp.reply));
-                    } else if answer.nodes.iter().any(|(n, _)| *n == node) {
-                        tracing::warn!(from = %node, "duplicate reply ignored");
-                        self.metrics.cluster_messages_rejected.inc();
-                    } else if self.membership.contains(&node) {
-                        // Joined after we asked: its answer is as good as any.
-                        expected += 1;
-                        answer.nodes.push((node, resp.reply));
-                    } else {
-                        tracing::warn!(from = %node, "reply from a node that is not a member ignored");
-                        self.metrics.cluster_messages_rejected.inc();
-                    }
-                }
-                Ok(()) = departures.changed() => {
-                    let before = waiting.len();
-                    waiting.retain(|n| self.membership.contains(n));
-                    expected -= before - waiting.len();
-                }
-                () = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        answer.answered = answer.nodes.len();
-        answer.expected = Some(expected);
-        if answer.is_partial() {
-            tracing::warn!(
-                ns,
-                query = ?request.query,
-                answered = answer.answered,
-                expected,
-                missing = ?waiting,
-                "cluster query timed out before every node answered"
-            );
-        }
-        answer
-    }
-
-    /// Asks Redis which of `nodes` still have their reply channel subscribed, and removes the others from the
-    /// membership.
-    async fn forget_unsubscribed(&self, nodes: &HashSet<Arc<str>>, deadline: Instant) {
-        let nodes: Vec<&Arc<str>> = nodes.iter().collect();
-        let channels: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("{}{n}", self.reply_prefix))
-            .collect();
-        let numsub = self
-            .publisher
-            .pubsub_numsub::<fred::types::Value, _>(channels);
-        let Ok(Ok(reply)) = tokio::time::timeout_at(deadline, numsub).await else {
-            return;
-        };
-        // `[channel, count, channel, count, ...]`, in the order asked (a map in RESP3).
-        let counts: Vec<Option<i64>> = reply
-            .into_array()
-            .chunks(2)
-            .map(|pair| pair.get(1).and_then(|n| n.as_i64()))
-            .collect();
-        if counts.len() != nodes.len() {
-            return;
-        }
-        for (node, count) in nodes.into_iter().zip(counts) {
-            if count == Some(0) {
-                self.membership.remove(node, "its Redis connection is gone");
-            }
-        }
+        asker.gather(&request, mine, &mut rx, deadline).await
     }
 
     /// Says goodbye (so the others stop waiting for us at once), stops answering and leaves the channels.
     pub async fn stop(&self) {
         self.heartbeat.abort();
-        let leaving = Heartbeat {
-            v: protocol::VERSION,
-            node: self.node.to_string(),
-            leaving: true,
-        };
-        let _ = self
-            .publisher
-            .publish::<i64, _, _>(&self.nodes_channel, protocol::encode(&leaving))
+        let publisher = &self.transport.publisher;
+        let _ = publisher
+            .publish::<i64, _, _>(&self.beats.channel, self.beats.leaving())
             .await;
         self.listener.abort();
         let _ = self.subscriber.client.unsubscribe_all().await;
         self.subscriber.close().await;
-        let _ = self.publisher.quit().await;
+        let _ = publisher.quit().await;
     }
 }
 
-impl Answer {
-    fn failed(mut self, error: String) -> Self {
-        tracing::warn!(%error, "room query answered from this node only");
-        self.expected = None;
-        self.error = Some(error);
-        self
+/// The query's transport: requests on the request channel, `PUBSUB NUMSUB` on the reply channels.
+struct RedisTransport {
+    publisher: Client,
+    request_channel: String,
+    /// A node's reply channel is this followed by its id.
+    reply_prefix: String,
+    seal: Seal,
+}
+
+impl query::Transport for RedisTransport {
+    async fn publish(&self, request: &Request) -> Result<usize, String> {
+        let subscribers: i64 = self
+            .publisher
+            .publish(
+                &self.request_channel,
+                self.seal
+                    .seal(&self.request_channel, protocol::encode(request)),
+            )
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        Ok(usize::try_from(subscribers).unwrap_or(0))
+    }
+
+    async fn reply_subscribers(
+        &self,
+        nodes: &[Arc<str>],
+    ) -> Result<HashMap<Arc<str>, u64>, String> {
+        let channels: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("{}{n}", self.reply_prefix))
+            .collect();
+        let reply: fred::types::Value = self
+            .publisher
+            .pubsub_numsub(channels.clone())
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        let counts = redis::numsub_counts(reply)?;
+        Ok(nodes
+            .iter()
+            .zip(channels)
+            .filter_map(|(node, channel)| Some((node.clone(), *counts.get(&channel)?)))
+            .collect())
+    }
+}
+
+/// This node's heartbeats, sealed when they are sent (a signed one carries the time it was sent).
+#[derive(Clone)]
+struct Beats {
+    node: Arc<str>,
+    /// The nodes channel.
+    channel: String,
+    seal: Seal,
+}
+
+impl Beats {
+    fn alive(&self) -> Vec<u8> {
+        self.encode(false)
+    }
+
+    fn leaving(&self) -> Vec<u8> {
+        self.encode(true)
+    }
+
+    fn encode(&self, leaving: bool) -> Vec<u8> {
+        let hb = Heartbeat {
+            v: protocol::VERSION,
+            node: self.node.to_string(),
+            leaving,
+        };
+        self.seal.seal(&self.channel, protocol::encode(&hb))
     }
 }
 
@@ -405,13 +400,18 @@ struct Handler {
     publisher: Client,
     pending: Arc<Pending>,
     membership: Arc<Membership>,
-    /// Our encoded heartbeat, sent again at once when a node joins, so it knows us without waiting.
-    alive: Vec<u8>,
+    /// Our heartbeat, sent again at once when a node joins, so it knows us without waiting.
+    beats: Beats,
     /// Set once our heartbeat is out: before that, nobody may receive a reply from a node it does not know.
     answering: Arc<AtomicBool>,
     local: Arc<dyn LocalRooms>,
     permits: Arc<Semaphore>,
     metrics: Arc<Metrics>,
+    /// Opens what arrives (checks signatures when `CLUSTER_SECRET` is set) and seals our replies.
+    seal: Seal,
+    /// The time of the last signed heartbeat accepted from each node.
+    fresh: Freshness,
+    refusals: RejectionLog,
 }
 
 async fn listen(mut messages: broadcast::Receiver<Message>, h: Handler) {
@@ -432,6 +432,14 @@ impl Handler {
             tracing::warn!(channel = %msg.channel, "non-binary pub/sub message ignored");
             self.metrics.cluster_messages_rejected.inc();
             return;
+        };
+        let (bytes, sealed_at) = match self.seal.open(&msg.channel, bytes) {
+            Ok(opened) => (opened.msg, opened.ts),
+            Err(e) => {
+                self.refusals.warn(&msg.channel, &e);
+                self.metrics.cluster_messages_rejected.inc();
+                return;
+            }
         };
         if *msg.channel == *self.request_channel {
             match protocol::decode_request(bytes) {
@@ -455,11 +463,15 @@ impl Handler {
             }
         } else if *msg.channel == *self.nodes_channel {
             match protocol::decode_heartbeat(bytes) {
+                Ok(hb) if sealed_at.is_some_and(|ts| !self.fresh.accept(&hb.node, ts)) => {
+                    self.refusals.warn(&msg.channel, &SealError::Replayed);
+                    self.metrics.cluster_messages_rejected.inc();
+                }
                 Ok(hb) if hb.leaving => self.membership.remove(&hb.node, "it is shutting down"),
                 Ok(hb) => {
                     if self.membership.alive(&hb.node) == Seen::Joined {
                         let publisher = self.publisher.clone();
-                        let (channel, alive) = (self.nodes_channel.clone(), self.alive.clone());
+                        let (channel, alive) = (self.nodes_channel.clone(), self.beats.alive());
                         tokio::spawn(async move {
                             let _ = publisher.publish::<i64, _, _>(channel, alive).await;
                         });
@@ -487,12 +499,11 @@ impl Handler {
         let channel = format!("{}{}", self.reply_prefix, req.from);
         let publisher = self.publisher.clone();
         let sent = self.metrics.cluster_replies_sent.clone();
+        let seal = self.seal.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match publisher
-                .publish::<i64, _, _>(channel, protocol::encode(&response))
-                .await
-            {
+            let message = seal.seal(&channel, protocol::encode(&response));
+            match publisher.publish::<i64, _, _>(channel, message).await {
                 Ok(_) => {
                     sent.inc();
                 }
@@ -503,19 +514,13 @@ impl Handler {
 }
 
 /// Publishes our heartbeat every `every`, and declares down the nodes that stopped sending theirs.
-async fn beat(
-    publisher: Client,
-    channel: String,
-    alive: Vec<u8>,
-    membership: Arc<Membership>,
-    every: Duration,
-) {
+async fn beat(publisher: Client, beats: Beats, membership: Arc<Membership>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         if let Err(e) = publisher
-            .publish::<i64, _, _>(&channel, alive.clone())
+            .publish::<i64, _, _>(&beats.channel, beats.alive())
             .await
         {
             tracing::debug!(error = %e, "heartbeat not sent");

@@ -94,21 +94,22 @@ pub struct NamespaceConfig {
     pub jwt_secret: Option<String>,
     /// `jwt`: a PEM public key (RSA for RS256, EC P-256 for ES256) instead of a secret.
     pub jwt_public_key: Option<PathBuf>,
-    /// `jwt`: the claim that is the user id.
-    #[serde(default = "default_user_claim")]
-    pub user_claim: String,
-    /// `jwt`: the claim that is the session id (for `session` rooms).
-    #[serde(default = "default_session_claim")]
-    pub session_claim: String,
+    /// `jwt`: the claim that is the user id (default `sub`).
+    pub user_claim: Option<String>,
+    /// `jwt`: the claim that is the session id, for `session` rooms (default `sid`).
+    pub session_claim: Option<String>,
+    /// `jwt`: the audience tokens must name (`aud`); unset: the `aud` claim is not checked.
+    pub jwt_audience: Option<String>,
+    /// `jwt`: the issuer tokens must name (`iss`); unset: not checked.
+    pub jwt_issuer: Option<String>,
     /// `jwt`: a cookie that may carry the token (e.g. `ID_TOKEN`).
     pub jwt_cookie: Option<String>,
     /// `webhook`: the URL asked with `GET` and `Authorization: {auth_scheme} {token}`.
     pub auth_url: Option<String>,
-    #[serde(default = "default_auth_scheme")]
-    pub auth_scheme: String,
-    /// `webhook`: how long the webhook may take before the handshake is refused.
-    #[serde(default = "default_auth_timeout_ms")]
-    pub auth_timeout_ms: u64,
+    /// `webhook`: the word before the token in `Authorization` (default `Bearer`).
+    pub auth_scheme: Option<String>,
+    /// `webhook`: how long the webhook may take before the handshake is refused (default 3000 ms).
+    pub auth_timeout_ms: Option<u64>,
     #[serde(default = "default_rooms")]
     pub rooms: Vec<RoomSource>,
     /// Relay every client event to every socket of the namespace, sender included (seed 000).
@@ -119,6 +120,10 @@ pub struct NamespaceConfig {
     pub views: bool,
     /// Logged (warn) on every connection: the namespace is kept for old clients only.
     pub deprecated: Option<String>,
+    /// The key the application's backend gives to `POST /send` to this namespace (seed 001's `apiKey`).
+    pub api_key: Option<String>,
+    /// The same, stored as `sha256:<64 hex digits>` of the key, so the file does not hold the key itself.
+    pub api_key_hash: Option<String>,
 }
 
 /// Every key of a `[[namespace]]` table. Update this list and [`NamespaceConfig`] together: the tests check that
@@ -133,6 +138,8 @@ const NAMESPACE_KEYS: &[&str] = &[
     "jwt_public_key",
     "user_claim",
     "session_claim",
+    "jwt_audience",
+    "jwt_issuer",
     "jwt_cookie",
     "auth_url",
     "auth_scheme",
@@ -141,19 +148,23 @@ const NAMESPACE_KEYS: &[&str] = &[
     "forward",
     "views",
     "deprecated",
+    "api_key",
+    "api_key_hash",
 ];
 
-fn default_user_claim() -> String {
-    "sub".into()
-}
-fn default_session_claim() -> String {
-    "sid".into()
-}
-fn default_auth_scheme() -> String {
-    "Bearer".into()
-}
-fn default_auth_timeout_ms() -> u64 {
-    3000
+impl NamespaceConfig {
+    pub fn user_claim(&self) -> &str {
+        self.user_claim.as_deref().unwrap_or("sub")
+    }
+    pub fn session_claim(&self) -> &str {
+        self.session_claim.as_deref().unwrap_or("sid")
+    }
+    pub fn auth_scheme(&self) -> &str {
+        self.auth_scheme.as_deref().unwrap_or("Bearer")
+    }
+    pub fn auth_timeout_ms(&self) -> u64 {
+        self.auth_timeout_ms.unwrap_or(3000)
+    }
 }
 fn default_rooms() -> Vec<RoomSource> {
     vec![RoomSource::Handshake]
@@ -161,7 +172,7 @@ fn default_rooms() -> Vec<RoomSource> {
 
 /// A mistake in the config file, with where it is.
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}: {message}")]
+#[error("{file}{}: {message}", if *line > 0 { format!(":{line}") } else { String::new() })]
 pub struct FileError {
     pub file: String,
     /// 1-based; 0 when the file could not be read at all.
@@ -249,6 +260,13 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Vec<CheckedNamespace
             return Err(named("is defined twice".into()));
         }
         check(&ns).map_err(named)?;
+        if matches!(pattern, NamePattern::Prefix(_))
+            && (ns.api_key.is_some() || ns.api_key_hash.is_some())
+        {
+            return Err(named(
+                "`api_key` needs an exact name: POST /send pushes to one namespace".into(),
+            ));
+        }
         for p in [&mut ns.credentials_file, &mut ns.jwt_public_key]
             .into_iter()
             .flatten()
@@ -302,9 +320,15 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
         given("jwt_secret", ns.jwt_secret.is_some())?;
         given("jwt_public_key", ns.jwt_public_key.is_some())?;
         given("jwt_cookie", ns.jwt_cookie.is_some())?;
+        given("jwt_audience", ns.jwt_audience.is_some())?;
+        given("jwt_issuer", ns.jwt_issuer.is_some())?;
+        given("user_claim", ns.user_claim.is_some())?;
+        given("session_claim", ns.session_claim.is_some())?;
     }
     if kind != Webhook {
         given("auth_url", ns.auth_url.is_some())?;
+        given("auth_scheme", ns.auth_scheme.is_some())?;
+        given("auth_timeout_ms", ns.auth_timeout_ms.is_some())?;
     }
     match kind {
         Credentials => needs("credentials_file", ns.credentials_file.is_some())?,
@@ -329,12 +353,12 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
                 Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
                 _ => return Err(format!("`auth_url` {url:?} is not an http(s) URL")),
             }
-            if !(1..=60_000).contains(&ns.auth_timeout_ms) {
+            if !(1..=60_000).contains(&ns.auth_timeout_ms()) {
                 return Err("`auth_timeout_ms` must be between 1 and 60000".into());
             }
-            if ns.auth_scheme.is_empty()
-                || !ns
-                    .auth_scheme
+            let scheme = ns.auth_scheme();
+            if scheme.is_empty()
+                || !scheme
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             {
@@ -364,12 +388,20 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
         }
     }
     for (key, claim) in [
-        ("user_claim", &ns.user_claim),
-        ("session_claim", &ns.session_claim),
+        ("user_claim", ns.user_claim()),
+        ("session_claim", ns.session_claim()),
     ] {
         if claim.is_empty() {
             return Err(format!("`{key}` must not be empty"));
         }
+    }
+    match (&ns.api_key, &ns.api_key_hash) {
+        (Some(_), Some(_)) => return Err("give `api_key` or `api_key_hash`, not both".into()),
+        (Some(k), Option::None) if k.is_empty() => return Err("`api_key` must not be empty".into()),
+        (Option::None, Some(h)) => {
+            api_key_digest(h)?;
+        }
+        _ => {}
     }
     if let Some(d) = &ns.deprecated
         && d.trim().is_empty()
@@ -377,6 +409,22 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
         return Err("`deprecated` must say something (why, or what to use instead)".into());
     }
     Ok(())
+}
+
+/// The SHA-256 digest in an `api_key_hash` (`sha256:<64 hex digits>`).
+pub fn api_key_digest(hash: &str) -> Result<[u8; 32], String> {
+    let bad = || {
+        "`api_key_hash` must be \"sha256:\" then 64 hex digits (sha256sum of the key)".to_owned()
+    };
+    let hex = hash.strip_prefix("sha256:").ok_or_else(bad)?;
+    if hex.len() != 64 {
+        return Err(bad());
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(digest)
 }
 
 /// The 1-based line of byte `at`.
@@ -435,8 +483,8 @@ rooms = ["auth", "user"]
         );
         assert_eq!(list.len(), 4);
         assert_eq!(list[0].pattern, NamePattern::Exact("/".into()));
-        assert_eq!(list[0].config.user_claim, "sub");
-        assert_eq!(list[0].config.session_claim, "sid");
+        assert_eq!(list[0].config.user_claim(), "sub");
+        assert_eq!(list[0].config.session_claim(), "sid");
         assert_eq!(list[0].line, 2);
         assert_eq!(list[1].pattern, NamePattern::Prefix("/do-".into()));
         assert_eq!(
@@ -445,8 +493,8 @@ rooms = ["auth", "user"]
         );
         assert!(list[1].config.forward && list[1].config.views);
         assert_eq!(list[2].config.auth, AuthKind::None);
-        assert_eq!(list[3].config.auth_scheme, "Bearer");
-        assert_eq!(list[3].config.auth_timeout_ms, 3000);
+        assert_eq!(list[3].config.auth_scheme(), "Bearer");
+        assert_eq!(list[3].config.auth_timeout_ms(), 3000);
         // Without `auth` and `rooms`: today's rules.
         let list = parse_ok("[[namespace]]\nname = \"/\"\n");
         assert_eq!(list[0].config.auth, AuthKind::Claim);

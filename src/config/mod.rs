@@ -77,14 +77,37 @@ pub struct Config {
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub max_payload_bytes: u64,
 
+    /// How long a client has, in milliseconds, from its TCP connect to the end of its first request head (TLS
+    /// handshake included), and then for each later request head on the connection (idle keep-alive included).
+    /// Slower connections are closed.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// Most connections waiting for their TLS handshake or first request at once; beyond, the oldest is closed.
+    /// Websockets and long-polling requests never count.
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_pending_connections: u64,
+
     /// Browser origins allowed to connect and to read the REST API (comma-separated, e.g.
-    /// `https://app.example,https://admin.example`). Empty: Socket.IO from any origin, REST same-origin only.
+    /// `https://app.example,https://admin.example`); they get CORS headers, with credentials, on `/socket.io/`
+    /// and the REST routes. Empty: Socket.IO from any origin, no CORS header (same-origin only).
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
     /// If set, `GET /{room}/users` requires `Authorization: Bearer <token>`. Never logged.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+
+    /// Cluster queries (`GET /{room}/users`, `GET /api/rooms`) one client address may ask per second (bursts of
+    /// as many); beyond it `429`. 0: no limit. Behind a proxy every client has the proxy's address.
+    #[arg(long, env = "QUERY_RATE", default_value_t = 50)]
+    pub query_rate: u32,
+
+    /// Signs every cluster message (HMAC-SHA256) and refuses those not signed with it: without it, anyone who
+    /// can publish on Redis can speak for a node. The same on every node of the cluster, at least 16
+    /// characters; give it in the environment rather than on the command line. Never logged.
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<Hidden>,
 
     /// Tell the room when a socket joins or leaves (`socket-connected`, `socket-disconnected`). Each join costs one
     /// delivery per member, so filling a room of N costs N²/2: turn it off for rooms of many thousands.
@@ -115,6 +138,31 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A setting that must never be printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Hidden(String);
+
+impl Hidden {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Hidden {
+    type Err = std::convert::Infallible;
+
+    /// Never fails: a bad value must be refused later, by a message that does not quote it (clap's would).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
 impl Config {
     /// A config for tests and embedding: loopback, defaults everywhere else.
     pub fn for_tests() -> Self {
@@ -143,6 +191,22 @@ impl Config {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.heartbeat_ms)
     }
+
+    /// How cluster messages are sealed: signed with `CLUSTER_SECRET` when it is set. The error never quotes it.
+    pub fn cluster_seal(&self) -> Result<crate::cluster::seal::Seal, String> {
+        use crate::cluster::seal::{MIN_SECRET_BYTES, Seal};
+        match &self.cluster_secret {
+            None => Ok(Seal::new(None)),
+            Some(secret) if secret.expose().len() < MIN_SECRET_BYTES => Err(format!(
+                "CLUSTER_SECRET must be at least {MIN_SECRET_BYTES} bytes long"
+            )),
+            Some(secret) => Ok(Seal::new(Some(secret.expose().as_bytes()))),
+        }
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
 }
 
 #[cfg(test)]
@@ -158,6 +222,8 @@ mod tests {
         assert!(!c.plain_http);
         assert_eq!(c.request_timeout(), Duration::from_secs(1));
         assert!(c.presence_events);
+        assert_eq!(c.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(c.max_pending_connections, 1024);
         let c = Config::parse_from(["socket-identity", "--presence-events", "false"]);
         assert!(!c.presence_events);
     }
@@ -174,8 +240,31 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_secret_is_checked_and_never_shown() {
+        assert!(
+            !Config::parse_from(["x"])
+                .cluster_seal()
+                .unwrap()
+                .is_signed()
+        );
+        let c = Config::parse_from(["x", "--cluster-secret", "0123456789abcdef"]);
+        assert!(c.cluster_seal().unwrap().is_signed());
+        assert!(!format!("{c:?}").contains("0123456789abcdef"));
+        let c = Config::parse_from(["x", "--cluster-secret", "short-secret"]);
+        let err = c.cluster_seal().unwrap_err();
+        assert_eq!(err, "CLUSTER_SECRET must be at least 16 bytes long");
+        let c = Config::parse_from(["x", "--cluster-secret", ""]);
+        assert!(
+            c.cluster_seal().is_err(),
+            "an empty secret is refused, not ignored"
+        );
+    }
+
+    #[test]
     fn rejects_zero_timeout() {
         assert!(Config::try_parse_from(["x", "--request-timeout-ms", "0"]).is_err());
+        assert!(Config::try_parse_from(["x", "--header-read-timeout-ms", "0"]).is_err());
+        assert!(Config::try_parse_from(["x", "--max-pending-connections", "0"]).is_err());
     }
 
     /// The example environment file documents every setting.

@@ -1,4 +1,6 @@
-//! Transport plumbing: TLS configuration and the shutdown signal.
+//! Transport plumbing: TLS configuration, the limits on connections that are not requests yet, and the shutdown
+//! signal.
 
+pub mod pending;
 pub mod shutdown;
 pub mod tls;

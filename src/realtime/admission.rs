@@ -6,11 +6,18 @@
 //! middleware, before any state is kept for the socket; the client gets a `connect_error` saying why.
 
 use std::{
+    num::NonZeroU32,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Instant,
+};
+
+use governor::{
+    Quota, RateLimiter,
+    clock::{Clock, DefaultClock},
+    middleware::NoOpMiddleware,
+    state::{InMemoryState, NotKeyed},
 };
 
 /// Why a handshake was refused by a limit (bad fields are [`crate::domain::validate::Invalid`]).
@@ -39,7 +46,8 @@ impl Refused {
 pub struct Admission {
     max_sockets: usize,
     sockets: Arc<AtomicUsize>,
-    rate: Option<Mutex<Bucket>>,
+    /// `None`: no limit.
+    rate: Option<governor::DefaultDirectRateLimiter>,
     /// `None`: any origin (and none).
     origins: Option<Vec<String>>,
 }
@@ -60,7 +68,7 @@ impl Admission {
         Self {
             max_sockets,
             sockets: Arc::default(),
-            rate: (rate > 0).then(|| Mutex::new(Bucket::new(rate))),
+            rate: limiter(rate, DefaultClock::default()),
             origins: (!origins.is_empty()).then_some(origins),
         }
     }
@@ -68,7 +76,7 @@ impl Admission {
     /// Whether a new Engine.IO session may open now (the handshake rate).
     pub fn new_session(&self) -> Result<(), Refused> {
         match &self.rate {
-            Some(rate) if !rate.lock().unwrap().take(Instant::now()) => Err(Refused::TooFast),
+            Some(rate) if rate.check().is_err() => Err(Refused::TooFast),
             _ => Ok(()),
         }
     }
@@ -88,46 +96,26 @@ impl Admission {
         Ok(slot)
     }
 
-    /// Sockets holding a slot now.
-    #[cfg(test)]
-    fn sockets(&self) -> usize {
+    /// Sockets holding a place under the cap now: connected, or in the middle of their handshake. A counter
+    /// read, where asking socketioxide would clone every socket of every namespace.
+    pub fn sockets(&self) -> usize {
         self.sockets.load(Ordering::Relaxed)
     }
 }
 
-/// A token bucket: `rate` tokens a second, holding at most `rate`.
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(rate: u32) -> Self {
-        Self {
-            rate: rate.into(),
-            tokens: rate.into(),
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(self.rate);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
+/// `rate` per second, in bursts of up to `rate` (GCRA, the token bucket's equivalent); `None` for 0: no limit.
+fn limiter<C: Clock>(
+    rate: u32,
+    clock: C,
+) -> Option<RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<C::Instant>>> {
+    NonZeroU32::new(rate).map(|rate| RateLimiter::direct_with_clock(Quota::per_second(rate), clock))
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    use governor::clock::FakeRelativeClock;
 
     use super::*;
 
@@ -159,16 +147,18 @@ mod tests {
 
     #[test]
     fn limits_the_handshake_rate() {
-        let mut b = Bucket::new(3);
-        let t0 = Instant::now();
-        assert!((0..3).all(|_| b.take(t0)));
-        assert!(!b.take(t0));
-        assert!(b.take(t0 + Duration::from_millis(340)));
-        assert!(!b.take(t0 + Duration::from_millis(340)));
+        let clock = FakeRelativeClock::default();
+        let b = limiter(3, clock.clone()).unwrap();
+        assert!((0..3).all(|_| b.check().is_ok()), "a burst of `rate`");
+        assert!(b.check().is_err());
+        clock.advance(Duration::from_millis(340));
+        assert!(b.check().is_ok(), "one more every 1/rate s");
+        assert!(b.check().is_err());
         // Idle time refills up to one second's worth, no more.
-        let later = t0 + Duration::from_secs(60);
-        assert!((0..3).all(|_| b.take(later)));
-        assert!(!b.take(later));
+        clock.advance(Duration::from_secs(60));
+        assert!((0..3).all(|_| b.check().is_ok()));
+        assert!(b.check().is_err());
+        assert!(limiter(0, clock).is_none(), "0: no limit");
     }
 
     #[test]

@@ -147,7 +147,7 @@ pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace
         // Verified identities cannot be changed by the client: say so rather than leave its ack waiting.
         socket.on(
             "identity-change",
-            refuse::<A>("id_user is verified in this namespace: it cannot be changed"),
+            refuse::<A>("id_user cannot be changed in this namespace"),
         );
         if ns.joins(RoomSource::Session) {
             socket.on(

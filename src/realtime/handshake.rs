@@ -18,7 +18,7 @@ use socketioxide::{
 use super::{
     NodeInfo,
     admission::Refused,
-    auth::{AuthError, Handshake},
+    auth::{AuthError, Handshake, checked_session},
     events,
     namespaces::Namespace,
 };
@@ -105,7 +105,8 @@ impl Identity {
         if ns.joins(RoomSource::Auth) {
             rooms.extend(self.auth_rooms.iter().cloned());
         }
-        rooms.dedup();
+        let mut seen = std::collections::HashSet::new();
+        rooms.retain(|r| seen.insert(r.clone()));
         rooms
     }
 }
@@ -213,16 +214,25 @@ async fn admit<A: Adapter>(
         }
         false => None,
     };
-    let role = match (ns.views, hs.field("type")?.as_deref()) {
-        (true, Some("controller")) => Role::Controller,
-        (true, Some("view")) => Role::View,
-        (true, Some(_)) => return Err(HandshakeError::BadType),
-        _ => Role::Plain,
+    // Fields a namespace does not use are not read: a client sending them is not refused for them.
+    let role = match ns.views {
+        false => Role::Plain,
+        true => match hs.field("type")?.as_deref() {
+            Some("controller") => Role::Controller,
+            Some("view") => Role::View,
+            Some(_) => return Err(HandshakeError::BadType),
+            None => Role::Plain,
+        },
+    };
+    let session = match (ns.joins(RoomSource::Session), ns.verifier.is_claim()) {
+        (true, true) => hs.field("session_id")?.map(checked_session).transpose()?,
+        (true, false) => verified.session,
+        (false, _) => None,
     };
     let identity = Identity {
         id_user: verified.id_user.map(Into::into),
         room,
-        session: verified.session.map(Into::into),
+        session: session.map(Into::into),
         role,
         auth_rooms: verified.rooms.into(),
     };
@@ -300,6 +310,7 @@ mod tests {
             forward: false,
             views: false,
             deprecated: None,
+            api_key: None,
         }
     }
 

@@ -61,13 +61,6 @@ impl<A: Adapter> LocalRooms for SocketIo<A> {
         }
     }
 
-    fn socket_count(&self) -> usize {
-        self.nsps()
-            .into_iter()
-            .map(|ns| ns.local().sockets().len())
-            .sum()
-    }
-
     fn room_count(&self) -> usize {
         self.nsps()
             .into_iter()

@@ -5,6 +5,7 @@
 //! * [`handshake`]: the connect middleware (admission, verification, rooms) and the connect handler.
 //! * [`events`]: what client events do: `identity-change`, `session_id`, `__count__`, forwarding, the rate.
 //! * [`admission`]: limits on handshakes (socket cap, rate, origins).
+//! * [`push`]: events from the application's backend (`POST /send`) to rooms, on every node.
 //! * `local`: this node's answers to cluster queries ([`crate::cluster::LocalRooms`]).
 //!
 //! Generic over the adapter, so the same handlers run on one node (in-memory adapter) and in a cluster
@@ -16,6 +17,7 @@ pub mod events;
 pub mod handshake;
 mod local;
 pub mod namespaces;
+pub mod push;
 
 use std::sync::{Arc, OnceLock};
 

@@ -25,6 +25,36 @@ pub struct Namespace {
     pub forward: bool,
     pub views: bool,
     pub deprecated: Option<String>,
+    /// The key of `POST /send` for this namespace; `None`: the namespace takes no pushes.
+    pub api_key: Option<ApiKey>,
+}
+
+/// A namespace's push API key, as the config file gives it.
+#[derive(Clone)]
+pub enum ApiKey {
+    Plain(String),
+    Sha256([u8; 32]),
+}
+
+/// Never prints the key.
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
+}
+
+impl ApiKey {
+    /// Whether `given` is this key, in constant time (the length of neither leaks).
+    pub fn matches(&self, given: &str) -> bool {
+        match self {
+            Self::Plain(key) => crate::domain::secret::equal(key.as_bytes(), given.as_bytes()),
+            Self::Sha256(digest) => {
+                use sha2::{Digest, Sha256};
+                use subtle::ConstantTimeEq;
+                Sha256::digest(given.as_bytes()).ct_eq(digest).into()
+            }
+        }
+    }
 }
 
 impl Namespace {
@@ -62,6 +92,7 @@ impl Namespaces {
             forward: false,
             views: false,
             deprecated: None,
+            api_key: None,
         }])
     }
 
@@ -73,7 +104,26 @@ impl Namespaces {
             forward: c.forward,
             views: c.views,
             deprecated: c.deprecated,
+            api_key: match (c.api_key, c.api_key_hash) {
+                (Some(key), _) => Some(ApiKey::Plain(key)),
+                (None, Some(hash)) => crate::config::file::api_key_digest(&hash)
+                    .ok()
+                    .map(ApiKey::Sha256),
+                (None, None) => None,
+            },
         }
+    }
+
+    /// The namespace that takes pushes for `site` (seed 001's name: the namespace without its slash; with it
+    /// too, so that `/` can be named): an exact namespace with an API key.
+    pub fn site(&self, site: &str) -> Option<&Namespace> {
+        let name = match site.starts_with('/') {
+            true => site.to_owned(),
+            false => format!("/{site}"),
+        };
+        self.0
+            .iter()
+            .find(|n| n.pattern == NamePattern::Exact(name.clone()) && n.api_key.is_some())
     }
 
     /// The namespace `ns` belongs to: its exact entry, else the longest matching prefix.

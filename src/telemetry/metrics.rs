@@ -3,8 +3,6 @@
 //! Counters are bumped where things happen (handshake, cluster query, Redis events); the socket and room
 //! gauges are read from the node when scraped, so they can never drift from the truth.
 
-use std::sync::Mutex;
-
 use fred::prelude::EventInterface;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -41,6 +39,8 @@ pub struct Metrics {
     rooms: Gauge,
     members: Gauge,
     pub handshakes_refused: Family<Reason, Counter>,
+    /// `GET /{room}/users` and `GET /api/rooms` answered `429` (`QUERY_RATE`).
+    pub queries_refused: Counter,
     /// Auth webhook calls that gave no usable answer, by reason (`timeout`, `unreachable`, `status`, `body`).
     pub auth_webhook_failures: Family<Reason, Counter>,
     /// Sockets disconnected for sending events faster than `SOCKET_EVENT_RATE`.
@@ -54,8 +54,9 @@ pub struct Metrics {
     pub cluster_messages_rejected: Counter,
     pub redis_errors: Family<Connection, Counter>,
     pub redis_reconnects: Family<Connection, Counter>,
-    /// The tasks counting Redis events; stopped with the node.
-    watchers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Connections closed before their first request: `timeout` (`HEADER_READ_TIMEOUT_MS`) or `evicted` (the
+    /// oldest, to make room beyond `MAX_PENDING_CONNECTIONS`).
+    pub pending_closed: Family<Reason, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -76,6 +77,7 @@ impl Metrics {
         let rooms = Gauge::default();
         let members = Gauge::default();
         let handshakes_refused = Family::default();
+        let queries_refused = Counter::default();
         let auth_webhook_failures = Family::default();
         let sockets_rate_limited = Counter::default();
         let cluster_requests = Family::default();
@@ -86,6 +88,7 @@ impl Metrics {
         let cluster_messages_rejected = Counter::default();
         let redis_errors = Family::default();
         let redis_reconnects = Family::default();
+        let pending_closed = Family::default();
 
         let mut r = Registry::with_prefix("socket_identity");
         r.register(
@@ -107,6 +110,11 @@ impl Metrics {
             "handshakes_refused",
             "Socket.IO handshakes refused, by reason",
             handshakes_refused.clone(),
+        );
+        r.register(
+            "queries_refused",
+            "Cluster queries (GET /{room}/users, GET /api/rooms) refused for exceeding QUERY_RATE",
+            queries_refused.clone(),
         );
         r.register(
             "auth_webhook_failures",
@@ -153,12 +161,18 @@ impl Metrics {
             "Successful (re)connections of a Redis connection",
             redis_reconnects.clone(),
         );
+        r.register(
+            "pending_connections_closed",
+            "Connections closed before their first request, by reason: timeout, or evicted to make room",
+            pending_closed.clone(),
+        );
         Self {
             registry: r,
             sockets,
             rooms,
             members,
             handshakes_refused,
+            queries_refused,
             auth_webhook_failures,
             sockets_rate_limited,
             cluster_requests,
@@ -168,7 +182,7 @@ impl Metrics {
             cluster_messages_rejected,
             redis_errors,
             redis_reconnects,
-            watchers: Mutex::default(),
+            pending_closed,
         }
     }
 
@@ -183,8 +197,13 @@ impl Metrics {
         out
     }
 
-    /// Counts the errors and reconnections fred reports for `client`.
-    pub fn watch_redis(&self, client: &impl EventInterface, connection: &'static str) {
+    /// Counts the errors and reconnections fred reports for `client`, until the returned guard is dropped: the
+    /// owner of the connection keeps it as long as the connection (a failed start-up attempt drops both).
+    pub fn watch_redis(
+        &self,
+        client: &impl EventInterface,
+        connection: &'static str,
+    ) -> RedisWatch {
         let label = Connection { connection };
         let mut errors = client.error_rx();
         let counter = self.redis_errors.get_or_create(&label).clone();
@@ -205,15 +224,19 @@ impl Metrics {
                 }
             }
         });
-        let mut watchers = self.watchers.lock().unwrap();
-        watchers.extend([on_error, on_reconnect]);
+        RedisWatch([on_error, on_reconnect])
     }
 }
 
-impl Drop for Metrics {
+/// The two tasks counting one Redis connection's events ([`Metrics::watch_redis`]); stopped when dropped.
+#[must_use = "the watchers stop when this is dropped"]
+#[derive(Debug)]
+pub struct RedisWatch([tokio::task::JoinHandle<()>; 2]);
+
+impl Drop for RedisWatch {
     fn drop(&mut self) {
-        for w in self.watchers.get_mut().unwrap().drain(..) {
-            w.abort();
+        for task in &self.0 {
+            task.abort();
         }
     }
 }
@@ -221,6 +244,27 @@ impl Drop for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watchers of a connection stop with their guard (a failed start-up attempt must not leave them).
+    #[tokio::test]
+    async fn redis_watchers_stop_with_their_guard() {
+        let endpoint = crate::redis::Endpoint::parse("redis://127.0.0.1:1", None).unwrap();
+        let sub =
+            crate::redis::Subscriber::new(&endpoint, std::time::Duration::from_secs(1)).unwrap();
+        let m = Metrics::new();
+        let watch = m.watch_redis(&sub.client, "publisher");
+        let handles: Vec<_> = watch.0.iter().map(|t| t.abort_handle()).collect();
+        tokio::task::yield_now().await;
+        assert!(handles.iter().all(|h| !h.is_finished()), "watching");
+        drop(watch);
+        for _ in 0..100 {
+            if handles.iter().all(|h| h.is_finished()) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the watchers outlived their guard");
+    }
 
     #[test]
     fn renders_every_family() {
@@ -234,6 +278,9 @@ mod tests {
             })
             .inc();
         m.cluster_request_seconds.observe(0.002);
+        m.pending_closed
+            .get_or_create(&Reason { reason: "timeout" })
+            .inc();
         let text = m.render(3, 2, 4);
         for line in [
             "socket_identity_connected_sockets 3",
@@ -242,6 +289,7 @@ mod tests {
             "socket_identity_handshakes_refused_total{reason=\"missing\"} 1",
             "socket_identity_cluster_requests_total{outcome=\"complete\"} 1",
             "socket_identity_cluster_request_seconds_count 1",
+            "socket_identity_pending_connections_closed_total{reason=\"timeout\"} 1",
             "# EOF",
         ] {
             assert!(

@@ -135,6 +135,26 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// Runs one command with `redis-cli` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `CLIENT LIST` without the connection asking: the clients connected now.
+    pub fn clients(&self) -> Vec<String> {
+        self.cli(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| !l.contains("cmd=client|list"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn ping(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
@@ -232,6 +252,11 @@ impl Node {
             .stderr(std::fs::File::options().append(true).open(&log).unwrap());
         if let Some(url) = &opts.redis {
             cmd.args(["--redis-url", url]);
+        }
+        // Tests ask the room list hundreds of times a second from one address: no QUERY_RATE unless a test sets
+        // one (tests/limits.rs does).
+        if !opts.args.contains(&"--query-rate") {
+            cmd.args(["--query-rate", "0"]);
         }
         let child = cmd.spawn().expect("start node");
         Self {
@@ -387,6 +412,35 @@ pub async fn cluster_with(
 
 pub struct Http {
     pub client: reqwest::Client,
+}
+
+/// A TLS client that trusts the development CA, for raw connections (no HTTP client in the way).
+pub fn tls_connector() -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(root().join("certs-dev/ca.pem")).unwrap();
+    for cert in CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A raw TLS connection to `localhost:{port}`, handshake done.
+pub async fn tls(port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tls_connector()
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 /// A `GET /{room}/users` answer.
@@ -609,9 +663,23 @@ impl Clients {
 
     /// Opens a websocket socket to `node` with extra HTTP headers on its handshake (e.g. `Origin`).
     pub async fn open_with_headers(&mut self, id: &str, node: &Node, query: Value, headers: Value) {
+        self.open_with_headers_over(id, node, query, headers, &["websocket"])
+            .await;
+    }
+
+    /// [`Self::open_with_headers`] over the given transports; with `polling`, every long-polling request carries
+    /// the headers.
+    pub async fn open_with_headers_over(
+        &mut self,
+        id: &str,
+        node: &Node,
+        query: Value,
+        headers: Value,
+        transports: &[&str],
+    ) {
         self.send(
             json!({"op": "connect", "id": id, "url": node.base(), "query": query,
-            "transports": ["websocket"], "headers": headers}),
+            "transports": transports, "headers": headers}),
         )
         .await;
     }

@@ -23,7 +23,7 @@ struct Entry {
     password: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Stored {
     Bcrypt(String),
     Argon2(String),
@@ -31,13 +31,21 @@ enum Stored {
     Plain(String),
 }
 
-#[derive(Debug)]
 pub struct Credentials {
     users: Arc<HashMap<String, Stored>>,
     /// A hash of a random password at the file's bcrypt cost, checked when the user is unknown so that unknown
     /// users take as long as known ones (no user enumeration by timing).
     dummy: Stored,
     cores: Arc<Semaphore>,
+}
+
+/// Never prints a hash or a password: only how many users there are.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Credentials {
@@ -99,19 +107,11 @@ impl Credentials {
                 "credentials file holds plain-text passwords (allow_plain_passwords): hash them with bcrypt"
             );
         }
-        let cost = users
-            .values()
-            .find_map(|s| match s {
-                Stored::Bcrypt(h) => h.parse::<bcrypt::HashParts>().ok(),
-                _ => None,
-            })
-            .map_or(bcrypt::DEFAULT_COST, |p| p.get_cost());
-        let dummy = bcrypt::hash(uuid::Uuid::new_v4().to_string(), cost)
-            .map_err(|e| format!("credentials_file {file}: {e}"))?;
+        let dummy = dummy_like(users.values().next(), &file.to_string())?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Ok(Self {
             users: Arc::new(users),
-            dummy: Stored::Bcrypt(dummy),
+            dummy,
             cores: Arc::new(Semaphore::new(cores)),
         })
     }
@@ -147,6 +147,39 @@ impl Credentials {
             false => Err(AuthError::Unauthorized),
         }
     }
+}
+
+/// A hash of a random password of the same kind (and bcrypt cost) as the file's entries: checking it costs what
+/// checking a real user costs.
+fn dummy_like(sample: Option<&Stored>, file: &str) -> Result<Stored, String> {
+    let random = uuid::Uuid::new_v4().to_string();
+    Ok(match sample {
+        Some(Stored::Argon2(hash)) => {
+            use argon2::PasswordHasher;
+            let params = argon2::PasswordHash::new(hash)
+                .ok()
+                .and_then(|h| argon2::Params::try_from(&h).ok())
+                .unwrap_or_default();
+            let hasher =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let salt = uuid::Uuid::new_v4();
+            Stored::Argon2(
+                hasher
+                    .hash_password_with_salt(random.as_bytes(), salt.as_bytes())
+                    .map_err(|e| format!("credentials_file {file}: {e}"))?
+                    .to_string(),
+            )
+        }
+        Some(Stored::Plain(_)) | None => Stored::Plain(random),
+        Some(Stored::Bcrypt(hash)) => {
+            let cost = hash
+                .parse::<bcrypt::HashParts>()
+                .map_or(bcrypt::DEFAULT_COST, |p| p.get_cost());
+            Stored::Bcrypt(
+                bcrypt::hash(random, cost).map_err(|e| format!("credentials_file {file}: {e}"))?,
+            )
+        }
+    })
 }
 
 /// Whether `password` matches the stored hash (or plain value).

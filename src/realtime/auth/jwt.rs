@@ -53,11 +53,24 @@ impl Jwt {
         let mut validation = Validation::new(algorithm);
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_S;
+        // Identity providers put an audience in most tokens (Keycloak's ID tokens do): check it only when the
+        // namespace names one, as for the issuer.
+        match &c.jwt_audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.required_spec_claims.insert("aud".into());
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &c.jwt_issuer {
+            validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
+        }
         Ok(Self {
             key,
             validation,
-            user_claim: c.user_claim.clone(),
-            session_claim: c.session_claim.clone(),
+            user_claim: c.user_claim().to_owned(),
+            session_claim: c.session_claim().to_owned(),
             cookie: c.jwt_cookie.clone(),
         })
     }
@@ -71,7 +84,12 @@ impl Jwt {
                     ErrorKind::ImmatureSignature => "token not valid yet",
                     ErrorKind::InvalidSignature => "invalid signature",
                     ErrorKind::InvalidAlgorithm => "algorithm not accepted",
-                    ErrorKind::MissingRequiredClaim(_) => "the token has no exp claim",
+                    ErrorKind::MissingRequiredClaim(c) if c == "exp" => {
+                        "the token has no exp claim"
+                    }
+                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                    ErrorKind::InvalidAudience => "wrong audience",
+                    ErrorKind::InvalidIssuer => "wrong issuer",
                     _ => "malformed token",
                 })
             })?;
@@ -283,6 +301,36 @@ mod tests {
         let hs = token(claims, "whatever-secret-value");
         let e = verify(&j, &format!("token={hs}"), &HeaderMap::new()).unwrap_err();
         assert_eq!(e.to_string(), "UNAUTHORIZED: algorithm not accepted");
+    }
+
+    #[test]
+    fn audience_and_issuer_only_when_configured() {
+        let claims = json!({"sub": "a", "aud": "account", "iss": "https://idp", "exp": now() + 60});
+        let t = token(claims, SECRET);
+        let none = HeaderMap::new();
+        let open = Jwt::new(&config("")).unwrap();
+        assert!(
+            verify(&open, &format!("token={t}"), &none).is_ok(),
+            "aud ignored when not set"
+        );
+        let strict = Jwt::new(&config(
+            "jwt_audience = \"account\"\njwt_issuer = \"https://idp\"",
+        ))
+        .unwrap();
+        assert!(verify(&strict, &format!("token={t}"), &none).is_ok());
+        let other = Jwt::new(&config("jwt_audience = \"other\"")).unwrap();
+        let e = verify(&other, &format!("token={t}"), &none).unwrap_err();
+        assert_eq!(e.to_string(), "UNAUTHORIZED: wrong audience");
+        let other = Jwt::new(&config("jwt_issuer = \"https://evil\"")).unwrap();
+        let e = verify(&other, &format!("token={t}"), &none).unwrap_err();
+        assert_eq!(e.to_string(), "UNAUTHORIZED: wrong issuer");
+        let no_aud = token(json!({"sub": "a", "exp": now() + 60}), SECRET);
+        let strict = Jwt::new(&config("jwt_audience = \"account\"")).unwrap();
+        let e = verify(&strict, &format!("token={no_aud}"), &none).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "UNAUTHORIZED: the token lacks a required claim"
+        );
     }
 
     #[test]

@@ -139,12 +139,22 @@ impl Verifier {
             }),
             Self::Claim => Ok(Verified {
                 id_user: Some(checked_user(hs.required("id_user")?)?),
-                session: hs.field("session_id")?.map(checked_session).transpose()?,
-                rooms: vec![],
+                ..Verified::default()
             }),
             Self::Credentials(c) => c.verify(hs).await,
             Self::Jwt(j) => j.verify(hs),
             Self::Webhook(w) => w.verify(hs).await,
+        }
+    }
+
+    /// The auth kind's name, as in the config file (for logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Claim => "claim",
+            Self::Credentials(_) => "credentials",
+            Self::Jwt(_) => "jwt",
+            Self::Webhook(_) => "webhook",
         }
     }
 
@@ -192,7 +202,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v.id_user.as_deref(), Some("foo"));
-        assert_eq!(v.session.as_deref(), Some("s1"));
+        // A claimed session is read by the namespaces with session rooms, not here.
+        assert_eq!(v.session, None);
         let e = Verifier::Claim.verify(hs("", None, &h)).await.unwrap_err();
         assert_eq!(e.to_string(), "id_user is required");
         let v = Verifier::None.verify(hs("", None, &h)).await.unwrap();

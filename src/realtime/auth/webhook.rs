@@ -65,7 +65,6 @@ enum UserId {
     Number(serde_json::Number),
 }
 
-#[derive(Debug)]
 pub struct Webhook {
     client: reqwest::Client,
     url: String,
@@ -74,30 +73,56 @@ pub struct Webhook {
     metrics: Arc<Metrics>,
 }
 
+/// Never prints credentials a URL may carry.
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &redacted(&self.url))
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` without its user and password.
+fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
 impl Webhook {
     pub fn new(c: &NamespaceConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(c.auth_timeout_ms))
+            .timeout(Duration::from_millis(c.auth_timeout_ms()))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("auth_url: {e}"))?;
         Ok(Self {
             client,
             url: c.auth_url.clone().expect("checked"),
-            scheme: c.auth_scheme.clone(),
-            timeout_ms: c.auth_timeout_ms,
+            scheme: c.auth_scheme().to_owned(),
+            timeout_ms: c.auth_timeout_ms(),
             metrics,
         })
     }
 
     pub async fn verify(&self, hs: Handshake<'_>) -> Result<Verified, AuthError> {
-        let token = hs.field("token")?.filter(|t| !t.is_empty());
+        // A token that cannot be sent in a header (control characters) is no token.
+        let token = hs.field("token")?.filter(|t| {
+            !t.is_empty()
+                && axum::http::HeaderValue::from_str(&format!("{} {t}", self.scheme)).is_ok()
+        });
         let Some(token) = token else {
             return Err(AuthError::Rejected);
         };
         self.ask(&token).await.inspect_err(|e| {
             if let AuthError::Webhook(f) = e {
-                tracing::warn!(url = %self.url, error = %f, "auth webhook failed");
+                tracing::warn!(url = %redacted(&self.url), error = %f, "auth webhook failed");
                 let reason = Reason { reason: f.kind() };
                 self.metrics
                     .auth_webhook_failures

@@ -1,0 +1,365 @@
+//! `POST /send` with real components: 3 node processes on a real Redis, the official socket.io-client in rooms on
+//! every node, and the test playing the application's backend over HTTPS.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const SECRET: &str = "send-test-secret-0123456789";
+const ROOT_KEY: &str = "root-key-0123456789abcdef";
+const CHAT_KEY: &str = "chat-key-0123456789abcdef";
+
+const CONFIG: &str = r#"
+[[namespace]]
+name = "/"
+auth = "jwt"
+jwt_secret = "send-test-secret-0123456789"
+rooms = ["user", "session"]
+# sha256 of root-key-0123456789abcdef
+api_key_hash = "sha256:7a219cb175ed50f5a86e79833e3dfbff75453c08e3164333d88cb493d17cc079"
+
+[[namespace]]
+name = "/chat"
+auth = "claim"
+rooms = ["handshake", "user"]
+api_key = "chat-key-0123456789abcdef"
+
+[[namespace]]
+name = "/quiet"
+auth = "claim"
+rooms = ["handshake"]
+
+[[namespace]]
+name = "/do-*"
+auth = "none"
+rooms = []
+"#;
+
+fn jwt(sub: &str, sid: &str) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": sub, "sid": sid, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn start(test: &str) -> (std::path::PathBuf, Redis, Vec<Node>) {
+    let dir = log_dir(test);
+    let config = dir.join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let redis = Redis::start(&dir);
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        let args = ["--config", config.to_str().unwrap()];
+        let opts = NodeOpts {
+            id,
+            redis: Some(redis.url()),
+            prefix: test,
+            args: &args,
+            ..NodeOpts::default()
+        };
+        nodes.push(Node::start(&dir, opts).await);
+    }
+    (dir, redis, nodes)
+}
+
+fn connected(ev: Value) {
+    assert_eq!(ev["event"], "connect", "{ev}");
+}
+
+/// `POST {node}/send?{query}` with a body and its content type: the status and the JSON answer.
+async fn post(
+    http: &Http,
+    node: &Node,
+    query: &str,
+    kind: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, Value) {
+    let res = http
+        .client
+        .post(node.url(&format!("/send?{query}")))
+        .header("content-type", kind)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_reach_rooms_users_and_sessions_on_every_node() {
+    let (_dir, _redis, nodes) = start("send_delivery").await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let none = Value::Null;
+    // Seed 001's rooms in a claim namespace, on two nodes; a socket of another namespace in an equal room.
+    for (id, node, user) in [("s1", a, "1"), ("s2", b, "2")] {
+        let query = json!({"id_user": user, "room": "staff"});
+        connected(
+            io.connect_ns(id, &node.base(), "/chat", query, none.clone(), none.clone())
+                .await,
+        );
+    }
+    let quiet = json!({"id_user": "9", "room": "staff"});
+    connected(
+        io.connect_ns(
+            "other",
+            &c.base(),
+            "/quiet",
+            quiet,
+            none.clone(),
+            none.clone(),
+        )
+        .await,
+    );
+    // Seed 002's users and sessions on `/`: alice twice (two sessions, two nodes), bob once.
+    let root = |sub, sid| json!({"token": jwt(sub, sid)});
+    connected(
+        io.connect_ns(
+            "alice1",
+            &a.base(),
+            "/",
+            none.clone(),
+            root("alice", "sa1"),
+            none.clone(),
+        )
+        .await,
+    );
+    connected(
+        io.connect_ns(
+            "alice2",
+            &c.base(),
+            "/",
+            none.clone(),
+            root("alice", "sa2"),
+            none.clone(),
+        )
+        .await,
+    );
+    connected(
+        io.connect_ns(
+            "bob",
+            &b.base(),
+            "/",
+            none.clone(),
+            root("bob", "sb"),
+            none.clone(),
+        )
+        .await,
+    );
+    let http = Http::new();
+
+    // JSON, seed 001's example, asked on the node that holds none of the sockets.
+    let body =
+        json!({"rooms": ["user.1", "staff"], "event": "update_store", "args": ["user", {"id": 1}]});
+    let (status, answer) = post(
+        &http,
+        c,
+        &format!("site=chat&apiKey={CHAT_KEY}"),
+        "application/json",
+        body.to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"namespace": "/chat", "event": "update_store",
+               "rooms": [{"room": "user.1", "queued": 0}, {"room": "staff", "queued": 0}]})
+    );
+    for id in ["s1", "s2"] {
+        let ev = io.expect(id, "update_store").await;
+        assert_eq!(ev["args"], json!(["user", {"id": 1}]), "{id}");
+    }
+    // s1 is in both rooms and gets the event once; the equal room of /quiet gets nothing.
+    io.expect_none("s1", "update_store", Duration::from_millis(300))
+        .await;
+    io.expect_none("other", "update_store", Duration::from_millis(10))
+        .await;
+
+    // Emit to a user (every socket of alice, on two nodes) and to a session of `/` (`site=/`), the key as a
+    // bearer token checked against its hash.
+    let push = |rooms: Value, event: &str| json!({"rooms": rooms, "event": event, "args": [event]});
+    for (rooms, event, gets, not) in [
+        (
+            json!("user.alice"),
+            "to-alice",
+            vec!["alice1", "alice2"],
+            "bob",
+        ),
+        (
+            json!(["session.sa2"]),
+            "to-session",
+            vec!["alice2"],
+            "alice1",
+        ),
+    ] {
+        let res = http
+            .client
+            .post(b.url("/send?site=%2F"))
+            .header("authorization", format!("Bearer {ROOT_KEY}"))
+            .header("content-type", "application/json")
+            .body(push(rooms, event).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        for id in gets {
+            assert_eq!(io.expect(id, event).await["args"], json!([event]), "{id}");
+        }
+        io.expect_none(not, event, Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_request_gets_its_status_and_a_json_error() {
+    let (_dir, _redis, nodes) = start("send_errors").await;
+    let a = &nodes[0];
+    let http = Http::new();
+    let ok = json!({"rooms": "staff", "event": "e"}).to_string();
+    let key = format!("apiKey={CHAT_KEY}");
+    let cases: Vec<(String, &str, String, u16, &str)> = vec![
+        (
+            key.clone(),
+            "application/json",
+            ok.clone(),
+            400,
+            "invalid site: is required",
+        ),
+        (
+            "site=chat".into(),
+            "application/json",
+            ok.clone(),
+            400,
+            "invalid apiKey: is required",
+        ),
+        (
+            "site=chat&apiKey=wrong".into(),
+            "application/json",
+            ok.clone(),
+            401,
+            "unknown site or wrong API key",
+        ),
+        (
+            format!("site=nosuchsite&{key}"),
+            "application/json",
+            ok.clone(),
+            401,
+            "unknown site or wrong API key",
+        ),
+        (
+            format!("site=quiet&{key}"),
+            "application/json",
+            ok.clone(),
+            401,
+            "unknown site or wrong API key",
+        ),
+        (
+            format!("site=do-lab&{key}"),
+            "application/json",
+            ok.clone(),
+            401,
+            "unknown site or wrong API key",
+        ),
+        (
+            format!("site=..%2Fetc&{key}"),
+            "application/json",
+            ok.clone(),
+            401,
+            "unknown site or wrong API key",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "text/plain",
+            ok.clone(),
+            415,
+            "the body must be application/json",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "application/json",
+            "{".into(),
+            400,
+            "invalid body: is not JSON",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "application/json",
+            "[]".into(),
+            400,
+            "invalid body: must be an object",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "application/json",
+            json!({"event": "e"}).to_string(),
+            400,
+            "invalid rooms",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "application/json",
+            json!({"rooms": "a/b", "event": "e"}).to_string(),
+            400,
+            "invalid rooms",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "application/json",
+            json!({"rooms": "a"}).to_string(),
+            400,
+            "invalid event",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "application/json",
+            json!({"rooms": "a", "event": "connect"}).to_string(),
+            400,
+            "invalid event",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "application/json",
+            json!({"rooms": "a", "event": "e", "args": 1}).to_string(),
+            400,
+            "invalid args",
+        ),
+        (
+            format!("site=chat&{key}"),
+            "application/json",
+            "x".repeat(300 * 1024),
+            413,
+            "the body is larger than",
+        ),
+    ];
+    for (query, kind, body, status, says) in cases {
+        let (got, answer) = post(&http, a, &query, kind, body).await;
+        assert_eq!(got, status, "{query} {kind}: {answer}");
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no JSON error: {answer}"));
+        assert!(error.starts_with(says), "{query} {kind}: {error}");
+    }
+    // The right key as a bearer token works; GET is not a way to push.
+    let res = http
+        .client
+        .post(a.url("/send?site=chat"))
+        .header("authorization", format!("Bearer {CHAT_KEY}"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(Http::new().status(a, "/send?site=chat").await, 405);
+}
