@@ -32,7 +32,7 @@ pub struct Request {
 
 /// What a node is asked about its local sockets of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Query {
     /// The sockets of `room`, with their user ids.
     Users { room: String },
@@ -55,7 +55,7 @@ pub struct Response {
 
 /// The answer to a [`Query`], of the same kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Reply {
     Users { members: Vec<Member> },
     Rooms { rooms: Vec<RoomCount> },
@@ -333,7 +333,7 @@ mod tests {
         };
         assert_eq!(
             String::from_utf8(encode(&req)).unwrap(),
-            r#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","from":"a","ns":"/","query":{"kind":"users","room":"Maths"}}"#
+            r#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","from":"a","ns":"/","query":{"users":{"room":"Maths"}}}"#
         );
         let resp = Response {
             v: 2,
@@ -343,7 +343,7 @@ mod tests {
         };
         assert_eq!(
             String::from_utf8(encode(&resp)).unwrap(),
-            r#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","node":"b","reply":{"kind":"views","count":3}}"#
+            r#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","node":"b","reply":{"views":{"count":3}}}"#
         );
     }
 
@@ -364,7 +364,7 @@ mod tests {
         let req = encode(&Request::new("a", "/", users("Maths")));
         assert!(decode_response(&req).is_err());
         // Unknown kinds are refused.
-        assert!(decode_request(br#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","from":"a","ns":"/","query":{"kind":"drop"}}"#).is_err());
+        assert!(decode_request(br#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","from":"a","ns":"/","query":"drop"}"#).is_err());
     }
 
     #[test]
