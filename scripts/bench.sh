@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The benchmark (method and results in BENCHMARKS.md): our server against the Node reference
-# (bench/node-reference/, socket.io v4 + @socket.io/redis-adapter), in one run, on loopback only.
-#   scripts/bench.sh                 the full run (about 10 minutes on 2 cores)
+# (bench/node-reference/, socket.io v4 + @socket.io/redis-adapter), in one run, on loopback only; and, for ours
+# only, handshakes per second by auth kind (claim, jwt, credentials) and the users query on a namespace with
+# 3 rooms per socket.
+#   scripts/bench.sh                 the full run (about 10 minutes on 2 cores, the tenancy phases ~30 s of it)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
+#   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0    the tenancy phases alone
 # Starts its own redis-server and nodes, stops them by pid, and stops by itself (--max-minutes, default 40).
-# Raw results: target/bench/results.json; process logs: target/bench/<target>/<phase>/.
+# Honours CARGO_TARGET_DIR (binaries in $CARGO_TARGET_DIR/release instead of target/release).
+# Raw results: target/bench/results.json; process logs and config files: target/bench/<target>/<phase>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked --bins
+release="${CARGO_TARGET_DIR:-target}/release"
 # Each connection is a file descriptor in the load generator and in the node: ask for room for 20,000.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 echo "open files limit: $(ulimit -n); redis: $(redis-server --version | cut -d' ' -f3); node: $(node --version)"
-exec target/release/bench --json target/bench/results.json "$@"
+# Our binary for the bench's --ours (a --ours flag given here wins).
+export BENCH_OURS="$release/socket-identity"
+exec "$release/bench" --json target/bench/results.json "$@"

@@ -25,7 +25,7 @@ use crate::{
     config::file,
     domain::validate,
     http::{self, AppState},
-    net::{pending, tls},
+    net::{nodelay::NoDelay, pending, tls},
     realtime::{Namespaces, NodeInfo, admission, push::Push},
     redis,
     telemetry::metrics,
@@ -238,14 +238,14 @@ pub async fn run(
             let tls = RustlsAcceptor::new(RustlsConfig::from_config(Arc::new(tls)))
                 .handshake_timeout(header_timeout);
             let mut server = axum_server::from_tcp(listener)
-                .acceptor(pending::Acceptor::new(tls, pending))
+                .acceptor(NoDelay(pending::Acceptor::new(tls, pending)))
                 .handle(handle);
             bound_request_heads(server.http_builder(), header_timeout);
             server.serve(service).await?
         }
         None => {
             let mut server = axum_server::from_tcp(listener)
-                .acceptor(pending::Acceptor::new(DefaultAcceptor, pending))
+                .acceptor(NoDelay(pending::Acceptor::new(DefaultAcceptor, pending)))
                 .handle(handle);
             bound_request_heads(server.http_builder(), header_timeout);
             server.serve(service).await?

@@ -1,6 +1,7 @@
-//! A tiny run of the benchmark (`scripts/bench.sh`), so it cannot rot: both targets, every phase, and
-//! `--check`, which fails on any refused connection, wrong room count or lost fan-out event. Speed is not
-//! asserted here; BENCHMARKS.md has the numbers.
+//! A tiny run of the benchmark (`scripts/bench.sh`), so it cannot rot: both targets, every phase (with ours,
+//! the tenancy phases: handshakes per auth kind from a config file, the users query on a namespace with 3
+//! rooms per socket), and `--check`, which fails on any refused connection or handshake, wrong room count or
+//! lost fan-out event. Speed is not asserted here; BENCHMARKS.md has the numbers.
 
 mod common;
 
@@ -23,6 +24,9 @@ fn bench_smoke_run_is_correct() {
         .args(["--sizes", "50", "--nodes", "2", "--requests", "10"])
         .args(["--fanout-rounds", "3", "--memory-conns", "60"])
         .args(["--scale-nodes", "1,2", "--scale-size", "20", "--presence"])
+        // bcrypt at the bench's cost 10: bcrypt is optimised in dev builds too (Cargo.toml), ~0.1 s per check.
+        .args(["--handshakes", "20", "--credential-handshakes", "20"])
+        .args(["--ns-size", "50"])
         .args(["--check", "--max-minutes", "4", "--logs"])
         .arg(&logs)
         .current_dir(root())
@@ -46,4 +50,13 @@ fn bench_smoke_run_is_correct() {
         stdout.matches("60 idle TLS websocket connections").count(),
         2
     );
+    // The tenancy phases ran for ours (only): every kind, and the 3-room namespace with each socket listed once.
+    for row in [
+        "| claim | 20 |",
+        "| jwt | 20 |",
+        "| credentials | 20 |",
+        "| 50 (/bench-rooms, 3.0) | 2 |",
+    ] {
+        assert_eq!(stdout.matches(row).count(), 1, "{row:?} in:\n{stdout}");
+    }
 }

@@ -915,7 +915,7 @@ name = "/"
         let started = std::time::Instant::now();
         assert_eq!(http.status(&node, "/health").await, 200);
         assert!(
-            started.elapsed() < Duration::from_millis(500),
+            started.elapsed() < Duration::from_secs(1),
             "health took {:?}",
             started.elapsed()
         );
@@ -924,7 +924,7 @@ name = "/"
     let started = std::time::Instant::now();
     io.join("calm", &node, "calm", "Maths", "websocket").await;
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(3),
         "a claim socket waited {:?}",
         started.elapsed()
     );

@@ -1,9 +1,10 @@
 //! A minimal Socket.IO client over TLS websockets: just what the load generator needs, and cheap enough that
 //! 20,000 of them fit in one process.
 //!
-//! Engine.IO v4 straight to websocket (no polling): `0{..}` open, we send `40` (connect to `/`), the server
-//! answers `40{"sid"}` or `44{"message"}`; afterwards we answer pings (`2`) with pongs (`3`) and report
-//! `identity-change` events to the fan-out probe.
+//! Engine.IO v4 straight to websocket (no polling): `0{..}` open, we send `40` (connect to `/`; `40/ns,{auth}` for
+//! another namespace or with an auth object), the server answers `40{"sid"}` or `44{"message"}` (prefixed with
+//! `/ns,` outside `/`); afterwards we answer pings (`2`) with pongs (`3`) and report `identity-change` events to
+//! the fan-out probe.
 
 use std::{
     net::SocketAddr,
@@ -101,10 +102,55 @@ impl FanoutProbe {
     }
 }
 
+/// What a client sends to join a namespace: the namespace, query fields of the Engine.IO request and the
+/// Socket.IO `auth` object.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub namespace: String,
+    pub query: Vec<(&'static str, String)>,
+    /// The `auth` object of the `CONNECT` packet, as JSON.
+    pub auth: Option<serde_json::Value>,
+}
+
+impl Login {
+    /// `/`, saying who we are in the query (`auth = "claim"`, the default namespace).
+    pub fn claim(id_user: &str, room: &str) -> Self {
+        Self {
+            namespace: "/".into(),
+            query: vec![("id_user", id_user.into()), ("room", room.into())],
+            auth: None,
+        }
+    }
+
+    /// The `CONNECT` packet: `40`, the namespace unless it is `/`, the auth object.
+    fn connect_packet(&self) -> String {
+        let mut packet = "40".to_owned();
+        if self.namespace != "/" {
+            packet.push_str(&self.namespace);
+            packet.push(',');
+        }
+        if let Some(auth) = &self.auth {
+            packet.push_str(&auth.to_string());
+        }
+        packet
+    }
+
+    /// A packet of this namespace without its type and namespace prefix (`40/ns,{..}` -> `{..}`).
+    fn strip<'a>(&self, kind: &str, packet: &'a str) -> Option<&'a str> {
+        let rest = packet.strip_prefix(kind)?;
+        match self.namespace.as_str() {
+            "/" => Some(rest),
+            ns => rest.strip_prefix(ns)?.strip_prefix(','),
+        }
+    }
+}
+
 /// A connected client: a task that keeps the socket alive. Dropping it closes the connection.
 pub struct Client {
     outbox: tokio::sync::mpsc::Sender<String>,
     task: JoinHandle<()>,
+    /// The Socket.IO socket id the server gave (`id_socket` in `GET /{room}/users`).
+    pub sid: String,
 }
 
 impl Drop for Client {
@@ -114,16 +160,15 @@ impl Drop for Client {
 }
 
 impl Client {
-    /// Connects as `id_user` in `room`, within `limit`.
+    /// Connects with `login`, within `limit`.
     pub async fn connect(
         tls: &TlsConnector,
         addr: SocketAddr,
-        id_user: &str,
-        room: &str,
+        login: &Login,
         probe: Arc<FanoutProbe>,
         limit: Duration,
     ) -> Result<Self, ConnectError> {
-        tokio::time::timeout(limit, Self::handshake(tls, addr, id_user, room, probe))
+        tokio::time::timeout(limit, Self::handshake(tls, addr, login, probe))
             .await
             .unwrap_or(Err(ConnectError::Timeout))
     }
@@ -131,8 +176,7 @@ impl Client {
     async fn handshake(
         tls: &TlsConnector,
         addr: SocketAddr,
-        id_user: &str,
-        room: &str,
+        login: &Login,
         probe: Arc<FanoutProbe>,
     ) -> Result<Self, ConnectError> {
         let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
@@ -141,12 +185,14 @@ impl Client {
             .connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await
             .map_err(ConnectError::Tls)?;
-        let query: String = form_urlencoded::Serializer::new(String::new())
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        query
             .append_pair("EIO", "4")
-            .append_pair("transport", "websocket")
-            .append_pair("id_user", id_user)
-            .append_pair("room", room)
-            .finish();
+            .append_pair("transport", "websocket");
+        for (k, v) in &login.query {
+            query.append_pair(k, v);
+        }
+        let query = query.finish();
         let url = format!("wss://{addr}/socket.io/?{query}");
         // tungstenite zeroes a whole read buffer (128 KiB by default) before each read: with 10,000 clients that
         // memset was 15% of the machine's CPU during a fan-out (perf), all of it in this load generator.
@@ -158,17 +204,17 @@ impl Client {
         if !open.starts_with('0') {
             return Err(ConnectError::Protocol(open));
         }
-        ws.send(Message::text("40")).await?;
-        loop {
+        ws.send(Message::text(login.connect_packet())).await?;
+        let sid = loop {
             let text = next_text(&mut ws).await?;
-            if let Some(body) = text.strip_prefix("40") {
+            if let Some(body) = login.strip("40", &text) {
                 let v: serde_json::Value =
                     serde_json::from_str(body).map_err(|_| ConnectError::Protocol(text.clone()))?;
-                if v["sid"].is_string() {
-                    break;
+                if let Some(sid) = v["sid"].as_str() {
+                    break sid.to_owned();
                 }
                 return Err(ConnectError::Protocol(text));
-            } else if let Some(body) = text.strip_prefix("44") {
+            } else if let Some(body) = login.strip("44", &text) {
                 let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
                 return Err(ConnectError::Refused(
                     v["message"].as_str().unwrap_or(body).to_owned(),
@@ -176,7 +222,7 @@ impl Client {
             } else if text == "2" {
                 ws.send(Message::text("3")).await?;
             }
-        }
+        };
 
         let (outbox, mut inbox) = tokio::sync::mpsc::channel::<String>(4);
         let task = tokio::spawn(async move {
@@ -203,7 +249,7 @@ impl Client {
                 }
             }
         });
-        Ok(Self { outbox, task })
+        Ok(Self { outbox, task, sid })
     }
 
     /// Sends `identity-change` naming fan-out round `round`: the server relays it to the rest of the room.

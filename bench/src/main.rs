@@ -6,7 +6,9 @@
 //! 1. `GET /{room}/users` latency (sequential requests, keep-alive HTTPS) and that every answer has exactly N entries;
 //! 2. connection set-up time, and resident memory per idle connection on one node;
 //! 3. fan-out: one `identity-change` relayed to the N-1 others of the room, until the last one has it;
-//! 4. how the query scales with the number of nodes.
+//! 4. how the query scales with the number of nodes;
+//! 5. (ours only, `tenancy.rs`) handshakes per second by auth kind (`claim`, `jwt`, `credentials`) on one node,
+//!    and the users query on a namespace where every socket is in 3 rooms, on K nodes.
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
 //! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
@@ -14,6 +16,7 @@
 
 mod client;
 mod procs;
+mod tenancy;
 
 use std::{
     collections::BTreeMap,
@@ -29,8 +32,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
-    client::{Client, FanoutProbe},
+    client::{Client, FanoutProbe, Login},
     procs::{Node, Redis, Target},
+    tenancy::{HandshakeResult, NamespaceQueryResult},
 };
 
 #[derive(Debug, Parser)]
@@ -40,7 +44,11 @@ use crate::{
 )]
 struct Args {
     /// Our server's binary (and arguments, split on spaces).
-    #[arg(long, default_value = "target/release/socket-identity")]
+    #[arg(
+        long,
+        env = "BENCH_OURS",
+        default_value = "target/release/socket-identity"
+    )]
     ours: String,
     /// The command that starts one node of the Node reference (split on spaces).
     #[arg(long, default_value = "node bench/node-reference/server.mjs")]
@@ -60,7 +68,8 @@ struct Args {
     /// Fan-out rounds per room size.
     #[arg(long, default_value_t = 30)]
     fanout_rounds: usize,
-    /// Idle connections opened on one node for the memory measurement (clamped to the open-files limit).
+    /// Idle connections opened on one node for the memory measurement (clamped to the open-files limit); 0
+    /// skips it.
     #[arg(long, default_value_t = 20_000)]
     memory_conns: usize,
     /// Node counts for the scaling measurement (room of `--scale-size`); `--scale-nodes` alone skips it.
@@ -75,6 +84,28 @@ struct Args {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
+    /// Handshakes per second, ours only: handshakes measured for `auth = "claim"` and for `auth = "jwt"`, each
+    /// on one node (0 skips both).
+    #[arg(long, default_value_t = 2000)]
+    handshakes: usize,
+    /// Handshakes measured for `auth = "credentials"` (bcrypt, `--bcrypt-cost`); 0 skips them.
+    #[arg(long, default_value_t = 200)]
+    credential_handshakes: usize,
+    /// Handshakes in flight at once for `claim` and `jwt`.
+    #[arg(long, default_value_t = 32)]
+    handshake_concurrency: usize,
+    /// Handshakes in flight at once for `credentials`. The node checks at most one password per core at a time
+    /// and refuses a handshake that waited too long for a core ("server busy", `QUEUE_WAIT` in
+    /// `src/realtime/auth/credentials.rs`), so this stays small.
+    #[arg(long, default_value_t = 8)]
+    credential_concurrency: usize,
+    /// bcrypt cost of the credentials file the bench writes.
+    #[arg(long, default_value_t = 10)]
+    bcrypt_cost: u32,
+    /// Ours only: sockets in the namespace whose users query is measured, each in 3 rooms (its handshake room,
+    /// `user.{id}`, `session.{id}`), spread over `--nodes` nodes; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    ns_size: usize,
     /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
     #[arg(long)]
     check: bool,
@@ -160,6 +191,8 @@ struct Report {
     rooms: Vec<RoomResult>,
     memory: Option<MemoryResult>,
     scale: Vec<ScaleResult>,
+    handshakes: Vec<HandshakeResult>,
+    namespace_query: Option<NamespaceQueryResult>,
     errors: Vec<String>,
 }
 
@@ -173,7 +206,19 @@ impl Report {
                 .sum::<usize>()
             + self.memory.as_ref().map_or(0, |m| m.connect_errors)
             + self.scale.iter().map(|s| s.wrong_answers).sum::<usize>()
+            + self.handshakes.iter().map(|h| h.refused).sum::<usize>()
+            + self
+                .namespace_query
+                .as_ref()
+                .map_or(0, |q| q.connect_errors + q.wrong_answers)
     }
+}
+
+/// Clients opened by [`Bench::open`], with how long each successful handshake took.
+struct Opened {
+    clients: Vec<Client>,
+    latencies: Vec<Duration>,
+    failed: usize,
 }
 
 /// What every measurement needs.
@@ -262,14 +307,28 @@ impl Bench {
         if let Err(e) = self.rooms(target, &mut report).await {
             report.errors.push(format!("rooms: {e:#}"));
         }
-        match self.memory(target).await {
-            Ok(m) => report.memory = Some(m),
-            Err(e) => report.errors.push(format!("memory: {e:#}")),
+        if self.args.memory_conns > 0 {
+            match self.memory(target).await {
+                Ok(m) => report.memory = Some(m),
+                Err(e) => report.errors.push(format!("memory: {e:#}")),
+            }
         }
         for &k in &self.args.scale_nodes {
             match self.scale(target, k).await {
                 Ok(s) => report.scale.push(s),
                 Err(e) => report.errors.push(format!("scale k={k}: {e:#}")),
+            }
+        }
+        // The Node reference has one namespace and no auth kinds: these phases are ours only.
+        if target.name == "ours" {
+            if let Err(e) = self.handshakes(target, &mut report).await {
+                report.errors.push(format!("handshakes: {e:#}"));
+            }
+            if self.args.ns_size > 0 {
+                match self.namespace_query(target).await {
+                    Ok(q) => report.namespace_query = Some(q),
+                    Err(e) => report.errors.push(format!("namespace query: {e:#}")),
+                }
             }
         }
         for e in &report.errors {
@@ -291,14 +350,26 @@ impl Bench {
         phase: &str,
     ) -> anyhow::Result<(Redis, Vec<Node>)> {
         let logs = self.logs(target, phase)?;
-        let redis = Redis::start(&logs)?;
+        self.cluster_in(target, k, &logs, None).await
+    }
+
+    /// K nodes (with `config`, a config file) on their own Redis, logging into `logs`.
+    async fn cluster_in(
+        &self,
+        target: &Target,
+        k: usize,
+        logs: &std::path::Path,
+        config: Option<&std::path::Path>,
+    ) -> anyhow::Result<(Redis, Vec<Node>)> {
+        let redis = Redis::start(logs)?;
         let nodes = procs::start_nodes(
             target,
             k,
             &redis,
             self.args.presence,
+            config,
             &self.root,
-            &logs,
+            logs,
             &self.http,
         )
         .await?;
@@ -373,39 +444,57 @@ impl Bench {
         rooms: impl Fn(usize) -> String,
         probe: &Arc<FanoutProbe>,
     ) -> (Vec<Client>, usize) {
-        let results: Vec<_> = futures_util::stream::iter(0..n)
-            .map(|i| {
+        let logins = (0..n).map(|i| Login::claim(&format!("u{i}"), &rooms(i)));
+        let opened = self.open(addrs, logins, self.args.concurrency, probe).await;
+        (opened.clients, opened.failed)
+    }
+
+    /// Opens a client for each login, login `i` on node `i % K`, `concurrency` handshakes in flight. Failures
+    /// are counted (and printed, grouped by message), never fatal.
+    async fn open(
+        &self,
+        addrs: &[SocketAddr],
+        logins: impl Iterator<Item = Login>,
+        concurrency: usize,
+        probe: &Arc<FanoutProbe>,
+    ) -> Opened {
+        let results: Vec<_> = futures_util::stream::iter(logins.enumerate())
+            .map(|(i, login)| {
                 let probe = probe.clone();
                 let addr = addrs[i % addrs.len()];
-                let room = rooms(i);
                 async move {
-                    Client::connect(
-                        &self.tls,
-                        addr,
-                        &format!("u{i}"),
-                        &room,
-                        probe,
-                        Duration::from_secs(20),
-                    )
-                    .await
+                    let started = Instant::now();
+                    let client =
+                        Client::connect(&self.tls, addr, &login, probe, Duration::from_secs(20))
+                            .await;
+                    (client, started.elapsed())
                 }
             })
-            .buffer_unordered(self.args.concurrency)
+            .buffer_unordered(concurrency.max(1))
             .collect()
             .await;
-        let mut clients = Vec::with_capacity(n);
+        let mut opened = Opened {
+            clients: Vec::with_capacity(results.len()),
+            latencies: Vec::with_capacity(results.len()),
+            failed: 0,
+        };
         let mut errors: BTreeMap<String, usize> = BTreeMap::new();
-        for r in results {
+        for (r, took) in results {
             match r {
-                Ok(c) => clients.push(c),
-                Err(e) => *errors.entry(e.to_string()).or_default() += 1,
+                Ok(c) => {
+                    opened.clients.push(c);
+                    opened.latencies.push(took);
+                }
+                Err(e) => {
+                    opened.failed += 1;
+                    *errors.entry(e.to_string()).or_default() += 1;
+                }
             }
         }
         for (e, count) in &errors {
             eprintln!("  {count} connection(s) failed: {e}");
         }
-        let failed = n - clients.len();
-        (clients, failed)
+        opened
     }
 
     /// `requests` sequential `GET /{room}/users`, round-robin over the nodes, each checked to hold `expected`
@@ -588,12 +677,14 @@ fn print_machine() {
 }
 
 fn print_report(r: &Report) {
-    println!("\n### {}\n", r.target);
-    println!(
-        "| N | K | connect (s) | query p50 | p90 | p99 | max (ms) | wrong | fan-out p50 | p99 | max (ms) | lost \
-         | fan-out CPU/round servers, client (ms) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("\n### {}", r.target);
+    if !r.rooms.is_empty() {
+        println!(
+            "\n| N | K | connect (s) | query p50 | p90 | p99 | max (ms) | wrong | fan-out p50 | p99 | max (ms) \
+             | lost | fan-out CPU/round servers, client (ms) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    }
     for x in &r.rooms {
         println!(
             "| {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {} | {:.0}, {:.0} |",
@@ -638,6 +729,7 @@ fn print_report(r: &Report) {
             );
         }
     }
+    tenancy::print(r);
 }
 
 /// Ours divided by Node's: below 1 is better for every row (time and memory).

@@ -117,12 +117,15 @@ impl Node {
     }
 }
 
-/// Starts K nodes of `target` on one Redis and waits until each is healthy.
+/// Starts K nodes of `target` on one Redis and waits until each is healthy. `config` is a config file
+/// (`CONFIG`: namespaces and auth kinds) for our server; without one it serves `/` with `auth = "claim"`.
+#[allow(clippy::too_many_arguments)]
 pub async fn start_nodes(
     target: &Target,
     k: usize,
     redis: &Redis,
     presence: bool,
+    config: Option<&Path>,
     root: &Path,
     logs: &Path,
     http: &reqwest::Client,
@@ -142,13 +145,17 @@ pub async fn start_nodes(
             .env("NODE_ENV", "production")
             .env("REDIS_URL", &redis.url)
             .env("PRESENCE_EVENTS", presence.to_string())
-            // The benchmark measures capacity: no socket cap, no handshake or query rate limit.
+            // The benchmark measures capacity: no socket cap, no handshake or query rate limit (`HANDSHAKE_RATE=0`
+            // is `--handshake-rate 0`; the default, 1,000 new sessions/s per node, would answer 429 beyond it).
             .env("MAX_SOCKETS", "1000000")
             .env("HANDSHAKE_RATE", "0")
             .env("QUERY_RATE", "0")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&log)?)
             .stderr(std::fs::File::options().append(true).open(&log)?);
+        if let Some(config) = config {
+            cmd.env("CONFIG", config);
+        }
         let child = Owned(
             cmd.spawn()
                 .with_context(|| format!("cannot start {:?}", target.command))?,

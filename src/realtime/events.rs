@@ -236,14 +236,14 @@ async fn on_identity_change<A: Adapter>(
         return;
     }
     let (Some(previous), Some(ns)) = (
-        socket.extensions.get::<Identity>(),
+        socket.extensions.get::<Arc<Identity>>(),
         node.namespaces.find(socket.ns()),
     ) else {
         return;
     };
     let updated = Identity {
         id_user: Some(new.into()),
-        ..previous.clone()
+        ..(*previous).clone()
     };
     if let Err(e) = super::handshake::check_derived(ns, &updated) {
         let _ = ack.send(&serde_json::json!({ "error": e.to_string() }));
@@ -255,7 +255,7 @@ async fn on_identity_change<A: Adapter>(
         }
         socket.join(user_room(updated.id_user.as_deref().unwrap_or_default()));
     }
-    socket.extensions.insert(updated.clone());
+    socket.extensions.insert(Arc::new(updated.clone()));
     let id_user = updated.id_user.as_deref().unwrap_or_default();
     let _ = ack.send(&serde_json::json!({ "ok": true, "id_user": id_user }));
     if let Some(room) = &updated.room {
@@ -281,7 +281,7 @@ async fn on_session_id<A: Adapter>(
     let Some((new, ack)) = new_value(data, "session_id", ack) else {
         return;
     };
-    let Some(previous) = socket.extensions.get::<Identity>() else {
+    let Some(previous) = socket.extensions.get::<Arc<Identity>>() else {
         return;
     };
     let room = match checked_session(new.clone()).map(|s| session_room(&s)) {
@@ -301,10 +301,10 @@ async fn on_session_id<A: Adapter>(
         socket.leave(session_room(old));
     }
     socket.join(room.clone());
-    socket.extensions.insert(Identity {
+    socket.extensions.insert(Arc::new(Identity {
         session: Some(new.into()),
-        ..previous
-    });
+        ..(*previous).clone()
+    }));
     let _ = ack.send(&serde_json::json!({ "ok": true, "room": room }));
 }
 
@@ -368,7 +368,7 @@ async fn on_disconnect<A: Adapter>(
     State(node): State<NodeInfo>,
     reason: DisconnectReason,
 ) {
-    let Some(me) = socket.extensions.get::<Identity>() else {
+    let Some(me) = socket.extensions.get::<Arc<Identity>>() else {
         return;
     };
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");

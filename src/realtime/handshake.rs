@@ -161,7 +161,7 @@ pub async fn handshake<A: Adapter>(
     })?;
     // The slot goes with the socket: dropped with it, it frees its place under MAX_SOCKETS.
     socket.extensions.insert(Arc::new(slot));
-    socket.extensions.insert(identity);
+    socket.extensions.insert(Arc::new(identity));
     Ok(())
 }
 
@@ -257,7 +257,7 @@ pub async fn on_connect<A: Adapter>(
     socket: SocketRef<A>,
     io: SocketIo<A>,
     State(node): State<NodeInfo>,
-    Extension(me): Extension<Identity>,
+    Extension(me): Extension<Arc<Identity>>,
 ) {
     let Some(ns) = node.namespaces.find(socket.ns()) else {
         return;

@@ -1,6 +1,9 @@
 //! This node's answers to cluster queries, read from socketioxide's local state and each socket's [`Identity`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
 use futures_util::future::BoxFuture;
 use socketioxide::{SocketIo, adapter::Adapter};
@@ -26,7 +29,7 @@ impl<A: Adapter> LocalRooms for SocketIo<A> {
                     .map(|s| Member {
                         id_user: s
                             .extensions
-                            .get::<Identity>()
+                            .get::<Arc<Identity>>()
                             .and_then(|id| id.id_user.as_deref().map(str::to_owned)),
                         id_socket: s.id.to_string(),
                     })
@@ -53,7 +56,7 @@ impl<A: Adapter> LocalRooms for SocketIo<A> {
                     .iter()
                     .filter(|s| {
                         s.extensions
-                            .get::<Identity>()
+                            .get::<Arc<Identity>>()
                             .is_some_and(|id| id.role == Role::View)
                     })
                     .count() as u64,

@@ -1,8 +1,8 @@
 //! `auth = "credentials"` (seed 000): `auth: {username, password}` checked against a file of password hashes.
 //!
-//! Hash checks cost tens of milliseconds of CPU by design, so they run on tokio's blocking pool, at most one
-//! per core at a time; a handshake that cannot start its check within [`QUEUE_WAIT`] is refused as busy. The
-//! async workers keep serving everyone else whatever the flood.
+//! Hash checks cost tens of milliseconds of CPU by design, so they run on tokio's blocking pool, on all cores but
+//! one at a time (one on a 1- or 2-core machine); a handshake that cannot start its check within [`QUEUE_WAIT`]
+//! is refused as busy. The core left free keeps the async workers serving everyone else whatever the flood.
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
@@ -109,6 +109,7 @@ impl Credentials {
         }
         let dummy = dummy_like(users.values().next(), &file.to_string())?;
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = cores.saturating_sub(1).max(1);
         Ok(Self {
             users: Arc::new(users),
             dummy,
