@@ -125,6 +125,12 @@ impl IntoResponse for AppError {
             Self::TooManyQueries { retry_after } => {
                 Some((axum::http::header::RETRY_AFTER, retry_after.into()))
             }
+            // The rest of the body is never read, so the connection cannot carry another request: say so, or a
+            // client would send its next request on a connection the server is closing.
+            Self::PayloadTooLarge(_) => Some((
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            )),
             _ => None,
         };
         if let Some((name, value)) = extra {
