@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs), Redis 7+, Node.js
-# and npm, Chromium, openssl, systemd-analyze, nginx; then from the npm registry the socket.io browser bundle, the test
-# clients and PM2 (tests/js), and the benchmark's Node reference.
+# and npm, Chromium, openssl, systemd-analyze, nginx, Python 3.11+ with venv; then from the npm registry the socket.io
+# browser bundle, the test clients and PM2 (tests/js), and the benchmark's Node reference; from PyPI the API fuzzer
+# schemathesis (tests/openapi.rs), in a virtualenv under target/.
 # Safe to run again. Debian/Ubuntu (apt-get); needs root or sudo only when something is missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,6 +19,9 @@ command -v curl >/dev/null || missing+=(curl)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 # tests/deploy.rs checks the systemd unit with systemd-analyze verify.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
+# tests/openapi.rs runs schemathesis from a virtualenv (Debian's python3 refuses pip installs outside one).
+command -v python3 >/dev/null || missing+=(python3)
+command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 # tests/deploy.rs runs the sample nginx config (nginx-light is the small build; newer Debian has only nginx).
 need_nginx=false
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_nginx=true
@@ -43,4 +47,14 @@ fi
 # The Node reference the benchmark compares against (bench/node-reference/).
 if [ ! -d "$root/bench/node-reference/node_modules/socket.io" ]; then
   npm ci --prefix "$root/bench/node-reference" --no-audit --no-fund --loglevel=error
+fi
+
+# The property-based API fuzzer of tests/openapi.rs, pinned, in its own virtualenv (target/ is not committed).
+schemathesis_version=4.32.5
+venv="$root/target/schemathesis"
+if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qxF "schemathesis, version $schemathesis_version"; then
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    { echo "schemathesis $schemathesis_version needs Python 3.11+, found $(python3 --version)" >&2; exit 1; }
+  python3 -m venv --clear "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "schemathesis==$schemathesis_version"
 fi

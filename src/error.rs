@@ -73,7 +73,7 @@ pub enum AppError {
     PushFailed(String),
     #[error("not found")]
     NotFound,
-    #[error("method not allowed: this API only answers GET")]
+    #[error("method not allowed: the Allow header lists the methods of this path")]
     MethodNotAllowed,
     #[error("this API needs a bearer token: Authorization: Bearer <API_TOKEN>")]
     Unauthorized,

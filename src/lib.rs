@@ -13,6 +13,7 @@
 //! * [`http`]: REST and page routes; [`error`]: how failures become HTTP answers (and start-up errors).
 //! * [`realtime`]: the Socket.IO side: namespaces from the config file, handshake and identity
 //!   ([`realtime::auth`]), rooms, forwarding and controller/view events, admission limits.
+//! * [`delivery`]: reliable per-user delivery (seed 001): queue, ack, `batch`, `resync`, TTL; Redis or in memory.
 //! * [`cluster`]: the cross-node wire types ([`cluster::protocol`]), membership by heartbeats, the query's
 //!   waiting logic ([`cluster::query`]) over Redis pub/sub, signed messages ([`cluster::seal`]); [`redis`]: fred
 //!   clients configured for it (RESP3, reconnects, re-subscription).
@@ -71,6 +72,7 @@
 pub mod app;
 pub mod cluster;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod http;

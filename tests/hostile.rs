@@ -266,7 +266,7 @@ async fn hostile_http_requests_get_clear_errors() {
     );
     assert!(
         post.answer
-            .ends_with("\r\n\r\n{\"error\":\"method not allowed: this API only answers GET\"}"),
+            .ends_with("\r\n\r\n{\"error\":\"method not allowed: the Allow header lists the methods of this path\"}"),
         "{post:?}"
     );
     assert!(post.closed, "the connection was left open: {post:?}");

@@ -172,17 +172,7 @@ async fn every_auth_kind_accepts_and_refuses() {
 
     // credentials (seed 000): the right password, a wrong one, none at all.
     let good = json!({"username": "lab-user", "password": "open-sesame"});
-    let lab1 = connected(
-        &io.connect_ns(
-            "lab1",
-            &a.base(),
-            "/do-lab",
-            none.clone(),
-            good.clone(),
-            none.clone(),
-        )
-        .await,
-    );
+    let lab1 = connected(&io.login("lab1", &a.base(), "/do-lab", good.clone()).await);
     let hs = io.expect("lab1", "handshake").await;
     assert_eq!(hs["args"][0]["id_user"], "lab-user");
     assert_eq!(hs["args"][0]["namespace"], "/do-lab");
@@ -197,23 +187,14 @@ async fn every_auth_kind_accepts_and_refuses() {
         ),
         ("lab-none", json!({})),
     ] {
-        let ev = io
-            .connect_ns(id, &b.base(), "/do-lab", none.clone(), auth, none.clone())
-            .await;
+        let ev = io.login(id, &b.base(), "/do-lab", auth).await;
         assert_eq!(refused(&ev), "UNAUTHORIZED", "{id}");
     }
 
     // none: no identity needed; the legacy namespace logs that it is deprecated.
     let shared = connected(
-        &io.connect_ns(
-            "shared",
-            &b.base(),
-            "/sharedsocket",
-            none.clone(),
-            none.clone(),
-            none.clone(),
-        )
-        .await,
+        &io.login("shared", &b.base(), "/sharedsocket", none.clone())
+            .await,
     );
     eventually(
         Duration::from_secs(5),
@@ -228,15 +209,8 @@ async fn every_auth_kind_accepts_and_refuses() {
         SECRET,
     );
     let j1 = connected(
-        &io.connect_ns(
-            "j1",
-            &a.base(),
-            "/",
-            none.clone(),
-            json!({"token": alice}),
-            none.clone(),
-        )
-        .await,
+        &io.login("j1", &a.base(), "/", json!({"token": alice}))
+            .await,
     );
     let j2 = connected(
         &io.connect_ns(
@@ -300,28 +274,10 @@ async fn every_auth_kind_accepts_and_refuses() {
             "UNAUTHORIZED: malformed token",
         ),
     ] {
-        let ev = io
-            .connect_ns(
-                id,
-                &a.base(),
-                "/",
-                none.clone(),
-                json!({"token": token}),
-                none.clone(),
-            )
-            .await;
+        let ev = io.login(id, &a.base(), "/", json!({"token": token})).await;
         assert_eq!(refused(&ev), says, "{id}");
     }
-    let ev = io
-        .connect_ns(
-            "no-token",
-            &a.base(),
-            "/",
-            none.clone(),
-            none.clone(),
-            none.clone(),
-        )
-        .await;
+    let ev = io.login("no-token", &a.base(), "/", none.clone()).await;
     assert_eq!(refused(&ev), "UNAUTHORIZED: no token");
     // A verified identity cannot be changed, nor the session taken from the token.
     io.emit("j1", "identity-change", json!(["mallory"]), true)
@@ -352,15 +308,8 @@ async fn every_auth_kind_accepts_and_refuses() {
     let hs = io.expect("w1", "handshake").await;
     assert_eq!(hs["args"][0]["rooms"], json!(["user_1", "staff"]));
     let w2 = connected(
-        &io.connect_ns(
-            "w2",
-            &b.base(),
-            "/newsite",
-            none.clone(),
-            json!({"token": "bob-token"}),
-            none.clone(),
-        )
-        .await,
+        &io.login("w2", &b.base(), "/newsite", json!({"token": "bob-token"}))
+            .await,
     );
     let hs = io.expect("w2", "handshake").await;
     assert_eq!(
@@ -541,14 +490,7 @@ async fn every_auth_kind_accepts_and_refuses() {
         );
     }
     let ev = io
-        .connect_ns(
-            "nowhere",
-            &a.base(),
-            "/nowhere",
-            none.clone(),
-            none.clone(),
-            none.clone(),
-        )
+        .login("nowhere", &a.base(), "/nowhere", none.clone())
         .await;
     assert_eq!(refused(&ev), "Invalid namespace");
 }
@@ -558,58 +500,23 @@ async fn views_and_forwarding_cross_nodes_and_stay_in_their_namespace() {
     let (_dir, _redis, nodes, _) = tenancy_cluster("tenancy_views").await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
-    let none = Value::Null;
     let login =
         |kind: &str| json!({"username": "lab-user", "password": "open-sesame", "type": kind});
 
     let ctl = connected(
-        &io.connect_ns(
-            "ctl",
-            &a.base(),
-            "/do-lab",
-            none.clone(),
-            login("controller"),
-            none.clone(),
-        )
-        .await,
+        &io.login("ctl", &a.base(), "/do-lab", login("controller"))
+            .await,
     );
     // A listener in another tenant: it must see nothing of /do-lab.
     connected(
-        &io.connect_ns(
-            "other",
-            &b.base(),
-            "/do-other",
-            none.clone(),
-            login("view"),
-            none.clone(),
-        )
-        .await,
+        &io.login("other", &b.base(), "/do-other", login("view"))
+            .await,
     );
     io.expect("other", "__connect__").await;
 
-    connected(
-        &io.connect_ns(
-            "v1",
-            &b.base(),
-            "/do-lab",
-            none.clone(),
-            login("view"),
-            none.clone(),
-        )
-        .await,
-    );
+    connected(&io.login("v1", &b.base(), "/do-lab", login("view")).await);
     io.expect("ctl", "__connect__").await;
-    connected(
-        &io.connect_ns(
-            "v2",
-            &c.base(),
-            "/do-lab",
-            none.clone(),
-            login("view"),
-            none.clone(),
-        )
-        .await,
-    );
+    connected(&io.login("v2", &c.base(), "/do-lab", login("view")).await);
     io.expect("ctl", "__connect__").await;
     io.expect("v1", "__connect__").await;
 
@@ -654,15 +561,8 @@ async fn views_and_forwarding_cross_nodes_and_stay_in_their_namespace() {
 
     // A controller leaving is not announced.
     connected(
-        &io.connect_ns(
-            "ctl2",
-            &c.base(),
-            "/do-lab",
-            none.clone(),
-            login("controller"),
-            none.clone(),
-        )
-        .await,
+        &io.login("ctl2", &c.base(), "/do-lab", login("controller"))
+            .await,
     );
     io.disconnect("ctl2").await;
     io.expect_none("v1", "__disconnect__", Duration::from_millis(500))
@@ -674,29 +574,15 @@ async fn views_and_forwarding_cross_nodes_and_stay_in_their_namespace() {
             .await;
     }
     connected(
-        &io.connect_ns(
-            "ctl-other",
-            &c.base(),
-            "/do-other",
-            none.clone(),
-            login("controller"),
-            none.clone(),
-        )
-        .await,
+        &io.login("ctl-other", &c.base(), "/do-other", login("controller"))
+            .await,
     );
     io.emit("ctl-other", "__count__", json!([]), true).await;
     assert_eq!(io.expect("ctl-other", "ack").await["args"], json!([1]));
 
     // An unknown type is refused with a clear message.
     let ev = io
-        .connect_ns(
-            "weird",
-            &a.base(),
-            "/do-lab",
-            none.clone(),
-            login("spectator"),
-            none.clone(),
-        )
+        .login("weird", &a.base(), "/do-lab", login("spectator"))
         .await;
     assert_eq!(refused(&ev), "type must be \"controller\" or \"view\"");
     let _ = ctl;
@@ -707,42 +593,11 @@ async fn tenants_with_equal_room_names_never_see_each_other() {
     let (_dir, _redis, nodes, _) = tenancy_cluster("tenancy_isolation").await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
-    let none = Value::Null;
     let claim = |user: &str| json!({"id_user": user, "room": "Maths"});
 
-    let t1 = connected(
-        &io.connect_ns(
-            "t1",
-            &a.base(),
-            "/chat-one",
-            none.clone(),
-            claim("ann"),
-            none.clone(),
-        )
-        .await,
-    );
-    let t2 = connected(
-        &io.connect_ns(
-            "t2",
-            &b.base(),
-            "/chat-two",
-            none.clone(),
-            claim("ann"),
-            none.clone(),
-        )
-        .await,
-    );
-    let t2b = connected(
-        &io.connect_ns(
-            "t2b",
-            &a.base(),
-            "/chat-two",
-            none.clone(),
-            claim("ben"),
-            none.clone(),
-        )
-        .await,
-    );
+    let t1 = connected(&io.login("t1", &a.base(), "/chat-one", claim("ann")).await);
+    let t2 = connected(&io.login("t2", &b.base(), "/chat-two", claim("ann")).await);
+    let t2b = connected(&io.login("t2b", &a.base(), "/chat-two", claim("ben")).await);
     let http = Http::new();
     for node in [a, b] {
         let one = http.users_in(&node.base(), "Maths", "/chat-one").await;
@@ -970,18 +825,15 @@ async fn refused_handshakes_do_not_pile_up_dynamic_namespaces() {
     let (_dir, redis, nodes, _) = tenancy_cluster("tenancy_dyn_cleanup").await;
     let a = &nodes[0];
     let mut io = Clients::start();
-    let none = Value::Null;
     let before = shard_channels(&redis);
     let wrong = json!({"username": "lab-user", "password": "wrong"});
     for i in 0..20 {
         let ev = io
-            .connect_ns(
+            .login(
                 &format!("x{i}"),
                 &a.base(),
                 &format!("/do-probe{i}"),
-                none.clone(),
                 wrong.clone(),
-                none.clone(),
             )
             .await;
         assert_eq!(refused(&ev), "UNAUTHORIZED");
@@ -995,29 +847,10 @@ async fn refused_handshakes_do_not_pile_up_dynamic_namespaces() {
     // An accepted socket keeps its namespace (and its subscriptions) alive, and a refused one beside it does not
     // remove it.
     let good = json!({"username": "lab-user", "password": "open-sesame"});
-    connected(
-        &io.connect_ns(
-            "ok",
-            &a.base(),
-            "/do-kept",
-            none.clone(),
-            good,
-            none.clone(),
-        )
-        .await,
-    );
+    connected(&io.login("ok", &a.base(), "/do-kept", good).await);
     let with_one = shard_channels(&redis);
     assert!(with_one > before, "{with_one} > {before}");
-    let ev = io
-        .connect_ns(
-            "bad",
-            &a.base(),
-            "/do-kept",
-            none.clone(),
-            wrong,
-            none.clone(),
-        )
-        .await;
+    let ev = io.login("bad", &a.base(), "/do-kept", wrong).await;
     refused(&ev);
     io.emit("ok", "ping", json!([1]), false).await;
     assert_eq!(

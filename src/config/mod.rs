@@ -94,7 +94,7 @@ pub struct Config {
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
-    /// If set, `GET /{room}/users` requires `Authorization: Bearer <token>`. Never logged.
+    /// If set, `GET /{room}/users` and `GET /api/rooms` require `Authorization: Bearer <token>`. Never logged.
     #[arg(long, env = "API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 

@@ -34,6 +34,8 @@ pub const RESERVED_ROOMS: &[&str] = &[
     "robots.txt",
     "admin",
     "api",
+    "send",
+    "openapi.json",
 ];
 
 /// Why a value was refused. The Display text is what clients see.
@@ -182,6 +184,12 @@ mod tests {
             Err(Invalid::Reserved("Socket.IO".into()))
         );
         assert!(room("healthy").is_ok());
+        // Our own fixed paths: `/send` and `/openapi.json` would shadow their room pages.
+        assert_eq!(room("Send"), Err(Invalid::Reserved("Send".into())));
+        assert_eq!(
+            room("openapi.json"),
+            Err(Invalid::Reserved("openapi.json".into()))
+        );
     }
 
     #[test]

@@ -4,11 +4,13 @@
 //! * `ops`: `/health`, `/ready`, `/metrics`.
 //! * `page`: the room page and the socket.io client bundle.
 //! * `send`: `POST /send`, pushes from the application's backend; [`form`]: its extended form encoding.
+//! * `openapi`: `GET /openapi.json`, the document of these routes.
 //! * `middleware`: the query and handshake rates, and [`detach_head`].
 //! * [`throttle`]: the per-client query limiter.
 
 pub mod form;
 mod middleware;
+mod openapi;
 mod ops;
 mod page;
 mod rooms;
@@ -81,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
         .route("/socket.io.js", get(page::client_bundle))
+        .route("/openapi.json", get(openapi::openapi))
         .route("/{room}", get(page::page))
         .merge(queries)
         .fallback(|| async { AppError::NotFound })

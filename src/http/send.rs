@@ -25,7 +25,7 @@ const MAX_ROOMS: usize = 1000;
 /// Longest event name, in characters.
 const MAX_EVENT_CHARS: usize = 128;
 /// Event names socket.io clients reserve for themselves: an event by these names would never reach the page.
-const RESERVED_EVENTS: &[&str] = &[
+pub(super) const RESERVED_EVENTS: &[&str] = &[
     "connect",
     "connect_error",
     "disconnect",

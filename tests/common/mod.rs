@@ -661,6 +661,12 @@ impl Clients {
         self.expect_any(id, &["connect", "connect_error"]).await
     }
 
+    /// [`Self::connect_ns`] with an `auth` object only (no query, no extra headers).
+    pub async fn login(&mut self, id: &str, base: &str, ns: &str, auth: Value) -> Value {
+        self.connect_ns(id, base, ns, Value::Null, auth, Value::Null)
+            .await
+    }
+
     /// Opens a websocket socket to `node` with extra HTTP headers on its handshake (e.g. `Origin`).
     pub async fn open_with_headers(&mut self, id: &str, node: &Node, query: Value, headers: Value) {
         self.open_with_headers_over(id, node, query, headers, &["websocket"])
@@ -732,16 +738,17 @@ impl Clients {
         self.send(json!({"op": "disconnect", "id": id})).await;
     }
 
-    /// The next event named `event` for client `id` (earlier other events stay queued), within 5 s.
+    /// The next event named `event` for client `id` (earlier other events stay queued), within 10 s (generous:
+    /// the suite runs many clusters at once on small CI machines).
     pub async fn expect(&mut self, id: &str, event: &str) -> Value {
         self.expect_any(id, &[event]).await
     }
 
     pub async fn expect_any(&mut self, id: &str, events: &[&str]) -> Value {
-        match self.within(id, events, Duration::from_secs(5)).await {
+        match self.within(id, events, Duration::from_secs(10)).await {
             Some(v) => v,
             None => panic!(
-                "{id} got no {events:?} within 5 s; queue: {:?}",
+                "{id} got no {events:?} within 10 s; queue: {:?}",
                 self.events.0.lock().unwrap()
             ),
         }
