@@ -94,8 +94,8 @@ struct Args {
     /// Handshakes in flight at once for `claim` and `jwt`.
     #[arg(long, default_value_t = 32)]
     handshake_concurrency: usize,
-    /// Handshakes in flight at once for `credentials`. The node checks passwords on all cores but one at a time
-    /// and refuses a handshake that waited too long for a core ("server busy", `QUEUE_WAIT` in
+    /// Handshakes in flight at once for `credentials`. The node checks passwords on all cores but one and
+    /// refuses a handshake that waited too long for its turn ("server busy", `QUEUE_WAIT` in
     /// `src/realtime/auth/credentials.rs`), so this stays small.
     #[arg(long, default_value_t = 8)]
     credential_concurrency: usize,
