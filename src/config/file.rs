@@ -124,6 +124,12 @@ pub struct NamespaceConfig {
     pub api_key: Option<String>,
     /// The same, stored as `sha256:<64 hex digits>` of the key, so the file does not hold the key itself.
     pub api_key_hash: Option<String>,
+    /// Rooms starting with this (`"user_"`) get reliable delivery: pushes are stored until a socket of the room
+    /// acknowledges them (seed 001). Unset: no reliable delivery in this namespace.
+    pub user_room_prefix: Option<String>,
+    /// How long a user room's pending messages outlive its last socket, in seconds (default 3600); 0: kept
+    /// until acknowledged.
+    pub client_ttl_s: Option<u64>,
 }
 
 /// Every key of a `[[namespace]]` table. Update this list and [`NamespaceConfig`] together: the tests check that
@@ -150,9 +156,16 @@ const NAMESPACE_KEYS: &[&str] = &[
     "deprecated",
     "api_key",
     "api_key_hash",
+    "user_room_prefix",
+    "client_ttl_s",
 ];
 
 impl NamespaceConfig {
+    /// `client_ttl_s`, default one hour.
+    pub fn client_ttl_s(&self) -> u64 {
+        self.client_ttl_s.unwrap_or(3600)
+    }
+
     pub fn user_claim(&self) -> &str {
         self.user_claim.as_deref().unwrap_or("sub")
     }
@@ -407,6 +420,13 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
         && d.trim().is_empty()
     {
         return Err("`deprecated` must say something (why, or what to use instead)".into());
+    }
+    if let Some(prefix) = &ns.user_room_prefix
+        && prefix.is_empty()
+    {
+        return Err(
+            "`user_room_prefix` must not be empty (every room would be a user room)".into(),
+        );
     }
     Ok(())
 }

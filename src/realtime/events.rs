@@ -372,6 +372,7 @@ async fn on_disconnect<A: Adapter>(
         return;
     };
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
+    super::reliable::disconnected(&socket, &node).await;
     if node.presence
         && let Some(room) = &me.room
     {
