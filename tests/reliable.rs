@@ -1,0 +1,273 @@
+//! Reliable per-user delivery with real components: 3 node processes on a real Redis, the official
+//! socket.io-client with real ack callbacks, and the test playing the application's backend (`POST /send`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const KEY: &str = "claim-key-0123456789abcdef";
+
+const CONFIG: &str = r#"
+[[namespace]]
+name = "/claim"
+auth = "claim"
+rooms = ["handshake"]
+api_key = "claim-key-0123456789abcdef"
+user_room_prefix = "user_"
+client_ttl_s = 0
+"#;
+
+async fn start(test: &str) -> (std::path::PathBuf, Redis, Vec<Node>) {
+    let dir = log_dir(test);
+    let config = dir.join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let redis = Redis::start(&dir);
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        let args = ["--config", config.to_str().unwrap()];
+        let opts = NodeOpts {
+            id,
+            redis: Some(redis.url()),
+            prefix: test,
+            args: &args,
+            ..NodeOpts::default()
+        };
+        nodes.push(Node::start(&dir, opts).await);
+    }
+    (dir, redis, nodes)
+}
+
+/// `POST {node}/send` of `event` with `args` to `rooms`, as JSON: the status and the answer.
+async fn send(
+    http: &Http,
+    node: &Node,
+    extra: &str,
+    rooms: Value,
+    event: &str,
+    args: Value,
+) -> (u16, Value) {
+    let res = http
+        .client
+        .post(node.url(&format!("/send?site=claim&apiKey={KEY}{extra}")))
+        .header("content-type", "application/json")
+        .body(json!({"rooms": rooms, "event": event, "args": args}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Connects `id` to `node` in room `room` of `/claim` and waits for its `handshake`.
+async fn join(io: &mut Clients, id: &str, node: &Node, room: &str, ack: Value) {
+    let ev = io
+        .connect_acking(
+            id,
+            &node.base(),
+            "/claim",
+            json!({"id_user": id, "room": room}),
+            ack,
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect(id, "handshake").await;
+}
+
+/// Disconnects `id` and waits until the server saw it: no holder of `room` is left in Redis.
+async fn leave(io: &mut Clients, redis: &Redis, prefix: &str, id: &str, room: &str) {
+    io.disconnect(id).await;
+    io.expect(id, "disconnect").await;
+    let holders = format!("{prefix}:delivery:{{/claim|{room}}}:holders");
+    eventually(
+        Duration::from_secs(5),
+        "the room to be let go",
+        async || (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(()),
+    )
+    .await;
+}
+
+/// How many messages of `room` are pending in Redis.
+fn pending(redis: &Redis, prefix: &str, room: &str) -> usize {
+    let queue = format!("{prefix}:delivery:{{/claim|{room}}}:q");
+    redis.cli(&["XLEN", &queue]).trim().parse().unwrap()
+}
+
+async fn until_pending(redis: &Redis, prefix: &str, room: &str, n: usize) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} pending in {room}"),
+        async || (pending(redis, prefix, room) == n).then_some(()),
+    )
+    .await;
+}
+
+/// (a) A live message to a user room comes with an ack callback; acknowledged, it is not delivered again. Other
+/// rooms get no callback and queue nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_live_messages_are_not_redelivered() {
+    let test = "reliable_live";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "u1", a, "user_1", json!(true)).await;
+    join(&mut io, "staff", b, "staff", json!(true)).await;
+
+    let (status, answer) = send(
+        &http,
+        c,
+        "",
+        json!(["user_1", "staff"]),
+        "update",
+        json!(["user", {"id": 1}]),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["rooms"],
+        json!([{"room": "user_1", "queued": 1}, {"room": "staff", "queued": 0}])
+    );
+    let ev = io.expect("u1", "update").await;
+    assert_eq!(ev["args"], json!(["user", {"id": 1}]));
+    assert_eq!(
+        ev["acked"], true,
+        "a user room's message comes with an ack callback: {ev}"
+    );
+    let ev = io.expect("staff", "update").await;
+    assert!(
+        ev.get("acked").is_none(),
+        "other rooms get no callback: {ev}"
+    );
+    // The ack removed it.
+    until_pending(&redis, test, "user_1", 0).await;
+
+    leave(&mut io, &redis, test, "u1", "user_1").await;
+    join(&mut io, "u1", b, "user_1", json!(true)).await;
+    io.expect_none("u1", "batch", Duration::from_millis(500))
+        .await;
+}
+
+/// (b) A user offline while 5 messages are sent gets one `batch` of the 5, in send order, on reconnect to another
+/// node; after its ack, the next reconnect gets no batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_user_gets_one_batch_on_another_node() {
+    let test = "reliable_batch";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    // Held once, then let go: the room's messages are kept (client_ttl_s = 0).
+    join(&mut io, "u2", a, "user_2", json!(true)).await;
+    leave(&mut io, &redis, test, "u2", "user_2").await;
+
+    for i in 0..5 {
+        let (status, answer) = send(
+            &http,
+            c,
+            "",
+            json!("user_2"),
+            &format!("e{i}"),
+            json!([i, {"n": i}]),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["rooms"], json!([{"room": "user_2", "queued": 1}]));
+    }
+    assert_eq!(pending(&redis, test, "user_2"), 5);
+
+    join(&mut io, "u2", b, "user_2", json!(true)).await;
+    let ev = io.expect("u2", "batch").await;
+    let expected: Vec<Value> = (0..5)
+        .map(|i| json!([format!("e{i}"), i, {"n": i}]))
+        .collect();
+    assert_eq!(ev["args"], json!([expected]), "{ev}");
+    assert_eq!(ev["acked"], true, "{ev}");
+    io.expect_none("u2", "batch", Duration::from_millis(300))
+        .await;
+    until_pending(&redis, test, "user_2", 0).await;
+
+    leave(&mut io, &redis, test, "u2", "user_2").await;
+    join(&mut io, "u2", c, "user_2", json!(true)).await;
+    io.expect_none("u2", "batch", Duration::from_millis(500))
+        .await;
+}
+
+/// (c) A message whose live delivery was not acknowledged comes back in the batch of the next join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_message_comes_back() {
+    let test = "reliable_unacked";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "mute", a, "user_3", json!(false)).await;
+    let (status, answer) = send(&http, c, "", json!("user_3"), "update", json!(["x"])).await;
+    assert_eq!(status, 200, "{answer}");
+    let ev = io.expect("mute", "update").await;
+    assert_eq!(ev["acked"], false, "{ev}");
+    io.expect_none("mute", "batch", Duration::from_millis(300))
+        .await;
+    assert_eq!(pending(&redis, test, "user_3"), 1);
+    leave(&mut io, &redis, test, "mute", "user_3").await;
+
+    join(&mut io, "u3", b, "user_3", json!(true)).await;
+    let ev = io.expect("u3", "batch").await;
+    assert_eq!(ev["args"], json!([[["update", "x"]]]), "{ev}");
+    until_pending(&redis, test, "user_3", 0).await;
+}
+
+/// (d) `resync=true`: acknowledging a message that is not the first pending one of its event clears the queue
+/// and sends `resync` to the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_order_ack_asks_for_resync() {
+    let test = "reliable_resync";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    // The first message stays pending: its one socket does not acknowledge.
+    join(&mut io, "mute", a, "user_4", json!(false)).await;
+    let (status, _) = send(
+        &http,
+        c,
+        "&resync=true",
+        json!("user_4"),
+        "update",
+        json!([1]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    io.expect("mute", "update").await;
+    // A socket on another node that acknowledges live `update`s but not its batch.
+    join(&mut io, "live", b, "user_4", json!(["update"])).await;
+    let ev = io.expect("live", "batch").await;
+    assert_eq!(ev["args"], json!([[["update", 1]]]), "{ev}");
+    assert_eq!(pending(&redis, test, "user_4"), 1);
+    // The second `update` is acknowledged while the first is pending: out of order.
+    let (status, _) = send(&http, c, "&resync=1", json!("user_4"), "update", json!([2])).await;
+    assert_eq!(status, 200);
+    let ev = io.expect("live", "update").await;
+    assert_eq!(ev["acked"], true, "{ev}");
+    for id in ["live", "mute"] {
+        let ev = io.expect(id, "resync").await;
+        assert_eq!(ev["args"], json!([]), "{id}: {ev}");
+    }
+    until_pending(&redis, test, "user_4", 0).await;
+    // Without resync the same out-of-order ack only removes its message.
+    let (status, _) = send(
+        &http,
+        c,
+        "&resync=yes",
+        json!("user_4"),
+        "other",
+        json!([3]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    io.expect("live", "other").await;
+    io.expect_none("live", "resync", Duration::from_millis(500))
+        .await;
+}
