@@ -336,7 +336,8 @@ async fn join_cluster(
     // Reliable delivery's store, on a client of its own; this node's holders left by an earlier life (killed
     // without saying goodbye) are forgotten before it serves.
     let client = redis::connect_client(redis, config.request_timeout()).await?;
-    let store = RedisStore::new(client.clone(), &config.redis_prefix);
+    let store = RedisStore::new(client.clone(), &config.redis_prefix)
+        .counting_malformed_in(info.metrics.delivery_malformed_entries.clone());
     let forgotten = store.forget_node(&info.id, &|room| info.ttl_of(room)).await;
     let joined = match forgotten {
         Ok(n) => {

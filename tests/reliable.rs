@@ -177,6 +177,14 @@ async fn an_offline_user_gets_one_batch_on_another_node() {
         assert_eq!(answer["rooms"], json!([{"room": "user_2", "queued": 1}]));
     }
     assert_eq!(pending(&redis, test, "user_2"), 5);
+    let stored = http
+        .metric(c, "socket_identity_delivery_stored_total")
+        .await;
+    assert_eq!(stored, Some(5.0));
+    let dropped = http
+        .metric(c, "socket_identity_delivery_dropped_total")
+        .await;
+    assert_eq!(dropped, Some(0.0));
 
     join(&mut io, "u2", b, "user_2", json!(true)).await;
     let ev = io.expect("u2", "batch").await;
@@ -269,5 +277,40 @@ async fn an_out_of_order_ack_asks_for_resync() {
     assert_eq!(status, 200);
     io.expect("live", "other").await;
     io.expect_none("live", "resync", Duration::from_millis(500))
+        .await;
+}
+
+/// A single node without Redis keeps the messages in memory, with the same rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_keeps_messages_in_memory() {
+    let dir = log_dir("reliable_memory");
+    let config = dir.join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let opts = NodeOpts {
+        id: "solo",
+        args: &args,
+        ..NodeOpts::default()
+    };
+    let node = Node::start(&dir, opts).await;
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "u5", &node, "user_5", json!(false)).await;
+    for i in 0..2 {
+        let (status, answer) = send(&http, &node, "", json!("user_5"), "e", json!([i])).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["rooms"], json!([{"room": "user_5", "queued": 1}]));
+        let ev = io.expect("u5", "e").await;
+        assert_eq!(ev["acked"], false, "{ev}");
+    }
+    io.disconnect("u5").await;
+    io.expect("u5", "disconnect").await;
+    join(&mut io, "u5b", &node, "user_5", json!(true)).await;
+    let ev = io.expect("u5b", "batch").await;
+    assert_eq!(ev["args"], json!([[["e", 0], ["e", 1]]]), "{ev}");
+    // Acknowledged: the next socket of the user gets nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    join(&mut io, "u5c", &node, "user_5", json!(true)).await;
+    io.expect_none("u5c", "batch", Duration::from_millis(500))
         .await;
 }

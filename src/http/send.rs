@@ -150,6 +150,8 @@ pub(super) async fn send(
                 .map_err(|e| {
                     AppError::PushFailed(format!("the message could not be stored: {e}"))
                 })?;
+            s.metrics.delivery_stored.inc();
+            s.metrics.delivery_dropped.inc_by(pushed.dropped);
             if pushed.dropped > 0 {
                 tracing::info!(
                     namespace = ns,
