@@ -18,6 +18,14 @@ rooms = ["handshake"]
 api_key = "claim-key-0123456789abcdef"
 user_room_prefix = "user_"
 client_ttl_s = 0
+
+[[namespace]]
+name = "/brief"
+auth = "claim"
+rooms = ["handshake"]
+api_key = "brief-key-0123456789abcdef"
+user_room_prefix = "user_"
+client_ttl_s = 1
 "#;
 
 async fn start(test: &str) -> (std::path::PathBuf, Redis, Vec<Node>) {
@@ -312,5 +320,71 @@ async fn a_single_node_keeps_messages_in_memory() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     join(&mut io, "u5c", &node, "user_5", json!(true)).await;
     io.expect_none("u5c", "batch", Duration::from_millis(500))
+        .await;
+}
+
+/// `client_ttl_s`: a held room keeps its messages however long; once its last socket left, they are dropped after
+/// the TTL, and the next socket gets no batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_messages_expire_after_the_last_socket_left() {
+    let test = "reliable_ttl";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    let queue = format!("{test}:delivery:{{/brief|user_6}}:q");
+    let holders = format!("{test}:delivery:{{/brief|user_6}}:holders");
+    let xlen = || redis.cli(&["XLEN", &queue]).trim().to_owned();
+    let ev = io
+        .connect_acking(
+            "h",
+            &a.base(),
+            "/brief",
+            json!({"id_user": "h", "room": "user_6"}),
+            json!(false),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("h", "handshake").await;
+    let res = http
+        .client
+        .post(b.url("/send?site=brief"))
+        .bearer_auth("brief-key-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(json!({"rooms": "user_6", "event": "e", "args": [1]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    io.expect("h", "e").await;
+    // Held (unacknowledged) for longer than the TTL: kept.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(xlen(), "1");
+    io.disconnect("h").await;
+    io.expect("h", "disconnect").await;
+    eventually(
+        Duration::from_secs(5),
+        "the room to be let go",
+        async || (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(()),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the message to expire",
+        async || (xlen() == "0").then_some(()),
+    )
+    .await;
+    let ev = io
+        .connect_acking(
+            "h2",
+            &b.base(),
+            "/brief",
+            json!({"id_user": "h", "room": "user_6"}),
+            json!(true),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("h2", "handshake").await;
+    io.expect_none("h2", "batch", Duration::from_millis(500))
         .await;
 }
