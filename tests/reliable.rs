@@ -26,6 +26,14 @@ rooms = ["handshake"]
 api_key = "brief-key-0123456789abcdef"
 user_room_prefix = "user_"
 client_ttl_s = 1
+
+[[namespace]]
+name = "/who"
+auth = "claim"
+rooms = ["handshake", "user"]
+api_key = "who-key-0123456789abcdef"
+user_room_prefix = "user."
+client_ttl_s = 0
 "#;
 
 async fn start(test: &str) -> (std::path::PathBuf, Redis, Vec<Node>) {
@@ -387,4 +395,64 @@ async fn pending_messages_expire_after_the_last_socket_left() {
     io.expect("h2", "handshake").await;
     io.expect_none("h2", "batch", Duration::from_millis(500))
         .await;
+}
+
+/// A user room joined later (`identity-change` in a namespace whose `user.{id}` rooms are user rooms) is held and
+/// brings its batch; the room left is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_identity_brings_its_user_room_batch() {
+    let test = "reliable_identity";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    let res = http
+        .client
+        .post(b.url("/send?site=who"))
+        .bearer_auth("who-key-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(json!({"rooms": "user.8", "event": "e", "args": [8]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let ev = io
+        .connect_acking(
+            "w",
+            &a.base(),
+            "/who",
+            json!({"id_user": "7", "room": "lobby"}),
+            json!(true),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("w", "handshake").await;
+    io.expect_none("w", "batch", Duration::from_millis(300))
+        .await;
+    let holders = |room: &str| {
+        redis
+            .cli(&["SCARD", &format!("{test}:delivery:{{/who|{room}}}:holders")])
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(holders("user.7"), "1");
+    io.emit("w", "identity-change", json!([{"id_user": "8"}]), true)
+        .await;
+    let ack = io.expect("w", "ack").await;
+    assert_eq!(ack["args"][0], json!({"ok": true, "id_user": "8"}));
+    let ev = io.expect("w", "batch").await;
+    assert_eq!(ev["args"], json!([[["e", 8]]]), "{ev}");
+    eventually(
+        Duration::from_secs(5),
+        "user.7 let go, user.8 held",
+        async || (holders("user.7") == "0" && holders("user.8") == "1").then_some(()),
+    )
+    .await;
+    let queue = format!("{test}:delivery:{{/who|user.8}}:q");
+    eventually(
+        Duration::from_secs(5),
+        "the batch acknowledged",
+        async || (redis.cli(&["XLEN", &queue]).trim() == "0").then_some(()),
+    )
+    .await;
 }

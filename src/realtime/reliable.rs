@@ -15,11 +15,17 @@ use crate::delivery::{Batch, Holder, RoomKey, ids};
 /// How long a `batch` waits for its ack; unacknowledged, its messages stay pending for the next join.
 const BATCH_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The user rooms a socket holds in the store, in its extensions from its connection on.
+/// The user rooms a socket holds in the store, in its extensions from its first user room on.
 #[derive(Debug)]
 pub struct Held {
     holder: Holder,
-    rooms: Vec<RoomKey>,
+    rooms: std::sync::Mutex<Vec<RoomKey>>,
+}
+
+impl Held {
+    fn rooms(&self) -> Vec<RoomKey> {
+        self.rooms.lock().unwrap().clone()
+    }
 }
 
 /// The socket joined `rooms`: it holds the user rooms among them and gets each one's pending messages as one
@@ -41,19 +47,31 @@ pub async fn joined<A: Adapter>(
     if keys.is_empty() {
         return;
     }
-    let holder = match Holder::new(&node.id, &socket.id.to_string()) {
-        Ok(holder) => holder,
-        Err(e) => {
-            tracing::warn!(error = %e, "socket cannot hold user rooms");
-            return;
-        }
+    let held = match socket.extensions.get::<Arc<Held>>() {
+        Some(held) => held,
+        None => match Holder::new(&node.id, &socket.id.to_string()) {
+            Ok(holder) => {
+                let held = Arc::new(Held {
+                    holder,
+                    rooms: Default::default(),
+                });
+                socket.extensions.insert(held.clone());
+                held
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "socket cannot hold user rooms");
+                return;
+            }
+        },
     };
-    // In the extensions before the first await: a disconnect from here on lets the rooms go.
-    let held = Arc::new(Held {
-        holder: holder.clone(),
-        rooms: keys.clone(),
-    });
-    socket.extensions.insert(held.clone());
+    // Listed before the first await: a disconnect from here on lets the rooms go.
+    let keys: Vec<RoomKey> = {
+        let mut rooms = held.rooms.lock().unwrap();
+        let new: Vec<RoomKey> = keys.into_iter().filter(|k| !rooms.contains(k)).collect();
+        rooms.extend(new.iter().cloned());
+        new
+    };
+    let holder = held.holder.clone();
     for key in &keys {
         if let Err(e) = store.occupied(key, &holder).await {
             tracing::warn!(room = key.room(), error = %e, "user room not held: its messages may expire");
@@ -61,7 +79,7 @@ pub async fn joined<A: Adapter>(
     }
     if !socket.connected() {
         // Gone while we were taking the rooms: its disconnect handler may have run before them.
-        left(socket, node, &held).await;
+        left(node, &held).await;
         return;
     }
     for key in keys {
@@ -99,19 +117,55 @@ pub async fn joined<A: Adapter>(
     }
 }
 
+/// The socket left `room` (a new `id_user` or session) and joined `joined`: it lets the old room go if it was a
+/// user room, and holds the new one (with its `batch`) if it is one.
+pub async fn moved<A: Adapter>(
+    socket: &SocketRef<A>,
+    node: &NodeInfo,
+    room: Option<String>,
+    joined_room: String,
+) {
+    let Some(reliable) = node
+        .namespaces
+        .find(socket.ns())
+        .and_then(|ns| ns.reliable.as_ref())
+    else {
+        return;
+    };
+    if let (Some(room), Some(held)) = (room, socket.extensions.get::<Arc<Held>>())
+        && room != joined_room
+        && let Ok(key) = RoomKey::new(socket.ns(), &room)
+    {
+        let was_held = {
+            let mut rooms = held.rooms.lock().unwrap();
+            let before = rooms.len();
+            rooms.retain(|k| *k != key);
+            rooms.len() != before
+        };
+        if was_held {
+            vacate(node, &held.holder, &[key]).await;
+        }
+    }
+    joined(socket, node, reliable, &[joined_room]).await;
+}
+
 /// The socket left: it no longer holds its user rooms.
 pub async fn disconnected<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo) {
     if let Some(held) = socket.extensions.get::<Arc<Held>>() {
-        left(socket, node, &held).await;
+        left(node, &held).await;
     }
 }
 
-async fn left<A: Adapter>(_socket: &SocketRef<A>, node: &NodeInfo, held: &Held) {
+async fn left(node: &NodeInfo, held: &Held) {
+    vacate(node, &held.holder, &held.rooms()).await;
+}
+
+async fn vacate(node: &NodeInfo, holder: &Holder, rooms: &[RoomKey]) {
     let Some(store) = node.delivery() else {
         return;
     };
-    for key in &held.rooms {
-        if let Err(e) = store.vacated(key, &held.holder, node.ttl_of(key)).await {
+    for key in rooms {
+        if let Err(e) = store.vacated(key, holder, node.ttl_of(key)).await {
             tracing::warn!(room = key.room(), error = %e, "user room not let go");
         }
     }
