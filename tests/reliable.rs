@@ -456,3 +456,48 @@ async fn a_new_identity_brings_its_user_room_batch() {
     )
     .await;
 }
+
+/// SIGKILL of the node holding the socket mid-stream loses nothing: what was sent meanwhile comes in the batch on
+/// another node; the killed node, started again, forgets the holder its earlier life left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_message() {
+    let test = "reliable_kill";
+    let (dir, redis, mut nodes) = start(test).await;
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "k", &nodes[0], "user_9", json!(false)).await;
+    let (status, _) = send(&http, &nodes[2], "", json!("user_9"), "e", json!([1])).await;
+    assert_eq!(status, 200);
+    io.expect("k", "e").await;
+    nodes[0].signal("KILL");
+    io.expect("k", "disconnect").await;
+    for i in 2..4 {
+        let (status, answer) = send(&http, &nodes[2], "", json!("user_9"), "e", json!([i])).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // The dead node's socket still holds the room (nobody said it left).
+    let holders = format!("{test}:delivery:{{/claim|user_9}}:holders");
+    assert_eq!(redis.cli(&["SCARD", &holders]).trim(), "1");
+    join(&mut io, "k2", &nodes[1], "user_9", json!(true)).await;
+    let ev = io.expect("k2", "batch").await;
+    assert_eq!(ev["args"], json!([[["e", 1], ["e", 2], ["e", 3]]]), "{ev}");
+    until_pending(&redis, test, "user_9", 0).await;
+    // Node a again, same id: its earlier life's holder is forgotten before it serves.
+    let config = dir.join("config.toml");
+    let args = ["--config", config.to_str().unwrap()];
+    let opts = NodeOpts {
+        id: "a",
+        redis: Some(redis.url()),
+        prefix: test,
+        args: &args,
+        ..NodeOpts::default()
+    };
+    nodes[0] = Node::start(&dir, opts).await;
+    assert_eq!(
+        redis.cli(&["SCARD", &holders]).trim(),
+        "1",
+        "k2 still holds it"
+    );
+    let members = redis.cli(&["SMEMBERS", &holders]);
+    assert!(members.trim().starts_with("b/"), "{members}");
+}
