@@ -428,6 +428,11 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
             "`user_room_prefix` must not be empty (every room would be a user room)".into(),
         );
     }
+    if ns.client_ttl_s.is_some() && ns.user_room_prefix.is_none() {
+        return Err(
+            "`client_ttl_s` needs `user_room_prefix` (the rooms whose messages it keeps)".into(),
+        );
+    }
     Ok(())
 }
 
@@ -545,6 +550,28 @@ rooms = ["auth", "user"]
         );
         let e = parse_err("[[namespace]]\nname = \"/\"\nauth = \"magic\"\n");
         assert!(e.starts_with("test.toml:3: unknown variant `magic`"), "{e}");
+    }
+
+    #[test]
+    fn reliable_delivery_keys() {
+        let list = parse_ok("[[namespace]]\nname = \"/\"\nuser_room_prefix = \"user_\"\n");
+        assert_eq!(list[0].config.user_room_prefix.as_deref(), Some("user_"));
+        assert_eq!(list[0].config.client_ttl_s(), 3600);
+        let list =
+            parse_ok("[[namespace]]\nname = \"/\"\nuser_room_prefix = \"u\"\nclient_ttl_s = 0\n");
+        assert_eq!(list[0].config.client_ttl_s(), 0);
+        let e = parse_err("[[namespace]]\nname = \"/\"\nuser_room_prefix = \"\"\n");
+        assert!(
+            e.ends_with("`user_room_prefix` must not be empty (every room would be a user room)"),
+            "{e}"
+        );
+        let e = parse_err("[[namespace]]\nname = \"/\"\nclient_ttl_s = 60\n");
+        assert!(
+            e.ends_with(
+                "`client_ttl_s` needs `user_room_prefix` (the rooms whose messages it keeps)"
+            ),
+            "{e}"
+        );
     }
 
     const EXAMPLE: &str = include_str!("../../deploy/config.example.toml");
