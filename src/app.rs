@@ -288,15 +288,20 @@ type Serving = (
     Option<AdapterLink>,
 );
 
-/// The socketioxide-redis adapter's connection, and the watchers counting its events: they go together.
+/// The socketioxide-redis adapter's connection, and the watchers counting its events: they go together. Once
+/// joined, also the delivery store's connection and its watcher, closed after the adapter's.
 struct AdapterLink {
     sub: redis::Subscriber,
     _watch: metrics::RedisWatch,
+    store: Option<(fred::clients::Client, metrics::RedisWatch)>,
 }
 
 impl AdapterLink {
     async fn close(&self) {
         self.sub.close().await;
+        if let Some((client, _)) = &self.store {
+            let _ = fred::interfaces::ClientLike::quit(client).await;
+        }
     }
 }
 
@@ -350,8 +355,12 @@ async fn join_cluster(
         Err(e) => Err(StartError::Adapter(format!("delivery store: {e}"))),
     };
     match joined {
-        Ok(serving) => {
+        Ok(mut serving) => {
             let _ = info.delivery.set(Arc::new(store));
+            if let Some(link) = serving.3.as_mut() {
+                let watch = info.metrics.watch_redis(&client, "delivery");
+                link.store = Some((client, watch));
+            }
             Ok(serving)
         }
         Err(e) => {
@@ -379,6 +388,7 @@ async fn join_adapter(
             .metrics
             .watch_redis(&adapter_sub.client, "adapter_subscriber"),
         sub: adapter_sub,
+        store: None,
     };
     let adapter = RedisAdapterCtr::new_with_fred_config(
         link.sub.client.clone(),
