@@ -455,6 +455,21 @@ async fn a_new_identity_brings_its_user_room_batch() {
             .to_owned()
     };
     assert_eq!(holders("user.7"), "1");
+    // In a user room and another room named by the same push: the message once, from the user room.
+    let res = http
+        .client
+        .post(b.url("/send?site=who"))
+        .bearer_auth("who-key-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(json!({"rooms": ["lobby", "user.7"], "event": "both", "args": []}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let ev = io.expect("w", "both").await;
+    assert_eq!(ev["acked"], true, "{ev}");
+    io.expect_none("w", "both", Duration::from_millis(300))
+        .await;
     io.emit("w", "identity-change", json!([{"id_user": "8"}]), true)
         .await;
     let ack = io.expect("w", "ack").await;

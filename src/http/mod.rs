@@ -131,6 +131,7 @@ mod tests {
             &'a self,
             _: &'a str,
             _: Vec<String>,
+            _: Vec<String>,
             _: &'a str,
             _: &'a crate::realtime::events::Args,
         ) -> futures_util::future::BoxFuture<'a, Result<(), crate::realtime::push::PushError>>

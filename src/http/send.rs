@@ -171,6 +171,8 @@ pub(super) async fn send(
             .emit(
                 &ns,
                 other_rooms.iter().map(|r| r.to_string()).collect(),
+                // A socket also in a user room has the message from there, with its ack callback.
+                user_rooms.iter().map(|r| r.to_string()).collect(),
                 &push.event,
                 &push.args,
             )
@@ -245,7 +247,10 @@ async fn live_with_ack(
 
 /// Tells the sockets of a user room that its queue was cleared.
 async fn resync(push: &dyn Pusher, ns: &str, room: String) {
-    if let Err(e) = push.emit(ns, vec![room], "resync", &Args::default()).await {
+    if let Err(e) = push
+        .emit(ns, vec![room], Vec::new(), "resync", &Args::default())
+        .await
+    {
         tracing::warn!(namespace = ns, error = %e, "resync not sent");
     }
 }

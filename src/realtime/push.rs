@@ -19,10 +19,12 @@ pub enum PushError {
 
 /// Emits events to rooms of a namespace, on every node (socketioxide's adapter carries them across).
 pub trait Push: Send + Sync + 'static {
+    /// Emits `event` to the sockets of `rooms` that are in none of `except`, each once.
     fn emit<'a>(
         &'a self,
         ns: &'a str,
         rooms: Vec<String>,
+        except: Vec<String>,
         event: &'a str,
         args: &'a Args,
     ) -> BoxFuture<'a, Result<(), PushError>>;
@@ -44,6 +46,7 @@ impl<A: Adapter> Push for SocketIo<A> {
         &'a self,
         ns: &'a str,
         rooms: Vec<String>,
+        except: Vec<String>,
         event: &'a str,
         args: &'a Args,
     ) -> BoxFuture<'a, Result<(), PushError>> {
@@ -51,8 +54,11 @@ impl<A: Adapter> Push for SocketIo<A> {
             let ops = self
                 .of(ns)
                 .ok_or_else(|| PushError::Namespace(ns.to_owned()))?;
-            ops.to(rooms)
-                .emit(event, args)
+            let ops = match except.is_empty() {
+                true => ops.to(rooms),
+                false => ops.to(rooms).except(except),
+            };
+            ops.emit(event, args)
                 .await
                 .map_err(|e| PushError::Broadcast(e.to_string()))
         })
