@@ -6,6 +6,7 @@
 //! * [`events`]: what client events do: `identity-change`, `session_id`, `__count__`, forwarding, the rate.
 //! * [`admission`]: limits on handshakes (socket cap, rate, origins).
 //! * [`push`]: events from the application's backend (`POST /send`) to rooms, on every node.
+//! * [`reliable`]: user rooms held in the delivery store, their `batch` on join, let go on leave.
 //! * `local`: this node's answers to cluster queries ([`crate::cluster::LocalRooms`]).
 //!
 //! Generic over the adapter, so the same handlers run on one node (in-memory adapter) and in a cluster
