@@ -23,6 +23,7 @@ use crate::{
     Config, StartError,
     cluster::{self, Cluster, LocalRooms, seal::Seal},
     config::file,
+    delivery::{MemoryStore, RedisStore, Store},
     domain::validate,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
@@ -132,6 +133,7 @@ pub async fn run(
         event_rate: std::num::NonZeroU32::new(config.socket_event_rate)
             .map(governor::Quota::per_second),
         handshakes: Arc::default(),
+        delivery: Arc::default(),
     };
 
     let query_limit = http::throttle::QueryLimit::new(config.query_rate).map(Arc::new);
@@ -154,6 +156,7 @@ pub async fn run(
             admission: info.admission.clone(),
             query_limit: query_limit.clone(),
             namespaces: namespaces.clone(),
+            delivery: info.delivery.clone(),
         };
 
     // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
@@ -166,6 +169,8 @@ pub async fn run(
             }
             let (layer, io) = io_builder(info.clone(), &config).build_layer();
             namespaces.register(&io).map_err(StartError::Config)?;
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let _ = info.delivery.set(store);
             let push: Arc<dyn Push> = Arc::new(io.clone());
             let local: Arc<dyn LocalRooms> = Arc::new(io);
             let app = http::router(app_state((local.clone(), push), None, None)).layer(layer);
@@ -283,15 +288,20 @@ type Serving = (
     Option<AdapterLink>,
 );
 
-/// The socketioxide-redis adapter's connection, and the watchers counting its events: they go together.
+/// The socketioxide-redis adapter's connection, and the watchers counting its events: they go together. Once
+/// joined, also the delivery store's connection and its watcher, closed after the adapter's.
 struct AdapterLink {
     sub: redis::Subscriber,
     _watch: metrics::RedisWatch,
+    store: Option<(fred::clients::Client, metrics::RedisWatch)>,
 }
 
 impl AdapterLink {
     async fn close(&self) {
         self.sub.close().await;
+        if let Some((client, _)) = &self.store {
+            let _ = fred::interfaces::ClientLike::quit(client).await;
+        }
     }
 }
 
@@ -328,12 +338,57 @@ async fn join_cluster(
         Option<fred::clients::SubscriberClient>,
     ) -> AppState,
 ) -> Result<Serving, StartError> {
+    // Reliable delivery's store, on a client of its own; this node's holders left by an earlier life (killed
+    // without saying goodbye) are forgotten before it serves.
+    let client = redis::connect_client(redis, config.request_timeout()).await?;
+    let store = RedisStore::new(client.clone(), &config.redis_prefix)
+        .counting_malformed_in(info.metrics.delivery_malformed_entries.clone());
+    let forgotten = store.forget_node(&info.id, &|room| info.ttl_of(room)).await;
+    let joined = match forgotten {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(holders = n, "holders of this node's earlier life forgotten");
+            }
+            join_adapter(redis, seal, config, info.clone(), app_state).await
+        }
+        Err(crate::delivery::StoreError::Redis(e)) => Err(redis::connect_err(redis, e).into()),
+        Err(e) => Err(StartError::Adapter(format!("delivery store: {e}"))),
+    };
+    match joined {
+        Ok(mut serving) => {
+            let _ = info.delivery.set(Arc::new(store));
+            if let Some(link) = serving.3.as_mut() {
+                let watch = info.metrics.watch_redis(&client, "delivery");
+                link.store = Some((client, watch));
+            }
+            Ok(serving)
+        }
+        Err(e) => {
+            let _ = fred::interfaces::ClientLike::quit(&client).await;
+            Err(e)
+        }
+    }
+}
+
+/// Joins the cluster through the socketioxide-redis adapter and the cluster protocol.
+async fn join_adapter(
+    redis: &redis::Endpoint,
+    seal: &Seal,
+    config: &Config,
+    info: NodeInfo,
+    app_state: &impl Fn(
+        (Arc<dyn LocalRooms>, Arc<dyn Push>),
+        Option<Arc<Cluster>>,
+        Option<fred::clients::SubscriberClient>,
+    ) -> AppState,
+) -> Result<Serving, StartError> {
     let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
     let link = AdapterLink {
         _watch: info
             .metrics
             .watch_redis(&adapter_sub.client, "adapter_subscriber"),
         sub: adapter_sub,
+        store: None,
     };
     let adapter = RedisAdapterCtr::new_with_fred_config(
         link.sub.client.clone(),

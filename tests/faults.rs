@@ -337,8 +337,8 @@ async fn a_rolling_restart_keeps_every_client() {
 
 /// Start-up attempts that fail after the adapter has connected (Redis up, its writes paused, so the cluster's
 /// first PUBLISH times out) are retried, and each failed attempt closes everything it opened: once Redis takes
-/// writes again and the node has joined, Redis sees the node's three connections (adapter, publisher, cluster
-/// subscriber), however many attempts failed before.
+/// writes again and the node has joined, Redis sees the node's four connections (adapter, publisher, cluster
+/// subscriber, delivery store), however many attempts failed before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_start_up_attempts_leave_no_connection_behind() {
     let dir = log_dir("start_up_retries");
@@ -373,7 +373,7 @@ async fn failed_start_up_attempts_leave_no_connection_behind() {
     let settled = Instant::now() + Duration::from_secs(5);
     let clients = loop {
         let clients = redis.clients();
-        if clients.len() <= 3 || Instant::now() > settled {
+        if clients.len() <= 4 || Instant::now() > settled {
             break clients;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -383,7 +383,7 @@ async fn failed_start_up_attempts_leave_no_connection_behind() {
         clients.len(),
         clients.join("\n")
     );
-    assert_eq!(clients.len(), 3, "{failed} failed attempts");
+    assert_eq!(clients.len(), 4, "{failed} failed attempts");
     let users = Http::new().users(&node, "R").await;
     assert_eq!((users.status, users.nodes.as_str()), (200, "1/1"));
 }

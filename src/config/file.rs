@@ -124,6 +124,12 @@ pub struct NamespaceConfig {
     pub api_key: Option<String>,
     /// The same, stored as `sha256:<64 hex digits>` of the key, so the file does not hold the key itself.
     pub api_key_hash: Option<String>,
+    /// Rooms starting with this (`"user_"`) get reliable delivery: pushes are stored until a socket of the room
+    /// acknowledges them (seed 001). Unset: no reliable delivery in this namespace.
+    pub user_room_prefix: Option<String>,
+    /// How long a user room's pending messages outlive its last socket, in seconds (default 3600); 0: kept
+    /// until acknowledged.
+    pub client_ttl_s: Option<u64>,
 }
 
 /// Every key of a `[[namespace]]` table. Update this list and [`NamespaceConfig`] together: the tests check that
@@ -150,9 +156,16 @@ const NAMESPACE_KEYS: &[&str] = &[
     "deprecated",
     "api_key",
     "api_key_hash",
+    "user_room_prefix",
+    "client_ttl_s",
 ];
 
 impl NamespaceConfig {
+    /// `client_ttl_s`, default one hour.
+    pub fn client_ttl_s(&self) -> u64 {
+        self.client_ttl_s.unwrap_or(3600)
+    }
+
     pub fn user_claim(&self) -> &str {
         self.user_claim.as_deref().unwrap_or("sub")
     }
@@ -408,6 +421,18 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
     {
         return Err("`deprecated` must say something (why, or what to use instead)".into());
     }
+    if let Some(prefix) = &ns.user_room_prefix
+        && prefix.is_empty()
+    {
+        return Err(
+            "`user_room_prefix` must not be empty (every room would be a user room)".into(),
+        );
+    }
+    if ns.client_ttl_s.is_some() && ns.user_room_prefix.is_none() {
+        return Err(
+            "`client_ttl_s` needs `user_room_prefix` (the rooms whose messages it keeps)".into(),
+        );
+    }
     Ok(())
 }
 
@@ -525,6 +550,28 @@ rooms = ["auth", "user"]
         );
         let e = parse_err("[[namespace]]\nname = \"/\"\nauth = \"magic\"\n");
         assert!(e.starts_with("test.toml:3: unknown variant `magic`"), "{e}");
+    }
+
+    #[test]
+    fn reliable_delivery_keys() {
+        let list = parse_ok("[[namespace]]\nname = \"/\"\nuser_room_prefix = \"user_\"\n");
+        assert_eq!(list[0].config.user_room_prefix.as_deref(), Some("user_"));
+        assert_eq!(list[0].config.client_ttl_s(), 3600);
+        let list =
+            parse_ok("[[namespace]]\nname = \"/\"\nuser_room_prefix = \"u\"\nclient_ttl_s = 0\n");
+        assert_eq!(list[0].config.client_ttl_s(), 0);
+        let e = parse_err("[[namespace]]\nname = \"/\"\nuser_room_prefix = \"\"\n");
+        assert!(
+            e.ends_with("`user_room_prefix` must not be empty (every room would be a user room)"),
+            "{e}"
+        );
+        let e = parse_err("[[namespace]]\nname = \"/\"\nclient_ttl_s = 60\n");
+        assert!(
+            e.ends_with(
+                "`client_ttl_s` needs `user_room_prefix` (the rooms whose messages it keeps)"
+            ),
+            "{e}"
+        );
     }
 
     const EXAMPLE: &str = include_str!("../../deploy/config.example.toml");

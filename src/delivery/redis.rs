@@ -75,6 +75,12 @@ impl RedisStore {
         }
     }
 
+    /// Counts skipped malformed entries in `counter` (one registered in `/metrics`) instead of its own.
+    pub fn counting_malformed_in(mut self, counter: Counter) -> Self {
+        self.malformed = counter;
+        self
+    }
+
     /// The counter of skipped malformed entries, to register in `/metrics`.
     pub fn malformed_entries(&self) -> Counter {
         self.malformed.clone()

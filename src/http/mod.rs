@@ -66,6 +66,8 @@ pub struct AppState {
     pub namespaces: Arc<Namespaces>,
     /// Emits the events of `POST /send`.
     pub push: Arc<dyn Push>,
+    /// The store of reliable delivery, set before serving ([`crate::realtime::NodeInfo::delivery`]).
+    pub delivery: Arc<std::sync::OnceLock<Arc<dyn crate::delivery::Store>>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -132,11 +134,31 @@ mod tests {
             &'a self,
             _: &'a str,
             _: Vec<String>,
+            _: Vec<String>,
             _: &'a str,
             _: &'a crate::realtime::events::Args,
         ) -> futures_util::future::BoxFuture<'a, Result<(), crate::realtime::push::PushError>>
         {
             Box::pin(async { Ok(()) })
+        }
+
+        fn emit_with_ack<'a>(
+            &'a self,
+            _: &'a str,
+            _: String,
+            _: &'a str,
+            _: &'a crate::realtime::events::Args,
+            _: std::time::Duration,
+        ) -> futures_util::future::BoxFuture<
+            'a,
+            Result<
+                futures_util::future::BoxFuture<'static, bool>,
+                crate::realtime::push::PushError,
+            >,
+        > {
+            Box::pin(async {
+                Ok(Box::pin(async { false }) as futures_util::future::BoxFuture<'static, bool>)
+            })
         }
     }
 
@@ -256,6 +278,7 @@ mod tests {
             query_limit: None,
             namespaces: Arc::new(Namespaces::single_default()),
             push: Arc::new(NoPush),
+            delivery: Arc::default(),
         }
     }
 

@@ -14,9 +14,15 @@ use axum::{
 };
 use serde::Serialize;
 use serde_json::Value;
+use std::{sync::Arc, time::Duration};
 
 use super::AppState;
-use crate::{domain::validate, error::AppError, realtime::events::Args};
+use crate::{
+    delivery::{Acked, MessageId, RoomKey, Store},
+    domain::validate,
+    error::AppError,
+    realtime::{events::Args, push::Push as Pusher},
+};
 
 /// Largest `POST /send` body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -59,13 +65,23 @@ struct Sent<'a> {
     rooms: Vec<RoomSent<'a>>,
 }
 
-/// One room of the answer: how many messages were queued for reliable delivery (none yet: only live sockets
-/// get the event).
+/// One room of the answer: how many messages were queued for reliable delivery (1 in a user room, 0 elsewhere:
+/// only live sockets get the event), and how many old ones the room's cap dropped to make room.
 #[derive(Debug, Serialize)]
 struct RoomSent<'a> {
     room: &'a str,
     queued: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    dropped: u64,
 }
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// How long a live message of a user room waits for its first ack; unacknowledged, it stays pending and comes
+/// back in the `batch` of the room's next join.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) async fn send(
     State(s): State<AppState>,
@@ -104,20 +120,79 @@ pub(super) async fn send(
     let (Some(namespace), true) = (namespace, accepted) else {
         return Err(AppError::UnknownSite);
     };
-    let _resync = matches!(params.resync.as_deref(), Some("true" | "1"));
+    let resync = matches!(params.resync.as_deref(), Some("true" | "1"));
     let push = read_body(&headers, body).await?;
     let ns = namespace.pattern.to_string();
-    s.push
-        .emit(&ns, push.rooms.clone(), &push.event, &push.args)
-        .await
-        .map_err(|e| AppError::PushFailed(e.to_string()))?;
+    let (user_rooms, other_rooms): (Vec<&String>, Vec<&String>) =
+        push.rooms.iter().partition(|room| {
+            namespace
+                .reliable
+                .as_ref()
+                .is_some_and(|r| r.is_user_room(room))
+        });
+    // Stored before anything is emitted: a message the store did not take is not sent at all (503, retry).
+    let mut stored = Vec::with_capacity(user_rooms.len());
+    if let Some(reliable) = namespace
+        .reliable
+        .as_ref()
+        .filter(|_| !user_rooms.is_empty())
+    {
+        let store = s
+            .delivery
+            .get()
+            .ok_or_else(|| AppError::PushFailed("the delivery store is not ready".into()))?;
+        for room in &user_rooms {
+            let key = RoomKey::new(&ns, room)
+                .map_err(|e| AppError::BadField("rooms", format!("{room:?}: {e}")))?;
+            let pushed = store
+                .push(&key, &push.event, &push.args.0, resync, reliable.policy)
+                .await
+                .map_err(|e| {
+                    AppError::PushFailed(format!("the message could not be stored: {e}"))
+                })?;
+            s.metrics.delivery_stored.inc();
+            s.metrics.delivery_dropped.inc_by(pushed.dropped);
+            if pushed.dropped > 0 {
+                tracing::info!(
+                    namespace = ns,
+                    room = room.as_str(),
+                    dropped = pushed.dropped,
+                    "user room full: oldest pending messages dropped"
+                );
+            }
+            stored.push((key, pushed));
+        }
+        for (key, pushed) in &stored {
+            live_with_ack(&s, store, key, pushed.id, &push.event, &push.args).await;
+        }
+    }
+    if !other_rooms.is_empty() {
+        s.push
+            .emit(
+                &ns,
+                other_rooms.iter().map(|r| r.to_string()).collect(),
+                // A socket also in a user room has the message from there, with its ack callback.
+                user_rooms.iter().map(|r| r.to_string()).collect(),
+                &push.event,
+                &push.args,
+            )
+            .await
+            .map_err(|e| AppError::PushFailed(e.to_string()))?;
+    }
     let sent = Sent {
         namespace: &ns,
         event: &push.event,
         rooms: push
             .rooms
             .iter()
-            .map(|room| RoomSent { room, queued: 0 })
+            .map(|room| {
+                let pushed = stored.iter().find(|(k, _)| k.room() == room);
+                RoomSent {
+                    room,
+                    queued: u64::from(pushed.is_some()),
+                    dropped: pushed.map_or(0, |(_, p)| p.dropped),
+                }
+            })
             .collect(),
     };
     Ok((
@@ -125,6 +200,59 @@ pub(super) async fn send(
         Json(serde_json::to_value(&sent).expect("plain types")),
     )
         .into_response())
+}
+
+/// Emits a stored message to its user room with an ack callback, on every node. The first ack (in a task of its
+/// own: the answer does not wait for clients) removes it from the store, or, pushed with resync and out of order,
+/// clears the room and sends it `resync`. A failed emit is only logged: the message is stored and comes back in
+/// the room's next `batch`.
+async fn live_with_ack(
+    s: &AppState,
+    store: &Arc<dyn Store>,
+    key: &RoomKey,
+    id: MessageId,
+    event: &str,
+    args: &Args,
+) {
+    let ns = key.namespace().to_owned();
+    let room = key.room().to_owned();
+    let acked = match s
+        .push
+        .emit_with_ack(&ns, room.clone(), event, args, ACK_TIMEOUT)
+        .await
+    {
+        Ok(acked) => acked,
+        Err(e) => {
+            tracing::warn!(namespace = ns, room, error = %e, "stored message not emitted live");
+            return;
+        }
+    };
+    let (store, push, key) = (store.clone(), s.push.clone(), key.clone());
+    tokio::spawn(async move {
+        if !acked.await {
+            return;
+        }
+        match store.ack_one_with_resync(&key, id).await {
+            Ok(Acked::Resync { cleared }) => {
+                tracing::debug!(namespace = ns, room, cleared, "out-of-order ack: resync");
+                resync(&*push, &ns, room).await;
+            }
+            Ok(Acked::Removed | Acked::Gone) => {}
+            Err(e) => {
+                tracing::warn!(namespace = ns, room, error = %e, "ack not stored: the message will come again")
+            }
+        }
+    });
+}
+
+/// Tells the sockets of a user room that its queue was cleared.
+async fn resync(push: &dyn Pusher, ns: &str, room: String) {
+    if let Err(e) = push
+        .emit(ns, vec![room], Vec::new(), "resync", &Args::default())
+        .await
+    {
+        tracing::warn!(namespace = ns, error = %e, "resync not sent");
+    }
 }
 
 /// Reads and checks the body: JSON or the extended form encoding, nothing else.

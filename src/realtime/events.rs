@@ -258,6 +258,10 @@ async fn on_identity_change<A: Adapter>(
     socket.extensions.insert(Arc::new(updated.clone()));
     let id_user = updated.id_user.as_deref().unwrap_or_default();
     let _ = ack.send(&serde_json::json!({ "ok": true, "id_user": id_user }));
+    if ns.joins(RoomSource::User) {
+        let old = previous.id_user.as_deref().map(user_room);
+        super::reliable::moved(&socket, &node, old, user_room(id_user)).await;
+    }
     if let Some(room) = &updated.room {
         let event = IdentityChanged {
             id_socket: socket.id.to_string(),
@@ -306,6 +310,8 @@ async fn on_session_id<A: Adapter>(
         ..(*previous).clone()
     }));
     let _ = ack.send(&serde_json::json!({ "ok": true, "room": room }));
+    let old = previous.session.as_deref().map(session_room);
+    super::reliable::moved(&socket, &node, old, room).await;
 }
 
 /// `__count__` from a controller: the number of view sockets of the namespace, cluster-wide, to it alone.
@@ -372,6 +378,7 @@ async fn on_disconnect<A: Adapter>(
         return;
     };
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
+    super::reliable::disconnected(&socket, &node).await;
     if node.presence
         && let Some(room) = &me.room
     {

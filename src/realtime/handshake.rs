@@ -283,6 +283,9 @@ pub async fn on_connect<A: Adapter>(
     };
     let _ = socket.emit("handshake", &greeting);
     events::attach(&socket, &node, ns, &me);
+    if let Some(reliable) = &ns.reliable {
+        super::reliable::joined(&socket, &node, reliable, &rooms).await;
+    }
     if node.presence
         && let Some(room) = &me.room
     {
@@ -311,6 +314,7 @@ mod tests {
             views: false,
             deprecated: None,
             api_key: None,
+            reliable: None,
         }
     }
 

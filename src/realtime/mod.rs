@@ -6,6 +6,7 @@
 //! * [`events`]: what client events do: `identity-change`, `session_id`, `__count__`, forwarding, the rate.
 //! * [`admission`]: limits on handshakes (socket cap, rate, origins).
 //! * [`push`]: events from the application's backend (`POST /send`) to rooms, on every node.
+//! * [`reliable`]: user rooms held in the delivery store, their `batch` on join, let go on leave.
 //! * `local`: this node's answers to cluster queries ([`crate::cluster::LocalRooms`]).
 //!
 //! Generic over the adapter, so the same handlers run on one node (in-memory adapter) and in a cluster
@@ -18,6 +19,7 @@ pub mod handshake;
 mod local;
 pub mod namespaces;
 pub mod push;
+pub mod reliable;
 
 use std::sync::{Arc, OnceLock};
 
@@ -46,6 +48,8 @@ pub struct NodeInfo {
     pub event_rate: Option<governor::Quota>,
     /// Handshakes in progress, by namespace.
     pub handshakes: Arc<InProgress>,
+    /// The store of reliable delivery (Redis in a cluster, memory on a single node), set before serving.
+    pub delivery: Arc<OnceLock<Arc<dyn crate::delivery::Store>>>,
 }
 
 /// Handshakes in progress per namespace path: a dynamic namespace is only removed when none is.
@@ -100,6 +104,19 @@ impl std::fmt::Debug for NodeInfo {
 }
 
 impl NodeInfo {
+    /// The store of reliable delivery; `None` only before start-up set it.
+    pub fn delivery(&self) -> Option<&Arc<dyn crate::delivery::Store>> {
+        self.delivery.get()
+    }
+
+    /// The TTL of a user room, from its namespace (`client_ttl_s`; an unknown namespace: the default hour).
+    pub fn ttl_of(&self, room: &crate::delivery::RoomKey) -> crate::delivery::Ttl {
+        self.namespaces
+            .find(room.namespace())
+            .and_then(|ns| ns.reliable.as_ref())
+            .map_or(crate::delivery::Ttl::from_secs(3600), |r| r.policy.ttl)
+    }
+
     /// Asks every node (or this one alone, on a single node) about namespace `ns`.
     pub async fn ask<A: Adapter>(&self, io: &SocketIo<A>, ns: &str, query: Query) -> Answer {
         match self.cluster.get() {

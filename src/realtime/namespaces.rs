@@ -27,6 +27,22 @@ pub struct Namespace {
     pub deprecated: Option<String>,
     /// The key of `POST /send` for this namespace; `None`: the namespace takes no pushes.
     pub api_key: Option<ApiKey>,
+    /// Reliable delivery to user rooms (`user_room_prefix`); `None`: none in this namespace.
+    pub reliable: Option<Reliable>,
+}
+
+/// A namespace's reliable delivery: which rooms, and the store's rules for them.
+#[derive(Debug, Clone)]
+pub struct Reliable {
+    /// Rooms starting with this are user rooms.
+    pub prefix: String,
+    pub policy: crate::delivery::Policy,
+}
+
+impl Reliable {
+    pub fn is_user_room(&self, room: &str) -> bool {
+        room.starts_with(&self.prefix)
+    }
 }
 
 /// A namespace's push API key, as the config file gives it.
@@ -93,11 +109,20 @@ impl Namespaces {
             views: false,
             deprecated: None,
             api_key: None,
+            reliable: None,
         }])
     }
 
     fn namespace(pattern: NamePattern, verifier: Verifier, c: NamespaceConfig) -> Namespace {
+        let reliable = c.user_room_prefix.clone().map(|prefix| Reliable {
+            prefix,
+            policy: crate::delivery::Policy {
+                cap: crate::delivery::Policy::DEFAULT_CAP,
+                ttl: crate::delivery::Ttl::from_secs(c.client_ttl_s()),
+            },
+        });
         Namespace {
+            reliable,
             pattern,
             verifier,
             rooms: c.rooms,

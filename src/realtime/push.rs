@@ -1,7 +1,9 @@
 //! Pushing from the application's backend (`POST /send`): an event to rooms of a namespace, on every node.
 
-use futures_util::future::BoxFuture;
-use socketioxide::{SocketIo, adapter::Adapter};
+use std::time::Duration;
+
+use futures_util::{StreamExt, future::BoxFuture};
+use socketioxide::{AckError, SocketIo, adapter::Adapter};
 
 use super::events::Args;
 
@@ -17,13 +19,26 @@ pub enum PushError {
 
 /// Emits events to rooms of a namespace, on every node (socketioxide's adapter carries them across).
 pub trait Push: Send + Sync + 'static {
+    /// Emits `event` to the sockets of `rooms` that are in none of `except`, each once.
     fn emit<'a>(
         &'a self,
         ns: &'a str,
         rooms: Vec<String>,
+        except: Vec<String>,
         event: &'a str,
         args: &'a Args,
     ) -> BoxFuture<'a, Result<(), PushError>>;
+
+    /// Emits `event` to one room, on every node, with an ack callback. Once it is sent, the returned future
+    /// resolves to whether any socket (on any node) acknowledged it within `timeout`: it resolves at the first ack.
+    fn emit_with_ack<'a>(
+        &'a self,
+        ns: &'a str,
+        room: String,
+        event: &'a str,
+        args: &'a Args,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<BoxFuture<'static, bool>, PushError>>;
 }
 
 impl<A: Adapter> Push for SocketIo<A> {
@@ -31,6 +46,7 @@ impl<A: Adapter> Push for SocketIo<A> {
         &'a self,
         ns: &'a str,
         rooms: Vec<String>,
+        except: Vec<String>,
         event: &'a str,
         args: &'a Args,
     ) -> BoxFuture<'a, Result<(), PushError>> {
@@ -38,10 +54,45 @@ impl<A: Adapter> Push for SocketIo<A> {
             let ops = self
                 .of(ns)
                 .ok_or_else(|| PushError::Namespace(ns.to_owned()))?;
-            ops.to(rooms)
-                .emit(event, args)
+            let ops = match except.is_empty() {
+                true => ops.to(rooms),
+                false => ops.to(rooms).except(except),
+            };
+            ops.emit(event, args)
                 .await
                 .map_err(|e| PushError::Broadcast(e.to_string()))
+        })
+    }
+
+    fn emit_with_ack<'a>(
+        &'a self,
+        ns: &'a str,
+        room: String,
+        event: &'a str,
+        args: &'a Args,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Result<BoxFuture<'static, bool>, PushError>> {
+        Box::pin(async move {
+            let ops = self
+                .of(ns)
+                .ok_or_else(|| PushError::Namespace(ns.to_owned()))?;
+            let acks = ops
+                .to(room)
+                .timeout(timeout)
+                .emit_with_ack::<_, serde_json::Value>(event, args)
+                .await
+                .map_err(|e| PushError::Broadcast(e.to_string()))?;
+            let first: BoxFuture<'static, bool> = Box::pin(async move {
+                let mut acks = std::pin::pin!(acks);
+                while let Some((_, ack)) = acks.next().await {
+                    // A client that called its callback acknowledged, whatever it answered.
+                    if matches!(ack, Ok(_) | Err(AckError::Decode(_))) {
+                        return true;
+                    }
+                }
+                false
+            });
+            Ok(first)
         })
     }
 }

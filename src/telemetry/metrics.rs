@@ -57,6 +57,12 @@ pub struct Metrics {
     /// Connections closed before their first request: `timeout` (`HEADER_READ_TIMEOUT_MS`) or `evicted` (the
     /// oldest, to make room beyond `MAX_PENDING_CONNECTIONS`).
     pub pending_closed: Family<Reason, Counter>,
+    /// Messages `POST /send` stored for reliable delivery (user rooms).
+    pub delivery_stored: Counter,
+    /// Pending messages of user rooms dropped by the per-room cap (the oldest) to make room for new ones.
+    pub delivery_dropped: Counter,
+    /// Entries of the Redis delivery store that did not parse, skipped.
+    pub delivery_malformed_entries: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,6 +95,9 @@ impl Metrics {
         let redis_errors = Family::default();
         let redis_reconnects = Family::default();
         let pending_closed = Family::default();
+        let delivery_stored = Counter::default();
+        let delivery_dropped = Counter::default();
+        let delivery_malformed_entries = Counter::default();
 
         let mut r = Registry::with_prefix("socket_identity");
         r.register(
@@ -166,6 +175,21 @@ impl Metrics {
             "Connections closed before their first request, by reason: timeout, or evicted to make room",
             pending_closed.clone(),
         );
+        r.register(
+            "delivery_stored",
+            "Messages stored for reliable delivery to user rooms (POST /send)",
+            delivery_stored.clone(),
+        );
+        r.register(
+            "delivery_dropped",
+            "Pending messages of user rooms dropped by the per-room cap (the oldest first)",
+            delivery_dropped.clone(),
+        );
+        r.register(
+            "delivery_malformed_entries",
+            "Entries of the Redis delivery store that did not parse, skipped and left in place",
+            delivery_malformed_entries.clone(),
+        );
         Self {
             registry: r,
             sockets,
@@ -183,6 +207,9 @@ impl Metrics {
             redis_errors,
             redis_reconnects,
             pending_closed,
+            delivery_stored,
+            delivery_dropped,
+            delivery_malformed_entries,
         }
     }
 
@@ -290,6 +317,7 @@ mod tests {
             "socket_identity_cluster_requests_total{outcome=\"complete\"} 1",
             "socket_identity_cluster_request_seconds_count 1",
             "socket_identity_pending_connections_closed_total{reason=\"timeout\"} 1",
+            "socket_identity_delivery_dropped_total 0",
             "# EOF",
         ] {
             assert!(

@@ -667,6 +667,24 @@ impl Clients {
             .await
     }
 
+    /// [`Self::connect_ns`] with `query` alone, saying which server events sent with an ack callback the client
+    /// acknowledges: `true` all (the driver calls the callback with `"ok"`), `false` none, or a list of names.
+    pub async fn connect_acking(
+        &mut self,
+        id: &str,
+        base: &str,
+        ns: &str,
+        query: Value,
+        ack_server: Value,
+    ) -> Value {
+        self.send(
+            json!({"op": "connect", "id": id, "url": format!("{base}{ns}"), "query": query,
+            "transports": ["websocket"], "ack_server": ack_server}),
+        )
+        .await;
+        self.expect_any(id, &["connect", "connect_error"]).await
+    }
+
     /// Opens a websocket socket to `node` with extra HTTP headers on its handshake (e.g. `Origin`).
     pub async fn open_with_headers(&mut self, id: &str, node: &Node, query: Value, headers: Value) {
         self.open_with_headers_over(id, node, query, headers, &["websocket"])

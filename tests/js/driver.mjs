@@ -4,6 +4,9 @@
 //    "reconnect":true, "headers":{"origin":"https://app.example"}}
 //   {"op":"emit","id":"a","event":"identity-change","args":[...],"ack":true}
 //   {"op":"disconnect","id":"a"}
+//   Server events sent with an ack callback are acknowledged with "ok" (reported with "acked": true), unless the
+//   connect command said "ack_server": false (then "acked": false: the callback is never called); a list of event
+//   names acknowledges those events only.
 // Events: {"id":"a","event":"connect","sid":"..."} | {"id":"a","event":"connect_error","message":"..."}
 //         {"id":"a","event":"disconnect","reason":"..."} | {"id":"a","event":"ack","args":[...]}
 //         {"id":"a","event":"<server event>","args":[...]}
@@ -13,7 +16,7 @@ import { io } from "socket.io-client";
 const sockets = new Map();
 const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
 
-function connect({ id, url, query, auth, transports, reconnect, headers }) {
+function connect({ id, url, query, auth, transports, reconnect, headers, ack_server }) {
   const socket = io(url, {
     extraHeaders: headers ?? {},
     query: query ?? {},
@@ -30,7 +33,14 @@ function connect({ id, url, query, auth, transports, reconnect, headers }) {
   socket.on("connect", () => out({ id, event: "connect", sid: socket.id }));
   socket.on("connect_error", (err) => out({ id, event: "connect_error", message: err.message }));
   socket.on("disconnect", (reason) => out({ id, event: "disconnect", reason }));
-  socket.onAny((event, ...args) => out({ id, event, args }));
+  socket.onAny((event, ...args) => {
+    const last = args[args.length - 1];
+    if (typeof last !== "function") return out({ id, event, args });
+    args.pop();
+    const acked = Array.isArray(ack_server) ? ack_server.includes(event) : (ack_server ?? true);
+    out({ id, event, args, acked });
+    if (acked) last("ok");
+  });
 }
 
 const rl = createInterface({ input: process.stdin });

@@ -1,0 +1,172 @@
+//! Reliable delivery on the socket side (seed 001): a socket joining user rooms holds them in the store and gets
+//! each room's pending messages as one `batch` event, whose ack removes exactly those; leaving, it lets them go
+//! (their messages expire `client_ttl_s` after the room's last socket left, on any node).
+//!
+//! `POST /send` ([`crate::http`]) stores and emits the live messages; this module only handles joins and leaves.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::Value;
+use socketioxide::{AckError, adapter::Adapter, extract::SocketRef};
+
+use super::{NodeInfo, namespaces::Reliable};
+use crate::delivery::{Batch, Holder, RoomKey, ids};
+
+/// How long a `batch` waits for its ack; unacknowledged, its messages stay pending for the next join.
+const BATCH_ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The user rooms a socket holds in the store, in its extensions from its first user room on.
+#[derive(Debug)]
+pub struct Held {
+    holder: Holder,
+    rooms: std::sync::Mutex<Vec<RoomKey>>,
+}
+
+impl Held {
+    fn rooms(&self) -> Vec<RoomKey> {
+        self.rooms.lock().unwrap().clone()
+    }
+}
+
+/// The socket joined `rooms`: it holds the user rooms among them and gets each one's pending messages as one
+/// `batch`. A store error is logged; the socket stays connected (its messages stay pending).
+pub async fn joined<A: Adapter>(
+    socket: &SocketRef<A>,
+    node: &NodeInfo,
+    reliable: &Reliable,
+    rooms: &[String],
+) {
+    let Some(store) = node.delivery() else {
+        return;
+    };
+    let keys: Vec<RoomKey> = rooms
+        .iter()
+        .filter(|room| reliable.is_user_room(room))
+        .filter_map(|room| RoomKey::new(socket.ns(), room).ok())
+        .collect();
+    if keys.is_empty() {
+        return;
+    }
+    let held = match socket.extensions.get::<Arc<Held>>() {
+        Some(held) => held,
+        None => match Holder::new(&node.id, &socket.id.to_string()) {
+            Ok(holder) => {
+                let held = Arc::new(Held {
+                    holder,
+                    rooms: Default::default(),
+                });
+                socket.extensions.insert(held.clone());
+                held
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "socket cannot hold user rooms");
+                return;
+            }
+        },
+    };
+    // Listed before the first await: a disconnect from here on lets the rooms go.
+    let keys: Vec<RoomKey> = {
+        let mut rooms = held.rooms.lock().unwrap();
+        let new: Vec<RoomKey> = keys.into_iter().filter(|k| !rooms.contains(k)).collect();
+        rooms.extend(new.iter().cloned());
+        new
+    };
+    let holder = held.holder.clone();
+    for key in &keys {
+        if let Err(e) = store.occupied(key, &holder).await {
+            tracing::warn!(room = key.room(), error = %e, "user room not held: its messages may expire");
+        }
+    }
+    if !socket.connected() {
+        // Gone while we were taking the rooms: its disconnect handler may have run before them.
+        left(node, &held).await;
+        return;
+    }
+    for key in keys {
+        let pending = match store.pending(&key).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::warn!(room = key.room(), error = %e, "pending messages not read");
+                continue;
+            }
+        };
+        if pending.is_empty() {
+            continue;
+        }
+        let batch = Batch::of(&pending);
+        let ids = ids(&pending);
+        let ack = match socket
+            .timeout(BATCH_ACK_TIMEOUT)
+            .emit_with_ack::<_, Value>("batch", &batch)
+        {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::debug!(room = key.room(), error = %e, "batch not sent");
+                continue;
+            }
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            if !matches!(ack.await, Ok(_) | Err(AckError::Decode(_))) {
+                return;
+            }
+            if let Err(e) = store.ack(&key, &ids).await {
+                tracing::warn!(room = key.room(), error = %e, "batch ack not stored: it will come again");
+            }
+        });
+    }
+}
+
+/// The socket left `room` (a new `id_user` or session) and joined `joined`: it lets the old room go if it was a
+/// user room, and holds the new one (with its `batch`) if it is one.
+pub async fn moved<A: Adapter>(
+    socket: &SocketRef<A>,
+    node: &NodeInfo,
+    room: Option<String>,
+    joined_room: String,
+) {
+    let Some(reliable) = node
+        .namespaces
+        .find(socket.ns())
+        .and_then(|ns| ns.reliable.as_ref())
+    else {
+        return;
+    };
+    if let (Some(room), Some(held)) = (room, socket.extensions.get::<Arc<Held>>())
+        && room != joined_room
+        && let Ok(key) = RoomKey::new(socket.ns(), &room)
+    {
+        let was_held = {
+            let mut rooms = held.rooms.lock().unwrap();
+            let before = rooms.len();
+            rooms.retain(|k| *k != key);
+            rooms.len() != before
+        };
+        if was_held {
+            vacate(node, &held.holder, &[key]).await;
+        }
+    }
+    joined(socket, node, reliable, &[joined_room]).await;
+}
+
+/// The socket left: it no longer holds its user rooms.
+pub async fn disconnected<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo) {
+    if let Some(held) = socket.extensions.get::<Arc<Held>>() {
+        left(node, &held).await;
+    }
+}
+
+async fn left(node: &NodeInfo, held: &Held) {
+    vacate(node, &held.holder, &held.rooms()).await;
+}
+
+async fn vacate(node: &NodeInfo, holder: &Holder, rooms: &[RoomKey]) {
+    let Some(store) = node.delivery() else {
+        return;
+    };
+    for key in rooms {
+        if let Err(e) = store.vacated(key, holder, node.ttl_of(key)).await {
+            tracing::warn!(room = key.room(), error = %e, "user room not let go");
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! Reliable per-user delivery with real components: 3 node processes on a real Redis, the official
+//! socket.io-client with real ack callbacks, and the test playing the application's backend (`POST /send`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const KEY: &str = "claim-key-0123456789abcdef";
+
+const CONFIG: &str = r#"
+[[namespace]]
+name = "/claim"
+auth = "claim"
+rooms = ["handshake"]
+api_key = "claim-key-0123456789abcdef"
+user_room_prefix = "user_"
+client_ttl_s = 0
+
+[[namespace]]
+name = "/brief"
+auth = "claim"
+rooms = ["handshake"]
+api_key = "brief-key-0123456789abcdef"
+user_room_prefix = "user_"
+client_ttl_s = 1
+
+[[namespace]]
+name = "/who"
+auth = "claim"
+rooms = ["handshake", "user"]
+api_key = "who-key-0123456789abcdef"
+user_room_prefix = "user."
+client_ttl_s = 0
+"#;
+
+async fn start(test: &str) -> (std::path::PathBuf, Redis, Vec<Node>) {
+    let dir = log_dir(test);
+    let config = dir.join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let redis = Redis::start(&dir);
+    let mut nodes = Vec::new();
+    for id in ["a", "b", "c"] {
+        let args = ["--config", config.to_str().unwrap()];
+        let opts = NodeOpts {
+            id,
+            redis: Some(redis.url()),
+            prefix: test,
+            args: &args,
+            ..NodeOpts::default()
+        };
+        nodes.push(Node::start(&dir, opts).await);
+    }
+    (dir, redis, nodes)
+}
+
+/// `POST {node}/send` of `event` with `args` to `rooms`, as JSON: the status and the answer.
+async fn send(
+    http: &Http,
+    node: &Node,
+    extra: &str,
+    rooms: Value,
+    event: &str,
+    args: Value,
+) -> (u16, Value) {
+    let res = http
+        .client
+        .post(node.url(&format!("/send?site=claim&apiKey={KEY}{extra}")))
+        .header("content-type", "application/json")
+        .body(json!({"rooms": rooms, "event": event, "args": args}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// Connects `id` to `node` in room `room` of `/claim` and waits for its `handshake`.
+async fn join(io: &mut Clients, id: &str, node: &Node, room: &str, ack: Value) {
+    let ev = io
+        .connect_acking(
+            id,
+            &node.base(),
+            "/claim",
+            json!({"id_user": id, "room": room}),
+            ack,
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect(id, "handshake").await;
+}
+
+/// Disconnects `id` and waits until the server saw it: no holder of `room` is left in Redis.
+async fn leave(io: &mut Clients, redis: &Redis, prefix: &str, id: &str, room: &str) {
+    io.disconnect(id).await;
+    io.expect(id, "disconnect").await;
+    let holders = format!("{prefix}:delivery:{{/claim|{room}}}:holders");
+    eventually(
+        Duration::from_secs(5),
+        "the room to be let go",
+        async || (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(()),
+    )
+    .await;
+}
+
+/// How many messages of `room` are pending in Redis.
+fn pending(redis: &Redis, prefix: &str, room: &str) -> usize {
+    let queue = format!("{prefix}:delivery:{{/claim|{room}}}:q");
+    redis.cli(&["XLEN", &queue]).trim().parse().unwrap()
+}
+
+async fn until_pending(redis: &Redis, prefix: &str, room: &str, n: usize) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} pending in {room}"),
+        async || (pending(redis, prefix, room) == n).then_some(()),
+    )
+    .await;
+}
+
+/// (a) A live message to a user room comes with an ack callback; acknowledged, it is not delivered again. Other
+/// rooms get no callback and queue nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_live_messages_are_not_redelivered() {
+    let test = "reliable_live";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "u1", a, "user_1", json!(true)).await;
+    join(&mut io, "staff", b, "staff", json!(true)).await;
+
+    let (status, answer) = send(
+        &http,
+        c,
+        "",
+        json!(["user_1", "staff"]),
+        "update",
+        json!(["user", {"id": 1}]),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["rooms"],
+        json!([{"room": "user_1", "queued": 1}, {"room": "staff", "queued": 0}])
+    );
+    let ev = io.expect("u1", "update").await;
+    assert_eq!(ev["args"], json!(["user", {"id": 1}]));
+    assert_eq!(
+        ev["acked"], true,
+        "a user room's message comes with an ack callback: {ev}"
+    );
+    let ev = io.expect("staff", "update").await;
+    assert!(
+        ev.get("acked").is_none(),
+        "other rooms get no callback: {ev}"
+    );
+    // The ack removed it.
+    until_pending(&redis, test, "user_1", 0).await;
+
+    leave(&mut io, &redis, test, "u1", "user_1").await;
+    join(&mut io, "u1", b, "user_1", json!(true)).await;
+    io.expect_none("u1", "batch", Duration::from_millis(500))
+        .await;
+}
+
+/// (b) A user offline while 5 messages are sent gets one `batch` of the 5, in send order, on reconnect to another
+/// node; after its ack, the next reconnect gets no batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_user_gets_one_batch_on_another_node() {
+    let test = "reliable_batch";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    // Held once, then let go: the room's messages are kept (client_ttl_s = 0).
+    join(&mut io, "u2", a, "user_2", json!(true)).await;
+    leave(&mut io, &redis, test, "u2", "user_2").await;
+
+    for i in 0..5 {
+        let (status, answer) = send(
+            &http,
+            c,
+            "",
+            json!("user_2"),
+            &format!("e{i}"),
+            json!([i, {"n": i}]),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["rooms"], json!([{"room": "user_2", "queued": 1}]));
+    }
+    assert_eq!(pending(&redis, test, "user_2"), 5);
+    let stored = http
+        .metric(c, "socket_identity_delivery_stored_total")
+        .await;
+    assert_eq!(stored, Some(5.0));
+    let dropped = http
+        .metric(c, "socket_identity_delivery_dropped_total")
+        .await;
+    assert_eq!(dropped, Some(0.0));
+
+    join(&mut io, "u2", b, "user_2", json!(true)).await;
+    let ev = io.expect("u2", "batch").await;
+    let expected: Vec<Value> = (0..5)
+        .map(|i| json!([format!("e{i}"), i, {"n": i}]))
+        .collect();
+    assert_eq!(ev["args"], json!([expected]), "{ev}");
+    assert_eq!(ev["acked"], true, "{ev}");
+    io.expect_none("u2", "batch", Duration::from_millis(300))
+        .await;
+    until_pending(&redis, test, "user_2", 0).await;
+
+    leave(&mut io, &redis, test, "u2", "user_2").await;
+    join(&mut io, "u2", c, "user_2", json!(true)).await;
+    io.expect_none("u2", "batch", Duration::from_millis(500))
+        .await;
+}
+
+/// (c) A message whose live delivery was not acknowledged comes back in the batch of the next join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_message_comes_back() {
+    let test = "reliable_unacked";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "mute", a, "user_3", json!(false)).await;
+    let (status, answer) = send(&http, c, "", json!("user_3"), "update", json!(["x"])).await;
+    assert_eq!(status, 200, "{answer}");
+    let ev = io.expect("mute", "update").await;
+    assert_eq!(ev["acked"], false, "{ev}");
+    io.expect_none("mute", "batch", Duration::from_millis(300))
+        .await;
+    assert_eq!(pending(&redis, test, "user_3"), 1);
+    leave(&mut io, &redis, test, "mute", "user_3").await;
+
+    join(&mut io, "u3", b, "user_3", json!(true)).await;
+    let ev = io.expect("u3", "batch").await;
+    assert_eq!(ev["args"], json!([[["update", "x"]]]), "{ev}");
+    until_pending(&redis, test, "user_3", 0).await;
+}
+
+/// (d) `resync=true`: acknowledging a message that is not the first pending one of its event clears the queue
+/// and sends `resync` to the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_order_ack_asks_for_resync() {
+    let test = "reliable_resync";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    // The first message stays pending: its one socket does not acknowledge.
+    join(&mut io, "mute", a, "user_4", json!(false)).await;
+    let (status, _) = send(
+        &http,
+        c,
+        "&resync=true",
+        json!("user_4"),
+        "update",
+        json!([1]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    io.expect("mute", "update").await;
+    // A socket on another node that acknowledges live `update`s but not its batch.
+    join(&mut io, "live", b, "user_4", json!(["update"])).await;
+    let ev = io.expect("live", "batch").await;
+    assert_eq!(ev["args"], json!([[["update", 1]]]), "{ev}");
+    assert_eq!(pending(&redis, test, "user_4"), 1);
+    // The second `update` is acknowledged while the first is pending: out of order.
+    let (status, _) = send(&http, c, "&resync=1", json!("user_4"), "update", json!([2])).await;
+    assert_eq!(status, 200);
+    let ev = io.expect("live", "update").await;
+    assert_eq!(ev["acked"], true, "{ev}");
+    for id in ["live", "mute"] {
+        let ev = io.expect(id, "resync").await;
+        assert_eq!(ev["args"], json!([]), "{id}: {ev}");
+    }
+    until_pending(&redis, test, "user_4", 0).await;
+    // `resync=yes` is off (seed 001 turned any value on): the same out-of-order ack only removes its message.
+    io.disconnect("live").await;
+    io.expect("live", "disconnect").await;
+    let (status, _) = send(
+        &http,
+        c,
+        "&resync=yes",
+        json!("user_4"),
+        "update",
+        json!([3]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    io.expect("mute", "update").await;
+    join(&mut io, "live2", b, "user_4", json!(["update"])).await;
+    let ev = io.expect("live2", "batch").await;
+    assert_eq!(ev["args"], json!([[["update", 3]]]), "{ev}");
+    let (status, _) = send(
+        &http,
+        c,
+        "&resync=yes",
+        json!("user_4"),
+        "update",
+        json!([4]),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ev = io.expect("live2", "update").await;
+    assert_eq!(ev["acked"], true, "{ev}");
+    until_pending(&redis, test, "user_4", 1).await;
+    io.expect_none("live2", "resync", Duration::from_millis(500))
+        .await;
+    assert_eq!(pending(&redis, test, "user_4"), 1, "the older one stays");
+}
+
+/// A single node without Redis keeps the messages in memory, with the same rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_keeps_messages_in_memory() {
+    let dir = log_dir("reliable_memory");
+    let config = dir.join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let opts = NodeOpts {
+        id: "solo",
+        args: &args,
+        ..NodeOpts::default()
+    };
+    let node = Node::start(&dir, opts).await;
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "u5", &node, "user_5", json!(false)).await;
+    for i in 0..2 {
+        let (status, answer) = send(&http, &node, "", json!("user_5"), "e", json!([i])).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["rooms"], json!([{"room": "user_5", "queued": 1}]));
+        let ev = io.expect("u5", "e").await;
+        assert_eq!(ev["acked"], false, "{ev}");
+    }
+    io.disconnect("u5").await;
+    io.expect("u5", "disconnect").await;
+    join(&mut io, "u5b", &node, "user_5", json!(true)).await;
+    let ev = io.expect("u5b", "batch").await;
+    assert_eq!(ev["args"], json!([[["e", 0], ["e", 1]]]), "{ev}");
+    // Acknowledged: the next socket of the user gets nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    join(&mut io, "u5c", &node, "user_5", json!(true)).await;
+    io.expect_none("u5c", "batch", Duration::from_millis(500))
+        .await;
+}
+
+/// `client_ttl_s`: a held room keeps its messages however long; once its last socket left, they are dropped after
+/// the TTL, and the next socket gets no batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_messages_expire_after_the_last_socket_left() {
+    let test = "reliable_ttl";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    let queue = format!("{test}:delivery:{{/brief|user_6}}:q");
+    let holders = format!("{test}:delivery:{{/brief|user_6}}:holders");
+    let xlen = || redis.cli(&["XLEN", &queue]).trim().to_owned();
+    let ev = io
+        .connect_acking(
+            "h",
+            &a.base(),
+            "/brief",
+            json!({"id_user": "h", "room": "user_6"}),
+            json!(false),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("h", "handshake").await;
+    let res = http
+        .client
+        .post(b.url("/send?site=brief"))
+        .bearer_auth("brief-key-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(json!({"rooms": "user_6", "event": "e", "args": [1]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    io.expect("h", "e").await;
+    // Held (unacknowledged) for longer than the TTL: kept.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(xlen(), "1");
+    io.disconnect("h").await;
+    io.expect("h", "disconnect").await;
+    eventually(
+        Duration::from_secs(5),
+        "the room to be let go",
+        async || (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(()),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(5),
+        "the message to expire",
+        async || (xlen() == "0").then_some(()),
+    )
+    .await;
+    let ev = io
+        .connect_acking(
+            "h2",
+            &b.base(),
+            "/brief",
+            json!({"id_user": "h", "room": "user_6"}),
+            json!(true),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("h2", "handshake").await;
+    io.expect_none("h2", "batch", Duration::from_millis(500))
+        .await;
+}
+
+/// A user room joined later (`identity-change` in a namespace whose `user.{id}` rooms are user rooms) is held and
+/// brings its batch; the room left is let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_identity_brings_its_user_room_batch() {
+    let test = "reliable_identity";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    let res = http
+        .client
+        .post(b.url("/send?site=who"))
+        .bearer_auth("who-key-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(json!({"rooms": "user.8", "event": "e", "args": [8]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let ev = io
+        .connect_acking(
+            "w",
+            &a.base(),
+            "/who",
+            json!({"id_user": "7", "room": "lobby"}),
+            json!(true),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("w", "handshake").await;
+    io.expect_none("w", "batch", Duration::from_millis(300))
+        .await;
+    let holders = |room: &str| {
+        redis
+            .cli(&["SCARD", &format!("{test}:delivery:{{/who|{room}}}:holders")])
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(holders("user.7"), "1");
+    // In a user room and another room named by the same push: the message once, from the user room.
+    let res = http
+        .client
+        .post(b.url("/send?site=who"))
+        .bearer_auth("who-key-0123456789abcdef")
+        .header("content-type", "application/json")
+        .body(json!({"rooms": ["lobby", "user.7"], "event": "both", "args": []}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let ev = io.expect("w", "both").await;
+    assert_eq!(ev["acked"], true, "{ev}");
+    io.expect_none("w", "both", Duration::from_millis(300))
+        .await;
+    io.emit("w", "identity-change", json!([{"id_user": "8"}]), true)
+        .await;
+    let ack = io.expect("w", "ack").await;
+    assert_eq!(ack["args"][0], json!({"ok": true, "id_user": "8"}));
+    let ev = io.expect("w", "batch").await;
+    assert_eq!(ev["args"], json!([[["e", 8]]]), "{ev}");
+    eventually(
+        Duration::from_secs(5),
+        "user.7 let go, user.8 held",
+        async || (holders("user.7") == "0" && holders("user.8") == "1").then_some(()),
+    )
+    .await;
+    let queue = format!("{test}:delivery:{{/who|user.8}}:q");
+    eventually(
+        Duration::from_secs(5),
+        "the batch acknowledged",
+        async || (redis.cli(&["XLEN", &queue]).trim() == "0").then_some(()),
+    )
+    .await;
+}
+
+/// SIGKILL of the node holding the socket mid-stream loses nothing: what was sent meanwhile comes in the batch on
+/// another node; the killed node, started again, forgets the holder its earlier life left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_no_message() {
+    let test = "reliable_kill";
+    let (dir, redis, mut nodes) = start(test).await;
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "k", &nodes[0], "user_9", json!(false)).await;
+    let (status, _) = send(&http, &nodes[2], "", json!("user_9"), "e", json!([1])).await;
+    assert_eq!(status, 200);
+    io.expect("k", "e").await;
+    nodes[0].signal("KILL");
+    io.expect("k", "disconnect").await;
+    for i in 2..4 {
+        let (status, answer) = send(&http, &nodes[2], "", json!("user_9"), "e", json!([i])).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // The dead node's socket still holds the room (nobody said it left).
+    let holders = format!("{test}:delivery:{{/claim|user_9}}:holders");
+    assert_eq!(redis.cli(&["SCARD", &holders]).trim(), "1");
+    join(&mut io, "k2", &nodes[1], "user_9", json!(true)).await;
+    let ev = io.expect("k2", "batch").await;
+    assert_eq!(ev["args"], json!([[["e", 1], ["e", 2], ["e", 3]]]), "{ev}");
+    until_pending(&redis, test, "user_9", 0).await;
+    // Node a again, same id: its earlier life's holder is forgotten before it serves.
+    let config = dir.join("config.toml");
+    let args = ["--config", config.to_str().unwrap()];
+    let opts = NodeOpts {
+        id: "a",
+        redis: Some(redis.url()),
+        prefix: test,
+        args: &args,
+        ..NodeOpts::default()
+    };
+    nodes[0] = Node::start(&dir, opts).await;
+    assert_eq!(
+        redis.cli(&["SCARD", &holders]).trim(),
+        "1",
+        "k2 still holds it"
+    );
+    let members = redis.cli(&["SMEMBERS", &holders]);
+    assert!(members.trim().starts_with("b/"), "{members}");
+}
