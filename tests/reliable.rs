@@ -37,23 +37,7 @@ client_ttl_s = 0
 "#;
 
 async fn start(test: &str) -> (std::path::PathBuf, Redis, Vec<Node>) {
-    let dir = log_dir(test);
-    let config = dir.join("config.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let redis = Redis::start(&dir);
-    let mut nodes = Vec::new();
-    for id in ["a", "b", "c"] {
-        let args = ["--config", config.to_str().unwrap()];
-        let opts = NodeOpts {
-            id,
-            redis: Some(redis.url()),
-            prefix: test,
-            args: &args,
-            ..NodeOpts::default()
-        };
-        nodes.push(Node::start(&dir, opts).await);
-    }
-    (dir, redis, nodes)
+    cluster_with_config(test, 3, CONFIG).await
 }
 
 /// `POST {node}/send` of `event` with `args` to `rooms`, as JSON: the status and the answer.

@@ -53,23 +53,7 @@ fn jwt(sub: &str, sid: &str) -> String {
 }
 
 async fn start(test: &str) -> (std::path::PathBuf, Redis, Vec<Node>) {
-    let dir = log_dir(test);
-    let config = dir.join("config.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let redis = Redis::start(&dir);
-    let mut nodes = Vec::new();
-    for id in ["a", "b", "c"] {
-        let args = ["--config", config.to_str().unwrap()];
-        let opts = NodeOpts {
-            id,
-            redis: Some(redis.url()),
-            prefix: test,
-            args: &args,
-            ..NodeOpts::default()
-        };
-        nodes.push(Node::start(&dir, opts).await);
-    }
-    (dir, redis, nodes)
+    cluster_with_config(test, 3, CONFIG).await
 }
 
 fn connected(ev: Value) {

@@ -384,7 +384,29 @@ pub async fn cluster_with(
     timeout_ms: u64,
     args: &[&str],
 ) -> (PathBuf, Redis, Vec<Node>) {
+    start_cluster(log_dir(test), test, n, timeout_ms, args).await
+}
+
+/// [`cluster`], every node reading `config` (TOML) as its config file, written to `<log dir>/config.toml`.
+pub async fn cluster_with_config(
+    test: &str,
+    n: usize,
+    config: &str,
+) -> (PathBuf, Redis, Vec<Node>) {
     let dir = log_dir(test);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    start_cluster(dir, test, n, 1000, &["--config", &path]).await
+}
+
+async fn start_cluster(
+    dir: PathBuf,
+    test: &str,
+    n: usize,
+    timeout_ms: u64,
+    args: &[&str],
+) -> (PathBuf, Redis, Vec<Node>) {
     let redis = Redis::start(&dir);
     let mut nodes = Vec::new();
     for i in 0..n {
