@@ -325,6 +325,16 @@ async fn abandon(local: &dyn LocalRooms, adapter: &AdapterLink) {
     }
 }
 
+/// Builds the HTTP state from what serving made: the local sockets and their push side, the cluster protocol and
+/// the adapter's subscriber (both `None` on a single node).
+type StateOf<'a> = dyn Fn(
+        (Arc<dyn LocalRooms>, Arc<dyn Push>),
+        Option<Arc<Cluster>>,
+        Option<fred::clients::SubscriberClient>,
+    ) -> AppState
+    + Sync
+    + 'a;
+
 /// One attempt to join the cluster: the adapter on its own subscriber, the Socket.IO layer on the adapter, and
 /// our room-query protocol.
 async fn join_cluster(
@@ -332,11 +342,7 @@ async fn join_cluster(
     seal: &Seal,
     config: &Config,
     info: NodeInfo,
-    app_state: &impl Fn(
-        (Arc<dyn LocalRooms>, Arc<dyn Push>),
-        Option<Arc<Cluster>>,
-        Option<fred::clients::SubscriberClient>,
-    ) -> AppState,
+    app_state: &StateOf<'_>,
 ) -> Result<Serving, StartError> {
     // Reliable delivery's store, on a client of its own; this node's holders left by an earlier life (killed
     // without saying goodbye) are forgotten before it serves.
@@ -376,11 +382,7 @@ async fn join_adapter(
     seal: &Seal,
     config: &Config,
     info: NodeInfo,
-    app_state: &impl Fn(
-        (Arc<dyn LocalRooms>, Arc<dyn Push>),
-        Option<Arc<Cluster>>,
-        Option<fred::clients::SubscriberClient>,
-    ) -> AppState,
+    app_state: &StateOf<'_>,
 ) -> Result<Serving, StartError> {
     let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
     let link = AdapterLink {

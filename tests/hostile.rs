@@ -376,6 +376,20 @@ async fn a_flood_of_bare_handshakes_is_bounded() {
     assert_eq!(http.status(&node, "/health").await, 200);
 }
 
+/// Any Redis client, as an attacker has one: a publisher and a subscriber of its own.
+async fn attacker(redis: &Redis) -> (fred::clients::Client, fred::clients::SubscriberClient) {
+    let config = fred::prelude::Config::from_url(&redis.url()).unwrap();
+    let publisher = fred::prelude::Builder::from_config(config.clone())
+        .build()
+        .unwrap();
+    publisher.init().await.unwrap();
+    let spy = fred::prelude::Builder::from_config(config)
+        .build_subscriber_client()
+        .unwrap();
+    spy.init().await.unwrap();
+    (publisher, spy)
+}
+
 /// Garbage, wrong versions, replies to requests never sent, and replies from a node that is not a member (even
 /// with the id of a real request, read off Redis) change no answer and crash nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,15 +402,7 @@ async fn forged_cluster_messages_change_no_answer() {
     let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
     let exact = pairs(&[(&sa, "ua"), (&sb, "ub")]);
 
-    let config = fred::prelude::Config::from_url(&redis.url()).unwrap();
-    let publisher = fred::prelude::Builder::from_config(config.clone())
-        .build()
-        .unwrap();
-    publisher.init().await.unwrap();
-    let spy = fred::prelude::Builder::from_config(config)
-        .build_subscriber_client()
-        .unwrap();
-    spy.init().await.unwrap();
+    let (publisher, spy) = attacker(&redis).await;
     // The attacker reads each real request and answers it as a node that does not exist.
     let mut requests = spy.message_rx();
     spy.subscribe(format!("{prefix}:users#req")).await.unwrap();
@@ -500,15 +506,7 @@ async fn signed_cluster_messages_cannot_be_forged() {
     let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
     let exact = pairs(&[(&sa, "ua"), (&sb, "ub")]);
 
-    let config = fred::prelude::Config::from_url(&redis.url()).unwrap();
-    let publisher = fred::prelude::Builder::from_config(config.clone())
-        .build()
-        .unwrap();
-    publisher.init().await.unwrap();
-    let spy = fred::prelude::Builder::from_config(config)
-        .build_subscriber_client()
-        .unwrap();
-    spy.init().await.unwrap();
+    let (publisher, spy) = attacker(&redis).await;
     let nodes_channel = format!("{prefix}:nodes");
     let mut heard = spy.message_rx();
     spy.subscribe(nodes_channel.clone()).await.unwrap();
