@@ -26,6 +26,9 @@ use crate::{
 
 /// Largest `POST /send` body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// How much of a too-large body is still read (and thrown away) before the `413`, and for how long at most.
+const DRAIN_BYTES: usize = 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 /// Most rooms one push may name.
 const MAX_ROOMS: usize = 1000;
 /// Longest event name, in characters.
@@ -89,6 +92,9 @@ pub(super) async fn send(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AppError> {
+    // Read first, whatever the answer will be: a client still writing its body when the node answers and closes
+    // sees a reset instead of the answer.
+    let body = collect(body).await;
     let params: Params = serde_urlencoded::from_str(uri.query().unwrap_or(""))
         .map_err(|e| AppError::BadQuery(e.to_string()))?;
     let site = params
@@ -121,7 +127,7 @@ pub(super) async fn send(
         return Err(AppError::UnknownSite);
     };
     let resync = matches!(params.resync.as_deref(), Some("true" | "1"));
-    let push = read_body(&headers, body).await?;
+    let push = read_body(&headers, body?)?;
     let ns = namespace.pattern.to_string();
     let (user_rooms, other_rooms): (Vec<&String>, Vec<&String>) =
         push.rooms.iter().partition(|room| {
@@ -256,7 +262,41 @@ async fn resync(push: &dyn Pusher, ns: &str, room: String) {
 }
 
 /// Reads and checks the body: JSON or the extended form encoding, nothing else.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Push, AppError> {
+/// The body, up to [`MAX_BODY_BYTES`]. A larger one is read on and thrown away up to [`DRAIN_BYTES`] (for at
+/// most [`DRAIN_TIME`]), so that its client gets to read the `413`.
+async fn collect(body: Body) -> Result<axum::body::Bytes, AppError> {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    loop {
+        let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(next) => next,
+            Err(_) => return Err(AppError::PayloadTooLarge(MAX_BODY_BYTES)),
+        };
+        match next {
+            None => break,
+            Some(Ok(chunk)) => {
+                seen += chunk.len();
+                if seen <= MAX_BODY_BYTES {
+                    kept.extend_from_slice(&chunk);
+                } else if seen > DRAIN_BYTES {
+                    break;
+                }
+            }
+            Some(Err(_)) => {
+                return Err(AppError::BadField("body", "could not be read".into()));
+            }
+        }
+    }
+    match seen <= MAX_BODY_BYTES {
+        true => Ok(kept.into()),
+        false => Err(AppError::PayloadTooLarge(MAX_BODY_BYTES)),
+    }
+}
+
+fn read_body(headers: &HeaderMap, bytes: axum::body::Bytes) -> Result<Push, AppError> {
     let kind = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -267,9 +307,6 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Push, AppError> {
         Some("application/x-www-form-urlencoded") => false,
         _ => return Err(AppError::UnsupportedMediaType),
     };
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| AppError::PayloadTooLarge(MAX_BODY_BYTES))?;
     let value: Value = match json {
         true => serde_json::from_slice(&bytes)
             .map_err(|e| AppError::BadField("body", format!("is not JSON: {e}")))?,
