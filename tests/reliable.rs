@@ -34,6 +34,16 @@ rooms = ["handshake", "user"]
 api_key = "who-key-0123456789abcdef"
 user_room_prefix = "user."
 client_ttl_s = 0
+
+[[namespace]]
+name = "/ids"
+auth = "claim"
+rooms = ["handshake"]
+api_key = "ids-key-0123456789abcdef"
+user_room_prefix = "user_"
+client_ttl_s = 0
+max_pending = 3
+message_ids = true
 "#;
 
 async fn start(test: &str) -> (std::path::PathBuf, Redis, Vec<Node>) {
@@ -518,4 +528,99 @@ async fn a_killed_node_loses_no_message() {
     );
     let members = redis.cli(&["SMEMBERS", &holders]);
     assert!(members.trim().starts_with("b/"), "{members}");
+}
+
+/// (h) `message_ids = true`: every reliable message carries its id as its last argument, live and in `batch`
+/// items, growing in send order; `max_pending = 3` keeps the newest 3 of 5 and says so in the answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_ids_and_the_room_cap_are_settings() {
+    let test = "reliable_ids";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    let send_ids = async |node: &Node, event: &str| -> Value {
+        let res = http
+            .client
+            .post(node.url("/send?site=ids"))
+            .bearer_auth("ids-key-0123456789abcdef")
+            .json(&json!({"rooms": ["user_9"], "event": event, "args": ["x"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    };
+    let answers = [
+        send_ids(a, "e0").await,
+        send_ids(a, "e1").await,
+        send_ids(a, "e2").await,
+        send_ids(a, "e3").await,
+        send_ids(a, "e4").await,
+    ];
+    for (i, answer) in answers.iter().enumerate() {
+        let expected = match i {
+            0..3 => json!([{"room": "user_9", "queued": 1}]),
+            _ => json!([{"room": "user_9", "queued": 1, "dropped": 1}]),
+        };
+        assert_eq!(answer["rooms"], expected, "answer {i}: {answer}");
+    }
+    assert_eq!(
+        http.metric(a, "socket_identity_delivery_dropped_total")
+            .await,
+        Some(2.0)
+    );
+    let queue = format!("{test}:delivery:{{/ids|user_9}}:q");
+    assert_eq!(redis.cli(&["XLEN", &queue]).trim(), "3");
+
+    let auth = json!({"id_user": "i1", "room": "user_9"});
+    let ev = io
+        .connect_acking("i1", &b.base(), "/ids", auth, json!(true))
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let batch = io.expect("i1", "batch").await;
+    let items = batch["args"][0]
+        .as_array()
+        .expect("one batch argument")
+        .clone();
+    let events: Vec<&str> = items.iter().map(|i| i[0].as_str().unwrap()).collect();
+    assert_eq!(events, ["e2", "e3", "e4"], "{batch}");
+    let ids: Vec<(u64, u64)> = items
+        .iter()
+        .map(|item| {
+            assert_eq!(
+                item.as_array().unwrap().len(),
+                3,
+                "[event, arg, id]: {item}"
+            );
+            assert_eq!(item[1], "x");
+            parse_id(&item[2])
+        })
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids grow: {ids:?}");
+    until_pending_key(&redis, &queue, 0).await;
+
+    let answer = send_ids(a, "live").await;
+    assert_eq!(answer["rooms"], json!([{"room": "user_9", "queued": 1}]));
+    let live = io.expect("i1", "live").await;
+    assert_eq!(live["acked"], true, "{live}");
+    assert_eq!(live["args"].as_array().unwrap().len(), 2, "{live}");
+    assert!(parse_id(&live["args"][1]) > ids[2], "{live}");
+    until_pending_key(&redis, &queue, 0).await;
+}
+
+/// A message id `<ms>-<seq>` as numbers (so they compare in send order).
+fn parse_id(id: &Value) -> (u64, u64) {
+    let text = id.as_str().unwrap_or_else(|| panic!("an id string: {id}"));
+    let (ms, seq) = text.split_once('-').expect("<ms>-<seq>");
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+async fn until_pending_key(redis: &Redis, queue: &str, n: usize) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} pending in {queue}"),
+        async || (redis.cli(&["XLEN", queue]).trim() == n.to_string()).then_some(()),
+    )
+    .await;
 }

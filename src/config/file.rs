@@ -130,7 +130,17 @@ pub struct NamespaceConfig {
     /// How long a user room's pending messages outlive its last socket, in seconds (default 3600); 0: kept
     /// until acknowledged.
     pub client_ttl_s: Option<u64>,
+    /// Most messages a user room keeps pending (default 1,000); a push beyond it drops the oldest.
+    pub max_pending: Option<u32>,
+    /// Reliable messages carry their id as one more, last argument (and each `batch` item as its last
+    /// element), so clients can recognise a redelivered message. Off by default: seed 001's clients count
+    /// their arguments.
+    #[serde(default)]
+    pub message_ids: bool,
 }
+
+/// The largest `max_pending`: a room's pending messages go out as one `batch` packet, which must stay sendable.
+pub const MAX_PENDING_LIMIT: u32 = 10_000;
 
 /// Every key of a `[[namespace]]` table. Update this list and [`NamespaceConfig`] together: the tests check that
 /// it matches the struct's fields and that `deploy/config.example.toml` names each key (set or commented out).
@@ -158,9 +168,18 @@ const NAMESPACE_KEYS: &[&str] = &[
     "api_key_hash",
     "user_room_prefix",
     "client_ttl_s",
+    "max_pending",
+    "message_ids",
 ];
 
 impl NamespaceConfig {
+    /// `max_pending`, default [`Policy::DEFAULT_CAP`](crate::delivery::Policy::DEFAULT_CAP).
+    pub fn max_pending(&self) -> std::num::NonZeroU32 {
+        self.max_pending
+            .and_then(std::num::NonZeroU32::new)
+            .unwrap_or(crate::delivery::Policy::DEFAULT_CAP)
+    }
+
     /// `client_ttl_s`, default one hour.
     pub fn client_ttl_s(&self) -> u64 {
         self.client_ttl_s.unwrap_or(3600)
@@ -428,10 +447,24 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
             "`user_room_prefix` must not be empty (every room would be a user room)".into(),
         );
     }
-    if ns.client_ttl_s.is_some() && ns.user_room_prefix.is_none() {
-        return Err(
-            "`client_ttl_s` needs `user_room_prefix` (the rooms whose messages it keeps)".into(),
-        );
+    if ns.user_room_prefix.is_none() {
+        let reliable_keys = [
+            ("client_ttl_s", ns.client_ttl_s.is_some()),
+            ("max_pending", ns.max_pending.is_some()),
+            ("message_ids", ns.message_ids),
+        ];
+        if let Some((key, _)) = reliable_keys.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "`{key}` needs `user_room_prefix` (the rooms whose messages it keeps)"
+            ));
+        }
+    }
+    if let Some(cap) = ns.max_pending
+        && !(1..=MAX_PENDING_LIMIT).contains(&cap)
+    {
+        return Err(format!(
+            "`max_pending` must be between 1 and {MAX_PENDING_LIMIT} (got {cap})"
+        ));
     }
     Ok(())
 }

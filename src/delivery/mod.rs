@@ -63,7 +63,7 @@ use serde_json::Value;
 pub use key::{Holder, RoomKey};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
-pub use wire::{BadId, Batch, BatchItem, MessageId, StoredMessage, ids};
+pub use wire::{BadId, Batch, BatchItem, MessageId, StoredMessage, ids, with_id};
 
 /// How long a room's messages outlive its last socket (`client_ttl_s`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

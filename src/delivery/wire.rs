@@ -121,9 +121,30 @@ impl Batch {
         )
     }
 
+    /// The batch of `messages` with each message's id as its item's last element (`message_ids = true`):
+    /// `[[event, ...args, id], ...]`, the same shape as a live message's arguments then.
+    pub fn with_ids(messages: &[StoredMessage]) -> Self {
+        Self(
+            messages
+                .iter()
+                .map(|m| BatchItem {
+                    event: m.event.clone(),
+                    args: with_id(&m.args, m.id),
+                })
+                .collect(),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// `args` followed by `id` as a string: what a client of a namespace with `message_ids` receives.
+pub fn with_id(args: &[Value], id: MessageId) -> Vec<Value> {
+    let mut args = args.to_vec();
+    args.push(Value::String(id.to_string()));
+    args
 }
 
 /// The ids of `messages`: what the batch's ack removes, and nothing else.
@@ -276,6 +297,10 @@ mod tests {
                 MessageId::new(1, 1),
                 MessageId::new(2, 0)
             ]
+        );
+        assert_eq!(
+            serde_json::to_value(Batch::with_ids(&messages)).unwrap(),
+            json!([["update_store", "user", {"id": 1}, "1-0"], ["ping", "1-1"], ["list", [1, 2], null, "2-0"]])
         );
         assert_eq!(serde_json::to_value(Batch::default()).unwrap(), json!([]));
         assert!(Batch::default().is_empty());

@@ -18,7 +18,7 @@ use std::{sync::Arc, time::Duration};
 
 use super::AppState;
 use crate::{
-    delivery::{Acked, MessageId, RoomKey, Store},
+    delivery::{Acked, MessageId, RoomKey, Store, with_id},
     domain::validate,
     error::AppError,
     realtime::{events::Args, push::Push as Pusher},
@@ -169,7 +169,11 @@ pub(super) async fn send(
             stored.push((key, pushed));
         }
         for (key, pushed) in &stored {
-            live_with_ack(&s, store, key, pushed.id, &push.event, &push.args).await;
+            let args = match reliable.message_ids {
+                true => Args(with_id(&push.args.0, pushed.id)),
+                false => push.args.clone(),
+            };
+            live_with_ack(&s, store, key, pushed.id, &push.event, &args).await;
         }
     }
     if !other_rooms.is_empty() {

@@ -37,6 +37,8 @@ pub struct Reliable {
     /// Rooms starting with this are user rooms.
     pub prefix: String,
     pub policy: crate::delivery::Policy,
+    /// `message_ids`: each message carries its id as its last argument.
+    pub message_ids: bool,
 }
 
 impl Reliable {
@@ -117,9 +119,10 @@ impl Namespaces {
         let reliable = c.user_room_prefix.clone().map(|prefix| Reliable {
             prefix,
             policy: crate::delivery::Policy {
-                cap: crate::delivery::Policy::DEFAULT_CAP,
+                cap: c.max_pending(),
                 ttl: crate::delivery::Ttl::from_secs(c.client_ttl_s()),
             },
+            message_ids: c.message_ids,
         });
         Namespace {
             reliable,

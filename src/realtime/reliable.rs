@@ -93,7 +93,10 @@ pub async fn joined<A: Adapter>(
         if pending.is_empty() {
             continue;
         }
-        let batch = Batch::of(&pending);
+        let batch = match reliable.message_ids {
+            true => Batch::with_ids(&pending),
+            false => Batch::of(&pending),
+        };
         let ids = ids(&pending);
         let ack = match socket
             .timeout(BATCH_ACK_TIMEOUT)
