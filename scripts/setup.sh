@@ -40,6 +40,7 @@ redis_major=$(redis-server --version | sed -E 's/.*v=([0-9]+).*/\1/')
 [ "$redis_major" -ge 7 ] || { echo "Redis 7+ is needed (sharded pub/sub), found $(redis-server --version)" >&2; exit 1; }
 
 "$root/scripts/fetch-client.sh"
+"$root/scripts/fetch-admin-ui.sh"
 if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/tests/js/node_modules/playwright-core" ] ||
   [ ! -x "$root/tests/js/node_modules/.bin/pm2" ]; then
   npm ci --prefix "$root/tests/js" --no-audit --no-fund --loglevel=error

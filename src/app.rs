@@ -21,8 +21,9 @@ use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::{
     Config, StartError,
+    admin::{Admin, sessions::RedisSessions},
     cluster::{self, Cluster, LocalRooms, seal::Seal},
-    config::file,
+    config::file::{self, AdminConfig},
     delivery::{MemoryStore, RedisStore, Store},
     domain::validate,
     http::{self, AppState},
@@ -52,6 +53,7 @@ const WS_READ_BUFFER: usize = 1024;
 /// The Socket.IO settings both modes (single node and cluster) share.
 fn io_builder(
     info: NodeInfo,
+    admin: Option<Arc<Admin>>,
     config: &Config,
 ) -> socketioxide::SocketIoBuilder<socketioxide::adapter::LocalAdapter> {
     // engineioxide applies `max_payload` to long-polling only; websocket messages have their own limits (64 MiB
@@ -68,6 +70,11 @@ fn io_builder(
         .connect_timeout(CONNECT_TIMEOUT)
         .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(info);
+    // The admin namespace's handlers take it as their state; without `[admin]` they are never registered.
+    let builder = match admin {
+        Some(admin) => builder.with_state(admin),
+        None => builder,
+    };
     if config.reuse_port {
         builder.transports([TransportType::Websocket])
     } else {
@@ -117,7 +124,8 @@ pub async fn run(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let namespaces = Arc::new(load_namespaces(&config, &metrics)?);
+    let (namespaces, admin_config) = load_namespaces(&config, &metrics)?;
+    let namespaces = Arc::new(namespaces);
     let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
         id: node.clone(),
@@ -134,7 +142,10 @@ pub async fn run(
             .map(governor::Quota::per_second),
         handshakes: Arc::default(),
         delivery: Arc::default(),
+        observer: Arc::default(),
     };
+    let admin = admin_config.map(|c| Admin::new(c, info.clone()));
+    let admin_ui = admin_ui(&admin, &config);
 
     let query_limit = http::throttle::QueryLimit::new(config.query_rate).map(Arc::new);
     let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
@@ -167,13 +178,23 @@ pub async fn run(
                     "CLUSTER_SECRET is set but REDIS_URL is not: a single node has nothing to sign"
                 );
             }
-            let (layer, io) = io_builder(info.clone(), &config).build_layer();
+            let (layer, io) = io_builder(info.clone(), admin.clone(), &config).build_layer();
             namespaces.register(&io).map_err(StartError::Config)?;
+            if let Some(admin) = &admin {
+                admin.register(&io);
+            }
             let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
             let _ = info.delivery.set(store);
             let push: Arc<dyn Push> = Arc::new(io.clone());
-            let local: Arc<dyn LocalRooms> = Arc::new(io);
-            let app = http::router(app_state((local.clone(), push), None, None)).layer(layer);
+            let local: Arc<dyn LocalRooms> = Arc::new(crate::realtime::local::Local {
+                io,
+                node: info.clone(),
+            });
+            let app = with_admin_ui(
+                http::router(app_state((local.clone(), push), None, None)),
+                &admin_ui,
+            )
+            .layer(layer);
             (app, local, None, None)
         }
         Some(url) => {
@@ -185,7 +206,8 @@ pub async fn run(
             // Redis may not be up yet (all services starting at boot): retry what can heal, fail on the rest.
             let mut delay = RETRY_FIRST;
             loop {
-                let attempt = join_cluster(&redis, &seal, &config, info.clone(), &app_state);
+                let attempt =
+                    join_cluster(&redis, &seal, &config, info.clone(), &admin, &app_state);
                 match attempt.await {
                     Ok(joined) => break joined,
                     Err(e) if e.is_transient() => {
@@ -342,6 +364,7 @@ async fn join_cluster(
     seal: &Seal,
     config: &Config,
     info: NodeInfo,
+    admin: &Option<Arc<Admin>>,
     app_state: &StateOf<'_>,
 ) -> Result<Serving, StartError> {
     // Reliable delivery's store, on a client of its own; this node's holders left by an earlier life (killed
@@ -355,7 +378,7 @@ async fn join_cluster(
             if n > 0 {
                 tracing::info!(holders = n, "holders of this node's earlier life forgotten");
             }
-            join_adapter(redis, seal, config, info.clone(), app_state).await
+            join_adapter(redis, seal, config, info.clone(), admin, app_state).await
         }
         Err(crate::delivery::StoreError::Redis(e)) => Err(redis::connect_err(redis, e).into()),
         Err(e) => Err(StartError::Adapter(format!("delivery store: {e}"))),
@@ -363,6 +386,10 @@ async fn join_cluster(
     match joined {
         Ok(mut serving) => {
             let _ = info.delivery.set(Arc::new(store));
+            if let Some(admin) = admin {
+                let sessions = RedisSessions::new(client.clone(), &config.redis_prefix);
+                admin.use_sessions(Arc::new(sessions));
+            }
             if let Some(link) = serving.3.as_mut() {
                 let watch = info.metrics.watch_redis(&client, "delivery");
                 link.store = Some((client, watch));
@@ -382,6 +409,7 @@ async fn join_adapter(
     seal: &Seal,
     config: &Config,
     info: NodeInfo,
+    admin: &Option<Arc<Admin>>,
     app_state: &StateOf<'_>,
 ) -> Result<Serving, StartError> {
     let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
@@ -409,12 +437,19 @@ async fn join_adapter(
             return Err(redis::connect_err(redis, e).into());
         }
     };
-    let (layer, io) = io_builder(info.clone(), config)
+    let (layer, io) = io_builder(info.clone(), admin.clone(), config)
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
-    let local: Arc<dyn LocalRooms> = Arc::new(io.clone());
+    let local: Arc<dyn LocalRooms> = Arc::new(crate::realtime::local::Local {
+        io: io.clone(),
+        node: info.clone(),
+    });
     let started = async {
         for init in info.namespaces.register(&io).map_err(StartError::Config)? {
+            init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+        }
+        if let Some(admin) = admin {
+            let init = admin.register(&io);
             init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
         }
         let settings = cluster::Settings {
@@ -442,7 +477,7 @@ async fn join_adapter(
         Some(cluster.clone()),
         Some(link.sub.client.clone()),
     );
-    let app = http::router(state).layer(layer);
+    let app = with_admin_ui(http::router(state), &admin_ui(admin, config)).layer(layer);
     Ok((app, local, Some(cluster), Some(link)))
 }
 
@@ -480,16 +515,30 @@ async fn drain_on(
     }
 }
 
-/// The namespaces of the config file, or `/` alone (today's behaviour) without one.
+/// The admin UI's routes, when `[admin]` is enabled.
+fn admin_ui(admin: &Option<Arc<Admin>>, config: &Config) -> Option<axum::Router> {
+    admin
+        .as_ref()
+        .map(|_| crate::admin::ui::routes(&config.admin_ui_dir))
+}
+
+fn with_admin_ui(app: axum::Router, ui: &Option<axum::Router>) -> axum::Router {
+    match ui {
+        Some(ui) => app.merge(ui.clone()),
+        None => app,
+    }
+}
+
+/// The namespaces of the config file, or `/` alone (today's behaviour) without one; and `[admin]` when enabled.
 fn load_namespaces(
     config: &Config,
     metrics: &Arc<metrics::Metrics>,
-) -> Result<Namespaces, StartError> {
+) -> Result<(Namespaces, Option<AdminConfig>), StartError> {
     let Some(path) = &config.config else {
-        return Ok(Namespaces::single_default());
+        return Ok((Namespaces::single_default(), None));
     };
     let checked = file::load(path).map_err(|e| StartError::ConfigFile(e.to_string()))?;
-    let namespaces = Namespaces::build(checked, &path.display().to_string(), metrics)
+    let namespaces = Namespaces::build(checked.namespaces, &path.display().to_string(), metrics)
         .map_err(StartError::ConfigFile)?;
     for ns in namespaces.iter() {
         tracing::info!(
@@ -501,7 +550,7 @@ fn load_namespaces(
             "serving namespace"
         );
     }
-    Ok(namespaces)
+    Ok((namespaces, checked.admin))
 }
 
 fn load_client_bundle(config: &Config) -> Option<Bytes> {

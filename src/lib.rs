@@ -69,6 +69,7 @@
 //! for the room query: remote sockets carry no extensions (so no `id_user`), and its answer is silently partial
 //! when a node is slow.
 
+pub mod admin;
 pub mod app;
 pub mod cluster;
 pub mod config;

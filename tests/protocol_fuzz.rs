@@ -46,7 +46,13 @@ fn check_response(r: &Response) {
                 validate::room(&r.room).unwrap();
             }
         }
-        Reply::Views { .. } => {}
+        Reply::Sockets { sockets } => {
+            for s in sockets {
+                validate::namespace(&s.nsp).unwrap();
+                assert!(!s.id.is_empty() && s.id.len() <= 64);
+            }
+        }
+        Reply::Views { .. } | Reply::Done { .. } => {}
     }
 }
 

@@ -40,6 +40,32 @@ pub enum Query {
     Rooms,
     /// How many `view` sockets are connected (seed 000's `__count__`).
     Views,
+    /// Every socket of every namespace but `except` (the admin UI's own), with what the admin UI shows of it.
+    /// The request's `ns` is the asking namespace (the admin's).
+    Sockets { except: String },
+    /// An admin command, applied by the node holding the sockets: the sockets of namespace `nsp` that are
+    /// `filter` (a socket id, or a room: its sockets; none: all of them).
+    Command {
+        nsp: String,
+        filter: Option<String>,
+        action: Action,
+    },
+}
+
+/// What an admin [`Query::Command`] does to its sockets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Join {
+        room: String,
+    },
+    Leave {
+        room: String,
+    },
+    /// `close`: close the whole connection (every namespace), not only this namespace's socket.
+    Disconnect {
+        close: bool,
+    },
 }
 
 /// One node's answer, published on the asking node's reply channel.
@@ -57,9 +83,54 @@ pub struct Response {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reply {
-    Users { members: Vec<Member> },
-    Rooms { rooms: Vec<RoomCount> },
-    Views { count: u64 },
+    Users {
+        members: Vec<Member>,
+    },
+    Rooms {
+        rooms: Vec<RoomCount>,
+    },
+    Views {
+        count: u64,
+    },
+    Sockets {
+        sockets: Vec<SocketInfo>,
+    },
+    /// How many sockets a command applied to.
+    Done {
+        sockets: u64,
+    },
+}
+
+/// A socket as the admin UI shows it (its field names: this is sent to the UI as it is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SocketInfo {
+    pub id: String,
+    /// The Engine.IO session; socketioxide does not expose it, so the socket id again (one socket per client
+    /// in practice).
+    pub client_id: String,
+    /// `polling` or `websocket`.
+    pub transport: String,
+    pub nsp: String,
+    /// What the UI lists as the socket's data: `{id_user, ...}` from its identity.
+    pub data: serde_json::Value,
+    pub rooms: Vec<String>,
+    pub handshake: HandshakeInfo,
+}
+
+/// The handshake of a [`SocketInfo`], in the shape of socket.io's `socket.handshake`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeInfo {
+    pub address: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub query: std::collections::BTreeMap<String, String>,
+    /// Milliseconds since the Unix epoch (the UI calls `new Date(issued)`).
+    pub issued: u64,
+    pub secure: bool,
+    /// `issued` as a date string.
+    pub time: String,
+    pub url: String,
+    pub xdomain: bool,
 }
 
 impl Reply {
@@ -70,6 +141,8 @@ impl Reply {
             (Self::Users { .. }, Query::Users { .. })
                 | (Self::Rooms { .. }, Query::Rooms)
                 | (Self::Views { .. }, Query::Views)
+                | (Self::Sockets { .. }, Query::Sockets { .. })
+                | (Self::Done { .. }, Query::Command { .. })
         )
     }
 
@@ -79,6 +152,8 @@ impl Reply {
             Query::Users { .. } => Self::Users { members: vec![] },
             Query::Rooms => Self::Rooms { rooms: vec![] },
             Query::Views => Self::Views { count: 0 },
+            Query::Sockets { .. } => Self::Sockets { sockets: vec![] },
+            Query::Command { .. } => Self::Done { sockets: 0 },
         }
     }
 }
@@ -143,8 +218,25 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
     let req: Request = parse(bytes)?;
     validate::node_id(&req.from)?;
     validate::namespace(&req.ns)?;
-    if let Query::Users { room } = &req.query {
-        validate::room(room)?;
+    match &req.query {
+        Query::Users { room } => validate::room(room)?,
+        Query::Sockets { except } => validate::namespace(except)?,
+        Query::Command {
+            nsp,
+            filter,
+            action,
+        } => {
+            validate::namespace(nsp)?;
+            if let Some(filter) = filter
+                && !is_socket_id(filter)
+            {
+                validate::room(filter)?;
+            }
+            if let Action::Join { room } | Action::Leave { room } = action {
+                validate::room(room)?;
+            }
+        }
+        Query::Rooms | Query::Views => {}
     }
     Ok(req)
 }
@@ -168,7 +260,15 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
                 validate::room(&r.room)?;
             }
         }
-        Reply::Views { .. } => {}
+        Reply::Sockets { sockets } => {
+            for s in sockets {
+                validate::namespace(&s.nsp)?;
+                if !is_socket_id(&s.id) {
+                    return Err(DecodeError::SocketId);
+                }
+            }
+        }
+        Reply::Views { .. } | Reply::Done { .. } => {}
     }
     Ok(resp)
 }

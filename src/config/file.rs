@@ -21,7 +21,75 @@ use crate::domain::validate;
 pub struct FileConfig {
     #[serde(default, rename = "namespace")]
     pub namespaces: Vec<Spanned<NamespaceConfig>>,
+    pub admin: Option<Spanned<AdminConfig>>,
 }
+
+/// `[admin]`: the official socket.io admin UI, served at `/admin/`, for the whole cluster (seed 000).
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Off unless set: the admin namespace shows every socket's handshake (headers included).
+    #[serde(default)]
+    pub enabled: bool,
+    /// `false`: no login at all (seed 000 without a password); a warning at every start says so.
+    #[serde(default = "yes")]
+    pub auth: bool,
+    pub username: Option<String>,
+    /// bcrypt, as the admin UI's docs generate it (`$2a$`, `$2b$` or `$2y$`).
+    pub password_hash: Option<String>,
+    #[serde(default)]
+    pub mode: AdminMode,
+    /// Only statistics and lists: no `join`, `leave` or `_disconnect`.
+    #[serde(default)]
+    pub readonly: bool,
+    /// The admin UI's namespace (default `/admin`); never one of the `[[namespace]]` tables.
+    #[serde(default = "default_admin_namespace")]
+    pub namespace: String,
+}
+
+/// Never prints the password hash.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("enabled", &self.enabled)
+            .field("auth", &self.auth)
+            .field("username", &self.username)
+            .field("mode", &self.mode)
+            .field("readonly", &self.readonly)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The admin UI's two modes, as in its reference server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminMode {
+    /// Everything: socket lists, per-socket events, every event in and out.
+    #[default]
+    Development,
+    /// Statistics only: no socket lists, no per-socket events (cheaper with many sockets).
+    Production,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_admin_namespace() -> String {
+    "/admin".into()
+}
+
+/// Every key of `[admin]`, for the same checks as [`NAMESPACE_KEYS`].
+#[cfg(test)]
+const ADMIN_KEYS: &[&str] = &[
+    "enabled",
+    "auth",
+    "username",
+    "password_hash",
+    "mode",
+    "readonly",
+    "namespace",
+];
 
 /// How a namespace verifies who connects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -251,6 +319,14 @@ impl std::fmt::Display for NamePattern {
     }
 }
 
+/// The whole file, checked.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub namespaces: Vec<CheckedNamespace>,
+    /// `[admin]` when it is enabled.
+    pub admin: Option<AdminConfig>,
+}
+
 /// A namespace table that passed every check, with its file paths made absolute.
 #[derive(Debug, Clone)]
 pub struct CheckedNamespace {
@@ -261,7 +337,7 @@ pub struct CheckedNamespace {
 }
 
 /// Reads and checks the config file. Relative paths in it are relative to the file's directory.
-pub fn load(path: &Path) -> Result<Vec<CheckedNamespace>, FileError> {
+pub fn load(path: &Path) -> Result<Checked, FileError> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| FileError {
         file: file.clone(),
@@ -273,7 +349,7 @@ pub fn load(path: &Path) -> Result<Vec<CheckedNamespace>, FileError> {
 }
 
 /// [`load`] on text already read; `file` names it in errors.
-pub fn parse(text: &str, file: &str, base: &Path) -> Result<Vec<CheckedNamespace>, FileError> {
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<Checked, FileError> {
     let err = |span: Option<Range<usize>>, message: String| FileError {
         file: file.to_owned(),
         line: span.map_or(1, |s| line_of(text, s.start)),
@@ -319,7 +395,59 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Vec<CheckedNamespace
             "no [[namespace]] table: the file must declare at least one namespace".into(),
         ));
     }
-    Ok(checked)
+    let admin = match parsed.admin {
+        Some(table) => {
+            let span = table.span();
+            let admin = table.into_inner();
+            check_admin(&admin, &checked).map_err(|m| err(Some(span), format!("[admin]: {m}")))?;
+            admin.enabled.then_some(admin)
+        }
+        None => None,
+    };
+    Ok(Checked {
+        namespaces: checked,
+        admin,
+    })
+}
+
+/// `[admin]`'s rules: a login unless `auth = false`, a real bcrypt hash, a namespace of its own.
+fn check_admin(admin: &AdminConfig, namespaces: &[CheckedNamespace]) -> Result<(), String> {
+    match (admin.auth, &admin.username, &admin.password_hash) {
+        (true, Some(user), Some(_)) if user.is_empty() => {
+            return Err("`username` must not be empty".into());
+        }
+        (true, Some(_), Some(hash)) => {
+            hash.parse::<bcrypt::HashParts>().map_err(|e| {
+                format!("`password_hash` is not a bcrypt hash ($2a$, $2b$ or $2y$): {e}")
+            })?;
+        }
+        (true, _, _) if admin.enabled => {
+            return Err(
+                "`username` and `password_hash` (bcrypt) are required, or `auth = false` to \
+                 let anyone in"
+                    .into(),
+            );
+        }
+        (false, user, hash) if user.is_some() || hash.is_some() => {
+            return Err("`auth = false` takes no `username` or `password_hash`".into());
+        }
+        _ => {}
+    }
+    validate::namespace(&admin.namespace).map_err(|e| format!("`namespace`: {e}"))?;
+    if admin.namespace == "/" {
+        return Err("`namespace` must not be `/`".into());
+    }
+    if let Some(ns) = namespaces
+        .iter()
+        .find(|n| n.pattern.matches(&admin.namespace))
+    {
+        return Err(format!(
+            "`namespace` {:?} is also served by [[namespace]] {:?}: the admin namespace must be its own",
+            admin.namespace,
+            ns.pattern.to_string()
+        ));
+    }
+    Ok(())
 }
 
 /// The rules between keys: what each auth kind needs, and what it does not take.
@@ -499,7 +627,9 @@ mod tests {
     use super::*;
 
     fn parse_ok(text: &str) -> Vec<CheckedNamespace> {
-        parse(text, "test.toml", Path::new("/etc/si")).unwrap()
+        parse(text, "test.toml", Path::new("/etc/si"))
+            .unwrap()
+            .namespaces
     }
 
     fn parse_err(text: &str) -> String {
@@ -613,7 +743,12 @@ rooms = ["auth", "user"]
     #[test]
     fn example_file_loads() {
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
-        let list = parse(EXAMPLE, "deploy/config.example.toml", &base).unwrap();
+        let checked = parse(EXAMPLE, "deploy/config.example.toml", &base).unwrap();
+        assert!(checked.admin.is_none(), "the example's [admin] is off");
+        let admin: FileConfig = toml::from_str(EXAMPLE).unwrap();
+        let admin = admin.admin.unwrap().into_inner();
+        assert!(bcrypt::verify("change-me", admin.password_hash.as_deref().unwrap()).unwrap());
+        let list = checked.namespaces;
         let find = |name: &str| {
             list.iter()
                 .find(|n| n.config.name == name)
@@ -668,6 +803,97 @@ rooms = ["auth", "user"]
     #[test]
     fn namespace_keys_match_the_struct() {
         assert_eq!(serde_fields::<NamespaceConfig>(), NAMESPACE_KEYS);
+        assert_eq!(serde_fields::<AdminConfig>(), ADMIN_KEYS);
+    }
+
+    #[test]
+    fn example_file_names_every_admin_key() {
+        let admin = EXAMPLE
+            .split("[admin]")
+            .nth(1)
+            .expect("the example has an [admin] table");
+        for key in ADMIN_KEYS {
+            let named = admin.lines().any(|line| {
+                let line = line.trim_start().trim_start_matches('#').trim_start();
+                line.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            });
+            assert!(
+                named,
+                "[admin] `{key}` is missing from deploy/config.example.toml"
+            );
+        }
+    }
+
+    #[test]
+    fn admin_needs_a_login_or_says_it_has_none() {
+        let ns = "[[namespace]]\nname = \"/\"\n";
+        let hash = "$2y$04$KoI8Xj0Yl5MFfrgkXjW7qeQ1mZlfAYpXhfKJw3qxv7FkSa5m8Tj3q";
+        let ok = |extra: &str| parse(&format!("{ns}[admin]\n{extra}"), "t", Path::new("."));
+        let admin = ok(&format!(
+            "enabled = true\nusername = \"a\"\npassword_hash = \"{hash}\"\n"
+        ))
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(admin.namespace, "/admin");
+        assert_eq!(admin.mode, AdminMode::Development);
+        assert!(admin.auth && !admin.readonly);
+        assert!(
+            !format!("{admin:?}").contains(hash),
+            "the hash is never printed"
+        );
+        assert!(
+            ok("enabled = true\nauth = false\n")
+                .unwrap()
+                .admin
+                .is_some()
+        );
+        assert!(ok("enabled = false\n").unwrap().admin.is_none());
+        for (extra, message) in [
+            (
+                "enabled = true\n",
+                "`username` and `password_hash` (bcrypt) are required",
+            ),
+            (
+                "enabled = true\nusername = \"a\"\npassword_hash = \"plain\"\n",
+                "is not a bcrypt hash",
+            ),
+            (
+                "enabled = true\nauth = false\nusername = \"a\"\n",
+                "`auth = false` takes no",
+            ),
+            (
+                "enabled = true\nauth = false\nnamespace = \"/\"\n",
+                "must not be `/`",
+            ),
+            (
+                "enabled = true\nauth = false\nnamespace = \"admin\"\n",
+                "`namespace`",
+            ),
+            (
+                "enabled = true\nauth = false\nmode = \"prod\"\n",
+                "unknown variant",
+            ),
+            (
+                "enabled = true\nauth = false\nnamespace = \"/\"\n",
+                "[admin]",
+            ),
+        ] {
+            let e = ok(extra).unwrap_err().to_string();
+            assert!(e.contains(message), "{extra:?}: {e}");
+        }
+        let clash = parse(
+            "[[namespace]]\nname = \"/ad*\"\n[admin]\nenabled = true\nauth = false\n",
+            "t",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            clash.contains("also served by [[namespace]] \"/ad*\""),
+            "{clash}"
+        );
     }
 
     /// The field names a derived `Deserialize` asks its deserializer for.

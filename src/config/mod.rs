@@ -122,6 +122,11 @@ pub struct Config {
     )]
     pub client_bundle: PathBuf,
 
+    /// The admin UI's static build (`scripts/fetch-admin-ui.sh`), served at `/admin/` when the config file
+    /// enables `[admin]`.
+    #[arg(long, env = "ADMIN_UI_DIR", default_value = "deploy/static/admin")]
+    pub admin_ui_dir: PathBuf,
+
     /// The config file (TOML) listing the namespaces and how each verifies its clients (README, "Config
     /// file"). Unset: one namespace `/` where clients say who they are (`auth = "claim"`).
     #[arg(long, env = "CONFIG")]

@@ -249,11 +249,17 @@ async fn on_identity_change<A: Adapter>(
         let _ = ack.send(&serde_json::json!({ "error": e.to_string() }));
         return;
     }
+    let id_user = updated.id_user.as_deref().unwrap_or_default();
+    node.observer
+        .received(&socket, "identity-change", &[Value::from(id_user)]);
     if ns.joins(RoomSource::User) {
         if let Some(old) = &previous.id_user {
             socket.leave(user_room(old));
+            node.observer.left(&socket, &user_room(old));
         }
-        socket.join(user_room(updated.id_user.as_deref().unwrap_or_default()));
+        let room = user_room(id_user);
+        socket.join(room.clone());
+        node.observer.joined(&socket, &[room]);
     }
     socket.extensions.insert(Arc::new(updated.clone()));
     let id_user = updated.id_user.as_deref().unwrap_or_default();
@@ -301,10 +307,14 @@ async fn on_session_id<A: Adapter>(
         }));
         return;
     }
+    node.observer
+        .received(&socket, "session_id", &[Value::String(new.clone())]);
     if let Some(old) = &previous.session {
         socket.leave(session_room(old));
+        node.observer.left(&socket, &session_room(old));
     }
     socket.join(room.clone());
+    node.observer.joined(&socket, std::slice::from_ref(&room));
     socket.extensions.insert(Arc::new(Identity {
         session: Some(new.into()),
         ..(*previous).clone()
@@ -348,6 +358,9 @@ async fn on_other<A: Adapter>(
     if !within_rate(&socket, &node) {
         return;
     }
+    if let Ok(args) = &args {
+        node.observer.received(&socket, &event, &args.0);
+    }
     let forwards = node
         .namespaces
         .find(socket.ns())
@@ -378,6 +391,12 @@ async fn on_disconnect<A: Adapter>(
         return;
     };
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
+    node.observer
+        .report(|| super::observe::Observed::Disconnected {
+            nsp: socket.ns().to_owned(),
+            id: socket.id.to_string(),
+            reason: reason.to_string(),
+        });
     super::reliable::disconnected(&socket, &node).await;
     if node.presence
         && let Some(room) = &me.room

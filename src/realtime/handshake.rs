@@ -272,6 +272,8 @@ pub async fn on_connect<A: Adapter>(
     }
     let rooms = me.rooms(ns);
     socket.join(rooms.clone());
+    socket.extensions.insert(super::observe::Issued::now());
+    node.observer.connected(&socket);
     let greeting = Greeting {
         node: &node.id,
         id_socket: socket.id.to_string(),
@@ -282,6 +284,7 @@ pub async fn on_connect<A: Adapter>(
         r#type: (me.role != Role::Plain).then_some(me.role),
     };
     let _ = socket.emit("handshake", &greeting);
+    node.observer.sent(&socket, "handshake", &greeting);
     events::attach(&socket, &node, ns, &me);
     if let Some(reliable) = &ns.reliable {
         super::reliable::joined(&socket, &node, reliable, &rooms).await;

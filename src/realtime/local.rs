@@ -8,15 +8,34 @@ use std::{
 use futures_util::future::BoxFuture;
 use socketioxide::{SocketIo, adapter::Adapter};
 
-use super::handshake::{Identity, Role};
+use super::{
+    NodeInfo,
+    handshake::{Identity, Role},
+    observe::socket_info,
+};
 use crate::cluster::{
     LocalRooms,
-    protocol::{Member, Query, Reply, RoomCount},
+    protocol::{Action, Member, Query, Reply, RoomCount},
 };
 
-impl<A: Adapter> LocalRooms for SocketIo<A> {
+/// This node's sockets, as the cluster asks about them.
+pub struct Local<A: Adapter> {
+    pub io: SocketIo<A>,
+    pub node: NodeInfo,
+}
+
+impl<A: Adapter> LocalRooms for Local<A> {
     fn answer(&self, ns: &str, query: &Query) -> Reply {
-        let Some(ops) = self.of(ns) else {
+        match query {
+            Query::Sockets { except } => return self.sockets(except),
+            Query::Command {
+                nsp,
+                filter,
+                action,
+            } => return self.command(nsp, filter, action),
+            _ => {}
+        }
+        let Some(ops) = self.io.of(ns) else {
             return Reply::empty(query);
         };
         match query {
@@ -61,11 +80,13 @@ impl<A: Adapter> LocalRooms for SocketIo<A> {
                     })
                     .count() as u64,
             },
+            Query::Sockets { .. } | Query::Command { .. } => unreachable!("answered above"),
         }
     }
 
     fn room_count(&self) -> usize {
-        self.nsps()
+        self.io
+            .nsps()
             .into_iter()
             .map(|ns| {
                 let rooms: HashSet<_> = ns
@@ -80,6 +101,56 @@ impl<A: Adapter> LocalRooms for SocketIo<A> {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        Box::pin(SocketIo::close(self))
+        Box::pin(SocketIo::close(&self.io))
+    }
+}
+
+impl<A: Adapter> Local<A> {
+    /// Every local socket of every namespace but `except`.
+    fn sockets(&self, except: &str) -> Reply {
+        let sockets = self
+            .io
+            .nsps()
+            .into_iter()
+            .flat_map(|ns| ns.local().sockets())
+            .filter(|s| s.ns() != except)
+            .map(|s| socket_info(&s))
+            .collect();
+        Reply::Sockets { sockets }
+    }
+
+    /// Applies an admin command to the local sockets of `nsp` that are `filter` (an id, or a room).
+    fn command(&self, nsp: &str, filter: &Option<String>, action: &Action) -> Reply {
+        let Some(ops) = self.io.of(nsp) else {
+            return Reply::Done { sockets: 0 };
+        };
+        let by_id = filter
+            .as_deref()
+            .and_then(|f| f.parse().ok())
+            .and_then(|sid| self.io.of(nsp)?.get_socket(sid));
+        let sockets: Vec<_> = match (by_id, filter) {
+            (Some(socket), _) => vec![socket],
+            (None, Some(room)) => ops.local().to(room.clone()).sockets(),
+            (None, None) => ops.local().sockets(),
+        };
+        let observer = &self.node.observer;
+        for socket in &sockets {
+            match action {
+                Action::Join { room } => {
+                    socket.join(room.clone());
+                    observer.joined(socket, std::slice::from_ref(room));
+                }
+                Action::Leave { room } => {
+                    socket.leave(room.clone());
+                    observer.left(socket, room);
+                }
+                Action::Disconnect { close: _ } => {
+                    let _ = socket.clone().disconnect();
+                }
+            }
+        }
+        Reply::Done {
+            sockets: sockets.len() as u64,
+        }
     }
 }

@@ -16,8 +16,9 @@ pub mod admission;
 pub mod auth;
 pub mod events;
 pub mod handshake;
-mod local;
+pub mod local;
 pub mod namespaces;
+pub mod observe;
 pub mod push;
 pub mod reliable;
 
@@ -50,6 +51,8 @@ pub struct NodeInfo {
     pub handshakes: Arc<InProgress>,
     /// The store of reliable delivery (Redis in a cluster, memory on a single node), set before serving.
     pub delivery: Arc<OnceLock<Arc<dyn crate::delivery::Store>>>,
+    /// Where socket handlers report what happens, for the admin UI.
+    pub observer: Arc<observe::Observer>,
 }
 
 /// Handshakes in progress per namespace path: a dynamic namespace is only removed when none is.
@@ -121,7 +124,13 @@ impl NodeInfo {
     pub async fn ask<A: Adapter>(&self, io: &SocketIo<A>, ns: &str, query: Query) -> Answer {
         match self.cluster.get() {
             Some(cluster) => cluster.ask(ns, query).await,
-            None => Answer::local(self.id.clone(), io.answer(ns, &query)),
+            None => {
+                let local = local::Local {
+                    io: io.clone(),
+                    node: self.clone(),
+                };
+                Answer::local(self.id.clone(), local.answer(ns, &query))
+            }
         }
     }
 }

@@ -221,7 +221,9 @@ auth = "none"
 rooms = []
 views = true
 "#;
-        let checked = crate::config::file::parse(text, "t", std::path::Path::new(".")).unwrap();
+        let checked = crate::config::file::parse(text, "t", std::path::Path::new("."))
+            .unwrap()
+            .namespaces;
         let all = Namespaces::build(checked, "t", &Arc::new(Metrics::new())).unwrap();
         assert_eq!(
             all.find("/do-special").unwrap().pattern.to_string(),

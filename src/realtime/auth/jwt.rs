@@ -160,6 +160,7 @@ mod tests {
         );
         crate::config::file::parse(&text, "t.toml", std::path::Path::new("."))
             .unwrap()
+            .namespaces
             .remove(0)
             .config
     }

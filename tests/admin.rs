@@ -1,0 +1,283 @@
+//! The socket.io admin UI's protocol, cluster-wide, with real components: 2 node processes on a real Redis, and
+//! the official socket.io-client playing the admin UI (every event and field the UI reads) and the users.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A `$2y$` hash (what PHP's and the admin UI docs' tools print), cost 4 to keep the test fast.
+fn password_hash() -> String {
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    hash.replacen("$2b$", "$2y$", 1)
+}
+
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+[[namespace]]
+name = "/"
+auth = "claim"
+rooms = ["handshake"]
+
+[admin]
+enabled = true
+username = "admin"
+password_hash = "{}"
+{extra}
+"#,
+        password_hash()
+    )
+}
+
+fn login() -> Value {
+    json!({"username": "admin", "password": PASSWORD})
+}
+
+/// The next `event` of `id` for which `pred` holds (earlier ones are consumed).
+async fn until(io: &mut Clients, id: &str, event: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match io.within(id, &[event], left).await {
+            Some(ev) if pred(&ev) => return ev,
+            Some(_) => continue,
+            None => panic!("{id}: no {event} as expected within 10 s"),
+        }
+    }
+}
+
+/// A socket as `all_sockets` and `socket_connected` give it: every field the UI reads.
+fn assert_socket_shape(s: &Value) {
+    for key in ["id", "clientId", "transport", "nsp"] {
+        assert!(s[key].is_string(), "{key} in {s}");
+    }
+    assert!(s["rooms"].is_array(), "{s}");
+    assert!(s["data"].is_object(), "{s}");
+    let h = &s["handshake"];
+    assert!(h["issued"].is_u64(), "{s}");
+    assert!(h["headers"].is_object() && h["query"].is_object(), "{s}");
+    for key in ["address", "time", "url"] {
+        assert!(h[key].is_string(), "{key} in {s}");
+    }
+    assert!(h["secure"].is_boolean() && h["xdomain"].is_boolean(), "{s}");
+}
+
+fn iso_time(v: &Value) -> bool {
+    v.as_str()
+        .is_some_and(|t| humantime::parse_rfc3339(t).is_ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
+    let test = "admin_protocol";
+    let (_dir, _redis, nodes) = cluster_with_config(test, 2, &config("")).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    let u1 = io.join("u1", a, "user-1", "r1", "websocket").await;
+    let u2 = io.join("u2", b, "user-2", "r2", "websocket").await;
+
+    // Refusals: the message the UI compares.
+    for (id, auth) in [
+        ("bad", json!({"username": "admin", "password": "wrong"})),
+        ("nobody", json!({"username": "root", "password": PASSWORD})),
+        ("empty", json!({})),
+        ("forged", json!({"sessionId": "0123456789abcdef"})),
+    ] {
+        let ev = io.login(id, &a.base(), "/admin", auth).await;
+        assert_eq!(ev["event"], "connect_error", "{id}: {ev}");
+        assert_eq!(ev["message"], "invalid credentials", "{id}: {ev}");
+    }
+
+    // Login on node a: session, config, then every socket of both nodes, once.
+    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let session = io.expect("admin", "session").await["args"][0].clone();
+    let session = session.as_str().expect("a session id").to_owned();
+    assert!(
+        session.len() == 16 && session.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{session}"
+    );
+    let config = io.expect("admin", "config").await;
+    let features = &config["args"][0]["supportedFeatures"];
+    for f in [
+        "JOIN",
+        "LEAVE",
+        "DISCONNECT",
+        "AGGREGATED_EVENTS",
+        "ALL_EVENTS",
+    ] {
+        assert!(
+            features.as_array().unwrap().contains(&json!(f)),
+            "{f}: {config}"
+        );
+    }
+    let all = io.expect("admin", "all_sockets").await;
+    let sockets = all["args"][0].as_array().expect("a list").clone();
+    let mut ids: Vec<&str> = sockets.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    ids.sort();
+    let mut want = vec![u1.as_str(), u2.as_str()];
+    want.sort();
+    assert_eq!(ids, want, "both nodes' sockets, not the admin's: {all}");
+    for s in &sockets {
+        assert_socket_shape(s);
+        assert_eq!(s["nsp"], "/");
+        assert_eq!(s["transport"], "websocket");
+    }
+    let s1 = sockets.iter().find(|s| s["id"] == u1.as_str()).unwrap();
+    assert!(
+        s1["rooms"].as_array().unwrap().contains(&json!("r1")),
+        "{s1}"
+    );
+    assert_eq!(s1["data"]["id_user"], "user-1");
+    assert_eq!(s1["handshake"]["query"]["room"], "r1");
+    io.expect_none("admin", "all_sockets", Duration::from_millis(300))
+        .await;
+
+    // server_stats from each node, with what the dashboard reads.
+    let mut servers = std::collections::BTreeSet::new();
+    while servers.len() < 2 {
+        let ev = io.expect("admin", "server_stats").await;
+        let stats = &ev["args"][0];
+        for key in ["serverId", "hostname"] {
+            assert!(stats[key].is_string(), "{key}: {stats}");
+        }
+        for key in ["pid", "clientsCount", "pollingClientsCount"] {
+            assert!(stats[key].is_u64(), "{key}: {stats}");
+        }
+        assert!(stats["uptime"].is_number(), "{stats}");
+        assert!(stats["aggregatedEvents"].is_array(), "{stats}");
+        let namespaces = stats["namespaces"].as_array().unwrap();
+        assert!(
+            namespaces
+                .iter()
+                .all(|n| n["name"].is_string() && n["socketsCount"].is_u64()),
+            "{stats}"
+        );
+        servers.insert(stats["serverId"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(servers, ["a", "b"].map(String::from).into());
+
+    // Session resumption on the other node (sessions are in Redis).
+    let ev = io
+        .login("admin2", &b.base(), "/admin", json!({"sessionId": session}))
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("admin2", "config").await;
+    io.expect("admin2", "all_sockets").await;
+
+    // Per-socket events from the other node reach the admin on a.
+    let u3 = io.join("u3", b, "user-3", "r3", "websocket").await;
+    let ev = until(&mut io, "admin", "socket_connected", |e| {
+        e["args"][0]["id"] == u3.as_str()
+    })
+    .await;
+    assert_socket_shape(&ev["args"][0]);
+    assert!(iso_time(&ev["args"][1]), "{ev}");
+
+    io.emit("u1", "hello", json!(["world", {"n": 1}]), false)
+        .await;
+    let ev = until(&mut io, "admin", "event_received", |e| {
+        e["args"][1] == u1.as_str()
+    })
+    .await;
+    assert_eq!(
+        ev["args"].as_array().unwrap()[0..3],
+        [json!("/"), json!(u1), json!(["hello", "world", {"n": 1}])],
+        "{ev}"
+    );
+    assert!(iso_time(&ev["args"][3]), "{ev}");
+
+    // Commands on sockets of the other node: join, leave, disconnect.
+    io.emit("admin", "join", json!(["/", "picked", u2]), false)
+        .await;
+    let ev = until(&mut io, "admin", "room_joined", |e| {
+        e["args"][1] == "picked"
+    })
+    .await;
+    assert_eq!(
+        ev["args"].as_array().unwrap()[0..3],
+        [json!("/"), json!("picked"), json!(u2)]
+    );
+    assert!(iso_time(&ev["args"][3]), "{ev}");
+    let users = http.users(a, "picked").await;
+    assert_eq!(users.set(), pairs(&[(&u2, "user-2")]));
+
+    io.emit("admin", "leave", json!(["/", "picked", u2]), false)
+        .await;
+    let ev = until(&mut io, "admin", "room_left", |e| e["args"][1] == "picked").await;
+    assert_eq!(
+        ev["args"].as_array().unwrap()[0..3],
+        [json!("/"), json!("picked"), json!(u2)]
+    );
+    eventually(Duration::from_secs(5), "u2 out of picked", async || {
+        http.users(a, "picked").await.set().is_empty().then_some(())
+    })
+    .await;
+
+    // A room as the filter: every socket of r3 (on b), from the admin on b this time.
+    io.emit("admin2", "_disconnect", json!(["/", false, "r3"]), false)
+        .await;
+    let ev = io.expect("u3", "disconnect").await;
+    assert_eq!(ev["reason"], "io server disconnect", "{ev}");
+    let ev = until(&mut io, "admin", "socket_disconnected", |e| {
+        e["args"][1] == u3.as_str()
+    })
+    .await;
+    assert_eq!(ev["args"][0], "/");
+    assert!(
+        ev["args"][2].is_string() && iso_time(&ev["args"][3]),
+        "{ev}"
+    );
+
+    // The admin namespace is not a namespace of ours: no room query or count sees it.
+    assert_eq!(http.status(a, "/api/rooms?namespace=%2Fadmin").await, 404);
+    let rooms: Value = http
+        .client
+        .get(a.url("/api/rooms?namespace=%2F"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!rooms.to_string().contains("admin"), "{rooms}");
+    // Commands naming the admin namespace are ignored.
+    io.emit("admin2", "_disconnect", json!(["/admin", false]), false)
+        .await;
+    io.expect_none("admin", "disconnect", Duration::from_millis(500))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readonly_production_admins_get_statistics_only() {
+    let test = "admin_readonly";
+    let extra = "mode = \"production\"\nreadonly = true";
+    let (_dir, _redis, nodes) = cluster_with_config(test, 2, &config(extra)).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let u1 = io.join("u1", b, "user-1", "r1", "websocket").await;
+    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let config = io.expect("admin", "config").await;
+    assert_eq!(
+        config["args"][0]["supportedFeatures"],
+        json!(["AGGREGATED_EVENTS"])
+    );
+    let stats = io.expect("admin", "server_stats").await;
+    assert!(stats["args"][0]["serverId"].is_string(), "{stats}");
+    // No socket list, no per-socket events, and commands do nothing.
+    io.join("u2", b, "user-2", "r2", "websocket").await;
+    io.emit("admin", "_disconnect", json!(["/", false, u1]), false)
+        .await;
+    io.expect_none("u1", "disconnect", Duration::from_millis(800))
+        .await;
+    for event in ["all_sockets", "socket_connected", "event_received"] {
+        io.expect_none("admin", event, Duration::ZERO).await;
+    }
+}
