@@ -16,19 +16,19 @@ use axum_server::{
     tls_rustls::{RustlsAcceptor, RustlsConfig},
 };
 use futures_util::FutureExt;
-use socketioxide::{SocketIo, TransportType};
+use socketioxide::{SocketIo, TransportType, adapter::Adapter};
 use socketioxide_redis::{FredAdapter, RedisAdapterConfig, RedisAdapterCtr};
 
 use crate::{
     Config, StartError,
     admin::{Admin, sessions::RedisSessions},
-    cluster::{self, Cluster, LocalRooms, seal::Seal},
+    cluster::{self, Cluster, LocalRooms, membership::Change, seal::Seal},
     config::file::{self, AdminConfig},
     delivery::{MemoryStore, RedisStore, Store},
     domain::validate,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
-    realtime::{Namespaces, NodeInfo, admission, push::Push},
+    realtime::{Namespaces, NodeInfo, admission, push::Push, reliable},
     redis,
     telemetry::metrics,
 };
@@ -234,6 +234,7 @@ pub async fn run(
         local,
         cluster,
         adapter_sub,
+        info.clone(),
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("listening on {scheme}://{addr}");
@@ -311,15 +312,20 @@ type Serving = (
 );
 
 /// The socketioxide-redis adapter's connection, and the watchers counting its events: they go together. Once
-/// joined, also the delivery store's connection and its watcher, closed after the adapter's.
+/// joined, also the delivery store's connection and its watcher, closed after the adapter's, and the task keeping
+/// the holders of user rooms true to the membership ([`keep_holders`]), stopped first.
 struct AdapterLink {
     sub: redis::Subscriber,
     _watch: metrics::RedisWatch,
     store: Option<(fred::clients::Client, metrics::RedisWatch)>,
+    holders: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl AdapterLink {
     async fn close(&self) {
+        if let Some(task) = &self.holders {
+            task.abort();
+        }
         self.sub.close().await;
         if let Some((client, _)) = &self.store {
             let _ = fred::interfaces::ClientLike::quit(client).await;
@@ -419,6 +425,7 @@ async fn join_adapter(
             .watch_redis(&adapter_sub.client, "adapter_subscriber"),
         sub: adapter_sub,
         store: None,
+        holders: None,
     };
     let adapter = RedisAdapterCtr::new_with_fred_config(
         link.sub.client.clone(),
@@ -471,6 +478,13 @@ async fn join_adapter(
         }
     };
     let _ = info.cluster.set(cluster.clone());
+    let mut link = link;
+    link.holders = Some(tokio::spawn(keep_holders(
+        cluster.changes(),
+        cluster.down_after(),
+        io.clone(),
+        info.clone(),
+    )));
     let push: Arc<dyn Push> = Arc::new(io.clone());
     let state = app_state(
         (local.clone(), push),
@@ -481,10 +495,82 @@ async fn join_adapter(
     Ok((app, local, Some(cluster), Some(link)))
 }
 
+/// Keeps the holders of user rooms in the delivery store true to the cluster's membership (see
+/// [`crate::delivery`], "Dead nodes"):
+///
+/// * a node declared down (no heartbeat for 3 intervals) took its sockets with it: its holders are forgotten, so
+///   its users' rooms start their TTL. Every survivor does it; it is idempotent.
+/// * this node back from being cut off (it did not hear its own heartbeat for 2 intervals: paused, stalled, or
+///   away from Redis): the others may have declared it down and forgotten its holders while its sockets stayed
+///   connected, so it holds their rooms again ([`reliable::hold_again`]). Twice: at once, and once more
+///   `down_after` later, in case a survivor's forgetting, decided just before we came back, landed after the first
+///   pass.
+///
+/// A node that says it is leaving is not forgotten here: it lets its rooms go itself as it drains ([`drain_on`]),
+/// and a `leaving` heartbeat can be forged without `CLUSTER_SECRET`, where silence cannot.
+async fn keep_holders<A: Adapter>(
+    mut changes: tokio::sync::broadcast::Receiver<Change>,
+    down_after: Duration,
+    io: SocketIo<A>,
+    info: NodeInfo,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match changes.recv().await {
+            Ok(Change::Down(node)) => {
+                tokio::spawn(forget(info.clone(), node));
+            }
+            Ok(Change::Back) => {
+                let (io, info) = (io.clone(), info.clone());
+                tokio::spawn(async move {
+                    hold_again(&io, &info).await;
+                    tokio::time::sleep(down_after).await;
+                    hold_again(&io, &info).await;
+                });
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "membership changes missed: holders may be left behind"
+                );
+            }
+            Err(RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Forgets the holders of `node`, declared down.
+async fn forget(info: NodeInfo, node: Arc<str>) {
+    let Some(store) = info.delivery() else {
+        return;
+    };
+    match store.forget_node(&node, &|room| info.ttl_of(room)).await {
+        Ok(n) => {
+            info.metrics.delivery_holders_forgotten.inc_by(n);
+            tracing::info!(node = %node, "node forgotten: {n} holders");
+        }
+        Err(e) => tracing::warn!(node = %node, error = %e, "node not forgotten: its holders stay"),
+    }
+}
+
+/// Holds this node's user rooms again, after it was cut off.
+async fn hold_again<A: Adapter>(io: &SocketIo<A>, info: &NodeInfo) {
+    let n = reliable::hold_again(io, info).await;
+    info.metrics.delivery_holders_restored.inc_by(n);
+    tracing::info!(
+        holders = n,
+        "user rooms held again after this node was cut off"
+    );
+}
+
 /// On shutdown: stop accepting (so clients that reconnect land on another node, even on a shared port) while
 /// HTTP requests in flight finish; close every client's transport (so it reconnects elsewhere); then leave the
 /// cluster and close the Redis connections (so the other nodes stop counting this one at once). Each step is
 /// bounded by [`DRAIN_TIMEOUT`].
+///
+/// In a cluster, before leaving, the node forgets its own holders of user rooms: its sockets' disconnect handlers
+/// let their rooms go, but socketioxide runs them in tasks of their own that nothing waits for, and the store's
+/// connection closes right after.
 async fn drain_on(
     shutdown: impl Future<Output = ()>,
     draining: Arc<AtomicBool>,
@@ -492,6 +578,7 @@ async fn drain_on(
     local: Arc<dyn LocalRooms>,
     cluster: Option<Arc<Cluster>>,
     adapter_sub: Option<AdapterLink>,
+    info: NodeInfo,
 ) {
     shutdown.await;
     draining.store(true, Ordering::Relaxed);
@@ -504,6 +591,12 @@ async fn drain_on(
     }
     let leave = async {
         if let Some(cluster) = cluster {
+            if let Some(store) = info.delivery() {
+                match store.forget_node(&info.id, &|room| info.ttl_of(room)).await {
+                    Ok(n) => tracing::debug!(holders = n, "this node's user rooms let go"),
+                    Err(e) => tracing::warn!(error = %e, "this node's user rooms not let go"),
+                }
+            }
             cluster.stop().await;
         }
         if let Some(sub) = adapter_sub {

@@ -43,7 +43,8 @@
 //! version ignore each other's messages.
 //!
 //! 1. Membership ([`cluster::membership`]): a node announces itself before it answers any request, sends a
-//!    heartbeat every interval, and says when it leaves. A node silent for 3 intervals is declared down. A node hearing a
+//!    heartbeat every interval, and says when it leaves. A node silent for 3 intervals is declared down (by nodes
+//!    that hear their own heartbeat come back; one that does not is cut off and judges nobody). A node hearing a
 //!    newcomer sends its own heartbeat at once, so the newcomer knows everyone within a round trip.
 //! 2. The asking node publishes **one** request and waits for the nodes it knows to be alive. If `PUBLISH`
 //!    counts fewer subscribers than that, one `PUBSUB NUMSUB` of their reply channels tells which are gone.

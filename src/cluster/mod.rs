@@ -6,6 +6,10 @@
 //! has answered; it stops waiting for a node declared down meanwhile, and at the deadline answers with whatever
 //! arrived, marked partial. That waiting logic is [`query`], over a small transport trait; this module gives it
 //! Redis, answers other nodes' requests and sends the heartbeats.
+//!
+//! It also reports the membership changes that concern the holders of user rooms ([`Cluster::changes`]): a node
+//! declared down, this node back from being cut off. What to do about them is not the cluster's business (the
+//! delivery store and the sockets are elsewhere): the application listens.
 
 mod local;
 pub mod membership;
@@ -38,7 +42,7 @@ use uuid::Uuid;
 pub use query::Answer;
 
 use crate::{
-    cluster::membership::{Membership, Seen},
+    cluster::membership::{Change, Membership, Seen},
     cluster::protocol::{Heartbeat, Query, Request, Response},
     cluster::seal::{Freshness, RejectionLog, Seal, SealError},
     redis::{self, RedisError, Subscriber},
@@ -50,6 +54,8 @@ const MAX_CONCURRENT_REPLIES: usize = 256;
 /// Most queries this node asks at once; more wait for a place (within their timeout). Kept well under what a node
 /// answers at once, so that a few nodes asking at full tilt are still all answered.
 const MAX_CONCURRENT_QUERIES: usize = 64;
+/// Membership changes buffered for a slow listener; they are rare (a node down, this one back).
+const CHANGES_BUFFER: usize = 64;
 /// Replies buffered per pending request; forged floods beyond it are dropped.
 const REPLY_BUFFER: usize = 1024;
 /// How long the readiness probe waits for Redis.
@@ -93,6 +99,8 @@ pub struct Cluster {
     subscriber: Subscriber,
     pending: Arc<Pending>,
     membership: Arc<Membership>,
+    /// Where [`Change`]s go, for whoever listens ([`Cluster::changes`]).
+    changes: broadcast::Sender<Change>,
     local: Arc<dyn LocalRooms>,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -152,6 +160,7 @@ impl Cluster {
         let nodes_channel = format!("{prefix}:nodes");
         let pending = Arc::new(Pending::default());
         let membership = Arc::new(Membership::new(node.clone(), heartbeat));
+        let (changes, _) = broadcast::channel(CHANGES_BUFFER);
         let beats = Beats {
             node: node.clone(),
             channel: nodes_channel.clone(),
@@ -170,6 +179,7 @@ impl Cluster {
                 publisher: publisher.clone(),
                 pending: pending.clone(),
                 membership: membership.clone(),
+                changes: changes.clone(),
                 beats: beats.clone(),
                 answering: answering.clone(),
                 local: local.clone(),
@@ -213,6 +223,7 @@ impl Cluster {
             publisher.clone(),
             beats.clone(),
             membership.clone(),
+            changes.clone(),
             heartbeat,
         ));
         Ok(Arc::new(Self {
@@ -227,6 +238,7 @@ impl Cluster {
             subscriber,
             pending,
             membership,
+            changes,
             local,
             timeout,
             metrics,
@@ -240,6 +252,17 @@ impl Cluster {
     /// Live nodes, this one included.
     pub fn size(&self) -> usize {
         self.membership.size()
+    }
+
+    /// The membership changes from now on: a node declared down, this node back from being cut off (see
+    /// [`membership`]). A listener too slow to keep up misses some (and is told so by `Lagged`).
+    pub fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// How long a node may stay silent before it is declared down.
+    pub fn down_after(&self) -> Duration {
+        self.membership.down_after()
     }
 
     /// Asks every node about its sockets of namespace `ns`; returns the replies of those that answer within the
@@ -400,6 +423,7 @@ struct Handler {
     publisher: Client,
     pending: Arc<Pending>,
     membership: Arc<Membership>,
+    changes: broadcast::Sender<Change>,
     /// Our heartbeat, sent again at once when a node joins, so it knows us without waiting.
     beats: Beats,
     /// Set once our heartbeat is out: before that, nobody may receive a reply from a node it does not know.
@@ -468,15 +492,19 @@ impl Handler {
                     self.metrics.cluster_messages_rejected.inc();
                 }
                 Ok(hb) if hb.leaving => self.membership.remove(&hb.node, "it is shutting down"),
-                Ok(hb) => {
-                    if self.membership.alive(&hb.node) == Seen::Joined {
+                Ok(hb) => match self.membership.alive(&hb.node) {
+                    Seen::Joined => {
                         let publisher = self.publisher.clone();
                         let (channel, alive) = (self.nodes_channel.clone(), self.beats.alive());
                         tokio::spawn(async move {
                             let _ = publisher.publish::<i64, _, _>(channel, alive).await;
                         });
                     }
-                }
+                    Seen::Back => {
+                        let _ = self.changes.send(Change::Back);
+                    }
+                    Seen::Known => {}
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "bad heartbeat ignored");
                     self.metrics.cluster_messages_rejected.inc();
@@ -514,7 +542,13 @@ impl Handler {
 }
 
 /// Publishes our heartbeat every `every`, and declares down the nodes that stopped sending theirs.
-async fn beat(publisher: Client, beats: Beats, membership: Arc<Membership>, every: Duration) {
+async fn beat(
+    publisher: Client,
+    beats: Beats,
+    membership: Arc<Membership>,
+    changes: broadcast::Sender<Change>,
+    every: Duration,
+) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -525,6 +559,8 @@ async fn beat(publisher: Client, beats: Beats, membership: Arc<Membership>, ever
         {
             tracing::debug!(error = %e, "heartbeat not sent");
         }
-        membership.sweep();
+        for node in membership.sweep() {
+            let _ = changes.send(Change::Down(node));
+        }
     }
 }

@@ -24,8 +24,11 @@
 //!   arriving stops the clock. `client_ttl_s = 0` is [`Ttl::Forever`]: kept until acknowledged (seed 001 turned
 //!   0 into 3600).
 //! * **Dead nodes.** A node killed without saying goodbye leaves its holders behind, which would keep its rooms
-//!   from ever expiring; [`Store::forget_node`] removes them (called at start-up for the node's own id and by
-//!   the survivors when membership declares a node down).
+//!   from ever expiring; [`Store::forget_node`] removes them. It is called at start-up for the node's own id, at
+//!   the end of a graceful drain for the node's own id, and by every survivor when membership declares a node
+//!   down ([`crate::cluster::membership::Change::Down`]). A node declared down that was only cut off (paused, or
+//!   away from Redis) and still has its sockets writes their holders again with [`Store::occupied`] when it comes
+//!   back ([`crate::cluster::membership::Change::Back`], `realtime::reliable::hold_again`).
 //!
 //! ## Redis layout ([`RedisStore`])
 //! With `<P>` the store's prefix (`REDIS_PREFIX` then `:delivery`) and `<T>` the room's [`RoomKey::tag`]

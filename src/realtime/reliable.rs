@@ -2,12 +2,13 @@
 //! each room's pending messages as one `batch` event, whose ack removes exactly those; leaving, it lets them go
 //! (their messages expire `client_ttl_s` after the room's last socket left, on any node).
 //!
-//! `POST /send` ([`crate::http`]) stores and emits the live messages; this module only handles joins and leaves.
+//! `POST /send` ([`crate::http`]) stores and emits the live messages; this module only handles joins and leaves,
+//! and [`hold_again`] writes this node's holders once more when the other nodes may have forgotten them.
 
 use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
-use socketioxide::{AckError, adapter::Adapter, extract::SocketRef};
+use socketioxide::{AckError, SocketIo, adapter::Adapter, extract::SocketRef};
 
 use super::{NodeInfo, namespaces::Reliable};
 use crate::delivery::{Batch, Holder, RoomKey, ids};
@@ -25,6 +26,10 @@ pub struct Held {
 impl Held {
     fn rooms(&self) -> Vec<RoomKey> {
         self.rooms.lock().unwrap().clone()
+    }
+
+    fn holds(&self, room: &RoomKey) -> bool {
+        self.rooms.lock().unwrap().contains(room)
     }
 }
 
@@ -172,4 +177,37 @@ async fn vacate(node: &NodeInfo, holder: &Holder, rooms: &[RoomKey]) {
             tracing::warn!(room = key.room(), error = %e, "user room not let go");
         }
     }
+}
+
+/// Holds again every user room of every socket of this node; returns how many holders were written.
+///
+/// For when this node comes back from being cut off from the cluster (paused, stalled, or away from Redis) long
+/// enough for the others to declare it down: they forgot its holders ([`crate::delivery::Store::forget_node`])
+/// while its sockets stayed connected, so those rooms' messages would expire under connected users. `occupied` is
+/// idempotent and stops the expiry clock.
+pub async fn hold_again<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo) -> u64 {
+    let Some(store) = node.delivery() else {
+        return 0;
+    };
+    let mut written = 0;
+    for ns in io.nsps() {
+        for socket in ns.local().sockets() {
+            let Some(held) = socket.extensions.get::<Arc<Held>>() else {
+                continue;
+            };
+            for key in held.rooms() {
+                match store.occupied(&key, &held.holder).await {
+                    Ok(()) => written += 1,
+                    Err(e) => {
+                        tracing::warn!(room = key.room(), error = %e, "user room not held again: its messages may expire");
+                    }
+                }
+                // Left meanwhile (disconnected, or another user room): its leave may have come before our write.
+                if !socket.connected() || !held.holds(&key) {
+                    vacate(node, &held.holder, &[key]).await;
+                }
+            }
+        }
+    }
+    written
 }

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub delivery_dropped: Counter,
     /// Entries of the Redis delivery store that did not parse, skipped.
     pub delivery_malformed_entries: Counter,
+    /// Holders of user rooms removed because their node was declared down (by this node; every survivor tries).
+    pub delivery_holders_forgotten: Counter,
+    /// Holders of this node's sockets written again after this node was cut off from the cluster.
+    pub delivery_holders_restored: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +102,8 @@ impl Metrics {
         let delivery_stored = Counter::default();
         let delivery_dropped = Counter::default();
         let delivery_malformed_entries = Counter::default();
+        let delivery_holders_forgotten = Counter::default();
+        let delivery_holders_restored = Counter::default();
 
         let mut r = Registry::with_prefix("socket_identity");
         r.register(
@@ -190,6 +196,16 @@ impl Metrics {
             "Entries of the Redis delivery store that did not parse, skipped and left in place",
             delivery_malformed_entries.clone(),
         );
+        r.register(
+            "delivery_holders_forgotten",
+            "Holders of user rooms removed by this node because their node was declared down",
+            delivery_holders_forgotten.clone(),
+        );
+        r.register(
+            "delivery_holders_restored",
+            "Holders of this node's sockets written again after this node was cut off from the cluster",
+            delivery_holders_restored.clone(),
+        );
         Self {
             registry: r,
             sockets,
@@ -210,6 +226,8 @@ impl Metrics {
             delivery_stored,
             delivery_dropped,
             delivery_malformed_entries,
+            delivery_holders_forgotten,
+            delivery_holders_restored,
         }
     }
 
@@ -318,6 +336,7 @@ mod tests {
             "socket_identity_cluster_request_seconds_count 1",
             "socket_identity_pending_connections_closed_total{reason=\"timeout\"} 1",
             "socket_identity_delivery_dropped_total 0",
+            "socket_identity_delivery_holders_forgotten_total 0",
             "# EOF",
         ] {
             assert!(
