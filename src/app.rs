@@ -378,6 +378,10 @@ async fn join_cluster(
     let client = redis::connect_client(redis, config.request_timeout()).await?;
     let store = RedisStore::new(client.clone(), &config.redis_prefix)
         .counting_malformed_in(info.metrics.delivery_malformed_entries.clone());
+    if let Some(admin) = admin {
+        let sessions = RedisSessions::new(client.clone(), &config.redis_prefix);
+        admin.use_sessions(Arc::new(sessions));
+    }
     let forgotten = store.forget_node(&info.id, &|room| info.ttl_of(room)).await;
     let joined = match forgotten {
         Ok(n) => {
@@ -392,10 +396,7 @@ async fn join_cluster(
     match joined {
         Ok(mut serving) => {
             let _ = info.delivery.set(Arc::new(store));
-            if let Some(admin) = admin {
-                let sessions = RedisSessions::new(client.clone(), &config.redis_prefix);
-                admin.use_sessions(Arc::new(sessions));
-            }
+
             if let Some(link) = serving.3.as_mut() {
                 let watch = info.metrics.watch_redis(&client, "delivery");
                 link.store = Some((client, watch));

@@ -180,6 +180,33 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
     assert_socket_shape(&ev["args"][0]);
     assert!(iso_time(&ev["args"][1]), "{ev}");
 
+    // A client that starts on long-polling: connected as polling, then updated when it upgrades.
+    io.open(
+        "up",
+        a,
+        json!({"id_user": "user-up", "room": "r4"}),
+        json!(null),
+        &["polling", "websocket"],
+    )
+    .await;
+    let up = io.expect("up", "connect").await["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ev = until(&mut io, "admin", "socket_connected", |e| {
+        e["args"][0]["id"] == up.as_str()
+    })
+    .await;
+    assert_eq!(ev["args"][0]["transport"], "polling", "{ev}");
+    let ev = until(&mut io, "admin", "socket_updated", |e| {
+        e["args"][0]["id"] == up.as_str()
+    })
+    .await;
+    assert_eq!(
+        ev["args"][0],
+        json!({"id": up, "nsp": "/", "transport": "websocket"})
+    );
+
     io.emit("u1", "hello", json!(["world", {"n": 1}]), false)
         .await;
     let ev = until(&mut io, "admin", "event_received", |e| {
@@ -279,5 +306,85 @@ async fn readonly_production_admins_get_statistics_only() {
         .await;
     for event in ["all_sockets", "socket_connected", "event_received"] {
         io.expect_none("admin", event, Duration::ZERO).await;
+    }
+}
+
+/// The official admin UI in headless Chromium: log in with its form on node a, see both servers and every
+/// socket of both nodes; screenshots of the dashboard and the sockets page go to tests/artifacts/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_ui_in_a_browser_shows_the_cluster() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        std::path::Path::new(&chromium).exists(),
+        "{chromium} is missing: apt-get install -y chromium (scripts/test.sh does)"
+    );
+    assert!(
+        root().join("deploy/static/admin/index.html").exists(),
+        "run scripts/fetch-admin-ui.sh first (scripts/test.sh does)"
+    );
+    let test = "admin_browser";
+    let (dir, _redis, nodes) = cluster_with_config(test, 2, &config("")).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let http = Http::new();
+    // `/admin` sends the browser to `/admin/`, where the UI is.
+    let res = http.client.get(a.url("/admin")).send().await.unwrap();
+    assert_eq!(res.url().path(), "/admin/");
+    assert!(res.text().await.unwrap().contains("id=\"app\""));
+    let mut io = Clients::start();
+    for (i, node) in [a, b, b].iter().enumerate() {
+        io.join(
+            &format!("u{i}"),
+            node,
+            &format!("user-{i}"),
+            "lobby",
+            "websocket",
+        )
+        .await;
+    }
+    let artifacts = root().join("tests/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shots = [
+        artifacts.join("admin-dashboard.png"),
+        artifacts.join("admin-sockets.png"),
+    ];
+    for shot in &shots {
+        let _ = std::fs::remove_file(shot);
+    }
+    let base = a.base();
+    let [dashboard, sockets] = shots.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("timeout")
+            .args(["60", "node"])
+            .arg(root().join("tests/js/admin.mjs"))
+            .args([&base, "admin", PASSWORD, "2", "3"])
+            .args([&dashboard, &sockets])
+            .env("CHROMIUM", chromium)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    std::fs::write(dir.join("admin-browser.stderr"), stderr.as_bytes()).unwrap();
+    assert!(
+        out.status.success(),
+        "admin UI script failed ({}):\n{stderr}\nnode a:\n{}",
+        out.status,
+        a.log_text()
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["servers"], json!(["a", "b"]), "{result}");
+    assert_eq!(result["sockets"], 3, "{result}");
+    // What a person sees: 2 healthy servers on the dashboard, the 3 sockets listed.
+    let dashboard = result["dashboard"].as_str().unwrap();
+    let healthy = dashboard
+        .split("HEALTHY")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    assert_eq!(healthy, Some("2"), "{dashboard}");
+    let sockets_page = result["socketsPage"].as_str().unwrap();
+    assert!(sockets_page.contains("1-3 of 3"), "{sockets_page}");
+    for shot in &shots {
+        assert!(std::fs::metadata(shot).unwrap().len() > 10_000, "{shot:?}");
     }
 }

@@ -13,7 +13,7 @@ pub mod stats;
 pub mod ui;
 
 use std::{
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -30,7 +30,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 use crate::{
     cluster::protocol::{Action, Query, Reply, SocketInfo},
     config::file::{AdminConfig, AdminMode},
-    realtime::{NodeInfo, events::Args, observe::Observed},
+    realtime::{NodeInfo, events::Args, local::WATCH_LEASE, observe::Observed},
 };
 use sessions::{MemorySessions, Sessions};
 use stats::Aggregate;
@@ -45,7 +45,8 @@ const INVALID: &str = "invalid credentials";
 pub struct Admin {
     config: AdminConfig,
     node: NodeInfo,
-    sessions: OnceLock<Arc<dyn Sessions>>,
+    /// In memory until a cluster's join replaces it, before the admin namespace is registered.
+    sessions: RwLock<Arc<dyn Sessions>>,
     started: Instant,
     aggregate: Mutex<Aggregate>,
 }
@@ -79,7 +80,7 @@ impl Admin {
         Arc::new(Self {
             config,
             node,
-            sessions: OnceLock::new(),
+            sessions: RwLock::new(Arc::new(MemorySessions::default())),
             started: Instant::now(),
             aggregate: Mutex::default(),
         })
@@ -89,14 +90,37 @@ impl Admin {
         &self.config.namespace
     }
 
-    /// Sessions in Redis (a cluster); without this call, in memory.
+    /// Sessions in Redis (a cluster, before [`Admin::register`]); without this call, in memory.
     pub fn use_sessions(&self, sessions: Arc<dyn Sessions>) {
-        let _ = self.sessions.set(sessions);
+        *self.sessions.write().unwrap() = sessions;
     }
 
-    fn sessions(&self) -> &Arc<dyn Sessions> {
-        self.sessions
-            .get_or_init(|| Arc::new(MemorySessions::default()))
+    fn sessions(&self) -> Arc<dyn Sessions> {
+        self.sessions.read().unwrap().clone()
+    }
+
+    /// Keeps every node reporting details while an admin UI is connected anywhere: a node with one says so
+    /// (in Redis, for [`WATCH_LEASE`]); every node looks.
+    async fn renew_watch<A: Adapter>(&self, io: &SocketIo<A>) {
+        let observer = &self.node.observer;
+        let here = io
+            .of(self.namespace())
+            .is_some_and(|ops| !ops.local().sockets().is_empty());
+        let watched = match !here {
+            false => {
+                observer.watched_for(WATCH_LEASE);
+                self.sessions()
+                    .mark_watched(WATCH_LEASE)
+                    .await
+                    .map(|()| true)
+            }
+            true => self.sessions().watched().await,
+        };
+        match watched {
+            Ok(true) => observer.watched_for(WATCH_LEASE),
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "admin watch not renewed"),
+        }
     }
 
     fn development(&self) -> bool {
@@ -224,6 +248,10 @@ async fn on_connect<A: Adapter>(
         socket.on("_disconnect", on_disconnect::<A>);
     }
     if admin.development() {
+        admin.node.observer.watched_for(WATCH_LEASE);
+        if let Err(e) = admin.sessions().mark_watched(WATCH_LEASE).await {
+            tracing::warn!(error = %e, "admin watch not shared: other nodes may not send their events");
+        }
         let answer = admin
             .node
             .ask(
@@ -367,10 +395,12 @@ async fn relay_reports<A: Adapter>(
                 }
                 Observed::Received { .. } => aggregate.add(now, "packetsIn", None),
                 Observed::Sent { .. } => aggregate.add(now, "packetsOut", None),
+                Observed::Counted(kind) => aggregate.add(now, kind, None),
                 _ => {}
             }
         }
-        if !admin.development() {
+        // Nobody to show it to: no traffic through Redis for it.
+        if !admin.development() || !admin.node.observer.watched() {
             continue;
         }
         let sent = match report {
@@ -391,6 +421,7 @@ async fn relay_reports<A: Adapter>(
                 ops.emit("event_received", &(nsp, id, args, at)).await
             }
             Observed::Sent { nsp, id, args } => ops.emit("event_sent", &(nsp, id, args, at)).await,
+            Observed::Counted(_) => continue,
         };
         if let Err(e) = sent {
             tracing::debug!(error = %e, "admin event not sent");
@@ -447,6 +478,7 @@ async fn send_stats<A: Adapter>(admin: Arc<Admin>, io: SocketIo<A>) {
                 false => continue,
             }
         };
+        admin.renew_watch(&io).await;
         let stats = server_stats(&admin, &io, &hostname);
         if let Err(e) = ops.emit("server_stats", &stats).await {
             tracing::debug!(error = %e, "server_stats not sent");

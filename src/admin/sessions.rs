@@ -1,5 +1,6 @@
-//! Admin UI sessions: a login gives a session id the UI keeps and offers on its next connection, to any node.
-//! In Redis for a cluster (every node sees every session), in memory on a single node; 24 hours either way.
+//! What the admin UI's nodes share: sessions (a login gives a session id the UI keeps and offers on its next
+//! connection, to any node; 24 hours), and whether an admin UI is connected anywhere (so that nodes without one
+//! know to send their per-socket events). In Redis for a cluster, in memory on a single node.
 
 use std::{
     collections::HashMap,
@@ -21,6 +22,10 @@ pub const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
 pub trait Sessions: Send + Sync + 'static {
     fn save<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), String>>;
     fn valid<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, String>>;
+    /// This node has an admin UI connected, for `lease` from now.
+    fn mark_watched(&self, lease: Duration) -> BoxFuture<'_, Result<(), String>>;
+    /// Whether some node has one.
+    fn watched(&self) -> BoxFuture<'_, Result<bool, String>>;
 }
 
 /// A new session id: 16 hex characters, as the UI's reference server makes them, from a v4 UUID's randomness.
@@ -56,12 +61,23 @@ impl Sessions for MemorySessions {
             .is_some_and(|until| *until > Instant::now());
         Box::pin(std::future::ready(Ok(valid)))
     }
+
+    /// A single node knows its own admins: nothing to share.
+    fn mark_watched(&self, _: Duration) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn watched(&self) -> BoxFuture<'_, Result<bool, String>> {
+        Box::pin(std::future::ready(Ok(false)))
+    }
 }
 
 /// A cluster's sessions: `<prefix>:admin-session:<id>`, expiring in Redis.
 pub struct RedisSessions {
     client: Client,
     prefix: String,
+    /// `<prefix>:admin-watched`, set (with an expiry) by every node with an admin UI connected.
+    watched_key: String,
 }
 
 impl RedisSessions {
@@ -69,6 +85,7 @@ impl RedisSessions {
         Self {
             client,
             prefix: format!("{prefix}:admin-session:"),
+            watched_key: format!("{prefix}:admin-watched"),
         }
     }
 }
@@ -94,6 +111,26 @@ impl Sessions for RedisSessions {
         Box::pin(async move {
             self.client
                 .exists::<u64, _>(format!("{}{id}", self.prefix))
+                .await
+                .map(|n| n > 0)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn mark_watched(&self, lease: Duration) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+            self.client
+                .set::<(), _, _>(&self.watched_key, 1, Some(Expiration::PX(ms)), None, false)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn watched(&self) -> BoxFuture<'_, Result<bool, String>> {
+        Box::pin(async move {
+            self.client
+                .exists::<u64, _>(&self.watched_key)
                 .await
                 .map(|n| n > 0)
                 .map_err(|e| e.to_string())

@@ -35,3 +35,62 @@ pub fn routes<S: Clone + Send + Sync + 'static>(dir: &Path) -> Router<S> {
             .route("/admin/{*rest}", get(missing))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    async fn get(app: &Router, path: &str) -> (StatusCode, String, String) {
+        let res = app
+            .clone()
+            .oneshot(axum::http::Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let location = res
+            .headers()
+            .get("location")
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            location,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn without_the_build_every_admin_route_says_what_to_run() {
+        let app: Router = routes(Path::new("/nonexistent/admin-ui"));
+        let (status, location, _) = get(&app, "/admin").await;
+        assert_eq!(
+            (status, location.as_str()),
+            (StatusCode::PERMANENT_REDIRECT, "/admin/")
+        );
+        for path in ["/admin/", "/admin/js/app.js"] {
+            let (status, _, body) = get(&app, path).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert!(body.contains("scripts/fetch-admin-ui.sh"), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn serves_the_build_under_the_slash() {
+        let dir = std::env::temp_dir().join(format!("admin-ui-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("js")).unwrap();
+        std::fs::write(dir.join("index.html"), "<div id=\"app\"></div>").unwrap();
+        std::fs::write(dir.join("js/app.js"), "ok()").unwrap();
+        let app: Router = routes(&dir);
+        assert!(get(&app, "/admin/").await.2.contains("id=\"app\""));
+        assert_eq!(get(&app, "/admin/js/app.js").await.2, "ok()");
+        assert_eq!(
+            get(&app, "/admin/../Cargo.toml").await.0,
+            StatusCode::NOT_FOUND
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

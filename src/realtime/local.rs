@@ -18,6 +18,10 @@ use crate::cluster::{
     protocol::{Action, Member, Query, Reply, RoomCount},
 };
 
+/// How long an admin UI's `all_sockets` request makes this node report details, before the admin module's
+/// renewal (every 2 s while an admin is connected anywhere) must have come.
+pub const WATCH_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// This node's sockets, as the cluster asks about them.
 pub struct Local<A: Adapter> {
     pub io: SocketIo<A>,
@@ -106,8 +110,10 @@ impl<A: Adapter> LocalRooms for Local<A> {
 }
 
 impl<A: Adapter> Local<A> {
-    /// Every local socket of every namespace but `except`.
+    /// Every local socket of every namespace but `except`. Asked by an admin UI that just connected: from now
+    /// on this node reports details ([`WATCH_LEASE`], renewed by the admin module while it stays).
     fn sockets(&self, except: &str) -> Reply {
+        self.node.observer.watched_for(WATCH_LEASE);
         let sockets = self
             .io
             .nsps()

@@ -1,9 +1,11 @@
 //! What happens to this node's sockets, for whoever watches (the admin UI, [`crate::admin`]): connections,
 //! transport upgrades, disconnections, room joins and leaves, events in and out.
 //!
-//! socketioxide has no hooks for these, so the socket handlers report them here. A report is built only while
-//! someone watches: a node without the admin UI pays one atomic load per report. Reports go through a bounded
-//! queue; when the watcher falls behind they are dropped and counted, never waited for.
+//! socketioxide has no hooks for these, so the socket handlers report them here. Nothing is reported on a node
+//! without the admin UI (one atomic load per report). With it, every report is counted (the UI's charts), but the
+//! details (a socket's handshake, an event's arguments) are only built while an admin UI is connected somewhere
+//! in the cluster ([`Observer::watched_for`]). Reports go through a bounded queue; when the watcher falls behind
+//! they are dropped and counted, never waited for.
 
 use std::{
     collections::BTreeMap,
@@ -64,6 +66,8 @@ pub enum Observed {
         id: String,
         args: Vec<Value>,
     },
+    /// Only counted (nobody looks at the details now): `rawConnection`, `packetsIn`, `packetsOut`.
+    Counted(&'static str),
 }
 
 /// Where the socket handlers report; see the module docs.
@@ -72,6 +76,8 @@ pub struct Observer {
     watching: AtomicBool,
     queue: OnceLock<mpsc::Sender<Observed>>,
     dropped: AtomicU64,
+    /// Until when (ms since the Unix epoch) an admin UI is known to be connected somewhere.
+    watched_until: AtomicU64,
 }
 
 impl Observer {
@@ -99,6 +105,25 @@ impl Observer {
         }
     }
 
+    /// An admin UI is connected somewhere, for at least `lease` from now: reports carry their details.
+    pub fn watched_for(&self, lease: Duration) {
+        let until = now_ms().saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+        self.watched_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Whether an admin UI looks at the details now.
+    pub fn watched(&self) -> bool {
+        self.watched_until.load(Ordering::Relaxed) > now_ms()
+    }
+
+    /// Reports what `what` builds while watched, else only counts `kind`.
+    fn detailed(&self, kind: &'static str, what: impl FnOnce() -> Observed) {
+        match self.watched() {
+            true => self.report(what),
+            false => self.report(|| Observed::Counted(kind)),
+        }
+    }
+
     /// Reports dropped because the watcher fell behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
@@ -109,8 +134,10 @@ impl Observer {
         if !self.watching() {
             return;
         }
-        self.report(|| Observed::Connected(Box::new(socket_info(socket))));
-        if socket.transport_type() == TransportType::Polling {
+        self.detailed("rawConnection", || {
+            Observed::Connected(Box::new(socket_info(socket)))
+        });
+        if self.watched() && socket.transport_type() == TransportType::Polling {
             let (this, socket) = (self.clone(), socket.clone());
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + UPGRADE_WATCH;
@@ -148,7 +175,7 @@ impl Observer {
 
     /// An event from the client: `event` with `args`.
     pub fn received<A: Adapter>(&self, socket: &SocketRef<A>, event: &str, args: &[Value]) {
-        self.report(|| Observed::Received {
+        self.detailed("packetsIn", || Observed::Received {
             nsp: socket.ns().to_owned(),
             id: socket.id.to_string(),
             args: event_and(event, args),
@@ -250,4 +277,39 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn details_only_while_watched_and_nothing_unless_observed() {
+        let observer = Observer::default();
+        // Nobody watches: nothing is queued, nothing built.
+        observer.report(|| unreachable!("not built without a watcher"));
+        let mut reports = observer.watch().unwrap();
+        assert!(observer.watch().is_none(), "one watcher");
+        let details = || Observed::Joined {
+            nsp: "/".into(),
+            room: "r".into(),
+            id: "s".into(),
+        };
+        observer.detailed("packetsIn", details);
+        assert_eq!(reports.recv().await, Some(Observed::Counted("packetsIn")));
+        observer.watched_for(Duration::from_secs(10));
+        assert!(observer.watched());
+        observer.detailed("packetsIn", details);
+        assert_eq!(reports.recv().await, Some(details()));
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_loses_reports_not_memory() {
+        let observer = Observer::default();
+        let _reports = observer.watch().unwrap();
+        for _ in 0..QUEUE + 5 {
+            observer.report(|| Observed::Counted("packetsIn"));
+        }
+        assert_eq!(observer.dropped(), 5);
+    }
 }
