@@ -247,6 +247,22 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
     })
     .await;
 
+    // emit (nsp, filter, event, ...args) to a socket of the other node, seen as event_sent.
+    io.emit(
+        "admin",
+        "emit",
+        json!(["/", u2, "notice", "hi", {"x": 1}]),
+        false,
+    )
+    .await;
+    let ev = io.expect("u2", "notice").await;
+    assert_eq!(ev["args"], json!(["hi", {"x": 1}]));
+    let ev = until(&mut io, "admin", "event_sent", |e| {
+        e["args"][1] == u2.as_str()
+    })
+    .await;
+    assert_eq!(ev["args"][2], json!(["notice", "hi", {"x": 1}]), "{ev}");
+
     // A room as the filter: every socket of r3 (on b), from the admin on b this time.
     io.emit("admin2", "_disconnect", json!(["/", false, "r3"]), false)
         .await;

@@ -246,6 +246,7 @@ async fn on_connect<A: Adapter>(
         socket.on("join", on_join::<A>);
         socket.on("leave", on_leave::<A>);
         socket.on("_disconnect", on_disconnect::<A>);
+        socket.on("emit", on_emit::<A>);
     }
     if admin.development() {
         admin.node.observer.watched_for(WATCH_LEASE);
@@ -316,6 +317,21 @@ async fn on_disconnect<A: Adapter>(
         let close = args.get(1).and_then(Value::as_bool).unwrap_or(false);
         let action = Action::Disconnect { close };
         command(&admin, &io, nsp, text(&args, 2), action).await;
+    }
+}
+
+/// `emit (nsp, filter, event, ...args)` (the UI does not send it yet; its reference server takes it).
+async fn on_emit<A: Adapter>(
+    io: SocketIo<A>,
+    State(admin): State<Arc<Admin>>,
+    Data(Args(args)): Data<Args>,
+) {
+    if let (Some(nsp), Some(event)) = (text(&args, 0), text(&args, 2)) {
+        let action = Action::Emit {
+            event,
+            args: args.get(3..).unwrap_or_default().to_vec(),
+        };
+        command(&admin, &io, nsp, text(&args, 1), action).await;
     }
 }
 

@@ -66,6 +66,11 @@ pub enum Action {
     Disconnect {
         close: bool,
     },
+    /// Emits `event` with `args` (each its own argument) to the sockets.
+    Emit {
+        event: String,
+        args: Vec<serde_json::Value>,
+    },
 }
 
 /// One node's answer, published on the asking node's reply channel.
@@ -195,6 +200,8 @@ pub enum DecodeError {
     Invalid(#[from] validate::Invalid),
     #[error("invalid socket id")]
     SocketId,
+    #[error("invalid event name")]
+    EventName,
 }
 
 impl Request {
@@ -232,8 +239,12 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
             {
                 validate::room(filter)?;
             }
-            if let Action::Join { room } | Action::Leave { room } = action {
-                validate::room(room)?;
+            match action {
+                Action::Join { room } | Action::Leave { room } => validate::room(room)?,
+                Action::Emit { event, .. } if !is_event_name(event) => {
+                    return Err(DecodeError::EventName);
+                }
+                Action::Emit { .. } | Action::Disconnect { .. } => {}
             }
         }
         Query::Rooms | Query::Views => {}
@@ -271,6 +282,11 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
         Reply::Views { .. } | Reply::Done { .. } => {}
     }
     Ok(resp)
+}
+
+/// An event name a client can receive: 1 to 128 characters, no control characters.
+pub fn is_event_name(event: &str) -> bool {
+    !event.is_empty() && event.chars().count() <= 128 && !event.chars().any(char::is_control)
 }
 
 /// Engine.IO ids are 20 characters of base64url; allow some slack, never markup or control bytes.

@@ -343,7 +343,9 @@ async fn on_count<A: Adapter>(
             _ => 0,
         })
         .sum();
-    let _ = socket.emit("__count__", &count);
+    if socket.emit("__count__", &count).is_ok() {
+        node.observer.sent(&socket, "__count__", &count);
+    }
     let _ = ack.send(&count);
 }
 

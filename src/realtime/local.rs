@@ -153,6 +153,12 @@ impl<A: Adapter> Local<A> {
                 Action::Disconnect { close: _ } => {
                     let _ = socket.clone().disconnect();
                 }
+                Action::Emit { event, args } => {
+                    let args = super::events::Args(args.clone());
+                    if socket.emit(event.as_str(), &args).is_ok() {
+                        observer.sent_args(socket, event, &args.0);
+                    }
+                }
             }
         }
         Reply::Done {

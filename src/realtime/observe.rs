@@ -182,6 +182,15 @@ impl Observer {
         });
     }
 
+    /// An event with several arguments emitted to this one socket.
+    pub fn sent_args<A: Adapter>(&self, socket: &SocketRef<A>, event: &str, args: &[Value]) {
+        self.detailed("packetsOut", || Observed::Sent {
+            nsp: socket.ns().to_owned(),
+            id: socket.id.to_string(),
+            args: event_and(event, args),
+        });
+    }
+
     /// An event emitted to this one socket.
     pub fn sent<A: Adapter>(
         &self,

@@ -107,7 +107,10 @@ pub async fn joined<A: Adapter>(
             .timeout(BATCH_ACK_TIMEOUT)
             .emit_with_ack::<_, Value>("batch", &batch)
         {
-            Ok(ack) => ack,
+            Ok(ack) => {
+                node.observer.sent(socket, "batch", &batch);
+                ack
+            }
             Err(e) => {
                 tracing::debug!(room = key.room(), error = %e, "batch not sent");
                 continue;
