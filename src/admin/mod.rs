@@ -38,6 +38,9 @@ use stats::Aggregate;
 /// How often each node sends its `server_stats` (the UI marks a server unhealthy after 10 s without).
 const STATS_EVERY: Duration = Duration::from_secs(2);
 
+/// Longest a login waits for its password check.
+const LOGIN_QUEUE: Duration = Duration::from_secs(8);
+
 /// The refusal the UI recognises and shows as "invalid credentials".
 const INVALID: &str = "invalid credentials";
 
@@ -49,6 +52,8 @@ pub struct Admin {
     sessions: RwLock<Arc<dyn Sessions>>,
     started: Instant,
     aggregate: Mutex<Aggregate>,
+    /// One password check at a time: a flood of logins costs one core, not all of them.
+    checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -66,6 +71,8 @@ pub enum AdminError {
     InvalidCredentials,
     #[error("admin sessions unavailable: {0}")]
     Sessions(String),
+    #[error("server busy checking other logins, try again")]
+    Busy,
 }
 
 impl Admin {
@@ -83,6 +90,7 @@ impl Admin {
             sessions: RwLock::new(Arc::new(MemorySessions::default())),
             started: Instant::now(),
             aggregate: Mutex::default(),
+            checks: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -196,7 +204,12 @@ async fn login<A: Adapter>(
     };
     let expected_user = admin.config.username.clone().unwrap_or_default();
     let hash = admin.config.password_hash.clone().unwrap_or_default();
+    let permit = tokio::time::timeout(LOGIN_QUEUE, admin.checks.clone().acquire_owned())
+        .await
+        .map_err(|_| AdminError::Busy)?
+        .map_err(|_| AdminError::Busy)?;
     let ok = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         // Both checked, always: the time does not say which one was wrong.
         let password_ok = bcrypt::verify(password, &hash).unwrap_or(false);
         crate::domain::secret::equal(user.as_bytes(), expected_user.as_bytes()) && password_ok
