@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The benchmark (method and results in BENCHMARKS.md): our server against the Node reference
-# (bench/node-reference/, socket.io v4 + @socket.io/redis-adapter), in one run, on loopback only; and, for ours
-# only, handshakes per second by auth kind (claim, jwt, credentials) and the users query on a namespace with
-# 3 rooms per socket.
+# (bench/node-reference/, socket.io v4 + @socket.io/redis-adapter), in one run, on loopback only, including
+# POST /send (pushes per second to a room, a push's fan-out to 10,000 sockets, reliable delivery with acks to
+# 1,000 user rooms); and, for ours only, handshakes per second by auth kind (claim, jwt, credentials) and the
+# users query on a namespace with 3 rooms per socket.
 #   scripts/bench.sh                 the full run (about 10 minutes on 2 cores, the tenancy phases ~30 s of it)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0    the tenancy phases alone
+#   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0
+#                                    the POST /send phases alone (--send-requests, --send-fanout-size,
+#                                    --reliable-rooms: 0 skips each)
 # Starts its own redis-server and nodes, stops them by pid, and stops by itself (--max-minutes, default 40).
 # Honours CARGO_TARGET_DIR (binaries in $CARGO_TARGET_DIR/release instead of target/release).
 # Raw results: target/bench/results.json; process logs and config files: target/bench/<target>/<phase>/.

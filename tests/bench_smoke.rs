@@ -1,7 +1,9 @@
-//! A tiny run of the benchmark (`scripts/bench.sh`), so it cannot rot: both targets, every phase (with ours,
+//! A tiny run of the benchmark (`scripts/bench.sh`), so it cannot rot: both targets, every phase (the
+//! `POST /send` phases: pushes to a room, a push's fan-out, reliable delivery to user rooms with acks; with ours,
 //! the tenancy phases: handshakes per auth kind from a config file, the users query on a namespace with 3
-//! rooms per socket), and `--check`, which fails on any refused connection or handshake, wrong room count or
-//! lost fan-out event. Speed is not asserted here; BENCHMARKS.md has the numbers.
+//! rooms per socket), and `--check`, which fails on any refused connection or handshake, wrong room count,
+//! lost fan-out event, failed push, lost or unacknowledged push, or message left in the store. Speed is not
+//! asserted here; BENCHMARKS.md has the numbers.
 
 mod common;
 
@@ -27,6 +29,9 @@ fn bench_smoke_run_is_correct() {
         // bcrypt at the bench's cost 10: bcrypt is optimised in dev builds too (Cargo.toml), ~0.1 s per check.
         .args(["--handshakes", "20", "--credential-handshakes", "20"])
         .args(["--ns-size", "50"])
+        .args(["--send-requests", "40", "--send-room-size", "10"])
+        .args(["--send-fanout-size", "30", "--reliable-rooms", "20"])
+        .args(["--reliable-rounds", "2", "--send-concurrency", "4"])
         .args(["--check", "--max-minutes", "4", "--logs"])
         .arg(&logs)
         .current_dir(root())
@@ -50,6 +55,15 @@ fn bench_smoke_run_is_correct() {
         stdout.matches("60 idle TLS websocket connections").count(),
         2
     );
+    // The send phases ran for both: every push answered and delivered, every user-room message acknowledged
+    // and gone from the store.
+    for row in [
+        "| 10 sockets | 40 | 4 |",
+        "| 30 sockets | 2 |",
+        "| 20 | 2 | 40 | 4 | 40 | 40 | 40 | 0 |",
+    ] {
+        assert_eq!(stdout.matches(row).count(), 2, "{row:?} in:\n{stdout}");
+    }
     // The tenancy phases ran for ours (only): every kind, and the 3-room namespace with each socket listed once.
     for row in [
         "| claim | 20 |",

@@ -1,7 +1,10 @@
 // The Node reference for the benchmark: socket-identity's contract written the way a Node team would,
-// with socket.io v4, @socket.io/redis-adapter and `fetchSockets()` reading `socket.data.id_user`.
+// with socket.io v4, @socket.io/redis-adapter and `fetchSockets()` reading `socket.data.id_user`; and seed 001's
+// `POST /send` (push an event to rooms of a site's namespace, user rooms reliably: stored in Redis, emitted with
+// an ack callback across the cluster, deleted on ack, sent again as one `batch` when the user reconnects).
 // Configured like the Rust server, by environment: PORT, BIND, NODE_ID, REDIS_URL (unset: one node),
-// TLS_CERT, TLS_KEY, REQUEST_TIMEOUT_MS, PRESENCE_EVENTS.
+// TLS_CERT, TLS_KEY, REQUEST_TIMEOUT_MS, PRESENCE_EVENTS; for /send: SEND_SITE (the namespace `/${SEND_SITE}`,
+// unset: no /send), SEND_API_KEY, USER_ROOM_PREFIX (unset: no reliable delivery), CLIENT_TTL_S (default 3600).
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:https";
@@ -17,6 +20,13 @@ const BIND = env.BIND ?? "0.0.0.0";
 const NODE_ID = env.NODE_ID ?? randomUUID();
 const PRESENCE = (env.PRESENCE_EVENTS ?? "true") !== "false";
 const TIMEOUT = Number(env.REQUEST_TIMEOUT_MS ?? 1000);
+const SEND_SITE = env.SEND_SITE;
+const SEND_API_KEY = env.SEND_API_KEY;
+const USER_ROOM_PREFIX = env.USER_ROOM_PREFIX;
+const CLIENT_TTL_S = Number(env.CLIENT_TTL_S ?? 3600);
+// How long a live message waits for its ack (the same as the Rust server); unacknowledged, it stays stored.
+const ACK_TIMEOUT_MS = 30000;
+const MAX_BODY_BYTES = 256 * 1024;
 
 const json = (res, status, body) => {
   const text = JSON.stringify(body);
@@ -30,8 +40,10 @@ const server = createServer(
     if (req.url.startsWith("/socket.io/")) return; // socket.io answers these itself
     const path = req.url.split("?")[0];
     if (req.method === "GET" && path === "/health") {
-      return json(res, 200, { status: "ok", node: NODE_ID, mode: env.REDIS_URL ? "cluster" : "single", sockets: io.of("/").sockets.size });
+      const sockets = [...io._nsps.values()].reduce((n, nsp) => n + nsp.sockets.size, 0);
+      return json(res, 200, { status: "ok", node: NODE_ID, mode: env.REDIS_URL ? "cluster" : "single", sockets });
     }
+    if (req.method === "POST" && path === "/send") return send(req, res);
     const m = req.method === "GET" && path.match(/^\/([^/]+)\/users$/);
     if (!m) return json(res, 404, { error: "not found" });
     let room;
@@ -55,11 +67,14 @@ const server = createServer(
 
 const io = new Server(server, { transports: ["polling", "websocket"] });
 
+// The adapter's two clients, and a third for the messages of /send (the adapter's pub client would do too).
+let db = null;
 if (env.REDIS_URL) {
   const pub = createClient({ url: env.REDIS_URL });
   const sub = pub.duplicate();
-  for (const c of [pub, sub]) c.on("error", (e) => console.error(`redis: ${e.message}`));
-  await Promise.all([pub.connect(), sub.connect()]);
+  db = pub.duplicate();
+  for (const c of [pub, sub, db]) c.on("error", (e) => console.error(`redis: ${e.message}`));
+  await Promise.all([pub.connect(), sub.connect(), db.connect()]);
   io.adapter(createAdapter(pub, sub, { requestsTimeout: TIMEOUT }));
 }
 
@@ -79,7 +94,7 @@ function checkUser(id) {
 }
 
 // The handshake: id_user and room from auth first, then the query string.
-io.use((socket, next) => {
+function handshake(socket, next) {
   const { auth, query } = socket.handshake;
   const idUser = auth?.id_user ?? query.id_user;
   const room = auth?.room ?? query.room;
@@ -89,9 +104,9 @@ io.use((socket, next) => {
   if (bad) return next(new Error(bad));
   Object.assign(socket.data, { id_user: idUser, room, node: NODE_ID });
   next();
-});
+}
 
-io.on("connection", (socket) => {
+function onConnection(socket) {
   const { room } = socket.data;
   socket.join(room);
   socket.emit("handshake", { node: NODE_ID, id_socket: socket.id, id_user: socket.data.id_user, room });
@@ -111,7 +126,119 @@ io.on("connection", (socket) => {
     reply({ ok: true, id_user: next });
     socket.to(room).emit("identity-change", { id_socket: socket.id, id_user: next, previous_id_user: previous });
   });
-});
+}
+
+io.use(handshake);
+io.on("connection", onConnection);
+// The /send site's namespace: the same handshake (its room may be a user room), plus the pending messages.
+const site = SEND_SITE ? io.of(`/${SEND_SITE}`) : null;
+if (site) {
+  site.use(handshake);
+  site.on("connection", (socket) => {
+    onConnection(socket);
+    if (isUserRoom(socket.data.room)) sendPending(socket, socket.data.room).catch((e) => console.error(`batch: ${e.message}`));
+  });
+}
+
+// Reliable delivery (seed 001): each user room's pending messages in a Redis hash, field = message id, value =
+// JSON [event, ...args]; the hash expires CLIENT_TTL_S after the last push (0: never).
+const isUserRoom = (room) => USER_ROOM_PREFIX !== undefined && room.startsWith(USER_ROOM_PREFIX);
+const pendingKey = (room) => `send:/${SEND_SITE}:${room}`;
+let sequence = 0;
+// Ids grow in send order on one node (time, then a counter), as seed 001's flake ids.
+const nextId = () => `${String(Date.now()).padStart(15, "0")}-${String(sequence++ % 1e9).padStart(9, "0")}-${NODE_ID}`;
+
+async function store(room, event, args) {
+  const id = nextId();
+  const key = pendingKey(room);
+  const multi = db.multi().hSet(key, id, JSON.stringify([event, ...args]));
+  if (CLIENT_TTL_S > 0) multi.expire(key, CLIENT_TTL_S);
+  await multi.exec();
+  return id;
+}
+
+// A socket joining its user room gets what is pending there as one `batch`; its ack deletes exactly those.
+async function sendPending(socket, room) {
+  const pending = await db.hGetAll(pendingKey(room));
+  const ids = Object.keys(pending).sort();
+  if (ids.length === 0) return;
+  const batch = ids.map((id) => JSON.parse(pending[id]));
+  socket.timeout(ACK_TIMEOUT_MS).emit("batch", batch, (err) => {
+    if (!err) db.hDel(pendingKey(room), ids).catch((e) => console.error(`batch ack: ${e.message}`));
+  });
+}
+
+// POST /send?site=&apiKey= (or Authorization: Bearer), JSON {rooms, event, args}: seed 001's request.
+async function send(req, res) {
+  const url = new URL(req.url, "https://localhost");
+  const bearer = req.headers.authorization?.startsWith("Bearer ") ? req.headers.authorization.slice(7) : undefined;
+  const key = url.searchParams.get("apiKey") ?? bearer;
+  let body;
+  try {
+    body = await readBody(req);
+  } catch (e) {
+    return json(res, e.status ?? 400, { error: e.message });
+  }
+  if (!site || url.searchParams.get("site") !== SEND_SITE || !SEND_API_KEY || key !== SEND_API_KEY) {
+    return json(res, 401, { error: "unknown site or wrong API key" });
+  }
+  if (!(req.headers["content-type"] ?? "").startsWith("application/json")) {
+    return json(res, 415, { error: "the body must be application/json" });
+  }
+  let push;
+  try {
+    push = JSON.parse(body);
+  } catch (e) {
+    return json(res, 400, { error: `invalid body: ${e.message}` });
+  }
+  const rooms = typeof push?.rooms === "string" ? [push.rooms] : push?.rooms;
+  const { event, args = [] } = push ?? {};
+  if (!Array.isArray(rooms) || rooms.length === 0 || rooms.some((r) => checkRoom(r))) {
+    return json(res, 400, { error: "invalid rooms" });
+  }
+  if (typeof event !== "string" || event.length === 0) return json(res, 400, { error: "invalid event" });
+  if (!Array.isArray(args)) return json(res, 400, { error: "invalid args: must be a list" });
+  const userRooms = rooms.filter(isUserRoom);
+  const otherRooms = rooms.filter((r) => !isUserRoom(r));
+  // Stored before anything is emitted: a message Redis did not take is not sent (503, the backend retries).
+  let ids;
+  try {
+    if (userRooms.length > 0 && !db) throw new Error("no Redis");
+    ids = await Promise.all(userRooms.map((room) => store(room, event, args)));
+  } catch (e) {
+    return json(res, 503, { error: `the message could not be stored: ${e.message}` });
+  }
+  userRooms.forEach((room, i) => {
+    // Every socket of the room, on every node; the callback runs once all have answered (or at the timeout).
+    site.to(room).timeout(ACK_TIMEOUT_MS).emit(event, ...args, (err, responses) => {
+      if (responses?.length > 0) db.hDel(pendingKey(room), ids[i]).catch((e) => console.error(`ack: ${e.message}`));
+    });
+  });
+  // A socket also in a user room has the message from there, with its callback.
+  if (otherRooms.length > 0) site.to(otherRooms).except(userRooms).emit(event, ...args);
+  json(res, 200, {
+    namespace: site.name,
+    event,
+    rooms: rooms.map((room) => ({ room, queued: isUserRoom(room) ? 1 : 0 })),
+  });
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on("data", (chunk) => {
+      size += chunk.length;
+      if (size <= MAX_BODY_BYTES) chunks.push(chunk);
+    });
+    req.on("end", () =>
+      size > MAX_BODY_BYTES
+        ? reject(Object.assign(new Error(`the body is larger than ${MAX_BODY_BYTES} bytes`), { status: 413 }))
+        : resolve(Buffer.concat(chunks).toString("utf8")),
+    );
+    req.on("error", reject);
+  });
+}
 
 server.listen(PORT, BIND, () => console.log(`listening on https://${BIND}:${PORT} (node ${NODE_ID})`));
 

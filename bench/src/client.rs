@@ -3,8 +3,10 @@
 //!
 //! Engine.IO v4 straight to websocket (no polling): `0{..}` open, we send `40` (connect to `/`; `40/ns,{auth}` for
 //! another namespace or with an auth object), the server answers `40{"sid"}` or `44{"message"}` (prefixed with
-//! `/ns,` outside `/`); afterwards we answer pings (`2`) with pongs (`3`) and report `identity-change` events to
-//! the fan-out probe.
+//! `/ns,` outside `/`); afterwards we answer pings (`2`) with pongs (`3`), report `identity-change` events and
+//! the bench's `POST /send` events (`e`) to the probe, and acknowledge every event that asks for an ack
+//! (`42/ns,<id>[..]` is answered `43/ns,<id>[]`, what a socket.io client's callback called without arguments
+//! sends).
 
 use std::{
     net::SocketAddr,
@@ -52,7 +54,11 @@ pub fn tls_connector(ca_pem: &std::path::Path) -> anyhow::Result<TlsConnector> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// Counts `identity-change` events of the current fan-out round across every client.
+/// The event the bench pushes with `POST /send`.
+pub const SEND_EVENT: &str = "e";
+
+/// Counts, across every client, the events of the current fan-out round (`identity-change` relayed, or a
+/// `POST /send` event naming the round), and every `POST /send` event and ack.
 #[derive(Default)]
 pub struct FanoutProbe {
     round: AtomicU64,
@@ -61,6 +67,11 @@ pub struct FanoutProbe {
     /// When the last expected receiver got the event.
     last: Mutex<Option<Instant>>,
     done: Notify,
+    /// `POST /send` events received, and acks sent (for any event that asked for one), by all clients.
+    send_events: AtomicUsize,
+    acks: AtomicUsize,
+    /// When the latest ack was sent.
+    last_ack: Mutex<Option<Instant>>,
 }
 
 impl FanoutProbe {
@@ -82,11 +93,42 @@ impl FanoutProbe {
         self.arrived.load(Ordering::SeqCst)
     }
 
+    /// `POST /send` events received so far, by all clients.
+    pub fn send_events(&self) -> usize {
+        self.send_events.load(Ordering::SeqCst)
+    }
+
+    /// Acks sent so far, by all clients.
+    pub fn acks(&self) -> usize {
+        self.acks.load(Ordering::SeqCst)
+    }
+
+    /// When the latest ack was sent.
+    pub fn last_ack(&self) -> Option<Instant> {
+        *self.last_ack.lock().unwrap()
+    }
+
+    fn acked(&self) {
+        *self.last_ack.lock().unwrap() = Some(Instant::now());
+        self.acks.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An `identity-change` relayed: the emitter names each round `fanout-<round>` in the new id_user.
     fn saw(&self, text: &str) {
-        // The emitter names each round `fanout-<round>` in the new id_user.
+        self.saw_round(text, "\"id_user\":\"fanout-", '"');
+    }
+
+    /// A `POST /send` event: a round's push carries `{"round": <round>}` as its argument.
+    fn saw_send(&self, text: &str) {
+        self.send_events.fetch_add(1, Ordering::SeqCst);
+        self.saw_round(text, "\"round\":", '}');
+    }
+
+    /// Counts the event for the current round if `text` names it, as the digits after `marker` up to `end`.
+    fn saw_round(&self, text: &str, marker: &str, end: char) {
         let Some(round) = text
-            .split_once("\"id_user\":\"fanout-")
-            .and_then(|(_, rest)| rest.split('"').next())
+            .split_once(marker)
+            .and_then(|(_, rest)| rest.split(end).next())
             .and_then(|n| n.parse::<u64>().ok())
         else {
             return;
@@ -137,11 +179,33 @@ impl Login {
 
     /// A packet of this namespace without its type and namespace prefix (`40/ns,{..}` -> `{..}`).
     fn strip<'a>(&self, kind: &str, packet: &'a str) -> Option<&'a str> {
-        let rest = packet.strip_prefix(kind)?;
-        match self.namespace.as_str() {
-            "/" => Some(rest),
-            ns => rest.strip_prefix(ns)?.strip_prefix(','),
-        }
+        strip(&self.namespace, kind, packet)
+    }
+}
+
+/// A packet of namespace `ns` without its type and namespace prefix (`40/ns,{..}` -> `{..}`).
+fn strip<'a>(ns: &str, kind: &str, packet: &'a str) -> Option<&'a str> {
+    let rest = packet.strip_prefix(kind)?;
+    match ns {
+        "/" => Some(rest),
+        ns => rest.strip_prefix(ns)?.strip_prefix(','),
+    }
+}
+
+/// A Socket.IO `EVENT` packet of namespace `ns` (`42/ns,<ack id>["name",..]`): its ack id, if it asks for an
+/// ack, and its JSON array.
+fn event_packet<'a>(ns: &str, packet: &'a str) -> Option<(Option<&'a str>, &'a str)> {
+    let rest = strip(ns, "42", packet)?;
+    let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let (id, array) = rest.split_at(digits);
+    Some(((!id.is_empty()).then_some(id), array))
+}
+
+/// The `ACK` packet answering event `id` of namespace `ns`, with no arguments: `43/ns,<id>[]`.
+fn ack_packet(ns: &str, id: &str) -> String {
+    match ns {
+        "/" => format!("43{id}[]"),
+        ns => format!("43{ns},{id}[]"),
     }
 }
 
@@ -151,6 +215,8 @@ pub struct Client {
     task: JoinHandle<()>,
     /// The Socket.IO socket id the server gave (`id_socket` in `GET /{room}/users`).
     pub sid: String,
+    /// `POST /send` events received.
+    received: Arc<AtomicUsize>,
 }
 
 impl Drop for Client {
@@ -225,6 +291,10 @@ impl Client {
         };
 
         let (outbox, mut inbox) = tokio::sync::mpsc::channel::<String>(4);
+        let received = Arc::new(AtomicUsize::new(0));
+        let counted = received.clone();
+        let ns = login.namespace.clone();
+        let send_prefix = format!("[\"{SEND_EVENT}\"");
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -234,8 +304,20 @@ impl Client {
                                 if ws.send(Message::text("3")).await.is_err() {
                                     return;
                                 }
-                            } else if t.starts_with("42[\"identity-change\"") {
-                                probe.saw(&t);
+                            } else if let Some((ack, array)) = event_packet(&ns, &t) {
+                                if array.starts_with("[\"identity-change\"") {
+                                    probe.saw(array);
+                                } else if array.starts_with(&send_prefix) {
+                                    counted.fetch_add(1, Ordering::SeqCst);
+                                    probe.saw_send(array);
+                                }
+                                // Every event asking for an ack gets one (a `POST /send` to a user room, a `batch`).
+                                if let Some(id) = ack {
+                                    if ws.send(Message::text(ack_packet(&ns, id))).await.is_err() {
+                                        return;
+                                    }
+                                    probe.acked();
+                                }
                             }
                         }
                         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
@@ -249,7 +331,17 @@ impl Client {
                 }
             }
         });
-        Ok(Self { outbox, task, sid })
+        Ok(Self {
+            outbox,
+            task,
+            sid,
+            received,
+        })
+    }
+
+    /// `POST /send` events this client has received.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
     }
 
     /// Sends `identity-change` naming fan-out round `round`: the server relays it to the rest of the room.
@@ -279,5 +371,34 @@ where
             Some(Err(e)) => return Err(e.into()),
             None => return Err(ConnectError::Protocol("connection closed".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_with_and_without_ack_ids() {
+        assert_eq!(
+            event_packet("/", "42[\"e\",{}]"),
+            Some((None, "[\"e\",{}]"))
+        );
+        assert_eq!(
+            event_packet("/", "4217[\"e\"]"),
+            Some((Some("17"), "[\"e\"]"))
+        );
+        assert_eq!(
+            event_packet("/ns", "42/ns,3[\"e\",1]"),
+            Some((Some("3"), "[\"e\",1]"))
+        );
+        assert_eq!(event_packet("/ns", "42/other,3[\"e\"]"), None);
+        assert_eq!(event_packet("/ns", "43/ns,3[]"), None);
+    }
+
+    #[test]
+    fn acks_name_their_namespace() {
+        assert_eq!(ack_packet("/", "17"), "4317[]");
+        assert_eq!(ack_packet("/bench-send", "3"), "43/bench-send,3[]");
     }
 }

@@ -7,7 +7,9 @@
 //! 2. connection set-up time, and resident memory per idle connection on one node;
 //! 3. fan-out: one `identity-change` relayed to the N-1 others of the room, until the last one has it;
 //! 4. how the query scales with the number of nodes;
-//! 5. (ours only, `tenancy.rs`) handshakes per second by auth kind (`claim`, `jwt`, `credentials`) on one node,
+//! 5. (`send.rs`) `POST /send`: pushes per second to a room on one node, the time until the last socket of a
+//!    large room on K nodes has a push, and reliable delivery (store, emit, ack) to user rooms per second;
+//! 6. (ours only, `tenancy.rs`) handshakes per second by auth kind (`claim`, `jwt`, `credentials`) on one node,
 //!    and the users query on a namespace where every socket is in 3 rooms, on K nodes.
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
@@ -16,6 +18,7 @@
 
 mod client;
 mod procs;
+mod send;
 mod tenancy;
 
 use std::{
@@ -34,6 +37,7 @@ use serde::Serialize;
 use crate::{
     client::{Client, FanoutProbe, Login},
     procs::{Node, Redis, Target},
+    send::{ReliableResult, SendFanoutResult, SendRateResult},
     tenancy::{HandshakeResult, NamespaceQueryResult},
 };
 
@@ -106,6 +110,28 @@ struct Args {
     /// `user.{id}`, `session.{id}`), spread over `--nodes` nodes; 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     ns_size: usize,
+    /// `POST /send` requests per second: pushes posted to a room of `--send-room-size` sockets on one node; 0
+    /// skips it.
+    #[arg(long, default_value_t = 5000)]
+    send_requests: usize,
+    /// Sockets in the room those pushes go to (`staff`, not a user room).
+    #[arg(long, default_value_t = 100)]
+    send_room_size: usize,
+    /// `POST /send` requests in flight at once (keep-alive HTTPS connections), for `--send-requests` and
+    /// `--reliable-rooms`.
+    #[arg(long, default_value_t = 16)]
+    send_concurrency: usize,
+    /// Sockets of the room, on `--nodes` nodes, that one push per round (`--fanout-rounds`) must reach: the
+    /// time until the last one has it; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    send_fanout_size: usize,
+    /// Reliable delivery: sockets, each alone in its user room `user_{i}`, on `--nodes` nodes, that get
+    /// `--reliable-rounds` pushes each and acknowledge them; 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    reliable_rooms: usize,
+    /// Pushes per user room.
+    #[arg(long, default_value_t = 5)]
+    reliable_rounds: usize,
     /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
     #[arg(long)]
     check: bool,
@@ -193,6 +219,9 @@ struct Report {
     scale: Vec<ScaleResult>,
     handshakes: Vec<HandshakeResult>,
     namespace_query: Option<NamespaceQueryResult>,
+    send_rate: Option<SendRateResult>,
+    send_fanout: Option<SendFanoutResult>,
+    reliable: Option<ReliableResult>,
     errors: Vec<String>,
 }
 
@@ -211,6 +240,7 @@ impl Report {
                 .namespace_query
                 .as_ref()
                 .map_or(0, |q| q.connect_errors + q.wrong_answers)
+            + send::error_count(self)
     }
 }
 
@@ -319,6 +349,7 @@ impl Bench {
                 Err(e) => report.errors.push(format!("scale k={k}: {e:#}")),
             }
         }
+        self.send_phases(target, &mut report).await;
         // The Node reference has one namespace and no auth kinds: these phases are ours only.
         if target.name == "ours" {
             if let Err(e) = self.handshakes(target, &mut report).await {
@@ -361,6 +392,18 @@ impl Bench {
         logs: &std::path::Path,
         config: Option<&std::path::Path>,
     ) -> anyhow::Result<(Redis, Vec<Node>)> {
+        self.cluster_env(target, k, logs, config, &[]).await
+    }
+
+    /// [`Self::cluster_in`], with environment variables `env` added to each node's.
+    async fn cluster_env(
+        &self,
+        target: &Target,
+        k: usize,
+        logs: &std::path::Path,
+        config: Option<&std::path::Path>,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<(Redis, Vec<Node>)> {
         let redis = Redis::start(logs)?;
         let nodes = procs::start_nodes(
             target,
@@ -368,6 +411,7 @@ impl Bench {
             &redis,
             self.args.presence,
             config,
+            env,
             &self.root,
             logs,
             &self.http,
@@ -729,6 +773,7 @@ fn print_report(r: &Report) {
             );
         }
     }
+    send::print(r);
     tenancy::print(r);
 }
 
@@ -783,4 +828,5 @@ fn print_ratios(ours: &Report, node: &Report) {
             "ms",
         );
     }
+    send::ratios(ours, node, &row);
 }

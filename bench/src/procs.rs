@@ -118,7 +118,8 @@ impl Node {
 }
 
 /// Starts K nodes of `target` on one Redis and waits until each is healthy. `config` is a config file
-/// (`CONFIG`: namespaces and auth kinds) for our server; without one it serves `/` with `auth = "claim"`.
+/// (`CONFIG`: namespaces and auth kinds) for our server; without one it serves `/` with `auth = "claim"`. `env`
+/// adds environment variables (the Node reference's `/send` settings).
 #[allow(clippy::too_many_arguments)]
 pub async fn start_nodes(
     target: &Target,
@@ -126,6 +127,7 @@ pub async fn start_nodes(
     redis: &Redis,
     presence: bool,
     config: Option<&Path>,
+    env: &[(&str, String)],
     root: &Path,
     logs: &Path,
     http: &reqwest::Client,
@@ -156,6 +158,7 @@ pub async fn start_nodes(
         if let Some(config) = config {
             cmd.env("CONFIG", config);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let child = Owned(
             cmd.spawn()
                 .with_context(|| format!("cannot start {:?}", target.command))?,

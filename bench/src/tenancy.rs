@@ -164,7 +164,8 @@ rooms = ["handshake", "user", "session"]
     write_config(dir, &text)
 }
 
-fn write_config(dir: &Path, text: &str) -> anyhow::Result<PathBuf> {
+/// Writes `text` as `config.toml` into `dir`; its absolute path.
+pub(crate) fn write_config(dir: &Path, text: &str) -> anyhow::Result<PathBuf> {
     let path = std::path::absolute(dir.join("config.toml"))?;
     std::fs::write(&path, text)?;
     Ok(path)
