@@ -136,7 +136,8 @@ pub(super) async fn send(
                 .as_ref()
                 .is_some_and(|r| r.is_user_room(room))
         });
-    // Stored before anything is emitted: a message the store did not take is not sent at all (503, retry).
+    // Stored before anything is emitted: a message the store did not take is not sent at all (503, retry). The
+    // rooms are independent queues, so they are stored (then emitted) all at once rather than one after another.
     let mut stored = Vec::with_capacity(user_rooms.len());
     if let Some(reliable) = namespace
         .reliable
@@ -147,11 +148,16 @@ pub(super) async fn send(
             .delivery
             .get()
             .ok_or_else(|| AppError::PushFailed("the delivery store is not ready".into()))?;
-        for room in &user_rooms {
-            let key = RoomKey::new(&ns, room)
-                .map_err(|e| AppError::BadField("rooms", format!("{room:?}: {e}")))?;
+        let keys = user_rooms
+            .iter()
+            .map(|room| {
+                RoomKey::new(&ns, room)
+                    .map_err(|e| AppError::BadField("rooms", format!("{room:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let pushes = keys.iter().map(|key| async {
             let pushed = store
-                .push(&key, &push.event, &push.args.0, resync, reliable.policy)
+                .push(key, &push.event, &push.args.0, resync, reliable.policy)
                 .await
                 .map_err(|e| {
                     AppError::PushFailed(format!("the message could not be stored: {e}"))
@@ -161,20 +167,23 @@ pub(super) async fn send(
             if pushed.dropped > 0 {
                 tracing::info!(
                     namespace = ns,
-                    room = room.as_str(),
+                    room = key.room(),
                     dropped = pushed.dropped,
                     "user room full: oldest pending messages dropped"
                 );
             }
-            stored.push((key, pushed));
-        }
-        for (key, pushed) in &stored {
+            Ok::<_, AppError>((key.clone(), pushed))
+        });
+        stored = futures_util::future::try_join_all(pushes).await?;
+        let (s, event) = (&s, &push.event);
+        let emits = stored.iter().map(|(key, pushed)| {
             let args = match reliable.message_ids {
                 true => Args(with_id(&push.args.0, pushed.id)),
                 false => push.args.clone(),
             };
-            live_with_ack(&s, store, key, pushed.id, &push.event, &args).await;
-        }
+            async move { live_with_ack(s, store, key, pushed.id, event, &args).await }
+        });
+        futures_util::future::join_all(emits).await;
     }
     if !other_rooms.is_empty() {
         s.push
