@@ -154,6 +154,37 @@ async fn acknowledged_live_messages_are_not_redelivered() {
     // The ack removed it.
     until_pending(&redis, test, "user_1", 0).await;
 
+    // One push to several user rooms, on several nodes: each room its own queue (stored at once), each
+    // message acknowledged by its own user; an offline user's stays pending.
+    join(&mut io, "u5", b, "user_5", json!(true)).await;
+    join(&mut io, "u6", c, "user_6", json!(true)).await;
+    let (status, answer) = send(
+        &http,
+        a,
+        "",
+        json!(["user_1", "user_5", "user_6", "user_7"]),
+        "many",
+        json!([7]),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let rooms: Vec<Value> = ["user_1", "user_5", "user_6", "user_7"]
+        .map(|room| json!({"room": room, "queued": 1}))
+        .into();
+    assert_eq!(answer["rooms"], json!(rooms));
+    for id in ["u1", "u5", "u6"] {
+        let ev = io.expect(id, "many").await;
+        assert_eq!(
+            (&ev["args"], &ev["acked"]),
+            (&json!([7]), &json!(true)),
+            "{ev}"
+        );
+    }
+    for room in ["user_1", "user_5", "user_6"] {
+        until_pending(&redis, test, room, 0).await;
+    }
+    assert_eq!(pending(&redis, test, "user_7"), 1);
+
     leave(&mut io, &redis, test, "u1", "user_1").await;
     join(&mut io, "u1", b, "user_1", json!(true)).await;
     io.expect_none("u1", "batch", Duration::from_millis(500))
