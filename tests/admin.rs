@@ -295,6 +295,29 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
         .await;
     io.expect_none("admin", "disconnect", Duration::from_millis(500))
         .await;
+
+    // A node that does not answer is left out of all_sockets, never waited for beyond the request timeout.
+    b.pause();
+    let asked = std::time::Instant::now();
+    let ev = io.login("admin3", &a.base(), "/admin", login()).await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let all = io.expect("admin3", "all_sockets").await;
+    let waited = asked.elapsed();
+    b.signal("CONT");
+    let ids: Vec<&str> = all["args"][0]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&u1.as_str()) && !ids.contains(&u2.as_str()),
+        "{all}"
+    );
+    assert!(
+        waited < Duration::from_secs(4),
+        "all_sockets took {waited:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
