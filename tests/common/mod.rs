@@ -146,6 +146,15 @@ impl Redis {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs one command with `redis-cli -2 --json` (RESP2 replies as JSON: arrays, strings, numbers, `null`), e.g.
+    /// `XRANGE`, `XREADGROUP` or `XINFO GROUPS`, and returns the reply.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let all: Vec<&str> = ["-2", "--json"].iter().chain(args).copied().collect();
+        let out = self.cli(&all);
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("redis-cli {args:?}: not a JSON reply ({e}): {out}"))
+    }
+
     /// `CLIENT LIST` without the connection asking: the clients connected now.
     pub fn clients(&self) -> Vec<String> {
         self.cli(&["CLIENT", "LIST"])

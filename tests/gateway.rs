@@ -1,0 +1,1685 @@
+//! The event-bus gateway (README, "Event-bus gateway", seed 003) with real components: node processes sharing a
+//! real Redis, plain WebSocket clients (tokio-tungstenite), the official socket.io-client, and the application's
+//! backend played by the test with a stock Redis client (`redis-cli`: `XREADGROUP` through a consumer group of
+//! its own, `XADD`, `XRANGE`, `XINFO`).
+//!
+//! Every hook's envelope; tokens from each place and refusals before the upgrade; replies and failures on
+//! connect and on a message; types routed to their topics; `send` to a user with sockets on several nodes and in
+//! two namespaces reaching exactly the right ones; broadcast; a paused and a killed node getting what was
+//! published meanwhile, once; bad frames and bad entries; a forged username; pings; the stream prefix and
+//! trimming; no Redis, no gateway.
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        self, Message,
+        client::IntoClientRequest,
+        http::{HeaderName, HeaderValue},
+    },
+};
+
+const SECRET: &str = "gateway-test-secret-0123456789";
+
+const CONNECTION: &str = "socket:connection";
+const GENERAL: &str = "socket:generalMessage";
+const TYPE_ONE: &str = "socket:type_one";
+const CLOSE: &str = "socket:close";
+const SEND: &str = "socket:send";
+const BROADCAST: &str = "socket:broadcast";
+
+/// How long "nothing else arrives" is watched for.
+const QUIET: Duration = Duration::from_millis(700);
+
+/// The config file: `[gateway]` as the README shows it (with `extra` lines in it), two gateway namespaces
+/// (`/alex`, `/bob`) and one without the gateway (`/plain`).
+fn config(extra: &str) -> String {
+    format!(
+        r#"
+[gateway]
+path = "/connect"
+onconnect = {{ publish = "socket:connection" }}
+onmessage = {{ publish = "socket:generalMessage", types = [ {{ type = "message_type_one", publish = "socket:type_one" }} ] }}
+onclose = {{ publish = "socket:close" }}
+send = {{ subscribe = "socket:send" }}
+broadcast = {{ subscribe = "socket:broadcast" }}
+jwt_secret = "{SECRET}"
+{extra}
+
+[[namespace]]
+name = "/alex"
+auth = "jwt"
+jwt_secret = "{SECRET}"
+user_claim = "preferred_username"
+rooms = ["user"]
+gateway = true
+
+[[namespace]]
+name = "/bob"
+auth = "jwt"
+jwt_secret = "{SECRET}"
+user_claim = "preferred_username"
+rooms = ["user"]
+gateway = true
+
+[[namespace]]
+name = "/plain"
+auth = "jwt"
+jwt_secret = "{SECRET}"
+user_claim = "preferred_username"
+rooms = ["user"]
+"#
+    )
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn jwt(claims: Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A valid HS256 token for `user` (Keycloak-style: `preferred_username`, with an `email` claim too).
+fn token(user: &str) -> String {
+    jwt(
+        json!({"preferred_username": user, "email": format!("{user}@example.com"), "exp": now() + 600}),
+        SECRET,
+    )
+}
+
+fn cookie(token: &str) -> String {
+    format!("theme=dark; ID_TOKEN={token}")
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Plain WebSocket clients
+
+type Stream = WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// What a plain WebSocket client got (pings are answered and counted, not reported).
+#[derive(Debug)]
+enum Got {
+    Json(Value),
+    /// A frame that is not a JSON text frame (shown in failure messages).
+    #[allow(dead_code)]
+    Other(String),
+    /// The connection ended: the close frame's code and reason, if there was one.
+    Closed(Option<(u16, String)>),
+}
+
+/// A plain WebSocket client of the gateway. A task reads all the time (so pings are answered) and queues what
+/// arrives.
+struct Ws {
+    name: String,
+    sink: SplitSink<Stream, Message>,
+    got: mpsc::UnboundedReceiver<Got>,
+    pings: Arc<AtomicUsize>,
+}
+
+/// The upgrade request to `node`'s `/connect?{query}` with extra headers.
+fn request(
+    node: &Node,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> tungstenite::handshake::client::Request {
+    let mut req = format!("wss://localhost:{}/connect?{query}", node.port)
+        .into_client_request()
+        .unwrap();
+    for (name, value) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    req
+}
+
+/// Opens a WebSocket to `node`'s `/connect?{query}`, without the reading task.
+async fn open_raw(
+    node: &Node,
+    query: &str,
+    headers: &[(&str, &str)],
+) -> Result<Stream, tungstenite::Error> {
+    tokio_tungstenite::client_async(request(node, query, headers), tls(node.port).await)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+impl Ws {
+    /// Connects, or says the HTTP status of the refusal.
+    async fn try_connect(
+        name: &str,
+        node: &Node,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, u16> {
+        match open_raw(node, query, headers).await {
+            Ok(ws) => Ok(Self::reading(name, ws)),
+            Err(tungstenite::Error::Http(res)) => Err(res.status().as_u16()),
+            Err(e) => panic!("{name}: the upgrade failed otherwise than by a status: {e}"),
+        }
+    }
+
+    async fn connect(name: &str, node: &Node, query: &str, headers: &[(&str, &str)]) -> Self {
+        Self::try_connect(name, node, query, headers)
+            .await
+            .unwrap_or_else(|status| panic!("{name}: refused with {status}"))
+    }
+
+    /// Connects as `user` (token in the `ID_TOKEN` cookie) to namespace `ns` (as written in the query).
+    async fn user(name: &str, node: &Node, ns: &str, user: &str) -> Self {
+        let cookie = cookie(&token(user));
+        Self::connect(
+            name,
+            node,
+            &format!("namespace={ns}"),
+            &[("cookie", &cookie)],
+        )
+        .await
+    }
+
+    fn reading(name: &str, ws: Stream) -> Self {
+        let (sink, mut stream) = ws.split();
+        let (tx, got) = mpsc::unbounded_channel();
+        let pings = Arc::new(AtomicUsize::new(0));
+        let counted = pings.clone();
+        tokio::spawn(async move {
+            loop {
+                let got = match stream.next().await {
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str(t.as_str()) {
+                        Ok(v) => Got::Json(v),
+                        Err(_) => Got::Other(format!("text {t}")),
+                    },
+                    Some(Ok(Message::Ping(_))) => {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    Some(Ok(Message::Pong(_))) => continue,
+                    Some(Ok(Message::Close(frame))) => {
+                        Got::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                    }
+                    Some(Ok(m)) => Got::Other(format!("{m:?}")),
+                    Some(Err(_)) | None => Got::Closed(None),
+                };
+                let end = matches!(got, Got::Closed(_));
+                if tx.send(got).is_err() || end {
+                    return;
+                }
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            sink,
+            got,
+            pings,
+        }
+    }
+
+    async fn send(&mut self, frame: Value) {
+        self.send_raw(Message::text(frame.to_string())).await;
+    }
+
+    async fn send_raw(&mut self, m: Message) {
+        self.sink
+            .send(m)
+            .await
+            .unwrap_or_else(|e| panic!("{}: cannot send: {e}", self.name));
+    }
+
+    /// What arrives next, within 10 s.
+    async fn next(&mut self) -> Got {
+        match tokio::time::timeout(Duration::from_secs(10), self.got.recv()).await {
+            Ok(Some(got)) => got,
+            Ok(None) => Got::Closed(None),
+            Err(_) => panic!("{}: nothing arrived within 10 s", self.name),
+        }
+    }
+
+    /// The next frame, which must be JSON, within 10 s.
+    async fn recv(&mut self) -> Value {
+        match self.next().await {
+            Got::Json(v) => v,
+            other => panic!("{}: expected a JSON frame, got {other:?}", self.name),
+        }
+    }
+
+    /// Nothing arrived (and the connection did not end) since the last frame taken: call after a wait.
+    fn assert_nothing(&mut self) {
+        if let Ok(got) = self.got.try_recv() {
+            panic!("{}: unexpectedly got {got:?}", self.name);
+        }
+    }
+
+    /// Waits for the end of the connection (within 10 s): its close frame's code and reason; the frames that came
+    /// before it are returned too.
+    async fn closed(&mut self) -> (Option<(u16, String)>, Vec<Got>) {
+        let mut before = Vec::new();
+        loop {
+            match self.next().await {
+                Got::Closed(frame) => return (frame, before),
+                other => before.push(other),
+            }
+        }
+    }
+
+    /// Closes the connection (a normal close frame) and waits for the end.
+    async fn close(mut self) {
+        let _ = self.sink.send(Message::Close(None)).await;
+        let _ = self.closed().await;
+    }
+}
+
+/// A refusal before the upgrade, seen by a plain HTTP/1.1 client sending the upgrade headers: the status and the
+/// body (JSON if it is JSON, else the text as a string).
+async fn refusal(node: &Node, query: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let ca = std::fs::read(root().join("certs-dev/ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .http1_only()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut req = client
+        .get(node.url(&format!("/connect?{query}")))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The backend: a stock Redis client
+
+/// The application's backend: reads the hooks' streams through its own consumer group and answers on
+/// `reply_to`.
+struct Backend<'r> {
+    redis: &'r Redis,
+    /// Envelopes read and not yet taken, per stream.
+    read: HashMap<String, Vec<Value>>,
+}
+
+const GROUP: &str = "backend";
+
+impl<'r> Backend<'r> {
+    /// Creates the backend's consumer group on each stream, from its start (so nothing added before is missed).
+    fn new(redis: &'r Redis, streams: &[&str]) -> Self {
+        for stream in streams {
+            let out = redis.cli(&["XGROUP", "CREATE", stream, GROUP, "0", "MKSTREAM"]);
+            assert!(
+                out.trim() == "OK" || out.contains("BUSYGROUP"),
+                "XGROUP CREATE {stream}: {out}"
+            );
+        }
+        Self {
+            redis,
+            read: HashMap::new(),
+        }
+    }
+
+    /// Reads what is new on `stream` (`XREADGROUP ... >`), acknowledging it.
+    fn poll(&mut self, stream: &str) {
+        let reply = self.redis.json(&[
+            "XREADGROUP",
+            "GROUP",
+            GROUP,
+            "test",
+            "COUNT",
+            "100",
+            "STREAMS",
+            stream,
+            ">",
+        ]);
+        let Some(streams) = reply.as_array() else {
+            return;
+        };
+        for s in streams {
+            for entry in s[1].as_array().unwrap() {
+                let id = entry[0].as_str().unwrap();
+                self.read
+                    .entry(stream.to_owned())
+                    .or_default()
+                    .push(data_of(&entry[1]));
+                self.redis.cli(&["XACK", stream, GROUP, id]);
+            }
+        }
+    }
+
+    /// The first envelope of `stream` that `pred` accepts (taken from those read), within 10 s.
+    async fn expect(&mut self, stream: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let what = format!("{what} on {stream}");
+        eventually(Duration::from_secs(10), &what, async || {
+            self.poll(stream);
+            let read = self.read.entry(stream.to_owned()).or_default();
+            let pos = read.iter().position(&pred)?;
+            Some(read.remove(pos))
+        })
+        .await
+    }
+
+    /// Answers `envelope` with `{"id": <its id>, <key>: value}` on its `reply_to`.
+    fn answer(&self, envelope: &Value, key: &str, value: Value) {
+        let reply_to = envelope["reply_to"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no reply_to: {envelope}"));
+        let mut data = json!({"id": envelope["id"]});
+        data[key] = value;
+        xadd(self.redis, reply_to, &data);
+    }
+}
+
+/// The `data` field of an entry's field list, parsed (`Null` without one; a string if it is not JSON).
+fn data_of(fields: &Value) -> Value {
+    let fields = fields.as_array().unwrap();
+    fields
+        .chunks(2)
+        .find(|kv| kv[0] == "data")
+        .map(|kv| {
+            let text = kv[1].as_str().unwrap();
+            serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+        })
+        .unwrap_or(Value::Null)
+}
+
+/// `XADD stream * data <json>`.
+fn xadd(redis: &Redis, stream: &str, data: &Value) -> String {
+    redis
+        .cli(&["XADD", stream, "*", "data", &data.to_string()])
+        .trim()
+        .to_owned()
+}
+
+/// Every entry's `data` in `stream`, oldest first.
+fn entries(redis: &Redis, stream: &str) -> Vec<Value> {
+    redis
+        .json(&["XRANGE", stream, "-", "+"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| data_of(&e[1]))
+        .collect()
+}
+
+fn xlen(redis: &Redis, stream: &str) -> usize {
+    redis.cli(&["XLEN", stream]).trim().parse().unwrap()
+}
+
+/// `XINFO GROUPS stream` as `name -> {consumers, pending, last-delivered-id, entries-read, lag}`.
+fn groups(redis: &Redis, stream: &str) -> HashMap<String, Value> {
+    let reply = redis.json(&["XINFO", "GROUPS", stream]);
+    reply
+        .as_array()
+        .unwrap_or_else(|| panic!("XINFO GROUPS {stream}: {reply}"))
+        .iter()
+        .map(|g| {
+            // RESP2: a flat list of names and values.
+            let map: serde_json::Map<String, Value> = g
+                .as_array()
+                .unwrap()
+                .chunks(2)
+                .map(|kv| (kv[0].as_str().unwrap().to_owned(), kv[1].clone()))
+                .collect();
+            (map["name"].as_str().unwrap().to_owned(), Value::Object(map))
+        })
+        .collect()
+}
+
+/// The id of the last entry of `stream`.
+fn last_id(redis: &Redis, stream: &str) -> String {
+    let reply = redis.json(&["XREVRANGE", stream, "+", "-", "COUNT", "1"]);
+    reply[0][0].as_str().unwrap().to_owned()
+}
+
+/// Waits until `stream` has `n` entries.
+async fn until_len(redis: &Redis, stream: &str, n: usize) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} entries in {stream}"),
+        async || (xlen(redis, stream) == n).then_some(()),
+    )
+    .await;
+}
+
+/// Checks every field of an envelope; returns its socket id.
+#[allow(clippy::too_many_arguments)]
+fn check_envelope(
+    env: &Value,
+    topic: &str,
+    node: &str,
+    user: &str,
+    ns: &str,
+    ty: &str,
+    payload: &Value,
+) -> String {
+    let text = |key: &str| {
+        env[key]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| panic!("`{key}` is not a non-empty string: {env}"))
+            .to_owned()
+    };
+    text("id");
+    text("reply_to");
+    assert_eq!(env["topic"], topic, "{env}");
+    assert_eq!(env["node"], node, "{env}");
+    assert_eq!(env["username"], user, "{env}");
+    assert_eq!(env["namespace"], ns, "{env}");
+    assert_eq!(env["type"], ty, "{env}");
+    assert_eq!(&env["payload"], payload, "{env}");
+    let claims = &env["context"]["headers"]["jwt"];
+    assert_eq!(claims["preferred_username"], user, "{env}");
+    assert_eq!(
+        claims["email"],
+        format!("{user}@example.com"),
+        "every claim: {env}"
+    );
+    assert!(claims["exp"].is_i64(), "every claim: {env}");
+    assert_eq!(env["context"]["params"]["namespace"], ns, "{env}");
+    text("socket")
+}
+
+/// The sum of every sample of `name` (with or without labels) in `node`'s `/metrics`.
+async fn metric_sum(http: &Http, node: &Node, name: &str) -> f64 {
+    let text = http
+        .client
+        .get(node.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Restarts a node (by id, on its port) with the test's config file.
+async fn restart(dir: &std::path::Path, redis: &Redis, test: &str, id: &str, port: u16) -> Node {
+    let config = dir.join("config.toml").display().to_string();
+    Node::start(
+        dir,
+        NodeOpts {
+            id,
+            redis: Some(redis.url()),
+            prefix: test,
+            args: &["--config", &config],
+            port: Some(port),
+            ..NodeOpts::default()
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Tests
+
+/// `onconnect`, `onmessage` (and a listed type's topic), `onclose`: one entry each, with every field of the
+/// envelope, for plain WebSocket and Socket.IO clients alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hook_publishes_its_envelope_to_its_stream() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_envelopes", 3, &config("")).await;
+    let (a, c) = (&nodes[0], &nodes[2]);
+    let mut backend = Backend::new(&redis, &[CONNECTION, GENERAL, TYPE_ONE, CLOSE]);
+
+    let mut ws = Ws::user("ws", a, "alex", "alex").await;
+    let env = backend
+        .expect(CONNECTION, "alex's onconnect", |e| e["username"] == "alex")
+        .await;
+    let socket = check_envelope(
+        &env,
+        CONNECTION,
+        "a",
+        "alex",
+        "/alex",
+        "onconnect",
+        &Value::Null,
+    );
+
+    // A listed type: both topics, the same message.
+    ws.send(json!({"type": "message_type_one", "payload": {"n": 1, "deep": {"x": [1, 2]}}}))
+        .await;
+    let payload = json!({"n": 1, "deep": {"x": [1, 2]}});
+    for topic in [GENERAL, TYPE_ONE] {
+        let env = backend
+            .expect(topic, "message_type_one", |e| {
+                e["type"] == "message_type_one"
+            })
+            .await;
+        let s = check_envelope(
+            &env,
+            topic,
+            "a",
+            "alex",
+            "/alex",
+            "message_type_one",
+            &payload,
+        );
+        assert_eq!(s, socket, "the same socket: {env}");
+    }
+    // Another type: the general topic only.
+    ws.send(json!({"type": "other", "payload": [1, "two"]}))
+        .await;
+    let env = backend
+        .expect(GENERAL, "type other", |e| e["type"] == "other")
+        .await;
+    check_envelope(
+        &env,
+        GENERAL,
+        "a",
+        "alex",
+        "/alex",
+        "other",
+        &json!([1, "two"]),
+    );
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        xlen(&redis, TYPE_ONE),
+        1,
+        "only the listed type goes to its topic: {:?}",
+        entries(&redis, TYPE_ONE)
+    );
+    assert_eq!(xlen(&redis, GENERAL), 2, "{:?}", entries(&redis, GENERAL));
+    // A message without a payload: `null`.
+    ws.send(json!({"type": "bare"})).await;
+    let env = backend
+        .expect(GENERAL, "type bare", |e| e["type"] == "bare")
+        .await;
+    assert_eq!(env["payload"], Value::Null, "{env}");
+
+    ws.close().await;
+    let env = backend
+        .expect(CLOSE, "alex's onclose", |e| e["username"] == "alex")
+        .await;
+    let s = check_envelope(
+        &env,
+        CLOSE,
+        "a",
+        "alex",
+        "/alex",
+        "onclose",
+        &env["payload"].clone(),
+    );
+    assert_eq!(s, socket, "{env}");
+    assert!(
+        env["payload"]["reason"].is_string(),
+        "onclose payload {{reason}}: {env}"
+    );
+
+    // Socket.IO clients of a gateway namespace: the same hooks, an event being a message of its name's type.
+    let mut io = Clients::start();
+    let ev = io
+        .login("sio", &c.base(), "/bob", json!({"token": token("bob")}))
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let env = backend
+        .expect(CONNECTION, "bob's onconnect", |e| e["username"] == "bob")
+        .await;
+    let socket = check_envelope(
+        &env,
+        CONNECTION,
+        "c",
+        "bob",
+        "/bob",
+        "onconnect",
+        &Value::Null,
+    );
+    io.emit("sio", "message_type_one", json!([{"k": "v"}]), false)
+        .await;
+    for topic in [GENERAL, TYPE_ONE] {
+        let env = backend
+            .expect(topic, "bob's message_type_one", |e| e["username"] == "bob")
+            .await;
+        let s = check_envelope(
+            &env,
+            topic,
+            "c",
+            "bob",
+            "/bob",
+            "message_type_one",
+            &json!({"k": "v"}),
+        );
+        assert_eq!(s, socket, "{env}");
+    }
+    io.emit("sio", "chat", json!(["hello"]), false).await;
+    let env = backend
+        .expect(GENERAL, "bob's chat", |e| e["type"] == "chat")
+        .await;
+    check_envelope(&env, GENERAL, "c", "bob", "/bob", "chat", &json!("hello"));
+    io.disconnect("sio").await;
+    let env = backend
+        .expect(CLOSE, "bob's onclose", |e| e["username"] == "bob")
+        .await;
+    let s = check_envelope(
+        &env,
+        CLOSE,
+        "c",
+        "bob",
+        "/bob",
+        "onclose",
+        &env["payload"].clone(),
+    );
+    assert_eq!(s, socket, "{env}");
+    assert!(env["payload"]["reason"].is_string(), "{env}");
+    assert_eq!(xlen(&redis, TYPE_ONE), 2, "{:?}", entries(&redis, TYPE_ONE));
+}
+
+/// The token from the cookie, `Authorization: Bearer` or `?token=`; `alex` and `/alex` name one namespace; a
+/// missing or bad token is a `401` with a JSON error, a namespace without the gateway a `404`, both before the
+/// upgrade and publishing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_from_each_place_and_refusals_before_the_upgrade() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_tokens", 1, &config("")).await;
+    let a = &nodes[0];
+    let mut backend = Backend::new(&redis, &[CONNECTION]);
+
+    let alex = token("alex");
+    let bearer = format!("Bearer {alex}");
+    let cookie = cookie(&alex);
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+    let accepted: [Case; 4] = [
+        (
+            "cookie",
+            "namespace=alex".into(),
+            vec![("cookie", cookie.as_str())],
+        ),
+        (
+            "bearer",
+            "namespace=alex".into(),
+            vec![("authorization", bearer.as_str())],
+        ),
+        ("query", format!("namespace=alex&token={alex}"), vec![]),
+        (
+            "slash",
+            "namespace=%2Falex".into(),
+            vec![("cookie", cookie.as_str())],
+        ),
+    ];
+    let mut open = Vec::new();
+    for (name, query, headers) in &accepted {
+        let ws = Ws::connect(name, a, query, headers).await;
+        let env = backend
+            .expect(CONNECTION, &format!("{name}'s onconnect"), |e| {
+                e["username"] == "alex"
+            })
+            .await;
+        check_envelope(
+            &env,
+            CONNECTION,
+            "a",
+            "alex",
+            "/alex",
+            "onconnect",
+            &Value::Null,
+        );
+        open.push(ws);
+    }
+
+    let expired = jwt(
+        json!({"preferred_username": "alex", "exp": now() - 3600}),
+        SECRET,
+    );
+    let forged = jwt(
+        json!({"preferred_username": "alex", "exp": now() + 600}),
+        "some-other-secret-0123456789",
+    );
+    let no_user = jwt(json!({"sub": "alex", "exp": now() + 600}), SECRET);
+    let refused: [(&str, String, Option<String>, u16); 9] = [
+        ("no token", "namespace=alex".into(), None, 401),
+        ("expired", "namespace=alex".into(), Some(expired), 401),
+        ("forged", "namespace=alex".into(), Some(forged), 401),
+        (
+            "not a JWT",
+            "namespace=alex".into(),
+            Some("garbage".into()),
+            401,
+        ),
+        ("no user claim", "namespace=alex".into(), Some(no_user), 401),
+        ("bad bearer", "namespace=alex".into(), None, 401),
+        (
+            "no gateway",
+            "namespace=plain".into(),
+            Some(alex.clone()),
+            404,
+        ),
+        ("unknown", "namespace=nope".into(), Some(alex.clone()), 404),
+        ("no namespace (/)", String::new(), Some(alex.clone()), 404),
+    ];
+    for (what, query, token, status) in &refused {
+        let cookie = token.as_deref().map(self::cookie);
+        let mut headers = Vec::new();
+        if let Some(c) = &cookie {
+            headers.push(("cookie", c.as_str()));
+        }
+        if *what == "bad bearer" {
+            headers.push(("authorization", "Bearer not.a.token"));
+        }
+        assert_eq!(
+            Ws::try_connect(what, a, query, &headers).await.err(),
+            Some(*status),
+            "{what}: the upgrade is refused"
+        );
+        let (got, body) = refusal(a, query, &headers).await;
+        assert_eq!(got, *status, "{what}: {body}");
+        if *status == 401 {
+            assert!(body.is_object(), "{what}: the 401 has a JSON error: {body}");
+        }
+    }
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        xlen(&redis, CONNECTION),
+        accepted.len(),
+        "nothing published for a refused client: {:?}",
+        entries(&redis, CONNECTION)
+    );
+    for ws in open {
+        ws.close().await;
+    }
+}
+
+/// The backend answers on `reply_to`: a reply to `onconnect` reaches the client as `onconnect`, a failure closes
+/// it (4000 and the error); a reply to a message reaches it as the topic's type, a failure as `error` and the
+/// connection stays. Plain WebSocket and Socket.IO clients, on several nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_and_failures_reach_the_socket_that_asked() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_replies", 3, &config("")).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut backend = Backend::new(&redis, &[CONNECTION, GENERAL, TYPE_ONE, CLOSE]);
+
+    // Connect: replied.
+    let mut ws = Ws::user("ws-a", a, "alex", "alex").await;
+    let env = backend
+        .expect(CONNECTION, "onconnect from a", |e| e["node"] == "a")
+        .await;
+    backend.answer(&env, "reply", json!({"data": ["welcome", "alex"]}));
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "onconnect", "payload": {"data": ["welcome", "alex"]}})
+    );
+
+    // A message: replied, with the topic as the type.
+    ws.send(json!({"type": "ask", "payload": {"q": 1}})).await;
+    let env = backend
+        .expect(GENERAL, "ask 1", |e| e["payload"]["q"] == 1)
+        .await;
+    backend.answer(&env, "reply", json!({"a": 1}));
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "socket:generalMessage", "payload": {"a": 1}})
+    );
+
+    // A listed type: the reply to its own topic's envelope comes back with that topic.
+    ws.send(json!({"type": "message_type_one", "payload": {"q": 2}}))
+        .await;
+    let general = backend
+        .expect(GENERAL, "type one on the general topic", |e| {
+            e["payload"]["q"] == 2
+        })
+        .await;
+    let one = backend
+        .expect(TYPE_ONE, "type one on its topic", |e| {
+            e["payload"]["q"] == 2
+        })
+        .await;
+    backend.answer(&one, "reply", json!({"a": 2}));
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "socket:type_one", "payload": {"a": 2}})
+    );
+    backend.answer(&general, "reply", json!({"a": "2g"}));
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "socket:generalMessage", "payload": {"a": "2g"}})
+    );
+
+    // A failure on a message: `error`, and the connection stays.
+    ws.send(json!({"type": "ask", "payload": {"q": 3}})).await;
+    let env = backend
+        .expect(GENERAL, "ask 3", |e| e["payload"]["q"] == 3)
+        .await;
+    backend.answer(&env, "fail", json!({"code": "nope", "message": "no"}));
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "error", "payload": {"code": "nope", "message": "no"}})
+    );
+    ws.send(json!({"type": "ask", "payload": {"q": 4}})).await;
+    let env = backend
+        .expect(GENERAL, "ask 4 after the failure", |e| {
+            e["payload"]["q"] == 4
+        })
+        .await;
+    backend.answer(&env, "reply", json!("still here"));
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "socket:generalMessage", "payload": "still here"})
+    );
+
+    // A reply to an unknown id, or a second reply to an answered one, is dropped.
+    let reply_to = env["reply_to"].as_str().unwrap().to_owned();
+    xadd(&redis, &reply_to, &json!({"id": "no-such-id", "reply": 1}));
+    tokio::time::sleep(QUIET).await;
+    ws.assert_nothing();
+
+    // Connect on another node: its reply reaches it there.
+    let mut ws_b = Ws::user("ws-b", b, "alex", "alex").await;
+    let env = backend
+        .expect(CONNECTION, "onconnect from b", |e| e["node"] == "b")
+        .await;
+    backend.answer(&env, "reply", json!("hi b"));
+    assert_eq!(
+        ws_b.recv().await,
+        json!({"type": "onconnect", "payload": "hi b"})
+    );
+
+    // Socket.IO: the same, as events.
+    let mut io = Clients::start();
+    let ev = io
+        .login("sio", &c.base(), "/alex", json!({"token": token("alex")}))
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let env = backend
+        .expect(CONNECTION, "onconnect from c", |e| e["node"] == "c")
+        .await;
+    backend.answer(&env, "reply", json!({"hello": "sio"}));
+    let ev = io.expect("sio", "onconnect").await;
+    assert_eq!(ev["args"], json!([{"hello": "sio"}]), "{ev}");
+    io.emit("sio", "ask", json!([{"q": 5}]), false).await;
+    let env = backend
+        .expect(GENERAL, "ask 5", |e| e["payload"]["q"] == 5)
+        .await;
+    backend.answer(&env, "reply", json!({"a": 5}));
+    let ev = io.expect("sio", "socket:generalMessage").await;
+    assert_eq!(ev["args"], json!([{"a": 5}]), "{ev}");
+    io.emit("sio", "ask", json!([{"q": 6}]), false).await;
+    let env = backend
+        .expect(GENERAL, "ask 6", |e| e["payload"]["q"] == 6)
+        .await;
+    backend.answer(&env, "fail", json!("bad question"));
+    let ev = io.expect("sio", "error").await;
+    assert_eq!(ev["args"], json!(["bad question"]), "{ev}");
+    io.emit("sio", "ask", json!([{"q": 7}]), false).await;
+    let env = backend
+        .expect(GENERAL, "ask 7 after the failure", |e| {
+            e["payload"]["q"] == 7
+        })
+        .await;
+    backend.answer(&env, "reply", json!(7));
+    let ev = io.expect("sio", "socket:generalMessage").await;
+    assert_eq!(ev["args"], json!([7]), "{ev}");
+    assert!(
+        io.within("sio", &["disconnect"], Duration::ZERO)
+            .await
+            .is_none(),
+        "a failed message does not disconnect"
+    );
+
+    // A failure on connect closes the connection: WebSocket close code 4000 with the error as its reason.
+    let mut refused = Ws::user("ws-refused", b, "bob", "bob").await;
+    let env = backend
+        .expect(CONNECTION, "bob's onconnect", |e| e["username"] == "bob")
+        .await;
+    backend.answer(&env, "fail", json!("you shall not pass"));
+    let (frame, before) = refused.closed().await;
+    let (code, reason) =
+        frame.unwrap_or_else(|| panic!("no close frame (frames before: {before:?})"));
+    assert_eq!(code, 4000, "{reason}; frames before: {before:?}");
+    assert!(
+        reason.contains("you shall not pass"),
+        "the error as the reason: {reason:?}"
+    );
+    backend
+        .expect(CLOSE, "bob's onclose", |e| e["username"] == "bob")
+        .await;
+
+    // Socket.IO: an `error` event with the error, then disconnected.
+    let ev = io
+        .login(
+            "sio-refused",
+            &a.base(),
+            "/bob",
+            json!({"token": token("bob")}),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let env = backend
+        .expect(CONNECTION, "bob's Socket.IO onconnect", |e| {
+            e["username"] == "bob" && e["node"] == "a"
+        })
+        .await;
+    backend.answer(&env, "fail", json!({"error": "banned"}));
+    let ev = io.expect("sio-refused", "error").await;
+    assert_eq!(ev["args"], json!([{"error": "banned"}]), "{ev}");
+    io.expect("sio-refused", "disconnect").await;
+
+    // The others were not disturbed.
+    tokio::time::sleep(QUIET).await;
+    ws.assert_nothing();
+    ws_b.assert_nothing();
+    ws.send(json!({"type": "ask", "payload": {"q": 8}})).await;
+    let env = backend
+        .expect(GENERAL, "ask 8", |e| e["payload"]["q"] == 8)
+        .await;
+    backend.answer(&env, "reply", json!(8));
+    assert_eq!(
+        ws.recv().await,
+        json!({"type": "socket:generalMessage", "payload": 8})
+    );
+}
+
+/// Sockets of alex and bob on three nodes, plain WebSocket and Socket.IO, in `/alex` and `/bob`.
+struct Crowd {
+    io: Clients,
+    /// (name, client, user, namespace)
+    ws: Vec<(&'static str, Ws, &'static str, &'static str)>,
+    /// (name, user, namespace)
+    sio: Vec<(&'static str, &'static str, &'static str)>,
+}
+
+impl Crowd {
+    async fn gather(redis: &Redis, nodes: &[Node]) -> Self {
+        let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+        let mut ws = Vec::new();
+        for (name, node, user, ns) in [
+            ("alex-ws-a", a, "alex", "/alex"),
+            ("alex-ws-b", b, "alex", "/alex"),
+            ("alex-ws-bob-ns", a, "alex", "/bob"),
+            ("bob-ws-alex-ns", b, "bob", "/alex"),
+            ("bob-ws-c", c, "bob", "/bob"),
+        ] {
+            ws.push((name, Ws::user(name, node, ns, user).await, user, ns));
+        }
+        let mut io = Clients::start();
+        let sio = vec![
+            ("alex-sio-c", "alex", "/alex"),
+            ("bob-sio-a", "bob", "/bob"),
+        ];
+        for (name, user, ns) in &sio {
+            let node = if *user == "alex" { c } else { a };
+            let ev = io
+                .login(name, &node.base(), ns, json!({"token": token(user)}))
+                .await;
+            assert_eq!(ev["event"], "connect", "{name}: {ev}");
+        }
+        // Each socket is known to its node once its onconnect is published.
+        until_len(redis, CONNECTION, ws.len() + sio.len()).await;
+        Self { io, ws, sio }
+    }
+
+    /// After `XADD`ing something of `ty` with `payload`: exactly the sockets `who` accepts get it, once.
+    async fn check(
+        &mut self,
+        what: &str,
+        ty: &str,
+        payload: &Value,
+        who: impl Fn(&str, &str) -> bool,
+    ) {
+        for (name, ws, user, ns) in &mut self.ws {
+            if who(user, ns) {
+                assert_eq!(
+                    ws.recv().await,
+                    json!({"type": ty, "payload": payload}),
+                    "{what}: {name}"
+                );
+            }
+        }
+        for (name, user, ns) in &self.sio {
+            if who(user, ns) {
+                let ev = self.io.expect(name, ty).await;
+                assert_eq!(ev["args"], json!([payload]), "{what}: {name}");
+            }
+        }
+        tokio::time::sleep(QUIET).await;
+        for (name, ws, _, _) in &mut self.ws {
+            if let Ok(got) = ws.got.try_recv() {
+                panic!("{what}: {name} unexpectedly got {got:?}");
+            }
+        }
+        for (name, _, _) in &self.sio {
+            assert!(
+                self.io.within(name, &[ty], Duration::ZERO).await.is_none(),
+                "{what}: {name} got {ty} (again, or not for it)"
+            );
+        }
+    }
+}
+
+/// A `send` entry reaches every socket of that user in that namespace, on every node, plain WebSocket and
+/// Socket.IO, once, and no other socket: not the user's sockets in other namespaces, not other users'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_reaches_every_socket_of_the_user_in_that_namespace_and_no_other() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_send", 3, &config("")).await;
+    let mut crowd = Crowd::gather(&redis, &nodes).await;
+
+    let payload = json!({"n": 1, "text": "for alex in /alex"});
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": "t", "payload": payload}),
+    );
+    crowd
+        .check("alex in /alex", "t", &payload, |u, ns| {
+            u == "alex" && ns == "/alex"
+        })
+        .await;
+
+    let payload = json!(["for", "bob", "in", "/bob"]);
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "bob", "namespace": "/bob", "type": "u", "payload": payload}),
+    );
+    crowd
+        .check("bob in /bob", "u", &payload, |u, ns| {
+            u == "bob" && ns == "/bob"
+        })
+        .await;
+
+    // No namespace: `/`, where nobody is (no gateway there); an unknown user: nobody.
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "type": "v", "payload": 1}),
+    );
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "carol", "namespace": "/alex", "type": "v", "payload": 2}),
+    );
+    crowd.check("nobody", "v", &json!(0), |_, _| false).await;
+
+    // Still delivered after that.
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/bob", "type": "w", "payload": null}),
+    );
+    crowd
+        .check("alex in /bob", "w", &Value::Null, |u, ns| {
+            u == "alex" && ns == "/bob"
+        })
+        .await;
+}
+
+/// A `broadcast` entry reaches every client of the gateway, or every client of its namespace when it names one;
+/// never a client of a namespace without the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_reaches_every_gateway_client_or_one_namespace() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_broadcast", 3, &config("")).await;
+    let mut crowd = Crowd::gather(&redis, &nodes).await;
+    let ev = crowd
+        .io
+        .login(
+            "plain",
+            &nodes[1].base(),
+            "/plain",
+            json!({"token": token("alex")}),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+
+    let payload = json!({"news": "everyone"});
+    xadd(
+        &redis,
+        BROADCAST,
+        &json!({"type": "news", "payload": payload}),
+    );
+    crowd.check("everyone", "news", &payload, |_, _| true).await;
+
+    let payload = json!({"news": "/bob only"});
+    xadd(
+        &redis,
+        BROADCAST,
+        &json!({"type": "bob-news", "payload": payload, "namespace": "/bob"}),
+    );
+    crowd
+        .check("/bob", "bob-news", &payload, |_, ns| ns == "/bob")
+        .await;
+
+    assert!(
+        crowd
+            .io
+            .within("plain", &["news", "bob-news"], Duration::ZERO)
+            .await
+            .is_none(),
+        "a namespace without the gateway gets no broadcast"
+    );
+}
+
+/// A node stopped (SIGSTOP) while entries are added delivers them to its sockets when it runs again, once; each
+/// node reads through its own group `gateway:<node id>` and acknowledges what it delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_delivers_what_was_added_meanwhile_once() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_paused", 3, &config("")).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut on_a = Ws::user("alex-a", a, "alex", "alex").await;
+    let mut on_b = Ws::user("alex-b", b, "alex", "alex").await;
+    until_len(&redis, CONNECTION, 2).await;
+
+    // Warm up: every node reads both streams.
+    xadd(&redis, BROADCAST, &json!({"type": "warm", "payload": 0}));
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(ws.recv().await, json!({"type": "warm", "payload": 0}));
+    }
+    for stream in [SEND, BROADCAST] {
+        let g = groups(&redis, stream);
+        for id in ["a", "b", "c"] {
+            assert!(
+                g.contains_key(&format!("gateway:{id}")),
+                "{stream}: no group gateway:{id}: {g:?}"
+            );
+        }
+    }
+
+    b.pause();
+    xadd(
+        &redis,
+        BROADCAST,
+        &json!({"type": "while-paused", "payload": 1}),
+    );
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": "for-alex", "payload": 2}),
+    );
+    assert_eq!(
+        on_a.recv().await,
+        json!({"type": "while-paused", "payload": 1})
+    );
+    assert_eq!(on_a.recv().await, json!({"type": "for-alex", "payload": 2}));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    on_b.assert_nothing();
+    b.signal("CONT");
+
+    let mut got = vec![on_b.recv().await, on_b.recv().await];
+    got.sort_by_key(|v| v["type"].as_str().unwrap().to_owned());
+    assert_eq!(
+        got,
+        vec![
+            json!({"type": "for-alex", "payload": 2}),
+            json!({"type": "while-paused", "payload": 1}),
+        ]
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    on_a.assert_nothing();
+    on_b.assert_nothing();
+    for stream in [SEND, BROADCAST] {
+        eventually(
+            Duration::from_secs(10),
+            &format!("every group of {stream} caught up and acknowledged"),
+            async || {
+                let g = groups(&redis, stream);
+                let last = last_id(&redis, stream);
+                ["a", "b", "c"]
+                    .iter()
+                    .all(|id| {
+                        let g = &g[&format!("gateway:{id}")];
+                        g["pending"] == 0 && g["last-delivered-id"] == last.as_str()
+                    })
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+/// A node killed (SIGKILL) while entries are added reads them when it is back with the same id (its group
+/// remembers where it was), acknowledges them, and gives nothing old to a socket connected after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_catches_up_on_restart_and_redelivers_nothing() {
+    let test = "gateway_killed";
+    let (dir, redis, mut nodes) = cluster_with_config(test, 3, &config("")).await;
+    let mut on_a = Ws::user("alex-a", &nodes[0], "alex", "alex").await;
+    let mut on_b = Ws::user("alex-b", &nodes[1], "alex", "alex").await;
+    until_len(&redis, CONNECTION, 2).await;
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": "before", "payload": 0}),
+    );
+    for ws in [&mut on_a, &mut on_b] {
+        assert_eq!(ws.recv().await, json!({"type": "before", "payload": 0}));
+    }
+    let caught_up = async |redis: &Redis, id: &str| {
+        eventually(
+            Duration::from_secs(15),
+            &format!("gateway:{id} caught up on {SEND} and acknowledged"),
+            async || {
+                let g = groups(redis, SEND);
+                let g = g.get(&format!("gateway:{id}"))?;
+                (g["pending"] == 0 && g["last-delivered-id"] == last_id(redis, SEND).as_str())
+                    .then_some(())
+            },
+        )
+        .await
+    };
+    caught_up(&redis, "b").await;
+
+    let b = nodes.remove(1);
+    let port = b.port;
+    b.signal("KILL");
+    drop(b);
+    let (frame, _) = on_b.closed().await;
+    println!("alex-b's connection ended with {frame:?}");
+
+    for n in 1..=3 {
+        xadd(
+            &redis,
+            SEND,
+            &json!({"username": "alex", "namespace": "/alex", "type": "while-down", "payload": n}),
+        );
+    }
+    for n in 1..=3 {
+        assert_eq!(
+            on_a.recv().await,
+            json!({"type": "while-down", "payload": n})
+        );
+    }
+    let last = last_id(&redis, SEND);
+    let g = groups(&redis, SEND);
+    let gb = &g["gateway:b"];
+    assert_ne!(
+        gb["last-delivered-id"],
+        last.as_str(),
+        "b was down: its group has not read the new entries: {g:?}"
+    );
+    println!("gateway:b while b is down: {gb}");
+
+    let b = restart(&dir, &redis, test, "b", port).await;
+    caught_up(&redis, "b").await;
+    let mut again = Ws::user("alex-b-again", &b, "alex", "alex").await;
+    until_len(&redis, CONNECTION, 3).await;
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": "after", "payload": 4}),
+    );
+    assert_eq!(
+        again.recv().await,
+        json!({"type": "after", "payload": 4}),
+        "the first thing the new socket gets is new"
+    );
+    assert_eq!(on_a.recv().await, json!({"type": "after", "payload": 4}));
+    tokio::time::sleep(QUIET).await;
+    again.assert_nothing();
+    on_a.assert_nothing();
+    caught_up(&redis, "b").await;
+    caught_up(&redis, "a").await;
+}
+
+/// A frame that is not a JSON text frame with a string `type` (binary, not JSON, no or a non-string `type`, over
+/// 64 KiB) gets an `error` with the reason, publishes nothing, and the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_an_error_and_the_connection_stays() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_bad_frames", 1, &config("")).await;
+    let mut backend = Backend::new(&redis, &[GENERAL]);
+    let mut ws = Ws::user("ws", &nodes[0], "alex", "alex").await;
+    until_len(&redis, CONNECTION, 1).await;
+
+    let big = json!({"type": "big", "payload": "x".repeat(70 * 1024)}).to_string();
+    let bad = [
+        ("binary", Message::binary(b"{\"type\":\"t\"}".to_vec())),
+        ("not JSON", Message::text("hello there")),
+        ("no type", Message::text(r#"{"payload": 1}"#)),
+        (
+            "a number type",
+            Message::text(r#"{"type": 5, "payload": 1}"#),
+        ),
+        ("not an object", Message::text(r#"["type", "t"]"#)),
+        ("a JSON string", Message::text(r#""type""#)),
+        ("over 64 KiB", Message::text(big)),
+    ];
+    for (i, (what, frame)) in bad.into_iter().enumerate() {
+        ws.send_raw(frame).await;
+        let got = ws.recv().await;
+        assert_eq!(got["type"], "error", "{what}: {got}");
+        assert!(
+            got["payload"]["error"]
+                .as_str()
+                .is_some_and(|e| !e.is_empty()),
+            "{what}: the reason: {got}"
+        );
+        // Still connected: a good message after it is published.
+        ws.send(json!({"type": "fine", "payload": i})).await;
+        backend
+            .expect(GENERAL, &format!("the good message after {what}"), |e| {
+                e["payload"] == i
+            })
+            .await;
+    }
+    tokio::time::sleep(QUIET).await;
+    ws.assert_nothing();
+    assert!(
+        entries(&redis, GENERAL).iter().all(|e| e["type"] == "fine"),
+        "only the good messages were published: {:?}",
+        entries(&redis, GENERAL)
+    );
+}
+
+/// Entries of the `send` and `broadcast` streams that are not valid are counted in
+/// `gateway_malformed_entries_total` by every node (each reads every entry through its own group), acknowledged,
+/// and skipped: the valid entries after them are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_are_counted_and_skipped() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_bad_entries", 3, &config("")).await;
+    let http = Http::new();
+    let mut clients = Vec::new();
+    for node in &nodes {
+        clients.push(Ws::user(&format!("alex-{}", node.id), node, "alex", "alex").await);
+    }
+    until_len(&redis, CONNECTION, 3).await;
+    let mut before = Vec::new();
+    for node in &nodes {
+        before.push(metric_sum(&http, node, "gateway_malformed_entries_total").await);
+    }
+
+    redis.cli(&["XADD", SEND, "*", "not-data", "{\"type\":\"t\"}"]);
+    redis.cli(&["XADD", SEND, "*", "data", "not json {"]);
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "payload": "no type"}),
+    );
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": 7, "payload": "number type"}),
+    );
+    xadd(&redis, SEND, &json!(["not", "an", "object"]));
+    redis.cli(&["XADD", BROADCAST, "*", "data", "{broken"]);
+    xadd(&redis, BROADCAST, &json!({"payload": "no type"}));
+    let bad = 7.0;
+
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": "good", "payload": 1}),
+    );
+    xadd(
+        &redis,
+        BROADCAST,
+        &json!({"type": "good-too", "payload": 2}),
+    );
+    for ws in &mut clients {
+        let mut got = vec![ws.recv().await, ws.recv().await];
+        got.sort_by_key(|v| v["type"].as_str().unwrap_or_default().to_owned());
+        assert_eq!(
+            got,
+            vec![
+                json!({"type": "good", "payload": 1}),
+                json!({"type": "good-too", "payload": 2}),
+            ],
+            "{}",
+            ws.name
+        );
+    }
+    for (node, before) in nodes.iter().zip(before) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("node {} counting {bad} malformed entries", node.id),
+            async || {
+                let now = metric_sum(&http, node, "gateway_malformed_entries_total").await;
+                (now - before == bad).then_some(())
+            },
+        )
+        .await;
+    }
+    tokio::time::sleep(QUIET).await;
+    for ws in &mut clients {
+        ws.assert_nothing();
+    }
+    for stream in [SEND, BROADCAST] {
+        let g = groups(&redis, stream);
+        for id in ["a", "b", "c"] {
+            assert_eq!(
+                g[&format!("gateway:{id}")]["pending"],
+                0,
+                "{stream}: bad entries are acknowledged too: {g:?}"
+            );
+        }
+    }
+}
+
+/// The username and namespace come from the token and the connection only: a message cannot change them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_username_in_a_message_changes_nothing() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_forged", 1, &config("")).await;
+    let a = &nodes[0];
+    let mut backend = Backend::new(&redis, &[CONNECTION, GENERAL]);
+    let cookie = cookie(&token("alex"));
+    let mut ws = Ws::connect(
+        "ws",
+        a,
+        "namespace=alex&username=bob&user=bob&preferred_username=bob",
+        &[("cookie", &cookie)],
+    )
+    .await;
+    let env = backend.expect(CONNECTION, "onconnect", |_| true).await;
+    assert_eq!(
+        (&env["username"], &env["namespace"]),
+        (&json!("alex"), &json!("/alex")),
+        "{env}"
+    );
+
+    let forged = json!({"username": "bob", "namespace": "/bob", "preferred_username": "bob"});
+    ws.send(json!({"type": "ask", "payload": forged, "username": "bob", "namespace": "/bob",
+        "node": "z", "socket": "someone-else", "context": {"headers": {"jwt": {"preferred_username": "bob"}}}}))
+        .await;
+    let env = backend.expect(GENERAL, "the message", |_| true).await;
+    check_envelope(&env, GENERAL, "a", "alex", "/alex", "ask", &forged);
+
+    let mut io = Clients::start();
+    let ev = io
+        .login(
+            "sio",
+            &a.base(),
+            "/alex",
+            json!({"token": token("alex"), "username": "bob"}),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    backend
+        .expect(CONNECTION, "the Socket.IO onconnect", |e| {
+            e["username"] == "alex"
+        })
+        .await;
+    io.emit("sio", "ask", json!([forged]), false).await;
+    let env = backend
+        .expect(GENERAL, "the Socket.IO message", |_| true)
+        .await;
+    check_envelope(&env, GENERAL, "a", "alex", "/alex", "ask", &forged);
+}
+
+/// With `ping_interval_ms`, an idle client that answers pings stays connected; one that stops reading (so never
+/// answers) is closed after about two intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_keep_an_idle_client_and_close_a_dead_one() {
+    let (_dir, redis, nodes) =
+        cluster_with_config("gateway_pings", 1, &config("ping_interval_ms = 300")).await;
+    let a = &nodes[0];
+    let mut backend = Backend::new(&redis, &[CONNECTION, GENERAL, CLOSE]);
+    let mut alive = Ws::user("alive", a, "alex", "alex").await;
+    backend
+        .expect(CONNECTION, "alive's onconnect", |e| e["username"] == "alex")
+        .await;
+
+    // Stops reading at once: its pongs never go out.
+    let cookie = cookie(&token("bob"));
+    let mut dead = open_raw(a, "namespace=bob", &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    backend
+        .expect(CONNECTION, "dead's onconnect", |e| e["username"] == "bob")
+        .await;
+    let env = backend
+        .expect(CLOSE, "the silent client closed", |e| {
+            e["username"] == "bob"
+        })
+        .await;
+    println!("the silent client: {env}");
+    // Its connection is over: reading now ends within a short while (a close frame, an error or the end).
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match dead.next().await {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the silent client's connection is still open"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pings = alive.pings.load(Ordering::SeqCst);
+    assert!(pings >= 3, "pings every 300 ms: {pings} in ~2 s");
+    alive.assert_nothing();
+    alive.send(json!({"type": "still", "payload": pings})).await;
+    backend
+        .expect(GENERAL, "a message from the idle client", |e| {
+            e["type"] == "still"
+        })
+        .await;
+    assert!(
+        entries(&redis, CLOSE)
+            .iter()
+            .all(|e| e["username"] != "alex"),
+        "the client answering pings was not closed: {:?}",
+        entries(&redis, CLOSE)
+    );
+}
+
+/// `stream_prefix` goes before every stream key, hooks' and subscribed ones; `stream_maxlen` trims the streams
+/// the gateway adds to (`MAXLEN ~`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_prefix_and_trimming() {
+    let test = "gateway_prefix";
+    let dir = log_dir(test);
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        config("stream_prefix = \"app:\"\nstream_maxlen = 100"),
+    )
+    .unwrap();
+    let config = path.display().to_string();
+    let redis = Redis::start(&dir);
+    let a = Node::start(
+        &dir,
+        NodeOpts {
+            id: "a",
+            redis: Some(redis.url()),
+            prefix: test,
+            // Hundreds of messages at once: no per-socket event rate here.
+            args: &["--config", &config, "--socket-event-rate", "0"],
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let mut ws = Ws::user("ws", &a, "alex", "alex").await;
+    until_len(&redis, &format!("app:{CONNECTION}"), 1).await;
+    assert_eq!(
+        xlen(&redis, CONNECTION),
+        0,
+        "the prefix goes before the topic"
+    );
+
+    xadd(
+        &redis,
+        &format!("app:{SEND}"),
+        &json!({"username": "alex", "namespace": "/alex", "type": "s", "payload": 1}),
+    );
+    assert_eq!(ws.recv().await, json!({"type": "s", "payload": 1}));
+    xadd(
+        &redis,
+        &format!("app:{BROADCAST}"),
+        &json!({"type": "b", "payload": 2}),
+    );
+    assert_eq!(ws.recv().await, json!({"type": "b", "payload": 2}));
+    xadd(
+        &redis,
+        BROADCAST,
+        &json!({"type": "unprefixed", "payload": 3}),
+    );
+
+    for i in 0..400 {
+        ws.send(json!({"type": "m", "payload": i})).await;
+    }
+    let general = format!("app:{GENERAL}");
+    eventually(
+        Duration::from_secs(20),
+        "the last message published",
+        async || {
+            let last = redis.json(&["XREVRANGE", &general, "+", "-", "COUNT", "1"]);
+            (data_of(&last[0][1])["payload"] == 399).then_some(())
+        },
+    )
+    .await;
+    let len = xlen(&redis, &general);
+    assert!(
+        (100..=250).contains(&len),
+        "400 messages with stream_maxlen = 100 (MAXLEN ~): {len} kept"
+    );
+    tokio::time::sleep(QUIET).await;
+    ws.assert_nothing();
+}
+
+/// `[gateway]` without Redis cannot work: a single node refuses to start, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_without_redis_is_a_start_up_error() {
+    let dir = log_dir("gateway_without_redis");
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config("")).unwrap();
+    let config = path.display().to_string();
+    let mut node = Node::spawn(
+        &dir,
+        NodeOpts {
+            args: &["--config", &config],
+            ..NodeOpts::default()
+        },
+    );
+    let status = node.exit_within(Duration::from_secs(10)).await;
+    let log = node.log_text();
+    assert!(
+        matches!(status, Some(s) if !s.success()),
+        "{status:?}\n{log}"
+    );
+    assert!(
+        log.contains("cannot start") && log.contains("REDIS_URL") && log.contains("gateway"),
+        "a clear message naming REDIS_URL:\n{log}"
+    );
+}
