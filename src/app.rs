@@ -416,6 +416,7 @@ async fn join_cluster(
                     redis,
                     info.id.clone(),
                     info.namespaces.clone(),
+                    info.admission.clone(),
                     info.metrics.clone(),
                     config.request_timeout(),
                 )

@@ -26,6 +26,7 @@ use crate::{
     config::file::GatewayConfig,
     realtime::{
         Namespaces,
+        admission::Admission,
         auth::jwt::{Jwt, JwtKeys},
         bus::{Bus, Client, Frame, Outgoing},
     },
@@ -60,6 +61,8 @@ pub struct Gateway {
     keys: Keys,
     jwt: Jwt,
     namespaces: Arc<Namespaces>,
+    /// The node's socket cap, handshake rate and origins apply to plain WebSocket clients too.
+    admission: Arc<Admission>,
     hub: Mutex<Hub>,
     publisher: Redis,
     metrics: Arc<Metrics>,
@@ -84,6 +87,7 @@ impl Gateway {
         endpoint: &Endpoint,
         node: Arc<str>,
         namespaces: Arc<Namespaces>,
+        admission: Arc<Admission>,
         metrics: Arc<Metrics>,
         timeout: Duration,
     ) -> Result<Arc<Self>, StartError> {
@@ -134,6 +138,7 @@ impl Gateway {
             keys,
             jwt,
             namespaces,
+            admission,
             hub: Mutex::default(),
             publisher,
             metrics,
@@ -398,6 +403,8 @@ async fn read_replies(gateway: Arc<Gateway>, reader: Redis) {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "gateway replies not read");
+                // Redis may come back empty (no persistence), its ids starting over: read what comes next.
+                after = "$".to_owned();
                 tokio::time::sleep(READ_RETRY).await;
             }
         }

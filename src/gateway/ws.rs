@@ -26,6 +26,7 @@ use super::{
     wire::{self, Frame},
 };
 use crate::realtime::{
+    admission::{Refused, Slot},
     auth::Handshake,
     bus::{Bus, Client, Outgoing},
 };
@@ -81,6 +82,25 @@ async fn connect(
         Ok(v) => v,
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
     };
+    // Counted like Socket.IO clients: the node's socket cap, its rate of new connections, the allowed origins.
+    let origin = headers
+        .get(axum::http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let slot = match gateway
+        .admission
+        .new_session()
+        .and_then(|()| gateway.admission.admit(origin))
+    {
+        Ok(slot) => slot,
+        Err(e) => {
+            let status = match e {
+                Refused::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Refused::TooFast => StatusCode::TOO_MANY_REQUESTS,
+                Refused::Origin => StatusCode::FORBIDDEN,
+            };
+            return refuse(status, e.to_string());
+        }
+    };
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(_) => {
@@ -100,11 +120,11 @@ async fn connect(
     };
     upgrade
         .max_message_size(MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| serve(gateway, socket, client))
+        .on_upgrade(move |socket| serve(gateway, socket, client, slot))
 }
 
 /// One client, until it or the gateway closes.
-async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client) {
+async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _slot: Slot) {
     let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
     client.sink = tx;
     let id = client.socket.clone();
