@@ -23,9 +23,10 @@ use crate::{
     Config, StartError,
     admin::{Admin, sessions::RedisSessions},
     cluster::{self, Cluster, LocalRooms, membership::Change, seal::Seal},
-    config::file::{self, AdminConfig},
+    config::file::{self, AdminConfig, GatewayConfig},
     delivery::{MemoryStore, RedisStore, Store},
     domain::validate,
+    gateway::Gateway,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
     realtime::{Namespaces, NodeInfo, admission, push::Push, reliable},
@@ -124,7 +125,7 @@ pub async fn run(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let (namespaces, admin_config) = load_namespaces(&config, &metrics)?;
+    let (namespaces, admin_config, gateway_config) = load_namespaces(&config, &metrics)?;
     let namespaces = Arc::new(namespaces);
     let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
@@ -143,6 +144,7 @@ pub async fn run(
         handshakes: Arc::default(),
         delivery: Arc::default(),
         observer: Arc::default(),
+        bus: Arc::default(),
     };
     let admin = admin_config.map(|c| Admin::new(c, info.clone()));
     let admin_ui = admin_ui(&admin, &config);
@@ -206,8 +208,15 @@ pub async fn run(
             // Redis may not be up yet (all services starting at boot): retry what can heal, fail on the rest.
             let mut delay = RETRY_FIRST;
             loop {
-                let attempt =
-                    join_cluster(&redis, &seal, &config, info.clone(), &admin, &app_state);
+                let attempt = join_cluster(
+                    &redis,
+                    &seal,
+                    &config,
+                    info.clone(),
+                    &admin,
+                    &gateway_config,
+                    &app_state,
+                );
                 match attempt.await {
                     Ok(joined) => break joined,
                     Err(e) if e.is_transient() => {
@@ -319,12 +328,17 @@ struct AdapterLink {
     _watch: metrics::RedisWatch,
     store: Option<(fred::clients::Client, metrics::RedisWatch)>,
     holders: Option<tokio::task::JoinHandle<()>>,
+    /// The event-bus gateway's readers and connections, stopped with the rest.
+    gateway: Option<Arc<Gateway>>,
 }
 
 impl AdapterLink {
     async fn close(&self) {
         if let Some(task) = &self.holders {
             task.abort();
+        }
+        if let Some(gateway) = &self.gateway {
+            gateway.stop().await;
         }
         self.sub.close().await;
         if let Some((client, _)) = &self.store {
@@ -371,6 +385,7 @@ async fn join_cluster(
     config: &Config,
     info: NodeInfo,
     admin: &Option<Arc<Admin>>,
+    gateway: &Option<GatewayConfig>,
     app_state: &StateOf<'_>,
 ) -> Result<Serving, StartError> {
     // Reliable delivery's store, on a client of its own; this node's holders left by an earlier life (killed
@@ -395,6 +410,34 @@ async fn join_cluster(
     };
     match joined {
         Ok(mut serving) => {
+            if let Some(gateway) = gateway {
+                let started = Gateway::start(
+                    gateway.clone(),
+                    redis,
+                    info.id.clone(),
+                    info.namespaces.clone(),
+                    info.admission.clone(),
+                    info.metrics.clone(),
+                    config.request_timeout(),
+                )
+                .await;
+                let started = match started {
+                    Ok(started) => started,
+                    Err(e) => {
+                        if let Some(link) = &serving.3 {
+                            abandon(&*serving.1, link).await;
+                        }
+                        let _ = fred::interfaces::ClientLike::quit(&client).await;
+                        return Err(e);
+                    }
+                };
+                let bus: Arc<dyn crate::realtime::bus::Bus> = started.clone();
+                let _ = info.bus.set(bus);
+                serving.0 = serving.0.merge(crate::gateway::ws::routes(started.clone()));
+                if let Some(link) = serving.3.as_mut() {
+                    link.gateway = Some(started);
+                }
+            }
             let _ = info.delivery.set(Arc::new(store));
 
             if let Some(link) = serving.3.as_mut() {
@@ -427,6 +470,7 @@ async fn join_adapter(
         sub: adapter_sub,
         store: None,
         holders: None,
+        gateway: None,
     };
     let adapter = RedisAdapterCtr::new_with_fred_config(
         link.sub.client.clone(),
@@ -627,9 +671,9 @@ fn with_admin_ui(app: axum::Router, ui: &Option<axum::Router>) -> axum::Router {
 fn load_namespaces(
     config: &Config,
     metrics: &Arc<metrics::Metrics>,
-) -> Result<(Namespaces, Option<AdminConfig>), StartError> {
+) -> Result<(Namespaces, Option<AdminConfig>, Option<GatewayConfig>), StartError> {
     let Some(path) = &config.config else {
-        return Ok((Namespaces::single_default(), None));
+        return Ok((Namespaces::single_default(), None, None));
     };
     let checked = file::load(path).map_err(|e| StartError::ConfigFile(e.to_string()))?;
     let namespaces = Namespaces::build(checked.namespaces, &path.display().to_string(), metrics)
@@ -644,7 +688,13 @@ fn load_namespaces(
             "serving namespace"
         );
     }
-    Ok((namespaces, checked.admin))
+    if checked.gateway.is_some() && config.redis_url.is_none() {
+        return Err(StartError::ConfigFile(format!(
+            "{}: [gateway] needs REDIS_URL: its streams are in Redis, which a single node does not use",
+            path.display()
+        )));
+    }
+    Ok((namespaces, checked.admin, checked.gateway))
 }
 
 fn load_client_bundle(config: &Config) -> Option<Bytes> {

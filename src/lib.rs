@@ -77,6 +77,7 @@ pub mod config;
 pub mod delivery;
 pub mod domain;
 pub mod error;
+pub mod gateway;
 pub mod http;
 pub mod net;
 pub mod realtime;

@@ -22,6 +22,98 @@ pub struct FileConfig {
     #[serde(default, rename = "namespace")]
     pub namespaces: Vec<Spanned<NamespaceConfig>>,
     pub admin: Option<Spanned<AdminConfig>>,
+    pub gateway: Option<Spanned<GatewayConfig>>,
+}
+
+/// `[gateway]`: the event-bus gateway of seed 003, on Redis Streams (README "Event-bus gateway").
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The plain WebSocket endpoint.
+    #[serde(default = "default_gateway_path")]
+    pub path: String,
+    pub onconnect: Option<Publish>,
+    pub onmessage: Option<OnMessage>,
+    pub onclose: Option<Publish>,
+    pub send: Option<Subscribe>,
+    pub broadcast: Option<Subscribe>,
+    /// Plain WebSocket clients' JWT, as in `[[namespace]]` with `auth = "jwt"`.
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub user_claim: Option<String>,
+    pub jwt_cookie: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
+    /// Before every stream key.
+    #[serde(default)]
+    pub stream_prefix: String,
+    /// Each stream is trimmed to about this many entries.
+    pub stream_maxlen: Option<u64>,
+    /// How often plain WebSocket clients are pinged.
+    pub ping_interval_ms: Option<u64>,
+}
+
+/// Never prints the secret.
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("path", &self.path)
+            .field("onconnect", &self.onconnect)
+            .field("onmessage", &self.onmessage)
+            .field("onclose", &self.onclose)
+            .field("send", &self.send)
+            .field("broadcast", &self.broadcast)
+            .field("stream_prefix", &self.stream_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    pub publish: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnMessage {
+    pub publish: String,
+    #[serde(default)]
+    pub types: Vec<TypeRoute>,
+}
+
+/// Messages of `type` also go to `publish`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeRoute {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub publish: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    pub subscribe: String,
+}
+
+fn default_gateway_path() -> String {
+    "/connect".into()
+}
+
+impl GatewayConfig {
+    pub fn user_claim(&self) -> &str {
+        self.user_claim.as_deref().unwrap_or("preferred_username")
+    }
+    pub fn jwt_cookie(&self) -> &str {
+        self.jwt_cookie.as_deref().unwrap_or("ID_TOKEN")
+    }
+    pub fn stream_maxlen(&self) -> u64 {
+        self.stream_maxlen.unwrap_or(100_000)
+    }
+    pub fn ping_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.ping_interval_ms.unwrap_or(25_000))
+    }
 }
 
 /// `[admin]`: the official socket.io admin UI, served at `/admin/`, for the whole cluster (seed 000).
@@ -205,6 +297,10 @@ pub struct NamespaceConfig {
     /// their arguments.
     #[serde(default)]
     pub message_ids: bool,
+    /// This namespace's clients use the event-bus gateway (`[gateway]`): their events are published to Redis
+    /// Streams, and the backend's `send`/`broadcast` entries reach them.
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 /// The largest `max_pending`: a room's pending messages go out as one `batch` packet, which must stay sendable.
@@ -238,6 +334,7 @@ const NAMESPACE_KEYS: &[&str] = &[
     "client_ttl_s",
     "max_pending",
     "message_ids",
+    "gateway",
 ];
 
 impl NamespaceConfig {
@@ -325,6 +422,8 @@ pub struct Checked {
     pub namespaces: Vec<CheckedNamespace>,
     /// `[admin]` when it is enabled.
     pub admin: Option<AdminConfig>,
+    /// `[gateway]`, when the file has one.
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// A namespace table that passed every check, with its file paths made absolute.
@@ -404,10 +503,131 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Checked, FileError> 
         }
         None => None,
     };
+    let gateway = match parsed.gateway {
+        Some(table) => {
+            let span = table.span();
+            let mut gateway = table.into_inner();
+            check_gateway(&gateway).map_err(|m| err(Some(span), format!("[gateway]: {m}")))?;
+            if let Some(p) = &mut gateway.jwt_public_key
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+            Some(gateway)
+        }
+        None => None,
+    };
+    if gateway.is_none()
+        && let Some(ns) = checked.iter().find(|n| n.config.gateway)
+    {
+        return Err(FileError {
+            file: file.to_owned(),
+            line: ns.line,
+            message: format!(
+                "namespace {:?}: `gateway = true` needs a [gateway] table",
+                ns.config.name
+            ),
+        });
+    }
     Ok(Checked {
         namespaces: checked,
         admin,
+        gateway,
     })
+}
+
+/// `[gateway]`'s rules: a reachable path, topics that are stream keys, one way to check tokens.
+fn check_gateway(g: &GatewayConfig) -> Result<(), String> {
+    let reserved = [
+        "/socket.io",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/api",
+        "/send",
+        "/admin",
+        "/openapi.json",
+    ];
+    let path_ok = g.path.starts_with('/')
+        && g.path.len() > 1
+        && g.path.len() <= 128
+        && g.path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.".contains(&b))
+        && !g.path.contains("//");
+    if !path_ok {
+        return Err(format!(
+            "`path` {:?} must be like \"/connect\" (letters, digits, - _ . /)",
+            g.path
+        ));
+    }
+    if let Some(r) = reserved
+        .iter()
+        .find(|r| g.path == **r || g.path.starts_with(&format!("{r}/")))
+    {
+        return Err(format!("`path` {:?} is taken by {r}", g.path));
+    }
+    let topics = [
+        g.onconnect
+            .as_ref()
+            .map(|p| ("onconnect.publish", &p.publish)),
+        g.onmessage
+            .as_ref()
+            .map(|p| ("onmessage.publish", &p.publish)),
+        g.onclose.as_ref().map(|p| ("onclose.publish", &p.publish)),
+        g.send.as_ref().map(|p| ("send.subscribe", &p.subscribe)),
+        g.broadcast
+            .as_ref()
+            .map(|p| ("broadcast.subscribe", &p.subscribe)),
+    ];
+    let types = g.onmessage.iter().flat_map(|m| &m.types);
+    for (key, topic) in topics.into_iter().flatten().chain(
+        types
+            .clone()
+            .map(|t| ("onmessage.types.publish", &t.publish)),
+    ) {
+        if topic.is_empty()
+            || topic.len() > 200
+            || topic.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(format!(
+                "`{key}` {topic:?} must be a stream key (1 to 200 characters, no spaces)"
+            ));
+        }
+    }
+    for t in types {
+        if t.kind.is_empty() || t.kind.chars().count() > 128 {
+            return Err(format!(
+                "onmessage type {:?} must be 1 to 128 characters",
+                t.kind
+            ));
+        }
+    }
+    if let (Some(s), Some(b)) = (&g.send, &g.broadcast)
+        && s.subscribe == b.subscribe
+    {
+        return Err("`send.subscribe` and `broadcast.subscribe` must be different streams".into());
+    }
+    match (&g.jwt_secret, &g.jwt_public_key) {
+        (None, None) => return Err("`jwt_secret` or `jwt_public_key` is required (plain WebSocket clients are identified by a JWT)".into()),
+        (Some(_), Some(_)) => return Err("give `jwt_secret` or `jwt_public_key`, not both".into()),
+        (Some(s), None) if s.len() < 16 => return Err("`jwt_secret` must be at least 16 bytes long".into()),
+        _ => {}
+    }
+    for (key, value) in [("user_claim", &g.user_claim), ("jwt_cookie", &g.jwt_cookie)] {
+        if value.as_deref().is_some_and(str::is_empty) {
+            return Err(format!("`{key}` must not be empty"));
+        }
+    }
+    if g.stream_maxlen.is_some_and(|n| n < 100) {
+        return Err("`stream_maxlen` must be at least 100".into());
+    }
+    if g.ping_interval_ms
+        .is_some_and(|ms| !(100..=600_000).contains(&ms))
+    {
+        return Err("`ping_interval_ms` must be between 100 and 600000".into());
+    }
+    Ok(())
 }
 
 /// `[admin]`'s rules: a login unless `auth = false`, a real bcrypt hash, a namespace of its own.

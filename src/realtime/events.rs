@@ -363,6 +363,18 @@ async fn on_other<A: Adapter>(
     if let Ok(args) = &args {
         node.observer.received(&socket, &event, &args.0);
     }
+    let namespace = node.namespaces.find(socket.ns());
+    if namespace.is_some_and(|ns| ns.gateway)
+        && let (Some(bus), Ok(args)) = (node.bus.get(), &args)
+        && !SERVER_EVENTS.contains(&event.as_str())
+    {
+        let payload = args.0.first().cloned().unwrap_or_default();
+        let frame = super::bus::Frame {
+            kind: event.clone(),
+            payload,
+        };
+        bus.message(&socket.id.to_string(), frame).await;
+    }
     let forwards = node
         .namespaces
         .find(socket.ns())
@@ -393,6 +405,14 @@ async fn on_disconnect<A: Adapter>(
         return;
     };
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
+    if let Some(bus) = node.bus.get()
+        && node
+            .namespaces
+            .find(socket.ns())
+            .is_some_and(|ns| ns.gateway)
+    {
+        bus.close(&socket.id.to_string(), reason.to_string()).await;
+    }
     node.observer
         .report(|| super::observe::Observed::Disconnected {
             nsp: socket.ns().to_owned(),

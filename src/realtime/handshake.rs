@@ -39,6 +39,8 @@ pub struct Identity {
     pub role: Role,
     /// Rooms the auth webhook gave.
     pub auth_rooms: Arc<[String]>,
+    /// The JWT's claims, in `jwt` namespaces (the gateway's envelopes carry them).
+    pub claims: Option<Arc<serde_json::Map<String, Value>>>,
 }
 
 /// Seed 000's socket types, from the handshake's `type` field in namespaces with `views = true`.
@@ -235,6 +237,7 @@ async fn admit<A: Adapter>(
         session: session.map(Into::into),
         role,
         auth_rooms: verified.rooms.into(),
+        claims: verified.claims,
     };
     check_derived(ns, &identity)?;
     Ok((slot, identity))
@@ -286,6 +289,11 @@ pub async fn on_connect<A: Adapter>(
     let _ = socket.emit("handshake", &greeting);
     node.observer.sent(&socket, "handshake", &greeting);
     events::attach(&socket, &node, ns, &me);
+    if ns.gateway
+        && let Some(bus) = node.bus.get()
+    {
+        super::bus::opened(&socket, bus, &me).await;
+    }
     if let Some(reliable) = &ns.reliable {
         super::reliable::joined(&socket, &node, reliable, &rooms).await;
     }
@@ -318,6 +326,7 @@ mod tests {
             deprecated: None,
             api_key: None,
             reliable: None,
+            gateway: false,
         }
     }
 
@@ -328,6 +337,7 @@ mod tests {
             session: session.map(Into::into),
             role: Role::Plain,
             auth_rooms: vec!["staff".to_owned(), "user_1".to_owned()].into(),
+            claims: None,
         }
     }
 

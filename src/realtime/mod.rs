@@ -14,6 +14,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod bus;
 pub mod events;
 pub mod handshake;
 pub mod local;
@@ -53,6 +54,8 @@ pub struct NodeInfo {
     pub delivery: Arc<OnceLock<Arc<dyn crate::delivery::Store>>>,
     /// Where socket handlers report what happens, for the admin UI.
     pub observer: Arc<observe::Observer>,
+    /// The event-bus gateway, when `[gateway]` is configured (set once joined to Redis).
+    pub bus: Arc<OnceLock<Arc<dyn bus::Bus>>>,
 }
 
 /// Handshakes in progress per namespace path: a dynamic namespace is only removed when none is.

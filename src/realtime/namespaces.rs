@@ -29,6 +29,8 @@ pub struct Namespace {
     pub api_key: Option<ApiKey>,
     /// Reliable delivery to user rooms (`user_room_prefix`); `None`: none in this namespace.
     pub reliable: Option<Reliable>,
+    /// Its clients use the event-bus gateway (`gateway = true`).
+    pub gateway: bool,
 }
 
 /// A namespace's reliable delivery: which rooms, and the store's rules for them.
@@ -112,6 +114,7 @@ impl Namespaces {
             deprecated: None,
             api_key: None,
             reliable: None,
+            gateway: false,
         }])
     }
 
@@ -126,6 +129,7 @@ impl Namespaces {
         });
         Namespace {
             reliable,
+            gateway: c.gateway,
             pattern,
             verifier,
             rooms: c.rooms,

@@ -67,6 +67,14 @@ pub struct Metrics {
     pub delivery_holders_forgotten: Counter,
     /// Holders of this node's sockets written again after this node was cut off from the cluster.
     pub delivery_holders_restored: Counter,
+    /// Envelopes the gateway added to Redis Streams (hooks).
+    pub gateway_published: Counter,
+    /// Frames the gateway handed to its clients (replies, send, broadcast).
+    pub gateway_delivered: Counter,
+    /// Entries of the gateway's streams that were not valid, logged, acknowledged and skipped.
+    pub gateway_malformed_entries: Counter,
+    /// Frames the gateway dropped because a client's queue was full (a client not reading).
+    pub gateway_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -104,6 +112,10 @@ impl Metrics {
         let delivery_malformed_entries = Counter::default();
         let delivery_holders_forgotten = Counter::default();
         let delivery_holders_restored = Counter::default();
+        let gateway_published = Counter::default();
+        let gateway_delivered = Counter::default();
+        let gateway_malformed_entries = Counter::default();
+        let gateway_dropped = Counter::default();
 
         let mut r = Registry::with_prefix("socket_identity");
         r.register(
@@ -206,6 +218,26 @@ impl Metrics {
             "Holders of this node's sockets written again after this node was cut off from the cluster",
             delivery_holders_restored.clone(),
         );
+        r.register(
+            "gateway_published",
+            "Envelopes the gateway added to Redis Streams (hooks)",
+            gateway_published.clone(),
+        );
+        r.register(
+            "gateway_delivered",
+            "Frames the gateway handed to its clients (replies, send, broadcast)",
+            gateway_delivered.clone(),
+        );
+        r.register(
+            "gateway_malformed_entries",
+            "Entries of the gateway's streams that were not valid, logged, acknowledged and skipped",
+            gateway_malformed_entries.clone(),
+        );
+        r.register(
+            "gateway_dropped",
+            "Frames the gateway dropped because a client's queue was full (a client not reading)",
+            gateway_dropped.clone(),
+        );
         Self {
             registry: r,
             sockets,
@@ -228,6 +260,10 @@ impl Metrics {
             delivery_malformed_entries,
             delivery_holders_forgotten,
             delivery_holders_restored,
+            gateway_published,
+            gateway_delivered,
+            gateway_malformed_entries,
+            gateway_dropped,
         }
     }
 

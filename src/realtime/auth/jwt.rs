@@ -27,9 +27,39 @@ impl std::fmt::Debug for Jwt {
     }
 }
 
+/// Where a [`Jwt`] verifier's settings come from: a `[[namespace]]` table or `[gateway]`.
+#[derive(Debug, Clone, Copy)]
+pub struct JwtKeys<'a> {
+    pub secret: Option<&'a str>,
+    pub public_key: Option<&'a std::path::Path>,
+    pub user_claim: &'a str,
+    pub session_claim: &'a str,
+    pub audience: Option<&'a str>,
+    pub issuer: Option<&'a str>,
+    pub cookie: Option<&'a str>,
+}
+
+impl<'a> JwtKeys<'a> {
+    pub fn of_namespace(c: &'a NamespaceConfig) -> Self {
+        Self {
+            secret: c.jwt_secret.as_deref(),
+            public_key: c.jwt_public_key.as_deref(),
+            user_claim: c.user_claim(),
+            session_claim: c.session_claim(),
+            audience: c.jwt_audience.as_deref(),
+            issuer: c.jwt_issuer.as_deref(),
+            cookie: c.jwt_cookie.as_deref(),
+        }
+    }
+}
+
 impl Jwt {
     pub fn new(c: &NamespaceConfig) -> Result<Self, String> {
-        let (key, algorithm) = match (&c.jwt_secret, &c.jwt_public_key) {
+        Self::with_keys(JwtKeys::of_namespace(c))
+    }
+
+    pub fn with_keys(c: JwtKeys<'_>) -> Result<Self, String> {
+        let (key, algorithm) = match (c.secret, c.public_key) {
             (Some(secret), _) => (
                 DecodingKey::from_secret(secret.as_bytes()),
                 Algorithm::HS256,
@@ -55,23 +85,23 @@ impl Jwt {
         validation.leeway = LEEWAY_S;
         // Identity providers put an audience in most tokens (Keycloak's ID tokens do): check it only when the
         // namespace names one, as for the issuer.
-        match &c.jwt_audience {
+        match c.audience {
             Some(aud) => {
                 validation.set_audience(&[aud]);
                 validation.required_spec_claims.insert("aud".into());
             }
             None => validation.validate_aud = false,
         }
-        if let Some(iss) = &c.jwt_issuer {
+        if let Some(iss) = c.issuer {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".into());
         }
         Ok(Self {
             key,
             validation,
-            user_claim: c.user_claim().to_owned(),
-            session_claim: c.session_claim().to_owned(),
-            cookie: c.jwt_cookie.clone(),
+            user_claim: c.user_claim.to_owned(),
+            session_claim: c.session_claim.to_owned(),
+            cookie: c.cookie.map(str::to_owned),
         })
     }
 
@@ -105,6 +135,7 @@ impl Jwt {
             id_user: Some(id_user),
             session,
             rooms: vec![],
+            claims: Some(std::sync::Arc::new(claims)),
         })
     }
 

@@ -5,7 +5,7 @@
 //! `connect_error`).
 
 mod credentials;
-mod jwt;
+pub mod jwt;
 mod webhook;
 
 use std::sync::Arc;
@@ -69,6 +69,8 @@ pub struct Verified {
     pub session: Option<String>,
     /// Rooms the auth webhook said the socket joins.
     pub rooms: Vec<String>,
+    /// A JWT's claims, for the gateway's envelopes (`context.headers.jwt`).
+    pub claims: Option<std::sync::Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// Why a handshake was refused. The Display text is the client's `connect_error` message.

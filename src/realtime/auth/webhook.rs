@@ -191,6 +191,7 @@ fn parse(body: &[u8]) -> Option<Verified> {
         id_user,
         session: None,
         rooms,
+        claims: None,
     })
 }
 

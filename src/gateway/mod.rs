@@ -1,0 +1,485 @@
+//! The event-bus gateway of seed 003 on Redis Streams (README "Event-bus gateway"): what happens on clients
+//! (connect, messages by type, close) is added to streams the backend reads with consumer groups; the backend's
+//! replies, `send` and `broadcast` entries come back to the clients, on every node.
+//!
+//! * [`wire`]: frames and stream entries (untrusted, checked).
+//! * [`hub`]: this node's clients and the replies they wait for.
+//! * [`streams`]: the Redis commands.
+//! * [`ws`]: the plain WebSocket endpoint. Socket.IO clients come through [`crate::realtime::bus`].
+
+pub mod hub;
+pub mod streams;
+pub mod wire;
+pub mod ws;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use fred::{clients::Client as Redis, interfaces::ClientLike};
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+
+use crate::{
+    StartError,
+    config::file::GatewayConfig,
+    realtime::{
+        Namespaces,
+        admission::Admission,
+        auth::jwt::{Jwt, JwtKeys},
+        bus::{Bus, Client, Frame, Outgoing},
+    },
+    redis::{self, Endpoint},
+    telemetry::metrics::Metrics,
+};
+use hub::{Hub, Waiting};
+use wire::{BroadcastEntry, Context, Envelope, Headers, Params, Reply, SendEntry};
+
+/// How often the reply stream and the `send`/`broadcast` streams are trimmed, and waiting replies expired.
+const HOUSEKEEPING: Duration = Duration::from_secs(10);
+/// After a failed read, the pause before the next (Redis away).
+const READ_RETRY: Duration = Duration::from_millis(500);
+
+/// The stream keys, with `stream_prefix`.
+#[derive(Debug, Clone)]
+struct Keys {
+    onconnect: Option<String>,
+    onmessage: Option<String>,
+    /// (type, stream key, topic) of `onmessage.types`.
+    types: Vec<(String, String, String)>,
+    onclose: Option<String>,
+    send: Option<String>,
+    broadcast: Option<String>,
+    /// This node's reply stream.
+    replies: String,
+}
+
+pub struct Gateway {
+    config: GatewayConfig,
+    node: Arc<str>,
+    keys: Keys,
+    jwt: Jwt,
+    namespaces: Arc<Namespaces>,
+    /// The node's socket cap, handshake rate and origins apply to plain WebSocket clients too.
+    admission: Arc<Admission>,
+    hub: Mutex<Hub>,
+    publisher: Redis,
+    metrics: Arc<Metrics>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    readers: Vec<Redis>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("node", &self.node)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Connects to Redis (one connection to add, one per blocking reader), creates this node's consumer groups
+    /// and starts reading.
+    pub async fn start(
+        config: GatewayConfig,
+        endpoint: &Endpoint,
+        node: Arc<str>,
+        namespaces: Arc<Namespaces>,
+        admission: Arc<Admission>,
+        metrics: Arc<Metrics>,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, StartError> {
+        let jwt = Jwt::with_keys(JwtKeys {
+            secret: config.jwt_secret.as_deref(),
+            public_key: config.jwt_public_key.as_deref(),
+            user_claim: config.user_claim(),
+            session_claim: "sid",
+            audience: config.jwt_audience.as_deref(),
+            issuer: config.jwt_issuer.as_deref(),
+            cookie: Some(config.jwt_cookie()),
+        })
+        .map_err(|e| StartError::ConfigFile(format!("[gateway]: {e}")))?;
+        let prefix = &config.stream_prefix;
+        let key = |topic: &String| format!("{prefix}{topic}");
+        let keys = Keys {
+            onconnect: config.onconnect.as_ref().map(|p| key(&p.publish)),
+            onmessage: config.onmessage.as_ref().map(|p| key(&p.publish)),
+            types: config
+                .onmessage
+                .iter()
+                .flat_map(|m| &m.types)
+                .map(|t| (t.kind.clone(), key(&t.publish), t.publish.clone()))
+                .collect(),
+            onclose: config.onclose.as_ref().map(|p| key(&p.publish)),
+            send: config.send.as_ref().map(|s| key(&s.subscribe)),
+            broadcast: config.broadcast.as_ref().map(|s| key(&s.subscribe)),
+            replies: format!("{prefix}gateway:replies:{node}"),
+        };
+        let reader_timeout =
+            Duration::from_millis(streams::BLOCK_MS) + timeout + Duration::from_secs(5);
+        let publisher = redis::connect_client(endpoint, timeout).await?;
+        let mut readers = Vec::new();
+        for _ in 0..2 {
+            match redis::connect_client(endpoint, reader_timeout).await {
+                Ok(c) => readers.push(c),
+                Err(e) => {
+                    for c in readers.iter().chain([&publisher]) {
+                        let _ = c.quit().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let gateway = Arc::new(Self {
+            config,
+            node,
+            keys,
+            jwt,
+            namespaces,
+            admission,
+            hub: Mutex::default(),
+            publisher,
+            metrics,
+            tasks: Mutex::default(),
+            readers: readers.clone(),
+        });
+        let bus: Vec<String> = [&gateway.keys.send, &gateway.keys.broadcast]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for stream in &bus {
+            if let Err(e) =
+                streams::ensure_group(&gateway.publisher, stream, &gateway.group()).await
+            {
+                gateway.stop().await;
+                return Err(redis::connect_err(endpoint, e).into());
+            }
+        }
+        let mut tasks = vec![
+            tokio::spawn(read_replies(gateway.clone(), readers[0].clone())),
+            tokio::spawn(housekeeping(gateway.clone())),
+        ];
+        if !bus.is_empty() {
+            tasks.push(tokio::spawn(read_bus(
+                gateway.clone(),
+                readers[1].clone(),
+                bus,
+            )));
+        }
+        gateway.tasks.lock().unwrap().extend(tasks);
+        tracing::info!(path = gateway.config.path, keys = ?gateway.keys, "gateway started");
+        Ok(gateway)
+    }
+
+    /// Stops reading and closes the Redis connections.
+    pub async fn stop(&self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        for c in self.readers.iter().chain([&self.publisher]) {
+            let _ = c.quit().await;
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        &self.config.path
+    }
+
+    /// This node's consumer group on the `send` and `broadcast` streams.
+    fn group(&self) -> String {
+        format!("gateway:{}", self.node)
+    }
+
+    /// Adds one envelope to `stream`, and waits for its reply when `waiting`.
+    async fn publish(
+        &self,
+        stream: &str,
+        client: &Client,
+        kind: &str,
+        payload: Value,
+        waiting: Option<Waiting>,
+    ) {
+        let envelope = Envelope {
+            id: uuid::Uuid::new_v4().to_string(),
+            topic: stream
+                .strip_prefix(&self.config.stream_prefix)
+                .unwrap_or(stream)
+                .to_owned(),
+            node: self.node.to_string(),
+            socket: client.socket.clone(),
+            username: client.username.clone(),
+            namespace: client.namespace.clone(),
+            kind: kind.to_owned(),
+            payload,
+            reply_to: self.keys.replies.clone(),
+            context: Context {
+                headers: Headers {
+                    jwt: (*client.claims).clone(),
+                },
+                params: Params {
+                    namespace: client.namespace.clone(),
+                },
+            },
+        };
+        if let Some(what) = waiting {
+            self.hub.lock().unwrap().expect(
+                envelope.id.clone(),
+                &client.socket,
+                what,
+                Instant::now(),
+            );
+        }
+        let data = serde_json::to_string(&envelope).expect("plain types");
+        match streams::add(&self.publisher, stream, self.config.stream_maxlen(), data).await {
+            Ok(()) => {
+                self.metrics.gateway_published.inc();
+            }
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "envelope not added to its stream");
+                if kind != "onclose" {
+                    let frame = Frame::new(
+                        "error",
+                        serde_json::json!({"error": "the event bus is unavailable"}),
+                    );
+                    self.deliver(client, Outgoing::Frame(frame));
+                }
+            }
+        }
+    }
+
+    /// Hands `out` to a client without waiting: a client whose queue is full loses it (counted).
+    fn deliver(&self, client: &Client, out: Outgoing) {
+        match client.sink.try_send(out) {
+            Ok(()) => {
+                self.metrics.gateway_delivered.inc();
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.metrics.gateway_dropped.inc();
+                tracing::debug!(
+                    socket = client.socket,
+                    "gateway client not reading: frame dropped"
+                );
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// A reply from the backend, to the client that waits for it.
+    fn replied(&self, reply: Reply) {
+        let Some((client, what)) = self.hub.lock().unwrap().take(reply.id()) else {
+            return;
+        };
+        let out = match (reply, what) {
+            (Reply::Reply { payload, .. }, Waiting::Connect) => {
+                Outgoing::Frame(Frame::new("onconnect", payload))
+            }
+            (Reply::Fail { error, .. }, Waiting::Connect) => Outgoing::Close(reason(&error)),
+            (Reply::Reply { payload, .. }, Waiting::Message { topic }) => {
+                Outgoing::Frame(Frame::new(topic, payload))
+            }
+            (Reply::Fail { error, .. }, Waiting::Message { .. }) => {
+                Outgoing::Frame(Frame::new("error", error))
+            }
+        };
+        self.deliver(&client, out);
+    }
+
+    fn send(&self, send: SendEntry) {
+        let clients = self
+            .hub
+            .lock()
+            .unwrap()
+            .of_user(&send.namespace, &send.username);
+        for client in clients {
+            self.deliver(&client, Outgoing::Frame(send.frame.clone()));
+        }
+    }
+
+    fn broadcast(&self, broadcast: BroadcastEntry) {
+        let clients = self.hub.lock().unwrap().all(broadcast.namespace.as_deref());
+        for client in clients {
+            self.deliver(&client, Outgoing::Frame(broadcast.frame.clone()));
+        }
+    }
+
+    fn malformed(&self, stream: &str, id: &str, why: &str) {
+        self.metrics.gateway_malformed_entries.inc();
+        tracing::warn!(stream, id, why, "malformed gateway entry skipped");
+    }
+}
+
+/// A failure's text as a WebSocket close reason (at most 123 bytes).
+fn reason(error: &Value) -> String {
+    let text = match error {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut end = text.len().min(123);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+impl Bus for Gateway {
+    fn open(&self, client: Client) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let client = Arc::new(client);
+            self.hub.lock().unwrap().add(client.clone());
+            if let Some(stream) = &self.keys.onconnect {
+                self.publish(
+                    stream,
+                    &client,
+                    "onconnect",
+                    Value::Null,
+                    Some(Waiting::Connect),
+                )
+                .await;
+            }
+        })
+    }
+
+    fn message<'a>(&'a self, socket: &'a str, frame: Frame) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(client) = self.hub.lock().unwrap().get(socket) else {
+                return;
+            };
+            if let Some(stream) = &self.keys.onmessage {
+                let topic = self
+                    .config
+                    .onmessage
+                    .as_ref()
+                    .map(|m| m.publish.clone())
+                    .unwrap_or_default();
+                let waiting = Some(Waiting::Message { topic });
+                self.publish(stream, &client, &frame.kind, frame.payload.clone(), waiting)
+                    .await;
+            }
+            let typed = self
+                .keys
+                .types
+                .iter()
+                .filter(|(kind, _, _)| *kind == frame.kind);
+            for (_, stream, topic) in typed {
+                let waiting = Some(Waiting::Message {
+                    topic: topic.clone(),
+                });
+                self.publish(stream, &client, &frame.kind, frame.payload.clone(), waiting)
+                    .await;
+            }
+        })
+    }
+
+    fn close<'a>(&'a self, socket: &'a str, reason: String) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(client) = self.hub.lock().unwrap().remove(socket) else {
+                return;
+            };
+            if let Some(stream) = &self.keys.onclose {
+                let payload = serde_json::json!({ "reason": reason });
+                self.publish(stream, &client, "onclose", payload, None)
+                    .await;
+            }
+        })
+    }
+}
+
+/// This node's reply stream, from its end when the gateway started.
+async fn read_replies(gateway: Arc<Gateway>, reader: Redis) {
+    let mut after = "$".to_owned();
+    loop {
+        match streams::read(&reader, &gateway.keys.replies, &after).await {
+            Ok(entries) => {
+                for entry in entries {
+                    after = entry.id.clone();
+                    match Reply::parse(entry.data.as_deref()) {
+                        Ok(reply) => gateway.replied(reply),
+                        Err(why) => gateway.malformed(&entry.stream, &entry.id, &why),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "gateway replies not read");
+                // Redis may come back empty (no persistence), its ids starting over: read what comes next.
+                after = "$".to_owned();
+                tokio::time::sleep(READ_RETRY).await;
+            }
+        }
+    }
+}
+
+/// The `send` and `broadcast` streams through this node's consumer group: first what this node read before but
+/// did not acknowledge (it stopped half-way), then new entries. Each entry is acknowledged once delivered to this
+/// node's clients, valid or not.
+async fn read_bus(gateway: Arc<Gateway>, reader: Redis, streams_: Vec<String>) {
+    let group = gateway.group();
+    let consumer = gateway.node.to_string();
+    let mut backlog = true;
+    loop {
+        let (id, block) = match backlog {
+            true => ("0", None),
+            false => (">", Some(streams::BLOCK_MS)),
+        };
+        let entries =
+            match streams::read_group(&reader, &group, &consumer, &streams_, id, block).await {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gateway bus not read");
+                    if e.details().contains("NOGROUP") {
+                        // The stream (and its group) was deleted: make them again, from the end.
+                        for stream in &streams_ {
+                            let _ = streams::ensure_group(&gateway.publisher, stream, &group).await;
+                        }
+                    }
+                    tokio::time::sleep(READ_RETRY).await;
+                    continue;
+                }
+            };
+        if backlog && entries.is_empty() {
+            backlog = false;
+            continue;
+        }
+        let mut acks: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for entry in entries {
+            let is_send = Some(&entry.stream) == gateway.keys.send.as_ref();
+            let handled = match is_send {
+                true => SendEntry::parse(entry.data.as_deref()).map(|s| gateway.send(s)),
+                false => BroadcastEntry::parse(entry.data.as_deref()).map(|b| gateway.broadcast(b)),
+            };
+            if let Err(why) = handled {
+                gateway.malformed(&entry.stream, &entry.id, &why);
+            }
+            acks.entry(entry.stream).or_default().push(entry.id);
+        }
+        for (stream, ids) in acks {
+            if let Err(e) = streams::ack(&gateway.publisher, &stream, &group, ids).await {
+                tracing::warn!(stream, error = %e, "gateway entries not acknowledged: they may come again");
+            }
+        }
+    }
+}
+
+/// Trims the streams this node reads (the backend adds to them without a cap) and forgets replies that never came.
+async fn housekeeping(gateway: Arc<Gateway>) {
+    let mut every = tokio::time::interval(HOUSEKEEPING);
+    loop {
+        every.tick().await;
+        gateway.hub.lock().unwrap().expire(Instant::now());
+        let maxlen = gateway.config.stream_maxlen();
+        for key in [
+            Some(&gateway.keys.replies),
+            gateway.keys.send.as_ref(),
+            gateway.keys.broadcast.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Err(e) = streams::trim(&gateway.publisher, key, maxlen).await {
+                tracing::debug!(key, error = %e, "gateway stream not trimmed");
+            }
+        }
+    }
+}

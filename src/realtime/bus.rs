@@ -1,0 +1,92 @@
+//! The interface between Socket.IO clients and the event-bus gateway ([`crate::gateway`], which implements
+//! [`Bus`]): a socket of a `gateway = true` namespace opens, sends messages, and closes through it, and gets
+//! [`Outgoing`] frames back. Defined here so that the socket handlers need not know the gateway.
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+/// A message between a client and the gateway, both ways: `{"type": ..., "payload": ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub payload: Value,
+}
+
+/// What the gateway sends a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Frame(Frame),
+    /// Close the connection, saying why (a failed `onconnect`).
+    Close(String),
+}
+
+/// One connected client (plain WebSocket or Socket.IO).
+#[derive(Debug)]
+pub struct Client {
+    /// Its socket id (a Socket.IO sid, or a UUID for plain WebSockets).
+    pub socket: String,
+    pub namespace: String,
+    pub username: String,
+    /// The token's claims (`context.headers.jwt`).
+    pub claims: Arc<Map<String, Value>>,
+    pub sink: mpsc::Sender<Outgoing>,
+}
+
+/// The gateway, as the socket handlers see it.
+pub trait Bus: Send + Sync + 'static {
+    /// A client connected: it is registered, then `onconnect` is published.
+    fn open(&self, client: Client) -> BoxFuture<'_, ()>;
+    /// A message from `socket`.
+    fn message<'a>(&'a self, socket: &'a str, frame: Frame) -> BoxFuture<'a, ()>;
+    /// `socket` is gone: `onclose` is published.
+    fn close<'a>(&'a self, socket: &'a str, reason: String) -> BoxFuture<'a, ()>;
+}
+
+/// Frames waiting for one Socket.IO client of the gateway; beyond it, new ones are dropped for it.
+const SOCKET_QUEUE: usize = 256;
+
+/// A socket of a `gateway = true` namespace connected: it is opened on the bus, and what the bus sends it becomes
+/// events (`type` as the name, `payload` as the argument); a failed `onconnect` is an `error` event, then a
+/// disconnection.
+pub async fn opened<A: socketioxide::adapter::Adapter>(
+    socket: &socketioxide::extract::SocketRef<A>,
+    bus: &Arc<dyn Bus>,
+    me: &super::Identity,
+) {
+    let (sink, mut queue) = mpsc::channel(SOCKET_QUEUE);
+    let client = Client {
+        socket: socket.id.to_string(),
+        namespace: socket.ns().to_owned(),
+        username: me.id_user.as_deref().unwrap_or_default().to_owned(),
+        claims: me.claims.clone().unwrap_or_else(|| {
+            let mut claims = Map::new();
+            if let Some(user) = &me.id_user {
+                claims.insert("sub".into(), Value::String(user.to_string()));
+            }
+            Arc::new(claims)
+        }),
+        sink,
+    };
+    let socket_ = socket.clone();
+    tokio::spawn(async move {
+        while let Some(out) = queue.recv().await {
+            match out {
+                Outgoing::Frame(frame) => {
+                    let _ = socket_.emit(frame.kind, &frame.payload);
+                }
+                Outgoing::Close(reason) => {
+                    let _ = socket_.emit("error", &reason);
+                    let _ = socket_.disconnect();
+                    return;
+                }
+            }
+        }
+    });
+    bus.open(client).await;
+}
