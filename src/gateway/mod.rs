@@ -276,7 +276,7 @@ impl Gateway {
             (Reply::Reply { payload, .. }, Waiting::Connect) => {
                 Outgoing::Frame(Frame::new("onconnect", payload))
             }
-            (Reply::Fail { error, .. }, Waiting::Connect) => Outgoing::Close(reason(&error)),
+            (Reply::Fail { error, .. }, Waiting::Connect) => Outgoing::Close(error),
             (Reply::Reply { payload, .. }, Waiting::Message { topic }) => {
                 Outgoing::Frame(Frame::new(topic, payload))
             }
@@ -312,7 +312,7 @@ impl Gateway {
 }
 
 /// A failure's text as a WebSocket close reason (at most 123 bytes).
-fn reason(error: &Value) -> String {
+pub fn close_reason(error: &Value) -> String {
     let text = match error {
         Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -2,13 +2,11 @@
 //! `broadcast` entries. Blocking reads each have a connection of their own (a blocked connection serves nothing
 //! else); adds share one.
 
-use std::collections::HashMap;
-
 use fred::{
     clients::Client,
     interfaces::StreamsInterface,
     types::{
-        Key, Value,
+        Value,
         streams::{XCapKind, XCapTrim},
     },
 };
@@ -85,8 +83,8 @@ pub async fn read_group(
     block: Option<u64>,
 ) -> Result<Vec<Entry>, fred::error::Error> {
     let ids: Vec<&str> = streams.iter().map(|_| id).collect();
-    let response = client
-        .xreadgroup_map::<String, String, Key, Value, _, _, _, _>(
+    let raw: Value = client
+        .xreadgroup(
             group,
             consumer,
             Some(READ_COUNT),
@@ -96,7 +94,7 @@ pub async fn read_group(
             ids,
         )
         .await?;
-    Ok(entries(response))
+    Ok(entries(raw))
 }
 
 /// `XREAD COUNT .. BLOCK .. STREAMS key id`.
@@ -105,10 +103,10 @@ pub async fn read(
     key: &str,
     after: &str,
 ) -> Result<Vec<Entry>, fred::error::Error> {
-    let response = client
-        .xread_map::<String, String, Key, Value, _, _>(Some(READ_COUNT), Some(BLOCK_MS), key, after)
+    let raw: Value = client
+        .xread(Some(READ_COUNT), Some(BLOCK_MS), key, after)
         .await?;
-    Ok(entries(response))
+    Ok(entries(raw))
 }
 
 pub async fn ack(
@@ -123,31 +121,140 @@ pub async fn ack(
         .map(|_| ())
 }
 
-/// What `XREAD`/`XREADGROUP` answer: stream → [(id, field → value)].
-type Read = HashMap<String, Vec<(String, HashMap<Key, Value>)>>;
-
-fn entries(response: Read) -> Vec<Entry> {
+/// The entries of an `XREAD`/`XREADGROUP` answer, read by hand rather than converted: the answer to a read that
+/// timed out is nil, an entry deleted since it was read (in a consumer's pending list) has nil fields, and field
+/// names and values may be any bytes. RESP2 (`[[stream, [[id, [k, v, ...]], ...]], ...]`) and RESP3 (a map of
+/// streams) alike.
+fn entries(raw: Value) -> Vec<Entry> {
+    let streams: Vec<(Option<String>, Value)> = match raw {
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(k, v)| (k.as_str().map(str::to_owned), v))
+            .collect(),
+        Value::Array(list) => list
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(mut pair) if pair.len() == 2 => {
+                    let entries = pair.pop()?;
+                    Some((pair.pop()?.as_string(), entries))
+                }
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
     let mut out = Vec::new();
-    for (stream, list) in response {
-        for (id, fields) in list {
-            let data = fields
-                .into_iter()
-                .find(|(k, _)| k.as_bytes() == b"data")
-                .and_then(|(_, v)| v.as_bytes().map(<[u8]>::to_vec));
+    for (stream, list) in streams {
+        let (Some(stream), Value::Array(list)) = (stream, list) else {
+            continue;
+        };
+        for entry in list {
+            let Value::Array(mut parts) = entry else {
+                continue;
+            };
+            if parts.len() != 2 {
+                continue;
+            }
+            let fields = parts.pop().unwrap_or(Value::Null);
+            let Some(id) = parts.pop().and_then(|id| id.as_string()) else {
+                continue;
+            };
             out.push(Entry {
                 stream: stream.clone(),
                 id,
-                data,
+                data: data_field(fields),
             });
         }
     }
     out
 }
 
-/// Whether a failed read is worth a pause before the next (Redis away) rather than a log line alone.
-pub fn is_connection(e: &fred::error::Error) -> bool {
-    !matches!(
-        e.kind(),
-        fred::error::ErrorKind::Parse | fred::error::ErrorKind::Unknown
-    )
+/// The `data` field of an entry's fields (`[k, v, ...]` or a map); none when it has none, or was deleted.
+fn data_field(fields: Value) -> Option<Vec<u8>> {
+    let pairs: Vec<(Option<Vec<u8>>, Value)> = match fields {
+        Value::Array(list) => {
+            let mut it = list.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k.as_bytes().map(<[u8]>::to_vec), v));
+            }
+            pairs
+        }
+        Value::Map(map) => map
+            .inner()
+            .into_iter()
+            .map(|(k, v)| (Some(k.as_bytes().to_vec()), v))
+            .collect(),
+        _ => Vec::new(),
+    };
+    pairs
+        .into_iter()
+        .find(|(k, _)| k.as_deref() == Some(b"data"))
+        .and_then(|(_, v)| v.as_bytes().map(<[u8]>::to_vec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(text: &str) -> Value {
+        Value::String(text.into())
+    }
+
+    #[test]
+    fn reads_any_answer_shape_without_failing() {
+        assert!(entries(Value::Null).is_empty(), "a read that timed out");
+        let resp2 = Value::Array(vec![Value::Array(vec![
+            s("socket:send"),
+            Value::Array(vec![
+                Value::Array(vec![s("1-0"), Value::Array(vec![s("data"), s("{}")])]),
+                // Deleted since this consumer read it.
+                Value::Array(vec![s("2-0"), Value::Null]),
+                Value::Array(vec![s("3-0"), Value::Array(vec![s("other"), s("x")])]),
+                Value::Array(vec![
+                    s("4-0"),
+                    Value::Array(vec![
+                        Value::Bytes(b"data".to_vec().into()),
+                        Value::Bytes(vec![0xff, 0].into()),
+                    ]),
+                ]),
+                s("garbage"),
+            ]),
+        ])]);
+        let got = entries(resp2);
+        let summary: Vec<(&str, Option<&[u8]>)> = got
+            .iter()
+            .map(|e| (e.id.as_str(), e.data.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("1-0", Some(&b"{}"[..])),
+                ("2-0", None),
+                ("3-0", None),
+                ("4-0", Some(&[0xff, 0][..]))
+            ]
+        );
+        assert!(got.iter().all(|e| e.stream == "socket:send"));
+        let mut map = std::collections::HashMap::new();
+        map.insert(
+            fred::types::Key::from("r"),
+            Value::Array(vec![Value::Array(vec![
+                s("5-1"),
+                Value::Array(vec![s("data"), s("[1]")]),
+            ])]),
+        );
+        let resp3 = Value::Map(fred::types::Map::try_from(map).unwrap());
+        let got = entries(resp3);
+        assert_eq!(
+            (
+                got[0].stream.as_str(),
+                got[0].id.as_str(),
+                got[0].data.as_deref()
+            ),
+            ("r", "5-1", Some(&b"[1]"[..]))
+        );
+        assert!(entries(Value::Integer(3)).is_empty());
+    }
 }

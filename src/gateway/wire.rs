@@ -25,19 +25,24 @@ impl Frame {
         Self::new("error", serde_json::json!({ "error": why.into() }))
     }
 
-    /// Reads a client's text frame.
+    /// Reads a client's text frame: a JSON object with a string `type`.
     pub fn parse(text: &str) -> Result<Self, String> {
+        const SHAPE: &str = "a frame is {\"type\": <string>, \"payload\": <any>}";
         if text.len() > MAX_FRAME_BYTES {
             return Err(format!("frame over {MAX_FRAME_BYTES} bytes"));
         }
-        let frame: Self = serde_json::from_str(text).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => {
-                "a frame is {\"type\": <string>, \"payload\": <any>}".to_owned()
-            }
-            _ => format!("not JSON: {e}"),
-        })?;
-        check_type(&frame.kind)?;
-        Ok(frame)
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        let Value::Object(mut map) = value else {
+            return Err(SHAPE.into());
+        };
+        let Some(Value::String(kind)) = map.remove("type") else {
+            return Err(SHAPE.into());
+        };
+        check_type(&kind)?;
+        Ok(Self::new(
+            kind,
+            map.remove("payload").unwrap_or(Value::Null),
+        ))
     }
 }
 
@@ -219,6 +224,8 @@ mod tests {
             (r#"{"type":3}"#, "a frame is"),
             (r#"{"type":""}"#, "`type` must be"),
             ("[1]", "a frame is"),
+            (r#"["type","t"]"#, "a frame is"),
+            (r#""t""#, "a frame is"),
         ] {
             let e = Frame::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

@@ -162,7 +162,8 @@ async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _sl
                         break "transport error";
                     }
                 }
-                Some(Outgoing::Close(reason)) => {
+                Some(Outgoing::Close(error)) => {
+                    let reason = super::close_reason(&error);
                     let close = CloseFrame { code: CLOSE_REFUSED, reason: reason.into() };
                     let _ = out.send(Message::Close(Some(close))).await;
                     break "onconnect failed";

@@ -22,8 +22,8 @@ pub struct Frame {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
     Frame(Frame),
-    /// Close the connection, saying why (a failed `onconnect`).
-    Close(String),
+    /// Close the connection, saying why: the backend's failure of `onconnect`.
+    Close(Value),
 }
 
 /// One connected client (plain WebSocket or Socket.IO).
@@ -80,8 +80,8 @@ pub async fn opened<A: socketioxide::adapter::Adapter>(
                 Outgoing::Frame(frame) => {
                     let _ = socket_.emit(frame.kind, &frame.payload);
                 }
-                Outgoing::Close(reason) => {
-                    let _ = socket_.emit("error", &reason);
+                Outgoing::Close(error) => {
+                    let _ = socket_.emit("error", &error);
                     let _ = socket_.disconnect();
                     return;
                 }
