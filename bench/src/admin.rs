@@ -228,10 +228,13 @@ impl Bench {
         std::fs::create_dir_all(&plain_logs)?;
         std::fs::create_dir_all(&admin_logs)?;
         let config = write_admin_config(&admin_logs)?;
-        let plain = self.cluster_in(target, k, &plain_logs, None).await?;
-        let admin = self
+        // Bound one by one, so that each cluster's nodes stop before its Redis (a tuple would drop Redis first
+        // and leave the nodes 10 s trying to leave it).
+        let (plain_redis, plain_nodes) = self.cluster_in(target, k, &plain_logs, None).await?;
+        let (admin_redis, admin_nodes) = self
             .cluster_in(target, k, &admin_logs, Some(&config))
             .await?;
+        let clusters = [(&plain_redis, &plain_nodes), (&admin_redis, &admin_nodes)];
         let passes = self.args.admin_passes.max(1);
         for &n in sizes {
             let mut runs: [Vec<crate::RoomRun>; 2] = Default::default();
@@ -241,7 +244,7 @@ impl Bench {
                     _ => [1, 0],
                 };
                 for side in order {
-                    let (redis, nodes) = [&plain, &admin][side];
+                    let (redis, nodes) = clusters[side];
                     println!(
                         "  admin overhead, pass {}: {}",
                         pass + 1,
