@@ -2,9 +2,11 @@
 # The benchmark (method and results in BENCHMARKS.md): our server against the Node reference
 # (bench/node-reference/, socket.io v4 + @socket.io/redis-adapter), in one run, on loopback only, including
 # POST /send (pushes per second to a room, a push's fan-out to 10,000 sockets, reliable delivery with acks to
-# 1,000 user rooms); and, for ours only, handshakes per second by auth kind (claim, jwt, credentials) and the
-# users query on a namespace with 3 rooms per socket.
-#   scripts/bench.sh                 the full run (about 10 minutes on 2 cores, the tenancy phases ~30 s of it)
+# 1,000 user rooms); and, for ours only, handshakes per second by auth kind (claim, jwt, credentials), the
+# users query on a namespace with 3 rooms per socket, and the admin UI (query and fan-out without and with
+# [admin], nobody logged in; an admin login's all_sockets of 10,000 sockets).
+#   scripts/bench.sh                 the full run (about 12 minutes on 2 cores, the tenancy phases ~30 s of it,
+#                                    the admin phases ~2 minutes: --admin-overhead, --admin-sockets, 0 skips)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0    the tenancy phases alone
 #   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0

@@ -1,9 +1,11 @@
 //! A tiny run of the benchmark (`scripts/bench.sh`), so it cannot rot: both targets, every phase (the
 //! `POST /send` phases: pushes to a room, a push's fan-out, reliable delivery to user rooms with acks; with ours,
 //! the tenancy phases: handshakes per auth kind from a config file, the users query on a namespace with 3
-//! rooms per socket), and `--check`, which fails on any refused connection or handshake, wrong room count,
-//! lost fan-out event, failed push, lost or unacknowledged push, or message left in the store. Speed is not
-//! asserted here; BENCHMARKS.md has the numbers.
+//! rooms per socket; the admin UI phases: query and fan-out without and with `[admin]`, an admin login's
+//! `all_sockets`), and `--check`, which fails on any refused connection or handshake, wrong room count,
+//! lost fan-out event, failed push, lost or unacknowledged push, message left in the store, refused admin
+//! login or `all_sockets` that does not list exactly the clients' sockets (a second, tiny run logs the admin in
+//! with a wrong password and must fail). Speed is not asserted here; BENCHMARKS.md has the numbers.
 
 mod common;
 
@@ -32,6 +34,8 @@ fn bench_smoke_run_is_correct() {
         .args(["--send-requests", "40", "--send-room-size", "10"])
         .args(["--send-fanout-size", "30", "--reliable-rooms", "20"])
         .args(["--reliable-rounds", "2", "--send-concurrency", "4"])
+        .args(["--admin-overhead", "30", "--admin-passes", "2"])
+        .args(["--admin-sockets", "45", "--admin-rounds", "2"])
         .args(["--check", "--max-minutes", "4", "--logs"])
         .arg(&logs)
         .current_dir(root())
@@ -70,7 +74,65 @@ fn bench_smoke_run_is_correct() {
         "| jwt | 20 |",
         "| credentials | 20 |",
         "| 50 (/bench-rooms, 3.0) | 2 |",
+        // The admin phases, ours only: both clusters, and 2 admin logins each listing the 45 sockets.
+        "| 30 | 2 | 2 | without |",
+        "| 30 | 2 | 2 | with |",
+        "| N=30 K=2 |",
+        "| 45 | 2 | 2 |",
     ] {
         assert_eq!(stdout.matches(row).count(), 1, "{row:?} in:\n{stdout}");
     }
+}
+
+/// `--check` fails when the admin login is refused: the bench cannot report `all_sockets` it never got.
+#[test]
+fn bench_check_fails_on_a_refused_admin_login() {
+    let logs = log_dir("bench_smoke_admin_refused");
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(env!("CARGO_BIN_EXE_bench"))
+        .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
+        .args([
+            "--only",
+            "ours",
+            "--sizes",
+            "--scale-nodes",
+            "--memory-conns",
+            "0",
+        ])
+        .args([
+            "--handshakes",
+            "0",
+            "--credential-handshakes",
+            "0",
+            "--ns-size",
+            "0",
+        ])
+        .args([
+            "--send-requests",
+            "0",
+            "--send-fanout-size",
+            "0",
+            "--reliable-rooms",
+            "0",
+        ])
+        .args(["--nodes", "2", "--admin-overhead", "--admin-sockets", "10"])
+        .args(["--admin-rounds", "1", "--admin-wrong-password"])
+        .args(["--check", "--max-minutes", "2", "--logs"])
+        .arg(&logs)
+        .env("RUST_BACKTRACE", "0")
+        .current_dir(root())
+        .output()
+        .expect("run the bench binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bench --check must fail:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("connect_error: invalid credentials") && stderr.contains("1 error(s)"),
+        "{stderr}"
+    );
 }

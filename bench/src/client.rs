@@ -194,7 +194,7 @@ fn strip<'a>(ns: &str, kind: &str, packet: &'a str) -> Option<&'a str> {
 
 /// A Socket.IO `EVENT` packet of namespace `ns` (`42/ns,<ack id>["name",..]`): its ack id, if it asks for an
 /// ack, and its JSON array.
-fn event_packet<'a>(ns: &str, packet: &'a str) -> Option<(Option<&'a str>, &'a str)> {
+pub fn event_packet<'a>(ns: &str, packet: &'a str) -> Option<(Option<&'a str>, &'a str)> {
     let rest = strip(ns, "42", packet)?;
     let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     let (id, array) = rest.split_at(digits);
@@ -245,50 +245,8 @@ impl Client {
         login: &Login,
         probe: Arc<FanoutProbe>,
     ) -> Result<Self, ConnectError> {
-        let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
-        tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
-        let stream = tls
-            .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-            .await
-            .map_err(ConnectError::Tls)?;
-        let mut query = form_urlencoded::Serializer::new(String::new());
-        query
-            .append_pair("EIO", "4")
-            .append_pair("transport", "websocket");
-        for (k, v) in &login.query {
-            query.append_pair(k, v);
-        }
-        let query = query.finish();
-        let url = format!("wss://{addr}/socket.io/?{query}");
-        // tungstenite zeroes a whole read buffer (128 KiB by default) before each read: with 10,000 clients that
-        // memset was 15% of the machine's CPU during a fan-out (perf), all of it in this load generator.
-        let config = WebSocketConfig::default().read_buffer_size(4096);
-        let (mut ws, _) =
-            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
-
-        let open = next_text(&mut ws).await?;
-        if !open.starts_with('0') {
-            return Err(ConnectError::Protocol(open));
-        }
-        ws.send(Message::text(login.connect_packet())).await?;
-        let sid = loop {
-            let text = next_text(&mut ws).await?;
-            if let Some(body) = login.strip("40", &text) {
-                let v: serde_json::Value =
-                    serde_json::from_str(body).map_err(|_| ConnectError::Protocol(text.clone()))?;
-                if let Some(sid) = v["sid"].as_str() {
-                    break sid.to_owned();
-                }
-                return Err(ConnectError::Protocol(text));
-            } else if let Some(body) = login.strip("44", &text) {
-                let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-                return Err(ConnectError::Refused(
-                    v["message"].as_str().unwrap_or(body).to_owned(),
-                ));
-            } else if text == "2" {
-                ws.send(Message::text("3")).await?;
-            }
-        };
+        let mut ws = open(tls, addr, &login.query).await?;
+        let sid = join(&mut ws, login).await?;
 
         let (outbox, mut inbox) = tokio::sync::mpsc::channel::<String>(4);
         let received = Arc::new(AtomicUsize::new(0));
@@ -355,7 +313,66 @@ impl Client {
     }
 }
 
-async fn next_text<S>(
+/// A websocket to the node at `addr`, up to the Engine.IO open packet: TCP, TLS, the websocket upgrade of
+/// `/socket.io/` with `query` added to the Engine.IO fields.
+pub async fn open(
+    tls: &TlsConnector,
+    addr: SocketAddr,
+    query: &[(&'static str, String)],
+) -> Result<Ws, ConnectError> {
+    let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
+    tcp.set_nodelay(true).map_err(ConnectError::Tcp)?;
+    let stream = tls
+        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .await
+        .map_err(ConnectError::Tls)?;
+    let mut fields = form_urlencoded::Serializer::new(String::new());
+    fields
+        .append_pair("EIO", "4")
+        .append_pair("transport", "websocket");
+    for (k, v) in query {
+        fields.append_pair(k, v);
+    }
+    let url = format!("wss://{addr}/socket.io/?{}", fields.finish());
+    // tungstenite zeroes a whole read buffer (128 KiB by default) before each read: with 10,000 clients that
+    // memset was 15% of the machine's CPU during a fan-out (perf), all of it in this load generator.
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+    let open = next_text(&mut ws).await?;
+    if !open.starts_with('0') {
+        return Err(ConnectError::Protocol(open));
+    }
+    Ok(ws)
+}
+
+/// Sends `login`'s Socket.IO `CONNECT` on `ws` and waits for the answer: the socket id, or the refusal.
+pub async fn join(ws: &mut Ws, login: &Login) -> Result<String, ConnectError> {
+    ws.send(Message::text(login.connect_packet())).await?;
+    loop {
+        let text = next_text(ws).await?;
+        if let Some(body) = login.strip("40", &text) {
+            let v: serde_json::Value =
+                serde_json::from_str(body).map_err(|_| ConnectError::Protocol(text.clone()))?;
+            if let Some(sid) = v["sid"].as_str() {
+                return Ok(sid.to_owned());
+            }
+            return Err(ConnectError::Protocol(text));
+        } else if let Some(body) = login.strip("44", &text) {
+            let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+            return Err(ConnectError::Refused(
+                v["message"].as_str().unwrap_or(body).to_owned(),
+            ));
+        } else if text == "2" {
+            ws.send(Message::text("3")).await?;
+        }
+    }
+}
+
+/// A client's websocket, over TLS.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
+
+pub async fn next_text<S>(
     ws: &mut tokio_tungstenite::WebSocketStream<S>,
 ) -> Result<String, ConnectError>
 where

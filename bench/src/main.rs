@@ -10,12 +10,15 @@
 //! 5. (`send.rs`) `POST /send`: pushes per second to a room on one node, the time until the last socket of a
 //!    large room on K nodes has a push, and reliable delivery (store, emit, ack) to user rooms per second;
 //! 6. (ours only, `tenancy.rs`) handshakes per second by auth kind (`claim`, `jwt`, `credentials`) on one node,
-//!    and the users query on a namespace where every socket is in 3 rooms, on K nodes.
+//!    and the users query on a namespace where every socket is in 3 rooms, on K nodes;
+//! 7. (ours only, `admin.rs`) the admin UI: 1 and 3 without and with `[admin]` (no admin UI connected), and
+//!    the time until an admin UI that logs in has `all_sockets` with every socket of the cluster.
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
 //! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
 //! runs a tiny `--check` run so the benchmark cannot rot.
 
+mod admin;
 mod client;
 mod procs;
 mod send;
@@ -35,6 +38,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::{
+    admin::{AllSocketsResult, OverheadResult},
     client::{Client, FanoutProbe, Login},
     procs::{Node, Redis, Target},
     send::{ReliableResult, SendFanoutResult, SendRateResult},
@@ -132,6 +136,24 @@ struct Args {
     /// Pushes per user room.
     #[arg(long, default_value_t = 5)]
     reliable_rounds: usize,
+    /// Ours only: room sizes N for which the room query and fan-out (as for `--sizes`) are measured on two
+    /// K-node clusters, without and with `[admin]` (no admin UI connected); empty or 0 skips it.
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,10000")]
+    admin_overhead: Vec<usize>,
+    /// Passes per size of `--admin-overhead`, alternating which cluster goes first; their samples are pooled.
+    #[arg(long, default_value_t = 4)]
+    admin_passes: usize,
+    /// Ours only: sockets on `--nodes` nodes with `[admin]`, which an admin UI's `all_sockets` must list; 0
+    /// skips it.
+    #[arg(long, default_value_t = 10_000)]
+    admin_sockets: usize,
+    /// Admin UI connections (each logs in and waits for `all_sockets`), one after another.
+    #[arg(long, default_value_t = 10)]
+    admin_rounds: usize,
+    /// Log the admin UI in with a wrong password: every login is refused, which `--check` must report (the
+    /// smoke test checks that it does).
+    #[arg(long, hide = true)]
+    admin_wrong_password: bool,
     /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
     #[arg(long)]
     check: bool,
@@ -222,6 +244,8 @@ struct Report {
     send_rate: Option<SendRateResult>,
     send_fanout: Option<SendFanoutResult>,
     reliable: Option<ReliableResult>,
+    admin_overhead: Vec<OverheadResult>,
+    all_sockets: Option<AllSocketsResult>,
     errors: Vec<String>,
 }
 
@@ -241,6 +265,7 @@ impl Report {
                 .as_ref()
                 .map_or(0, |q| q.connect_errors + q.wrong_answers)
             + send::error_count(self)
+            + admin::error_count(self)
     }
 }
 
@@ -249,6 +274,13 @@ struct Opened {
     clients: Vec<Client>,
     latencies: Vec<Duration>,
     failed: usize,
+}
+
+/// A [`RoomResult`] with its raw latencies, so that runs can be pooled.
+struct RoomRun {
+    result: RoomResult,
+    query: Vec<Duration>,
+    fanout: Vec<Duration>,
 }
 
 /// What every measurement needs.
@@ -350,7 +382,7 @@ impl Bench {
             }
         }
         self.send_phases(target, &mut report).await;
-        // The Node reference has one namespace and no auth kinds: these phases are ours only.
+        // The Node reference has one namespace, no auth kinds and no admin UI: these phases are ours only.
         if target.name == "ours" {
             if let Err(e) = self.handshakes(target, &mut report).await {
                 report.errors.push(format!("handshakes: {e:#}"));
@@ -361,6 +393,7 @@ impl Bench {
                     Err(e) => report.errors.push(format!("namespace query: {e:#}")),
                 }
             }
+            self.admin_phases(target, &mut report).await;
         }
         for e in &report.errors {
             eprintln!("{}: error: {e}", target.name);
@@ -422,62 +455,73 @@ impl Bench {
 
     /// Query latency and fan-out for each room size, on one K-node cluster.
     async fn rooms(&self, target: &Target, report: &mut Report) -> anyhow::Result<()> {
-        let k = self.args.nodes;
-        let (redis, nodes) = self.cluster(target, k, "rooms").await?;
-        let mut server_pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
-        server_pids.push(redis.pid());
+        let (redis, nodes) = self.cluster(target, self.args.nodes, "rooms").await?;
         for &n in &self.args.sizes {
-            let room = format!("bench-{n}");
-            let probe = Arc::new(FanoutProbe::default());
-            let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-            let started = Instant::now();
-            let (clients, connect_errors) = self.connect(&addrs, n, |_| room.clone(), &probe).await;
-            let connect_secs = started.elapsed().as_secs_f64();
-            let bases: Vec<&str> = nodes.iter().map(|n| n.base.as_str()).collect();
-            let (query, wrong_answers) = self
-                .query(&bases, &room, clients.len(), self.args.requests)
-                .await;
-            let cpu = |pids: &[u32]| pids.iter().map(|&p| procs::cpu_time(p)).sum::<Duration>();
-            let me = [std::process::id()];
-            let (servers_before, client_before) = (cpu(&server_pids), cpu(&me));
-            let (fanout, fanout_lost_rounds) = self.fanout(&clients, &probe).await;
-            let rounds = self.args.fanout_rounds.max(1) as f64;
-            let per_round = |after: Duration, before: Duration| {
-                after.saturating_sub(before).as_secs_f64() * 1e3 / rounds
-            };
-            let fanout_cpu_servers_ms = per_round(cpu(&server_pids), servers_before);
-            let fanout_cpu_client_ms = per_round(cpu(&me), client_before);
-            let r = RoomResult {
-                n,
-                k,
-                connect_secs,
-                connect_errors,
-                query,
-                wrong_answers,
-                fanout,
-                fanout_lost_rounds,
-                fanout_cpu_servers_ms,
-                fanout_cpu_client_ms,
-            };
-            println!(
-                "  N={n:>6} K={k}: connect {:.2}s ({} errors), query p50 {:.2} ms p99 {:.2} ms ({} wrong), \
-                 fan-out p50 {:.2} ms p99 {:.2} ms ({} lost; CPU per round: servers {:.0} ms, client {:.0} ms)",
-                r.connect_secs,
-                r.connect_errors,
-                r.query.p50,
-                r.query.p99,
-                r.wrong_answers,
-                r.fanout.p50,
-                r.fanout.p99,
-                r.fanout_lost_rounds,
-                r.fanout_cpu_servers_ms,
-                r.fanout_cpu_client_ms
-            );
-            report.rooms.push(r);
-            drop(clients);
-            self.drained(&nodes).await?;
+            let run = self.room(&redis, &nodes, n).await?;
+            report.rooms.push(run.result);
         }
         Ok(())
+    }
+
+    /// One room of `n` clients on running nodes, Method 1 and 2: connect, query, fan-out, with the samples;
+    /// the clients are gone from the nodes when it returns.
+    async fn room(&self, redis: &Redis, nodes: &[Node], n: usize) -> anyhow::Result<RoomRun> {
+        let k = nodes.len();
+        let mut server_pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
+        server_pids.push(redis.pid());
+        let room = format!("bench-{n}");
+        let probe = Arc::new(FanoutProbe::default());
+        let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
+        let started = Instant::now();
+        let (clients, connect_errors) = self.connect(&addrs, n, |_| room.clone(), &probe).await;
+        let connect_secs = started.elapsed().as_secs_f64();
+        let bases: Vec<&str> = nodes.iter().map(|n| n.base.as_str()).collect();
+        let (query, wrong_answers) = self
+            .query_samples(&bases, &room, clients.len(), self.args.requests)
+            .await;
+        let cpu = |pids: &[u32]| pids.iter().map(|&p| procs::cpu_time(p)).sum::<Duration>();
+        let me = [std::process::id()];
+        let (servers_before, client_before) = (cpu(&server_pids), cpu(&me));
+        let (fanout, fanout_lost_rounds) = self.fanout(&clients, &probe).await;
+        let rounds = self.args.fanout_rounds.max(1) as f64;
+        let per_round = |after: Duration, before: Duration| {
+            after.saturating_sub(before).as_secs_f64() * 1e3 / rounds
+        };
+        let fanout_cpu_servers_ms = per_round(cpu(&server_pids), servers_before);
+        let fanout_cpu_client_ms = per_round(cpu(&me), client_before);
+        let r = RoomResult {
+            n,
+            k,
+            connect_secs,
+            connect_errors,
+            query: Summary::of(query.clone()),
+            wrong_answers,
+            fanout: Summary::of(fanout.clone()),
+            fanout_lost_rounds,
+            fanout_cpu_servers_ms,
+            fanout_cpu_client_ms,
+        };
+        println!(
+            "  N={n:>6} K={k}: connect {:.2}s ({} errors), query p50 {:.2} ms p99 {:.2} ms ({} wrong), \
+             fan-out p50 {:.2} ms p99 {:.2} ms ({} lost; CPU per round: servers {:.0} ms, client {:.0} ms)",
+            r.connect_secs,
+            r.connect_errors,
+            r.query.p50,
+            r.query.p99,
+            r.wrong_answers,
+            r.fanout.p50,
+            r.fanout.p99,
+            r.fanout_lost_rounds,
+            r.fanout_cpu_servers_ms,
+            r.fanout_cpu_client_ms
+        );
+        drop(clients);
+        self.drained(nodes).await?;
+        Ok(RoomRun {
+            result: r,
+            query,
+            fanout,
+        })
     }
 
     /// Opens `n` clients, client `i` on node `i % K`, as user `u{i}` in the room `rooms(i)` names.
@@ -541,8 +585,7 @@ impl Bench {
         opened
     }
 
-    /// `requests` sequential `GET /{room}/users`, round-robin over the nodes, each checked to hold `expected`
-    /// entries. The clock stops when the whole body has arrived; counting happens after.
+    /// [`Self::query_samples`], summed up.
     async fn query(
         &self,
         bases: &[&str],
@@ -550,6 +593,20 @@ impl Bench {
         expected: usize,
         requests: usize,
     ) -> (Summary, usize) {
+        let (samples, wrong) = self.query_samples(bases, room, expected, requests).await;
+        (Summary::of(samples), wrong)
+    }
+
+    /// `requests` sequential `GET /{room}/users`, round-robin over the nodes, each checked to hold `expected`
+    /// entries: the latencies and the wrong answers. The clock stops when the whole body has arrived; counting
+    /// happens after.
+    async fn query_samples(
+        &self,
+        bases: &[&str],
+        room: &str,
+        expected: usize,
+        requests: usize,
+    ) -> (Vec<Duration>, usize) {
         let mut samples = Vec::with_capacity(requests);
         let mut wrong = 0;
         for i in 0..(requests + 2 * bases.len()) {
@@ -575,13 +632,13 @@ impl Bench {
             }
             samples.push(took);
         }
-        (Summary::of(samples), wrong)
+        (samples, wrong)
     }
 
     /// Client 0 sends `identity-change`; the round ends when the other N-1 have it relayed.
-    async fn fanout(&self, clients: &[Client], probe: &FanoutProbe) -> (Summary, usize) {
+    async fn fanout(&self, clients: &[Client], probe: &FanoutProbe) -> (Vec<Duration>, usize) {
         let Some(emitter) = clients.first() else {
-            return (Summary::default(), 0);
+            return (Vec::new(), 0);
         };
         let mut samples = Vec::new();
         let mut lost = 0;
@@ -602,7 +659,7 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        (Summary::of(samples), lost)
+        (samples, lost)
     }
 
     /// Waits until every node reports no local socket, so the next measurement starts clean.
@@ -775,6 +832,7 @@ fn print_report(r: &Report) {
     }
     send::print(r);
     tenancy::print(r);
+    admin::print(r);
 }
 
 /// Ours divided by Node's: below 1 is better for every row (time and memory).
