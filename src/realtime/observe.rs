@@ -155,7 +155,11 @@ impl Observer {
         }
     }
 
+    /// Joins and leaves are not counted: nothing to report unless watched.
     pub fn joined<A: Adapter>(&self, socket: &SocketRef<A>, rooms: &[String]) {
+        if !self.watched() {
+            return;
+        }
         for room in rooms {
             self.report(|| Observed::Joined {
                 nsp: socket.ns().to_owned(),
@@ -166,6 +170,9 @@ impl Observer {
     }
 
     pub fn left<A: Adapter>(&self, socket: &SocketRef<A>, room: &str) {
+        if !self.watched() {
+            return;
+        }
         self.report(|| Observed::Left {
             nsp: socket.ns().to_owned(),
             room: room.to_owned(),
@@ -198,7 +205,7 @@ impl Observer {
         event: &str,
         data: &impl serde::Serialize,
     ) {
-        self.report(|| Observed::Sent {
+        self.detailed("packetsOut", || Observed::Sent {
             nsp: socket.ns().to_owned(),
             id: socket.id.to_string(),
             args: vec![
