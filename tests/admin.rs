@@ -352,11 +352,6 @@ async fn readonly_production_admins_get_statistics_only() {
 /// socket of both nodes; screenshots of the dashboard and the sockets page go to tests/artifacts/.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_ui_in_a_browser_shows_the_cluster() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: apt-get install -y chromium (scripts/test.sh does)"
-    );
     assert!(
         root().join("deploy/static/admin/index.html").exists(),
         "run scripts/fetch-admin-ui.sh first (scripts/test.sh does)"
@@ -389,29 +384,11 @@ async fn the_admin_ui_in_a_browser_shows_the_cluster() {
     for shot in &shots {
         let _ = std::fs::remove_file(shot);
     }
-    let base = a.base();
-    let [dashboard, sockets] = shots.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("timeout")
-            .args(["60", "node"])
-            .arg(root().join("tests/js/admin.mjs"))
-            .args([&base, "admin", PASSWORD, "2", "3"])
-            .args([&dashboard, &sockets])
-            .env("CHROMIUM", chromium)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    std::fs::write(dir.join("admin-browser.stderr"), stderr.as_bytes()).unwrap();
-    assert!(
-        out.status.success(),
-        "admin UI script failed ({}):\n{stderr}\nnode a:\n{}",
-        out.status,
-        a.log_text()
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args: Vec<String> = [a.base().as_str(), "admin", PASSWORD, "2", "3"]
+        .map(String::from)
+        .into();
+    args.extend(shots.iter().map(|p| p.display().to_string()));
+    let result = browser_script(&dir, "admin.mjs", args, a.log_text()).await;
     assert_eq!(result["servers"], json!(["a", "b"]), "{result}");
     assert_eq!(result["sockets"], 3, "{result}");
     // What a person sees: 2 healthy servers on the dashboard, the 3 sockets listed.

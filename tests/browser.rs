@@ -3,31 +3,21 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
-use serde_json::Value;
 
-/// The Chromium to drive, checked to be there with the socket.io bundle the pages load.
-fn chromium() -> String {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&chromium).exists(),
-        "{chromium} is missing: apt-get install -y chromium (scripts/test.sh does)"
-    );
+/// The socket.io bundle the pages load must be there.
+fn need_bundle() {
     let bundle = root().join("deploy/static/socket.io.min.js");
     assert!(
         bundle.exists(),
         "run scripts/fetch-client.sh first (scripts/test.sh does)"
     );
-    chromium
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_on_two_nodes_list_both_users() {
     let (dir, _redis, nodes) = cluster("pages_on_two_nodes_list_both_users", 2, 1000).await;
-    let chromium = chromium();
-
+    need_bundle();
     let artifacts = root().join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let shot = artifacts.join("room-page.png");
@@ -36,28 +26,8 @@ async fn pages_on_two_nodes_list_both_users() {
     let page_b = nodes[1].url("/Maths?id_user=bar");
 
     // The page script runs in its own process, bounded, with a visible log on failure.
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["60", "node"])
-            .arg(root().join("tests/js/browser.mjs"))
-            .arg(&shot)
-            .arg("bar,foo")
-            .args([&page_a, &page_b])
-            .env("CHROMIUM", chromium)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    std::fs::write(dir.join("browser.stderr"), stderr.as_bytes()).unwrap();
-    assert!(
-        out.status.success(),
-        "browser script failed ({}):\n{stderr}\nnode a:\n{}",
-        out.status,
-        nodes[0].log_text()
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args = vec![shot.display().to_string(), "bar,foo".into(), page_a, page_b];
+    let result = browser_script(&dir, "browser.mjs", args, nodes[0].log_text()).await;
     let pages = result["pages"].as_array().unwrap();
     assert_eq!(pages.len(), 2);
     for (page, node) in pages.iter().zip(["a", "b"]) {
@@ -133,34 +103,15 @@ async fn a_page_on_a_listed_origin_long_polls_across_origins() {
         },
     )
     .await;
-    let chromium = chromium();
+    need_bundle();
     let page = node.url("/health");
     let base = format!("https://localhost:{port}");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(["60", "node"])
-            .arg(root().join("tests/js/cors.mjs"))
-            .args([&page, &base])
-            .env("CHROMIUM", chromium)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    std::fs::write(dir.join("browser.stderr"), stderr.as_bytes()).unwrap();
-    assert!(
-        out.status.success(),
-        "browser script failed ({}):\n{stderr}\nnode:\n{}",
-        out.status,
-        node.log_text()
-    );
-    let result: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let result = browser_script(&dir, "cors.mjs", vec![page, base], node.log_text()).await;
     println!("cross-origin page: {result}");
     assert_eq!(
         result["socket"],
         serde_json::json!({"event": "connect", "transport": "polling"}),
-        "{stderr}"
+        "{result}"
     );
-    assert_eq!(result["users"], serde_json::json!(["browser"]), "{stderr}");
+    assert_eq!(result["users"], serde_json::json!(["browser"]), "{result}");
 }

@@ -87,19 +87,11 @@ rooms = ["user"]
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    unix_now()
 }
 
 fn jwt(claims: Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    hs256(&claims, secret)
 }
 
 /// A valid HS256 token for `user` (Keycloak-style: `preferred_username`, with an `email` claim too).

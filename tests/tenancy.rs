@@ -21,19 +21,11 @@ use serde_json::{Value, json};
 const SECRET: &str = "tenancy-test-secret-0123456789";
 
 fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
+    unix_now()
 }
 
 fn jwt(claims: Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
+    hs256(&claims, secret)
 }
 
 /// The auth webhook of seed 001, answering by token.
