@@ -369,9 +369,8 @@ async fn command<A: Adapter>(
         filter,
         action,
     };
-    let bad = crate::cluster::protocol::Request::new("admin", "/", query.clone());
-    if crate::cluster::protocol::decode_request(&crate::cluster::protocol::encode(&bad)).is_err() {
-        tracing::debug!(?query, "admin command with invalid names ignored");
+    if let Err(e) = crate::cluster::protocol::check_query(&query) {
+        tracing::debug!(?query, error = %e, "admin command with invalid names ignored");
         return;
     }
     tracing::info!(?query, "admin command");

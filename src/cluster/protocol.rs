@@ -225,7 +225,14 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
     let req: Request = parse(bytes)?;
     validate::node_id(&req.from)?;
     validate::namespace(&req.ns)?;
-    match &req.query {
+    check_query(&req.query)?;
+    Ok(req)
+}
+
+/// The names in a query follow the rules of what they name (what an admin command is checked with before it is
+/// asked, too).
+pub fn check_query(query: &Query) -> Result<(), DecodeError> {
+    match query {
         Query::Users { room } => validate::room(room)?,
         Query::Sockets { except } => validate::namespace(except)?,
         Query::Command {
@@ -249,7 +256,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
         }
         Query::Rooms | Query::Views => {}
     }
-    Ok(req)
+    Ok(())
 }
 
 pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
