@@ -38,6 +38,8 @@ use wire::{BroadcastEntry, Context, Envelope, Headers, Params, Reply, SendEntry}
 
 /// How often the reply stream and the `send`/`broadcast` streams are trimmed, and waiting replies expired.
 const HOUSEKEEPING: Duration = Duration::from_secs(10);
+/// How long a node's reply stream outlives the node.
+const REPLIES_TTL: Duration = Duration::from_secs(3600);
 /// After a failed read, the pause before the next (Redis away).
 const READ_RETRY: Duration = Duration::from_millis(500);
 
@@ -468,6 +470,18 @@ async fn housekeeping(gateway: Arc<Gateway>) {
     loop {
         every.tick().await;
         gateway.hub.lock().unwrap().expire(Instant::now());
+        // A node that is gone for good (node ids are fresh per start unless NODE_ID is set) leaves its reply
+        // stream behind: it expires unless its node keeps it.
+        let ttl = i64::try_from(REPLIES_TTL.as_secs()).unwrap_or(i64::MAX);
+        let expiry = fred::interfaces::KeysInterface::expire::<(), _>(
+            &gateway.publisher,
+            &gateway.keys.replies,
+            ttl,
+            None,
+        );
+        if let Err(e) = expiry.await {
+            tracing::debug!(error = %e, "gateway reply stream expiry not set");
+        }
         let maxlen = gateway.config.stream_maxlen();
         for key in [
             Some(&gateway.keys.replies),
