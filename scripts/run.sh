@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-client.sh
+scripts/fetch-admin-ui.sh
 exec cargo run --release --locked -- "$@"
