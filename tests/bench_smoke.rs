@@ -4,6 +4,8 @@
 //! rooms per socket), and `--check`, which fails on any refused connection or handshake, wrong room count,
 //! lost fan-out event, failed push, lost or unacknowledged push, or message left in the store. Speed is not
 //! asserted here; BENCHMARKS.md has the numbers.
+//! With ours, the event-bus gateway phases too (a message's round trip through Redis Streams at two rates, `send`
+//! entries to 30 users), where `--check` fails on a reply or `send` frame lost or delivered twice.
 
 mod common;
 
@@ -32,6 +34,9 @@ fn bench_smoke_run_is_correct() {
         .args(["--send-requests", "40", "--send-room-size", "10"])
         .args(["--send-fanout-size", "30", "--reliable-rooms", "20"])
         .args(["--reliable-rounds", "2", "--send-concurrency", "4"])
+        .args(["--gateway-clients", "20", "--gateway-rates", "50,200"])
+        .args(["--gateway-seconds", "1", "--gateway-send-users", "30"])
+        .args(["--gateway-send-rounds", "2"])
         .args(["--check", "--max-minutes", "4", "--logs"])
         .arg(&logs)
         .current_dir(root())
@@ -70,6 +75,10 @@ fn bench_smoke_run_is_correct() {
         "| jwt | 20 |",
         "| credentials | 20 |",
         "| 50 (/bench-rooms, 3.0) | 2 |",
+        // The gateway phases (ours only): every message answered once, every `send` frame delivered once.
+        "| 20 | 2 | 2 | 50 | 1 |",
+        "| 20 | 2 | 2 | 200 | 1 |",
+        "| 30 users | 2 | 2 |",
     ] {
         assert_eq!(stdout.matches(row).count(), 1, "{row:?} in:\n{stdout}");
     }

@@ -11,12 +11,15 @@
 //!    large room on K nodes has a push, and reliable delivery (store, emit, ack) to user rooms per second;
 //! 6. (ours only, `tenancy.rs`) handshakes per second by auth kind (`claim`, `jwt`, `credentials`) on one node,
 //!    and the users query on a namespace where every socket is in 3 rooms, on K nodes.
+//! 7. (ours only, `gateway.rs`) the event-bus gateway: a message's round trip through Redis Streams and a backend
+//!    played by the bench, at fixed rates; and `send` entries to many users.
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
 //! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
 //! runs a tiny `--check` run so the benchmark cannot rot.
 
 mod client;
+mod gateway;
 mod procs;
 mod send;
 mod tenancy;
@@ -36,6 +39,7 @@ use serde::Serialize;
 
 use crate::{
     client::{Client, FanoutProbe, Login},
+    gateway::{GatewayRateResult, GatewaySendResult},
     procs::{Node, Redis, Target},
     send::{ReliableResult, SendFanoutResult, SendRateResult},
     tenancy::{HandshakeResult, NamespaceQueryResult},
@@ -132,6 +136,25 @@ struct Args {
     /// Pushes per user room.
     #[arg(long, default_value_t = 5)]
     reliable_rounds: usize,
+    /// Gateway round trip (ours only): plain WebSocket clients of `/bench-gw` on `--nodes` nodes sending
+    /// messages that the bench's backend answers through Redis Streams; 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    gateway_clients: usize,
+    /// Aggregate messages per second of the round trip, one measurement each (none skips it).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,10000")]
+    gateway_rates: Vec<usize>,
+    /// Seconds of sending at each rate.
+    #[arg(long, default_value_t = 10)]
+    gateway_seconds: u64,
+    /// Backend consumers (one consumer group, a connection each) answering the round trip's messages.
+    #[arg(long, default_value_t = 2)]
+    gateway_consumers: usize,
+    /// Gateway `send` (ours only): clients, each its own user, on `--nodes` nodes, that each round's `send`
+    /// entries (one per user) must reach; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    gateway_send_users: usize,
+    #[arg(long, default_value_t = 5)]
+    gateway_send_rounds: usize,
     /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
     #[arg(long)]
     check: bool,
@@ -222,6 +245,8 @@ struct Report {
     send_rate: Option<SendRateResult>,
     send_fanout: Option<SendFanoutResult>,
     reliable: Option<ReliableResult>,
+    gateway_rates: Vec<GatewayRateResult>,
+    gateway_send: Option<GatewaySendResult>,
     errors: Vec<String>,
 }
 
@@ -241,6 +266,7 @@ impl Report {
                 .as_ref()
                 .map_or(0, |q| q.connect_errors + q.wrong_answers)
             + send::error_count(self)
+            + gateway::error_count(self)
     }
 }
 
@@ -361,6 +387,8 @@ impl Bench {
                     Err(e) => report.errors.push(format!("namespace query: {e:#}")),
                 }
             }
+            // The Node reference has no event-bus gateway.
+            self.gateway_phases(target, &mut report).await;
         }
         for e in &report.errors {
             eprintln!("{}: error: {e}", target.name);
@@ -775,6 +803,7 @@ fn print_report(r: &Report) {
     }
     send::print(r);
     tenancy::print(r);
+    gateway::print(r);
 }
 
 /// Ours divided by Node's: below 1 is better for every row (time and memory).
