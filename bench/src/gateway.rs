@@ -123,6 +123,7 @@ pub struct GatewaySendResult {
     pub duplicates: usize,
     pub cpu_servers_ms: f64,
     pub cpu_bench_ms: f64,
+    pub cpu_redis_ms: f64,
 }
 
 impl GatewayRateResult {
@@ -781,7 +782,8 @@ impl Bench {
         let mut pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
         pids.push(redis.pid());
         let me = [std::process::id()];
-        let (servers_before, bench_before) = (cpu(&pids), cpu(&me));
+        let (servers_before, bench_before, redis_before) =
+            (cpu(&pids), cpu(&me), cpu(&[redis.pid()]));
         let (mut delivered, mut added, mut lost_rounds) = (Vec::new(), Vec::new(), 0);
         for round in 1..=a.gateway_send_rounds as u64 {
             probe.arm(round, clients.len());
@@ -805,6 +807,7 @@ impl Bench {
         let per_round = |d: Duration| d.as_secs_f64() * 1e3 / rounds.max(1) as f64;
         let cpu_servers_ms = per_round(cpu(&pids).saturating_sub(servers_before));
         let cpu_bench_ms = per_round(cpu(&me).saturating_sub(bench_before));
+        let cpu_redis_ms = per_round(cpu(&[redis.pid()]).saturating_sub(redis_before));
         tokio::time::sleep(QUIET).await;
         let missing = clients
             .iter()
@@ -826,6 +829,7 @@ impl Bench {
             duplicates: probe.duplicates.load(Ordering::SeqCst),
             cpu_servers_ms,
             cpu_bench_ms,
+            cpu_redis_ms,
         };
         println!(
             "  gateway send: {} users on {} nodes, {} rounds: connect {:.2}s ({} errors), XADDs answered p50 \
@@ -917,11 +921,11 @@ pub fn print(r: &Report) {
     if let Some(s) = &r.gateway_send {
         println!(
             "\n| gateway send: users | K | rounds | connect (s) | XADDs answered p50 (ms) | last client p50 | p90 \
-             | p99 | max (ms) | entries/s | lost rounds | missing | twice | CPU/round servers, bench (ms) |"
+             | p99 | max (ms) | entries/s | lost rounds | missing | twice | CPU/round servers (of it Redis), bench (ms) |"
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} users | {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {:.0}, {:.0} |",
+            "| {} users | {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {:.0} ({:.0}), {:.0} |",
             s.users,
             s.k,
             s.rounds,
@@ -936,6 +940,7 @@ pub fn print(r: &Report) {
             s.missing,
             s.duplicates,
             s.cpu_servers_ms,
+            s.cpu_redis_ms,
             s.cpu_bench_ms
         );
     }
