@@ -296,10 +296,9 @@ impl Seen {
                     false => _ = probe.duplicates.fetch_add(1, Ordering::SeqCst),
                 }
             }
-            "error" => {
-                if probe.error_frames.fetch_add(1, Ordering::SeqCst) < 3 {
-                    eprintln!("  gateway error frame: {text}");
-                }
+            // Every error frame is counted; the first few are shown.
+            "error" if probe.error_frames.fetch_add(1, Ordering::SeqCst) < 3 => {
+                eprintln!("  gateway error frame: {text}");
             }
             _ => {}
         }
@@ -606,10 +605,11 @@ impl Bench {
     /// Runs the gateway phases the flags ask for into `report` (ours only).
     pub(crate) async fn gateway_phases(&self, target: &Target, report: &mut Report) {
         let a = &self.args;
-        if a.gateway_clients > 0 && !a.gateway_rates.is_empty() {
-            if let Err(e) = self.gateway_round_trip(target, report).await {
-                report.errors.push(format!("gateway round trip: {e:#}"));
-            }
+        if a.gateway_clients > 0
+            && !a.gateway_rates.is_empty()
+            && let Err(e) = self.gateway_round_trip(target, report).await
+        {
+            report.errors.push(format!("gateway round trip: {e:#}"));
         }
         if a.gateway_send_users > 0 {
             match self.gateway_send(target).await {
