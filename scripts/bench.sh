@@ -12,6 +12,10 @@
 #   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0
 #                                    the POST /send phases alone (--send-requests, --send-fanout-size,
 #                                    --reliable-rooms: 0 skips each)
+#   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 \
+#     --ns-size 0 --send-requests 0 --send-fanout-size 0 --reliable-rooms 0
+#                                    the event-bus gateway phases alone (ours only: --gateway-clients,
+#                                    --gateway-rates, --gateway-send-users; 0 or empty skips each)
 # Starts its own redis-server and nodes, stops them by pid, and stops by itself (--max-minutes, default 40).
 # Honours CARGO_TARGET_DIR (binaries in $CARGO_TARGET_DIR/release instead of target/release).
 # Raw results: target/bench/results.json; process logs and config files: target/bench/<target>/<phase>/.

@@ -6,6 +6,8 @@
 //! lost fan-out event, failed push, lost or unacknowledged push, message left in the store, refused admin
 //! login or `all_sockets` that does not list exactly the clients' sockets (a second, tiny run logs the admin in
 //! with a wrong password and must fail). Speed is not asserted here; BENCHMARKS.md has the numbers.
+//! With ours, the event-bus gateway phases too (a message's round trip through Redis Streams at two rates, `send`
+//! entries to 30 users), where `--check` fails on a reply or `send` frame lost or delivered twice.
 
 mod common;
 
@@ -36,6 +38,9 @@ fn bench_smoke_run_is_correct() {
         .args(["--reliable-rounds", "2", "--send-concurrency", "4"])
         .args(["--admin-overhead", "30", "--admin-passes", "2"])
         .args(["--admin-sockets", "45", "--admin-rounds", "2"])
+        .args(["--gateway-clients", "20", "--gateway-rates", "50,200"])
+        .args(["--gateway-seconds", "1", "--gateway-send-users", "30"])
+        .args(["--gateway-send-rounds", "2"])
         .args(["--check", "--max-minutes", "4", "--logs"])
         .arg(&logs)
         .current_dir(root())
@@ -79,6 +84,10 @@ fn bench_smoke_run_is_correct() {
         "| 30 | 2 | 2 | with |",
         "| N=30 K=2 |",
         "| 45 | 2 | 2 |",
+        // The gateway phases (ours only): every message answered once, every `send` frame delivered once.
+        "| 20 | 2 | 2 | 50 | 1 |",
+        "| 20 | 2 | 2 | 200 | 1 |",
+        "| 30 users | 2 | 2 |",
     ] {
         assert_eq!(stdout.matches(row).count(), 1, "{row:?} in:\n{stdout}");
     }

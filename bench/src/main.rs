@@ -13,6 +13,8 @@
 //!    and the users query on a namespace where every socket is in 3 rooms, on K nodes;
 //! 7. (ours only, `admin.rs`) the admin UI: 1 and 3 without and with `[admin]` (no admin UI connected), and
 //!    the time until an admin UI that logs in has `all_sockets` with every socket of the cluster.
+//! 8. (ours only, `gateway.rs`) the event-bus gateway: a message's round trip through Redis Streams and a backend
+//!    played by the bench, at fixed rates; and `send` entries to many users.
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
 //! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
@@ -20,6 +22,7 @@
 
 mod admin;
 mod client;
+mod gateway;
 mod procs;
 mod send;
 mod tenancy;
@@ -40,6 +43,7 @@ use serde::Serialize;
 use crate::{
     admin::{AllSocketsResult, OverheadResult},
     client::{Client, FanoutProbe, Login},
+    gateway::{GatewayRateResult, GatewaySendResult},
     procs::{Node, Redis, Target},
     send::{ReliableResult, SendFanoutResult, SendRateResult},
     tenancy::{HandshakeResult, NamespaceQueryResult},
@@ -154,6 +158,25 @@ struct Args {
     /// smoke test checks that it does).
     #[arg(long, hide = true)]
     admin_wrong_password: bool,
+    /// Gateway round trip (ours only): plain WebSocket clients of `/bench-gw` on `--nodes` nodes sending
+    /// messages that the bench's backend answers through Redis Streams; 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    gateway_clients: usize,
+    /// Aggregate messages per second of the round trip, one measurement each (none skips it).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,10000")]
+    gateway_rates: Vec<usize>,
+    /// Seconds of sending at each rate.
+    #[arg(long, default_value_t = 10)]
+    gateway_seconds: u64,
+    /// Backend consumers (one consumer group, a connection each) answering the round trip's messages.
+    #[arg(long, default_value_t = 2)]
+    gateway_consumers: usize,
+    /// Gateway `send` (ours only): clients, each its own user, on `--nodes` nodes, that each round's `send`
+    /// entries (one per user) must reach; 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    gateway_send_users: usize,
+    #[arg(long, default_value_t = 5)]
+    gateway_send_rounds: usize,
     /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
     #[arg(long)]
     check: bool,
@@ -246,6 +269,8 @@ struct Report {
     reliable: Option<ReliableResult>,
     admin_overhead: Vec<OverheadResult>,
     all_sockets: Option<AllSocketsResult>,
+    gateway_rates: Vec<GatewayRateResult>,
+    gateway_send: Option<GatewaySendResult>,
     errors: Vec<String>,
 }
 
@@ -266,6 +291,7 @@ impl Report {
                 .map_or(0, |q| q.connect_errors + q.wrong_answers)
             + send::error_count(self)
             + admin::error_count(self)
+            + gateway::error_count(self)
     }
 }
 
@@ -394,6 +420,8 @@ impl Bench {
                 }
             }
             self.admin_phases(target, &mut report).await;
+            // The Node reference has no event-bus gateway.
+            self.gateway_phases(target, &mut report).await;
         }
         for e in &report.errors {
             eprintln!("{}: error: {e}", target.name);
@@ -833,6 +861,7 @@ fn print_report(r: &Report) {
     send::print(r);
     tenancy::print(r);
     admin::print(r);
+    gateway::print(r);
 }
 
 /// Ours divided by Node's: below 1 is better for every row (time and memory).

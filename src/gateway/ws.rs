@@ -35,6 +35,10 @@ use crate::realtime::{
 const CLIENT_QUEUE: usize = 256;
 /// Largest message the WebSocket layer takes; [`wire::MAX_FRAME_BYTES`] is checked after, with an error frame.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// tungstenite zeroes its whole read buffer (128 KiB by default) before every read, including the reads that
+/// find nothing, once per frame in or out: that `memset` was 14% of the machine's CPU in the bench's gateway
+/// round trip (BENCHMARKS.md, "Gateway"). Frames are small; the buffer grows for a large one.
+const READ_BUFFER_BYTES: usize = 4096;
 /// The close code of a failed `onconnect` (4000-4999: the application's).
 const CLOSE_REFUSED: u16 = 4000;
 
@@ -120,6 +124,7 @@ async fn connect(
     };
     upgrade
         .max_message_size(MAX_MESSAGE_BYTES)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| serve(gateway, socket, client, slot))
 }
 
