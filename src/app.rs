@@ -124,6 +124,9 @@ pub async fn run(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let max_sockets =
+        crate::net::files::socket_cap(config.max_sockets).map_err(StartError::Config)?;
+    tracing::info!(max_sockets, "socket cap");
     let metrics = Arc::new(metrics::Metrics::new());
     let (namespaces, admin_config, gateway_config) = load_namespaces(&config, &metrics)?;
     let namespaces = Arc::new(namespaces);
@@ -133,7 +136,7 @@ pub async fn run(
         presence: config.presence_events,
         metrics: metrics.clone(),
         admission: Arc::new(admission::Admission::new(
-            config.max_sockets.try_into().unwrap_or(usize::MAX),
+            max_sockets.try_into().unwrap_or(usize::MAX),
             config.handshake_rate,
             origins,
         )),

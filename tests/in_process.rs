@@ -147,6 +147,15 @@ async fn start_up_errors_are_clear() {
         "{err}"
     );
 
+    // More sockets than the open-files limit can hold (no system allows a billion open files per process).
+    let err = start_error(|c| c.max_sockets = Some(1_000_000_000)).await;
+    assert!(
+        err.starts_with(
+            "invalid setting: MAX_SOCKETS=1000000000 is above what the open-files limit allows:"
+        ),
+        "{err}"
+    );
+
     let err = start_error(|c| c.tls_cert = "Cargo.toml".into()).await;
     assert!(err.contains("no certificate in the file"), "{err}");
 

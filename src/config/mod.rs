@@ -64,9 +64,11 @@ pub struct Config {
     #[arg(long, env = "HEARTBEAT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub heartbeat_ms: u64,
 
-    /// Most sockets this node holds; further handshakes get `connect_error` "this node is full".
-    #[arg(long, env = "MAX_SOCKETS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_sockets: u64,
+    /// Most sockets this node holds; further handshakes get `connect_error` "this node is full". Unset: 20,000,
+    /// or what the open-files limit allows if that is less. Set above what the limit allows, the node does not
+    /// start (`crate::net::files`).
+    #[arg(long, env = "MAX_SOCKETS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sockets: Option<u64>,
 
     /// New Engine.IO sessions accepted per second on this node (bursts of as many); 0: no limit. Beyond it the
     /// handshake request gets `429`; socket.io clients see `connect_error` and retry.
