@@ -171,6 +171,26 @@ fn default_admin_namespace() -> String {
     "/admin".into()
 }
 
+/// Every key of `[gateway]`, for the same checks as [`NAMESPACE_KEYS`].
+#[cfg(test)]
+const GATEWAY_KEYS: &[&str] = &[
+    "path",
+    "onconnect",
+    "onmessage",
+    "onclose",
+    "send",
+    "broadcast",
+    "jwt_secret",
+    "jwt_public_key",
+    "user_claim",
+    "jwt_cookie",
+    "jwt_audience",
+    "jwt_issuer",
+    "stream_prefix",
+    "stream_maxlen",
+    "ping_interval_ms",
+];
+
 /// Every key of `[admin]`, for the same checks as [`NAMESPACE_KEYS`].
 #[cfg(test)]
 const ADMIN_KEYS: &[&str] = &[
@@ -1024,24 +1044,28 @@ rooms = ["auth", "user"]
     fn namespace_keys_match_the_struct() {
         assert_eq!(serde_fields::<NamespaceConfig>(), NAMESPACE_KEYS);
         assert_eq!(serde_fields::<AdminConfig>(), ADMIN_KEYS);
+        assert_eq!(serde_fields::<GatewayConfig>(), GATEWAY_KEYS);
     }
 
     #[test]
-    fn example_file_names_every_admin_key() {
-        let admin = EXAMPLE
-            .split("[admin]")
-            .nth(1)
-            .expect("the example has an [admin] table");
-        for key in ADMIN_KEYS {
-            let named = admin.lines().any(|line| {
-                let line = line.trim_start().trim_start_matches('#').trim_start();
-                line.strip_prefix(key)
-                    .is_some_and(|rest| rest.trim_start().starts_with('='))
-            });
-            assert!(
-                named,
-                "[admin] `{key}` is missing from deploy/config.example.toml"
-            );
+    fn example_file_names_every_admin_and_gateway_key() {
+        for (table, keys) in [("[admin]", ADMIN_KEYS), ("[gateway]", GATEWAY_KEYS)] {
+            // From the table's header (set, or commented out) on.
+            let start = EXAMPLE
+                .lines()
+                .position(|l| l.trim_start_matches('#').trim() == table)
+                .unwrap_or_else(|| panic!("the example has a {table} table"));
+            for key in keys {
+                let named = EXAMPLE.lines().skip(start).any(|line| {
+                    let line = line.trim_start().trim_start_matches('#').trim_start();
+                    line.strip_prefix(key)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                });
+                assert!(
+                    named,
+                    "{table} `{key}` is missing from deploy/config.example.toml"
+                );
+            }
         }
     }
 
