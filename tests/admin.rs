@@ -280,15 +280,7 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
 
     // The admin namespace is not a namespace of ours: no room query or count sees it.
     assert_eq!(http.status(a, "/api/rooms?namespace=%2Fadmin").await, 404);
-    let rooms: Value = http
-        .client
-        .get(a.url("/api/rooms?namespace=%2F"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rooms: Value = http.json(a, "/api/rooms?namespace=%2F").await;
     assert!(!rooms.to_string().contains("admin"), "{rooms}");
     // Commands naming the admin namespace are ignored.
     io.emit("admin2", "_disconnect", json!(["/admin", false]), false)

@@ -256,15 +256,7 @@ async fn single_node_without_redis() {
     )
     .await;
     let http = Http::new();
-    let health: Value = http
-        .client
-        .get(node.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = http.json(&node, "/health").await;
     assert_eq!(health["mode"], "single");
     assert_eq!(health["node"], "solo");
 
@@ -303,15 +295,7 @@ async fn single_node_without_redis() {
         http.users(&node, "Maths").await.set(),
         pairs(&[(&foo, "foo")])
     );
-    let health: Value = http
-        .client
-        .get(node.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = http.json(&node, "/health").await;
     assert_eq!(health["sockets"], 1);
     drop(clients);
 

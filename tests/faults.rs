@@ -61,15 +61,7 @@ async fn a_paused_node_is_declared_down_then_rejoins() {
             node.id
         );
     }
-    let ready: Value = http
-        .client
-        .get(a.url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = http.json(a, "/ready").await;
     assert_eq!(ready["cluster_nodes"], 2, "{ready}");
     assert_eq!(
         http.metric(a, "socket_identity_cluster_members").await,

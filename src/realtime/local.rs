@@ -133,7 +133,7 @@ impl<A: Adapter> Local<A> {
         let by_id = filter
             .as_deref()
             .and_then(|f| f.parse().ok())
-            .and_then(|sid| self.io.of(nsp)?.get_socket(sid));
+            .and_then(|sid| ops.get_socket(sid));
         let sockets: Vec<_> = match (by_id, filter) {
             (Some(socket), _) => vec![socket],
             (None, Some(room)) => ops.local().to(room.clone()).sockets(),

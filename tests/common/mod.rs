@@ -518,6 +518,12 @@ impl Http {
     }
 
     /// The value of one sample of `node`'s `/metrics` (its exact name and labels), if present.
+    /// `GET {node}{path}`'s body as JSON.
+    pub async fn json(&self, node: &Node, path: &str) -> Value {
+        let res = self.client.get(node.url(path)).send().await.unwrap();
+        res.json().await.unwrap()
+    }
+
     pub async fn metric(&self, node: &Node, sample: &str) -> Option<f64> {
         let res = self.client.get(node.url("/metrics")).send().await.unwrap();
         let text = res.text().await.unwrap();
