@@ -55,24 +55,37 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// `redis://` or `rediss://` (TLS). TLS trusts the system's roots (and `SSL_CERT_FILE`), or only the PEM
-    /// certificates in `ca_file` when it is given (a private CA).
+    /// `redis://` or `rediss://` (TLS) for one Redis; `redis-cluster://` or `rediss-cluster://` for a Redis
+    /// Cluster (fred's form: one node in the host part, more as `?node=host:port`; the others are discovered).
+    /// TLS trusts the system's roots (and `SSL_CERT_FILE`), or only the PEM certificates in `ca_file` when it is
+    /// given (a private CA).
     pub fn parse(url: &str, ca_file: Option<&Path>) -> Result<Self, RedisError> {
         let bad = |reason: String| RedisError::Url {
             url: redact(url),
             reason,
         };
-        let tls = if url.starts_with("rediss://") {
-            true
-        } else if url.starts_with("redis://") {
-            false
-        } else {
-            return Err(bad(
-                "the URL must start with redis:// or rediss:// (TLS)".into()
-            ));
+        let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+        let (tls, cluster) = match scheme {
+            "redis" => (false, false),
+            "rediss" => (true, false),
+            "redis-cluster" => (false, true),
+            "rediss-cluster" => (true, true),
+            _ => {
+                return Err(bad("the URL must start with redis://, rediss:// (TLS), \
+                     redis-cluster:// or rediss-cluster:// (a Redis Cluster)"
+                    .into()));
+            }
         };
+        if cluster
+            && let Ok(parsed) = url::Url::parse(url)
+            && !matches!(parsed.path(), "" | "/" | "/0")
+        {
+            return Err(bad("a Redis Cluster has only database 0: remove the path".into()));
+        }
         if ca_file.is_some() && !tls {
-            return Err(bad("REDIS_CA is set but the URL is not rediss://".into()));
+            return Err(bad(
+                "REDIS_CA is set but the URL is not rediss:// or rediss-cluster://".into(),
+            ));
         }
         // fred builds its default TLS client from the process-wide rustls provider: name ours.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -84,10 +97,16 @@ impl Endpoint {
                 reason,
             })?);
         }
+        debug_assert_eq!(config.server.is_clustered(), cluster);
         Ok(Self {
             url: url.to_owned(),
             config,
         })
+    }
+
+    /// Whether this is a Redis Cluster: then a command's keys must share a hash slot, and pub/sub is sharded.
+    pub fn is_cluster(&self) -> bool {
+        self.config.server.is_clustered()
     }
 
     /// The URL with its password replaced by `***`.
@@ -201,7 +220,34 @@ pub fn connect_err(endpoint: &Endpoint, source: fred::error::Error) -> RedisErro
     }
 }
 
-/// Subscriber counts by channel name from a `PUBSUB NUMSUB` reply: a flat `[channel, count, ...]` array (RESP2,
+/// How many subscribers each of `channels` (sharded channels) has, by name. In a Redis Cluster a channel's count
+/// is known only to the shard of its hash slot, so each channel is asked on its own (all at once); one Redis is
+/// asked about all of them in one command.
+pub async fn shard_subscribers(
+    client: &Client,
+    channels: &[String],
+) -> Result<std::collections::HashMap<String, u64>, String> {
+    use fred::{interfaces::PubsubInterface, types::Value};
+    let ask = |channels: Vec<String>| async move {
+        let reply: Value = client
+            .pubsub_shardnumsub(channels)
+            .await
+            .map_err(|e| format!("redis: {e}"))?;
+        numsub_counts(reply)
+    };
+    if !client.is_clustered() {
+        return ask(channels.to_vec()).await;
+    }
+    let replies =
+        futures_util::future::join_all(channels.iter().map(|c| ask(vec![c.clone()]))).await;
+    let mut counts = std::collections::HashMap::with_capacity(channels.len());
+    for reply in replies {
+        counts.extend(reply?);
+    }
+    Ok(counts)
+}
+
+/// Subscriber counts by channel name from a `PUBSUB NUMSUB`/`SHARDNUMSUB` reply: a flat `[channel, count, ...]` array (RESP2,
 /// and Redis 7.0 in RESP3) or a map (fred's map is a hash map: positions mean nothing there). Callers look the
 /// channels they asked about up by name; a malformed reply is an error.
 pub fn numsub_counts(
@@ -313,7 +359,8 @@ mod tests {
             "nope://x",
             "127.0.0.1:6379",
             "http://127.0.0.1",
-            "redis-cluster://127.0.0.1",
+            "redis-sentinel://127.0.0.1",
+            "redis-cluster://127.0.0.1:7000/2",
             "redis://127.0.0.1:notaport",
         ] {
             let err = Endpoint::parse(url, None).err().unwrap();
@@ -331,6 +378,28 @@ mod tests {
                 .is_tls()
         );
         assert!(!Endpoint::parse("redis://localhost", None).unwrap().is_tls());
+    }
+
+    /// fred's cluster URL form: one node in the host part, others as `?node=`; TLS with `rediss-cluster://`.
+    #[test]
+    fn cluster_urls() {
+        let one = Endpoint::parse("redis://127.0.0.1:6379", None).unwrap();
+        assert!(!one.is_cluster());
+        for url in [
+            "redis-cluster://127.0.0.1:7000",
+            "redis-cluster://:pw@127.0.0.1:7000?node=127.0.0.1:7001&node=127.0.0.1:7002",
+            "redis-cluster://127.0.0.1:7000/0",
+        ] {
+            let e = Endpoint::parse(url, None).unwrap();
+            assert!(e.is_cluster() && !e.is_tls(), "{url}");
+        }
+        let e = Endpoint::parse("rediss-cluster://u:pw@redis.example:7000", None).unwrap();
+        assert!(e.is_cluster() && e.is_tls());
+        assert_eq!(e.redacted(), "rediss-cluster://u:***@redis.example:7000");
+        let err = Endpoint::parse("redis-cluster://127.0.0.1:7000/3", None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("only database 0"), "{err}");
     }
 
     #[test]

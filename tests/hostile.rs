@@ -405,7 +405,7 @@ async fn forged_cluster_messages_change_no_answer() {
     let (publisher, spy) = attacker(&redis).await;
     // The attacker reads each real request and answers it as a node that does not exist.
     let mut requests = spy.message_rx();
-    spy.subscribe(format!("{prefix}:users#req")).await.unwrap();
+    spy.ssubscribe(format!("{prefix}:users#req")).await.unwrap();
     let forger = {
         let publisher = publisher.clone();
         tokio::spawn(async move {
@@ -423,7 +423,7 @@ async fn forged_cluster_messages_change_no_answer() {
                     "members": [{"id_socket": "EvilEvilEvilEvilEvil", "id_user": "mallory"}]});
                 let channel = format!("{prefix}:users#reply#{from}");
                 if publisher
-                    .publish::<i64, _, _>(channel, reply.to_string())
+                    .spublish::<i64, _, _>(channel, reply.to_string())
                     .await
                     .is_ok()
                 {
@@ -459,7 +459,7 @@ async fn forged_cluster_messages_change_no_answer() {
     let http = Http::new();
     for round in 0..30 {
         for (channel, message) in &junk {
-            let _: i64 = publisher.publish(channel, message.clone()).await.unwrap();
+            let _: i64 = publisher.spublish(channel, message.clone()).await.unwrap();
         }
         let node = &nodes[round % 2];
         let users = http.users(node, "R").await;
@@ -509,7 +509,7 @@ async fn signed_cluster_messages_cannot_be_forged() {
     let (publisher, spy) = attacker(&redis).await;
     let nodes_channel = format!("{prefix}:nodes");
     let mut heard = spy.message_rx();
-    spy.subscribe(nodes_channel.clone()).await.unwrap();
+    spy.ssubscribe(nodes_channel.clone()).await.unwrap();
     // A genuine signed heartbeat of b, read off Redis.
     let genuine = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -535,7 +535,7 @@ async fn signed_cluster_messages_cannot_be_forged() {
             made_up.to_string(),
             tampered.clone(),
         ] {
-            let _: i64 = publisher.publish(&nodes_channel, forged).await.unwrap();
+            let _: i64 = publisher.spublish(&nodes_channel, forged).await.unwrap();
         }
         let node = &nodes[round % 2];
         let users = http.users(node, "R").await;

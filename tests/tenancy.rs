@@ -798,16 +798,22 @@ name = "/"
     assert!(admitted > 0);
 }
 
-/// The shard channels the adapters of a node subscribe to in Redis.
+/// The shard channels subscribed in Redis (on every server of a Redis Cluster: each has its slots' channels).
 fn shard_channels(redis: &Redis) -> usize {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &redis.port.to_string(), "PUBSUB", "SHARDCHANNELS"])
-        .output()
-        .expect("redis-cli");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .count()
+    redis
+        .servers()
+        .into_iter()
+        .map(|port| {
+            let out = std::process::Command::new("redis-cli")
+                .args(["-p", &port.to_string(), "PUBSUB", "SHARDCHANNELS"])
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+        })
+        .sum()
 }
 
 /// Refused handshakes to dynamic namespaces leave nothing behind: socketioxide creates a dynamic namespace

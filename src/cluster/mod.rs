@@ -193,19 +193,19 @@ impl Cluster {
         let joined = async {
             let failed = |source| redis::connect_err(redis, source);
             redis::init(&subscriber.client, redis).await?;
-            let channels = vec![
-                request_channel.clone(),
-                reply_channel,
-                nodes_channel.clone(),
-            ];
-            subscriber
-                .client
-                .subscribe(channels)
-                .await
-                .map_err(failed)?;
+            // Sharded channels (Redis 7): in a Redis Cluster each lives on the shard of its hash slot, so a
+            // message costs that shard alone, and the subscriber counts SPUBLISH and SHARDNUMSUB answer are the
+            // whole cluster's. One SSUBSCRIBE per channel: they hash to different slots.
+            for channel in [&request_channel, &reply_channel, &nodes_channel] {
+                subscriber
+                    .client
+                    .ssubscribe(channel.as_str())
+                    .await
+                    .map_err(failed)?;
+            }
             // Announce ourselves before answering: a node must not receive our reply before it knows us.
             publisher
-                .publish::<i64, _, _>(&nodes_channel, beats.alive())
+                .spublish::<i64, _, _>(&nodes_channel, beats.alive())
                 .await
                 .map_err(failed)?;
             Ok::<_, RedisError>(())
@@ -291,19 +291,18 @@ impl Cluster {
             return Err("the cluster subscription to Redis is down".into());
         }
         let channel = &self.transport.request_channel;
-        let numsub = self
-            .transport
-            .publisher
-            .pubsub_numsub::<fred::types::Value, _>(channel.clone());
-        let reply = tokio::time::timeout(PROBE_TIMEOUT, numsub)
+        let counts = redis::shard_subscribers(
+            &self.transport.publisher,
+            std::slice::from_ref(channel),
+        );
+        let counts = tokio::time::timeout(PROBE_TIMEOUT, counts)
             .await
-            .map_err(|_| "Redis did not answer in time".to_string())?
-            .map_err(|e| format!("redis: {e}"))?;
+            .map_err(|_| "Redis did not answer in time".to_string())??;
         // Zero means our own subscription is not restored yet.
-        match redis::numsub_counts(reply)?.get(channel) {
+        match counts.get(channel) {
             Some(n) if *n > 0 => Ok(self.membership.size()),
             Some(_) => Err("the cluster channels are not subscribed yet".into()),
-            None => Err("unexpected PUBSUB NUMSUB reply".into()),
+            None => Err("unexpected PUBSUB SHARDNUMSUB reply".into()),
         }
     }
 
@@ -331,7 +330,7 @@ impl Cluster {
         self.heartbeat.abort();
         let publisher = &self.transport.publisher;
         let _ = publisher
-            .publish::<i64, _, _>(&self.beats.channel, self.beats.leaving())
+            .spublish::<i64, _, _>(&self.beats.channel, self.beats.leaving())
             .await;
         self.listener.abort();
         let _ = self.subscriber.client.unsubscribe_all().await;
@@ -340,7 +339,7 @@ impl Cluster {
     }
 }
 
-/// The query's transport: requests on the request channel, `PUBSUB NUMSUB` on the reply channels.
+/// The query's transport: requests on the request channel, `PUBSUB SHARDNUMSUB` on the reply channels.
 struct RedisTransport {
     publisher: Client,
     request_channel: String,
@@ -353,7 +352,7 @@ impl query::Transport for RedisTransport {
     async fn publish(&self, request: &Request) -> Result<usize, String> {
         let subscribers: i64 = self
             .publisher
-            .publish(
+            .spublish(
                 &self.request_channel,
                 self.seal
                     .seal(&self.request_channel, protocol::encode(request)),
@@ -371,12 +370,7 @@ impl query::Transport for RedisTransport {
             .iter()
             .map(|n| format!("{}{n}", self.reply_prefix))
             .collect();
-        let reply: fred::types::Value = self
-            .publisher
-            .pubsub_numsub(channels.clone())
-            .await
-            .map_err(|e| format!("redis: {e}"))?;
-        let counts = redis::numsub_counts(reply)?;
+        let counts = redis::shard_subscribers(&self.publisher, &channels).await?;
         Ok(nodes
             .iter()
             .zip(channels)
@@ -497,7 +491,7 @@ impl Handler {
                         let publisher = self.publisher.clone();
                         let (channel, alive) = (self.nodes_channel.clone(), self.beats.alive());
                         tokio::spawn(async move {
-                            let _ = publisher.publish::<i64, _, _>(channel, alive).await;
+                            let _ = publisher.spublish::<i64, _, _>(channel, alive).await;
                         });
                     }
                     Seen::Back => {
@@ -531,7 +525,7 @@ impl Handler {
         tokio::spawn(async move {
             let _permit = permit;
             let message = seal.seal(&channel, protocol::encode(&response));
-            match publisher.publish::<i64, _, _>(channel, message).await {
+            match publisher.spublish::<i64, _, _>(channel, message).await {
                 Ok(_) => {
                     sent.inc();
                 }
@@ -554,7 +548,7 @@ async fn beat(
     loop {
         ticks.tick().await;
         if let Err(e) = publisher
-            .publish::<i64, _, _>(&beats.channel, beats.alive())
+            .spublish::<i64, _, _>(&beats.channel, beats.alive())
             .await
         {
             tracing::debug!(error = %e, "heartbeat not sent");

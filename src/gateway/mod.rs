@@ -122,8 +122,10 @@ impl Gateway {
         let reader_timeout =
             Duration::from_millis(streams::BLOCK_MS) + timeout + Duration::from_secs(5);
         let publisher = redis::connect_client(endpoint, timeout).await?;
+        // Blocking reads hold their connection: one reader for the replies and one per bus stream (one stream per
+        // read, as a Redis Cluster may keep them on different shards).
         let mut readers = Vec::new();
-        for _ in 0..2 {
+        for _ in 0..3 {
             match redis::connect_client(endpoint, reader_timeout).await {
                 Ok(c) => readers.push(c),
                 Err(e) => {
@@ -164,11 +166,11 @@ impl Gateway {
             tokio::spawn(read_replies(gateway.clone(), readers[0].clone())),
             tokio::spawn(housekeeping(gateway.clone())),
         ];
-        if !bus.is_empty() {
+        for (stream, reader) in bus.into_iter().zip(&readers[1..]) {
             tasks.push(tokio::spawn(read_bus(
                 gateway.clone(),
-                readers[1].clone(),
-                bus,
+                reader.clone(),
+                stream,
             )));
         }
         gateway.tasks.lock().unwrap().extend(tasks);
@@ -413,10 +415,10 @@ async fn read_replies(gateway: Arc<Gateway>, reader: Redis) {
     }
 }
 
-/// The `send` and `broadcast` streams through this node's consumer group: first what this node read before but
+/// The `send` or the `broadcast` stream through this node's consumer group: first what this node read before but
 /// did not acknowledge (it stopped half-way), then new entries. Each entry is acknowledged once delivered to this
 /// node's clients, valid or not.
-async fn read_bus(gateway: Arc<Gateway>, reader: Redis, streams_: Vec<String>) {
+async fn read_bus(gateway: Arc<Gateway>, reader: Redis, stream: String) {
     let group = gateway.group();
     let consumer = gateway.node.to_string();
     let mut backlog = true;
@@ -426,15 +428,13 @@ async fn read_bus(gateway: Arc<Gateway>, reader: Redis, streams_: Vec<String>) {
             false => (">", Some(streams::BLOCK_MS)),
         };
         let entries =
-            match streams::read_group(&reader, &group, &consumer, &streams_, id, block).await {
+            match streams::read_group(&reader, &group, &consumer, &stream, id, block).await {
                 Ok(entries) => entries,
                 Err(e) => {
                     tracing::debug!(error = %e, "gateway bus not read");
                     if e.details().contains("NOGROUP") {
                         // The stream (and its group) was deleted: make them again, from the end.
-                        for stream in &streams_ {
-                            let _ = streams::ensure_group(&gateway.publisher, stream, &group).await;
-                        }
+                        let _ = streams::ensure_group(&gateway.publisher, &stream, &group).await;
                     }
                     tokio::time::sleep(READ_RETRY).await;
                     continue;
@@ -444,9 +444,9 @@ async fn read_bus(gateway: Arc<Gateway>, reader: Redis, streams_: Vec<String>) {
             backlog = false;
             continue;
         }
-        let mut acks: std::collections::HashMap<String, Vec<String>> = Default::default();
+        let is_send = Some(&stream) == gateway.keys.send.as_ref();
+        let mut acks = Vec::with_capacity(entries.len());
         for entry in entries {
-            let is_send = Some(&entry.stream) == gateway.keys.send.as_ref();
             let handled = match is_send {
                 true => SendEntry::parse(entry.data.as_deref()).map(|s| gateway.send(s)),
                 false => BroadcastEntry::parse(entry.data.as_deref()).map(|b| gateway.broadcast(b)),
@@ -454,12 +454,12 @@ async fn read_bus(gateway: Arc<Gateway>, reader: Redis, streams_: Vec<String>) {
             if let Err(why) = handled {
                 gateway.malformed(&entry.stream, &entry.id, &why);
             }
-            acks.entry(entry.stream).or_default().push(entry.id);
+            acks.push(entry.id);
         }
-        for (stream, ids) in acks {
-            if let Err(e) = streams::ack(&gateway.publisher, &stream, &group, ids).await {
-                tracing::warn!(stream, error = %e, "gateway entries not acknowledged: they may come again");
-            }
+        if !acks.is_empty()
+            && let Err(e) = streams::ack(&gateway.publisher, &stream, &group, acks).await
+        {
+            tracing::warn!(stream, error = %e, "gateway entries not acknowledged: they may come again");
         }
     }
 }

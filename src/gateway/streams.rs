@@ -72,17 +72,16 @@ pub async fn ensure_group(
     }
 }
 
-/// `XREADGROUP GROUP group consumer COUNT .. [BLOCK ..] STREAMS s1 s2 id id`: `id` `0` reads this consumer's
+/// `XREADGROUP GROUP group consumer COUNT .. [BLOCK ..] STREAMS stream id`: `id` `0` reads this consumer's
 /// entries read before but not acknowledged, `>` new ones.
 pub async fn read_group(
     client: &Client,
     group: &str,
     consumer: &str,
-    streams: &[String],
+    stream: &str,
     id: &str,
     block: Option<u64>,
 ) -> Result<Vec<Entry>, fred::error::Error> {
-    let ids: Vec<&str> = streams.iter().map(|_| id).collect();
     let raw: Value = client
         .xreadgroup(
             group,
@@ -90,8 +89,8 @@ pub async fn read_group(
             Some(READ_COUNT),
             block,
             false,
-            streams.to_vec(),
-            ids,
+            stream,
+            id,
         )
         .await?;
     Ok(entries(raw))

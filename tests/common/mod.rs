@@ -82,11 +82,140 @@ pub async fn eventually<T>(
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// The other servers of a Redis Cluster ([`Redis::start_cluster`]); empty for one Redis.
+    shards: Vec<Redis>,
+}
+
+/// Set (to anything but `0`) to run the suite's cluster tests on a Redis Cluster: [`Redis::start`] then starts
+/// one (`scripts/test.sh` runs the files that matter a second time with it).
+pub const REDIS_CLUSTER_ENV: &str = "TEST_REDIS_CLUSTER";
+
+pub fn on_redis_cluster() -> bool {
+    std::env::var(REDIS_CLUSTER_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 impl Redis {
+    /// One redis-server on a free port, or a 3-master, 3-replica Redis Cluster when [`REDIS_CLUSTER_ENV`] is set.
     pub fn start(dir: &Path) -> Self {
+        if on_redis_cluster() {
+            return Self::start_cluster(dir);
+        }
         Self::start_on(dir, free_port())
+    }
+
+    /// A real Redis Cluster on loopback: 6 servers (`--cluster-enabled yes`, 1 s node timeout so a failover takes
+    /// about 2 s), joined by `redis-cli --cluster create --cluster-replicas 1`: 3 masters with one replica each.
+    /// Returns once every slot is served and every replica is in sync. `port` is the first master's.
+    pub fn start_cluster(dir: &Path) -> Self {
+        let dir = dir.join("redis-cluster");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut servers: Vec<Redis> = (0..6)
+            .map(|_| {
+                let port = free_port();
+                // The bus port is the port + 10,000 unless given: that may be taken, or past 65,535.
+                let bus = free_port().to_string();
+                let conf = dir.join(format!("nodes-{port}.conf"));
+                let _ = std::fs::remove_file(&conf);
+                Self::start_with(
+                    &dir,
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        conf.to_str().unwrap(),
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-node-timeout",
+                        "1000",
+                        "--dir",
+                        dir.to_str().unwrap(),
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = servers
+            .iter()
+            .map(|r| format!("127.0.0.1:{}", r.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(out.status.success(), "redis-cli --cluster create: {out:?}");
+        let mut cluster = servers.remove(0);
+        cluster.shards = servers;
+        cluster.wait_cluster_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every server of the cluster says `cluster_state:ok` and every replica's link to its master
+    /// is up.
+    pub fn wait_cluster_ok(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let ok = self.servers().iter().all(|&port| {
+                let info = cli_at(port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                let repl = cli_at(port, &["INFO", "replication"]).unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && (repl.contains("role:master") || repl.contains("master_link_status:up"))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not settle in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The ports of every server still running (all of one Redis, or of the cluster).
+    pub fn servers(&self) -> Vec<u16> {
+        std::iter::once(self.port)
+            .chain(self.shards.iter().map(|r| r.port))
+            .collect()
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        !self.shards.is_empty()
+    }
+
+    /// The port of the master serving `key`'s hash slot (a key or a sharded channel's name).
+    pub fn master_of(&self, key: &str) -> u16 {
+        let slot: u16 = self.cli(&["CLUSTER", "KEYSLOT", key]).trim().parse().unwrap();
+        let nodes = self.cli(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let port = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+            for range in &f[8..] {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(lo), Ok(hi)) = (lo.parse::<u16>(), hi.parse::<u16>())
+                    && (lo..=hi).contains(&slot)
+                {
+                    return port;
+                }
+            }
+        }
+        panic!("no master serves slot {slot} of {key}: {nodes}");
+    }
+
+    /// SIGKILLs the cluster's server on `port` (by pid) and forgets it; `port` stays the port of a live server.
+    pub fn kill_server(&mut self, port: u16) {
+        if self.port == port {
+            // Put a live server in front, then drop the killed one from the others.
+            let other = &mut self.shards[0];
+            std::mem::swap(&mut self.child, &mut other.child);
+            std::mem::swap(&mut self.port, &mut other.port);
+        }
+        let at = self.shards.iter().position(|r| r.port == port).unwrap();
+        drop(self.shards.remove(at));
     }
 
     /// Starts redis-server on `port` (e.g. the port of one that was stopped, to simulate a restart).
@@ -119,7 +248,11 @@ impl Redis {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start redis-server");
-        let redis = Self { child, port };
+        let redis = Self {
+            child,
+            port,
+            shards: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !redis.ping() {
             assert!(
@@ -131,19 +264,25 @@ impl Redis {
         redis
     }
 
+    /// `redis://` for one Redis, fred's `redis-cluster://host:port?node=...` for a cluster.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if !self.is_cluster() {
+            return format!("redis://127.0.0.1:{}", self.port);
+        }
+        let others: Vec<String> = self
+            .shards
+            .iter()
+            .map(|r| format!("node=127.0.0.1:{}", r.port))
+            .collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", self.port, others.join("&"))
     }
 
-    /// Runs one command with `redis-cli` and returns its output.
+    /// Runs one command with `redis-cli` and returns its output (following a cluster's redirections).
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
-        assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        let args = if self.is_cluster() { &all[..] } else { args };
+        cli_at(self.port, args).unwrap_or_else(|e| panic!("redis-cli {args:?}: {e}"))
     }
 
     /// Runs one command with `redis-cli -2 --json` (RESP2 replies as JSON: arrays, strings, numbers, `null`), e.g.
@@ -176,6 +315,19 @@ impl Redis {
             && s.read_exact(&mut buf).is_ok()
             && (&buf == b"+PONG\r\n" || buf.starts_with(b"-NOAUTH"))
     }
+}
+
+/// Runs one `redis-cli` command against the server on `port`.
+fn cli_at(port: u16, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!("{out:?}"));
+    }
+    String::from_utf8(out.stdout).map_err(|e| e.to_string())
 }
 
 impl Drop for Redis {
