@@ -395,6 +395,7 @@ async fn join_cluster(
     // without saying goodbye) are forgotten before it serves.
     let client = redis::connect_client(redis, config.request_timeout()).await?;
     let store = RedisStore::new(client.clone(), &config.redis_prefix)
+        .rebuilding_from(redis, config.request_timeout())
         .counting_malformed_in(info.metrics.delivery_malformed_entries.clone());
     if let Some(admin) = admin {
         let sessions = RedisSessions::new(client.clone(), &config.redis_prefix);

@@ -80,7 +80,9 @@ impl Endpoint {
             && let Ok(parsed) = url::Url::parse(url)
             && !matches!(parsed.path(), "" | "/" | "/0")
         {
-            return Err(bad("a Redis Cluster has only database 0: remove the path".into()));
+            return Err(bad(
+                "a Redis Cluster has only database 0: remove the path".into()
+            ));
         }
         if ca_file.is_some() && !tls {
             return Err(bad(
@@ -187,7 +189,7 @@ impl Subscriber {
         let client = builder(endpoint, command_timeout)
             .build_subscriber_client()
             .map_err(|source| connect_err(endpoint, source))?;
-        let restorer = tokio::spawn(resubscribe_on_reconnect(client.clone()));
+        let restorer = tokio::spawn(resubscribe(client.clone(), endpoint.is_cluster()));
         Ok(Self { client, restorer })
     }
 
@@ -270,27 +272,58 @@ pub fn numsub_counts(
     }
 }
 
-/// fred's own `manage_subscriptions` sends an empty `SUBSCRIBE` first when only shard channels are tracked,
-/// Redis refuses it, and the shard channels are never restored; so we restore each kind only when non-empty.
-async fn resubscribe_on_reconnect(client: SubscriberClient) {
+/// How often a node subscribed to a Redis Cluster subscribes its shard channels again (see [`resubscribe`]).
+pub const SHARD_RESUBSCRIBE: Duration = Duration::from_secs(1);
+/// How soon it tries again when that failed (the cluster's nodes disagree for a moment while a slot moves).
+const SHARD_RESUBSCRIBE_RETRY: Duration = Duration::from_millis(200);
+
+/// Restores subscriptions after every reconnect: fred's own `manage_subscriptions` sends an empty `SUBSCRIBE`
+/// first when only shard channels are tracked, Redis refuses it, and the shard channels are never restored; so we
+/// restore each kind only when non-empty.
+///
+/// In a Redis Cluster, also every [`SHARD_RESUBSCRIBE`]: when a slot moves to another shard (resharding, or a
+/// failover seen by a master that comes back), Redis unsubscribes that slot's shard channels with a push message
+/// that fred drops, and no reconnect happens. `SSUBSCRIBE` of a channel already subscribed changes nothing; one
+/// whose slot moved is answered `MOVED`, which sends fred to the new owner.
+async fn resubscribe(client: SubscriberClient, cluster: bool) {
     let mut reconnects = client.reconnect_rx();
-    while reconnects.recv().await.is_ok() {
+    let mut wait = SHARD_RESUBSCRIBE;
+    loop {
+        let reconnected = tokio::select! {
+            r = reconnects.recv() => match r {
+                Ok(_) => true,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => true,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            () = tokio::time::sleep(wait), if cluster => false,
+        };
         let channels: Vec<_> = client.tracked_channels().into_iter().collect();
         let shards: Vec<_> = client.tracked_shard_channels().into_iter().collect();
-        tracing::info!(
-            channels = channels.len(),
-            shard_channels = shards.len(),
-            "connected to Redis, restoring subscriptions"
-        );
-        if !channels.is_empty()
-            && let Err(e) = client.subscribe(channels).await
-        {
-            tracing::error!(error = %e, "re-subscribing after a Redis reconnect failed");
+        if reconnected {
+            tracing::info!(
+                channels = channels.len(),
+                shard_channels = shards.len(),
+                "connected to Redis, restoring subscriptions"
+            );
+            if !channels.is_empty()
+                && let Err(e) = client.subscribe(channels).await
+            {
+                tracing::error!(error = %e, "re-subscribing after a Redis reconnect failed");
+            }
         }
         // One command per shard channel: they may live in different hash slots.
+        wait = SHARD_RESUBSCRIBE;
         for chan in shards {
             if let Err(e) = client.ssubscribe(chan.clone()).await {
-                tracing::error!(error = %e, channel = %chan, "re-subscribing after a Redis reconnect failed");
+                wait = SHARD_RESUBSCRIBE_RETRY;
+                match reconnected {
+                    true => {
+                        tracing::error!(error = %e, channel = %chan, "re-subscribing after a Redis reconnect failed")
+                    }
+                    false => {
+                        tracing::debug!(error = %e, channel = %chan, "shard channel not subscribed again")
+                    }
+                }
             }
         }
     }

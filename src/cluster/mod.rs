@@ -291,10 +291,8 @@ impl Cluster {
             return Err("the cluster subscription to Redis is down".into());
         }
         let channel = &self.transport.request_channel;
-        let counts = redis::shard_subscribers(
-            &self.transport.publisher,
-            std::slice::from_ref(channel),
-        );
+        let counts =
+            redis::shard_subscribers(&self.transport.publisher, std::slice::from_ref(channel));
         let counts = tokio::time::timeout(PROBE_TIMEOUT, counts)
             .await
             .map_err(|_| "Redis did not answer in time".to_string())??;

@@ -1,6 +1,14 @@
 //! The cluster's store: one Redis stream per room, changed only by Lua scripts (see the module docs for the
 //! layout and why), so every node sees the same queue and each change to a room is atomic.
 
+use std::{
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
 use fred::{
     clients::Client,
     interfaces::{LuaInterface, SetsInterface, StreamsInterface},
@@ -49,7 +57,12 @@ struct Scripts {
 
 /// Pending messages in Redis, shared by every node.
 pub struct RedisStore {
-    client: Client,
+    /// Replaced by a new client when fred's gets stuck (see [`RedisStore::rebuilding_from`]).
+    client: Arc<RwLock<Client>>,
+    /// How to connect a replacement; `None`: never replaced.
+    endpoint: Option<(crate::redis::Endpoint, Duration)>,
+    /// Set while a replacement is being connected.
+    rebuilding: Arc<AtomicBool>,
     /// `{REDIS_PREFIX}:delivery`.
     prefix: String,
     scripts: Scripts,
@@ -62,7 +75,9 @@ impl RedisStore {
     /// `{redis_prefix}:delivery`.
     pub fn new(client: Client, redis_prefix: &str) -> Self {
         Self {
-            client,
+            client: Arc::new(RwLock::new(client)),
+            endpoint: None,
+            rebuilding: Arc::default(),
             prefix: format!("{redis_prefix}:delivery"),
             scripts: Scripts {
                 push: Script::new("push", lua!("lua/push.lua")),
@@ -73,6 +88,42 @@ impl RedisStore {
             },
             malformed: Counter::default(),
         }
+    }
+
+    /// Replaces the client by a new one connected to `endpoint` when a Redis Cluster command fails to route
+    /// (fred 10 leaves that client without connections for good: a script sent while its slot is half-moved
+    /// between shards, `ASK` then `TRYAGAIN`, uses up its redirections and every later command times out).
+    pub fn rebuilding_from(mut self, endpoint: &crate::redis::Endpoint, timeout: Duration) -> Self {
+        self.endpoint = Some((endpoint.clone(), timeout));
+        self
+    }
+
+    fn client(&self) -> Client {
+        self.client.read().unwrap().clone()
+    }
+
+    /// After a routing failure in a Redis Cluster, connects a new client in the background and swaps it in.
+    fn recover(&self, error: &fred::error::Error) {
+        let Some((endpoint, timeout)) = self.endpoint.clone() else {
+            return;
+        };
+        if *error.kind() != fred::error::ErrorKind::Routing
+            || self.rebuilding.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        tracing::warn!(%error, "Redis Cluster routing failed: the delivery store reconnects");
+        let (slot, rebuilding) = (self.client.clone(), self.rebuilding.clone());
+        tokio::spawn(async move {
+            match crate::redis::connect_client(&endpoint, timeout).await {
+                Ok(fresh) => {
+                    let old = std::mem::replace(&mut *slot.write().unwrap(), fresh);
+                    let _ = fred::interfaces::ClientLike::quit(&old).await;
+                }
+                Err(e) => tracing::error!(error = %e, "the delivery store could not reconnect"),
+            }
+            rebuilding.store(false, Ordering::Release);
+        });
     }
 
     /// Counts skipped malformed entries in `counter` (one registered in `/metrics`) instead of its own.
@@ -110,16 +161,20 @@ impl RedisStore {
         args: Vec<String>,
     ) -> Result<Value, StoreError> {
         let keys = vec![self.queue_key(room), self.holders_key(room)];
-        let sent = self
-            .client
+        let client = self.client();
+        let sent = client
             .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
             .await;
-        match sent {
+        let done = match sent {
             Err(e) if e.details().starts_with("NOSCRIPT") => {
-                Ok(self.client.eval(script.body, keys, args).await?)
+                client.eval(script.body, keys, args).await
             }
-            other => Ok(other?),
+            other => other,
+        };
+        if let Err(e) = &done {
+            self.recover(e);
         }
+        Ok(done?)
     }
 
     /// Reads `XRANGE` entries; malformed ones are logged, counted and skipped.
@@ -256,7 +311,7 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<Vec<StoredMessage>, StoreError>> {
         Box::pin(async move {
             let reply: Value = self
-                .client
+                .client()
                 .xrange(self.queue_key(room), "-", "+", None)
                 .await?;
             self.entries(room, reply)
@@ -314,7 +369,7 @@ impl Store for RedisStore {
             // The node's list first: a crash in between leaves a listed room without a holder (harmless), never
             // a holder that `forget_node` cannot find.
             let _: Value = self
-                .client
+                .client()
                 .sadd(self.node_key(holder.node()), room.tag())
                 .await?;
             self.run(&self.scripts.occupy, room, vec![holder.member()])
@@ -338,7 +393,7 @@ impl Store for RedisStore {
                 // A socket of this node joining meanwhile may be unlisted by this: then a crash of this node
                 // would leave its holder behind, and the room kept (never lost).
                 let _: Value = self
-                    .client
+                    .client()
                     .srem(self.node_key(holder.node()), room.tag())
                     .await?;
             }
@@ -357,7 +412,7 @@ impl Store for RedisStore {
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         Box::pin(async move {
             let index = self.node_key(node);
-            let reply: Value = self.client.smembers(&index).await?;
+            let reply: Value = self.client().smembers(&index).await?;
             let Value::Array(tags) = reply else {
                 return Err(unexpected("SMEMBERS", &reply));
             };
@@ -374,7 +429,7 @@ impl Store for RedisStore {
                     tracing::warn!(node, tag = ?raw, "malformed room in a node's delivery list removed");
                 }
                 // Removed one by one: rooms listed meanwhile (this very node restarting) stay listed.
-                let _: Value = self.client.srem(&index, raw).await?;
+                let _: Value = self.client().srem(&index, raw).await?;
             }
             Ok(removed)
         })

@@ -83,15 +83,7 @@ pub async fn read_group(
     block: Option<u64>,
 ) -> Result<Vec<Entry>, fred::error::Error> {
     let raw: Value = client
-        .xreadgroup(
-            group,
-            consumer,
-            Some(READ_COUNT),
-            block,
-            false,
-            stream,
-            id,
-        )
+        .xreadgroup(group, consumer, Some(READ_COUNT), block, false, stream, id)
         .await?;
     Ok(entries(raw))
 }

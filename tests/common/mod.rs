@@ -186,7 +186,11 @@ impl Redis {
 
     /// The port of the master serving `key`'s hash slot (a key or a sharded channel's name).
     pub fn master_of(&self, key: &str) -> u16 {
-        let slot: u16 = self.cli(&["CLUSTER", "KEYSLOT", key]).trim().parse().unwrap();
+        let slot: u16 = self
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap();
         let nodes = self.cli(&["CLUSTER", "NODES"]);
         for line in nodes.lines() {
             let f: Vec<&str> = line.split(' ').collect();
@@ -274,7 +278,11 @@ impl Redis {
             .iter()
             .map(|r| format!("node=127.0.0.1:{}", r.port))
             .collect();
-        format!("redis-cluster://127.0.0.1:{}?{}", self.port, others.join("&"))
+        format!(
+            "redis-cluster://127.0.0.1:{}?{}",
+            self.port,
+            others.join("&")
+        )
     }
 
     /// Runs one command with `redis-cli` and returns its output (following a cluster's redirections).
@@ -391,7 +399,10 @@ impl Node {
         cmd.current_dir(root())
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info,socket_identity=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_NODE_LOG").unwrap_or("info,socket_identity=debug".into()),
+            )
             .args([
                 "--bind",
                 "127.0.0.1",
