@@ -46,8 +46,8 @@
 //!    heartbeat every interval, and says when it leaves. A node silent for 3 intervals is declared down (by nodes
 //!    that hear their own heartbeat come back; one that does not is cut off and judges nobody). A node hearing a
 //!    newcomer sends its own heartbeat at once, so the newcomer knows everyone within a round trip.
-//! 2. The asking node publishes **one** request and waits for the nodes it knows to be alive. If `PUBLISH`
-//!    counts fewer subscribers than that, one `PUBSUB NUMSUB` of their reply channels tells which are gone.
+//! 2. The asking node publishes **one** request and waits for the nodes it knows to be alive. If `SPUBLISH`
+//!    counts fewer subscribers than that, `PUBSUB SHARDNUMSUB` of their reply channels tells which are gone.
 //! 3. Every other node answers with its local sockets of the namespace (for `users`: the room's sockets and
 //!    their `id_user`, read from the sockets' extensions), in one reply. Round trips do not grow with the
 //!    number of sockets.

@@ -1,6 +1,6 @@
 //! Which nodes are alive, from their heartbeats.
 //!
-//! Counting subscribers (`PUBLISH`'s answer, `PUBSUB NUMSUB`) keeps a hung node counted until Redis drops its TCP
+//! Counting subscribers (`SPUBLISH`'s answer, `PUBSUB SHARDNUMSUB`) keeps a hung node counted until Redis drops its TCP
 //! connection (minutes), so every room query would wait the full timeout for it. Instead every node publishes a
 //! heartbeat; a node not heard from for [`MISSED_HEARTBEATS`] intervals is declared down, and pending queries stop
 //! waiting for it at once. Pure bookkeeping: [`crate::cluster`] moves the heartbeats.

@@ -102,7 +102,7 @@ impl<T: Transport> Asker<'_, T> {
             return answer.failed("too many cluster queries in flight on this node".into());
         };
         // Whom to wait for is decided before the request goes out: a node heard of later may have subscribed
-        // after our PUBLISH and never see the request (if it answers all the same, it is counted below).
+        // after our SPUBLISH and never see the request (if it answers all the same, it is counted below).
         let mut departures = membership.departures();
         let mut waiting: HashSet<Arc<str>> = membership.others().into_iter().collect();
 
