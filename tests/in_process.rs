@@ -128,7 +128,8 @@ async fn start_up_errors_are_clear() {
     let err = start_error(|c| c.redis_url = Some("localhost:6379".into())).await;
     assert_eq!(
         err,
-        "invalid REDIS_URL localhost:6379: the URL must start with redis:// or rediss:// (TLS)"
+        "invalid REDIS_URL localhost:6379: the URL must start with redis://, rediss:// (TLS), redis-cluster:// or \
+         rediss-cluster:// (a Redis Cluster)"
     );
 
     let err = start_error(|c| {
