@@ -5,6 +5,7 @@
 //! kind, one after another:
 //!
 //! * `query`: `GET /big/users?namespace=/bench-send`, round-robin over the nodes, each answer holding N entries;
+//!   then the same with `--send-concurrency` (16) queries in flight;
 //! * `fan-out`: client 0 (node 0) sends `identity-change`, relayed to the N-1 others, until the last has it;
 //! * `send room`: `POST /send` to `big`, to node `round mod K`, until all N have it;
 //! * `send user`: `POST /send` to `user_cost` (stored, emitted with an ack) on node 0, until the client has
@@ -12,7 +13,8 @@
 //!
 //! Per operation: commands Redis processed (and which, from `commandstats`), bytes in and out of Redis
 //! (`total_net_input_bytes`, `total_net_output_bytes`: pub/sub deliveries are output), Redis CPU
-//! (`used_cpu_user` + `used_cpu_sys`) and the nodes' CPU (`/proc/<pid>/task/*/schedstat`). One operation of each
+//! (`used_cpu_user` + `used_cpu_sys`; and of it, the time executing commands, `commandstats` `usec`) and the
+//! nodes' CPU (`/proc/<pid>/task/*/schedstat`). One operation of each
 //! kind goes first, uncounted (connections opened, the store's Lua scripts loaded). An idle measurement of the same cluster first
 //! (`--cost-idle-secs`: the heartbeats) is subtracted pro rata, and so is what one `INFO` itself adds (two
 //! back-to-back readings).
@@ -24,6 +26,7 @@ use std::{
 };
 
 use anyhow::Context;
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::json;
 
@@ -49,6 +52,9 @@ struct Reading {
     nodes_cpu: f64,
     /// `commandstats` calls by command (`publish`, `pubsub|shardnumsub`, `evalsha`, ...).
     calls: BTreeMap<String, f64>,
+    /// `commandstats` time spent executing commands (`usec`, `INFO` itself left out), in seconds: Redis's CPU
+    /// without the event loop, the socket reads and writes and the background tasks (`serverCron`).
+    in_commands: f64,
 }
 
 impl Reading {
@@ -65,6 +71,7 @@ impl Reading {
             redis_cpu: self.redis_cpu - other.redis_cpu * scale,
             nodes_cpu: self.nodes_cpu - other.nodes_cpu * scale,
             calls,
+            in_commands: self.in_commands - other.in_commands * scale,
         }
     }
 
@@ -81,6 +88,7 @@ impl Reading {
             redis_cpu: self.redis_cpu.min(other.redis_cpu),
             nodes_cpu: self.nodes_cpu.min(other.nodes_cpu),
             calls,
+            in_commands: self.in_commands.min(other.in_commands),
         }
     }
 }
@@ -88,13 +96,18 @@ impl Reading {
 /// The cost of one operation of a kind (or, for `idle`, of one second).
 #[derive(Debug, Default, Serialize)]
 pub struct OpCost {
-    pub op: &'static str,
+    pub op: String,
     pub count: usize,
     pub secs: f64,
     pub commands: f64,
     pub bytes_in: f64,
     pub bytes_out: f64,
     pub redis_cpu_us: f64,
+    /// Of it, executing commands (`commandstats`).
+    pub redis_in_commands_us: f64,
+    /// The idle cluster's Redis CPU taken out of `redis_cpu_us` (per operation): the larger it is next to what
+    /// remains, the less `redis_cpu_us` can be trusted (the idle rate itself varies by ~50% on this machine).
+    pub redis_idle_us: f64,
     pub nodes_cpu_us: f64,
     pub calls: BTreeMap<String, f64>,
     /// Operations that failed (a wrong answer, a lost event, a push not answered `200`, an ack that never came).
@@ -154,12 +167,17 @@ async fn read(redis: &Redis, nodes: &[u32]) -> anyhow::Result<Reading> {
             "used_cpu_sys" | "used_cpu_user" => r.redis_cpu += number(),
             _ => {
                 if let Some(cmd) = key.strip_prefix("cmdstat_") {
-                    let calls = value
-                        .split(',')
-                        .find_map(|f| f.strip_prefix("calls="))
-                        .and_then(|c| c.parse::<f64>().ok())
-                        .unwrap_or(0.0);
-                    r.calls.insert(cmd.to_owned(), calls);
+                    let field = |name: &str| {
+                        value
+                            .split(',')
+                            .find_map(|f| f.strip_prefix(name))
+                            .and_then(|c| c.parse::<f64>().ok())
+                            .unwrap_or(0.0)
+                    };
+                    r.calls.insert(cmd.to_owned(), field("calls="));
+                    if cmd != "info" {
+                        r.in_commands += field("usec=") / 1e6;
+                    }
                 }
             }
         }
@@ -186,7 +204,7 @@ impl Meter<'_> {
     /// The cost of one of `count` operations since `start`, with the idle cluster and the readings taken out.
     async fn finish(
         &self,
-        op: &'static str,
+        op: &str,
         count: usize,
         failed: usize,
         (before, started): (Reading, Instant),
@@ -200,13 +218,15 @@ impl Meter<'_> {
             .minus(&self.idle, secs);
         let per = 1.0 / count.max(1) as f64;
         Ok(OpCost {
-            op,
+            op: op.to_owned(),
             count,
             secs,
             commands: d.commands * per,
             bytes_in: d.bytes_in * per,
             bytes_out: d.bytes_out * per,
             redis_cpu_us: d.redis_cpu * per * 1e6,
+            redis_in_commands_us: d.in_commands * per * 1e6,
+            redis_idle_us: self.idle.redis_cpu * secs * per * 1e6,
             nodes_cpu_us: d.nodes_cpu * per * 1e6,
             calls: d
                 .calls
@@ -291,13 +311,15 @@ impl Bench {
             .minus(&meter.overhead, 1.0);
         meter.idle = Reading::default().minus(&idle, -1.0 / secs);
         let mut ops = vec![OpCost {
-            op: "idle (per second)",
+            op: "idle (per second)".into(),
             count: 1,
             secs,
             commands: meter.idle.commands,
             bytes_in: meter.idle.bytes_in,
             bytes_out: meter.idle.bytes_out,
             redis_cpu_us: meter.idle.redis_cpu * 1e6,
+            redis_in_commands_us: meter.idle.in_commands * 1e6,
+            redis_idle_us: 0.0,
             nodes_cpu_us: meter.idle.nodes_cpu * 1e6,
             calls: meter.idle.calls.clone(),
             failed: 0,
@@ -326,6 +348,34 @@ impl Bench {
                 .finish("query", a.cost_requests, failed, start)
                 .await?,
         );
+
+        // The same queries, `--send-concurrency` at once (round-robin over the nodes): Redis then reads and
+        // writes several messages per turn of its event loop, which one query at a time never lets it do.
+        let at_once = a.send_concurrency.max(1);
+        let start = meter.start().await?;
+        let counts: Vec<Option<usize>> = futures_util::stream::iter(0..a.cost_requests)
+            .map(|i| {
+                let url = format!("{}/{ROOM}/users?namespace=%2Fbench-send", bases[i % k]);
+                async move {
+                    match self.http.get(&url).send().await {
+                        Ok(res) if res.status().is_success() => res
+                            .json::<Vec<serde::de::IgnoredAny>>()
+                            .await
+                            .ok()
+                            .map(|v| v.len()),
+                        _ => None,
+                    }
+                }
+            })
+            .buffer_unordered(at_once)
+            .collect()
+            .await;
+        let failed = counts.iter().filter(|c| **c != Some(n)).count();
+        if failed > 0 {
+            eprintln!("  cost: {failed} of the concurrent queries did not list {n} entries");
+        }
+        let label = format!("query, {at_once} at once");
+        ops.push(meter.finish(&label, a.cost_requests, failed, start).await?);
 
         // Fan-outs: identity-change from client 0 to the other N-1.
         let rounds = a.cost_rounds;
@@ -405,9 +455,9 @@ pub fn print(r: &Report) {
     }
     println!(
         "\n| cost: K | N | operation | count | Redis commands | of which | bytes in | bytes out | Redis CPU (µs) \
-         | nodes CPU (µs) | failed |"
+         | in commands | idle taken out | nodes CPU (µs) | failed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for c in &r.cost {
         for o in &c.ops {
             let calls: Vec<String> = o
@@ -417,7 +467,7 @@ pub fn print(r: &Report) {
                 .map(|(k, v)| format!("{k} {v:.2}"))
                 .collect();
             println!(
-                "| {} | {} | {} | {} | {:.2} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {} |",
+                "| {} | {} | {} | {} | {:.2} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} | {} |",
                 c.k,
                 c.n,
                 o.op,
@@ -427,13 +477,15 @@ pub fn print(r: &Report) {
                 o.bytes_in,
                 o.bytes_out,
                 o.redis_cpu_us,
+                o.redis_in_commands_us,
+                o.redis_idle_us,
                 o.nodes_cpu_us,
                 o.failed
             );
         }
         if c.pending_after != Some(0) {
             println!(
-                "| {} | {} | store not empty at the end: {:?} | | | | | | | | |",
+                "| {} | {} | store not empty at the end: {:?} | | | | | | | | | | |",
                 c.k, c.n, c.pending_after
             );
         }
