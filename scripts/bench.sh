@@ -16,6 +16,12 @@
 #     --ns-size 0 --send-requests 0 --send-fanout-size 0 --reliable-rooms 0
 #                                    the event-bus gateway phases alone (ours only: --gateway-clients,
 #                                    --gateway-rates, --gateway-send-users; 0 or empty skips each)
+# Off by default (BENCHMARKS.md, "Many connections" and "How it scales", give the exact commands):
+#   --big-conns 19500 --big-room 20000   4 nodes x 19,500 idle TLS websockets (one holder process per node, each
+#                                    under the open-files limit), the users query and fan-out of a room of 20,000
+#                                    among them, memory per connection; both targets, about 4 minutes
+#   --only ours --cost-nodes 1,2,4,8 the Redis commands, bytes and CPU of one users query, fan-out and POST /send
+#                                    on a fresh Redis and K nodes for each K, from Redis's own counters
 # Starts its own redis-server and nodes, stops them by pid, and stops by itself (--max-minutes, default 40).
 # Honours CARGO_TARGET_DIR (binaries in $CARGO_TARGET_DIR/release instead of target/release).
 # Raw results: target/bench/results.json; process logs and config files: target/bench/<target>/<phase>/.

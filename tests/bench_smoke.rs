@@ -7,7 +7,9 @@
 //! login or `all_sockets` that does not list exactly the clients' sockets (a second, tiny run logs the admin in
 //! with a wrong password and must fail). Speed is not asserted here; BENCHMARKS.md has the numbers.
 //! With ours, the event-bus gateway phases too (a message's round trip through Redis Streams at two rates, `send`
-//! entries to 30 users), where `--check` fails on a reply or `send` frame lost or delivered twice.
+//! entries to 30 users), where `--check` fails on a reply or `send` frame lost or delivered twice, and the Redis
+//! cost per operation on 1 and 2 nodes (a wrong answer, a lost event or ack, a message left in the store fail).
+//! Both run the many-connections phase small (a holder process per node, 20 connections each, a room of 20).
 
 mod common;
 
@@ -41,6 +43,13 @@ fn bench_smoke_run_is_correct() {
         .args(["--gateway-clients", "20", "--gateway-rates", "50,200"])
         .args(["--gateway-seconds", "1", "--gateway-send-users", "30"])
         .args(["--gateway-send-rounds", "2"])
+        // The many-connections phase, tiny: a holder process per node (2), 20 connections each, a room of 20.
+        .args(["--big-conns", "20", "--big-room", "20"])
+        .args(["--big-requests", "4", "--big-rounds", "2"])
+        // The Redis cost per operation (ours), tiny: K = 1 and 2, a room of 10.
+        .args(["--cost-nodes", "1,2", "--cost-sizes", "10"])
+        .args(["--cost-requests", "10", "--cost-rounds", "3"])
+        .args(["--cost-idle-secs", "1"])
         .args(["--check", "--max-minutes", "4", "--logs"])
         .arg(&logs)
         .current_dir(root())
@@ -64,6 +73,9 @@ fn bench_smoke_run_is_correct() {
         stdout.matches("60 idle TLS websocket connections").count(),
         2
     );
+    // The many-connections phase ran for both: 2 holders, every query listing the 20 sockets, every round complete.
+    let big = "| 2 x 20 = 40 | 20 |";
+    assert_eq!(stdout.matches(big).count(), 2, "{stdout}");
     // The send phases ran for both: every push answered and delivered, every user-room message acknowledged
     // and gone from the store.
     for row in [
@@ -88,6 +100,9 @@ fn bench_smoke_run_is_correct() {
         "| 20 | 2 | 2 | 50 | 1 |",
         "| 20 | 2 | 2 | 200 | 1 |",
         "| 30 users | 2 | 2 |",
+        // The cost phase (ours only): every kind of operation on K = 1 and 2.
+        "| 1 | 10 | query | 10 |",
+        "| 2 | 10 | send user (ack) | 3 |",
     ] {
         assert_eq!(stdout.matches(row).count(), 1, "{row:?} in:\n{stdout}");
     }

@@ -215,6 +215,8 @@ pub struct Client {
     task: JoinHandle<()>,
     /// The Socket.IO socket id the server gave (`id_socket` in `GET /{room}/users`).
     pub sid: String,
+    /// The namespace it joined: what it emits goes there.
+    ns: String,
     /// `POST /send` events received.
     received: Arc<AtomicUsize>,
 }
@@ -252,6 +254,7 @@ impl Client {
         let received = Arc::new(AtomicUsize::new(0));
         let counted = received.clone();
         let ns = login.namespace.clone();
+        let emits_to = ns.clone();
         let send_prefix = format!("[\"{SEND_EVENT}\"");
         let task = tokio::spawn(async move {
             loop {
@@ -293,6 +296,7 @@ impl Client {
             outbox,
             task,
             sid,
+            ns: emits_to,
             received,
         })
     }
@@ -302,12 +306,17 @@ impl Client {
         self.received.load(Ordering::SeqCst)
     }
 
-    /// Sends `identity-change` naming fan-out round `round`: the server relays it to the rest of the room.
+    /// Sends `identity-change` naming fan-out round `round` in its namespace: the server relays it to the rest of
+    /// the room.
     pub async fn emit_fanout(&self, round: u64) {
+        let ns = match self.ns.as_str() {
+            "/" => String::new(),
+            ns => format!("{ns},"),
+        };
         let _ = self
             .outbox
             .send(format!(
-                "42[\"identity-change\",{{\"id_user\":\"fanout-{round}\"}}]"
+                "42{ns}[\"identity-change\",{{\"id_user\":\"fanout-{round}\"}}]"
             ))
             .await;
     }

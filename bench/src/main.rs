@@ -21,7 +21,9 @@
 //! runs a tiny `--check` run so the benchmark cannot rot.
 
 mod admin;
+mod big;
 mod client;
+mod cost;
 mod gateway;
 mod procs;
 mod send;
@@ -42,7 +44,9 @@ use serde::Serialize;
 
 use crate::{
     admin::{AllSocketsResult, OverheadResult},
+    big::BigResult,
     client::{Client, FanoutProbe, Login},
+    cost::CostResult,
     gateway::{GatewayRateResult, GatewaySendResult},
     procs::{Node, Redis, Target},
     send::{ReliableResult, SendFanoutResult, SendRateResult},
@@ -177,6 +181,47 @@ struct Args {
     gateway_send_users: usize,
     #[arg(long, default_value_t = 5)]
     gateway_send_rounds: usize,
+    /// Many connections: idle TLS websockets each of `--nodes` nodes holds, opened by one holder process per
+    /// node (this binary again, `--hold`), for the users query and fan-out of `--big-room` sockets among them and
+    /// memory per connection; 0 skips it (the default).
+    #[arg(long, default_value_t = 0)]
+    big_conns: usize,
+    /// Sockets of the room queried and fanned out to in that phase, spread evenly over the nodes.
+    #[arg(long, default_value_t = 20_000)]
+    big_room: usize,
+    /// `GET /{room}/users` requests of that phase (after one warm-up round over the nodes).
+    #[arg(long, default_value_t = 20)]
+    big_requests: usize,
+    /// Fan-out rounds of that phase.
+    #[arg(long, default_value_t = 10)]
+    big_rounds: usize,
+    /// Holder mode (internal, for `--big-conns`): hold connections to the node at this address and answer the
+    /// parent on stdin/stdout.
+    #[arg(long, hide = true)]
+    hold: Option<SocketAddr>,
+    #[arg(long, hide = true, default_value_t = 0)]
+    hold_conns: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    hold_members: usize,
+    #[arg(long, hide = true, default_value_t = 0)]
+    hold_first: usize,
+    /// Ours only: the Redis cost of one users query, one fan-out and one `POST /send` (to a room, and to a user
+    /// room with its ack), read from Redis's own counters, on a fresh Redis and K nodes for each K listed; empty
+    /// skips it (the default).
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    cost_nodes: Vec<usize>,
+    /// Sockets of the room in that phase (one measurement per size and K).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000")]
+    cost_sizes: Vec<usize>,
+    /// Users queries per measurement of that phase.
+    #[arg(long, default_value_t = 200)]
+    cost_requests: usize,
+    /// Fan-outs, pushes to the room and pushes to a user room per measurement of that phase.
+    #[arg(long, default_value_t = 50)]
+    cost_rounds: usize,
+    /// Seconds of idle cluster measured first (heartbeats), subtracted from every measurement.
+    #[arg(long, default_value_t = 10)]
+    cost_idle_secs: u64,
     /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
     #[arg(long)]
     check: bool,
@@ -271,6 +316,8 @@ struct Report {
     all_sockets: Option<AllSocketsResult>,
     gateway_rates: Vec<GatewayRateResult>,
     gateway_send: Option<GatewaySendResult>,
+    big: Option<BigResult>,
+    cost: Vec<CostResult>,
     errors: Vec<String>,
 }
 
@@ -292,6 +339,8 @@ impl Report {
             + send::error_count(self)
             + admin::error_count(self)
             + gateway::error_count(self)
+            + big::error_count(self)
+            + cost::error_count(self)
     }
 }
 
@@ -349,6 +398,7 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(!targets.is_empty(), "--only must be ours, node or both");
     std::fs::create_dir_all(&args.logs)?;
     let limit = Duration::from_secs(args.max_minutes * 60);
+    let hold = args.hold;
     let check = args.check;
     let json = args.json.clone();
     let bench = Bench {
@@ -357,6 +407,11 @@ async fn main() -> anyhow::Result<()> {
         tls,
         http,
     };
+    if let Some(addr) = hold {
+        return tokio::time::timeout(limit, bench.hold(addr))
+            .await
+            .context("holder: deadline")?;
+    }
     print_machine();
 
     let mut reports = Vec::new();
@@ -408,6 +463,7 @@ impl Bench {
             }
         }
         self.send_phases(target, &mut report).await;
+        self.big_phase(target, &mut report).await;
         // The Node reference has one namespace, no auth kinds and no admin UI: these phases are ours only.
         if target.name == "ours" {
             if let Err(e) = self.handshakes(target, &mut report).await {
@@ -422,6 +478,7 @@ impl Bench {
             self.admin_phases(target, &mut report).await;
             // The Node reference has no event-bus gateway.
             self.gateway_phases(target, &mut report).await;
+            self.cost_phase(target, &mut report).await;
         }
         for e in &report.errors {
             eprintln!("{}: error: {e}", target.name);
@@ -862,6 +919,8 @@ fn print_report(r: &Report) {
     tenancy::print(r);
     admin::print(r);
     gateway::print(r);
+    big::print(r);
+    cost::print(r);
 }
 
 /// Ours divided by Node's: below 1 is better for every row (time and memory).
@@ -916,4 +975,20 @@ fn print_ratios(ours: &Report, node: &Report) {
         );
     }
     send::ratios(ours, node, &row);
+    if let (Some(a), Some(b)) = (&ours.big, &node.big) {
+        let name = format!("{} connections, room of {}", a.conns, a.room);
+        row(format!("{name}: query p50"), a.query.p50, b.query.p50, "ms");
+        row(
+            format!("{name}: fan-out p50"),
+            a.fanout.p50,
+            b.fanout.p50,
+            "ms",
+        );
+        row(
+            format!("{name}: memory per connection"),
+            a.bytes_per_conn / 1024.0,
+            b.bytes_per_conn / 1024.0,
+            "KiB",
+        );
+    }
 }

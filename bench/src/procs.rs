@@ -29,6 +29,23 @@ pub fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// CPU time a process has used so far, to the nanosecond: the sum of its threads' run times
+/// (`/proc/<pid>/task/*/schedstat`; threads that have exited are not counted, which for our nodes' long-lived
+/// runtime threads is nothing).
+pub fn cpu_time_precise(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
+    Duration::from_nanos(ns)
+}
+
 /// Stops the child on drop, by pid: SIGTERM (so it can shut down, and a profiler wrapped around it can write its
 /// report), SIGKILL after 10 s, then reaps it.
 struct Owned(Child);

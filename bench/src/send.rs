@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// The pushed namespace, and its name as `site`.
-const SEND_NS: &str = "/bench-send";
+pub(crate) const SEND_NS: &str = "/bench-send";
 const SITE: &str = "bench-send";
 const API_KEY: &str = "bench-send-key-0123456789abcdef";
 const USER_ROOM_PREFIX: &str = "user_";
@@ -157,7 +157,7 @@ user_room_prefix = "{USER_ROOM_PREFIX}"
 }
 
 /// Client `i` of `/bench-send`: user `u{i}` in `room`.
-fn login(i: usize, room: &str) -> Login {
+pub(crate) fn login(i: usize, room: &str) -> Login {
     Login {
         namespace: SEND_NS.into(),
         query: vec![("id_user", format!("u{i}")), ("room", room.into())],
@@ -166,12 +166,12 @@ fn login(i: usize, room: &str) -> Login {
 }
 
 /// The body of a push of the bench's event to `room`, with `arg` as its one argument.
-fn push_body(room: &str, arg: serde_json::Value) -> String {
+pub(crate) fn push_body(room: &str, arg: serde_json::Value) -> String {
     json!({ "rooms": [room], "event": SEND_EVENT, "args": [arg] }).to_string()
 }
 
 /// What a push got: its status and `queued` summed over its rooms (`None`: no answer).
-async fn post(http: &reqwest::Client, base: &str, body: String) -> Option<(u16, u64)> {
+pub(crate) async fn post(http: &reqwest::Client, base: &str, body: String) -> Option<(u16, u64)> {
     let res = http
         .post(format!("{base}/send?site={SITE}"))
         .bearer_auth(API_KEY)
@@ -189,7 +189,7 @@ async fn post(http: &reqwest::Client, base: &str, body: String) -> Option<(u16, 
 }
 
 /// Polls `done` every 2 ms until it holds (`Some` of when it did) or `limit` has passed.
-async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> Option<Instant> {
+pub(crate) async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> Option<Instant> {
     let deadline = Instant::now() + limit;
     loop {
         if done() {
@@ -209,7 +209,7 @@ fn cpu(pids: &[u32]) -> Duration {
 
 /// Messages stored for reliable delivery in Redis, under `pattern`: stream entries (ours) and hash fields (the
 /// Node reference), counted by one Lua script through `redis-cli`.
-async fn pending_in_redis(redis: &Redis, pattern: &str) -> anyhow::Result<u64> {
+pub(crate) async fn pending_in_redis(redis: &Redis, pattern: &str) -> anyhow::Result<u64> {
     const COUNT: &str = "local n = 0 \
         for _, k in ipairs(redis.call('KEYS', ARGV[1])) do \
           local t = redis.call('TYPE', k)['ok'] \
@@ -232,7 +232,7 @@ async fn pending_in_redis(redis: &Redis, pattern: &str) -> anyhow::Result<u64> {
 }
 
 /// Where each target keeps its pending messages (ours: `src/delivery/mod.rs`, the default `REDIS_PREFIX`).
-fn store_pattern(target: &Target) -> &'static str {
+pub(crate) fn store_pattern(target: &Target) -> &'static str {
     match target.name {
         "ours" => "socket-identity:delivery:*",
         _ => "send:*",
@@ -263,7 +263,7 @@ impl Bench {
     }
 
     /// K nodes serving `/bench-send`: ours from a config file, the Node reference from its environment.
-    async fn send_cluster(
+    pub(crate) async fn send_cluster(
         &self,
         target: &Target,
         k: usize,
@@ -284,7 +284,7 @@ impl Bench {
 
     /// A keep-alive HTTPS client for `concurrency` requests at once, its connections opened by one push per
     /// connection and node to an empty room (so no TLS handshake is measured).
-    async fn send_client(
+    pub(crate) async fn send_client(
         &self,
         concurrency: usize,
         nodes: &[Node],
@@ -310,7 +310,7 @@ impl Bench {
     }
 
     /// Opens the clients of a send phase; the rooms are joined (on every node) once the pause is over.
-    async fn open_send(
+    pub(crate) async fn open_send(
         &self,
         nodes: &[Node],
         n: usize,
