@@ -106,6 +106,8 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     listener: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Notes Redis' reconnects and topology changes for [`Disturbance`].
+    watcher: tokio::task::JoinHandle<()>,
     /// Places for the queries this node asks at once ([`MAX_CONCURRENT_QUERIES`]).
     queries: Semaphore,
     /// Count the publisher's and the subscriber's Redis events for as long as the cluster lives.
@@ -219,6 +221,14 @@ impl Cluster {
             return Err(e);
         }
         answering.store(true, Ordering::Relaxed);
+        // Started once connected: the first connections are no disturbance.
+        let disturbance = Arc::new(Disturbance::default());
+        let watcher = tokio::spawn(watch_disturbances(
+            publisher.clone(),
+            subscriber.client.clone(),
+            disturbance.clone(),
+        ));
+        let settle = membership.down_after();
         let heartbeat = tokio::spawn(beat(
             publisher.clone(),
             beats.clone(),
@@ -234,6 +244,8 @@ impl Cluster {
                 request_channel,
                 reply_prefix,
                 seal,
+                disturbance,
+                settle,
             },
             subscriber,
             pending,
@@ -244,6 +256,7 @@ impl Cluster {
             metrics,
             listener,
             heartbeat,
+            watcher,
             queries: Semaphore::new(MAX_CONCURRENT_QUERIES),
             _watches: watches,
         }))
@@ -326,6 +339,7 @@ impl Cluster {
     /// Says goodbye (so the others stop waiting for us at once), stops answering and leaves the channels.
     pub async fn stop(&self) {
         self.heartbeat.abort();
+        self.watcher.abort();
         let publisher = &self.transport.publisher;
         let _ = publisher
             .spublish::<i64, _, _>(&self.beats.channel, self.beats.leaving())
@@ -344,9 +358,16 @@ struct RedisTransport {
     /// A node's reply channel is this followed by its id.
     reply_prefix: String,
     seal: Seal,
+    disturbance: Arc<Disturbance>,
+    /// How long after a disturbance Redis counts as unsettled.
+    settle: Duration,
 }
 
 impl query::Transport for RedisTransport {
+    fn settled(&self) -> bool {
+        self.disturbance.settled(self.settle)
+    }
+
     async fn publish(&self, request: &Request) -> Result<usize, String> {
         let subscribers: i64 = self
             .publisher
@@ -374,6 +395,53 @@ impl query::Transport for RedisTransport {
             .zip(channels)
             .filter_map(|(node, channel)| Some((node.clone(), *counts.get(&channel)?)))
             .collect())
+    }
+}
+
+/// When this node last saw Redis disturbed: a connection re-established (Redis restarted, a failover, a network
+/// cut) or, in a Redis Cluster, its slots reassigned. For a while after that, subscriptions may still be being
+/// restored everywhere, so a channel without subscribers proves nothing.
+#[derive(Default)]
+struct Disturbance(std::sync::Mutex<Option<Instant>>);
+
+impl Disturbance {
+    fn now(&self) {
+        *self.0.lock().unwrap() = Some(Instant::now());
+    }
+
+    fn settled(&self, after: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .is_none_or(|at| at.elapsed() >= after)
+    }
+}
+
+async fn watch_disturbances(
+    publisher: Client,
+    subscriber: fred::clients::SubscriberClient,
+    seen: Arc<Disturbance>,
+) {
+    use broadcast::error::RecvError::Closed;
+    let (mut a, mut b) = (publisher.reconnect_rx(), subscriber.reconnect_rx());
+    let (mut c, mut d) = (
+        publisher.cluster_change_rx(),
+        subscriber.cluster_change_rx(),
+    );
+    loop {
+        let closed = tokio::select! {
+            r = a.recv() => matches!(r, Err(Closed)),
+            r = b.recv() => matches!(r, Err(Closed)),
+            r = c.recv() => matches!(r, Err(Closed)),
+            r = d.recv() => matches!(r, Err(Closed)),
+        };
+        if closed {
+            return;
+        }
+        tracing::debug!(
+            "Redis reconnected or its cluster changed: missing subscriptions prove nothing for a while"
+        );
+        seen.now();
     }
 }
 

@@ -36,6 +36,11 @@ pub trait Transport: Sync {
         &self,
         nodes: &[Arc<str>],
     ) -> impl Future<Output = Result<HashMap<Arc<str>, u64>, String>> + Send;
+
+    /// Whether Redis has been steady for a while: no reconnect, failover or slot moved lately. Only then does a
+    /// reply channel without subscribers prove its node gone (its process died and Redis dropped its
+    /// connections); just after a disturbance it may only not be subscribed again yet.
+    fn settled(&self) -> bool;
 }
 
 /// The result of a query across the cluster.
@@ -117,8 +122,10 @@ impl<T: Transport> Asker<'_, T> {
         };
         waiting.retain(|n| membership.contains(n));
         // Fewer subscribers than live nodes: some node's connection to Redis is gone (killed, not hung): ask
-        // Redis which, rather than wait for its heartbeats to stop.
-        if subscribers < waiting.len() + 1 {
+        // Redis which, rather than wait for its heartbeats to stop. Not while Redis is unsettled: a node whose
+        // subscription is being restored is alive, and leaving it out would make a wrong answer look whole; it is
+        // waited for, and the answer is partial if it cannot reply.
+        if subscribers < waiting.len() + 1 && self.transport.settled() {
             self.forget_unsubscribed(&waiting, deadline).await;
             waiting.retain(|n| membership.contains(n));
         }
@@ -210,6 +217,8 @@ mod tests {
         /// Runs while the request is being published (a heartbeat arriving meanwhile).
         on_publish: Option<Hook>,
         asked: Mutex<Vec<Vec<Arc<str>>>>,
+        /// What `settled` answers.
+        settled: bool,
     }
 
     impl Fake {
@@ -219,6 +228,7 @@ mod tests {
                 channels: Ok(HashMap::new()),
                 on_publish: None,
                 asked: Mutex::default(),
+                settled: true,
             }
         }
     }
@@ -240,6 +250,10 @@ mod tests {
         ) -> Result<HashMap<Arc<str>, u64>, String> {
             self.asked.lock().unwrap().push(nodes.to_vec());
             self.channels.clone()
+        }
+
+        fn settled(&self) -> bool {
+            self.settled
         }
     }
 
@@ -563,6 +577,26 @@ mod tests {
         run.send_after(Duration::from_millis(10), reply(&run.request, "b"));
         let (answer, _) = run.gather(&transport, &membership).await;
         assert_eq!((answer.answered, answer.expected), (2, Some(2)));
+        assert!(transport.asked.lock().unwrap().is_empty());
+    }
+
+    /// Just after a Redis reconnect, failover or slot move, a reply channel without subscribers may be one not
+    /// restored yet: its node is waited for (the answer is partial when it cannot reply), never left out.
+    #[tokio::test(start_paused = true)]
+    async fn while_redis_is_unsettled_nodes_are_not_dropped_for_missing_subscriptions() {
+        let membership = members(&["b", "c"]);
+        let mut run = Run::new(users());
+        let transport = Fake {
+            channels: Ok(HashMap::from([("b".into(), 1), ("c".into(), 0)])),
+            settled: false,
+            ..Fake::delivering(2)
+        };
+        run.send_after(Duration::from_millis(10), reply(&run.request, "b"));
+        let (answer, took) = run.gather(&transport, &membership).await;
+        assert_eq!(took, TIMEOUT);
+        assert_eq!((answer.answered, answer.expected), (2, Some(3)));
+        assert!(answer.is_partial());
+        assert!(membership.contains("c"));
         assert!(transport.asked.lock().unwrap().is_empty());
     }
 
