@@ -249,9 +249,9 @@ pub async fn shard_subscribers(
     Ok(counts)
 }
 
-/// Subscriber counts by channel name from a `PUBSUB NUMSUB`/`SHARDNUMSUB` reply: a flat `[channel, count, ...]` array (RESP2,
-/// and Redis 7.0 in RESP3) or a map (fred's map is a hash map: positions mean nothing there). Callers look the
-/// channels they asked about up by name; a malformed reply is an error.
+/// Subscriber counts by channel name from a `PUBSUB NUMSUB`/`SHARDNUMSUB` reply: a flat `[channel, count, ...]`
+/// array (RESP2, and Redis 7.0 in RESP3) or a map (fred's map is a hash map: positions mean nothing there).
+/// Callers look the channels they asked about up by name; a malformed reply is an error.
 pub fn numsub_counts(
     reply: fred::types::Value,
 ) -> Result<std::collections::HashMap<String, u64>, String> {
@@ -273,7 +273,7 @@ pub fn numsub_counts(
 }
 
 /// How often a node subscribed to a Redis Cluster subscribes its shard channels again (see [`resubscribe`]).
-pub const SHARD_RESUBSCRIBE: Duration = Duration::from_secs(1);
+const SHARD_RESUBSCRIBE: Duration = Duration::from_secs(1);
 /// How soon it tries again when that failed (the cluster's nodes disagree for a moment while a slot moves).
 const SHARD_RESUBSCRIBE_RETRY: Duration = Duration::from_millis(200);
 

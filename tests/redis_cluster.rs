@@ -347,16 +347,9 @@ async fn try_send(http: &Http, node: &Node, event: &str) -> (u16, Value) {
 
 async fn try_send_to(http: &Http, node: &Node, room: &str, event: &str) -> (u16, Value) {
     let n: u64 = event[1..].parse().unwrap();
-    let res = http
-        .client
-        .post(node.url(&format!("/send?site=claim&apiKey={KEY}")))
-        .header("content-type", "application/json")
-        .body(json!({"rooms": room, "event": event, "args": [n]}).to_string())
-        .send()
+    let body = json!({"rooms": room, "event": event, "args": [n]});
+    http.push(node, &format!("site=claim&apiKey={KEY}"), &body)
         .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
 }
 
 /// One slot moving from its master to another, the way `redis-cli --cluster reshard` moves it, step by step.

@@ -59,16 +59,9 @@ async fn send(
     event: &str,
     args: Value,
 ) -> (u16, Value) {
-    let res = http
-        .client
-        .post(node.url(&format!("/send?site=claim&apiKey={KEY}{extra}")))
-        .header("content-type", "application/json")
-        .body(json!({"rooms": rooms, "event": event, "args": args}).to_string())
-        .send()
+    let body = json!({"rooms": rooms, "event": event, "args": args});
+    http.push(node, &format!("site=claim&apiKey={KEY}{extra}"), &body)
         .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap_or(Value::Null))
 }
 
 /// Connects `id` to `node` in room `room` of `/claim` and waits for its `handshake`.

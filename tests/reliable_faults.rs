@@ -125,16 +125,11 @@ impl<'a> Room<'a> {
 
 /// `POST {node}/send` of `event` with `args` to `room` of namespace `site`; the answer must be 200.
 async fn send(http: &Http, node: &Node, site: &str, room: &str, event: &str, args: Value) {
-    let res = http
-        .client
-        .post(node.url(&format!("/send?site={site}&apiKey={KEY}")))
-        .header("content-type", "application/json")
-        .body(json!({"rooms": room, "event": event, "args": args}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    assert_eq!(status, 200, "{}", res.text().await.unwrap_or_default());
+    let body = json!({"rooms": room, "event": event, "args": args});
+    let (status, answer) = http
+        .push(node, &format!("site={site}&apiKey={KEY}"), &body)
+        .await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// Connects `id` as user `user` in `room` of namespace `ns` on `node`, waits for its `handshake`; returns its

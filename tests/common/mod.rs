@@ -680,13 +680,27 @@ impl Http {
         res.status().as_u16()
     }
 
-    /// The value of one sample of `node`'s `/metrics` (its exact name and labels), if present.
     /// `GET {node}{path}`'s body as JSON.
     pub async fn json(&self, node: &Node, path: &str) -> Value {
         let res = self.client.get(node.url(path)).send().await.unwrap();
         res.json().await.unwrap()
     }
 
+    /// `POST {node}/send?{query}` with `body` as JSON: the status and the JSON answer (`null` if none).
+    pub async fn push(&self, node: &Node, query: &str, body: &Value) -> (u16, Value) {
+        let res = self
+            .client
+            .post(node.url(&format!("/send?{query}")))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The value of one sample of `node`'s `/metrics` (its exact name and labels), if present.
     pub async fn metric(&self, node: &Node, sample: &str) -> Option<f64> {
         let res = self.client.get(node.url("/metrics")).send().await.unwrap();
         let text = res.text().await.unwrap();
