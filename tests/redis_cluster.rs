@@ -249,7 +249,7 @@ async fn moving_slots_between_masters_loses_no_message() {
     println!("request channel moved: queries {seen:?}; last miss {recovered:?} after the move");
     assert_eq!(seen.wrong, 0, "{seen:?}");
     if let Some(t) = recovered {
-        assert!(t < Duration::from_secs(2), "{seen:?}");
+        assert!(t < Duration::from_secs(3), "{seen:?}");
     }
     still_whole(&nodes, &mut clients, &exact).await;
 
