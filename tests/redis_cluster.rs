@@ -428,3 +428,49 @@ fn cli(port: u16, args: &[&str]) -> String {
     assert!(!text.starts_with("ERR"), "redis-cli {args:?}: {text}");
     text
 }
+
+/// `rediss-cluster://` with a private CA: a Redis Cluster whose clients, cluster bus and replication all speak
+/// TLS; two nodes list each other's sockets and relay room events over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_over_tls() {
+    let test = "redis_cluster_tls";
+    let dir = log_dir(test);
+    let (redis, ca) = Redis::start_cluster_tls(&dir);
+    let url = redis.url();
+    assert!(url.starts_with("rediss-cluster://localhost:"), "{url}");
+    let ca = ca.display().to_string();
+    let mut nodes = Vec::new();
+    for id in ["a", "b"] {
+        let opts = NodeOpts {
+            id,
+            redis: Some(url.clone()),
+            prefix: test,
+            args: &["--redis-ca", &ca],
+            ..NodeOpts::default()
+        };
+        nodes.push(Node::start(&dir, opts).await);
+    }
+    let http = Http::new();
+    let mut clients = Clients::start();
+    let sa = clients
+        .join("a", &nodes[0], "ua", "Secure", "websocket")
+        .await;
+    let sb = clients
+        .join("b", &nodes[1], "ub", "Secure", "websocket")
+        .await;
+    for node in &nodes {
+        let users = http.users(node, "Secure").await;
+        assert_eq!(
+            users.set(),
+            pairs(&[(&sa, "ua"), (&sb, "ub")]),
+            "{}",
+            node.id
+        );
+        assert_eq!(users.nodes, "2/2");
+    }
+    clients
+        .emit("b", "identity-change", json!([{"id_user": "ub2"}]), true)
+        .await;
+    let ev = clients.expect("a", "identity-change").await;
+    assert_eq!(ev["args"][0]["id_user"], "ub2", "{ev}");
+}

@@ -84,6 +84,8 @@ pub struct Redis {
     pub port: u16,
     /// The other servers of a Redis Cluster ([`Redis::start_cluster`]); empty for one Redis.
     shards: Vec<Redis>,
+    /// The TLS port of a server of [`Redis::start_cluster_tls`].
+    tls_port: Option<u16>,
 }
 
 /// Set (to anything but `0`) to run the suite's cluster tests on a Redis Cluster: [`Redis::start`] then starts
@@ -107,6 +109,69 @@ impl Redis {
     /// about 2 s), joined by `redis-cli --cluster create --cluster-replicas 1`: 3 masters with one replica each.
     /// Returns once every slot is served and every replica is in sync. `port` is the first master's.
     pub fn start_cluster(dir: &Path) -> Self {
+        Self::start_cluster_with(dir, None)
+    }
+
+    /// [`Redis::start_cluster`] speaking TLS to its clients, on its bus and for replication, with a CA and a
+    /// certificate made for the test by `openssl` (the bus needs one valid for client authentication too, which
+    /// `certs-dev/` is not). [`Redis::url`] is then `rediss-cluster://`; returns the CA file to trust.
+    pub fn start_cluster_tls(dir: &Path) -> (Self, PathBuf) {
+        let certs = dir.join("redis-tls");
+        std::fs::create_dir_all(&certs).unwrap();
+        need("openssl", "apt-get install -y openssl");
+        let ext = certs.join("ext.cnf");
+        std::fs::write(
+            &ext,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        let at = |f: &str| certs.join(f).display().to_string();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for args in [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", &at("ca.key"), "-out", &at("ca.pem")],
+            ]
+            .concat(),
+            [
+                &["req"][..],
+                &ec,
+                &["-keyout", &at("key.pem"), "-out", &at("req.csr")],
+            ]
+            .concat(),
+        ] {
+            let out = Command::new("openssl")
+                .args(&args)
+                .args(["-days", "2", "-subj", "/CN=localhost"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        }
+        let out = Command::new("openssl")
+            .args(["x509", "-req", "-in", &at("req.csr"), "-CA", &at("ca.pem")])
+            .args([
+                "-CAkey",
+                &at("ca.key"),
+                "-CAcreateserial",
+                "-out",
+                &at("cert.pem"),
+            ])
+            .args(["-days", "2", "-extfile", &at("ext.cnf")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl x509: {out:?}");
+        let ca = certs.join("ca.pem");
+        (Self::start_cluster_with(dir, Some(&certs)), ca)
+    }
+
+    fn start_cluster_with(dir: &Path, tls: Option<&Path>) -> Self {
         let dir = dir.join("redis-cluster");
         std::fs::create_dir_all(&dir).unwrap();
         let mut servers: Vec<Redis> = (0..6)
@@ -116,29 +181,56 @@ impl Redis {
                 let bus = free_port().to_string();
                 let conf = dir.join(format!("nodes-{port}.conf"));
                 let _ = std::fs::remove_file(&conf);
-                Self::start_with(
-                    &dir,
-                    port,
-                    &[
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        conf.to_str().unwrap(),
-                        "--cluster-port",
-                        &bus,
-                        "--cluster-node-timeout",
-                        "1000",
-                        "--dir",
-                        dir.to_str().unwrap(),
-                    ],
-                )
+                let tls_port = tls.map(|_| free_port());
+                let tls_args: Vec<String> = match (tls, tls_port) {
+                    (Some(certs), Some(p)) => {
+                        let at = |f: &str| certs.join(f).display().to_string();
+                        [
+                            "--tls-port",
+                            &p.to_string(),
+                            "--tls-cluster",
+                            "yes",
+                            "--tls-replication",
+                            "yes",
+                            "--tls-cert-file",
+                            &at("cert.pem"),
+                            "--tls-key-file",
+                            &at("key.pem"),
+                            "--tls-ca-cert-file",
+                            &at("ca.pem"),
+                            "--tls-auth-clients",
+                            "no",
+                        ]
+                        .map(str::to_owned)
+                        .to_vec()
+                    }
+                    _ => Vec::new(),
+                };
+                let mut args: Vec<&str> = tls_args.iter().map(String::as_str).collect();
+                args.extend([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--dir",
+                    dir.to_str().unwrap(),
+                ]);
+                let mut server = Self::start_with(&dir, port, &args);
+                server.tls_port = tls_port;
+                server
             })
             .collect();
         let addrs: Vec<String> = servers
             .iter()
-            .map(|r| format!("127.0.0.1:{}", r.port))
+            .map(|r| format!("127.0.0.1:{}", r.tls_port.unwrap_or(r.port)))
             .collect();
+        let ca = tls.map(|certs| certs.join("ca.pem").display().to_string());
         let out = Command::new("redis-cli")
+            .args(ca.iter().flat_map(|ca| ["--tls", "--cacert", ca]))
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -256,6 +348,7 @@ impl Redis {
             child,
             port,
             shards: Vec::new(),
+            tls_port: None,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !redis.ping() {
@@ -276,13 +369,16 @@ impl Redis {
         let others: Vec<String> = self
             .shards
             .iter()
-            .map(|r| format!("node=127.0.0.1:{}", r.port))
+            .map(|r| format!("node=127.0.0.1:{}", r.tls_port.unwrap_or(r.port)))
             .collect();
-        format!(
-            "redis-cluster://127.0.0.1:{}?{}",
-            self.port,
-            others.join("&")
-        )
+        match self.tls_port {
+            Some(tls) => format!("rediss-cluster://localhost:{tls}?{}", others.join("&")),
+            None => format!(
+                "redis-cluster://127.0.0.1:{}?{}",
+                self.port,
+                others.join("&")
+            ),
+        }
     }
 
     /// Runs one command with `redis-cli` and returns its output (following a cluster's redirections).
