@@ -36,9 +36,11 @@ user_room_prefix = "user_"
 client_ttl_s = 0
 "#;
 
-/// Three nodes on a fresh Redis Cluster, each with one socket of user `u<node>` in room `R`.
+/// Three nodes on a fresh Redis Cluster (`REQUEST_TIMEOUT_MS` = `timeout_ms`), each with one socket of user
+/// `u<node>` in room `R`.
 async fn setup(
     test: &str,
+    timeout_ms: u64,
 ) -> (
     std::path::PathBuf,
     Redis,
@@ -57,7 +59,7 @@ async fn setup(
             id,
             redis: Some(redis.url()),
             prefix: test,
-            timeout_ms: 1000,
+            timeout_ms,
             args: &args,
             ..NodeOpts::default()
         };
@@ -158,14 +160,15 @@ async fn still_whole(nodes: &[Node], clients: &mut Clients, exact: &BTreeSet<(St
     }
 }
 
-/// The master that holds the request channel, and an offline user's pending messages, is SIGKILLed: its replica
-/// takes over (the cluster's node timeout is 1 s), the nodes re-subscribe there by themselves, and every query
-/// answers exactly again; in between an answer is marked (503 or partial), never wrong. The user then gets its
-/// messages, replicated before the kill, in one batch. No node restarts.
+/// The master that holds the request channel, and an offline user's pending messages, is SIGKILLed while queries
+/// run non-stop: its replica takes over (the cluster's node timeout is 1 s: ~2-3 s), the nodes re-subscribe there
+/// by themselves, and with `REQUEST_TIMEOUT_MS` longer than the failover no answer is lost: the queries asked
+/// meanwhile wait and answer exactly (with the default 1 s they would answer marked, 503 or partial, never
+/// wrong). The user then gets its messages, replicated before the kill, in one batch. No node restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_failover_loses_no_answer_and_restarts_no_node() {
     let test = "redis_cluster_failover";
-    let (_dir, mut redis, nodes, mut clients, exact) = setup(test).await;
+    let (_dir, mut redis, nodes, mut clients, exact) = setup(test, 8000).await;
     let pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let queries = query_loop(&nodes, exact.clone(), stop.clone());
@@ -197,14 +200,8 @@ async fn a_master_failover_loses_no_answer_and_restarts_no_node() {
     println!(
         "failover: replica promoted after {promoted:?}; queries {seen:?}; last miss {recovered:?} after the kill"
     );
-    assert_eq!(seen.wrong, 0, "{seen:?}");
+    assert_eq!((seen.wrong, seen.marked), (0, 0), "{seen:?}: {recovered:?}");
     assert!(seen.exact > 20, "{seen:?}");
-    if let Some(t) = recovered {
-        assert!(
-            t < promoted + Duration::from_secs(3),
-            "{seen:?}: not whole again 3 s after the failover"
-        );
-    }
     still_whole(&nodes, &mut clients, &exact).await;
     let q = json!({"id_user": "u", "room": room});
     let ev = clients
@@ -230,7 +227,7 @@ async fn a_master_failover_loses_no_answer_and_restarts_no_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_slots_between_masters_loses_no_message() {
     let test = "redis_cluster_reshard";
-    let (_dir, redis, nodes, mut clients, exact) = setup(test).await;
+    let (_dir, redis, nodes, mut clients, exact) = setup(test, 1000).await;
     let stop = Arc::new(AtomicBool::new(false));
     let queries = query_loop(&nodes, exact.clone(), stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -25,6 +25,9 @@ use super::{
     protocol::{Reply, Request, Response},
 };
 
+/// How soon a request is sent again while Redis is unsettled (see [`Asker::gather`]).
+const RESEND: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// What a query needs from Redis.
 pub trait Transport: Sync {
     /// Publishes `request` to every node; returns how many subscribers received it (this node included).
@@ -111,14 +114,22 @@ impl<T: Transport> Asker<'_, T> {
         let mut departures = membership.departures();
         let mut waiting: HashSet<Arc<str>> = membership.others().into_iter().collect();
 
-        let published = tokio::time::timeout_at(deadline, self.transport.publish(request)).await;
-        let subscribers = match published {
-            // Zero: not even our own subscription is live (Redis just came back, re-subscribing is under way),
-            // so nobody can say who else is there.
-            Ok(Ok(0)) => return answer.failed("not subscribed to the cluster channels yet".into()),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return answer.failed(e),
-            Err(_) => return answer.failed("redis: publish timed out".into()),
+        let subscribers = loop {
+            let published =
+                tokio::time::timeout_at(deadline, self.transport.publish(request)).await;
+            let failure = match published {
+                Ok(Ok(n)) if n > 0 => break n,
+                // Zero: not even our own subscription is live (Redis just came back, re-subscribing is under
+                // way), so nobody can say who else is there.
+                Ok(Ok(_)) => "not subscribed to the cluster channels yet".to_owned(),
+                Ok(Err(e)) => e,
+                Err(_) => return answer.failed("redis: publish timed out".into()),
+            };
+            // Just after a reconnect, failover or slot move, Redis may take the request a moment later.
+            if self.transport.settled() || Instant::now() + RESEND >= deadline {
+                return answer.failed(failure);
+            }
+            tokio::time::sleep(RESEND).await;
         };
         waiting.retain(|n| membership.contains(n));
         // Fewer subscribers than live nodes: some node's connection to Redis is gone (killed, not hung): ask
@@ -130,8 +141,20 @@ impl<T: Transport> Asker<'_, T> {
             waiting.retain(|n| membership.contains(n));
         }
         let mut expected = 1 + waiting.len();
+        // While Redis is unsettled, a node whose subscription was not restored yet missed the request: send it
+        // again until as many nodes have it as are waited for (replies to a copy answered before are ignored).
+        let mut short = subscribers < expected;
+        let mut resent = false;
+        let mut resend = tokio::time::interval_at(Instant::now() + RESEND, RESEND);
         while !waiting.is_empty() {
             tokio::select! {
+                _ = resend.tick(), if short && !self.transport.settled() => {
+                    let published = tokio::time::timeout_at(deadline, self.transport.publish(request)).await;
+                    if let Ok(Ok(n)) = published {
+                        resent = true;
+                        short = n < expected;
+                    }
+                }
                 reply = replies.recv() => {
                     let Some(resp) = reply else { break };
                     let node: Arc<str> = resp.node.into();
@@ -141,8 +164,10 @@ impl<T: Transport> Asker<'_, T> {
                     } else if waiting.remove(&node) {
                         answer.nodes.push((node, resp.reply));
                     } else if answer.nodes.iter().any(|(n, _)| *n == node) {
-                        tracing::warn!(from = %node, "duplicate reply ignored");
-                        self.rejected.inc();
+                        if !resent {
+                            tracing::warn!(from = %node, "duplicate reply ignored");
+                            self.rejected.inc();
+                        }
                     } else if membership.contains(&node) {
                         // Joined after we asked: its answer is as good as any.
                         expected += 1;
@@ -219,6 +244,8 @@ mod tests {
         asked: Mutex<Vec<Vec<Arc<str>>>>,
         /// What `settled` answers.
         settled: bool,
+        /// How many times `publish` was called.
+        published: std::sync::atomic::AtomicUsize,
     }
 
     impl Fake {
@@ -229,12 +256,15 @@ mod tests {
                 on_publish: None,
                 asked: Mutex::default(),
                 settled: true,
+                published: Default::default(),
             }
         }
     }
 
     impl Transport for Fake {
         async fn publish(&self, _: &Request) -> Result<usize, String> {
+            self.published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(hook) = &self.on_publish {
                 hook();
             }
@@ -598,6 +628,48 @@ mod tests {
         assert!(answer.is_partial());
         assert!(membership.contains("c"));
         assert!(transport.asked.lock().unwrap().is_empty());
+    }
+
+    /// While Redis is unsettled, a request that reached fewer nodes than are waited for is sent again, so a node
+    /// that subscribes again a moment later answers; when Redis refuses it, it is tried again until the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn while_redis_is_unsettled_the_request_is_sent_again() {
+        let membership = members(&["b", "c"]);
+        let mut run = Run::new(users());
+        let transport = Fake {
+            settled: false,
+            ..Fake::delivering(2)
+        };
+        run.send_after(Duration::from_millis(10), reply(&run.request, "b"));
+        // c answers the copy sent 200 ms later; b answers it again (ignored).
+        run.send_after(Duration::from_millis(210), reply(&run.request, "c"));
+        run.send_after(Duration::from_millis(211), reply(&run.request, "b"));
+        let (answer, took) = run.gather(&transport, &membership).await;
+        assert_eq!(took, Duration::from_millis(210));
+        assert_eq!((answer.answered, answer.expected), (3, Some(3)));
+        assert_eq!(
+            transport
+                .published
+                .load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
+
+        // Refused until the deadline: failed, after trying every 200 ms.
+        let transport = Fake {
+            subscribers: Some(Err("redis: connection refused".into())),
+            settled: false,
+            ..Fake::delivering(0)
+        };
+        let mut run = Run::new(users());
+        let (answer, took) = run.gather(&transport, &membership).await;
+        assert!(answer.error.is_some());
+        assert!(took >= TIMEOUT - Duration::from_millis(200), "{took:?}");
+        assert_eq!(
+            transport
+                .published
+                .load(std::sync::atomic::Ordering::Relaxed),
+            5
+        );
     }
 
     #[tokio::test(start_paused = true)]
