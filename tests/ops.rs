@@ -317,30 +317,8 @@ async fn redis_over_tls_with_a_password() {
             .await,
         );
     }
-    let http = Http::new();
-    let mut clients = Clients::start();
-    let sa = clients
-        .join("a", &nodes[0], "ua", "Secure", "websocket")
-        .await;
-    let sb = clients
-        .join("b", &nodes[1], "ub", "Secure", "websocket")
-        .await;
-    for node in &nodes {
-        let users = http.users(node, "Secure").await;
-        assert_eq!(
-            users.set(),
-            pairs(&[(&sa, "ua"), (&sb, "ub")]),
-            "{}",
-            node.id
-        );
-        assert_eq!(users.nodes, "2/2");
-    }
-    // Broadcasts go through the adapter, over the same TLS connection.
-    clients
-        .emit("b", "identity-change", json!([{"id_user": "ub2"}]), true)
-        .await;
-    let ev = clients.expect("a", "identity-change").await;
-    assert_eq!(ev["args"][0]["id_user"], "ub2", "{ev}");
+    // Queries and broadcasts (through the adapter) over the same TLS connection.
+    two_nodes_share_a_room(&nodes).await;
     for node in nodes {
         let log = node.log_text();
         assert!(

@@ -447,27 +447,5 @@ async fn a_redis_cluster_over_tls() {
         };
         nodes.push(Node::start(&dir, opts).await);
     }
-    let http = Http::new();
-    let mut clients = Clients::start();
-    let sa = clients
-        .join("a", &nodes[0], "ua", "Secure", "websocket")
-        .await;
-    let sb = clients
-        .join("b", &nodes[1], "ub", "Secure", "websocket")
-        .await;
-    for node in &nodes {
-        let users = http.users(node, "Secure").await;
-        assert_eq!(
-            users.set(),
-            pairs(&[(&sa, "ua"), (&sb, "ub")]),
-            "{}",
-            node.id
-        );
-        assert_eq!(users.nodes, "2/2");
-    }
-    clients
-        .emit("b", "identity-change", json!([{"id_user": "ub2"}]), true)
-        .await;
-    let ev = clients.expect("a", "identity-change").await;
-    assert_eq!(ev["args"][0]["id_user"], "ub2", "{ev}");
+    two_nodes_share_a_room(&nodes).await;
 }

@@ -640,6 +640,30 @@ impl Drop for Node {
     }
 }
 
+/// A socket on each of two nodes in one room: each node lists both, and a room event of one reaches the other
+/// (queries through our cluster protocol, events through the adapter).
+pub async fn two_nodes_share_a_room(nodes: &[Node]) {
+    let http = Http::new();
+    let mut clients = Clients::start();
+    let sa = clients
+        .join("a", &nodes[0], "ua", "Shared", "websocket")
+        .await;
+    let sb = clients
+        .join("b", &nodes[1], "ub", "Shared", "websocket")
+        .await;
+    for node in &nodes[..2] {
+        let users = http.users(node, "Shared").await;
+        let both = pairs(&[(&sa, "ua"), (&sb, "ub")]);
+        assert_eq!(users.set(), both, "{}", node.id);
+        assert_eq!(users.nodes, "2/2");
+    }
+    clients
+        .emit("b", "identity-change", json!([{"id_user": "ub2"}]), true)
+        .await;
+    let ev = clients.expect("a", "identity-change").await;
+    assert_eq!(ev["args"][0]["id_user"], "ub2", "{ev}");
+}
+
 /// Starts Redis and `n` cluster nodes named `a`, `b`, `c`, ...
 pub async fn cluster(test: &str, n: usize, timeout_ms: u64) -> (PathBuf, Redis, Vec<Node>) {
     cluster_with(test, n, timeout_ms, &[]).await
