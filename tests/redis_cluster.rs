@@ -415,13 +415,7 @@ fn role(port: u16) -> String {
 
 /// One `redis-cli` command against one server (no redirections followed).
 fn cli(port: u16, args: &[&str]) -> String {
-    let out = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli");
-    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = cli_at(port, args).unwrap_or_else(|e| panic!("redis-cli {args:?}: {e}"));
     assert!(!text.starts_with("ERR"), "redis-cli {args:?}: {text}");
     text
 }

@@ -804,14 +804,8 @@ fn shard_channels(redis: &Redis) -> usize {
         .servers()
         .into_iter()
         .map(|port| {
-            let out = std::process::Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "PUBSUB", "SHARDCHANNELS"])
-                .output()
-                .expect("redis-cli");
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .count()
+            let out = cli_at(port, &["PUBSUB", "SHARDCHANNELS"]).expect("redis-cli");
+            out.lines().filter(|l| !l.trim().is_empty()).count()
         })
         .sum()
 }

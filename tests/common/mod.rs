@@ -422,7 +422,7 @@ impl Redis {
 }
 
 /// Runs one `redis-cli` command against the server on `port`.
-fn cli_at(port: u16, args: &[&str]) -> Result<String, String> {
+pub fn cli_at(port: u16, args: &[&str]) -> Result<String, String> {
     let out = Command::new("redis-cli")
         .args(["-p", &port.to_string()])
         .args(args)
