@@ -48,8 +48,9 @@ const SOCKET_BUFFER_PACKETS: usize = 1024;
 /// Cross-node messages queued in the adapter before it drops them.
 const ADAPTER_STREAM_BUFFER: usize = 65_536;
 /// Bytes read from a websocket at a time. Each connection holds this buffer for its whole life, and our
-/// messages are small, so 1 KiB instead of engineioxide's 4 KiB saves 3 KiB per connection (BENCHMARKS.md).
-const WS_READ_BUFFER: usize = 1024;
+/// messages are small, so 256 bytes instead of engineioxide's 4 KiB saves 3.75 KiB per connection
+/// (BENCHMARKS.md). A larger frame grows the buffer to its size; it only takes more, cheap, reads from TLS.
+const WS_READ_BUFFER: usize = 256;
 
 /// The Socket.IO settings both modes (single node and cluster) share.
 fn io_builder(

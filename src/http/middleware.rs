@@ -60,21 +60,32 @@ pub async fn limit_sessions(
 ///
 /// hyper parses them zero-copy, as slices of the connection's read buffer (8-16 KiB), and socketioxide keeps the
 /// handshake request's parts for the socket's whole life: without this, every websocket pins a read buffer it
-/// will never use again (BENCHMARKS.md, memory).
+/// will never use again (BENCHMARKS.md, memory). The copies share one allocation, not one per value.
 pub async fn detach_head(req: axum::extract::Request) -> axum::extract::Request {
     let (mut parts, body) = req.into_parts();
-    if let Ok(uri) = axum::http::Uri::from_maybe_shared(Bytes::from(parts.uri.to_string())) {
+    let uri = parts.uri.to_string();
+    let mut copy =
+        Vec::with_capacity(uri.len() + parts.headers.values().map(|v| v.len()).sum::<usize>());
+    copy.extend_from_slice(uri.as_bytes());
+    for value in parts.headers.values() {
+        copy.extend_from_slice(value.as_bytes());
+    }
+    let copy = Bytes::from(copy);
+    if let Ok(uri) = axum::http::Uri::from_maybe_shared(copy.slice(..uri.len())) {
         parts.uri = uri;
     }
     // The router records the URI as it arrived, before any middleware runs.
     if let Some(original) = parts.extensions.get_mut::<axum::extract::OriginalUri>() {
         original.0 = parts.uri.clone();
     }
+    let mut at = uri.len();
     for value in parts.headers.values_mut() {
-        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
-            copy.set_sensitive(value.is_sensitive());
-            *value = copy;
+        let end = at + value.len();
+        if let Ok(mut detached) = HeaderValue::from_maybe_shared(copy.slice(at..end)) {
+            detached.set_sensitive(value.is_sensitive());
+            *value = detached;
         }
+        at = end;
     }
     axum::extract::Request::from_parts(parts, body)
 }

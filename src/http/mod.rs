@@ -195,13 +195,17 @@ mod tests {
     #[tokio::test]
     async fn detach_head_releases_the_read_buffer() {
         let buffer = Bytes::from(
-            b"/socket.io/?EIO=4&transport=websocket&id_user=u1 dGhlIHNhbXBsZQ==".to_vec(),
+            b"/socket.io/?EIO=4&transport=websocket&id_user=u1 dGhlIHNhbXBsZQ== Bearer t".to_vec(),
         );
         let uri = axum::http::Uri::from_maybe_shared(buffer.slice(0..48)).unwrap();
-        let key = HeaderValue::from_maybe_shared(buffer.slice(49..)).unwrap();
+        let key = HeaderValue::from_maybe_shared(buffer.slice(49..65)).unwrap();
+        let mut token = HeaderValue::from_maybe_shared(buffer.slice(66..)).unwrap();
+        token.set_sensitive(true);
         let mut req = Request::builder()
             .uri(uri.clone())
             .header(header::SEC_WEBSOCKET_KEY, key)
+            .header(header::AUTHORIZATION, token)
+            .header(header::HOST, "localhost")
             .body(axum::body::Body::empty())
             .unwrap();
         req.extensions_mut().insert(axum::extract::OriginalUri(uri));
@@ -218,6 +222,9 @@ mod tests {
             "/socket.io/?EIO=4&transport=websocket&id_user=u1"
         );
         assert_eq!(req.headers()[header::SEC_WEBSOCKET_KEY], "dGhlIHNhbXBsZQ==");
+        assert_eq!(req.headers()[header::AUTHORIZATION], "Bearer t");
+        assert!(req.headers()[header::AUTHORIZATION].is_sensitive());
+        assert_eq!(req.headers()[header::HOST], "localhost");
         let original = req
             .extensions()
             .get::<axum::extract::OriginalUri>()
