@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The local experiment behind BENCHMARKS.md "Where the memory goes": memory per idle TLS websocket of this
+# checkout (HEAD) as it is, and with the upstream changes that section proposes, each applied to a copy of the
+# crate's source through a temporary [patch.crates-io] in a copy of the checkout (nothing in this tree changes):
+#   engineioxide   bench/upstream/engineioxide-0.17.9-*.patch (packet channel of boxed items, handshake states boxed)
+#   rustls         bench/upstream/rustls-0.23.46-idle-read-buffer.patch (an idle connection keeps no read buffer)
+#   both           all three
+# Each binary gets the bench's memory phase alone (one node, N idle TLS websockets, RSS before and after).
+#   scripts/memory-experiment.sh [connections]     default 5000; at most ~19,500 under a 20,000 open-files limit
+# Work files in $MEMORY_EXPERIMENT_DIR (default /tmp/socket-identity-memory); about 10 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+conns="${1:-5000}"
+work="${MEMORY_EXPERIMENT_DIR:-/tmp/socket-identity-memory}"
+repo="$PWD"
+scripts/setup.sh >/dev/null
+cargo build --release --locked --bin socket-identity --bin bench
+release="${CARGO_TARGET_DIR:-target}/release"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
+mkdir -p "$work"
+cp "$release/socket-identity" "$work/socket-identity-head"
+
+# Where cargo unpacked a dependency's source (the exact version Cargo.lock pins).
+crate_dir() {
+  cargo metadata --format-version 1 --locked |
+    python3 -c 'import json,sys,os; m=json.load(sys.stdin); print(next(os.path.dirname(p["manifest_path"]) for p in m["packages"] if p["name"]==sys.argv[1]))' "$1"
+}
+patched() { # name, patches...: a patched copy of the crate in $work, printed
+  local name="$1" dir="$work/crates/$1"
+  shift
+  rm -rf "$dir" && mkdir -p "$work/crates" && cp -r "$(crate_dir "$name")" "$dir"
+  for p in "$@"; do patch -s -d "$dir" -p1 <"$repo/$p"; done
+  echo "$dir"
+}
+eio=$(patched engineioxide bench/upstream/engineioxide-0.17.9-boxed-packet-channel.patch \
+  bench/upstream/engineioxide-0.17.9-boxed-handshake.patch)
+rustls=$(patched rustls bench/upstream/rustls-0.23.46-idle-read-buffer.patch)
+
+build() { # variant, [patch.crates-io] lines
+  local variant="$1" src="$work/src"
+  shift
+  rm -rf "$src" && mkdir -p "$src" && git archive HEAD | tar -x -C "$src"
+  printf '\n[patch.crates-io]\n' >>"$src/Cargo.toml"
+  printf '%s\n' "$@" >>"$src/Cargo.toml"
+  (cd "$src" && CARGO_TARGET_DIR="$work/target" cargo build --release --bin socket-identity)
+  cp "$work/target/release/socket-identity" "$work/socket-identity-$variant"
+}
+build engineioxide "engineioxide = { path = \"$eio\" }"
+build rustls "rustls = { path = \"$rustls\" }"
+build both "engineioxide = { path = \"$eio\" }" "rustls = { path = \"$rustls\" }"
+
+for variant in head engineioxide rustls both; do
+  result=$("$release/bench" --only ours --ours "$work/socket-identity-$variant" --sizes --scale-nodes \
+    --memory-conns "$conns" --handshakes 0 --credential-handshakes 0 --ns-size 0 --send-requests 0 \
+    --send-fanout-size 0 --reliable-rooms 0 --admin-overhead --admin-sockets 0 --gateway-clients 0 \
+    --gateway-send-users 0 | grep 'KiB per connection' | tail -1)
+  printf '%-13s %s\n' "$variant" "$result"
+done
