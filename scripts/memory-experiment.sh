@@ -7,7 +7,7 @@
 #   both           all three
 # Each binary gets the bench's memory phase alone (one node, N idle TLS websockets, RSS before and after).
 #   scripts/memory-experiment.sh [connections]     default 5000; at most ~19,500 under a 20,000 open-files limit
-# Work files in $MEMORY_EXPERIMENT_DIR (default /tmp/socket-identity-memory); about 10 minutes on 2 cores.
+# Work files in $MEMORY_EXPERIMENT_DIR (default /tmp/socket-identity-memory); ~15 minutes on 2 cores the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns="${1:-5000}"
