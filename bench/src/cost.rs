@@ -240,6 +240,18 @@ impl Meter<'_> {
 }
 
 impl Bench {
+    /// How many entries a users query at `url` listed; `None` when it failed or did not answer a list.
+    async fn users_listed(&self, url: &str) -> Option<usize> {
+        match self.http.get(url).send().await {
+            Ok(res) if res.status().is_success() => res
+                .json::<Vec<serde::de::IgnoredAny>>()
+                .await
+                .ok()
+                .map(|v| v.len()),
+            _ => None,
+        }
+    }
+
     /// Runs the phase if the flags ask for it (ours only).
     pub(crate) async fn cost_phase(&self, target: &Target, report: &mut Report) {
         for &k in &self.args.cost_nodes {
@@ -330,14 +342,7 @@ impl Bench {
         let mut failed = 0;
         for i in 0..a.cost_requests {
             let url = format!("{}/{ROOM}/users?namespace=%2Fbench-send", bases[i % k]);
-            let count = match self.http.get(&url).send().await {
-                Ok(res) if res.status().is_success() => res
-                    .json::<Vec<serde::de::IgnoredAny>>()
-                    .await
-                    .ok()
-                    .map(|v| v.len()),
-                _ => None,
-            };
+            let count = self.users_listed(&url).await;
             if count != Some(n) {
                 failed += 1;
                 eprintln!("  cost: {url}: expected {n} entries, got {count:?}");
@@ -356,16 +361,7 @@ impl Bench {
         let counts: Vec<Option<usize>> = futures_util::stream::iter(0..a.cost_requests)
             .map(|i| {
                 let url = format!("{}/{ROOM}/users?namespace=%2Fbench-send", bases[i % k]);
-                async move {
-                    match self.http.get(&url).send().await {
-                        Ok(res) if res.status().is_success() => res
-                            .json::<Vec<serde::de::IgnoredAny>>()
-                            .await
-                            .ok()
-                            .map(|v| v.len()),
-                        _ => None,
-                    }
-                }
+                async move { self.users_listed(&url).await }
             })
             .buffer_unordered(at_once)
             .collect()
