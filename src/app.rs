@@ -71,6 +71,9 @@ fn io_builder(
         // flood of bare sessions cannot pile up.
         .connect_timeout(CONNECT_TIMEOUT)
         .ws_read_buffer_size(WS_READ_BUFFER)
+        // A dynamic namespace (`/do-x` of `/do-*`) is created only for a valid name: a client cannot make the node
+        // allocate a namespace, and its Redis subscriptions, under a name no peer would accept.
+        .dyn_ns_filter(|path| crate::domain::validate::namespace(path).is_ok())
         .with_state(info);
     // The admin namespace's handlers take it as their state; without `[admin]` they are never registered.
     let builder = match admin {
@@ -136,8 +139,12 @@ pub async fn run(
         id: node.clone(),
         presence: config.presence_events,
         metrics: metrics.clone(),
-        admission: Arc::new(admission::Admission::new(
+        admission: Arc::new(admission::Admission::with_verifying(
             max_sockets.try_into().unwrap_or(usize::MAX),
+            config
+                .max_verifying_handshakes
+                .try_into()
+                .unwrap_or(usize::MAX),
             config.handshake_rate,
             origins,
         )),
@@ -149,6 +156,11 @@ pub async fn run(
         delivery: Arc::default(),
         observer: Arc::default(),
         bus: Arc::default(),
+        gateway_events: gateway_config
+            .as_ref()
+            .map(|g| g.reply_events())
+            .unwrap_or_default()
+            .into(),
     };
     let admin = admin_config.map(|c| Admin::new(c, info.clone()));
     let admin_ui = admin_ui(&admin, &config);

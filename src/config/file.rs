@@ -68,6 +68,19 @@ impl std::fmt::Debug for GatewayConfig {
     }
 }
 
+impl GatewayConfig {
+    /// The event names the gateway sends its Socket.IO clients on its own (`onconnect`, `error`, the replies'
+    /// topics), which no client may forge.
+    pub fn reply_events(&self) -> Vec<String> {
+        let mut names = vec!["onconnect".to_owned(), "error".to_owned()];
+        if let Some(m) = &self.onmessage {
+            names.push(m.publish.clone());
+            names.extend(m.types.iter().map(|t| t.publish.clone()));
+        }
+        names
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Publish {

@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "HANDSHAKE_RATE", default_value_t = 1_000)]
     pub handshake_rate: u32,
 
+    /// Socket.IO handshakes being verified (password check, JWT, auth webhook) at once on this node; beyond it
+    /// new ones get `connect_error` "too many handshakes being verified". Clients being verified do not count
+    /// under `MAX_SOCKETS`: only verified sockets take a place there.
+    #[arg(long, env = "MAX_VERIFYING_HANDSHAKES", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_verifying_handshakes: u64,
+
     /// Largest Engine.IO packet a client may send, in bytes; a bigger one closes its connection.
     #[arg(long, env = "MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub max_payload_bytes: u64,

@@ -98,7 +98,8 @@ async fn connect(
         Ok(slot) => slot,
         Err(e) => {
             let status = match e {
-                Refused::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Refused::Full(_) | Refused::Verifying(_) => StatusCode::SERVICE_UNAVAILABLE,
+                Refused::Namespaces(_) => StatusCode::BAD_REQUEST,
                 Refused::TooFast => StatusCode::TOO_MANY_REQUESTS,
                 Refused::Origin => StatusCode::FORBIDDEN,
             };

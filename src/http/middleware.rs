@@ -41,7 +41,10 @@ pub async fn limit_sessions(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let opens_session = req.uri().path().starts_with("/socket.io/")
+    let path = req.uri().path();
+    // engineioxide serves `/socket.io` with and without the trailing slash.
+    let engine_io = path == "/socket.io" || path.starts_with("/socket.io/");
+    let opens_session = engine_io
         && !req
             .uri()
             .query()

@@ -1,17 +1,22 @@
-//! Who may open a socket: a rate of new Engine.IO sessions, a cap on this node's sockets, and an origin
-//! allow-list.
+//! Who may open a socket: a rate of new Engine.IO sessions, a cap on this node's sockets, a bound on handshakes
+//! being verified, a bound on namespaces per Engine.IO session, and an origin allow-list.
 //!
 //! The rate is checked on the HTTP request that would open an Engine.IO session (before engineioxide allocates
-//! one), so a flood costs a rejected request each. The cap and the origin are checked in the Socket.IO connect
-//! middleware, before any state is kept for the socket; the client gets a `connect_error` saying why.
+//! one), so a flood costs a rejected request each. The rest is checked in the Socket.IO connect middleware: the
+//! origin and the session's namespaces first, then a place among the handshakes being verified (a slow password
+//! check or auth webhook holds only that), and a place under the socket cap once the client is verified, so
+//! clients that never pass verification cannot fill the node. The client gets a `connect_error` saying why.
 
 use std::{
+    collections::HashMap,
     num::NonZeroU32,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
 };
+
+use socketioxide::socket::Sid;
 
 use governor::{
     Quota, RateLimiter,
@@ -29,6 +34,10 @@ pub enum Refused {
     TooFast,
     #[error("origin not allowed")]
     Origin,
+    #[error("too many handshakes being verified on this node ({0}): retry shortly")]
+    Verifying(usize),
+    #[error("too many namespaces on one connection (at most {0})")]
+    Namespaces(usize),
 }
 
 impl Refused {
@@ -38,14 +47,28 @@ impl Refused {
             Self::Full(_) => "full",
             Self::TooFast => "rate",
             Self::Origin => "origin",
+            Self::Verifying(_) => "verifying",
+            Self::Namespaces(_) => "namespaces",
         }
     }
 }
+
+/// Handshakes being verified at once on a node, in tests (`MAX_VERIFYING_HANDSHAKES` sets it for a node).
+const DEFAULT_MAX_VERIFYING: usize = 1024;
+
+/// Namespaces one Engine.IO session may be in or be connecting to at once. Clients multiplex a few namespaces over
+/// one connection; each namespace costs the node a socket (and a dynamic one its own adapter), so one connection
+/// must not ask for hundreds.
+pub const MAX_NAMESPACES_PER_SESSION: usize = 16;
 
 #[derive(Debug)]
 pub struct Admission {
     max_sockets: usize,
     sockets: Arc<AtomicUsize>,
+    max_verifying: usize,
+    verifying: Arc<AtomicUsize>,
+    /// Namespaces per Engine.IO session (socketioxide gives a socket its session's id in every namespace).
+    sessions: Arc<Mutex<HashMap<Sid, usize>>>,
     /// `None`: no limit.
     rate: Option<governor::DefaultDirectRateLimiter>,
     /// `None`: any origin (and none).
@@ -62,12 +85,64 @@ impl Drop for Slot {
     }
 }
 
+/// A handshake's place among those being verified, given back when verification ends.
+#[derive(Debug)]
+pub struct Verifying(Arc<AtomicUsize>);
+
+impl Drop for Verifying {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Held in a socket's extensions: its place among its Engine.IO session's namespaces.
+#[derive(Debug)]
+pub struct Seat {
+    sessions: Arc<Mutex<HashMap<Sid, usize>>>,
+    session: Sid,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        let mut sessions = self.sessions.lock().unwrap();
+        if let Some(n) = sessions.get_mut(&self.session) {
+            *n -= 1;
+            if *n == 0 {
+                sessions.remove(&self.session);
+            }
+        }
+    }
+}
+
+/// Takes one place of `max` on `counter`, or gives it back at once.
+fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<Arc<AtomicUsize>> {
+    let taken = counter.fetch_add(1, Ordering::Relaxed);
+    if taken >= max {
+        counter.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(counter.clone())
+}
+
 impl Admission {
     /// `rate`: handshakes per second (bursts of as many), 0 for no limit. `origins`: empty for any.
     pub fn new(max_sockets: usize, rate: u32, origins: Vec<String>) -> Self {
+        Self::with_verifying(max_sockets, DEFAULT_MAX_VERIFYING, rate, origins)
+    }
+
+    /// [`Self::new`] with at most `max_verifying` handshakes being verified at once.
+    pub fn with_verifying(
+        max_sockets: usize,
+        max_verifying: usize,
+        rate: u32,
+        origins: Vec<String>,
+    ) -> Self {
         Self {
             max_sockets,
             sockets: Arc::default(),
+            max_verifying,
+            verifying: Arc::default(),
+            sessions: Arc::default(),
             rate: limiter(rate, DefaultClock::default()),
             origins: (!origins.is_empty()).then_some(origins),
         }
@@ -81,19 +156,48 @@ impl Admission {
         }
     }
 
-    /// Admits a Socket.IO handshake from `origin` (the `Origin` header, if any), or says why not.
+    /// Admits a client from `origin` (the `Origin` header, if any) to a place under the cap, or says why not.
     pub fn admit(&self, origin: Option<&str>) -> Result<Slot, Refused> {
-        if let (Some(allowed), Some(origin)) = (&self.origins, origin)
-            && !allowed.iter().any(|a| a == origin)
-        {
-            return Err(Refused::Origin);
+        self.origin(origin)?;
+        self.slot()
+    }
+
+    /// Whether a client from `origin` (the `Origin` header, if any) may connect.
+    pub fn origin(&self, origin: Option<&str>) -> Result<(), Refused> {
+        match (&self.origins, origin) {
+            (Some(allowed), Some(origin)) if !allowed.iter().any(|a| a == origin) => {
+                Err(Refused::Origin)
+            }
+            _ => Ok(()),
         }
-        let taken = self.sockets.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(self.sockets.clone());
-        if taken >= self.max_sockets {
-            return Err(Refused::Full(self.max_sockets));
+    }
+
+    /// A place under the socket cap, for a verified client.
+    pub fn slot(&self) -> Result<Slot, Refused> {
+        take(&self.sockets, self.max_sockets)
+            .map(Slot)
+            .ok_or(Refused::Full(self.max_sockets))
+    }
+
+    /// A place among the handshakes being verified.
+    pub fn verifying(&self) -> Result<Verifying, Refused> {
+        take(&self.verifying, self.max_verifying)
+            .map(Verifying)
+            .ok_or(Refused::Verifying(self.max_verifying))
+    }
+
+    /// A place among the namespaces of Engine.IO session `session`.
+    pub fn seat(&self, session: Sid) -> Result<Seat, Refused> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let n = sessions.entry(session).or_default();
+        if *n >= MAX_NAMESPACES_PER_SESSION {
+            return Err(Refused::Namespaces(MAX_NAMESPACES_PER_SESSION));
         }
-        Ok(slot)
+        *n += 1;
+        Ok(Seat {
+            sessions: self.sessions.clone(),
+            session,
+        })
     }
 
     /// Sockets holding a place under the cap now: connected, or in the middle of their handshake. A counter
@@ -130,6 +234,39 @@ mod tests {
         let three = a.admit(None).unwrap();
         drop((two, three));
         assert_eq!(a.sockets(), 0);
+    }
+
+    #[test]
+    fn verification_has_its_own_small_bound() {
+        let a = Admission::with_verifying(3, 2, 0, vec![]);
+        let (one, two) = (a.verifying().unwrap(), a.verifying().unwrap());
+        assert_eq!(a.verifying().unwrap_err(), Refused::Verifying(2));
+        // Clients being verified hold no place under the socket cap.
+        let slots: Vec<_> = (0..3).map(|_| a.slot().unwrap()).collect();
+        assert_eq!(a.slot().unwrap_err(), Refused::Full(3));
+        drop((one, two, slots));
+        assert!(a.verifying().is_ok());
+        assert_eq!(a.sockets(), 0);
+    }
+
+    #[test]
+    fn bounds_the_namespaces_of_one_session() {
+        let a = Admission::new(100, 0, vec![]);
+        let (s1, s2) = (Sid::new(), Sid::new());
+        let seats: Vec<_> = (0..MAX_NAMESPACES_PER_SESSION)
+            .map(|_| a.seat(s1).unwrap())
+            .collect();
+        assert_eq!(
+            a.seat(s1).unwrap_err(),
+            Refused::Namespaces(MAX_NAMESPACES_PER_SESSION)
+        );
+        assert!(a.seat(s2).is_ok(), "another session is not affected");
+        drop(seats);
+        assert!(a.seat(s1).is_ok());
+        assert!(
+            a.sessions.lock().unwrap().is_empty(),
+            "nothing kept per session"
+        );
     }
 
     #[test]

@@ -35,7 +35,8 @@ use crate::{
     domain::validate::{self, Invalid},
 };
 
-/// Event names the server itself sends: never forwarded from a client, so no client can forge them.
+/// Event names the server itself sends: never forwarded from a client, so no client can forge them. The gateway's
+/// reply names come on top ([`NodeInfo::gateway_events`]).
 pub const SERVER_EVENTS: &[&str] = &[
     "handshake",
     "socket-connected",
@@ -46,7 +47,15 @@ pub const SERVER_EVENTS: &[&str] = &[
     "__connect__",
     "__disconnect__",
     "__count__",
+    "batch",
+    "resync",
+    "error",
 ];
+
+/// Whether `event` is a name the server sends on its own.
+fn is_server_event(node: &NodeInfo, event: &str) -> bool {
+    SERVER_EVENTS.contains(&event) || node.gateway_events.iter().any(|e| e == event)
+}
 
 /// A socket's event rate, in its extensions.
 struct EventRate {
@@ -366,7 +375,7 @@ async fn on_other<A: Adapter>(
     let namespace = node.namespaces.find(socket.ns());
     if namespace.is_some_and(|ns| ns.gateway)
         && let (Some(bus), Ok(args)) = (node.bus.get(), &args)
-        && !SERVER_EVENTS.contains(&event.as_str())
+        && !is_server_event(&node, &event)
     {
         let payload = args.0.first().cloned().unwrap_or_default();
         let frame = super::bus::Frame {
@@ -383,7 +392,7 @@ async fn on_other<A: Adapter>(
         tracing::trace!(event, "event ignored: the namespace does not forward");
         return;
     }
-    if SERVER_EVENTS.contains(&event.as_str()) {
+    if is_server_event(&node, &event) {
         tracing::debug!(event, id_socket = %socket.id, "a client sent a server event name: not forwarded");
         return;
     }
@@ -401,9 +410,33 @@ async fn on_disconnect<A: Adapter>(
     State(node): State<NodeInfo>,
     reason: DisconnectReason,
 ) {
-    let Some(me) = socket.extensions.get::<Arc<Identity>>() else {
-        return;
-    };
+    if let Some(me) = socket.extensions.get::<Arc<Identity>>() {
+        disconnected(&socket, &io, &node, &me, reason).await;
+    }
+    // socketioxide takes the socket out of its namespace once this handler returns; a namespace is removed only
+    // without sockets (removing one with sockets would not let go of its adapter at once).
+    let (ns, id) = (socket.ns().to_owned(), socket.id);
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            let gone = io
+                .of(&ns)
+                .is_none_or(|ops| ops.local().get_socket(id).is_none());
+            if gone {
+                super::handshake::forget_if_unused(&io, &node, &ns);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+}
+
+async fn disconnected<A: Adapter>(
+    socket: &SocketRef<A>,
+    io: &SocketIo<A>,
+    node: &NodeInfo,
+    me: &Identity,
+    reason: DisconnectReason,
+) {
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
     if let Some(bus) = node.bus.get()
         && node
@@ -419,7 +452,7 @@ async fn on_disconnect<A: Adapter>(
             id: socket.id.to_string(),
             reason: reason.to_string(),
         });
-    super::reliable::disconnected(&socket, &node).await;
+    super::reliable::disconnected(socket, node).await;
     if node.presence
         && let Some(room) = &me.room
     {
@@ -427,12 +460,12 @@ async fn on_disconnect<A: Adapter>(
             id_socket: socket.id.to_string(),
             id_user: me.id_user.as_deref(),
         };
-        relay(&socket, room, "socket-disconnected", &event).await;
+        relay(socket, room, "socket-disconnected", &event).await;
     }
     let views = node.namespaces.find(socket.ns()).is_some_and(|ns| ns.views);
     if views && me.role != Role::Controller {
         let id = serde_json::json!({ "id": socket.id.to_string() });
-        to_namespace(&io, socket.ns(), "__disconnect__", &id).await;
+        to_namespace(io, socket.ns(), "__disconnect__", &id).await;
     }
 }
 

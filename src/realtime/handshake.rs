@@ -70,6 +70,12 @@ pub enum HandshakeError {
     UnknownNamespace,
     #[error("namespace reset while connecting: retry")]
     Retry,
+    /// A verified client named someone else's user, session or reliable room as its handshake room.
+    #[error("room {0} is private")]
+    PrivateRoom(Arc<str>),
+    /// A client of an `auth = "webhook"` namespace named a room the auth service did not give it.
+    #[error("room {0} was not granted by the auth service")]
+    NotGranted(Arc<str>),
 }
 
 impl HandshakeError {
@@ -82,6 +88,7 @@ impl HandshakeError {
             Self::BadType => "bad_type",
             Self::UnknownNamespace => "namespace",
             Self::Retry => "retry",
+            Self::PrivateRoom(_) | Self::NotGranted(_) => "private_room",
         }
     }
 }
@@ -113,14 +120,59 @@ impl Identity {
     }
 }
 
+/// Checks the handshake room of a client whose identity the namespace verified: it may not be another identity's
+/// private room (a user room `user.{id}`, a session room `session.{id}`, a reliable room starting with
+/// `user_room_prefix`), or its owner's pushes and pending messages would go to whoever names it. With an auth
+/// webhook, it must be a room the webhook granted. Claimed identities (`claim`, `none`) prove nothing, so there
+/// is nothing to protect from them.
+pub fn check_handshake_room(ns: &Namespace, identity: &Identity) -> Result<(), HandshakeError> {
+    let Some(room) = &identity.room else {
+        return Ok(());
+    };
+    if !ns.verifier.verifies_identity() {
+        return Ok(());
+    }
+    let own = |r: &str| {
+        identity.auth_rooms.iter().any(|g| g == r)
+            || identity.id_user.as_deref().is_some_and(|u| {
+                r == user_room(u)
+                    || ns
+                        .reliable
+                        .as_ref()
+                        .is_some_and(|rel| r == format!("{}{u}", rel.prefix))
+            })
+            || identity
+                .session
+                .as_deref()
+                .is_some_and(|s| r == session_room(s))
+    };
+    if own(room) {
+        return Ok(());
+    }
+    let private = room.starts_with(USER_ROOM)
+        || room.starts_with(SESSION_ROOM)
+        || ns.reliable.as_ref().is_some_and(|r| r.is_user_room(room));
+    if private {
+        return Err(HandshakeError::PrivateRoom(room.clone()));
+    }
+    if ns.verifier.is_webhook() {
+        return Err(HandshakeError::NotGranted(room.clone()));
+    }
+    Ok(())
+}
+
+/// How user and session rooms start.
+const USER_ROOM: &str = "user.";
+const SESSION_ROOM: &str = "session.";
+
 /// The room of every socket of a user (seed 002).
 pub fn user_room(id_user: &str) -> String {
-    format!("user.{id_user}")
+    format!("{USER_ROOM}{id_user}")
 }
 
 /// The room of every socket of a session (seed 002).
 pub fn session_room(session: &str) -> String {
-    format!("session.{session}")
+    format!("{SESSION_ROOM}{session}")
 }
 
 /// Checks that the rooms derived from a user id or session are valid room names.
@@ -148,66 +200,93 @@ pub async fn handshake<A: Adapter>(
 ) -> Result<(), HandshakeError> {
     let entered = node.handshakes.enter(socket.ns());
     let admitted = admit(&socket, auth.ok(), &node).await;
-    let others = entered.leave();
-    if admitted.is_err() && others == 0 {
-        forget_if_unused(&io, &node, socket.ns());
-    }
-    if admitted.is_ok() && io.of(socket.ns()).is_none() {
-        // Removed by a refused handshake that finished meanwhile: this socket would be in a dead namespace.
-        return Err(HandshakeError::Retry);
-    }
-    let (slot, identity) = admitted.inspect_err(|e| {
-        tracing::debug!(ns = socket.ns(), error = %e, "handshake refused");
-        let reason = Reason { reason: e.kind() };
-        node.metrics.handshakes_refused.get_or_create(&reason).inc();
-    })?;
-    // The slot goes with the socket: dropped with it, it frees its place under MAX_SOCKETS.
+    let admitted = match admitted {
+        // Removed by a refused handshake or a last socket leaving meanwhile: this socket would be in a dead
+        // namespace.
+        Ok(_) if io.of(socket.ns()).is_none() => Err(HandshakeError::Retry),
+        other => other,
+    };
+    let Admitted {
+        seat,
+        slot,
+        identity,
+    } = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            drop(entered);
+            forget_if_unused(&io, &node, socket.ns());
+            tracing::debug!(ns = socket.ns(), error = %e, "handshake refused");
+            let reason = Reason { reason: e.kind() };
+            node.metrics.handshakes_refused.get_or_create(&reason).inc();
+            return Err(e);
+        }
+    };
+    // These go with the socket: dropped with it, they free its places (under MAX_SOCKETS, in its session).
     socket.extensions.insert(Arc::new(slot));
+    socket.extensions.insert(Arc::new(seat));
     socket.extensions.insert(Arc::new(identity));
+    // Still in progress until the socket is in its namespace (`on_connect` lets go of it).
+    socket.extensions.insert(Arc::new(entered));
     Ok(())
 }
 
-/// Removes a dynamic namespace (`/do-x` of `/do-*`) that has no socket on this node once its last handshake
-/// in progress is refused. socketioxide creates a dynamic namespace, with its adapter's Redis subscriptions,
-/// before our middleware runs: without this, clients refused by auth could create namespaces without end.
-fn forget_if_unused<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo, ns: &str) {
+/// Removes a dynamic namespace (`/do-x` of `/do-*`) that has no socket on this node and no handshake in progress:
+/// after a refused handshake, and when its last socket left. socketioxide creates a dynamic namespace, with its adapter's Redis subscriptions, before our
+/// middleware runs; without this, clients could create namespaces without end.
+pub fn forget_if_unused<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo, ns: &str) {
     let dynamic = node
         .namespaces
         .find(ns)
         .is_some_and(|n| matches!(n.pattern, crate::config::file::NamePattern::Prefix(_)));
-    let empty = io
-        .of(ns)
-        .is_some_and(|ops| ops.local().sockets().is_empty());
-    if dynamic && empty {
-        tracing::debug!(
-            ns,
-            "dynamic namespace without sockets removed after a refused handshake"
-        );
-        io.delete_ns(ns);
+    if !dynamic {
+        return;
     }
+    node.handshakes.when_idle(ns, || {
+        let empty = io
+            .of(ns)
+            .is_some_and(|ops| ops.local().sockets().is_empty());
+        if empty {
+            tracing::debug!(ns, "dynamic namespace without sockets removed");
+            io.delete_ns(ns);
+        }
+    });
+}
+
+/// What a handshake that passed holds for its socket.
+struct Admitted {
+    seat: super::admission::Seat,
+    slot: super::admission::Slot,
+    identity: Identity,
 }
 
 async fn admit<A: Adapter>(
     socket: &SocketRef<A>,
     auth: Option<Value>,
     node: &NodeInfo,
-) -> Result<(super::admission::Slot, Identity), HandshakeError> {
+) -> Result<Admitted, HandshakeError> {
     let parts = socket.req_parts();
     let origin = parts
         .headers
         .get(axum::http::header::ORIGIN)
         .and_then(|o| o.to_str().ok());
-    let slot = node.admission.admit(origin)?;
+    node.admission.origin(origin)?;
+    let seat = node.admission.seat(socket.id)?;
     let ns = node
         .namespaces
         .find(socket.ns())
         .ok_or(HandshakeError::UnknownNamespace)?;
+    let verifying = ns
+        .verifier
+        .waits()
+        .then(|| node.admission.verifying())
+        .transpose()?;
     let hs = Handshake {
         query: parts.uri.query(),
         auth: auth.as_ref(),
         headers: &parts.headers,
     };
     let verified = ns.verifier.verify(hs).await?;
+    drop(verifying);
     let room = match ns.joins(RoomSource::Handshake) {
         true => {
             let room = hs.required("room")?;
@@ -240,7 +319,13 @@ async fn admit<A: Adapter>(
         claims: verified.claims,
     };
     check_derived(ns, &identity)?;
-    Ok((slot, identity))
+    check_handshake_room(ns, &identity)?;
+    let slot = node.admission.slot()?;
+    Ok(Admitted {
+        seat,
+        slot,
+        identity,
+    })
 }
 
 /// The `handshake` event: what the server made of the client.
@@ -262,6 +347,8 @@ pub async fn on_connect<A: Adapter>(
     State(node): State<NodeInfo>,
     Extension(me): Extension<Arc<Identity>>,
 ) {
+    // In its namespace now: a last socket leaving may remove the namespace again.
+    socket.extensions.remove::<Arc<super::Entered>>();
     let Some(ns) = node.namespaces.find(socket.ns()) else {
         return;
     };
@@ -354,6 +441,56 @@ mod tests {
         anonymous.id_user = None;
         anonymous.room = None;
         assert!(anonymous.rooms(&ns(&[User, Session])).is_empty());
+    }
+
+    fn verified(rooms: &[RoomSource]) -> Namespace {
+        let jwt = crate::realtime::auth::Jwt::with_keys(crate::realtime::auth::jwt::JwtKeys {
+            secret: Some("unit-test-secret-0123456789abcdef"),
+            public_key: None,
+            user_claim: "sub",
+            session_claim: "sid",
+            audience: None,
+            issuer: None,
+            cookie: None,
+        })
+        .unwrap();
+        Namespace {
+            verifier: Verifier::Jwt(Box::new(jwt)),
+            reliable: Some(crate::realtime::namespaces::Reliable {
+                prefix: "inbox-".into(),
+                policy: crate::delivery::Policy {
+                    cap: crate::delivery::Policy::DEFAULT_CAP,
+                    ttl: crate::delivery::Ttl::from_secs(60),
+                },
+                message_ids: false,
+            }),
+            ..ns(rooms)
+        }
+    }
+
+    #[test]
+    fn a_verified_client_cannot_take_another_identitys_private_room() {
+        let n = verified(&[RoomSource::Handshake, RoomSource::User]);
+        let in_room = |room: &str| Identity {
+            room: Some(room.into()),
+            ..identity("bob", Some("s-bob"))
+        };
+        for own in ["user.bob", "session.s-bob", "inbox-bob", "staff", "Maths"] {
+            assert!(check_handshake_room(&n, &in_room(own)).is_ok(), "{own}");
+        }
+        for other in [
+            "user.alice",
+            "session.s-alice",
+            "inbox-alice",
+            "user.",
+            "inbox-",
+        ] {
+            let e = check_handshake_room(&n, &in_room(other)).unwrap_err();
+            assert_eq!(e.to_string(), format!("room {other} is private"));
+        }
+        // A claimed identity proves nothing: the rule protects verified owners only.
+        let claim = ns(&[RoomSource::Handshake]);
+        assert!(check_handshake_room(&claim, &in_room("user.alice")).is_ok());
     }
 
     #[test]

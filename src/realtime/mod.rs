@@ -56,39 +56,42 @@ pub struct NodeInfo {
     pub observer: Arc<observe::Observer>,
     /// The event-bus gateway, when `[gateway]` is configured (set once joined to Redis).
     pub bus: Arc<OnceLock<Arc<dyn bus::Bus>>>,
+    /// The event names the gateway sends its Socket.IO clients (none without `[gateway]`).
+    pub gateway_events: Arc<[String]>,
 }
 
-/// Handshakes in progress per namespace path: a dynamic namespace is only removed when none is.
+/// Handshakes in progress per namespace path, from the connect middleware until the socket is in its namespace:
+/// a dynamic namespace is only removed when none is ([`InProgress::when_idle`]).
 #[derive(Debug, Default)]
 pub struct InProgress(std::sync::Mutex<std::collections::HashMap<String, usize>>);
 
-/// One handshake in progress; [`Entered::leave`] says how many others are still going on.
-pub struct Entered<'a> {
-    of: &'a InProgress,
+/// One handshake in progress, until dropped (also when the handshake's future is dropped half-way: the client went
+/// away).
+#[derive(Debug)]
+pub struct Entered {
+    of: Arc<InProgress>,
     ns: String,
 }
 
 impl InProgress {
-    pub fn enter(&self, ns: &str) -> Entered<'_> {
+    pub fn enter(self: &Arc<Self>, ns: &str) -> Entered {
         *self.0.lock().unwrap().entry(ns.to_owned()).or_default() += 1;
         Entered {
-            of: self,
+            of: self.clone(),
             ns: ns.to_owned(),
+        }
+    }
+
+    /// Runs `f` if no handshake is in progress in `ns`, holding new ones off until it returns.
+    pub fn when_idle(&self, ns: &str, f: impl FnOnce()) {
+        let map = self.0.lock().unwrap();
+        if !map.contains_key(ns) {
+            f();
         }
     }
 }
 
-impl Entered<'_> {
-    /// Ends this handshake; returns the number of others still in progress in the namespace.
-    pub fn leave(self) -> usize {
-        let (of, ns) = (self.of, self.ns.clone());
-        drop(self);
-        of.0.lock().unwrap().get(&ns).copied().unwrap_or(0)
-    }
-}
-
-/// Also when the handshake's future is dropped half-way (the client went away).
-impl Drop for Entered<'_> {
+impl Drop for Entered {
     fn drop(&mut self) {
         let mut map = self.of.0.lock().unwrap();
         if let Some(n) = map.get_mut(&self.ns) {
@@ -144,13 +147,21 @@ mod tests {
 
     #[test]
     fn counts_handshakes_in_progress() {
-        let p = InProgress::default();
+        let p = Arc::new(InProgress::default());
+        let idle = |ns| {
+            let mut ran = false;
+            p.when_idle(ns, || ran = true);
+            ran
+        };
         let a = p.enter("/do-x");
         let b = p.enter("/do-x");
         let c = p.enter("/do-y");
-        assert_eq!(a.leave(), 1);
+        drop(a);
+        assert!(!idle("/do-x"));
         drop(c);
-        assert_eq!(b.leave(), 0);
+        assert!(idle("/do-y"));
+        drop(b);
+        assert!(idle("/do-x"));
         assert!(p.0.lock().unwrap().is_empty());
     }
 }

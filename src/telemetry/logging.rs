@@ -3,14 +3,17 @@
 
 use std::{fmt, io::IsTerminal};
 
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Metadata, Subscriber};
 use tracing_subscriber::{
     EnvFilter,
+    filter::{FilterFn, filter_fn},
     fmt::{
         FmtContext, FormatEvent, FormatFields,
         format::{self, Writer},
     },
+    layer::SubscriberExt,
     registry::LookupSpan,
+    util::SubscriberInitExt,
 };
 
 /// `LOG_FORMAT`.
@@ -31,6 +34,8 @@ pub fn init(format: LogFormat, node: &str) {
         LogFormat::Human => builder
             .with_ansi(std::io::stdout().is_terminal())
             .event_format(WithNode::new(node, format::Format::default(), false))
+            .finish()
+            .with(without_payloads())
             .init(),
         LogFormat::Json => builder
             .json()
@@ -39,8 +44,17 @@ pub fn init(format: LogFormat, node: &str) {
                 format::Format::default().json().flatten_event(true),
                 true,
             ))
+            .finish()
+            .with(without_payloads())
             .init(),
     }
+}
+
+/// Leaves out, whatever `RUST_LOG` asks, the log lines that print what clients send: tungstenite's trace lines
+/// hold every websocket message, so a handshake's password or token. (socketioxide's and engineioxide's own
+/// payload logs are not compiled in: see Cargo.toml.)
+fn without_payloads() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    filter_fn(|meta| !(meta.target().starts_with("tungstenite") && *meta.level() == Level::TRACE))
 }
 
 /// Wraps a formatter and adds the node id: a `node` field in JSON, a `[node]` prefix in human lines.

@@ -464,6 +464,8 @@ pub struct NodeOpts<'a> {
     pub args: &'a [&'a str],
     /// A given port (to restart a node where it was); default: a free one.
     pub port: Option<u16>,
+    /// `RUST_LOG` for this node; default: `TEST_NODE_LOG`, or `info,socket_identity=debug`.
+    pub log: Option<&'a str>,
 }
 
 impl Default for NodeOpts<'_> {
@@ -475,6 +477,7 @@ impl Default for NodeOpts<'_> {
             timeout_ms: 1000,
             args: &[],
             port: None,
+            log: None,
         }
     }
 }
@@ -497,7 +500,9 @@ impl Node {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env(
                 "RUST_LOG",
-                std::env::var("TEST_NODE_LOG").unwrap_or("info,socket_identity=debug".into()),
+                opts.log.map(str::to_owned).unwrap_or_else(|| {
+                    std::env::var("TEST_NODE_LOG").unwrap_or("info,socket_identity=debug".into())
+                }),
             )
             .args([
                 "--bind",
@@ -924,6 +929,11 @@ impl Clients {
         line.push(b'\n');
         self.stdin.write_all(&line).await.unwrap();
         self.stdin.flush().await.unwrap();
+    }
+
+    /// Sends the driver any command (tests/js/driver.mjs), for options the helpers here do not take.
+    pub async fn send_raw(&mut self, cmd: Value) {
+        self.send(cmd).await;
     }
 
     /// Opens a socket (not waiting for the outcome).

@@ -2,6 +2,8 @@
 // stdin: one JSON command per line; stdout: one JSON event per line. Exits when stdin closes.
 //   {"op":"connect","id":"a","url":"https://127.0.0.1:5009","query":{...},"auth":{...},"transports":["websocket"],
 //    "reconnect":true, "headers":{"origin":"https://app.example"}}
+//   "shared":true: the socket shares one Engine.IO connection with the other shared sockets to the same server
+//   (socket.io-client's multiplexing), one namespace each.
 //   {"op":"emit","id":"a","event":"identity-change","args":[...],"ack":true}
 //   {"op":"disconnect","id":"a"}
 //   Server events sent with an ack callback are acknowledged with "ok" (reported with "acked": true), unless the
@@ -16,7 +18,7 @@ import { io } from "socket.io-client";
 const sockets = new Map();
 const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
 
-function connect({ id, url, query, auth, transports, reconnect, headers, ack_server }) {
+function connect({ id, url, query, auth, transports, reconnect, headers, ack_server, shared }) {
   const socket = io(url, {
     extraHeaders: headers ?? {},
     query: query ?? {},
@@ -26,7 +28,7 @@ function connect({ id, url, query, auth, transports, reconnect, headers, ack_ser
     reconnection: reconnect ?? false,
     reconnectionDelay: 200,
     reconnectionDelayMax: 1000,
-    forceNew: true,
+    forceNew: !shared,
     timeout: 5000,
   });
   sockets.set(id, socket);

@@ -160,6 +160,21 @@ impl Verifier {
         }
     }
 
+    /// Whether the identity is proven (a password, a signed token, the auth service), not just claimed.
+    pub fn verifies_identity(&self) -> bool {
+        matches!(self, Self::Credentials(_) | Self::Jwt(_) | Self::Webhook(_))
+    }
+
+    /// Whether verifying waits (a password hash, the auth service): such handshakes take a place among those
+    /// being verified ([`crate::realtime::admission::Admission::verifying`]); the others are decided at once.
+    pub fn waits(&self) -> bool {
+        matches!(self, Self::Credentials(_) | Self::Webhook(_))
+    }
+
+    pub fn is_webhook(&self) -> bool {
+        matches!(self, Self::Webhook(_))
+    }
+
     /// Whether the client may change its `id_user` or session after the handshake (only what it claimed).
     pub fn is_claim(&self) -> bool {
         matches!(self, Self::Claim)
