@@ -396,3 +396,80 @@ async fn the_admin_ui_in_a_browser_shows_the_cluster() {
         assert!(std::fs::metadata(shot).unwrap().len() > 10_000, "{shot:?}");
     }
 }
+
+/// Secrets a client sends with its handshake (a JWT in `Authorization`, cookies, `token`/`apiKey`/`password` query
+/// fields, `auth.password`/`auth.token`) never reach the admin UI: not in `all_sockets`, not in `socket_connected`
+/// from another node (through Redis), not in the handshake's `url`. Other headers and query fields still show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_ui_never_receives_a_clients_secrets() {
+    let test = "admin_redacted";
+    let (_dir, _redis, nodes) = cluster_with_config(test, 2, &config("")).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let jwt = hs256(
+        &json!({"sub": "user-1", "exp": unix_now() + 600}),
+        "a-secret-of-the-app-32-bytes-long",
+    );
+    let secrets = [
+        jwt.clone(),
+        "cookie-value-s3cret".to_owned(),
+        "proxy-credentials-s3cret".to_owned(),
+        "query-token-s3cret".to_owned(),
+        "query-apikey-s3cret".to_owned(),
+        "query-api_key-s3cret".to_owned(),
+        "query-password-s3cret".to_owned(),
+        "auth-password-s3cret".to_owned(),
+        "auth-token-s3cret".to_owned(),
+    ];
+    let connect = async |io: &mut Clients, id: &str, user: &str| {
+        let query = json!({"id_user": user, "room": "r1", "token": secrets[3], "apiKey": secrets[4],
+            "api_key": secrets[5], "password": secrets[6], "keep": "visible"});
+        let auth = json!({"password": secrets[7], "token": secrets[8]});
+        let headers = json!({"authorization": format!("Bearer {jwt}"),
+            "cookie": format!("ID_TOKEN={}", secrets[1]), "proxy-authorization": format!("Basic {}", secrets[2]),
+            "x-keep": "visible"});
+        let ev = io
+            .connect_ns(id, &b.base(), "/", query, auth, headers)
+            .await;
+        assert_eq!(ev["event"], "connect", "{ev}");
+        ev["sid"].as_str().unwrap().to_owned()
+    };
+    let check = |socket: &Value| {
+        let text = socket.to_string();
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "{secret} shown: {text}");
+        }
+        let h = &socket["handshake"];
+        for header in ["authorization", "cookie", "proxy-authorization"] {
+            assert_eq!(h["headers"][header], "[redacted]", "{header}: {socket}");
+        }
+        for field in ["token", "apiKey", "api_key", "password"] {
+            assert_eq!(h["query"][field], "[redacted]", "{field}: {socket}");
+        }
+        assert_eq!(h["headers"]["x-keep"], "visible", "{socket}");
+        assert_eq!(h["query"]["keep"], "visible", "{socket}");
+        assert_eq!(h["query"]["id_user"], socket["data"]["id_user"], "{socket}");
+        let url = h["url"].as_str().unwrap();
+        assert!(
+            url.contains("keep=visible") && url.contains("token=%5Bredacted%5D"),
+            "{url}"
+        );
+    };
+
+    // Listed when the admin UI logs in (node a asks b through the cluster protocol).
+    let u1 = connect(&mut io, "u1", "user-1").await;
+    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let all = io.expect("admin", "all_sockets").await;
+    let listed = all["args"][0].as_array().unwrap();
+    let s1 = listed.iter().find(|s| s["id"] == u1.as_str()).expect("u1");
+    check(s1);
+
+    // Reported as it connects (b's report reaches a through the adapter).
+    let u2 = connect(&mut io, "u2", "user-2").await;
+    let ev = until(&mut io, "admin", "socket_connected", |e| {
+        e["args"][0]["id"] == u2.as_str()
+    })
+    .await;
+    check(&ev["args"][0]);
+}
