@@ -473,3 +473,99 @@ async fn the_admin_ui_never_receives_a_clients_secrets() {
     .await;
     check(&ev["args"][0]);
 }
+
+/// Failed logins back off per client address, across the admin UI and `credentials` namespaces: one address
+/// cannot keep the password checks busy for everyone. Twenty wrong admin logins sent at once from 127.0.0.1 get
+/// five password checks; the others, and then even the right password from there, are refused at once with a
+/// message saying when to retry. Another address logs in, until it fails as often in its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_back_off_per_address() {
+    let dir = log_dir("admin_login_backoff");
+    let hash = bcrypt::hash("open-sesame", 4).unwrap();
+    std::fs::write(
+        dir.join("credentials.json"),
+        json!([{"username": "lab-user", "password": hash}]).to_string(),
+    )
+    .unwrap();
+    let path = dir.join("config.toml");
+    let lab = "\n[[namespace]]\nname = \"/do-*\"\nauth = \"credentials\"\ncredentials_file = \"credentials.json\"\nrooms = []\n";
+    std::fs::write(&path, config("") + lab).unwrap();
+    let args = [
+        "--config",
+        path.to_str().unwrap(),
+        "--login-failures-per-minute",
+        "5",
+    ];
+    let node = Node::start(
+        &dir,
+        NodeOpts {
+            args: &args,
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let admin = format!("{}/admin", node.base());
+    let mut io = Clients::start();
+    let wrong = json!({"username": "admin", "password": "wrong"});
+    for i in 0..20 {
+        let id = format!("w{i}");
+        io.open_at(&id, &admin, Value::Null, wrong.clone(), &["websocket"])
+            .await;
+    }
+    let backoff = |ev: &Value| {
+        let message = ev["message"].as_str().unwrap_or_default();
+        let secs = message
+            .strip_prefix("too many failed logins from this address: retry in ")
+            .and_then(|rest| rest.strip_suffix(" s"))
+            .and_then(|n| n.parse::<u64>().ok());
+        ev["event"] == "connect_error" && secs.is_some_and(|s| (1..=12).contains(&s))
+    };
+    let (mut checked, mut refused) = (0, 0);
+    for i in 0..20 {
+        let ev = io
+            .expect_any(&format!("w{i}"), &["connect", "connect_error"])
+            .await;
+        match ev["message"].as_str() {
+            Some("invalid credentials") => checked += 1,
+            _ if backoff(&ev) => refused += 1,
+            _ => panic!("w{i}: {ev}"),
+        }
+    }
+    assert_eq!((checked, refused), (5, 15));
+    let log = node.log_text();
+    assert_eq!(log.matches("admin login refused").count(), 5, "{log}");
+
+    // The right password from there waits too, also in a credentials namespace (one allowance per address).
+    let ev = io.login("right", &node.base(), "/admin", login()).await;
+    assert!(backoff(&ev), "{ev}");
+    let good = json!({"username": "lab-user", "password": "open-sesame"});
+    let ev = io.login("lab", &node.base(), "/do-lab", good.clone()).await;
+    assert!(backoff(&ev), "{ev}");
+
+    // Another address is not held up, until it fails five times in its turn.
+    let ev = io
+        .login_from("127.0.0.2", "other", &node.base(), "/admin", login())
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let bad = json!({"username": "lab-user", "password": "wrong"});
+    for i in 0..5 {
+        let ev = io
+            .login_from(
+                "127.0.0.2",
+                &format!("x{i}"),
+                &node.base(),
+                "/do-lab",
+                bad.clone(),
+            )
+            .await;
+        assert_eq!(ev["message"], "UNAUTHORIZED", "{ev}");
+    }
+    let ev = io
+        .login_from("127.0.0.2", "lab2", &node.base(), "/do-lab", good.clone())
+        .await;
+    assert!(backoff(&ev), "{ev}");
+    let ev = io
+        .login_from("127.0.0.3", "lab3", &node.base(), "/do-lab", good)
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+}
