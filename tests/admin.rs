@@ -569,3 +569,90 @@ async fn failed_logins_back_off_per_address() {
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
 }
+
+/// With `CLUSTER_SECRET`, a signed admin command is applied once: a `_disconnect` of a room read off Redis and
+/// published again (within the 60 s its seal is fresh) disconnects nobody who joined the room since; the node
+/// counts and logs the refusal. The next genuine command still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_admin_command_is_refused() {
+    let test = "admin_replay";
+    let conf = log_dir("admin_replay_config").join("config.toml");
+    std::fs::write(&conf, config("")).unwrap();
+    let args = [
+        "--config",
+        conf.to_str().unwrap(),
+        "--cluster-secret",
+        "a-cluster-secret-for-tests",
+    ];
+    let (_dir, redis, nodes) = cluster_with(test, 2, 1000, &args).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    io.join("u1", b, "user-1", "victims", "websocket").await;
+
+    // A spy on the request channel: what anyone who can subscribe on Redis sees.
+    let spy =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis.url()).unwrap())
+            .build_subscriber_client()
+            .unwrap();
+    fred::prelude::ClientLike::init(&spy).await.unwrap();
+    let mut heard = fred::prelude::EventInterface::message_rx(&spy);
+    let channel = format!("{test}:users#req");
+    fred::prelude::PubsubInterface::ssubscribe(&spy, channel.as_str())
+        .await
+        .unwrap();
+
+    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("admin", "all_sockets").await;
+    io.emit(
+        "admin",
+        "_disconnect",
+        json!(["/", false, "victims"]),
+        false,
+    )
+    .await;
+    let ev = io.expect("u1", "disconnect").await;
+    assert_eq!(ev["reason"], "io server disconnect", "{ev}");
+    let captured = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let msg = heard.recv().await.unwrap();
+            let text = msg.value.as_string().unwrap_or_default();
+            if text.contains("victims") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("the command was not seen on Redis");
+    assert!(captured.starts_with(r#"{"ts":"#), "signed: {captured}");
+
+    let http = Http::new();
+    let rejected = "socket_identity_cluster_messages_rejected_total";
+    let before = http.metric(b, rejected).await.unwrap();
+    io.join("u2", b, "user-2", "victims", "websocket").await;
+    let subscribers = redis.cli(&["SPUBLISH", &channel, &captured]);
+    assert_eq!(
+        subscribers.trim(),
+        "3",
+        "both nodes (and the spy) heard the replay"
+    );
+    io.expect_none("u2", "disconnect", Duration::from_secs(1))
+        .await;
+    eventually(Duration::from_secs(5), "the replay counted", async || {
+        (http.metric(b, rejected).await? > before).then_some(())
+    })
+    .await;
+    let log = b.log_text();
+    assert!(log.contains("request already accepted once"), "{log}");
+
+    // A new command is a new request.
+    io.emit(
+        "admin",
+        "_disconnect",
+        json!(["/", false, "victims"]),
+        false,
+    )
+    .await;
+    let ev = io.expect("u2", "disconnect").await;
+    assert_eq!(ev["reason"], "io server disconnect", "{ev}");
+}
