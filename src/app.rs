@@ -29,7 +29,7 @@ use crate::{
     gateway::Gateway,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
-    realtime::{Namespaces, NodeInfo, admission, push::Push, reliable},
+    realtime::{Namespaces, NodeInfo, admission, auth::FailedLogins, push::Push, reliable},
     redis,
     telemetry::metrics,
 };
@@ -132,7 +132,8 @@ pub async fn run(
         crate::net::files::socket_cap(config.max_sockets).map_err(StartError::Config)?;
     tracing::info!(max_sockets, "socket cap");
     let metrics = Arc::new(metrics::Metrics::new());
-    let (namespaces, admin_config, gateway_config) = load_namespaces(&config, &metrics)?;
+    let logins = Arc::new(FailedLogins::new(config.login_failures_per_minute));
+    let (namespaces, admin_config, gateway_config) = load_namespaces(&config, &metrics, &logins)?;
     let namespaces = Arc::new(namespaces);
     let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
@@ -162,7 +163,7 @@ pub async fn run(
             .unwrap_or_default()
             .into(),
     };
-    let admin = admin_config.map(|c| Admin::new(c, info.clone()));
+    let admin = admin_config.map(|c| Admin::new(c, info.clone(), logins.clone()));
     let admin_ui = admin_ui(&admin, &config);
 
     let query_limit = http::throttle::QueryLimit::new(config.query_rate).map(Arc::new);
@@ -688,13 +689,19 @@ fn with_admin_ui(app: axum::Router, ui: &Option<axum::Router>) -> axum::Router {
 fn load_namespaces(
     config: &Config,
     metrics: &Arc<metrics::Metrics>,
+    logins: &Arc<FailedLogins>,
 ) -> Result<(Namespaces, Option<AdminConfig>, Option<GatewayConfig>), StartError> {
     let Some(path) = &config.config else {
         return Ok((Namespaces::single_default(), None, None));
     };
     let checked = file::load(path).map_err(|e| StartError::ConfigFile(e.to_string()))?;
-    let namespaces = Namespaces::build(checked.namespaces, &path.display().to_string(), metrics)
-        .map_err(StartError::ConfigFile)?;
+    let namespaces = Namespaces::build(
+        checked.namespaces,
+        &path.display().to_string(),
+        metrics,
+        logins,
+    )
+    .map_err(StartError::ConfigFile)?;
     for ns in namespaces.iter() {
         tracing::info!(
             namespace = %ns.pattern,

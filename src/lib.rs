@@ -60,8 +60,10 @@
 //! HMAC keyed with the secret over the channel name's length (8 bytes, big-endian), the name, `ts` (8 bytes,
 //! big-endian) and the message.
 //! A node refuses what is unsigned, signed with another secret, published on another channel, or sealed more than
-//! 60 s away from its clock, and a heartbeat older than the last accepted from its node (no replays); so a
-//! client of Redis cannot speak for a node. Without the secret, messages are the bare JSON.
+//! 60 s away from its clock, a request whose id it accepted already, and a heartbeat older than the last accepted
+//! from its node (no replays); so a client of Redis cannot speak for a node. Without the secret, messages are the
+//! bare JSON. The adapter's channels (below) are not signed: a Redis ACL keeps other clients out of them
+//! (`deploy/redis-acl.example`).
 //!
 //! Messages with another version, malformed fields, unknown request ids, answers of another kind or duplicate
 //! answers are logged and ignored. Rooms and broadcasts between nodes (the `socket-connected` events,

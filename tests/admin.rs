@@ -396,3 +396,263 @@ async fn the_admin_ui_in_a_browser_shows_the_cluster() {
         assert!(std::fs::metadata(shot).unwrap().len() > 10_000, "{shot:?}");
     }
 }
+
+/// Secrets a client sends with its handshake (a JWT in `Authorization`, cookies, `token`/`apiKey`/`password` query
+/// fields, `auth.password`/`auth.token`) never reach the admin UI: not in `all_sockets`, not in `socket_connected`
+/// from another node (through Redis), not in the handshake's `url`. Other headers and query fields still show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_ui_never_receives_a_clients_secrets() {
+    let test = "admin_redacted";
+    let (_dir, _redis, nodes) = cluster_with_config(test, 2, &config("")).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let jwt = hs256(
+        &json!({"sub": "user-1", "exp": unix_now() + 600}),
+        "a-secret-of-the-app-32-bytes-long",
+    );
+    let secrets = [
+        jwt.clone(),
+        "cookie-value-s3cret".to_owned(),
+        "proxy-credentials-s3cret".to_owned(),
+        "query-token-s3cret".to_owned(),
+        "query-apikey-s3cret".to_owned(),
+        "query-api_key-s3cret".to_owned(),
+        "query-password-s3cret".to_owned(),
+        "auth-password-s3cret".to_owned(),
+        "auth-token-s3cret".to_owned(),
+    ];
+    let connect = async |io: &mut Clients, id: &str, user: &str| {
+        let query = json!({"id_user": user, "room": "r1", "token": secrets[3], "apiKey": secrets[4],
+            "api_key": secrets[5], "password": secrets[6], "keep": "visible"});
+        let auth = json!({"password": secrets[7], "token": secrets[8]});
+        let headers = json!({"authorization": format!("Bearer {jwt}"),
+            "cookie": format!("ID_TOKEN={}", secrets[1]), "proxy-authorization": format!("Basic {}", secrets[2]),
+            "x-keep": "visible"});
+        let ev = io
+            .connect_ns(id, &b.base(), "/", query, auth, headers)
+            .await;
+        assert_eq!(ev["event"], "connect", "{ev}");
+        ev["sid"].as_str().unwrap().to_owned()
+    };
+    let check = |socket: &Value| {
+        let text = socket.to_string();
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "{secret} shown: {text}");
+        }
+        let h = &socket["handshake"];
+        for header in ["authorization", "cookie", "proxy-authorization"] {
+            assert_eq!(h["headers"][header], "[redacted]", "{header}: {socket}");
+        }
+        for field in ["token", "apiKey", "api_key", "password"] {
+            assert_eq!(h["query"][field], "[redacted]", "{field}: {socket}");
+        }
+        assert_eq!(h["headers"]["x-keep"], "visible", "{socket}");
+        assert_eq!(h["query"]["keep"], "visible", "{socket}");
+        assert_eq!(h["query"]["id_user"], socket["data"]["id_user"], "{socket}");
+        let url = h["url"].as_str().unwrap();
+        assert!(
+            url.contains("keep=visible") && url.contains("token=%5Bredacted%5D"),
+            "{url}"
+        );
+    };
+
+    // Listed when the admin UI logs in (node a asks b through the cluster protocol).
+    let u1 = connect(&mut io, "u1", "user-1").await;
+    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let all = io.expect("admin", "all_sockets").await;
+    let listed = all["args"][0].as_array().unwrap();
+    let s1 = listed.iter().find(|s| s["id"] == u1.as_str()).expect("u1");
+    check(s1);
+
+    // Reported as it connects (b's report reaches a through the adapter).
+    let u2 = connect(&mut io, "u2", "user-2").await;
+    let ev = until(&mut io, "admin", "socket_connected", |e| {
+        e["args"][0]["id"] == u2.as_str()
+    })
+    .await;
+    check(&ev["args"][0]);
+}
+
+/// Failed logins back off per client address, across the admin UI and `credentials` namespaces: one address
+/// cannot keep the password checks busy for everyone. Twenty wrong admin logins sent at once from 127.0.0.1 get
+/// five password checks; the others, and then even the right password from there, are refused at once with a
+/// message saying when to retry. Another address logs in, until it fails as often in its turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_back_off_per_address() {
+    let dir = log_dir("admin_login_backoff");
+    let hash = bcrypt::hash("open-sesame", 4).unwrap();
+    std::fs::write(
+        dir.join("credentials.json"),
+        json!([{"username": "lab-user", "password": hash}]).to_string(),
+    )
+    .unwrap();
+    let path = dir.join("config.toml");
+    let lab = "\n[[namespace]]\nname = \"/do-*\"\nauth = \"credentials\"\ncredentials_file = \"credentials.json\"\nrooms = []\n";
+    std::fs::write(&path, config("") + lab).unwrap();
+    let args = [
+        "--config",
+        path.to_str().unwrap(),
+        "--login-failures-per-minute",
+        "5",
+    ];
+    let node = Node::start(
+        &dir,
+        NodeOpts {
+            args: &args,
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let admin = format!("{}/admin", node.base());
+    let mut io = Clients::start();
+    let wrong = json!({"username": "admin", "password": "wrong"});
+    for i in 0..20 {
+        let id = format!("w{i}");
+        io.open_at(&id, &admin, Value::Null, wrong.clone(), &["websocket"])
+            .await;
+    }
+    let backoff = |ev: &Value| {
+        let message = ev["message"].as_str().unwrap_or_default();
+        let secs = message
+            .strip_prefix("too many failed logins from this address: retry in ")
+            .and_then(|rest| rest.strip_suffix(" s"))
+            .and_then(|n| n.parse::<u64>().ok());
+        ev["event"] == "connect_error" && secs.is_some_and(|s| (1..=12).contains(&s))
+    };
+    let (mut checked, mut refused) = (0, 0);
+    for i in 0..20 {
+        let ev = io
+            .expect_any(&format!("w{i}"), &["connect", "connect_error"])
+            .await;
+        match ev["message"].as_str() {
+            Some("invalid credentials") => checked += 1,
+            _ if backoff(&ev) => refused += 1,
+            _ => panic!("w{i}: {ev}"),
+        }
+    }
+    assert_eq!((checked, refused), (5, 15));
+    let log = node.log_text();
+    assert_eq!(log.matches("admin login refused").count(), 5, "{log}");
+
+    // The right password from there waits too, also in a credentials namespace (one allowance per address).
+    let ev = io.login("right", &node.base(), "/admin", login()).await;
+    assert!(backoff(&ev), "{ev}");
+    let good = json!({"username": "lab-user", "password": "open-sesame"});
+    let ev = io.login("lab", &node.base(), "/do-lab", good.clone()).await;
+    assert!(backoff(&ev), "{ev}");
+
+    // Another address is not held up, until it fails five times in its turn.
+    let ev = io
+        .login_from("127.0.0.2", "other", &node.base(), "/admin", login())
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let bad = json!({"username": "lab-user", "password": "wrong"});
+    for i in 0..5 {
+        let ev = io
+            .login_from(
+                "127.0.0.2",
+                &format!("x{i}"),
+                &node.base(),
+                "/do-lab",
+                bad.clone(),
+            )
+            .await;
+        assert_eq!(ev["message"], "UNAUTHORIZED", "{ev}");
+    }
+    let ev = io
+        .login_from("127.0.0.2", "lab2", &node.base(), "/do-lab", good.clone())
+        .await;
+    assert!(backoff(&ev), "{ev}");
+    let ev = io
+        .login_from("127.0.0.3", "lab3", &node.base(), "/do-lab", good)
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+}
+
+/// With `CLUSTER_SECRET`, a signed admin command is applied once: a `_disconnect` of a room read off Redis and
+/// published again (within the 60 s its seal is fresh) disconnects nobody who joined the room since; the node
+/// counts and logs the refusal. The next genuine command still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_admin_command_is_refused() {
+    let test = "admin_replay";
+    let conf = log_dir("admin_replay_config").join("config.toml");
+    std::fs::write(&conf, config("")).unwrap();
+    let args = [
+        "--config",
+        conf.to_str().unwrap(),
+        "--cluster-secret",
+        "a-cluster-secret-for-tests",
+    ];
+    let (_dir, redis, nodes) = cluster_with(test, 2, 1000, &args).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    io.join("u1", b, "user-1", "victims", "websocket").await;
+
+    // A spy on the request channel: what anyone who can subscribe on Redis sees.
+    let spy =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis.url()).unwrap())
+            .build_subscriber_client()
+            .unwrap();
+    fred::prelude::ClientLike::init(&spy).await.unwrap();
+    let mut heard = fred::prelude::EventInterface::message_rx(&spy);
+    let channel = format!("{test}:users#req");
+    fred::prelude::PubsubInterface::ssubscribe(&spy, channel.as_str())
+        .await
+        .unwrap();
+
+    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    io.expect("admin", "all_sockets").await;
+    io.emit(
+        "admin",
+        "_disconnect",
+        json!(["/", false, "victims"]),
+        false,
+    )
+    .await;
+    let ev = io.expect("u1", "disconnect").await;
+    assert_eq!(ev["reason"], "io server disconnect", "{ev}");
+    let captured = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let msg = heard.recv().await.unwrap();
+            let text = msg.value.as_string().unwrap_or_default();
+            if text.contains("victims") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("the command was not seen on Redis");
+    assert!(captured.starts_with(r#"{"ts":"#), "signed: {captured}");
+
+    let http = Http::new();
+    let rejected = "socket_identity_cluster_messages_rejected_total";
+    let before = http.metric(b, rejected).await.unwrap();
+    io.join("u2", b, "user-2", "victims", "websocket").await;
+    let subscribers = redis.cli(&["SPUBLISH", &channel, &captured]);
+    assert_eq!(
+        subscribers.trim(),
+        "3",
+        "both nodes (and the spy) heard the replay"
+    );
+    io.expect_none("u2", "disconnect", Duration::from_secs(1))
+        .await;
+    eventually(Duration::from_secs(5), "the replay counted", async || {
+        (http.metric(b, rejected).await? > before).then_some(())
+    })
+    .await;
+    let log = b.log_text();
+    assert!(log.contains("request already accepted once"), "{log}");
+
+    // A new command is a new request.
+    io.emit(
+        "admin",
+        "_disconnect",
+        json!(["/", false, "victims"]),
+        false,
+    )
+    .await;
+    let ev = io.expect("u2", "disconnect").await;
+    assert_eq!(ev["reason"], "io server disconnect", "{ev}");
+}

@@ -528,3 +528,154 @@ async fn dev_cluster_script_starts_reports_and_stops() {
         );
     }
 }
+
+/// Redis as `admin`, the test's own user (the sample turns the default user off).
+fn acl_cli(port: u16, args: &[&str]) -> String {
+    let mut all = vec![
+        "--user",
+        "admin",
+        "--pass",
+        "admin-pass",
+        "--no-auth-warning",
+    ];
+    all.extend_from_slice(args);
+    cli_at(port, &all).unwrap_or_else(|e| panic!("redis-cli {args:?}: {e}"))
+}
+
+/// `deploy/redis-acl.example` on a real Redis: two nodes, each as its own user limited to the cluster's keys and
+/// channels, work as a cluster (a room shared across nodes, `POST /send` with reliable delivery, the admin UI's
+/// sessions, the gateway's streams) and Redis refused them nothing (`ACL LOG` is empty); outside those limits a
+/// node's user can do nothing: not `FLUSHALL`, not another key, not another channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_work_as_a_cluster_under_the_sample_redis_acl() {
+    let dir = log_dir("deploy_redis_acl");
+    let sample = std::fs::read_to_string(root().join("deploy/redis-acl.example")).unwrap();
+    let acl = sample
+        .replace(">CHANGE-ME-A", ">pass-a")
+        .replace(">CHANGE-ME-B", ">pass-b")
+        + "user admin on >admin-pass ~* &* +@all\n";
+    std::fs::write(dir.join("users.acl"), acl).unwrap();
+    let acl_path = dir.join("users.acl").display().to_string();
+    let port = free_port();
+    let _redis = Redis::start_with(&dir, port, &["--aclfile", &acl_path]);
+    let hash = bcrypt::hash("admin-password", 4).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[namespace]]
+name = "/"
+auth = "claim"
+rooms = ["handshake"]
+api_key = "acl-key-0123456789abcdef"
+user_room_prefix = "user_"
+
+[admin]
+enabled = true
+username = "admin"
+password_hash = "{hash}"
+
+[gateway]
+path = "/connect"
+onconnect = {{ publish = "socket:connection" }}
+send = {{ subscribe = "socket:send" }}
+broadcast = {{ subscribe = "socket:broadcast" }}
+jwt_secret = "a-gateway-secret-of-32-bytes-----"
+stream_prefix = "socket-identity:gw:"
+"#
+        ),
+    )
+    .unwrap();
+    let args = ["--config", config.to_str().unwrap()];
+    let mut nodes = Vec::new();
+    for (id, password) in [("a", "pass-a"), ("b", "pass-b")] {
+        let node = Node::start(
+            &dir,
+            NodeOpts {
+                id,
+                redis: Some(format!("redis://node-{id}:{password}@127.0.0.1:{port}")),
+                prefix: "socket-identity",
+                args: &args,
+                ..NodeOpts::default()
+            },
+        )
+        .await;
+        nodes.push(node);
+    }
+    let http = Http::new();
+    for node in &nodes {
+        assert_eq!(http.status(node, "/ready").await, 200, "{}", node.id);
+    }
+    two_nodes_share_a_room(&nodes).await;
+
+    // POST /send to a room and to a user room (stored, then delivered as a batch on another node).
+    let mut io = Clients::start();
+    io.join("s", &nodes[1], "us", "Shared", "websocket").await;
+    let body = serde_json::json!({"rooms": ["Shared", "user_u1"], "event": "news", "args": [1]});
+    let (status, answer) = http
+        .push(&nodes[0], "site=/&apiKey=acl-key-0123456789abcdef", &body)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rooms"][1]["queued"], 1, "{answer}");
+    assert_eq!(io.expect("s", "news").await["args"], serde_json::json!([1]));
+    let ev = io
+        .connect_acking(
+            "u1",
+            &nodes[1].base(),
+            "/",
+            serde_json::json!({"id_user": "u1", "room": "user_u1"}),
+            Value::Bool(true),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let batch = io.expect("u1", "batch").await;
+    assert_eq!(
+        batch["args"][0],
+        serde_json::json!([["news", 1]]),
+        "{batch}"
+    );
+
+    // The admin UI: a login on a, its session resumed on b.
+    let login = serde_json::json!({"username": "admin", "password": "admin-password"});
+    let ev = io.login("admin", &nodes[0].base(), "/admin", login).await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let session = io.expect("admin", "session").await["args"][0].clone();
+    let ev = io
+        .login(
+            "admin2",
+            &nodes[1].base(),
+            "/admin",
+            serde_json::json!({"sessionId": session}),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+
+    // Nothing the nodes did was refused.
+    println!("{}", acl_cli(port, &["INFO", "commandstats"]));
+    let log = acl_cli(port, &["ACL", "LOG"]);
+    assert!(log.trim().is_empty(), "ACL denials:\n{log}");
+
+    // A node's user outside its limits.
+    let as_a = |args: &[&str]| {
+        let mut all = vec!["--user", "node-a", "--pass", "pass-a", "--no-auth-warning"];
+        all.extend_from_slice(args);
+        // redis-cli exits with an error status on an error reply: its output is in the error.
+        cli_at(port, &all).unwrap_or_else(|e| e)
+    };
+    acl_cli(port, &["SET", "other-app:secret", "x"]);
+    for args in [
+        &["FLUSHALL"][..],
+        &["GET", "other-app:secret"],
+        &["SET", "other-app:secret", "y"],
+        &["KEYS", "*"],
+        &["PUBLISH", "other-app:events", "x"],
+        &["CONFIG", "GET", "requirepass"],
+        &["ACL", "LIST"],
+    ] {
+        let out = as_a(args);
+        assert!(out.contains("NOPERM"), "{args:?}: {out}");
+    }
+    assert_eq!(acl_cli(port, &["GET", "other-app:secret"]).trim(), "x");
+    assert!(as_a(&["PING"]).contains("PONG"));
+}

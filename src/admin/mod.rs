@@ -30,7 +30,13 @@ use socketioxide_core::adapter::DefinedAdapter;
 use crate::{
     cluster::protocol::{Action, Query, Reply, SocketInfo},
     config::file::{AdminConfig, AdminMode},
-    realtime::{NodeInfo, events::Args, local::WATCH_LEASE, observe::Observed},
+    realtime::{
+        NodeInfo,
+        auth::{FailedLogins, backoff::Backoff},
+        events::Args,
+        local::WATCH_LEASE,
+        observe::{self, Observed},
+    },
 };
 use sessions::{MemorySessions, Sessions};
 use stats::Aggregate;
@@ -54,6 +60,8 @@ pub struct Admin {
     aggregate: Mutex<Aggregate>,
     /// One password check at a time: a flood of logins costs one core, not all of them.
     checks: Arc<tokio::sync::Semaphore>,
+    /// Failed logins per address, shared with the `credentials` namespaces: beyond, no check at all.
+    logins: Arc<FailedLogins>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -73,10 +81,12 @@ pub enum AdminError {
     Sessions(String),
     #[error("server busy checking other logins, try again")]
     Busy,
+    #[error(transparent)]
+    Backoff(#[from] Backoff),
 }
 
 impl Admin {
-    pub fn new(config: AdminConfig, node: NodeInfo) -> Arc<Self> {
+    pub fn new(config: AdminConfig, node: NodeInfo, logins: Arc<FailedLogins>) -> Arc<Self> {
         if !config.auth {
             tracing::warn!(
                 namespace = config.namespace,
@@ -91,6 +101,7 @@ impl Admin {
             started: Instant::now(),
             aggregate: Mutex::default(),
             checks: Arc::new(tokio::sync::Semaphore::new(1)),
+            logins,
         })
     }
 
@@ -204,15 +215,26 @@ async fn login<A: Adapter>(
     };
     let expected_user = admin.config.username.clone().unwrap_or_default();
     let hash = admin.config.password_hash.clone().unwrap_or_default();
+    let address = observe::peer(&socket.req_parts().extensions);
+    admin.logins.check(address)?;
     let permit = tokio::time::timeout(LOGIN_QUEUE, admin.checks.clone().acquire_owned())
         .await
         .map_err(|_| AdminError::Busy)?
         .map_err(|_| AdminError::Busy)?;
+    // Again now that it is our turn: the failures of those queued before us count.
+    admin.logins.check(address)?;
+    let logins = admin.logins.clone();
     let ok = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         // Both checked, always: the time does not say which one was wrong.
         let password_ok = bcrypt::verify(password, &hash).unwrap_or(false);
-        crate::domain::secret::equal(user.as_bytes(), expected_user.as_bytes()) && password_ok
+        let ok =
+            crate::domain::secret::equal(user.as_bytes(), expected_user.as_bytes()) && password_ok;
+        // Counted before the next check starts (the permit is released after), even if the client left.
+        if !ok {
+            logins.failed(address);
+        }
+        ok
     })
     .await
     .unwrap_or(false);
@@ -235,11 +257,7 @@ async fn login<A: Adapter>(
 struct NewSession(String);
 
 fn peer<A: Adapter>(socket: &SocketRef<A>) -> String {
-    socket
-        .req_parts()
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or_else(String::new, |c| c.0.ip().to_string())
+    observe::peer(&socket.req_parts().extensions).map_or_else(String::new, |ip| ip.to_string())
 }
 
 async fn on_connect<A: Adapter>(

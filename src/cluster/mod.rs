@@ -44,7 +44,7 @@ pub use query::Answer;
 use crate::{
     cluster::membership::{Change, Membership, Seen},
     cluster::protocol::{Heartbeat, Query, Request, Response},
-    cluster::seal::{Freshness, RejectionLog, Seal, SealError},
+    cluster::seal::{Freshness, Once, RejectionLog, Seal, SealError},
     redis::{self, RedisError, Subscriber},
     telemetry::metrics::{Metrics, Outcome, RedisWatch},
 };
@@ -189,6 +189,7 @@ impl Cluster {
                 metrics: metrics.clone(),
                 seal: seal.clone(),
                 fresh: Freshness::default(),
+                requests: Once::default(),
                 refusals: RejectionLog::default(),
             },
         ));
@@ -495,6 +496,8 @@ struct Handler {
     seal: Seal,
     /// The time of the last signed heartbeat accepted from each node.
     fresh: Freshness,
+    /// The signed requests accepted lately: each is accepted once.
+    requests: Once,
     refusals: RejectionLog,
 }
 
@@ -519,19 +522,18 @@ impl Handler {
         };
         let (bytes, sealed_at) = match self.seal.open(&msg.channel, bytes) {
             Ok(opened) => (opened.msg, opened.ts),
-            Err(e) => {
-                self.refusals.warn(&msg.channel, &e);
-                self.metrics.cluster_messages_rejected.inc();
-                return;
-            }
+            Err(e) => return self.refuse(&msg.channel, &e),
         };
         if *msg.channel == *self.request_channel {
             match protocol::decode_request(bytes) {
                 Ok(req) if *req.from == *self.node => {}
-                Ok(req) if !self.answering.load(Ordering::Relaxed) => {
-                    tracing::debug!(from = %req.from, "request before our announcement ignored");
-                }
-                Ok(req) => self.answer(req),
+                Ok(req) => match sealed_at.map_or(Ok(()), |ts| self.requests.first(req.id, ts)) {
+                    Err(e) => self.refuse(&msg.channel, &e),
+                    Ok(()) if !self.answering.load(Ordering::Relaxed) => {
+                        tracing::debug!(from = %req.from, "request before our announcement ignored");
+                    }
+                    Ok(()) => self.answer(req),
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "bad cluster request ignored");
                     self.metrics.cluster_messages_rejected.inc();
@@ -548,8 +550,7 @@ impl Handler {
         } else if *msg.channel == *self.nodes_channel {
             match protocol::decode_heartbeat(bytes) {
                 Ok(hb) if sealed_at.is_some_and(|ts| !self.fresh.accept(&hb.node, ts)) => {
-                    self.refusals.warn(&msg.channel, &SealError::Replayed);
-                    self.metrics.cluster_messages_rejected.inc();
+                    self.refuse(&msg.channel, &SealError::Replayed);
                 }
                 Ok(hb) if hb.leaving => self.membership.remove(&hb.node, "it is shutting down"),
                 Ok(hb) => match self.membership.alive(&hb.node) {
@@ -571,6 +572,12 @@ impl Handler {
                 }
             }
         }
+    }
+
+    /// Counts and logs (at most once a minute per kind) a message refused for its seal.
+    fn refuse(&self, channel: &str, error: &SealError) {
+        self.refusals.warn(channel, error);
+        self.metrics.cluster_messages_rejected.inc();
     }
 
     fn answer(&self, req: Request) {

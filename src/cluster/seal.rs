@@ -5,11 +5,13 @@
 //! heartbeat) travels in an [`Envelope`]: the message as it was encoded, the time it was sealed, and an
 //! HMAC-SHA256 over the channel it is published on, that time and the message. A node drops (and counts) what
 //! is unsigned, badly signed, or sealed more than [`MAX_SKEW`] away from its own clock, so a captured message
-//! cannot be replayed for ever nor on another channel (heartbeats are also refused when older than the last
-//! one accepted from their node, see [`Freshness`]). Without a secret, messages are the bare JSON, as before.
+//! cannot be replayed for ever nor on another channel. Within that window, a request is accepted once (its id is
+//! remembered for as long as its seal is fresh, see [`Once`]: an admin `_disconnect` replayed does nothing), and
+//! a heartbeat is refused when older than the last one accepted from its node (see [`Freshness`]). Without a
+//! secret, messages are the bare JSON, as before.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
@@ -18,12 +20,18 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::Sha256;
+use uuid::Uuid;
 
 use super::protocol::MAX_MESSAGE_BYTES;
 
 /// How far a message's seal time may be from our clock, either way: transit takes milliseconds, so this is
 /// mostly for clocks that disagree. Nodes need clocks within this of each other (NTP).
 pub const MAX_SKEW: Duration = Duration::from_secs(60);
+
+/// Most signed requests remembered at once (some 30 MB at most). A request is remembered about a minute (until
+/// its seal is older than [`MAX_SKEW`]), so this is over 8,000 requests a second on the request channel; beyond,
+/// requests are refused (the askers' answers are partial) rather than possibly accepted twice.
+pub const MAX_REMEMBERED: usize = 1 << 19;
 
 /// The shortest secret accepted: a short one could be guessed offline from one captured message.
 pub const MIN_SECRET_BYTES: usize = 16;
@@ -54,6 +62,10 @@ pub enum SealError {
     Expired(i128),
     #[error("heartbeat older than the last one from its node (a replay)")]
     Replayed,
+    #[error("request already accepted once (a replay)")]
+    RequestReplayed,
+    #[error("over {MAX_REMEMBERED} signed requests within the replay window: refused")]
+    TooManyRequests,
 }
 
 impl SealError {
@@ -65,6 +77,8 @@ impl SealError {
             Self::BadSignature => "bad_signature",
             Self::Expired(_) => "expired",
             Self::Replayed => "replayed",
+            Self::RequestReplayed => "replayed_request",
+            Self::TooManyRequests => "too_many_requests",
         }
     }
 }
@@ -212,6 +226,51 @@ impl Freshness {
                 true
             }
         }
+    }
+}
+
+/// Signed requests already accepted: a request is accepted once. Each id is remembered until its seal is more
+/// than [`MAX_SKEW`] old, after which [`Seal::open`] refuses the message anyway (at most `2 × MAX_SKEW` after it
+/// arrived, for one sealed ahead of our clock).
+#[derive(Debug, Default)]
+pub struct Once(Mutex<Remembered>);
+
+#[derive(Debug, Default)]
+struct Remembered {
+    ids: HashSet<Uuid>,
+    /// `(forget at, id)` in the order they arrived: the oldest first, give or take the nodes' clock skew.
+    order: VecDeque<(u64, Uuid)>,
+}
+
+impl Once {
+    /// Whether request `id`, sealed at `ts`, arrives for the first time now; if so, it is remembered.
+    pub fn first(&self, id: Uuid, ts: u64) -> Result<(), SealError> {
+        self.first_at(id, ts, now_ms())
+    }
+
+    pub fn first_at(&self, id: Uuid, ts: u64, now: u64) -> Result<(), SealError> {
+        let mut seen = self.0.lock().unwrap();
+        while let Some(&(until, old)) = seen.order.front()
+            && until < now
+        {
+            seen.order.pop_front();
+            seen.ids.remove(&old);
+        }
+        if seen.ids.contains(&id) {
+            return Err(SealError::RequestReplayed);
+        }
+        if seen.ids.len() >= MAX_REMEMBERED {
+            return Err(SealError::TooManyRequests);
+        }
+        seen.ids.insert(id);
+        let skew = u64::try_from(MAX_SKEW.as_millis()).unwrap_or(u64::MAX);
+        seen.order.push_back((ts.saturating_add(skew), id));
+        Ok(())
+    }
+
+    /// Requests remembered now.
+    pub fn remembered(&self) -> usize {
+        self.0.lock().unwrap().ids.len()
     }
 }
 
@@ -403,6 +462,55 @@ mod tests {
         assert!(f.accept("b", 150));
         assert!(!f.accept("b", 149), "a replay of an older one");
         assert!(f.accept("c", 1), "per node");
+    }
+
+    #[test]
+    fn a_request_is_accepted_once_while_its_seal_is_fresh() {
+        let once = Once::default();
+        let skew = MAX_SKEW.as_millis() as u64;
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(once.first_at(a, NOW, NOW), Ok(()));
+        assert_eq!(
+            once.first_at(a, NOW, NOW + 1),
+            Err(SealError::RequestReplayed)
+        );
+        assert_eq!(once.first_at(b, NOW, NOW + 1), Ok(()), "another request");
+        // Replayed as late as `open` lets it through: still refused.
+        assert_eq!(
+            once.first_at(a, NOW, NOW + skew),
+            Err(SealError::RequestReplayed)
+        );
+        // Sealed ahead of our clock: remembered until its seal is MAX_SKEW old, twice MAX_SKEW after it came.
+        let ahead = Uuid::new_v4();
+        assert_eq!(once.first_at(ahead, NOW + skew, NOW), Ok(()));
+        assert_eq!(once.remembered(), 3);
+        assert_eq!(
+            once.first_at(ahead, NOW + skew, NOW + 2 * skew),
+            Err(SealError::RequestReplayed)
+        );
+        assert_eq!(
+            once.remembered(),
+            1,
+            "a and b forgotten: `open` refuses them by now"
+        );
+        let later = NOW + 2 * skew + 1;
+        assert_eq!(once.first_at(Uuid::new_v4(), later, later), Ok(()));
+        assert_eq!(once.remembered(), 1, "ahead forgotten too");
+    }
+
+    #[test]
+    fn remembers_at_most_max_remembered_requests() {
+        let once = Once::default();
+        for _ in 0..MAX_REMEMBERED {
+            once.first_at(Uuid::new_v4(), NOW, NOW).unwrap();
+        }
+        assert_eq!(
+            once.first_at(Uuid::new_v4(), NOW, NOW),
+            Err(SealError::TooManyRequests)
+        );
+        let skew = MAX_SKEW.as_millis() as u64;
+        assert_eq!(once.first_at(Uuid::new_v4(), NOW, NOW + skew + 1), Ok(()));
+        assert_eq!(once.remembered(), 1);
     }
 
     #[test]

@@ -111,6 +111,12 @@ pub struct Config {
     #[arg(long, env = "QUERY_RATE", default_value_t = 50)]
     pub query_rate: u32,
 
+    /// Failed logins (admin UI, `credentials` namespaces) one client address may have per minute, then one more
+    /// every `60 / n` s; beyond, its logins are refused at once without a password check. 0: no limit. Behind a
+    /// proxy every client has the proxy's address.
+    #[arg(long, env = "LOGIN_FAILURES_PER_MINUTE", default_value_t = 5)]
+    pub login_failures_per_minute: u32,
+
     /// Signs every cluster message (HMAC-SHA256) and refuses those not signed with it: without it, anyone who
     /// can publish on Redis can speak for a node. The same on every node of the cluster, at least 16
     /// characters; give it in the environment rather than on the command line. Never logged.

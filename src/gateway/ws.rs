@@ -81,6 +81,7 @@ async fn connect(
         query: query.as_deref(),
         auth: None,
         headers: &headers,
+        address: None,
     };
     let verified = match gateway.jwt.verify(handshake) {
         Ok(v) => v,

@@ -6,7 +6,7 @@
 //! address: raise the rate there, or turn it off.
 
 use std::{
-    net::{IpAddr, Ipv6Addr},
+    net::IpAddr,
     num::NonZeroU32,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
@@ -18,6 +18,8 @@ use governor::{
     middleware::NoOpMiddleware,
     state::keyed::DashMapStateStore,
 };
+
+use crate::domain::client::key;
 
 /// Forget clients idle long enough to be back at a full burst, every this many checks: the map of clients stays
 /// as small as the set of clients asking now.
@@ -67,18 +69,6 @@ impl<C: Clock> QueryLimit<C> {
     /// Clients remembered now.
     pub fn clients(&self) -> usize {
         self.limiter.len()
-    }
-}
-
-/// The address a client is counted under: IPv4 as it is (also when mapped into IPv6), IPv6 by its /64.
-fn key(client: IpAddr) -> IpAddr {
-    match client.to_canonical() {
-        IpAddr::V6(v6) => {
-            let mut segments = v6.segments();
-            segments[4..].fill(0);
-            IpAddr::V6(Ipv6Addr::from(segments))
-        }
-        v4 => v4,
     }
 }
 

@@ -284,6 +284,7 @@ async fn admit<A: Adapter>(
         query: parts.uri.query(),
         auth: auth.as_ref(),
         headers: &parts.headers,
+        address: super::observe::peer(&parts.extensions),
     };
     let verified = ns.verifier.verify(hs).await?;
     drop(verifying);

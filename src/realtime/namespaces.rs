@@ -9,7 +9,10 @@ use std::sync::Arc;
 use socketioxide::{SocketIo, adapter::Adapter, handler::ConnectHandler};
 use socketioxide_core::adapter::DefinedAdapter;
 
-use super::{auth::Verifier, handshake};
+use super::{
+    auth::{FailedLogins, Verifier},
+    handshake,
+};
 use crate::{
     config::file::{CheckedNamespace, NamePattern, NamespaceConfig, RoomSource},
     telemetry::metrics::Metrics,
@@ -93,10 +96,11 @@ impl Namespaces {
         checked: Vec<CheckedNamespace>,
         file: &str,
         metrics: &Arc<Metrics>,
+        logins: &Arc<FailedLogins>,
     ) -> Result<Self, String> {
         let mut list = Vec::new();
         for ns in checked {
-            let verifier = Verifier::build(&ns, metrics)
+            let verifier = Verifier::build(&ns, metrics, logins)
                 .map_err(|e| format!("{file}:{}: namespace {:?}: {e}", ns.line, ns.config.name))?;
             list.push(Self::namespace(ns.pattern, verifier, ns.config));
         }
@@ -228,7 +232,8 @@ views = true
         let checked = crate::config::file::parse(text, "t", std::path::Path::new("."))
             .unwrap()
             .namespaces;
-        let all = Namespaces::build(checked, "t", &Arc::new(Metrics::new())).unwrap();
+        let all =
+            Namespaces::build(checked, "t", &Arc::new(Metrics::new()), &Arc::default()).unwrap();
         assert_eq!(
             all.find("/do-special").unwrap().pattern.to_string(),
             "/do-special"

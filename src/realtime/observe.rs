@@ -6,9 +6,14 @@
 //! details (a socket's handshake, an event's arguments) are only built while an admin UI is connected somewhere
 //! in the cluster ([`Observer::watched_for`]). Reports go through a bounded queue; when the watcher falls behind
 //! they are dropped and counted, never waited for.
+//!
+//! The admin UI is shown a socket's handshake without its secrets ([`REDACTED`] in their place): credentials in
+//! headers ([`SECRET_HEADERS`]) and in the query string ([`SECRET_FIELDS`], also in the `url`). The handshake's
+//! `auth` object is never shown. Event arguments are shown as they are.
 
 use std::{
     collections::BTreeMap,
+    net::IpAddr,
     sync::{
         Arc, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -22,6 +27,14 @@ use tokio::sync::mpsc;
 
 use super::handshake::Identity;
 use crate::cluster::protocol::{HandshakeInfo, SocketInfo};
+
+/// What the admin UI sees instead of a secret.
+pub const REDACTED: &str = "[redacted]";
+/// Request headers that carry credentials (names as `http` gives them: lowercase).
+const SECRET_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+/// Query fields that carry credentials (compared ignoring ASCII case): the JWT namespaces' and the gateway's
+/// `token`, API keys, passwords.
+const SECRET_FIELDS: [&str; 5] = ["token", "access_token", "apikey", "api_key", "password"];
 
 /// Reports waiting for the watcher; beyond this they are dropped (a burst of connections must not grow memory).
 const QUEUE: usize = 16_384;
@@ -235,30 +248,14 @@ impl Issued {
 /// A socket as the admin UI shows it.
 pub fn socket_info<A: Adapter>(socket: &SocketRef<A>) -> SocketInfo {
     let parts = socket.req_parts();
-    let headers: BTreeMap<String, String> = parts
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-        .collect();
-    let query: BTreeMap<String, String> = parts
-        .uri
-        .query()
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .into_owned()
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = shown_headers(&parts.headers);
+    let fields = shown_query(parts.uri.query());
     let identity = socket.extensions.get::<Arc<Identity>>();
     let issued = socket
         .extensions
         .get::<Issued>()
         .map_or_else(now_ms, |i| i.0);
-    let address = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_default();
+    let address = peer(&parts.extensions).map_or_else(String::new, |ip| ip.to_string());
     let data = match &identity {
         Some(id) => serde_json::json!({ "id_user": id.id_user.as_deref(), "role": id.role }),
         None => Value::Object(Default::default()),
@@ -280,13 +277,56 @@ pub fn socket_info<A: Adapter>(socket: &SocketRef<A>) -> SocketInfo {
                 .is_none_or(|p| p == "https"),
             xdomain: headers.contains_key("origin"),
             headers,
-            query,
+            url: shown_url(parts.uri.path(), &fields),
+            query: fields.into_iter().collect(),
             issued,
             time: httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_millis(issued)),
-            url: parts.uri.to_string(),
             address,
         },
     }
+}
+
+/// The address of the connection a request came on (the proxy's, behind one).
+pub fn peer(extensions: &axum::http::Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// A handshake's headers as the admin UI is shown them: readable ones, secrets redacted.
+fn shown_headers(headers: &axum::http::HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            let value = match SECRET_HEADERS.contains(&k.as_str()) {
+                true => REDACTED,
+                false => v.to_str().ok()?,
+            };
+            Some((k.as_str().to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// A query string's fields, in order, secrets redacted.
+fn shown_query(query: Option<&str>) -> Vec<(String, String)> {
+    let secret = |k: &str| SECRET_FIELDS.iter().any(|s| s.eq_ignore_ascii_case(k));
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .map(|(k, v)| match secret(&k) {
+            true => (k.into_owned(), REDACTED.to_owned()),
+            false => (k.into_owned(), v.into_owned()),
+        })
+        .collect()
+}
+
+/// The request's path and its query as [`shown_query`] gives it.
+fn shown_url(path: &str, fields: &[(String, String)]) -> String {
+    if fields.is_empty() {
+        return path.to_owned();
+    }
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    format!("{path}?{query}")
 }
 
 fn now_ms() -> u64 {
@@ -317,6 +357,38 @@ mod tests {
         assert!(observer.watched());
         observer.detailed("packetsIn", details);
         assert_eq!(reports.recv().await, Some(details()));
+    }
+
+    #[test]
+    fn secrets_in_a_handshake_are_redacted() {
+        let mut headers = axum::http::HeaderMap::new();
+        for (k, v) in [
+            ("authorization", "Bearer eyJ.secret"),
+            ("cookie", "ID_TOKEN=secret"),
+            ("proxy-authorization", "Basic secret"),
+            ("user-agent", "node"),
+        ] {
+            headers.insert(k, v.parse().unwrap());
+        }
+        let shown = shown_headers(&headers);
+        assert_eq!(shown["user-agent"], "node");
+        for k in SECRET_HEADERS {
+            assert_eq!(shown[k], REDACTED, "{k}");
+        }
+        let fields = shown_query(Some(
+            "EIO=4&token=t1&apiKey=k1&API_KEY=k2&Password=p1&access_token=t2&room=r%20x",
+        ));
+        let url = shown_url("/socket.io/", &fields);
+        assert!(!url.contains('1') && !url.contains('2'), "{url}");
+        assert!(
+            url.starts_with("/socket.io/?EIO=4&token=%5Bredacted%5D&"),
+            "{url}"
+        );
+        assert!(url.ends_with("&room=r+x"), "{url}");
+        let map: BTreeMap<_, _> = fields.into_iter().collect();
+        assert_eq!(map["room"], "r x");
+        assert_eq!(map["Password"], REDACTED);
+        assert_eq!(shown_url("/socket.io/", &[]), "/socket.io/");
     }
 
     #[tokio::test]

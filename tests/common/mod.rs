@@ -531,6 +531,10 @@ impl Node {
         if !opts.args.contains(&"--query-rate") {
             cmd.args(["--query-rate", "0"]);
         }
+        // Nor a limit on failed logins: tests refuse many logins from 127.0.0.1 (tests/admin.rs sets one).
+        if !opts.args.contains(&"--login-failures-per-minute") {
+            cmd.args(["--login-failures-per-minute", "0"]);
+        }
         let child = cmd.spawn().expect("start node");
         Self {
             child,
@@ -1000,6 +1004,23 @@ impl Clients {
         self.send(
             json!({"op": "connect", "id": id, "url": url, "query": query, "auth": auth,
             "transports": ["websocket"], "headers": headers}),
+        )
+        .await;
+        self.expect_any(id, &["connect", "connect_error"]).await
+    }
+
+    /// [`Self::login`] from another local address (`127.0.0.2`: the server tells it apart from `127.0.0.1`).
+    pub async fn login_from(
+        &mut self,
+        local_address: &str,
+        id: &str,
+        base: &str,
+        ns: &str,
+        auth: Value,
+    ) -> Value {
+        self.send(
+            json!({"op": "connect", "id": id, "url": format!("{base}{ns}"), "auth": auth,
+            "transports": ["websocket"], "local_address": local_address}),
         )
         .await;
         self.expect_any(id, &["connect", "connect_error"]).await

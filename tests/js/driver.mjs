@@ -1,7 +1,7 @@
 // Drives real socket.io-client sockets for the Rust integration tests.
 // stdin: one JSON command per line; stdout: one JSON event per line. Exits when stdin closes.
 //   {"op":"connect","id":"a","url":"https://127.0.0.1:5009","query":{...},"auth":{...},"transports":["websocket"],
-//    "reconnect":true, "headers":{"origin":"https://app.example"}}
+//    "reconnect":true, "headers":{"origin":"https://app.example"}, "local_address":"127.0.0.2"}
 //   "shared":true: the socket shares one Engine.IO connection with the other shared sockets to the same server
 //   (socket.io-client's multiplexing), one namespace each.
 //   {"op":"emit","id":"a","event":"identity-change","args":[...],"ack":true}
@@ -18,7 +18,7 @@ import { io } from "socket.io-client";
 const sockets = new Map();
 const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
 
-function connect({ id, url, query, auth, transports, reconnect, headers, ack_server, shared }) {
+function connect({ id, url, query, auth, transports, reconnect, headers, ack_server, shared, local_address }) {
   const socket = io(url, {
     extraHeaders: headers ?? {},
     query: query ?? {},
@@ -30,6 +30,8 @@ function connect({ id, url, query, auth, transports, reconnect, headers, ack_ser
     reconnectionDelayMax: 1000,
     forceNew: !shared,
     timeout: 5000,
+    // The address the connection comes from (any of 127.0.0.0/8 reaches a server on 127.0.0.1).
+    localAddress: local_address ?? undefined,
   });
   sockets.set(id, socket);
   socket.on("connect", () => out({ id, event: "connect", sid: socket.id }));

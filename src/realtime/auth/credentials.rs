@@ -3,13 +3,14 @@
 //! Hash checks cost tens of milliseconds of CPU by design, so they run on tokio's blocking pool, on all cores but
 //! one at a time (one on a 1- or 2-core machine); a handshake that cannot start its check within [`QUEUE_WAIT`]
 //! is refused as busy. The core left free keeps the async workers serving everyone else whatever the flood.
+//! Failed checks count against the client's address ([`FailedLogins`]): beyond its allowance, no check at all.
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use super::{AuthError, Handshake, Verified};
+use super::{AuthError, FailedLogins, Handshake, Verified};
 use crate::domain::validate;
 
 /// Longest a handshake waits for a free core to check its password.
@@ -37,6 +38,7 @@ pub struct Credentials {
     /// users take as long as known ones (no user enumeration by timing).
     dummy: Stored,
     cores: Arc<Semaphore>,
+    logins: Arc<FailedLogins>,
 }
 
 /// Never prints a hash or a password: only how many users there are.
@@ -114,7 +116,14 @@ impl Credentials {
             users: Arc::new(users),
             dummy,
             cores: Arc::new(Semaphore::new(cores)),
+            logins: Arc::default(),
         })
+    }
+
+    /// Counts failed checks in `logins` and refuses addresses that failed too often (without it: no limit).
+    pub fn counting_failures_in(mut self, logins: Arc<FailedLogins>) -> Self {
+        self.logins = logins;
+        self
     }
 
     pub async fn verify(&self, hs: Handshake<'_>) -> Result<Verified, AuthError> {
@@ -127,6 +136,7 @@ impl Credentials {
         let (Some(username), Some(password)) = (field("username"), field("password")) else {
             return Err(AuthError::Unauthorized);
         };
+        self.logins.check(hs.address)?;
         let known = self.users.get(&username);
         let stored = known.unwrap_or(&self.dummy).clone();
         let known = known.is_some();
@@ -134,9 +144,17 @@ impl Credentials {
             .await
             .map_err(|_| AuthError::Busy)?
             .map_err(|_| AuthError::Busy)?;
+        // Again now that it is our turn: the failures of those queued before us count.
+        self.logins.check(hs.address)?;
+        let (logins, address) = (self.logins.clone(), hs.address);
         let ok = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            check(&stored, &password) && known
+            let ok = check(&stored, &password) && known;
+            // Counted before the next check starts (the permit is released after), even if the client left.
+            if !ok {
+                logins.failed(address);
+            }
+            ok
         })
         .await
         .unwrap_or(false);
@@ -231,6 +249,7 @@ mod tests {
             query: None,
             auth: Some(&auth),
             headers: &headers,
+            address: Some([192, 0, 2, 1].into()),
         })
         .await
     }
@@ -260,6 +279,7 @@ mod tests {
                 query: Some("username=alice&password=s3cret"),
                 auth: None,
                 headers: &headers,
+                address: None,
             })
             .await;
         assert_eq!(
@@ -267,6 +287,37 @@ mod tests {
             AuthError::Unauthorized,
             "auth object only"
         );
+    }
+
+    #[tokio::test]
+    async fn an_address_that_fails_too_often_is_refused_without_a_check() {
+        let f = file(r#"[{"username": "admin", "password": "admin"}]"#);
+        let logins = Arc::new(FailedLogins::new(5));
+        let c = Credentials::load(&f.0, true)
+            .unwrap()
+            .counting_failures_in(logins.clone());
+        assert!(login(&c, "admin", "admin").await.is_ok(), "no failure yet");
+        for _ in 0..5 {
+            assert_eq!(
+                login(&c, "admin", "wrong").await.unwrap_err(),
+                AuthError::Unauthorized
+            );
+        }
+        let e = login(&c, "admin", "admin").await.unwrap_err();
+        assert!(matches!(e, AuthError::Backoff(_)), "{e:?}");
+        assert!(e.to_string().starts_with("too many failed logins"), "{e}");
+        assert_eq!(e.kind(), "login_backoff");
+        let auth = json!({"username": "admin", "password": "admin"});
+        let headers = HeaderMap::new();
+        let elsewhere = c
+            .verify(Handshake {
+                query: None,
+                auth: Some(&auth),
+                headers: &headers,
+                address: Some([192, 0, 2, 2].into()),
+            })
+            .await;
+        assert!(elsewhere.is_ok(), "another address: {elsewhere:?}");
     }
 
     #[tokio::test]

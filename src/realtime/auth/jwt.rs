@@ -217,6 +217,7 @@ mod tests {
             query: Some(query),
             auth: None,
             headers,
+            address: None,
         })
     }
 

@@ -4,15 +4,17 @@
 //! and says who it is ([`Verified`]) or why not ([`AuthError`], whose text the client reads in its
 //! `connect_error`).
 
+pub mod backoff;
 mod credentials;
 pub mod jwt;
 mod webhook;
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use axum::http::HeaderMap;
 use serde_json::Value;
 
+pub use backoff::FailedLogins;
 pub use credentials::Credentials;
 pub use jwt::Jwt;
 pub use webhook::Webhook;
@@ -31,6 +33,8 @@ pub struct Handshake<'a> {
     /// The Socket.IO `auth` object (`CONNECT` payload).
     pub auth: Option<&'a Value>,
     pub headers: &'a HeaderMap,
+    /// The client's address, for [`FailedLogins`]; `None` when unknown (never held back then).
+    pub address: Option<IpAddr>,
 }
 
 impl Handshake<'_> {
@@ -91,6 +95,9 @@ pub enum AuthError {
     /// Too many password checks waiting: the node protects its CPU.
     #[error("server busy checking passwords: retry shortly")]
     Busy,
+    /// The client's address failed too many logins lately: refused without a check.
+    #[error(transparent)]
+    Backoff(#[from] backoff::Backoff),
     #[error(transparent)]
     Invalid(#[from] Invalid),
 }
@@ -102,6 +109,7 @@ impl AuthError {
             Self::Unauthorized | Self::Token(_) | Self::Rejected => "unauthorized",
             Self::Webhook(_) => "auth_service",
             Self::Busy => "busy",
+            Self::Backoff(_) => "login_backoff",
             Self::Invalid(e) => e.kind(),
         }
     }
@@ -119,15 +127,23 @@ pub enum Verifier {
 
 impl Verifier {
     /// Builds the verifier a checked namespace table describes (reads its credentials file or key).
-    pub fn build(ns: &CheckedNamespace, metrics: &Arc<Metrics>) -> Result<Self, String> {
+    /// Password checks count their failures in `logins` (one per node, shared with the admin UI).
+    pub fn build(
+        ns: &CheckedNamespace,
+        metrics: &Arc<Metrics>,
+        logins: &Arc<FailedLogins>,
+    ) -> Result<Self, String> {
         let c = &ns.config;
         Ok(match c.auth {
             AuthKind::None => Self::None,
             AuthKind::Claim => Self::Claim,
-            AuthKind::Credentials => Self::Credentials(Credentials::load(
-                c.credentials_file.as_deref().expect("checked"),
-                c.allow_plain_passwords,
-            )?),
+            AuthKind::Credentials => Self::Credentials(
+                Credentials::load(
+                    c.credentials_file.as_deref().expect("checked"),
+                    c.allow_plain_passwords,
+                )?
+                .counting_failures_in(logins.clone()),
+            ),
             AuthKind::Jwt => Self::Jwt(Box::new(Jwt::new(c)?)),
             AuthKind::Webhook => Self::Webhook(Webhook::new(c, metrics.clone())?),
         })
@@ -208,6 +224,7 @@ mod tests {
             query: Some(query),
             auth,
             headers,
+            address: None,
         }
     }
 
