@@ -1713,6 +1713,18 @@ async fn stream_prefix_and_trimming() {
         (100..=250).contains(&len),
         "400 messages with stream_maxlen = 100 (MAXLEN ~): {len} kept"
     );
+    // Every entry trimmed is counted (the other streams are under the cap).
+    let http = Http::new();
+    eventually(
+        Duration::from_secs(5),
+        "the trimmed entries counted",
+        async || {
+            let trimmed =
+                metric_sum(&http, &a, "socket_identity_gateway_entries_trimmed_total").await;
+            (trimmed as usize == 400 - xlen(&redis, &general)).then_some(())
+        },
+    )
+    .await;
     tokio::time::sleep(QUIET).await;
     ws.assert_nothing();
 }

@@ -238,8 +238,9 @@ impl Gateway {
         }
         let data = serde_json::to_string(&envelope).expect("plain types");
         match streams::add(&self.publisher, stream, self.config.stream_maxlen(), data).await {
-            Ok(()) => {
+            Ok(trimmed) => {
                 self.metrics.gateway_published.inc();
+                self.metrics.gateway_trimmed.inc_by(trimmed);
             }
             Err(e) => {
                 tracing::warn!(stream, error = %e, "envelope not added to its stream");
@@ -491,8 +492,11 @@ async fn housekeeping(gateway: Arc<Gateway>) {
         .into_iter()
         .flatten()
         {
-            if let Err(e) = streams::trim(&gateway.publisher, key, maxlen).await {
-                tracing::debug!(key, error = %e, "gateway stream not trimmed");
+            match streams::trim(&gateway.publisher, key, maxlen).await {
+                Ok(trimmed) => {
+                    gateway.metrics.gateway_trimmed.inc_by(trimmed);
+                }
+                Err(e) => tracing::debug!(key, error = %e, "gateway stream not trimmed"),
             }
         }
     }

@@ -24,17 +24,22 @@ pub struct Entry {
     pub data: Option<Vec<u8>>,
 }
 
-/// `XADD key MAXLEN ~ maxlen * data <json>`.
+/// `XADD key * data <json>` then `XTRIM key MAXLEN ~ maxlen`, in one round trip: how many entries the trim
+/// removed (`XADD ... MAXLEN ~` trims the same way, but does not say how many).
 pub async fn add(
     client: &Client,
     key: &str,
     maxlen: u64,
     data: String,
-) -> Result<(), fred::error::Error> {
-    client
-        .xadd::<Value, _, _, _, _>(key, false, cap(maxlen), "*", vec![("data", data)])
-        .await
-        .map(|_| ())
+) -> Result<u64, fred::error::Error> {
+    let pipeline = client.pipeline();
+    pipeline
+        .xadd::<(), _, _, _, _>(key, false, None::<()>, "*", vec![("data", data)])
+        .await?;
+    pipeline.xtrim::<(), _, _>(key, cap(maxlen)).await?;
+    let mut replies = pipeline.try_all::<Value>().await.into_iter();
+    replies.next().unwrap_or(Ok(Value::Null))?;
+    trimmed(replies.next().unwrap_or(Ok(Value::Null))?)
 }
 
 /// `MAXLEN ~ maxlen`: trimmed by whole listpack nodes, which is what keeps `XADD` cheap.
@@ -47,12 +52,14 @@ fn cap(maxlen: u64) -> (XCapKind, XCapTrim, i64, Option<i64>) {
     )
 }
 
-/// `XTRIM key MAXLEN ~ maxlen`.
-pub async fn trim(client: &Client, key: &str, maxlen: u64) -> Result<(), fred::error::Error> {
-    client
-        .xtrim::<Value, _, _>(key, cap(maxlen))
-        .await
-        .map(|_| ())
+/// `XTRIM key MAXLEN ~ maxlen`: how many entries it removed.
+pub async fn trim(client: &Client, key: &str, maxlen: u64) -> Result<u64, fred::error::Error> {
+    trimmed(client.xtrim::<Value, _, _>(key, cap(maxlen)).await?)
+}
+
+/// `XTRIM`'s answer: the number of entries removed.
+fn trimmed(answer: Value) -> Result<u64, fred::error::Error> {
+    answer.convert::<u64>()
 }
 
 /// Creates `group` on each stream at its end, and the stream if missing; an existing group is kept (with where it

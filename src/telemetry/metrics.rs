@@ -75,6 +75,8 @@ pub struct Metrics {
     pub gateway_malformed_entries: Counter,
     /// Frames the gateway dropped because a client's queue was full (a client not reading).
     pub gateway_dropped: Counter,
+    /// Entries `MAXLEN ~ stream_maxlen` removed from the gateway's streams, read or not: the oldest go first.
+    pub gateway_trimmed: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -116,6 +118,7 @@ impl Metrics {
         let gateway_delivered = Counter::default();
         let gateway_malformed_entries = Counter::default();
         let gateway_dropped = Counter::default();
+        let gateway_trimmed = Counter::default();
 
         let mut r = Registry::with_prefix("socket_identity");
         r.register(
@@ -238,6 +241,11 @@ impl Metrics {
             "Frames the gateway dropped because a client's queue was full (a client not reading)",
             gateway_dropped.clone(),
         );
+        r.register(
+            "gateway_entries_trimmed",
+            "Entries stream_maxlen trimmed from the gateway's streams, whether anyone had read them or not",
+            gateway_trimmed.clone(),
+        );
         Self {
             registry: r,
             sockets,
@@ -264,6 +272,7 @@ impl Metrics {
             gateway_delivered,
             gateway_malformed_entries,
             gateway_dropped,
+            gateway_trimmed,
         }
     }
 
