@@ -429,16 +429,8 @@ async fn join_cluster(
     match joined {
         Ok(mut serving) => {
             if let Some(gateway) = gateway {
-                let started = Gateway::start(
-                    gateway.clone(),
-                    redis,
-                    info.id.clone(),
-                    info.namespaces.clone(),
-                    info.admission.clone(),
-                    info.metrics.clone(),
-                    config.request_timeout(),
-                )
-                .await;
+                let started =
+                    Gateway::start(gateway.clone(), redis, &info, config.request_timeout()).await;
                 let started = match started {
                     Ok(started) => started,
                     Err(e) => {

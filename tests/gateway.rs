@@ -46,7 +46,7 @@ const BROADCAST: &str = "socket:broadcast";
 const QUIET: Duration = Duration::from_millis(700);
 
 /// The config file: `[gateway]` as the README shows it (with `extra` lines in it), two gateway namespaces
-/// (`/alex`, `/bob`) and one without the gateway (`/plain`).
+/// (`/alex`, `/bob`, whose `jwt` auth also reads the `ID_TOKEN` cookie) and one without the gateway (`/plain`).
 fn config(extra: &str) -> String {
     format!(
         r#"
@@ -65,6 +65,7 @@ name = "/alex"
 auth = "jwt"
 jwt_secret = "{SECRET}"
 user_claim = "preferred_username"
+jwt_cookie = "ID_TOKEN"
 rooms = ["user"]
 gateway = true
 
@@ -73,6 +74,7 @@ name = "/bob"
 auth = "jwt"
 jwt_secret = "{SECRET}"
 user_claim = "preferred_username"
+jwt_cookie = "ID_TOKEN"
 rooms = ["user"]
 gateway = true
 
@@ -1644,7 +1646,7 @@ async fn pings_keep_an_idle_client_and_close_a_dead_one() {
 }
 
 /// `stream_prefix` goes before every stream key, hooks' and subscribed ones; `stream_maxlen` trims the streams
-/// the gateway adds to (`MAXLEN ~`).
+/// the gateway adds to (`MAXLEN ~`), and what is trimmed is counted (issue 20, point 6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_prefix_and_trimming() {
     let test = "gateway_prefix";
@@ -1753,4 +1755,528 @@ async fn the_gateway_without_redis_is_a_start_up_error() {
         log.contains("cannot start") && log.contains("REDIS_URL") && log.contains("gateway"),
         "a clear message naming REDIS_URL:\n{log}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Security (issue 20): each namespace's own auth, cookies and origins, the event rate, one client per namespace,
+// the frame size, unverified identities.
+
+const TENANT_SECRET: &str = "tenant-secret-0123456789abcdef";
+
+/// [`config`] plus one gateway namespace of each other auth kind: `/tenant` (`jwt` with a key of its own),
+/// `/claimed` (`claim`), `/lab` (`credentials`: `lab-user` / `open-sesame`) and `/hooked` (`webhook` at
+/// `hook_port`, see [`start_webhook`]).
+fn tenants_config(test: &str, hook_port: u16) -> String {
+    let credentials = root().join(format!("target/test-logs/{test}.credentials.json"));
+    std::fs::create_dir_all(credentials.parent().unwrap()).unwrap();
+    let hash = bcrypt::hash("open-sesame", 4).unwrap();
+    std::fs::write(
+        &credentials,
+        json!([{"username": "lab-user", "password": hash}]).to_string(),
+    )
+    .unwrap();
+    format!(
+        r#"{}
+[[namespace]]
+name = "/tenant"
+auth = "jwt"
+jwt_secret = "{TENANT_SECRET}"
+user_claim = "preferred_username"
+gateway = true
+
+[[namespace]]
+name = "/claimed"
+auth = "claim"
+rooms = []
+gateway = true
+
+[[namespace]]
+name = "/lab"
+auth = "credentials"
+credentials_file = "{}"
+rooms = []
+gateway = true
+
+[[namespace]]
+name = "/hooked"
+auth = "webhook"
+auth_url = "http://127.0.0.1:{hook_port}/auth"
+rooms = []
+gateway = true
+"#,
+        config(""),
+        credentials.display()
+    )
+}
+
+/// The `/hooked` namespace's auth webhook on a free loopback port (returned): `Authorization: Bearer good` is user
+/// `hooky`, anything else `401`.
+async fn start_webhook() -> u16 {
+    use axum::{Json, http::HeaderMap, http::StatusCode};
+    async fn auth(headers: HeaderMap) -> Result<Json<Value>, StatusCode> {
+        match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            Some("Bearer good") => Ok(Json(json!({"rooms": [], "id_user": "hooky"}))),
+            _ => Err(StatusCode::UNAUTHORIZED),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route("/auth", axum::routing::get(auth));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// A plain WebSocket client is verified by its namespace's own auth (issue 20, point 2): a `jwt` namespace with
+/// its own key, `credentials` with `Authorization: Basic`, `webhook` with `?token=` sent to `auth_url`;
+/// `[gateway]`'s key only for `claim` (and `none`) namespaces. Each refusal is a `401` with a JSON error before the
+/// upgrade, publishing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_namespace_verifies_its_plain_websocket_clients_with_its_own_auth() {
+    let test = "gateway_own_auth";
+    let hook = start_webhook().await;
+    let (_dir, redis, nodes) = cluster_with_config(test, 1, &tenants_config(test, hook)).await;
+    let a = &nodes[0];
+    let mut backend = Backend::new(&redis, &[CONNECTION]);
+    let tina = jwt(
+        json!({"preferred_username": "tina", "exp": now() + 600}),
+        TENANT_SECRET,
+    );
+    // Signed with [gateway]'s key (also /alex's).
+    let gw = token("alex");
+    let lab = basic("lab-user", "open-sesame");
+    // What, query, headers; accepted ones with their namespace and user.
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>);
+    let accepted: [(Case, &str, &str); 4] = [
+        (
+            (
+                "the tenant's own token",
+                format!("namespace=tenant&token={tina}"),
+                vec![],
+            ),
+            "/tenant",
+            "tina",
+        ),
+        (
+            (
+                "[gateway]'s token on a claim namespace",
+                format!("namespace=claimed&token={gw}"),
+                vec![],
+            ),
+            "/claimed",
+            "alex",
+        ),
+        (
+            (
+                "basic credentials",
+                "namespace=lab".into(),
+                vec![("authorization", lab.as_str())],
+            ),
+            "/lab",
+            "lab-user",
+        ),
+        (
+            (
+                "a token the webhook accepts",
+                "namespace=hooked&token=good".into(),
+                vec![],
+            ),
+            "/hooked",
+            "hooky",
+        ),
+    ];
+    let mut open = Vec::new();
+    for ((what, query, headers), ns, user) in &accepted {
+        open.push(Ws::connect(what, a, query, headers).await);
+        let env = backend
+            .expect(CONNECTION, what, |e| e["namespace"] == *ns)
+            .await;
+        assert_eq!(env["username"], *user, "{what}: {env}");
+    }
+
+    let wrong = basic("lab-user", "nope");
+    let gw_bearer = format!("Bearer {gw}");
+    let refused: [Case; 10] = [
+        (
+            "[gateway]'s key on a jwt namespace",
+            format!("namespace=tenant&token={gw}"),
+            vec![],
+        ),
+        (
+            "another tenant's token",
+            format!("namespace=alex&token={tina}"),
+            vec![],
+        ),
+        (
+            "a tenant's token on a claim namespace",
+            format!("namespace=claimed&token={tina}"),
+            vec![],
+        ),
+        (
+            "a wrong password",
+            "namespace=lab".into(),
+            vec![("authorization", wrong.as_str())],
+        ),
+        ("no credentials", "namespace=lab".into(), vec![]),
+        (
+            "a JWT on a credentials namespace",
+            "namespace=lab".into(),
+            vec![("authorization", gw_bearer.as_str())],
+        ),
+        (
+            "Basic that is not base64",
+            "namespace=lab".into(),
+            vec![("authorization", "Basic !!!")],
+        ),
+        (
+            "a token the webhook refuses",
+            "namespace=hooked&token=deny".into(),
+            vec![],
+        ),
+        (
+            "[gateway]'s token on a webhook namespace",
+            format!("namespace=hooked&token={gw}"),
+            vec![],
+        ),
+        (
+            "no token for the webhook",
+            "namespace=hooked".into(),
+            vec![],
+        ),
+    ];
+    for (what, query, headers) in &refused {
+        let (status, body) = refusal(a, query, headers).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        assert!(body["error"].is_string(), "{what}: a JSON error: {body}");
+    }
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        xlen(&redis, CONNECTION),
+        accepted.len(),
+        "nothing published for a refused client: {:?}",
+        entries(&redis, CONNECTION)
+    );
+    for ws in open {
+        ws.close().await;
+    }
+}
+
+/// Cross-site WebSocket hijacking (issue 20, point 5): a token read from a cookie counts only when the request has
+/// no `Origin` (not a browser) or an allowed one (without `CORS_ORIGINS`: the node's own), for the gateway and for
+/// Socket.IO `jwt` namespaces with `jwt_cookie`; `[gateway]` reads no cookie unless its `jwt_cookie` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_token_counts_only_from_an_allowed_origin() {
+    let test = "gateway_cross_site";
+    let (_dir, redis, nodes) =
+        cluster_with_config(test, 1, &tenants_config(test, free_port())).await;
+    let a = &nodes[0];
+    let cookie = cookie(&token("alex"));
+    let evil = "https://evil.example";
+
+    // The victim's browser on the attacker's page: refused before the upgrade.
+    let (status, body) = refusal(
+        a,
+        "namespace=alex",
+        &[("cookie", &cookie), ("origin", evil)],
+    )
+    .await;
+    assert!(
+        status == 403 && body["error"].as_str().is_some_and(|e| e.contains("cookie")),
+        "a cookie from another site's page: {status} {body}"
+    );
+    // Not a browser, or the node's own page: the cookie counts.
+    let own = format!("https://localhost:{}", a.port);
+    for (what, headers) in [
+        ("no origin", vec![("cookie", cookie.as_str())]),
+        (
+            "the node's own origin",
+            vec![("cookie", cookie.as_str()), ("origin", own.as_str())],
+        ),
+    ] {
+        Ws::connect(what, a, "namespace=alex", &headers)
+            .await
+            .close()
+            .await;
+    }
+    // A token the page had to know (query) is no cookie: any origin.
+    let query = format!("namespace=alex&token={}", token("alex"));
+    Ws::connect("query token", a, &query, &[("origin", evil)])
+        .await
+        .close()
+        .await;
+    // `[gateway]` without `jwt_cookie` reads no cookie (its key verifies the claim namespace).
+    let (status, body) = refusal(a, "namespace=claimed", &[("cookie", &cookie)]).await;
+    assert_eq!(status, 401, "[gateway] reads no cookie by default: {body}");
+
+    // Socket.IO, a `jwt` namespace with `jwt_cookie`.
+    let mut io = Clients::start();
+    let ev = io
+        .connect_ns(
+            "evil",
+            &a.base(),
+            "/alex",
+            Value::Null,
+            Value::Null,
+            json!({"cookie": cookie, "origin": evil}),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect_error", "{ev}");
+    assert!(
+        ev["message"].as_str().is_some_and(|m| m.contains("cookie")),
+        "a clear message: {ev}"
+    );
+    for (id, headers) in [
+        ("plain", json!({"cookie": cookie})),
+        ("own", json!({"cookie": cookie, "origin": a.base()})),
+    ] {
+        let ev = io
+            .connect_ns(id, &a.base(), "/alex", Value::Null, Value::Null, headers)
+            .await;
+        assert_eq!(ev["event"], "connect", "{id}: {ev}");
+    }
+    drop(redis);
+}
+
+/// A plain WebSocket client is held to `SOCKET_EVENT_RATE` like a Socket.IO socket (issue 20, point 6): beyond it
+/// an `error` frame says why, then the connection is closed (1008), and no more than the burst is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_websocket_client_over_the_event_rate_is_told_and_closed() {
+    let test = "gateway_event_rate";
+    let dir = log_dir(test);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config("")).unwrap();
+    let config = path.display().to_string();
+    let redis = Redis::start(&dir);
+    let a = Node::start(
+        &dir,
+        NodeOpts {
+            id: "a",
+            redis: Some(redis.url()),
+            prefix: test,
+            args: &["--config", &config, "--socket-event-rate", "5"],
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let mut ws = Ws::user("ws", &a, "alex", "alex").await;
+    until_len(&redis, CONNECTION, 1).await;
+    for i in 0..50 {
+        // The node may close the connection before the last ones are written.
+        let text = json!({"type": "m", "payload": i}).to_string();
+        let _ = ws.sink.send(Message::text(text)).await;
+    }
+    let (close, before) = ws.closed().await;
+    assert!(
+        before.iter().any(|g| matches!(g, Got::Json(v)
+            if v["type"] == "error"
+                && v["payload"]["error"].as_str().is_some_and(|e| e.contains("too many")))),
+        "an error frame says why: {before:?}"
+    );
+    assert_eq!(
+        close.map(|c| c.0),
+        Some(1008),
+        "closed as a policy violation"
+    );
+    tokio::time::sleep(QUIET).await;
+    let published = xlen(&redis, GENERAL);
+    assert!(
+        published <= 5,
+        "at most the burst (5) published: {published}"
+    );
+    let limited = metric_sum(
+        &Http::new(),
+        &a,
+        "socket_identity_sockets_rate_limited_total",
+    )
+    .await;
+    assert_eq!(limited, 1.0, "counted like a Socket.IO socket");
+}
+
+/// The next text frame of a raw Socket.IO connection (answering Engine.IO pings), within 10 s.
+async fn next_text(ws: &mut Stream) -> String {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection is open")
+            .unwrap();
+        match msg {
+            Message::Text(t) if t.as_str() == "2" => ws.send(Message::text("3")).await.unwrap(),
+            Message::Text(t) => return t.to_string(),
+            _ => {}
+        }
+    }
+}
+
+/// One Socket.IO connection multiplexing two gateway namespaces (one socket id in both) is two clients
+/// (issue 20, point 7): each namespace's messages are published with that namespace and its own token's user,
+/// and leaving one leaves the other a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_multiplexing_two_namespaces_is_two_gateway_clients() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_multiplex", 1, &config("")).await;
+    let a = &nodes[0];
+    let mut backend = Backend::new(&redis, &[CONNECTION, GENERAL, CLOSE]);
+    // The Socket.IO protocol by hand (v5 over Engine.IO 4): the official client's Manager does the same.
+    let url = format!(
+        "wss://localhost:{}/socket.io/?EIO=4&transport=websocket",
+        a.port
+    );
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(url.into_client_request().unwrap(), tls(a.port).await)
+            .await
+            .unwrap();
+    assert!(next_text(&mut ws).await.starts_with('0'), "Engine.IO open");
+    for (ns, user) in [("/alex", "alex"), ("/bob", "robert")] {
+        let connect = format!("40{ns},{}", json!({"token": token(user)}));
+        ws.send(Message::text(connect)).await.unwrap();
+    }
+    let mut sids = HashMap::new();
+    while sids.len() < 2 {
+        let text = next_text(&mut ws).await;
+        for ns in ["/alex", "/bob"] {
+            if let Some(rest) = text.strip_prefix(&format!("40{ns},")) {
+                let sid = serde_json::from_str::<Value>(rest).unwrap()["sid"].clone();
+                sids.insert(ns, sid);
+            }
+        }
+        assert!(!text.starts_with("44"), "refused: {text}");
+    }
+    assert_eq!(
+        sids["/alex"], sids["/bob"],
+        "one socket id in both namespaces: the case at hand"
+    );
+    for user in ["alex", "robert"] {
+        backend
+            .expect(CONNECTION, user, |e| e["username"] == user)
+            .await;
+    }
+    let say = |ns: &str, text: &str| Message::text(format!("42{ns},{}", json!(["chat", text])));
+    ws.send(say("/alex", "to-alex")).await.unwrap();
+    ws.send(say("/bob", "to-bob")).await.unwrap();
+    for (text, ns, user) in [("to-alex", "/alex", "alex"), ("to-bob", "/bob", "robert")] {
+        let env = backend
+            .expect(GENERAL, text, |e| e["payload"] == text)
+            .await;
+        let claimed = &env["context"]["headers"]["jwt"]["preferred_username"];
+        assert_eq!(
+            (&env["namespace"], &env["username"], claimed),
+            (&json!(ns), &json!(user), &json!(user)),
+            "{text}: {env}"
+        );
+    }
+    // Leaving /alex: its onclose; /bob is still a client.
+    ws.send(Message::text("41/alex,")).await.unwrap();
+    let env = backend
+        .expect(CLOSE, "/alex's onclose", |e| e["namespace"] == "/alex")
+        .await;
+    assert_eq!(env["username"], "alex", "{env}");
+    ws.send(say("/bob", "still-bob")).await.unwrap();
+    let env = backend
+        .expect(GENERAL, "still-bob", |e| e["payload"] == "still-bob")
+        .await;
+    assert_eq!(
+        (&env["namespace"], &env["username"]),
+        (&json!("/bob"), &json!("robert")),
+        "{env}"
+    );
+}
+
+/// A frame larger than the WebSocket limit (1 MiB) closes the connection as soon as its header arrives
+/// (issue 20, point 9): the node neither waits for nor buffers its 16 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_refused_at_its_header() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, _redis, nodes) = cluster_with_config("gateway_frame_size", 1, &config("")).await;
+    let a = &nodes[0];
+    let cookie = cookie(&token("alex"));
+    let mut ws = open_raw(a, "namespace=alex", &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    let raw = ws.get_mut();
+    // FIN + binary; masked, 64-bit length: 16 MiB; the mask key; the first 4 KiB of the payload.
+    let mut frame = vec![0x82u8, 0xFF];
+    frame.extend_from_slice(&(16u64 << 20).to_be_bytes());
+    frame.extend_from_slice(&[1, 2, 3, 4]);
+    frame.extend_from_slice(&[0u8; 4096]);
+    raw.write_all(&frame).await.unwrap();
+    raw.flush().await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match raw.read(&mut buf).await {
+                Ok(0) | Err(_) => return "end of stream",
+                // A close frame (opcode 8).
+                Ok(_) if buf[0] == 0x88 => return "close frame",
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the node is still reading the 16 MiB frame after 5 s"
+    );
+}
+
+/// With `gateway = true` on a `claim` namespace the identity is the client's word (issue 20, point 13): the
+/// envelope says `context.verified: false` and carries no claims; verified identities say `true`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_identity_is_marked_unverified_in_the_envelope() {
+    let test = "gateway_unverified";
+    let (_dir, redis, nodes) =
+        cluster_with_config(test, 1, &tenants_config(test, free_port())).await;
+    let a = &nodes[0];
+    let mut backend = Backend::new(&redis, &[CONNECTION]);
+    let mut io = Clients::start();
+    let ev = io
+        .connect_ns(
+            "carol",
+            &a.base(),
+            "/claimed",
+            json!({"id_user": "carol"}),
+            Value::Null,
+            Value::Null,
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let env = backend
+        .expect(CONNECTION, "carol", |e| e["username"] == "carol")
+        .await;
+    assert_eq!(env["context"]["verified"], false, "{env}");
+    assert_eq!(
+        env["context"]["headers"]["jwt"],
+        json!({}),
+        "no claims: {env}"
+    );
+
+    let ev = io
+        .login(
+            "sio-alex",
+            &a.base(),
+            "/alex",
+            json!({"token": token("alex")}),
+        )
+        .await;
+    assert_eq!(ev["event"], "connect", "{ev}");
+    let _ws = Ws::user("ws-bob", a, "bob", "bob").await;
+    let query = format!("namespace=claimed&token={}", token("dave"));
+    let _claimed = Ws::connect("ws-dave", a, &query, &[]).await;
+    for user in ["alex", "bob", "dave"] {
+        let env = backend
+            .expect(CONNECTION, user, |e| e["username"] == user)
+            .await;
+        assert_eq!(env["context"]["verified"], true, "{env}");
+        assert_eq!(
+            env["context"]["headers"]["jwt"]["preferred_username"], user,
+            "{env}"
+        );
+    }
 }

@@ -37,7 +37,8 @@ pub struct GatewayConfig {
     pub onclose: Option<Publish>,
     pub send: Option<Subscribe>,
     pub broadcast: Option<Subscribe>,
-    /// Plain WebSocket clients' JWT, as in `[[namespace]]` with `auth = "jwt"`.
+    /// The JWT of plain WebSocket clients of `claim` and `none` namespaces, as in `[[namespace]]` with
+    /// `auth = "jwt"` (a cookie only when `jwt_cookie` is set).
     pub jwt_secret: Option<String>,
     pub jwt_public_key: Option<PathBuf>,
     pub user_claim: Option<String>,
@@ -117,9 +118,6 @@ fn default_gateway_path() -> String {
 impl GatewayConfig {
     pub fn user_claim(&self) -> &str {
         self.user_claim.as_deref().unwrap_or("preferred_username")
-    }
-    pub fn jwt_cookie(&self) -> &str {
-        self.jwt_cookie.as_deref().unwrap_or("ID_TOKEN")
     }
     pub fn stream_maxlen(&self) -> u64 {
         self.stream_maxlen.unwrap_or(100_000)

@@ -1,5 +1,8 @@
 //! This node's gateway clients and the replies they wait for. Pure bookkeeping behind one lock: who is connected
-//! (by socket, by user and namespace), and which envelope ids await a reply for which client.
+//! (by namespace and socket, by namespace and user), and which envelope ids await a reply for which client.
+//!
+//! A client is keyed by its namespace and socket id together: one Socket.IO connection multiplexing `/a` and `/b`
+//! has the same socket id in both (socketioxide uses the Engine.IO session id), and each is its own client.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -24,43 +27,56 @@ pub enum Waiting {
     Message { topic: String },
 }
 
+/// A client's key: (namespace, socket id).
+type Key = (String, String);
+
+fn key(namespace: &str, socket: &str) -> Key {
+    (namespace.to_owned(), socket.to_owned())
+}
+
 #[derive(Debug, Default)]
 pub struct Hub {
-    clients: HashMap<String, Arc<Client>>,
+    clients: HashMap<Key, Arc<Client>>,
+    /// (namespace, username) -> socket ids (in that namespace).
     by_user: HashMap<(String, String), HashSet<String>>,
-    waiting: HashMap<String, (String, Waiting, Instant)>,
+    waiting: HashMap<String, (Key, Waiting, Instant)>,
     /// Each client's waiting envelope ids, oldest first.
-    waiting_of: HashMap<String, VecDeque<String>>,
+    waiting_of: HashMap<Key, VecDeque<String>>,
 }
 
 impl Hub {
     pub fn add(&mut self, client: Arc<Client>) {
-        let key = (client.namespace.clone(), client.username.clone());
+        let user = (client.namespace.clone(), client.username.clone());
         self.by_user
-            .entry(key)
+            .entry(user)
             .or_default()
             .insert(client.socket.clone());
-        self.clients.insert(client.socket.clone(), client);
+        self.clients
+            .insert(key(&client.namespace, &client.socket), client);
     }
 
     /// Removes a client and what it waited for.
-    pub fn remove(&mut self, socket: &str) -> Option<Arc<Client>> {
-        let client = self.clients.remove(socket)?;
-        let key = (client.namespace.clone(), client.username.clone());
-        if let Some(set) = self.by_user.get_mut(&key) {
+    pub fn remove(&mut self, namespace: &str, socket: &str) -> Option<Arc<Client>> {
+        let client = self.clients.remove(&key(namespace, socket))?;
+        let user = (client.namespace.clone(), client.username.clone());
+        if let Some(set) = self.by_user.get_mut(&user) {
             set.remove(socket);
             if set.is_empty() {
-                self.by_user.remove(&key);
+                self.by_user.remove(&user);
             }
         }
-        for id in self.waiting_of.remove(socket).unwrap_or_default() {
+        for id in self
+            .waiting_of
+            .remove(&key(namespace, socket))
+            .unwrap_or_default()
+        {
             self.waiting.remove(&id);
         }
         Some(client)
     }
 
-    pub fn get(&self, socket: &str) -> Option<Arc<Client>> {
-        self.clients.get(socket).cloned()
+    pub fn get(&self, namespace: &str, socket: &str) -> Option<Arc<Client>> {
+        self.clients.get(&key(namespace, socket)).cloned()
     }
 
     pub fn len(&self) -> usize {
@@ -77,7 +93,7 @@ impl Hub {
             .get(&(namespace.to_owned(), username.to_owned()))
             .into_iter()
             .flatten()
-            .filter_map(|s| self.clients.get(s).cloned())
+            .filter_map(|s| self.clients.get(&key(namespace, s)).cloned())
             .collect()
     }
 
@@ -90,28 +106,36 @@ impl Hub {
             .collect()
     }
 
-    /// Envelope `id` of `socket` waits for its reply.
-    pub fn expect(&mut self, id: String, socket: &str, what: Waiting, now: Instant) {
-        if !self.clients.contains_key(socket) {
+    /// Envelope `id` of the client (`namespace`, `socket`) waits for its reply.
+    pub fn expect(
+        &mut self,
+        id: String,
+        namespace: &str,
+        socket: &str,
+        what: Waiting,
+        now: Instant,
+    ) {
+        let client = key(namespace, socket);
+        if !self.clients.contains_key(&client) {
             return;
         }
-        let queue = self.waiting_of.entry(socket.to_owned()).or_default();
+        let queue = self.waiting_of.entry(client.clone()).or_default();
         queue.push_back(id.clone());
         if queue.len() > MAX_WAITING_PER_CLIENT
             && let Some(oldest) = queue.pop_front()
         {
             self.waiting.remove(&oldest);
         }
-        self.waiting.insert(id, (socket.to_owned(), what, now));
+        self.waiting.insert(id, (client, what, now));
     }
 
     /// The client and what envelope `id` waited for, once.
     pub fn take(&mut self, id: &str) -> Option<(Arc<Client>, Waiting)> {
-        let (socket, what, _) = self.waiting.remove(id)?;
-        if let Some(queue) = self.waiting_of.get_mut(&socket) {
+        let (client, what, _) = self.waiting.remove(id)?;
+        if let Some(queue) = self.waiting_of.get_mut(&client) {
             queue.retain(|i| i != id);
         }
-        Some((self.clients.get(&socket)?.clone(), what))
+        Some((self.clients.get(&client)?.clone(), what))
     }
 
     /// Forgets envelopes that waited longer than [`REPLY_WAIT`].
@@ -123,8 +147,8 @@ impl Hub {
             .map(|(id, _)| id.clone())
             .collect();
         for id in old {
-            if let Some((socket, _, _)) = self.waiting.remove(&id)
-                && let Some(queue) = self.waiting_of.get_mut(&socket)
+            if let Some((client, _, _)) = self.waiting.remove(&id)
+                && let Some(queue) = self.waiting_of.get_mut(&client)
             {
                 queue.retain(|i| *i != id);
             }
@@ -148,6 +172,7 @@ mod tests {
             namespace: ns.into(),
             username: user.into(),
             claims: Arc::default(),
+            verified: true,
             sink: mpsc::channel(1).0,
         })
     }
@@ -170,11 +195,31 @@ mod tests {
         assert!(hub.of_user("/bob", "bob").is_empty());
         assert_eq!(sockets(hub.all(Some("/alex"))), ["s1", "s2", "s4"]);
         assert_eq!(hub.all(None).len(), 4);
-        hub.remove("s1");
+        hub.remove("/alex", "s1");
         assert_eq!(sockets(hub.of_user("/alex", "alex")), ["s2"]);
-        hub.remove("s2");
+        hub.remove("/alex", "s2");
         assert!(hub.of_user("/alex", "alex").is_empty() && hub.by_user.len() == 2);
-        assert!(hub.remove("s1").is_none());
+        assert!(hub.remove("/alex", "s1").is_none());
+    }
+
+    /// One Socket.IO connection multiplexing `/a` and `/b` has one socket id in both: two clients, each with its
+    /// own namespace, user and replies.
+    #[test]
+    fn one_socket_id_in_two_namespaces_is_two_clients() {
+        let mut hub = Hub::default();
+        let now = Instant::now();
+        hub.add(client("s1", "/a", "alice"));
+        hub.add(client("s1", "/b", "bob"));
+        assert_eq!(hub.get("/a", "s1").unwrap().username, "alice");
+        assert_eq!(hub.get("/b", "s1").unwrap().username, "bob");
+        hub.expect("e1".into(), "/a", "s1", Waiting::Connect, now);
+        hub.expect("e2".into(), "/b", "s1", Waiting::Connect, now);
+        assert_eq!(hub.take("e1").unwrap().0.namespace, "/a");
+        hub.remove("/a", "s1");
+        assert!(hub.get("/a", "s1").is_none() && hub.of_user("/a", "alice").is_empty());
+        assert_eq!(hub.take("e2").unwrap().0.username, "bob");
+        assert_eq!(sockets(hub.of_user("/b", "bob")), ["s1"]);
+        assert_eq!(hub.len(), 1);
     }
 
     #[test]
@@ -182,20 +227,21 @@ mod tests {
         let mut hub = Hub::default();
         let now = Instant::now();
         hub.add(client("s1", "/", "u"));
-        hub.expect("e1".into(), "s1", Waiting::Connect, now);
+        hub.expect("e1".into(), "/", "s1", Waiting::Connect, now);
         hub.expect(
             "e2".into(),
+            "/",
             "s1",
             Waiting::Message { topic: "t".into() },
             now,
         );
-        hub.expect("e3".into(), "gone", Waiting::Connect, now);
+        hub.expect("e3".into(), "/", "gone", Waiting::Connect, now);
         assert_eq!(
             hub.take("e1").map(|(c, w)| (c.socket.clone(), w)),
             Some(("s1".into(), Waiting::Connect))
         );
         assert!(hub.take("e1").is_none() && hub.take("e3").is_none());
-        hub.remove("s1");
+        hub.remove("/", "s1");
         assert!(hub.take("e2").is_none());
         assert_eq!(hub.waiting(), 0);
     }
@@ -206,7 +252,7 @@ mod tests {
         let now = Instant::now();
         hub.add(client("s1", "/", "u"));
         for i in 0..MAX_WAITING_PER_CLIENT + 10 {
-            hub.expect(format!("e{i}"), "s1", Waiting::Connect, now);
+            hub.expect(format!("e{i}"), "/", "s1", Waiting::Connect, now);
         }
         assert_eq!(hub.waiting(), MAX_WAITING_PER_CLIENT);
         assert!(hub.take("e0").is_none(), "the oldest stopped waiting");
@@ -216,6 +262,6 @@ mod tests {
         );
         hub.expire(now + REPLY_WAIT + Duration::from_secs(1));
         assert_eq!(hub.waiting(), 0);
-        assert!(hub.waiting_of["s1"].is_empty());
+        assert!(hub.waiting_of[&key("/", "s1")].is_empty());
     }
 }

@@ -25,7 +25,7 @@ use crate::{
     StartError,
     config::file::GatewayConfig,
     realtime::{
-        Namespaces,
+        Namespaces, NodeInfo,
         admission::Admission,
         auth::jwt::{Jwt, JwtKeys},
         bus::{Bus, Client, Frame, Outgoing},
@@ -61,10 +61,14 @@ pub struct Gateway {
     config: GatewayConfig,
     node: Arc<str>,
     keys: Keys,
+    /// `[gateway]`'s JWT settings: they verify plain WebSocket clients of `claim` and `none` namespaces only
+    /// (other namespaces verify with their own auth).
     jwt: Jwt,
     namespaces: Arc<Namespaces>,
     /// The node's socket cap, handshake rate and origins apply to plain WebSocket clients too.
     admission: Arc<Admission>,
+    /// `SOCKET_EVENT_RATE`, per plain WebSocket client as per Socket.IO socket; `None`: no limit.
+    event_rate: Option<governor::Quota>,
     hub: Mutex<Hub>,
     publisher: Redis,
     metrics: Arc<Metrics>,
@@ -87,12 +91,10 @@ impl Gateway {
     pub async fn start(
         config: GatewayConfig,
         endpoint: &Endpoint,
-        node: Arc<str>,
-        namespaces: Arc<Namespaces>,
-        admission: Arc<Admission>,
-        metrics: Arc<Metrics>,
+        info: &NodeInfo,
         timeout: Duration,
     ) -> Result<Arc<Self>, StartError> {
+        let node = info.id.clone();
         let jwt = Jwt::with_keys(JwtKeys {
             secret: config.jwt_secret.as_deref(),
             public_key: config.jwt_public_key.as_deref(),
@@ -100,7 +102,8 @@ impl Gateway {
             session_claim: "sid",
             audience: config.jwt_audience.as_deref(),
             issuer: config.jwt_issuer.as_deref(),
-            cookie: Some(config.jwt_cookie()),
+            // Only when set: a cookie is sent by the browser whoever opened the connection.
+            cookie: config.jwt_cookie.as_deref(),
         })
         .map_err(|e| StartError::ConfigFile(format!("[gateway]: {e}")))?;
         let prefix = &config.stream_prefix;
@@ -141,11 +144,12 @@ impl Gateway {
             node,
             keys,
             jwt,
-            namespaces,
-            admission,
+            namespaces: info.namespaces.clone(),
+            admission: info.admission.clone(),
+            event_rate: info.event_rate,
             hub: Mutex::default(),
             publisher,
-            metrics,
+            metrics: info.metrics.clone(),
             tasks: Mutex::default(),
             readers: readers.clone(),
         });
@@ -226,11 +230,13 @@ impl Gateway {
                 params: Params {
                     namespace: client.namespace.clone(),
                 },
+                verified: client.verified,
             },
         };
         if let Some(what) = waiting {
             self.hub.lock().unwrap().expect(
                 envelope.id.clone(),
+                &client.namespace,
                 &client.socket,
                 what,
                 Instant::now(),
@@ -347,9 +353,14 @@ impl Bus for Gateway {
         })
     }
 
-    fn message<'a>(&'a self, socket: &'a str, frame: Frame) -> BoxFuture<'a, ()> {
+    fn message<'a>(
+        &'a self,
+        namespace: &'a str,
+        socket: &'a str,
+        frame: Frame,
+    ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some(client) = self.hub.lock().unwrap().get(socket) else {
+            let Some(client) = self.hub.lock().unwrap().get(namespace, socket) else {
                 return;
             };
             if let Some(stream) = &self.keys.onmessage {
@@ -378,9 +389,14 @@ impl Bus for Gateway {
         })
     }
 
-    fn close<'a>(&'a self, socket: &'a str, reason: String) -> BoxFuture<'a, ()> {
+    fn close<'a>(
+        &'a self,
+        namespace: &'a str,
+        socket: &'a str,
+        reason: String,
+    ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some(client) = self.hub.lock().unwrap().remove(socket) else {
+            let Some(client) = self.hub.lock().unwrap().remove(namespace, socket) else {
                 return;
             };
             if let Some(stream) = &self.keys.onclose {

@@ -75,11 +75,14 @@ pub struct Envelope {
 pub struct Context {
     pub headers: Headers,
     pub params: Params,
+    /// Whether `username` was verified (a JWT, a password, the auth webhook). `false`: the client's own word (a
+    /// Socket.IO client of a `claim` or `none` namespace), and `headers.jwt` is empty: no token was verified.
+    pub verified: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Headers {
-    /// The token's claims.
+    /// The verified token's claims; `{}` without one (`credentials`, `webhook`, unverified identities).
     pub jwt: Map<String, Value>,
 }
 
@@ -265,13 +268,24 @@ mod tests {
                 params: Params {
                     namespace: "/alex".into(),
                 },
+                verified: true,
             },
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["context"]["headers"]["jwt"]["preferred_username"], "alex");
         assert_eq!(v["context"]["params"]["namespace"], "/alex");
+        assert_eq!(v["context"]["verified"], true);
         assert_eq!(v["type"], "onconnect");
         assert_eq!(serde_json::from_value::<Envelope>(v).unwrap(), e);
+        let mut claimed = e.clone();
+        claimed.context.headers.jwt = Map::new();
+        claimed.context.verified = false;
+        let v = serde_json::to_value(&claimed).unwrap();
+        assert_eq!(
+            v["context"],
+            json!({"headers": {"jwt": {}}, "params": {"namespace": "/alex"}, "verified": false})
+        );
+        assert_eq!(serde_json::from_value::<Envelope>(v).unwrap(), claimed);
     }
 
     #[test]

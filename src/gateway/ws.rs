@@ -1,5 +1,6 @@
-//! The plain WebSocket endpoint (`[gateway] path`): who connects is checked before the upgrade (namespace, token),
-//! then JSON text frames both ways, pings to keep idle connections alive and to close dead ones.
+//! The plain WebSocket endpoint (`[gateway] path`): who connects is checked before the upgrade (the namespace,
+//! then the namespace's own auth: `[gateway]`'s JWT only where the namespace verifies nobody), then JSON text
+//! frames both ways, held to `SOCKET_EVENT_RATE`, pings to keep idle connections alive and to close dead ones.
 
 use std::{
     sync::Arc,
@@ -14,7 +15,7 @@ use axum::{
             CloseFrame, Message, WebSocket, WebSocketUpgrade, rejection::WebSocketUpgradeRejection,
         },
     },
-    http::{HeaderMap, StatusCode},
+    http::{Extensions, HeaderMap, StatusCode, header::AUTHORIZATION},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -27,7 +28,7 @@ use super::{
 };
 use crate::realtime::{
     admission::{Refused, Slot},
-    auth::Handshake,
+    auth::{AuthError, Handshake, Verifier},
     bus::{Bus, Client, Outgoing},
 };
 
@@ -41,6 +42,8 @@ const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 const READ_BUFFER_BYTES: usize = 4096;
 /// The close code of a failed `onconnect` (4000-4999: the application's).
 const CLOSE_REFUSED: u16 = 4000;
+/// The close code of a client over `SOCKET_EVENT_RATE` (RFC 6455's policy violation).
+const CLOSE_POLICY: u16 = 1008;
 
 pub fn routes(gateway: Arc<Gateway>) -> Router {
     let path = gateway.path().to_owned();
@@ -51,11 +54,12 @@ fn refuse(status: StatusCode, error: String) -> Response {
     (status, Json(serde_json::json!({ "error": error }))).into_response()
 }
 
-/// Checks the namespace and the token, then upgrades.
+/// Checks the namespace and who connects (with the namespace's own auth), then upgrades.
 async fn connect(
     State(gateway): State<Arc<Gateway>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
+    extensions: Extensions,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let named = query.as_deref().and_then(|q| {
@@ -67,45 +71,57 @@ async fn connect(
         Ok(ns) => ns,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("invalid namespace: {e}")),
     };
-    if !gateway
-        .namespaces
-        .find(&namespace)
-        .is_some_and(|ns| ns.gateway)
-    {
+    let Some(ns) = gateway.namespaces.find(&namespace).filter(|ns| ns.gateway) else {
         return refuse(
             StatusCode::NOT_FOUND,
             format!("no gateway namespace {namespace:?}"),
         );
-    }
-    let handshake = Handshake {
-        query: query.as_deref(),
-        auth: None,
-        headers: &headers,
-        address: None,
     };
-    let verified = match gateway.jwt.verify(handshake) {
-        Ok(v) => v,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, e.to_string()),
-    };
-    // Counted like Socket.IO clients: the node's socket cap, its rate of new connections, the allowed origins.
+    // Counted like Socket.IO clients, in the same order: the node's rate of new connections and the allowed
+    // origins before any verification (a password check costs tens of milliseconds), a place among the
+    // verifications that wait (a password, the webhook), then a place under the socket cap once verified.
     let origin = headers
         .get(axum::http::header::ORIGIN)
         .and_then(|v| v.to_str().ok());
-    let slot = match gateway
+    let verifying = gateway
         .admission
         .new_session()
-        .and_then(|()| gateway.admission.admit(origin))
-    {
+        .and_then(|()| gateway.admission.origin(origin))
+        .and_then(|()| {
+            ns.verifier
+                .waits()
+                .then(|| gateway.admission.verifying())
+                .transpose()
+        });
+    let verifying = match verifying {
+        Ok(v) => v,
+        Err(e) => return refuse(limit_status(&e), e.to_string()),
+    };
+    let basic = matches!(ns.verifier, Verifier::Credentials(_))
+        .then(|| basic_auth(&headers))
+        .flatten();
+    let handshake = Handshake {
+        query: query.as_deref(),
+        auth: basic.as_ref(),
+        headers: &headers,
+        // For the failed-login backoff of `credentials` namespaces.
+        address: crate::realtime::observe::peer(&extensions),
+        cross_site: gateway.admission.cross_site(&headers),
+    };
+    // `[gateway]`'s keys for identities a namespace does not verify itself; each other namespace its own auth, so
+    // one tenant's token (or `[gateway]`'s) never opens another's namespace.
+    let verified = match &ns.verifier {
+        Verifier::None | Verifier::Claim => gateway.jwt.verify(handshake),
+        own => own.verify(handshake).await,
+    };
+    drop(verifying);
+    let verified = match verified {
+        Ok(v) => v,
+        Err(e) => return refuse(refusal_status(&e), e.to_string()),
+    };
+    let slot = match gateway.admission.slot() {
         Ok(slot) => slot,
-        Err(e) => {
-            let status = match e {
-                Refused::Full(_) | Refused::Verifying(_) => StatusCode::SERVICE_UNAVAILABLE,
-                Refused::Namespaces(_) => StatusCode::BAD_REQUEST,
-                Refused::TooFast => StatusCode::TOO_MANY_REQUESTS,
-                Refused::Origin => StatusCode::FORBIDDEN,
-            };
-            return refuse(status, e.to_string());
-        }
+        Err(e) => return refuse(limit_status(&e), e.to_string()),
     };
     let upgrade = match upgrade {
         Ok(u) => u,
@@ -121,21 +137,66 @@ async fn connect(
         namespace,
         username: verified.id_user.unwrap_or_default(),
         claims: verified.claims.unwrap_or_default(),
+        // A JWT, a password or the webhook said who it is.
+        verified: true,
         // Replaced in `serve`, which owns the receiving end.
         sink: mpsc::channel(1).0,
     };
     upgrade
         .max_message_size(MAX_MESSAGE_BYTES)
+        // Refused at its header: a frame is otherwise read whole before the message size is checked.
+        .max_frame_size(MAX_MESSAGE_BYTES)
         .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| serve(gateway, socket, client, slot))
+}
+
+/// The HTTP status of a limit.
+fn limit_status(e: &Refused) -> StatusCode {
+    match e {
+        Refused::Full(_) | Refused::Verifying(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refused::Namespaces(_) => StatusCode::BAD_REQUEST,
+        Refused::TooFast => StatusCode::TOO_MANY_REQUESTS,
+        Refused::Origin => StatusCode::FORBIDDEN,
+    }
+}
+
+/// The HTTP status of a refused verification.
+fn refusal_status(e: &AuthError) -> StatusCode {
+    match e {
+        AuthError::CrossSite => StatusCode::FORBIDDEN,
+        AuthError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        AuthError::Backoff(_) => StatusCode::TOO_MANY_REQUESTS,
+        AuthError::Webhook(_) => StatusCode::BAD_GATEWAY,
+        AuthError::Invalid(_) => StatusCode::BAD_REQUEST,
+        AuthError::Unauthorized | AuthError::Token(_) | AuthError::Rejected => {
+            StatusCode::UNAUTHORIZED
+        }
+    }
+}
+
+/// `Authorization: Basic` as the `auth` object a Socket.IO client of a `credentials` namespace sends,
+/// `{"username", "password"}`; `None` without one, or when it is not base64 of UTF-8 `username:password`.
+fn basic_auth(headers: &HeaderMap) -> Option<serde_json::Value> {
+    use base64::Engine;
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let (username, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+    Some(serde_json::json!({ "username": username, "password": password }))
 }
 
 /// One client, until it or the gateway closes.
 async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _slot: Slot) {
     let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
     client.sink = tx;
-    let id = client.socket.clone();
+    let (namespace, id) = (client.namespace.clone(), client.socket.clone());
     gateway.open(client).await;
+    let rate = gateway.event_rate.map(governor::RateLimiter::direct);
     let (mut out, mut inbound) = socket.split();
     let every = gateway.config.ping_interval();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -150,10 +211,21 @@ async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _sl
                     Some(Err(_)) => break "transport error",
                     Some(Ok(Message::Close(_))) => break "client close",
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    // Held to SOCKET_EVENT_RATE like a Socket.IO socket: told why, then closed.
+                    Some(Ok(_)) if rate.as_ref().is_some_and(|r| r.check().is_err()) => {
+                        gateway.metrics.sockets_rate_limited.inc();
+                        tracing::warn!(socket = id, namespace, "gateway client over its event rate, closed");
+                        let per_second = gateway.event_rate.map_or(0, |q| q.burst_size().get());
+                        let why = format!("too many messages: at most {per_second} per second; closing");
+                        let _ = out.send(text(&Frame::error(why))).await;
+                        let close = CloseFrame { code: CLOSE_POLICY, reason: "rate limited".into() };
+                        let _ = out.send(Message::Close(Some(close))).await;
+                        break "rate limited";
+                    }
                     Some(Ok(Message::Binary(_))) => Frame::error("binary frames are not accepted: send JSON text"),
                     Some(Ok(Message::Text(t))) => match Frame::parse(t.as_str()) {
                         Ok(frame) => {
-                            gateway.message(&id, frame).await;
+                            gateway.message(&namespace, &id, frame).await;
                             continue;
                         }
                         Err(why) => Frame::error(why),
@@ -188,5 +260,5 @@ async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _sl
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), out.close()).await;
-    gateway.close(&id, reason.to_owned()).await;
+    gateway.close(&namespace, &id, reason.to_owned()).await;
 }

@@ -16,14 +16,14 @@ use std::{
     },
 };
 
-use socketioxide::socket::Sid;
-
+use axum::http::{HeaderMap, header};
 use governor::{
     Quota, RateLimiter,
     clock::{Clock, DefaultClock},
     middleware::NoOpMiddleware,
     state::{InMemoryState, NotKeyed},
 };
+use socketioxide::socket::Sid;
 
 /// Why a handshake was refused by a limit (bad fields are [`crate::domain::validate::Invalid`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -200,6 +200,29 @@ impl Admission {
         })
     }
 
+    /// Whether a browser opened this request from a page that is neither allowed (`CORS_ORIGINS`) nor the node's
+    /// own (`Origin` is `https://` or `http://` and the request's `Host`). Browsers send their cookies to us
+    /// whoever's page opened the WebSocket, so a token in a cookie proves nothing then (cross-site WebSocket
+    /// hijacking). No `Origin`: not a browser, not cross-site.
+    pub fn cross_site(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return false;
+        };
+        let Ok(origin) = origin.to_str() else {
+            return true;
+        };
+        if let Some(allowed) = &self.origins
+            && allowed.iter().any(|a| a == origin)
+        {
+            return false;
+        }
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let site = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"));
+        !matches!((site, host), (Some(site), Some(host)) if site.eq_ignore_ascii_case(host))
+    }
+
     /// Sockets holding a place under the cap now: connected, or in the middle of their handshake. A counter
     /// read, where asking socketioxide would clone every socket of every namespace.
     pub fn sockets(&self) -> usize {
@@ -296,6 +319,45 @@ mod tests {
         assert!((0..3).all(|_| b.check().is_ok()));
         assert!(b.check().is_err());
         assert!(limiter(0, clock).is_none(), "0: no limit");
+    }
+
+    #[test]
+    fn cross_site_is_a_browser_origin_neither_allowed_nor_the_nodes_own() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        let host = ("host", "chat.example:5009");
+        let any = Admission::new(10, 0, vec![]);
+        assert!(
+            !any.cross_site(&headers(&[host])),
+            "no Origin: not a browser"
+        );
+        for own in ["https://chat.example:5009", "http://CHAT.example:5009"] {
+            assert!(!any.cross_site(&headers(&[host, ("origin", own)])), "{own}");
+        }
+        for other in [
+            "https://evil.example",
+            "https://chat.example",
+            "https://chat.example:5009.evil.example",
+            "null",
+            "wss://chat.example:5009",
+        ] {
+            assert!(
+                any.cross_site(&headers(&[host, ("origin", other)])),
+                "{other}"
+            );
+        }
+        assert!(
+            any.cross_site(&headers(&[("origin", "https://chat.example:5009")])),
+            "no Host to be the node's own"
+        );
+        let list = Admission::new(10, 0, vec!["https://app.example".into()]);
+        assert!(!list.cross_site(&headers(&[host, ("origin", "https://app.example")])));
+        assert!(list.cross_site(&headers(&[host, ("origin", "https://evil.example")])));
     }
 
     #[test]

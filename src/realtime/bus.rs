@@ -26,15 +26,18 @@ pub enum Outgoing {
     Close(Value),
 }
 
-/// One connected client (plain WebSocket or Socket.IO).
+/// One connected client (plain WebSocket or Socket.IO), known by its namespace and socket id together: one
+/// Socket.IO connection multiplexing namespaces has one socket id in each.
 #[derive(Debug)]
 pub struct Client {
     /// Its socket id (a Socket.IO sid, or a UUID for plain WebSockets).
     pub socket: String,
     pub namespace: String,
     pub username: String,
-    /// The token's claims (`context.headers.jwt`).
+    /// The token's claims (`context.headers.jwt`); empty when no token was verified.
     pub claims: Arc<Map<String, Value>>,
+    /// Whether the identity was verified (a token, a password, the auth webhook), not only claimed.
+    pub verified: bool,
     pub sink: mpsc::Sender<Outgoing>,
 }
 
@@ -42,10 +45,20 @@ pub struct Client {
 pub trait Bus: Send + Sync + 'static {
     /// A client connected: it is registered, then `onconnect` is published.
     fn open(&self, client: Client) -> BoxFuture<'_, ()>;
-    /// A message from `socket`.
-    fn message<'a>(&'a self, socket: &'a str, frame: Frame) -> BoxFuture<'a, ()>;
-    /// `socket` is gone: `onclose` is published.
-    fn close<'a>(&'a self, socket: &'a str, reason: String) -> BoxFuture<'a, ()>;
+    /// A message from `socket` in `namespace`.
+    fn message<'a>(
+        &'a self,
+        namespace: &'a str,
+        socket: &'a str,
+        frame: Frame,
+    ) -> BoxFuture<'a, ()>;
+    /// `socket` left `namespace`: `onclose` is published.
+    fn close<'a>(
+        &'a self,
+        namespace: &'a str,
+        socket: &'a str,
+        reason: String,
+    ) -> BoxFuture<'a, ()>;
 }
 
 /// Frames waiting for one Socket.IO client of the gateway; beyond it, new ones are dropped for it.
@@ -53,24 +66,21 @@ const SOCKET_QUEUE: usize = 256;
 
 /// A socket of a `gateway = true` namespace connected: it is opened on the bus, and what the bus sends it becomes
 /// events (`type` as the name, `payload` as the argument); a failed `onconnect` is an `error` event, then a
-/// disconnection.
+/// disconnection. `verified`: the namespace's auth verifies identities (not `claim` or `none`).
 pub async fn opened<A: socketioxide::adapter::Adapter>(
     socket: &socketioxide::extract::SocketRef<A>,
     bus: &Arc<dyn Bus>,
     me: &super::Identity,
+    verified: bool,
 ) {
     let (sink, mut queue) = mpsc::channel(SOCKET_QUEUE);
     let client = Client {
         socket: socket.id.to_string(),
         namespace: socket.ns().to_owned(),
         username: me.id_user.as_deref().unwrap_or_default().to_owned(),
-        claims: me.claims.clone().unwrap_or_else(|| {
-            let mut claims = Map::new();
-            if let Some(user) = &me.id_user {
-                claims.insert("sub".into(), Value::String(user.to_string()));
-            }
-            Arc::new(claims)
-        }),
+        // Only a verified token's claims: a claimed identity is no token, and is not made to look like one.
+        claims: me.claims.clone().unwrap_or_default(),
+        verified,
         sink,
     };
     let socket_ = socket.clone();

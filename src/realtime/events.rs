@@ -382,7 +382,8 @@ async fn on_other<A: Adapter>(
             kind: event.clone(),
             payload,
         };
-        bus.message(&socket.id.to_string(), frame).await;
+        bus.message(socket.ns(), &socket.id.to_string(), frame)
+            .await;
     }
     let forwards = node
         .namespaces
@@ -444,7 +445,8 @@ async fn disconnected<A: Adapter>(
             .find(socket.ns())
             .is_some_and(|ns| ns.gateway)
     {
-        bus.close(&socket.id.to_string(), reason.to_string()).await;
+        bus.close(socket.ns(), &socket.id.to_string(), reason.to_string())
+            .await;
     }
     node.observer
         .report(|| super::observe::Observed::Disconnected {

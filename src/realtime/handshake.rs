@@ -18,7 +18,7 @@ use socketioxide::{
 use super::{
     NodeInfo,
     admission::Refused,
-    auth::{AuthError, Handshake, checked_session},
+    auth::{AuthError, Handshake, Verifier, checked_session},
     events,
     namespaces::Namespace,
 };
@@ -285,6 +285,7 @@ async fn admit<A: Adapter>(
         auth: auth.as_ref(),
         headers: &parts.headers,
         address: super::observe::peer(&parts.extensions),
+        cross_site: node.admission.cross_site(&parts.headers),
     };
     let verified = ns.verifier.verify(hs).await?;
     drop(verifying);
@@ -380,7 +381,8 @@ pub async fn on_connect<A: Adapter>(
     if ns.gateway
         && let Some(bus) = node.bus.get()
     {
-        super::bus::opened(&socket, bus, &me).await;
+        let verified = !matches!(ns.verifier, Verifier::None | Verifier::Claim);
+        super::bus::opened(&socket, bus, &me, verified).await;
     }
     if let Some(reliable) = &ns.reliable {
         super::reliable::joined(&socket, &node, reliable, &rooms).await;

@@ -250,6 +250,7 @@ mod tests {
             auth: Some(&auth),
             headers: &headers,
             address: Some([192, 0, 2, 1].into()),
+            cross_site: false,
         })
         .await
     }
@@ -280,6 +281,7 @@ mod tests {
                 auth: None,
                 headers: &headers,
                 address: None,
+                cross_site: false,
             })
             .await;
         assert_eq!(
@@ -315,6 +317,7 @@ mod tests {
                 auth: Some(&auth),
                 headers: &headers,
                 address: Some([192, 0, 2, 2].into()),
+                cross_site: false,
             })
             .await;
         assert!(elsewhere.is_ok(), "another address: {elsewhere:?}");

@@ -139,7 +139,8 @@ impl Jwt {
         })
     }
 
-    /// The token from the first place that has one: `auth.token`, `?token=`, `Authorization: Bearer`, cookie.
+    /// The token from the first place that has one: `auth.token`, `?token=`, `Authorization: Bearer`, cookie
+    /// (not from a cross-site page: [`Handshake::cross_site`]).
     fn token(&self, hs: Handshake<'_>) -> Result<Option<String>, AuthError> {
         if let Some(t) = hs.field("token")? {
             return Ok(Some(t));
@@ -159,11 +160,16 @@ impl Jwt {
         let Some(cookie) = &self.cookie else {
             return Ok(None);
         };
-        Ok(header(axum::http::header::COOKIE)
+        let found = header(axum::http::header::COOKIE)
             .flat_map(|v| v.split(';'))
             .filter_map(|pair| pair.trim().split_once('='))
             .find(|(k, _)| k == cookie)
-            .map(|(_, v)| v.to_owned()))
+            .map(|(_, v)| v.to_owned());
+        match found {
+            // The victim's browser sends its cookie to us from the attacker's page too.
+            Some(_) if hs.cross_site => Err(AuthError::CrossSite),
+            found => Ok(found),
+        }
     }
 }
 
@@ -218,6 +224,7 @@ mod tests {
             auth: None,
             headers,
             address: None,
+            cross_site: false,
         })
     }
 
@@ -241,6 +248,41 @@ mod tests {
         let numeric = token(json!({"sub": 42, "exp": now() + 600}), SECRET);
         let v = verify(&j, &format!("token={numeric}"), &none).unwrap();
         assert_eq!(v.id_user.as_deref(), Some("42"));
+    }
+
+    /// Cross-site WebSocket hijacking: from another site's page the cookie's token is refused, saying why; a
+    /// token the page had to know (query, header) is not a cookie and still counts.
+    #[test]
+    fn a_cookie_from_a_cross_site_page_is_refused() {
+        let j = Jwt::new(&config("jwt_cookie = \"ID_TOKEN\"")).unwrap();
+        let t = token(json!({"sub": "alice", "exp": now() + 600}), SECRET);
+        let mut h = HeaderMap::new();
+        h.insert("cookie", format!("ID_TOKEN={t}").parse().unwrap());
+        let hs = |query, cross_site| Handshake {
+            query: Some(query),
+            auth: None,
+            headers: &h,
+            address: None,
+            cross_site,
+        };
+        assert!(j.verify(hs("", false)).is_ok());
+        let e = j.verify(hs("", true)).unwrap_err();
+        assert_eq!(e, AuthError::CrossSite);
+        assert!(e.to_string().contains("cookie"), "{e}");
+        assert!(j.verify(hs(&format!("token={t}"), true)).is_ok());
+        let mut other = HeaderMap::new();
+        other.insert("cookie", "theme=dark".parse().unwrap());
+        let no_cookie = Handshake {
+            query: None,
+            auth: None,
+            headers: &other,
+            address: None,
+            cross_site: true,
+        };
+        assert_eq!(
+            j.verify(no_cookie).unwrap_err(),
+            AuthError::Token("no token")
+        );
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct Handshake<'a> {
     pub headers: &'a HeaderMap,
     /// The client's address, for [`FailedLogins`]; `None` when unknown (never held back then).
     pub address: Option<IpAddr>,
+    /// A browser opened the request from a page whose origin is not allowed
+    /// ([`crate::realtime::admission::Admission::cross_site`]): a cookie, which the browser sends whoever opened
+    /// the request, proves nothing then.
+    pub cross_site: bool,
 }
 
 impl Handshake<'_> {
@@ -86,6 +90,13 @@ pub enum AuthError {
     /// A missing, expired, forged or otherwise unusable JWT.
     #[error("UNAUTHORIZED: {0}")]
     Token(&'static str),
+    /// The token is in a cookie, and the page that opened the connection is another site's (cross-site
+    /// WebSocket hijacking).
+    #[error(
+        "UNAUTHORIZED: a token in a cookie is not accepted from this Origin (another site's page); send it in \
+         `auth.token`, `?token=` or `Authorization: Bearer`"
+    )]
+    CrossSite,
     /// The auth webhook said no (401/403), or there was no token to ask it about: seed 001's message.
     #[error("Authentication error")]
     Rejected,
@@ -107,6 +118,7 @@ impl AuthError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Unauthorized | Self::Token(_) | Self::Rejected => "unauthorized",
+            Self::CrossSite => "origin",
             Self::Webhook(_) => "auth_service",
             Self::Busy => "busy",
             Self::Backoff(_) => "login_backoff",
@@ -225,6 +237,7 @@ mod tests {
             auth,
             headers,
             address: None,
+            cross_site: false,
         }
     }
 
