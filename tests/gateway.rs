@@ -7,7 +7,9 @@
 //! connect and on a message; types routed to their topics; `send` to a user with sockets on several nodes and in
 //! two namespaces reaching exactly the right ones; broadcast; a paused and a killed node getting what was
 //! published meanwhile, once; bad frames and bad entries; a forged username; pings; the stream prefix and
-//! trimming; no Redis, no gateway.
+//! trimming (counted); no Redis, no gateway. Issue 20's defences: each namespace's own auth for plain WebSocket
+//! clients, cookie tokens only from allowed origins, the event rate, one client per namespace of a multiplexed
+//! connection, oversized frames refused at their header, unverified identities marked as such.
 
 mod common;
 
