@@ -798,6 +798,9 @@ impl Http {
         let client = reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
             .timeout(Duration::from_secs(10))
+            // Nodes close a keep-alive connection idle for HEADER_READ_TIMEOUT_MS (10 s by default): a client that
+            // reuses one as the node closes it gets an EOF instead of an answer. Let idle ones go well before.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap();
         Self { client }
