@@ -354,8 +354,7 @@ async fn a_redis_restart_with_aof_loses_no_pending_message() {
     for i in 0..5 {
         send(&http, a, "keep", "user_r", &format!("e{i}"), json!([i])).await;
     }
-    let shard_channels = |redis: &Redis| redis.cli(&["PUBSUB", "SHARDCHANNELS"]).lines().count();
-    let channels = shard_channels(&redis);
+    let channels = redis.shard_channels();
 
     let port = redis.port;
     drop(redis);
@@ -376,7 +375,7 @@ async fn a_redis_restart_with_aof_loses_no_pending_message() {
     eventually(
         Duration::from_secs(15),
         "the adapter's channels subscribed again",
-        async || (shard_channels(&redis) >= channels).then_some(()),
+        async || (redis.shard_channels() >= channels).then_some(()),
     )
     .await;
     println!(

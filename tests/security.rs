@@ -128,18 +128,6 @@ fn connected(ev: &Value) {
     assert_eq!(ev["event"], "connect", "expected a connection: {ev}");
 }
 
-/// The shard channels subscribed in Redis (on every server of a Redis Cluster).
-fn shard_channels(redis: &Redis) -> usize {
-    redis
-        .servers()
-        .into_iter()
-        .map(|port| {
-            let out = cli_at(port, &["PUBSUB", "SHARDCHANNELS"]).expect("redis-cli");
-            out.lines().filter(|l| !l.trim().is_empty()).count()
-        })
-        .sum()
-}
-
 /// A verified user cannot name another identity's user, session or reliable room as its handshake room (it
 /// would get their pushes and take their pending batch); its own are fine. With an auth webhook, the handshake
 /// room must be one the webhook granted. The owner's pending message is still there for her.
@@ -261,7 +249,7 @@ async fn dynamic_namespaces_do_not_pile_up() {
     let (_dir, redis, nodes) = start(test, 2).await;
     let a = &nodes[0];
     let mut io = Clients::start();
-    let before = shard_channels(&redis);
+    let before = redis.shard_channels();
     for i in 0..10 {
         let id = format!("v{i}");
         connected(
@@ -273,20 +261,20 @@ async fn dynamic_namespaces_do_not_pile_up() {
     eventually(
         Duration::from_secs(5),
         "the visited namespaces to be gone",
-        async || (shard_channels(&redis) == before).then_some(()),
+        async || (redis.shard_channels() == before).then_some(()),
     )
     .await;
 
     // Another socket keeps its namespace: one leaving does not take it away from the other.
     connected(&io.login("k1", &a.base(), "/open-kept", json!({})).await);
     connected(&io.login("k2", &a.base(), "/open-kept", json!({})).await);
-    let with_one = shard_channels(&redis);
+    let with_one = redis.shard_channels();
     assert!(with_one > before, "{with_one} > {before}");
     io.disconnect("k1").await;
     io.expect("k1", "disconnect").await;
     io.emit("k2", "ping", json!([1]), false).await;
     assert_eq!(io.expect("k2", "ping").await["args"], json!([1]));
-    assert_eq!(shard_channels(&redis), with_one);
+    assert_eq!(redis.shard_channels(), with_one);
 
     let long = format!("/open-{}", "x".repeat(200));
     for (i, name) in [long.as_str(), "/open-a%20b", "/open-caf%C3%A9"]
@@ -298,7 +286,7 @@ async fn dynamic_namespaces_do_not_pile_up() {
             .await;
         assert_eq!(refused(&ev), "Invalid namespace", "{name}");
     }
-    assert_eq!(shard_channels(&redis), with_one, "nothing was created");
+    assert_eq!(redis.shard_channels(), with_one, "nothing was created");
 }
 
 /// One Engine.IO connection (socket.io-client multiplexing namespaces over it) may be in at most 16 namespaces at

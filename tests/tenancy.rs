@@ -798,18 +798,6 @@ name = "/"
     assert!(admitted > 0);
 }
 
-/// The shard channels subscribed in Redis (on every server of a Redis Cluster: each has its slots' channels).
-fn shard_channels(redis: &Redis) -> usize {
-    redis
-        .servers()
-        .into_iter()
-        .map(|port| {
-            let out = cli_at(port, &["PUBSUB", "SHARDCHANNELS"]).expect("redis-cli");
-            out.lines().filter(|l| !l.trim().is_empty()).count()
-        })
-        .sum()
-}
-
 /// Refused handshakes to dynamic namespaces leave nothing behind: socketioxide creates a dynamic namespace
 /// (and its Redis subscriptions) before authentication, and the node removes it once its handshakes are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -817,7 +805,7 @@ async fn refused_handshakes_do_not_pile_up_dynamic_namespaces() {
     let (_dir, redis, nodes, _) = tenancy_cluster("tenancy_dyn_cleanup").await;
     let a = &nodes[0];
     let mut io = Clients::start();
-    let before = shard_channels(&redis);
+    let before = redis.shard_channels();
     let wrong = json!({"username": "lab-user", "password": "wrong"});
     for i in 0..20 {
         let ev = io
@@ -833,14 +821,14 @@ async fn refused_handshakes_do_not_pile_up_dynamic_namespaces() {
     eventually(
         Duration::from_secs(5),
         "the refused namespaces to be gone",
-        async || (shard_channels(&redis) == before).then_some(()),
+        async || (redis.shard_channels() == before).then_some(()),
     )
     .await;
     // An accepted socket keeps its namespace (and its subscriptions) alive, and a refused one beside it does not
     // remove it.
     let good = json!({"username": "lab-user", "password": "open-sesame"});
     connected(&io.login("ok", &a.base(), "/do-kept", good).await);
-    let with_one = shard_channels(&redis);
+    let with_one = redis.shard_channels();
     assert!(with_one > before, "{with_one} > {before}");
     let ev = io.login("bad", &a.base(), "/do-kept", wrong).await;
     refused(&ev);
@@ -850,5 +838,5 @@ async fn refused_handshakes_do_not_pile_up_dynamic_namespaces() {
         json!([1]),
         "the namespace still forwards"
     );
-    assert_eq!(shard_channels(&redis), with_one);
+    assert_eq!(redis.shard_channels(), with_one);
 }

@@ -399,6 +399,17 @@ impl Redis {
     }
 
     /// `CLIENT LIST` without the connection asking: the clients connected now.
+    /// The shard channels subscribed now (on every server of a Redis Cluster: each has its slots' channels).
+    pub fn shard_channels(&self) -> usize {
+        self.servers()
+            .into_iter()
+            .map(|port| {
+                let out = cli_at(port, &["PUBSUB", "SHARDCHANNELS"]).expect("redis-cli");
+                out.lines().filter(|l| !l.trim().is_empty()).count()
+            })
+            .sum()
+    }
+
     pub fn clients(&self) -> Vec<String> {
         self.cli(&["CLIENT", "LIST"])
             .lines()
