@@ -414,6 +414,9 @@ async fn on_disconnect<A: Adapter>(
     if let Some(me) = socket.extensions.get::<Arc<Identity>>() {
         disconnected(&socket, &io, &node, &me, reason).await;
     }
+    if !super::handshake::is_dynamic(&node, socket.ns()) {
+        return;
+    }
     // socketioxide takes the socket out of its namespace once this handler returns; a namespace is removed only
     // without sockets (removing one with sockets would not let go of its adapter at once).
     let (ns, id) = (socket.ns().to_owned(), socket.id);

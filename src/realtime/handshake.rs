@@ -234,11 +234,7 @@ pub async fn handshake<A: Adapter>(
 /// after a refused handshake, and when its last socket left. socketioxide creates a dynamic namespace, with its adapter's Redis subscriptions, before our
 /// middleware runs; without this, clients could create namespaces without end.
 pub fn forget_if_unused<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo, ns: &str) {
-    let dynamic = node
-        .namespaces
-        .find(ns)
-        .is_some_and(|n| matches!(n.pattern, crate::config::file::NamePattern::Prefix(_)));
-    if !dynamic {
+    if !is_dynamic(node, ns) {
         return;
     }
     node.handshakes.when_idle(ns, || {
@@ -250,6 +246,13 @@ pub fn forget_if_unused<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo, ns: &str)
             io.delete_ns(ns);
         }
     });
+}
+
+/// Whether `ns` is a child of a dynamic namespace (`/do-x` of `/do-*`).
+pub fn is_dynamic(node: &NodeInfo, ns: &str) -> bool {
+    node.namespaces
+        .find(ns)
+        .is_some_and(|n| matches!(n.pattern, crate::config::file::NamePattern::Prefix(_)))
 }
 
 /// What a handshake that passed holds for its socket.
