@@ -15,7 +15,7 @@ if [ "$#" -eq 0 ]; then
   # one Redis restarting or going away, which a cluster answers with a failover (tests/redis_cluster.rs).
   TEST_REDIS_CLUSTER=1 cargo test --locked \
     --test cluster --test hostile --test reliable --test send --test tenancy --test gateway --test admin \
-    --test ops --test faults -- \
+    --test ops --test faults --test security -- \
     --skip the_cluster_recovers_after_a_redis_restart --skip a_redis_outage_of_ten_seconds \
     --skip failed_start_up_attempts_leave_no_connection_behind --skip ready_and_metrics_follow_the_cluster_and_redis
 fi

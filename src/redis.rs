@@ -314,6 +314,12 @@ async fn resubscribe(client: SubscriberClient, cluster: bool) {
         // One command per shard channel: they may live in different hash slots.
         wait = SHARD_RESUBSCRIBE;
         for chan in shards {
+            // Let go of meanwhile (a dynamic namespace removed while this loop waited for Redis): subscribing it
+            // again would bring back what nobody listens to, for good. Checked right before each command, so only
+            // an unsubscription still in flight at that instant can slip through.
+            if !reconnected && !client.tracked_shard_channels().contains(&chan) {
+                continue;
+            }
             if let Err(e) = client.ssubscribe(chan.clone()).await {
                 wait = SHARD_RESUBSCRIBE_RETRY;
                 match reconnected {

@@ -264,6 +264,15 @@ async fn dynamic_namespaces_do_not_pile_up() {
         async || (redis.shard_channels() == before).then_some(()),
     )
     .await;
+    // And they stay gone: nothing subscribes them again (on a Redis Cluster the node re-subscribes its shard
+    // channels every second, from what its Redis client believes it is subscribed to).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        redis.shard_channels(),
+        before,
+        "{:?}",
+        redis.shard_channel_names()
+    );
 
     // Another socket keeps its namespace: one leaving does not take it away from the other.
     connected(&io.login("k1", &a.base(), "/open-kept", json!({})).await);

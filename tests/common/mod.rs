@@ -401,13 +401,24 @@ impl Redis {
     /// `CLIENT LIST` without the connection asking: the clients connected now.
     /// The shard channels subscribed now (on every server of a Redis Cluster: each has its slots' channels).
     pub fn shard_channels(&self) -> usize {
-        self.servers()
+        self.shard_channel_names().len()
+    }
+
+    /// [`Self::shard_channels`]' names, with the port of the server that has them, sorted (for messages).
+    pub fn shard_channel_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .servers()
             .into_iter()
-            .map(|port| {
+            .flat_map(|port| {
                 let out = cli_at(port, &["PUBSUB", "SHARDCHANNELS"]).expect("redis-cli");
-                out.lines().filter(|l| !l.trim().is_empty()).count()
+                out.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| format!("{port}:{}", l.trim()))
+                    .collect::<Vec<_>>()
             })
-            .sum()
+            .collect();
+        names.sort();
+        names
     }
 
     pub fn clients(&self) -> Vec<String> {

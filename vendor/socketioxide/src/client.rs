@@ -7,7 +7,7 @@ use bytes::Bytes;
 use engineioxide::Str;
 use engineioxide::handler::EngineIoHandler;
 use engineioxide::socket::{DisconnectReason as EIoDisconnectReason, Socket as EIoSocket};
-use futures_util::{FutureExt, TryFutureExt};
+use futures_util::TryFutureExt;
 
 use matchit::{Match, Router};
 use socketioxide_core::packet::{Packet, PacketData};
@@ -189,8 +189,9 @@ impl<A: Adapter> Client<A> {
         #[cfg(feature = "tracing")]
         tracing::debug!("deleting namespace {}", path);
         if let Some(ns) = self.nsps.write().unwrap().remove(path) {
-            ns.close(DisconnectReason::ServerNSDisconnect)
-                .now_or_never();
+            // Closing the adapter may have to wait (a remote adapter unsubscribing from its channels): polled
+            // once and dropped, it could stop half-way and leave the adapter's subscriptions behind.
+            tokio::spawn(async move { ns.close(DisconnectReason::ServerNSDisconnect).await });
         }
     }
 
