@@ -14,6 +14,8 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
+# tests/vendor.rs rebuilds vendor/socketioxide with scripts/vendor.sh --check (patch applies vendor/patches).
+command -v patch >/dev/null || missing+=(patch)
 # Tests and the bench signal the processes they started with /usr/bin/kill (not the shell builtin).
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
