@@ -231,8 +231,8 @@ pub async fn handshake<A: Adapter>(
 }
 
 /// Removes a dynamic namespace (`/do-x` of `/do-*`) that has no socket on this node and no handshake in progress:
-/// after a refused handshake, and when its last socket left. socketioxide creates a dynamic namespace, with its adapter's Redis subscriptions, before our
-/// middleware runs; without this, clients could create namespaces without end.
+/// after a refused handshake, and when its last socket left. socketioxide creates a dynamic namespace, with its
+/// adapter's Redis subscriptions, before our middleware runs; without this, namespaces would pile up.
 pub fn forget_if_unused<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo, ns: &str) {
     if !is_dynamic(node, ns) {
         return;
