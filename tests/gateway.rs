@@ -296,6 +296,21 @@ impl Ws {
     }
 }
 
+/// After a while, the connection stream holds one `onconnect` per accepted client (`accepted` of them), nothing for
+/// the refused ones; then closes the accepted clients.
+async fn only_accepted_were_published(redis: &Redis, accepted: usize, open: Vec<Ws>) {
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(
+        xlen(redis, CONNECTION),
+        accepted,
+        "nothing published for a refused client: {:?}",
+        entries(redis, CONNECTION)
+    );
+    for ws in open {
+        ws.close().await;
+    }
+}
+
 /// A refusal before the upgrade, seen by a plain HTTP/1.1 client sending the upgrade headers: the status and the
 /// body (JSON if it is JSON, else the text as a string).
 async fn refusal(node: &Node, query: &str, headers: &[(&str, &str)]) -> (u16, Value) {
@@ -803,16 +818,7 @@ async fn tokens_from_each_place_and_refusals_before_the_upgrade() {
             assert!(body.is_object(), "{what}: the 401 has a JSON error: {body}");
         }
     }
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(
-        xlen(&redis, CONNECTION),
-        accepted.len(),
-        "nothing published for a refused client: {:?}",
-        entries(&redis, CONNECTION)
-    );
-    for ws in open {
-        ws.close().await;
-    }
+    only_accepted_were_published(&redis, accepted.len(), open).await;
 }
 
 /// The backend answers on `reply_to`: a reply to `onconnect` reaches the client as `onconnect`, a failure closes
@@ -1959,16 +1965,7 @@ async fn each_namespace_verifies_its_plain_websocket_clients_with_its_own_auth()
         assert_eq!(status, 401, "{what}: {body}");
         assert!(body["error"].is_string(), "{what}: a JSON error: {body}");
     }
-    tokio::time::sleep(QUIET).await;
-    assert_eq!(
-        xlen(&redis, CONNECTION),
-        accepted.len(),
-        "nothing published for a refused client: {:?}",
-        entries(&redis, CONNECTION)
-    );
-    for ws in open {
-        ws.close().await;
-    }
+    only_accepted_were_published(&redis, accepted.len(), open).await;
 }
 
 /// Cross-site WebSocket hijacking (issue 20, point 5): a token read from a cookie counts only when the request has
