@@ -296,6 +296,27 @@ impl Ws {
     }
 }
 
+/// One node `a` on its own Redis, with [`config`]`(extra)` and `SOCKET_EVENT_RATE=event_rate`.
+async fn one_node(test: &str, extra: &str, event_rate: &str) -> (Redis, Node) {
+    let dir = log_dir(test);
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config(extra)).unwrap();
+    let config = path.display().to_string();
+    let redis = Redis::start(&dir);
+    let node = Node::start(
+        &dir,
+        NodeOpts {
+            id: "a",
+            redis: Some(redis.url()),
+            prefix: test,
+            args: &["--config", &config, "--socket-event-rate", event_rate],
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    (redis, node)
+}
+
 /// After a while, the connection stream holds one `onconnect` per accepted client (`accepted` of them), nothing for
 /// the refused ones; then closes the accepted clients.
 async fn only_accepted_were_published(redis: &Redis, accepted: usize, open: Vec<Ws>) {
@@ -1657,26 +1678,11 @@ async fn pings_keep_an_idle_client_and_close_a_dead_one() {
 /// the gateway adds to (`MAXLEN ~`), and what is trimmed is counted (issue 20, point 6).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_prefix_and_trimming() {
-    let test = "gateway_prefix";
-    let dir = log_dir(test);
-    let path = dir.join("config.toml");
-    std::fs::write(
-        &path,
-        config("stream_prefix = \"app:\"\nstream_maxlen = 100"),
-    )
-    .unwrap();
-    let config = path.display().to_string();
-    let redis = Redis::start(&dir);
-    let a = Node::start(
-        &dir,
-        NodeOpts {
-            id: "a",
-            redis: Some(redis.url()),
-            prefix: test,
-            // Hundreds of messages at once: no per-socket event rate here.
-            args: &["--config", &config, "--socket-event-rate", "0"],
-            ..NodeOpts::default()
-        },
+    // Hundreds of messages at once: no per-socket event rate here.
+    let (redis, a) = one_node(
+        "gateway_prefix",
+        "stream_prefix = \"app:\"\nstream_maxlen = 100",
+        "0",
     )
     .await;
     let mut ws = Ws::user("ws", &a, "alex", "alex").await;
@@ -1827,11 +1833,7 @@ async fn start_webhook() -> u16 {
             _ => Err(StatusCode::UNAUTHORIZED),
         }
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new().route("/auth", axum::routing::get(auth));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    port
+    serve_loopback(axum::Router::new().route("/auth", axum::routing::get(auth))).await
 }
 
 fn basic(user: &str, password: &str) -> String {
@@ -2048,23 +2050,7 @@ async fn a_cookie_token_counts_only_from_an_allowed_origin() {
 /// an `error` frame says why, then the connection is closed (1008), and no more than the burst is published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_websocket_client_over_the_event_rate_is_told_and_closed() {
-    let test = "gateway_event_rate";
-    let dir = log_dir(test);
-    let path = dir.join("config.toml");
-    std::fs::write(&path, config("")).unwrap();
-    let config = path.display().to_string();
-    let redis = Redis::start(&dir);
-    let a = Node::start(
-        &dir,
-        NodeOpts {
-            id: "a",
-            redis: Some(redis.url()),
-            prefix: test,
-            args: &["--config", &config, "--socket-event-rate", "5"],
-            ..NodeOpts::default()
-        },
-    )
-    .await;
+    let (redis, a) = one_node("gateway_event_rate", "", "5").await;
     let mut ws = Ws::user("ws", &a, "alex", "alex").await;
     until_len(&redis, CONNECTION, 1).await;
     for i in 0..50 {

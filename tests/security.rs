@@ -35,10 +35,7 @@ async fn webhook(headers: HeaderMap) -> axum::response::Response {
 
 /// Serves the webhook on a free loopback port; returns the config file's text, which uses it.
 async fn config(dir: &std::path::Path) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = Router::new().route("/auth", get(webhook));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let port = serve_loopback(Router::new().route("/auth", get(webhook))).await;
     let hash = bcrypt::hash(PASSWORD, 4).unwrap();
     let credentials = dir.join("credentials.json");
     std::fs::write(

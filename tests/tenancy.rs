@@ -55,11 +55,7 @@ async fn webhook(headers: HeaderMap) -> axum::response::Response {
 
 /// Serves the webhook on a free loopback port; returns its port.
 async fn start_webhook() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = Router::new().route("/socketrooms", get(webhook));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    port
+    serve_loopback(Router::new().route("/socketrooms", get(webhook))).await
 }
 
 /// Writes the config file and the credentials file into `dir`.

@@ -899,6 +899,15 @@ impl Http {
     }
 }
 
+/// Serves `app` (an auth webhook, a backend) over plain HTTP on a free loopback port, for the test's life; returns
+/// the port.
+pub async fn serve_loopback(app: axum::Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
 /// A set of expected `(id_socket, id_user)` pairs.
 pub fn pairs(items: &[(&str, &str)]) -> BTreeSet<(String, String)> {
     items
