@@ -414,11 +414,20 @@ async fn on_disconnect<A: Adapter>(
     if let Some(me) = socket.extensions.get::<Arc<Identity>>() {
         disconnected(&socket, &io, &node, &me, reason).await;
     }
+    forget_namespace_when_gone(io, node, &socket);
+}
+
+/// Once socketioxide has taken `socket` out of its dynamic namespace (it does so after the disconnect handler
+/// returns), removes the namespace if nothing else is in it. A namespace is removed only without sockets: removing
+/// one with sockets would not let go of its adapter at once.
+pub fn forget_namespace_when_gone<A: Adapter>(
+    io: SocketIo<A>,
+    node: NodeInfo,
+    socket: &SocketRef<A>,
+) {
     if !super::handshake::is_dynamic(&node, socket.ns()) {
         return;
     }
-    // socketioxide takes the socket out of its namespace once this handler returns; a namespace is removed only
-    // without sockets (removing one with sockets would not let go of its adapter at once).
     let (ns, id) = (socket.ns().to_owned(), socket.id);
     tokio::spawn(async move {
         for _ in 0..100 {

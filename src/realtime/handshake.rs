@@ -402,6 +402,11 @@ pub async fn on_connect<A: Adapter>(
     if ns.views && me.role == Role::View {
         events::to_namespace(&io, socket.ns(), "__connect__", &events::Args::default()).await;
     }
+    // Gone before `attach` set the disconnect handler (a client leaving at once): nothing else would remove a
+    // dynamic namespace it was the last socket of.
+    if !socket.connected() {
+        events::forget_namespace_when_gone(io, node, &socket);
+    }
 }
 
 #[cfg(test)]
