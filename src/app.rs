@@ -111,14 +111,12 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let mut config = config;
     let shutdown = shutdown.boxed().shared();
-    let node: Arc<str> = config.node_id().into();
-    validate::node_id(&node).map_err(StartError::NodeId)?;
+    let node_id: Arc<str> = config.node_id().into();
+    validate::node_id(&node_id).map_err(StartError::NodeId)?;
     let tls = match config.plain_http {
         true => None,
         false => Some(tls::server_config(&config.tls_cert, &config.tls_key)?),
     };
-    let client_bundle = load_client_bundle(&config);
-    let page = http::page_html(config.reuse_port);
     let origins = config.origins();
     let cors_origins = origins
         .iter()
@@ -135,9 +133,8 @@ pub async fn run(
     let logins = Arc::new(FailedLogins::new(config.login_failures_per_minute));
     let (namespaces, admin_config, gateway_config) = load_namespaces(&config, &metrics, &logins)?;
     let namespaces = Arc::new(namespaces);
-    let draining = Arc::new(AtomicBool::new(false));
     let info = NodeInfo {
-        id: node.clone(),
+        id: node_id.clone(),
         presence: config.presence_events,
         metrics: metrics.clone(),
         admission: Arc::new(admission::Admission::with_verifying(
@@ -164,57 +161,21 @@ pub async fn run(
             .into(),
     };
     let admin = admin_config.map(|c| Admin::new(c, info.clone(), logins.clone()));
-    let admin_ui = admin_ui(&admin, &config);
+    let parts = Parts {
+        config: &config,
+        info: &info,
+        admin: &admin,
+        gateway: &gateway_config,
+    };
 
-    let query_limit = http::throttle::QueryLimit::new(config.query_rate).map(Arc::new);
-    let api_token: Option<Arc<str>> = config.api_token.as_deref().map(Arc::from);
-    let app_state =
-        |(local, push): (Arc<dyn LocalRooms>, Arc<dyn Push>),
-         cluster: Option<Arc<Cluster>>,
-         adapter_redis: Option<fred::clients::SubscriberClient>| AppState {
-            node: node.clone(),
-            local,
-            push,
-            cluster,
-            client_bundle: client_bundle.clone(),
-            metrics: metrics.clone(),
-            tls: tls.is_some(),
-            draining: draining.clone(),
-            adapter_redis,
-            page: page.clone(),
-            api_token: api_token.clone(),
-            admission: info.admission.clone(),
-            query_limit: query_limit.clone(),
-            namespaces: namespaces.clone(),
-            delivery: info.delivery.clone(),
-        };
-
-    // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers.
-    let (app, local, cluster, adapter_sub): Serving = match &config.redis_url {
+    let (node, socketio) = match &config.redis_url {
         None => {
             if config.cluster_secret.is_some() {
                 tracing::warn!(
                     "CLUSTER_SECRET is set but REDIS_URL is not: a single node has nothing to sign"
                 );
             }
-            let (layer, io) = io_builder(info.clone(), admin.clone(), &config).build_layer();
-            namespaces.register(&io).map_err(StartError::Config)?;
-            if let Some(admin) = &admin {
-                admin.register(&io);
-            }
-            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-            let _ = info.delivery.set(store);
-            let push: Arc<dyn Push> = Arc::new(io.clone());
-            let local: Arc<dyn LocalRooms> = Arc::new(crate::realtime::local::Local {
-                io,
-                node: info.clone(),
-            });
-            let app = with_admin_ui(
-                http::router(app_state((local.clone(), push), None, None)),
-                &admin_ui,
-            )
-            .layer(layer);
-            (app, local, None, None)
+            start_single(&parts)?
         }
         Some(url) => {
             let redis = redis::Endpoint::parse(url, config.redis_ca.as_deref())?;
@@ -222,21 +183,19 @@ pub async fn run(
             if seal.is_signed() {
                 tracing::info!("cluster messages are signed (CLUSTER_SECRET)");
             }
-            // Redis may not be up yet (all services starting at boot): retry what can heal, fail on the rest.
+            // Redis may not be up yet (all services starting at boot): retry what can heal, fail on the rest. Each
+            // attempt starts from nothing: a failed one stops all it opened.
             let mut delay = RETRY_FIRST;
             loop {
-                let attempt = join_cluster(
-                    &redis,
-                    &seal,
-                    &config,
-                    info.clone(),
-                    &admin,
-                    &gateway_config,
-                    &app_state,
-                );
-                match attempt.await {
-                    Ok(joined) => break joined,
-                    Err(e) if e.is_transient() => {
+                let mut node = Node::default();
+                let attempt = join_cluster(&mut node, &redis, &seal, &parts).await;
+                match attempt {
+                    Ok(socketio) => break (node, socketio),
+                    Err(e) => {
+                        node.stop().await;
+                        if !e.is_transient() {
+                            return Err(e);
+                        }
                         tracing::warn!(error = %e, retry_in = ?delay, "Redis is not reachable yet");
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}
@@ -244,11 +203,40 @@ pub async fn run(
                         }
                         delay = (delay * 2).min(RETRY_MAX);
                     }
-                    Err(e) => return Err(e),
                 }
             }
         }
     };
+    node.publish(&info);
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        node: node_id,
+        local: node.local(),
+        push: socketio.push,
+        cluster: node.cluster.clone(),
+        client_bundle: load_client_bundle(&config),
+        metrics: metrics.clone(),
+        tls: tls.is_some(),
+        draining: draining.clone(),
+        adapter_redis: node.adapter.as_ref().map(|(sub, _)| sub.client.clone()),
+        page: http::page_html(config.reuse_port),
+        api_token: config.api_token.as_deref().map(Arc::from),
+        admission: info.admission.clone(),
+        query_limit: http::throttle::QueryLimit::new(config.query_rate).map(Arc::new),
+        namespaces,
+        delivery: info.delivery.clone(),
+    };
+    let mut app = http::router(state);
+    if admin.is_some() {
+        app = app.merge(crate::admin::ui::routes(&config.admin_ui_dir));
+    }
+    // The Socket.IO layer wraps every route and the fallback: `/socket.io/*` never reaches our handlers. The
+    // gateway's plain websockets are outside it.
+    let mut app = (socketio.layer)(app);
+    if let Some(gateway) = &node.gateway {
+        app = app.merge(crate::gateway::ws::routes(gateway.clone()));
+    }
 
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -257,9 +245,7 @@ pub async fn run(
         shutdown,
         draining.clone(),
         handle.clone(),
-        local,
-        cluster,
-        adapter_sub,
+        node,
         info.clone(),
     ));
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -328,162 +314,175 @@ fn bound_request_heads(
         .header_read_timeout(timeout);
 }
 
-/// What serving needs: the app, the local sockets, and in cluster mode our query protocol and the adapter's
-/// subscriber (both closed at shutdown).
-type Serving = (
-    axum::Router,
-    Arc<dyn LocalRooms>,
-    Option<Arc<Cluster>>,
-    Option<AdapterLink>,
-);
-
-/// The socketioxide-redis adapter's connection, and the watchers counting its events: they go together. Once
-/// joined, also the delivery store's connection and its watcher, closed after the adapter's, and the task keeping
-/// the holders of user rooms true to the membership ([`keep_holders`]), stopped first.
-struct AdapterLink {
-    sub: redis::Subscriber,
-    _watch: metrics::RedisWatch,
-    store: Option<(fred::clients::Client, metrics::RedisWatch)>,
-    holders: Option<tokio::task::JoinHandle<()>>,
-    /// The event-bus gateway's readers and connections, stopped with the rest.
-    gateway: Option<Arc<Gateway>>,
+/// What start-up reads: the settings, the node's context, and the optional capabilities.
+struct Parts<'a> {
+    config: &'a Config,
+    info: &'a NodeInfo,
+    admin: &'a Option<Arc<Admin>>,
+    gateway: &'a Option<GatewayConfig>,
 }
 
-impl AdapterLink {
-    async fn close(&self) {
+/// The Socket.IO side of a started node, for the HTTP routes.
+struct SocketIoParts {
+    /// Wraps routes in the Socket.IO layer, whose type depends on the adapter.
+    layer: Box<dyn FnOnce(axum::Router) -> axum::Router + Send>,
+    /// Emits to rooms on every node, for `POST /send`.
+    push: Arc<dyn Push>,
+}
+
+/// What a running node holds. Every part is kept from the moment it exists, so that [`Node::stop`] releases exactly
+/// what was opened, whether an attempt to join the cluster failed half-way or the node is shutting down.
+#[derive(Default)]
+struct Node {
+    /// This node's sockets (their namespaces hold the adapter's subscriptions in a cluster).
+    local: Option<Arc<dyn LocalRooms>>,
+    /// Reliable delivery's store (memory on a single node), published to the handlers once started.
+    store: Option<Arc<dyn Store>>,
+    /// The room-query protocol and membership: two Redis connections and the heartbeat tasks.
+    cluster: Option<Arc<Cluster>>,
+    /// Keeps the holders of user rooms true to the membership ([`keep_holders`]).
+    holders: Option<tokio::task::JoinHandle<()>>,
+    /// The event-bus gateway's readers and connections.
+    gateway: Option<Arc<Gateway>>,
+    /// The socketioxide-redis adapter's connection, and the watcher counting its events.
+    adapter: Option<(redis::Subscriber, metrics::RedisWatch)>,
+    /// The delivery store's (and admin sessions') connection, and its watcher.
+    store_client: Option<(fred::clients::Client, metrics::RedisWatch)>,
+}
+
+impl Node {
+    /// This node's sockets; set by every way of starting.
+    fn local(&self) -> Arc<dyn LocalRooms> {
+        self.local.clone().expect("a started node has its sockets")
+    }
+
+    /// Hands the started parts to the socket handlers. Only a node that started publishes, and once: a failed
+    /// attempt's cluster never reaches them.
+    fn publish(&self, info: &NodeInfo) {
+        if let Some(store) = &self.store {
+            let _ = info.delivery.set(store.clone());
+        }
+        if let Some(cluster) = &self.cluster {
+            let _ = info.cluster.set(cluster.clone());
+        }
+        if let Some(gateway) = &self.gateway {
+            let bus: Arc<dyn crate::realtime::bus::Bus> = gateway.clone();
+            let _ = info.bus.set(bus);
+        }
+    }
+
+    /// Closes every client's transport, so that it reconnects elsewhere.
+    async fn close_sockets(&self) {
+        let Some(local) = &self.local else { return };
+        if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("closing client sockets took too long");
+        }
+    }
+
+    /// Leaves Redis: the tasks first, then the cluster (whose last heartbeat says it leaves), the gateway, the
+    /// adapter and the store's connection.
+    async fn leave(&self) {
         if let Some(task) = &self.holders {
             task.abort();
         }
-        if let Some(gateway) = &self.gateway {
-            gateway.stop().await;
+        let leave = async {
+            if let Some(cluster) = &self.cluster {
+                cluster.stop().await;
+            }
+            if let Some(gateway) = &self.gateway {
+                gateway.stop().await;
+            }
+            if let Some((sub, _)) = &self.adapter {
+                sub.close().await;
+            }
+            if let Some((client, _)) = &self.store_client {
+                let _ = fred::interfaces::ClientLike::quit(client).await;
+            }
+        };
+        // Bounded, should Redis be the reason we stop.
+        if tokio::time::timeout(DRAIN_TIMEOUT, leave).await.is_err() {
+            tracing::warn!("leaving Redis took too long");
         }
-        self.sub.close().await;
-        if let Some((client, _)) = &self.store {
-            let _ = fred::interfaces::ClientLike::quit(client).await;
-        }
+    }
+
+    /// Stops all of it: after a failed start-up attempt, so that retries pile up neither connections nor tasks.
+    async fn stop(&self) {
+        self.close_sockets().await;
+        self.leave().await;
     }
 }
 
-/// Closes what a failed attempt to join opened, so that retries do not pile up connections and tasks: the
-/// namespaces (their adapters' Redis subscriptions and the tasks reading them), then the adapter's connection.
-/// Each step is bounded by [`DRAIN_TIMEOUT`], should Redis be the reason the attempt failed.
-async fn abandon(local: &dyn LocalRooms, adapter: &AdapterLink) {
-    if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
-        .await
-        .is_err()
-    {
-        tracing::warn!("closing the namespaces of a failed start-up attempt took too long");
+/// A single node: the in-memory adapter and delivery store, nothing to join.
+fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> {
+    let (layer, io) =
+        io_builder(parts.info.clone(), parts.admin.clone(), parts.config).build_layer();
+    parts
+        .info
+        .namespaces
+        .register(&io)
+        .map_err(StartError::Config)?;
+    if let Some(admin) = parts.admin {
+        admin.register(&io);
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, adapter.close())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "closing the adapter's connection of a failed start-up attempt took too long"
-        );
-    }
+    let node = Node {
+        local: Some(Arc::new(crate::realtime::local::Local {
+            io: io.clone(),
+            node: parts.info.clone(),
+        })),
+        store: Some(Arc::new(MemoryStore::new())),
+        ..Node::default()
+    };
+    let socketio = SocketIoParts {
+        layer: Box::new(move |app| app.layer(layer)),
+        push: Arc::new(io),
+    };
+    Ok((node, socketio))
 }
 
-/// Builds the HTTP state from what serving made: the local sockets and their push side, the cluster protocol and
-/// the adapter's subscriber (both `None` on a single node).
-type StateOf<'a> = dyn Fn(
-        (Arc<dyn LocalRooms>, Arc<dyn Push>),
-        Option<Arc<Cluster>>,
-        Option<fred::clients::SubscriberClient>,
-    ) -> AppState
-    + Sync
-    + 'a;
-
-/// One attempt to join the cluster: the adapter on its own subscriber, the Socket.IO layer on the adapter, and
-/// our room-query protocol.
+/// One attempt to join the cluster, filling `node` as it goes: reliable delivery's store, the adapter on its own
+/// subscriber, the Socket.IO layer on the adapter, our room-query protocol, and the gateway.
 async fn join_cluster(
+    node: &mut Node,
     redis: &redis::Endpoint,
     seal: &Seal,
-    config: &Config,
-    info: NodeInfo,
-    admin: &Option<Arc<Admin>>,
-    gateway: &Option<GatewayConfig>,
-    app_state: &StateOf<'_>,
-) -> Result<Serving, StartError> {
+    parts: &Parts<'_>,
+) -> Result<SocketIoParts, StartError> {
+    let Parts {
+        config,
+        info,
+        admin,
+        gateway,
+    } = *parts;
     // Reliable delivery's store, on a client of its own; this node's holders left by an earlier life (killed
     // without saying goodbye) are forgotten before it serves.
     let client = redis::connect_client(redis, config.request_timeout()).await?;
+    let watch = info.metrics.watch_redis(&client, "delivery");
+    node.store_client = Some((client.clone(), watch));
     let store = RedisStore::new(client.clone(), &config.redis_prefix)
         .rebuilding_from(redis, config.request_timeout())
         .counting_malformed_in(info.metrics.delivery_malformed_entries.clone());
     if let Some(admin) = admin {
-        let sessions = RedisSessions::new(client.clone(), &config.redis_prefix);
-        admin.use_sessions(Arc::new(sessions));
+        admin.use_sessions(Arc::new(RedisSessions::new(client, &config.redis_prefix)));
     }
-    let forgotten = store.forget_node(&info.id, &|room| info.ttl_of(room)).await;
-    let joined = match forgotten {
-        Ok(n) => {
-            if n > 0 {
-                tracing::info!(holders = n, "holders of this node's earlier life forgotten");
-            }
-            join_adapter(redis, seal, config, info.clone(), admin, app_state).await
+    match store.forget_node(&info.id, &|room| info.ttl_of(room)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(holders = n, "holders of this node's earlier life forgotten"),
+        Err(crate::delivery::StoreError::Redis(e)) => {
+            return Err(redis::connect_err(redis, e).into());
         }
-        Err(crate::delivery::StoreError::Redis(e)) => Err(redis::connect_err(redis, e).into()),
-        Err(e) => Err(StartError::Adapter(format!("delivery store: {e}"))),
-    };
-    match joined {
-        Ok(mut serving) => {
-            if let Some(gateway) = gateway {
-                let started =
-                    Gateway::start(gateway.clone(), redis, &info, config.request_timeout()).await;
-                let started = match started {
-                    Ok(started) => started,
-                    Err(e) => {
-                        if let Some(link) = &serving.3 {
-                            abandon(&*serving.1, link).await;
-                        }
-                        let _ = fred::interfaces::ClientLike::quit(&client).await;
-                        return Err(e);
-                    }
-                };
-                let bus: Arc<dyn crate::realtime::bus::Bus> = started.clone();
-                let _ = info.bus.set(bus);
-                serving.0 = serving.0.merge(crate::gateway::ws::routes(started.clone()));
-                if let Some(link) = serving.3.as_mut() {
-                    link.gateway = Some(started);
-                }
-            }
-            let _ = info.delivery.set(Arc::new(store));
-
-            if let Some(link) = serving.3.as_mut() {
-                let watch = info.metrics.watch_redis(&client, "delivery");
-                link.store = Some((client, watch));
-            }
-            Ok(serving)
-        }
-        Err(e) => {
-            let _ = fred::interfaces::ClientLike::quit(&client).await;
-            Err(e)
-        }
+        Err(e) => return Err(StartError::Adapter(format!("delivery store: {e}"))),
     }
-}
+    node.store = Some(Arc::new(store));
 
-/// Joins the cluster through the socketioxide-redis adapter and the cluster protocol.
-async fn join_adapter(
-    redis: &redis::Endpoint,
-    seal: &Seal,
-    config: &Config,
-    info: NodeInfo,
-    admin: &Option<Arc<Admin>>,
-    app_state: &StateOf<'_>,
-) -> Result<Serving, StartError> {
-    let adapter_sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
-    let link = AdapterLink {
-        _watch: info
-            .metrics
-            .watch_redis(&adapter_sub.client, "adapter_subscriber"),
-        sub: adapter_sub,
-        store: None,
-        holders: None,
-        gateway: None,
-    };
+    let sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
+    let watch = info.metrics.watch_redis(&sub.client, "adapter_subscriber");
+    let sub_client = sub.client.clone();
+    node.adapter = Some((sub, watch));
     let adapter = RedisAdapterCtr::new_with_fred_config(
-        link.sub.client.clone(),
+        sub_client,
         RedisAdapterConfig::new()
             .with_prefix(format!("{}-adapter", config.redis_prefix))
             .with_request_timeout(config.request_timeout())
@@ -491,14 +490,8 @@ async fn join_adapter(
             // so a burst of broadcasts must fit. Memory is only taken while a backlog exists.
             .with_stream_buffer(ADAPTER_STREAM_BUFFER),
     )
-    .await;
-    let adapter = match adapter {
-        Ok(adapter) => adapter,
-        Err(e) => {
-            link.close().await;
-            return Err(redis::connect_err(redis, e).into());
-        }
-    };
+    .await
+    .map_err(|e| redis::connect_err(redis, e))?;
     let (layer, io) = io_builder(info.clone(), admin.clone(), config)
         .with_adapter::<FredAdapter<_>>(adapter)
         .build_layer();
@@ -506,48 +499,40 @@ async fn join_adapter(
         io: io.clone(),
         node: info.clone(),
     });
-    let started = async {
-        for init in info.namespaces.register(&io).map_err(StartError::Config)? {
-            init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
-        }
-        if let Some(admin) = admin {
-            let init = admin.register(&io);
-            init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
-        }
-        let settings = cluster::Settings {
-            prefix: config.redis_prefix.clone(),
-            node: info.id.clone(),
-            timeout: config.request_timeout(),
-            heartbeat: config.heartbeat(),
-            seal: seal.clone(),
-        };
-        Ok::<_, StartError>(
-            Cluster::start(redis, settings, local.clone(), info.metrics.clone()).await?,
-        )
+    node.local = Some(local.clone());
+    for init in info.namespaces.register(&io).map_err(StartError::Config)? {
+        init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+    }
+    if let Some(admin) = admin {
+        let init = admin.register(&io);
+        init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
+    }
+
+    let settings = cluster::Settings {
+        prefix: config.redis_prefix.clone(),
+        node: info.id.clone(),
+        timeout: config.request_timeout(),
+        heartbeat: config.heartbeat(),
+        seal: seal.clone(),
     };
-    let cluster = match started.await {
-        Ok(cluster) => cluster,
-        Err(e) => {
-            abandon(&*local, &link).await;
-            return Err(e);
-        }
-    };
-    let _ = info.cluster.set(cluster.clone());
-    let mut link = link;
-    link.holders = Some(tokio::spawn(keep_holders(
+    let cluster = Cluster::start(redis, settings, local, info.metrics.clone()).await?;
+    node.cluster = Some(cluster.clone());
+    node.holders = Some(tokio::spawn(keep_holders(
         cluster.changes(),
         cluster.down_after(),
         io.clone(),
         info.clone(),
     )));
-    let push: Arc<dyn Push> = Arc::new(io.clone());
-    let state = app_state(
-        (local.clone(), push),
-        Some(cluster.clone()),
-        Some(link.sub.client.clone()),
-    );
-    let app = with_admin_ui(http::router(state), &admin_ui(admin, config)).layer(layer);
-    Ok((app, local, Some(cluster), Some(link)))
+
+    if let Some(gateway) = gateway {
+        let started =
+            Gateway::start(gateway.clone(), redis, info, config.request_timeout()).await?;
+        node.gateway = Some(started);
+    }
+    Ok(SocketIoParts {
+        layer: Box::new(move |app| app.layer(layer)),
+        push: Arc::new(io),
+    })
 }
 
 /// Keeps the holders of user rooms in the delivery store true to the cluster's membership (see
@@ -630,51 +615,25 @@ async fn drain_on(
     shutdown: impl Future<Output = ()>,
     draining: Arc<AtomicBool>,
     handle: axum_server::Handle,
-    local: Arc<dyn LocalRooms>,
-    cluster: Option<Arc<Cluster>>,
-    adapter_sub: Option<AdapterLink>,
+    node: Node,
     info: NodeInfo,
 ) {
     shutdown.await;
     draining.store(true, Ordering::Relaxed);
     handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
-    if tokio::time::timeout(DRAIN_TIMEOUT, local.close())
-        .await
-        .is_err()
+    node.close_sockets().await;
+    if node.cluster.is_some()
+        && let Some(store) = info.delivery()
     {
-        tracing::warn!("closing client sockets took too long");
-    }
-    let leave = async {
-        if let Some(cluster) = cluster {
-            if let Some(store) = info.delivery() {
-                match store.forget_node(&info.id, &|room| info.ttl_of(room)).await {
-                    Ok(n) => tracing::debug!(holders = n, "this node's user rooms let go"),
-                    Err(e) => tracing::warn!(error = %e, "this node's user rooms not let go"),
-                }
-            }
-            cluster.stop().await;
+        let ttl_of = |room: &_| info.ttl_of(room);
+        let let_go = store.forget_node(&info.id, &ttl_of);
+        match tokio::time::timeout(DRAIN_TIMEOUT, let_go).await {
+            Ok(Ok(n)) => tracing::debug!(holders = n, "this node's user rooms let go"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "this node's user rooms not let go"),
+            Err(_) => tracing::warn!("letting this node's user rooms go took too long"),
         }
-        if let Some(sub) = adapter_sub {
-            sub.close().await;
-        }
-    };
-    if tokio::time::timeout(DRAIN_TIMEOUT, leave).await.is_err() {
-        tracing::warn!("leaving Redis took too long");
     }
-}
-
-/// The admin UI's routes, when `[admin]` is enabled.
-fn admin_ui(admin: &Option<Arc<Admin>>, config: &Config) -> Option<axum::Router> {
-    admin
-        .as_ref()
-        .map(|_| crate::admin::ui::routes(&config.admin_ui_dir))
-}
-
-fn with_admin_ui(app: axum::Router, ui: &Option<axum::Router>) -> axum::Router {
-    match ui {
-        Some(ui) => app.merge(ui.clone()),
-        None => app,
-    }
+    node.leave().await;
 }
 
 /// The namespaces of the config file, or `/` alone (today's behaviour) without one; and `[admin]` when enabled.

@@ -6,7 +6,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::{domain::validate::Invalid, net::tls::TlsError, redis::RedisError};
+use crate::{
+    domain::validate::Invalid,
+    net::tls::TlsError,
+    redis::{Failure, RedisError},
+};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,16 +36,13 @@ impl StartError {
     /// Whether trying again later may succeed: Redis refused or dropped the connection, or timed out. A bad URL,
     /// bad credentials or a TLS failure are not retried: they need a person.
     pub fn is_transient(&self) -> bool {
-        use fred::error::ErrorKind;
-        match self {
-            Self::Redis(RedisError::Connect { source, .. }) => match source.kind() {
-                // rustls reports a refused certificate as an `InvalidData` I/O error.
-                ErrorKind::IO => !source.details().contains("InvalidData"),
-                ErrorKind::Timeout | ErrorKind::Canceled => true,
-                _ => false,
-            },
-            _ => false,
-        }
+        matches!(
+            self,
+            Self::Redis(RedisError::Connect {
+                failure: Failure::Unreachable,
+                ..
+            })
+        )
     }
 }
 
@@ -146,10 +147,11 @@ mod tests {
     use fred::error::{Error, ErrorKind};
 
     fn connect(kind: ErrorKind, details: &str) -> StartError {
-        StartError::Redis(RedisError::Connect {
-            url: "redis://x".into(),
-            source: Error::new(kind, details.to_owned()),
-        })
+        let endpoint = crate::redis::Endpoint::parse("redis://x", None).unwrap();
+        StartError::Redis(crate::redis::connect_err(
+            &endpoint,
+            Error::new(kind, details.to_owned()),
+        ))
     }
 
     #[test]

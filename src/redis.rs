@@ -24,7 +24,31 @@ pub enum RedisError {
     Connect {
         url: String,
         source: fred::error::Error,
+        /// Whether trying again later may succeed ([`Failure::of`]).
+        failure: Failure,
     },
+}
+
+/// Why Redis could not be reached, as far as start-up cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Refused or dropped connections and timeouts: Redis may be starting, or overloaded; worth another try.
+    Unreachable,
+    /// A bad URL, wrong credentials, a certificate refused, a server that errs: they need a person.
+    Refused,
+}
+
+impl Failure {
+    /// fred keeps only the text of the I/O error under its `IO` kind; rustls reports a refused certificate as an
+    /// `InvalidData` I/O error, so that text is the one place the difference can be told.
+    pub fn of(e: &fred::error::Error) -> Self {
+        use fred::error::ErrorKind;
+        match e.kind() {
+            ErrorKind::IO if !e.details().contains("InvalidData") => Self::Unreachable,
+            ErrorKind::Timeout | ErrorKind::Canceled => Self::Unreachable,
+            _ => Self::Refused,
+        }
+    }
 }
 
 /// Makes a URL printable: the password, if any, becomes `***`. A string that does not parse as a URL with a host
@@ -218,6 +242,7 @@ pub async fn init(client: &SubscriberClient, endpoint: &Endpoint) -> Result<(), 
 pub fn connect_err(endpoint: &Endpoint, source: fred::error::Error) -> RedisError {
     RedisError::Connect {
         url: endpoint.redacted(),
+        failure: Failure::of(&source),
         source,
     }
 }

@@ -379,3 +379,113 @@ async fn failed_start_up_attempts_leave_no_connection_behind() {
     let users = Http::new().users(&node, "R").await;
     assert_eq!((users.status, users.nodes.as_str()), (200, "1/1"));
 }
+
+/// A start-up whose attempts fail at their last step, the gateway, stops all each attempt opened, its cluster
+/// too: once Redis lets it in, the node holds the connections of one start and one cluster, as if it had started at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
+    let dir = log_dir("gateway_start_up_retries");
+    let redis = Redis::start(&dir);
+    // The delivery store, the adapter and the cluster's two connections get through; the gateway's do not.
+    let gate = Gate::start(redis.port, 4).await;
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[gateway]\npath = \"/connect\"\nonmessage = { publish = \"socket:message\" }\n\
+         send = { subscribe = \"socket:send\" }\njwt_secret = \"a-test-secret-that-is-long-enough-0123456789\"\n\n\
+         [[namespace]]\nname = \"/\"\nauth = \"claim\"\ngateway = true\n",
+    )
+    .unwrap();
+    let node = Node::spawn(
+        &dir,
+        NodeOpts {
+            id: "a",
+            redis: Some(gate.url()),
+            prefix: "gateway_retries",
+            timeout_ms: 200,
+            args: &["--config", config.to_str().unwrap()],
+            ..NodeOpts::default()
+        },
+    );
+    let failed = eventually(Duration::from_secs(20), "3 failed attempts", async || {
+        let n = node
+            .log_text()
+            .matches("Redis is not reachable yet")
+            .count();
+        (n >= 3).then_some(n)
+    })
+    .await;
+    gate.open();
+    node.wait_healthy(Duration::from_secs(20)).await;
+    // Without a leak: store, adapter, cluster (2) and gateway (a publisher and 3 readers).
+    let settled = Instant::now() + Duration::from_secs(5);
+    let clients = loop {
+        let clients = redis.clients();
+        if clients.len() <= 8 || Instant::now() > settled {
+            break clients;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "{failed}+ failed start-up attempts, then {} connections:\n{}",
+        clients.len(),
+        clients.join("\n")
+    );
+    assert_eq!(clients.len(), 8, "{failed}+ failed attempts");
+    // One cluster: one subscriber on the node's reply channel, whose heartbeats answer for it.
+    let reply = "gateway_retries:users#reply#a";
+    let subscribers = redis.cli(&["PUBSUB", "SHARDNUMSUB", reply]);
+    assert_eq!(subscribers.lines().nth(1), Some("1"), "{subscribers}");
+    let users = Http::new().users(&node, "R").await;
+    assert_eq!((users.status, users.nodes.as_str()), (200, "1/1"));
+}
+
+/// A TCP relay to Redis that, while closed, lets no more than `limit` connections through at a time: one more is
+/// accepted and dropped at once, which its client sees as Redis going away (a transient failure).
+struct Gate {
+    port: u16,
+    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Gate {
+    async fn start(redis: u16, limit: usize) -> Self {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let closed = Arc::new(AtomicBool::new(true));
+        let open = Arc::new(AtomicUsize::new(0));
+        let gate = closed.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if gate.load(Ordering::SeqCst) && open.load(Ordering::SeqCst) >= limit {
+                    drop(client);
+                    continue;
+                }
+                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", redis)).await
+                else {
+                    continue;
+                };
+                open.fetch_add(1, Ordering::SeqCst);
+                let open = open.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Self { port, closed }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn open(&self) {
+        self.closed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
