@@ -6,10 +6,10 @@
 //   pm2 stop deploy/ecosystem.config.js       # graceful stop (SIGINT, then SIGKILL after kill_timeout)
 //   pm2 delete deploy/ecosystem.config.js
 //
-// PORT_MODE=shared (default): every instance listens on PORT (5009) with SO_REUSEPORT, as the original PM2
-// deployment did; the kernel spreads connections, so clients must use websocket only (no long-polling), and the
+// PORT_MODE=shared (default): every instance listens on PORT (5009) with SO_REUSEPORT, as the Node identity
+// service's PM2 cluster did; the kernel spreads connections, so clients must use websocket only (no long-polling), and the
 // server enforces it. PORT_MODE=separate: instance i listens on PORT + i - 1, for a sticky proxy in front
-// (deploy/nginx/socket-identity.conf), which lets clients fall back to long-polling. README.md, "Deployment".
+// (deploy/nginx/socket-identity.conf), which lets clients fall back to long-polling. docs/operations.md, "Deployment".
 //
 // Every setting comes from the environment of `pm2 start` (see deploy/socket-identity.env.example);
 // SOCKET_IDENTITY_BIN names the binary, SOCKET_IDENTITY_INSTANCES the number of instances.

@@ -1,8 +1,8 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document of the REST routes ([`SPEC`]).
 //!
-//! The document is written by hand, as a static JSON file (`openapi.json`, next to this one) served as it is,
-//! rather than generated from annotations (utoipa): it stays one reviewable file whose diff shows exactly what
-//! changed in the contract, it describes what the handlers answer (errors from [`crate::error::AppError`], the
+//! The document is written by hand, as a static JSON file (`docs/openapi.json`, beside `docs/http-api.md`) served
+//! as it is, rather than generated from annotations (utoipa): it stays one reviewable file whose diff shows exactly
+//! what changed in the contract, it describes what the handlers answer (errors from [`crate::error::AppError`], the
 //! `X-Cluster-*` headers, the extended form body, the room and namespace rules as patterns) without a macro layer
 //! over every handler, and it costs no dependency. What keeps it true:
 //! * the unit tests below: every route of the router is in the document and every path of the document is a
@@ -18,7 +18,7 @@ use axum::{
 };
 
 /// The document.
-pub const SPEC: &str = include_str!("openapi.json");
+pub const SPEC: &str = include_str!("../../docs/openapi.json");
 
 pub(super) async fn openapi() -> Response {
     (
