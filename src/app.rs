@@ -179,7 +179,7 @@ pub async fn run(
         }
         Some(url) => {
             let redis = redis::Endpoint::parse(url, config.redis_ca.as_deref())?;
-            let seal = config.cluster_seal().map_err(StartError::Config)?;
+            let seal = Seal::from_config(&config).map_err(StartError::Config)?;
             if seal.is_signed() {
                 tracing::info!("cluster messages are signed (CLUSTER_SECRET)");
             }

@@ -23,6 +23,7 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use super::protocol::MAX_MESSAGE_BYTES;
+use crate::config::Config;
 
 /// How far a message's seal time may be from our clock, either way: transit takes milliseconds, so this is
 /// mostly for clocks that disagree. Nodes need clocks within this of each other (NTP).
@@ -32,9 +33,6 @@ pub const MAX_SKEW: Duration = Duration::from_secs(60);
 /// its seal is older than [`MAX_SKEW`]), so this is over 8,000 requests a second on the request channel; beyond,
 /// requests are refused (the askers' answers are partial) rather than possibly accepted twice.
 pub const MAX_REMEMBERED: usize = 1 << 19;
-
-/// The shortest secret accepted: a short one could be guessed offline from one captured message.
-pub const MIN_SECRET_BYTES: usize = 16;
 
 /// A signed message on the wire: `{"ts":1712345678901,"sig":"<64 hex digits>","msg":{...}}`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -114,6 +112,11 @@ impl Seal {
                 Arc::new(Hmac::<Sha256>::new_from_slice(s).expect("HMAC takes keys of any length"))
             }),
         }
+    }
+
+    /// Signed with `CLUSTER_SECRET` when it is set; the error (a secret too short) never quotes it.
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        Ok(Self::new(config.cluster_secret()?))
     }
 
     pub fn is_signed(&self) -> bool {
@@ -340,6 +343,22 @@ mod tests {
         let text = String::from_utf8(sealed).unwrap();
         assert!(text.starts_with(r#"{"ts":1712345678901,"sig":""#), "{text}");
         assert!(text.ends_with(r#"","msg":{"v":2,"node":"b"}}"#), "{text}");
+    }
+
+    #[test]
+    fn the_config_s_secret_signs() {
+        use clap::Parser;
+        let seal = |args: &[&str]| Seal::from_config(&Config::parse_from(args));
+        assert!(!seal(&["x"]).unwrap().is_signed());
+        assert!(
+            seal(&["x", "--cluster-secret", "0123456789abcdef"])
+                .unwrap()
+                .is_signed()
+        );
+        assert_eq!(
+            seal(&["x", "--cluster-secret", "short-secret"]).unwrap_err(),
+            "CLUSTER_SECRET must be at least 16 bytes long"
+        );
     }
 
     #[test]

@@ -111,8 +111,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// A cap that holds a long outage of a busy user without letting one room grow without bound.
-    pub const DEFAULT_CAP: NonZeroU32 = NonZeroU32::new(1000).unwrap();
+    /// The cap of a namespace without `max_pending`: the config file's default, written there.
+    pub const DEFAULT_CAP: NonZeroU32 = crate::config::file::NamespaceConfig::DEFAULT_MAX_PENDING;
 }
 
 /// What a push did.
