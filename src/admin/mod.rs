@@ -1,6 +1,6 @@
-//! The official socket.io admin UI (seed 000), for the whole cluster: its namespace (`/admin`), its protocol
-//! (login or session, `config`, `server_stats`, `all_sockets`, per-socket events, `join`/`leave`/`_disconnect`)
-//! and its static build at `/admin/` ([`ui`]).
+//! The official socket.io admin UI (as in the forwarding service), for the whole cluster: its namespace (`/admin`), its
+//! protocol (login or session, `config`, `server_stats`, `all_sockets`, per-socket events,
+//! `join`/`leave`/`_disconnect`) and its static build at `/admin/` ([`ui`]).
 //!
 //! Cluster-wide by construction: every node sends its own `server_stats` and per-socket events to the admin
 //! namespace through the adapter, so every admin socket on every node gets them; `all_sockets` and the commands

@@ -38,7 +38,7 @@ pub enum Query {
     Users { room: String },
     /// Every room with its number of sockets.
     Rooms,
-    /// How many `view` sockets are connected (seed 000's `__count__`).
+    /// How many `view` sockets are connected (the forwarding service's `__count__`).
     Views,
     /// Every socket of every namespace but `except` (the admin UI's own), with what the admin UI shows of it.
     /// The request's `ns` is the asking namespace (the admin's).

@@ -141,7 +141,7 @@ pub struct Config {
     #[arg(long, env = "ADMIN_UI_DIR", default_value = "deploy/static/admin")]
     pub admin_ui_dir: PathBuf,
 
-    /// The config file (TOML) listing the namespaces and how each verifies its clients (README, "Config
+    /// The config file (TOML) listing the namespaces and how each verifies its clients (docs/configuration.md,
     /// file"). Unset: one namespace `/` where clients say who they are (`auth = "claim"`).
     #[arg(long, env = "CONFIG")]
     pub config: Option<PathBuf>,

@@ -168,7 +168,7 @@ async fn ack_removes_exactly_the_given_ids(store: &impl Store) {
     push(store, &r, "e", json!([1]), p).await;
     push(store, &r, "e", json!([2]), p).await;
     let batch = pending(store, &r).await;
-    // Arrives after the batch was read: seed 001's batch ack deleted it.
+    // Arrives after the batch was read: the reliable push service's batch ack deleted it.
     let late = push(store, &r, "e", json!([3]), p).await;
     assert_eq!(store.ack(&r, &ids(&batch)).await.unwrap(), 2);
     let left = pending(store, &r).await;

@@ -1,5 +1,5 @@
-//! Reliable per-user delivery (seed 001): the queue of messages pushed to a user room, kept until the client
-//! acknowledges them, behind one [`Store`] trait with two implementations of the same semantics:
+//! Reliable per-user delivery (as in the reliable push service): the queue of messages pushed to a user room, kept
+//! until the client acknowledges them, behind one [`Store`] trait with two implementations of the same semantics:
 //! [`MemoryStore`] (a single node without Redis) and [`RedisStore`] (a cluster).
 //!
 //! This module is storage only: it knows nothing of sockets or HTTP. `POST /send` pushes, the handshake reads the
@@ -10,19 +10,19 @@
 //! * **Order and ids.** A room's messages come back in send order; each has a [`MessageId`] (`<ms>-<seq>`) that
 //!   grows in send order, so a client can recognise a duplicate (at-least-once: one is redelivered only when its
 //!   ack was lost).
-//! * **Ack removes exactly the given ids**, never a message pushed after the batch was read (seed 001's batch
-//!   ack deleted those).
+//! * **Ack removes exactly the given ids**, never a message pushed after the batch was read (the reliable push
+//! service's batch   ack deleted those).
 //! * **Cap.** A room keeps at most [`Policy::cap`] messages; a push beyond it drops the oldest and says how many
 //!   ([`Pushed::dropped`]), for `/metrics` and the `POST /send` answer.
-//! * **Resync** (seed 001's `resync=true`): acking a message pushed with resync that is not the first pending
-//!   message *of the same event name* in its room clears the room's whole queue and asks for a `resync` event
+//! * **Resync** (the reliable push service's `resync=true`): acking a message pushed with resync that is not the first
+//! pending   message *of the same event name* in its room clears the room's whole queue and asks for a `resync` event
 //!   ([`Acked::Resync`]). Other events do not count ("first for that user and event"), and an ack of a message that
 //!   is no longer pending (another socket of the user acked it first) is not a gap: nothing happens.
 //! * **Expiry.** A room with at least one [`Holder`] (socket, on any node) keeps its messages. When its last
 //!   holder leaves, its messages expire [`Ttl`] later; a push to a room nobody holds starts that clock if it is
 //!   not running (a user who never connects does not keep messages for ever) and never extends it. A holder
-//!   arriving stops the clock. `client_ttl_s = 0` is [`Ttl::Forever`]: kept until acknowledged (seed 001 turned
-//!   0 into 3600).
+//!   arriving stops the clock. `client_ttl_s = 0` is [`Ttl::Forever`]: kept until acknowledged (the reliable push
+//! service turned   0 into 3600).
 //! * **Dead nodes.** A node killed without saying goodbye leaves its holders behind, which would keep its rooms
 //!   from ever expiring; [`Store::forget_node`] removes them. It is called at start-up for the node's own id, at
 //!   the end of a graceful drain for the node's own id, and by every survivor when membership declares a node
@@ -36,7 +36,8 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `<P>:{<T>}:q` | stream | the pending messages, one entry each: `event`, `args` (JSON array), `resync` (`0`/`1`), `at_ms` |
+//! | `<P>:{<T>}:q` | stream | the pending messages, one entry each: `event`, `args` (JSON array), `resync` (`0`/`1`),
+//! `at_ms` |
 //! | `<P>:{<T>}:holders` | set | the room's holders, `<node>/<socket>` |
 //! | `<P>:node:<node>` | set | the tags of the rooms `<node>` holds, for [`Store::forget_node`] |
 //!
@@ -78,7 +79,7 @@ pub enum Ttl {
 }
 
 impl Ttl {
-    /// `client_ttl_s`: 0 means [`Ttl::Forever`], as seed 001 documents (its code made it 3600).
+    /// `client_ttl_s`: 0 means [`Ttl::Forever`], as the reliable push service documents (its code made it 3600).
     pub fn from_secs(secs: u64) -> Self {
         match secs {
             0 => Self::Forever,

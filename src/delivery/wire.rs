@@ -94,7 +94,7 @@ pub struct StoredMessage {
 }
 
 /// The `batch` event's one argument: every pending message of a room as `[[event, ...args], ...]`, in send order
-/// (seed 001's format, which its clients unpack with `args[0]` and `args.slice(1)`).
+/// (the reliable push service's format, which its clients unpack with `args[0]` and `args.slice(1)`).
 ///
 /// Serialized as a sequence (not a tuple), so socketioxide sends it as one argument.
 #[derive(Debug, Clone, Default, PartialEq)]

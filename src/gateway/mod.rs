@@ -1,4 +1,4 @@
-//! The event-bus gateway of seed 003 on Redis Streams (README "Event-bus gateway"): what happens on clients
+//! The event-bus gateway on Redis Streams (docs/gateway.md): what happens on clients
 //! (connect, messages by type, close) is added to streams the backend reads with consumer groups; the backend's
 //! replies, `send` and `broadcast` entries come back to the clients, on every node.
 //!

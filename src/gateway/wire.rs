@@ -54,7 +54,7 @@ pub fn check_type(kind: &str) -> Result<(), String> {
     }
 }
 
-/// What a hook adds to its stream, as the `data` field (seed 003's handlers read `context.headers.jwt` and
+/// What a hook adds to its stream, as the `data` field (the event-bus service's handlers read `context.headers.jwt` and
 /// `context.params.namespace`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {

@@ -1,9 +1,10 @@
-//! `POST /send` (seed 001): the application's backend pushes an event to rooms of a namespace, on every node.
+//! `POST /send` (as in the reliable push service): the application's backend pushes an event to rooms of a namespace,
+//! on every node.
 //!
 //! `POST /send?site=<namespace without its slash>&apiKey=<key>` (or `Authorization: Bearer <key>`), with a JSON
 //! body `{"rooms": [...], "event": "...", "args": [...]}` or the same as an extended form
-//! (`rooms[]=a&event=e&args[0]=x&args[1][id]=1`, [`super::form`]); `rooms` may be one string. Seed 001's
-//! names, so its backends work unchanged.
+//! (`rooms[]=a&event=e&args[0]=x&args[1][id]=1`, [`super::form`]); `rooms` may be one string. The reliable push
+//! service's names, so its backends work unchanged.
 
 use axum::{
     Json,

@@ -5,14 +5,15 @@ use serde::Deserialize;
 use super::CheckedNamespace;
 use crate::domain::validate;
 
-/// `[admin]`: the official socket.io admin UI, served at `/admin/`, for the whole cluster (seed 000).
+/// `[admin]`: the official socket.io admin UI, served at `/admin/`, for the whole cluster (as in the forwarding
+/// service).
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Off unless set: the admin namespace shows every socket's handshake (headers included).
     #[serde(default)]
     pub enabled: bool,
-    /// `false`: no login at all (seed 000 without a password); a warning at every start says so.
+    /// `false`: no login at all (the forwarding service without a password); a warning at every start says so.
     #[serde(default = "yes")]
     pub auth: bool,
     pub username: Option<String>,

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::absolute;
 
-/// `[gateway]`: the event-bus gateway of seed 003, on Redis Streams (README "Event-bus gateway").
+/// `[gateway]`: the event-bus gateway, on Redis Streams (docs/gateway.md).
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {

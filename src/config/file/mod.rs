@@ -2,7 +2,7 @@
 //! clients. Read and checked once at start-up; a mistake stops the process with the file, the line and the key.
 //!
 //! Without a file the node serves one namespace, `/`, with `auth = "claim"` and `rooms = ["handshake"]`:
-//! exactly the behaviour before config files existed. README "Config file" documents every key;
+//! exactly the behaviour before config files existed. docs/configuration.md documents every key;
 //! `deploy/config.example.toml` is a complete example.
 //!
 //! Each table has its own module with its types, defaults and rules: [`namespace`], [`admin`], [`gateway`]. The
@@ -256,7 +256,8 @@ mod tests {
         }
     }
 
-    /// `deploy/config.example.toml` loads, with the seeds' namespaces that README "Config file" describes.
+    /// `deploy/config.example.toml` loads, with the namespaces of the services it replaces that docs/configuration.md
+    /// describes.
     #[test]
     fn example_file_loads() {
         let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");

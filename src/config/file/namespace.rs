@@ -16,14 +16,15 @@ use crate::domain::validate;
 pub enum AuthKind {
     /// No identity needed; an `id_user` the client gives is kept, unverified.
     None,
-    /// The client says who it is (`id_user` in auth or query), unverified: the behaviour of seed 004.
+    /// The client says who it is (`id_user` in auth or query), unverified: the behaviour of the room-identity service.
     #[default]
     Claim,
-    /// `auth: {username, password}` checked against a file of bcrypt/argon2 hashes (seed 000).
+    /// `auth: {username, password}` checked against a file of bcrypt/argon2 hashes (as in the forwarding service).
     Credentials,
     /// A signed JWT (HS256 secret, or RS256/ES256 public key).
     Jwt,
-    /// The application's auth webhook says yes (and which rooms) for the client's token (seed 001).
+    /// The application's auth webhook says yes (and which rooms) for the client's token (as in the reliable push
+    /// service).
     Webhook,
 }
 
@@ -74,7 +75,7 @@ pub struct NamespaceConfig {
     pub auth: AuthKind,
     /// `credentials`: a JSON file `[{"username": "...", "password": "<bcrypt or argon2 hash>"}]`.
     pub credentials_file: Option<PathBuf>,
-    /// `credentials`: accept plain-text passwords in the file (migrating from seed 000's service); warned about.
+    /// `credentials`: accept plain-text passwords in the file (migrating from the forwarding service); warned about.
     #[serde(default)]
     pub allow_plain_passwords: bool,
     /// `jwt`: the HS256 secret.
@@ -100,20 +101,21 @@ pub struct NamespaceConfig {
     pub auth_timeout_ms: Option<u64>,
     #[serde(default = "default_rooms")]
     pub rooms: Vec<RoomSource>,
-    /// Relay every client event to every socket of the namespace, sender included (seed 000).
+    /// Relay every client event to every socket of the namespace, sender included (as in the forwarding service).
     #[serde(default)]
     pub forward: bool,
-    /// Controller/view events `__count__`, `__connect__`, `__disconnect__` (seed 000).
+    /// Controller/view events `__count__`, `__connect__`, `__disconnect__` (as in the forwarding service).
     #[serde(default)]
     pub views: bool,
     /// Logged (warn) on every connection: the namespace is kept for old clients only.
     pub deprecated: Option<String>,
-    /// The key the application's backend gives to `POST /send` to this namespace (seed 001's `apiKey`).
+    /// The key the application's backend gives to `POST /send` to this namespace (the reliable push service's
+    /// `apiKey`).
     pub api_key: Option<String>,
     /// The same, stored as `sha256:<64 hex digits>` of the key, so the file does not hold the key itself.
     pub api_key_hash: Option<String>,
     /// Rooms starting with this (`"user_"`) get reliable delivery: pushes are stored until a socket of the room
-    /// acknowledges them (seed 001). Unset: no reliable delivery in this namespace.
+    /// acknowledges them (as in the reliable push service). Unset: no reliable delivery in this namespace.
     pub user_room_prefix: Option<String>,
     /// How long a user room's pending messages outlive its last socket, in seconds (default
     /// [`Self::DEFAULT_CLIENT_TTL_S`]); 0: kept until acknowledged.
@@ -122,8 +124,8 @@ pub struct NamespaceConfig {
     /// the oldest.
     pub max_pending: Option<u32>,
     /// Reliable messages carry their id as one more, last argument (and each `batch` item as its last
-    /// element), so clients can recognise a redelivered message. Off by default: seed 001's clients count
-    /// their arguments.
+    /// element), so clients can recognise a redelivered message. Off by default: the reliable push service's clients
+    /// count their arguments.
     #[serde(default)]
     pub message_ids: bool,
     /// This namespace's clients use the event-bus gateway (`[gateway]`): their events are published to Redis

@@ -1,5 +1,5 @@
--- Acknowledges one live message, with seed 001's resync rule for messages pushed with resync: if it is not the
--- first pending message of its event, the whole queue is cleared.
+-- Acknowledges one live message, with the reliable push service's resync rule for messages pushed with resync: if it is
+-- not the first pending message of its event, the whole queue is cleared.
 -- ARGV[1]: the id. Returns {0} (not pending), {1} (removed) or {2, cleared} (cleared: resync).
 local id = ARGV[1]
 local found = redis.call('XRANGE', queue, id, id)
