@@ -29,7 +29,9 @@ use crate::{
     gateway::Gateway,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
-    realtime::{Namespaces, NodeInfo, admission, auth::FailedLogins, push::Push, reliable},
+    realtime::{
+        Namespaces, NodeInfo, admission, auth::FailedLogins, handshake, push::Push, reliable,
+    },
     redis,
     telemetry::metrics,
 };
@@ -198,7 +200,7 @@ pub async fn run(
                 );
             }
             let (layer, io) = io_builder(info.clone(), admin.clone(), &config).build_layer();
-            namespaces.register(&io).map_err(StartError::Config)?;
+            handshake::register(&namespaces, &io).map_err(StartError::Config)?;
             if let Some(admin) = &admin {
                 admin.register(&io);
             }
@@ -207,7 +209,7 @@ pub async fn run(
             let push: Arc<dyn Push> = Arc::new(io.clone());
             let local: Arc<dyn LocalRooms> = Arc::new(crate::realtime::local::Local {
                 io,
-                node: info.clone(),
+                observer: info.observer.clone(),
             });
             let app = with_admin_ui(
                 http::router(app_state((local.clone(), push), None, None)),
@@ -504,10 +506,10 @@ async fn join_adapter(
         .build_layer();
     let local: Arc<dyn LocalRooms> = Arc::new(crate::realtime::local::Local {
         io: io.clone(),
-        node: info.clone(),
+        observer: info.observer.clone(),
     });
     let started = async {
-        for init in info.namespaces.register(&io).map_err(StartError::Config)? {
+        for init in handshake::register(&info.namespaces, &io).map_err(StartError::Config)? {
             init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
         }
         if let Some(admin) = admin {
