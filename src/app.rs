@@ -29,9 +29,7 @@ use crate::{
     gateway::Gateway,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
-    realtime::{
-        Namespaces, NodeInfo, admission, auth::FailedLogins, handshake, push::Push, reliable,
-    },
+    realtime::{Namespaces, NodeInfo, admission, auth::FailedLogins, push::Push, reliable},
     redis,
     telemetry::metrics,
 };
@@ -200,7 +198,7 @@ pub async fn run(
                 );
             }
             let (layer, io) = io_builder(info.clone(), admin.clone(), &config).build_layer();
-            handshake::register(&namespaces, &io).map_err(StartError::Config)?;
+            crate::realtime::handshake::register(&namespaces, &io).map_err(StartError::Config)?;
             if let Some(admin) = &admin {
                 admin.register(&io);
             }
@@ -509,7 +507,9 @@ async fn join_adapter(
         observer: info.observer.clone(),
     });
     let started = async {
-        for init in handshake::register(&info.namespaces, &io).map_err(StartError::Config)? {
+        for init in crate::realtime::handshake::register(&info.namespaces, &io)
+            .map_err(StartError::Config)?
+        {
             init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
         }
         if let Some(admin) = admin {
