@@ -1,10 +1,10 @@
 //! The Socket.IO handshake: who may connect to a namespace, who they are, and which rooms they land in.
 //!
-//! [`register`] gives socketioxide every namespace of the config file with these two handlers.
 //! The connect middleware ([`handshake`]) admits the socket (origin, socket cap), verifies it with the
 //! namespace's auth kind, and stores an [`Identity`] in its extensions; a refusal reaches the client as
 //! `connect_error` with the error's text. The connect handler ([`on_connect`]) joins the rooms, greets the
-//! client with a `handshake` event and sets up the event handlers.
+//! client with a `handshake` event and sets up the event handlers. [`register`] gives socketioxide every namespace
+//! of the config file with these two.
 
 use std::sync::Arc;
 

@@ -15,7 +15,9 @@
 //! * [`handshake`]: the namespaces' registration with socketioxide, the connect middleware (admission,
 //!   verification, rooms) and the connect handler.
 //!
-//! Each module imports only from those before it in this list's layers (the crate's layering, in `lib.rs`).
+//! Listed lowest first: a module never imports one listed after it (the layers they form are in `lib.rs`, and a
+//! test checks them).
+//!
 //! Generic over the adapter, so the same handlers run on one node (in-memory adapter) and in a cluster
 //! (socketioxide-redis), where `socket.to(room).emit(..)` reaches the room on every node.
 
