@@ -419,10 +419,7 @@ impl Node {
 fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> {
     let (layer, io) =
         io_builder(parts.info.clone(), parts.admin.clone(), parts.config).build_layer();
-    parts
-        .info
-        .namespaces
-        .register(&io)
+    crate::realtime::handshake::register(&parts.info.namespaces, &io)
         .map_err(StartError::Config)?;
     if let Some(admin) = parts.admin {
         admin.register(&io);
@@ -430,7 +427,7 @@ fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> 
     let node = Node {
         local: Some(Arc::new(crate::realtime::local::Local {
             io: io.clone(),
-            node: parts.info.clone(),
+            observer: parts.info.observer.clone(),
         })),
         store: Some(Arc::new(MemoryStore::new())),
         ..Node::default()
@@ -497,10 +494,12 @@ async fn join_cluster(
         .build_layer();
     let local: Arc<dyn LocalRooms> = Arc::new(crate::realtime::local::Local {
         io: io.clone(),
-        node: info.clone(),
+        observer: info.observer.clone(),
     });
     node.local = Some(local.clone());
-    for init in info.namespaces.register(&io).map_err(StartError::Config)? {
+    for init in
+        crate::realtime::handshake::register(&info.namespaces, &io).map_err(StartError::Config)?
+    {
         init.await.map_err(|e| StartError::Adapter(e.to_string()))?;
     }
     if let Some(admin) = admin {

@@ -32,8 +32,8 @@ use crate::{
     config::file::{AdminConfig, AdminMode},
     realtime::{
         NodeInfo,
+        args::Args,
         auth::{FailedLogins, backoff::Backoff},
-        events::Args,
         local::WATCH_LEASE,
         observe::{self, Observed},
     },

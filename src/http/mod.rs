@@ -136,7 +136,7 @@ mod tests {
             _: Vec<String>,
             _: Vec<String>,
             _: &'a str,
-            _: &'a crate::realtime::events::Args,
+            _: &'a crate::realtime::args::Args,
         ) -> futures_util::future::BoxFuture<'a, Result<(), crate::realtime::push::PushError>>
         {
             Box::pin(async { Ok(()) })
@@ -147,7 +147,7 @@ mod tests {
             _: &'a str,
             _: String,
             _: &'a str,
-            _: &'a crate::realtime::events::Args,
+            _: &'a crate::realtime::args::Args,
             _: std::time::Duration,
         ) -> futures_util::future::BoxFuture<
             'a,

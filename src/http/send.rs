@@ -22,7 +22,7 @@ use crate::{
     delivery::{Acked, MessageId, RoomKey, Store, with_id},
     domain::validate,
     error::AppError,
-    realtime::{events::Args, push::Push as Pusher},
+    realtime::{args::Args, push::Push as Pusher},
 };
 
 /// Largest `POST /send` body.

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
+use super::identity::Identity;
+
 /// A message between a client and the gateway, both ways: `{"type": ..., "payload": ...}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
@@ -70,7 +72,7 @@ const SOCKET_QUEUE: usize = 256;
 pub async fn opened<A: socketioxide::adapter::Adapter>(
     socket: &socketioxide::extract::SocketRef<A>,
     bus: &Arc<dyn Bus>,
-    me: &super::Identity,
+    me: &Identity,
     verified: bool,
 ) {
     let (sink, mut queue) = mpsc::channel(SOCKET_QUEUE);

@@ -1,12 +1,12 @@
 //! What client events do, per namespace:
 //!
 //! * `identity-change` (`claim` namespaces): a new `id_user`, relayed to the handshake room.
-//! * `session_id` (`claim` namespaces with `session` rooms): joins `session.{id}` (seed 002).
+//! * `session_id` (`claim` namespaces with `session` rooms): joins `session.{id}`.
 //! * `__count__` (`views = true`): answered to the asker with the number of view sockets of the namespace on
-//!   every node (seed 000); views joining and non-controllers leaving are announced with `__connect__` and
+//!   every node; views joining and non-controllers leaving are announced with `__connect__` and
 //!   `__disconnect__ {id}`.
 //! * any other event: relayed with its arguments to every socket of the namespace on every node, the sender
-//!   included, when `forward = true` (seed 000); ignored otherwise. The names of the server's own events
+//!   included, when `forward = true`; ignored otherwise. The names of the server's own events
 //!   ([`SERVER_EVENTS`]) are never relayed, so a client cannot forge them.
 //!
 //! Every event counts against the socket's rate (`SOCKET_EVENT_RATE`); beyond it the socket gets
@@ -24,10 +24,14 @@ use socketioxide::{
 };
 
 use super::{
-    NodeInfo,
+    args::Args,
     auth::checked_session,
-    handshake::{Identity, Role, session_room, user_room},
+    bus::Frame,
+    identity::{Identity, Role, check_room, session_room, user_room},
     namespaces::Namespace,
+    node::NodeInfo,
+    observe::Observed,
+    reliable,
 };
 use crate::{
     cluster::protocol::{Query, Reply},
@@ -99,43 +103,6 @@ impl NewValue {
                 }
             }
         }
-    }
-}
-
-/// The arguments of an event, whatever their number, relayed as they came (not wrapped in one array).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Args(pub Vec<Value>);
-
-impl Serialize for Args {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        // A tuple, so socketioxide sends each element as its own argument.
-        let mut t = s.serialize_tuple(self.0.len())?;
-        for v in &self.0 {
-            t.serialize_element(v)?;
-        }
-        t.end()
-    }
-}
-
-impl<'de> Deserialize<'de> for Args {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Args;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("event arguments")
-            }
-            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<Args, S::Error> {
-                let mut args = Vec::new();
-                while let Some(v) = seq.next_element()? {
-                    args.push(v);
-                }
-                Ok(Args(args))
-            }
-        }
-        // A tuple, so socketioxide hands over every argument, not only the first.
-        d.deserialize_tuple(usize::MAX, Visit)
     }
 }
 
@@ -254,29 +221,19 @@ async fn on_identity_change<A: Adapter>(
         id_user: Some(new.into()),
         ..(*previous).clone()
     };
-    if let Err(e) = super::handshake::check_derived(ns, &updated) {
+    if let Err(e) = updated.check_derived(&ns.rooms) {
         let _ = ack.send(&serde_json::json!({ "error": e.to_string() }));
         return;
     }
     let id_user = updated.id_user.as_deref().unwrap_or_default();
     node.observer
         .received(&socket, "identity-change", &[Value::from(id_user)]);
-    if ns.joins(RoomSource::User) {
-        if let Some(old) = &previous.id_user {
-            socket.leave(user_room(old));
-            node.observer.left(&socket, &user_room(old));
-        }
-        let room = user_room(id_user);
-        socket.join(room.clone());
-        node.observer.joined(&socket, &[room]);
-    }
-    socket.extensions.insert(Arc::new(updated.clone()));
-    let id_user = updated.id_user.as_deref().unwrap_or_default();
-    let _ = ack.send(&serde_json::json!({ "ok": true, "id_user": id_user }));
-    if ns.joins(RoomSource::User) {
-        let old = previous.id_user.as_deref().map(user_room);
-        super::reliable::moved(&socket, &node, old, user_room(id_user)).await;
-    }
+    let switch = ns.joins(RoomSource::User).then(|| RoomSwitch {
+        old: previous.id_user.as_deref().map(user_room),
+        new: user_room(id_user),
+    });
+    let reply = serde_json::json!({ "ok": true, "id_user": id_user });
+    switch_room(&socket, &node, updated.clone(), switch, ack, &reply).await;
     if let Some(room) = &updated.room {
         let event = IdentityChanged {
             id_socket: socket.id.to_string(),
@@ -287,7 +244,7 @@ async fn on_identity_change<A: Adapter>(
     }
 }
 
-/// `session_id` (seed 002): the socket joins `session.{id}`, leaving its previous session room.
+/// `session_id`: the socket joins `session.{id}`, leaving its previous session room.
 async fn on_session_id<A: Adapter>(
     socket: SocketRef<A>,
     State(node): State<NodeInfo>,
@@ -310,27 +267,54 @@ async fn on_session_id<A: Adapter>(
             return;
         }
     };
-    if let Err(e) = validate::room(&room) {
-        let _ = ack.send(&serde_json::json!({
-            "error": format!("session_id cannot be used in a room name: {e}")
-        }));
+    if let Err(e) = check_room("session_id", &room) {
+        let _ = ack.send(&serde_json::json!({ "error": e.to_string() }));
         return;
     }
     node.observer
         .received(&socket, "session_id", &[Value::String(new.clone())]);
-    if let Some(old) = &previous.session {
-        socket.leave(session_room(old));
-        node.observer.left(&socket, &session_room(old));
-    }
-    socket.join(room.clone());
-    node.observer.joined(&socket, std::slice::from_ref(&room));
-    socket.extensions.insert(Arc::new(Identity {
+    let updated = Identity {
         session: Some(new.into()),
         ..(*previous).clone()
-    }));
-    let _ = ack.send(&serde_json::json!({ "ok": true, "room": room }));
-    let old = previous.session.as_deref().map(session_room);
-    super::reliable::moved(&socket, &node, old, room).await;
+    };
+    let switch = RoomSwitch {
+        old: previous.session.as_deref().map(session_room),
+        new: room.clone(),
+    };
+    let reply = serde_json::json!({ "ok": true, "room": room });
+    switch_room(&socket, &node, updated, Some(switch), ack, &reply).await;
+}
+
+/// A socket's user or session room changing: the room it leaves (none the first time) and the one it joins.
+struct RoomSwitch {
+    old: Option<String>,
+    new: String,
+}
+
+/// The common end of `identity-change` and `session_id`: the socket leaves its old room and joins the new one
+/// (when the namespace has such rooms), keeps its updated identity, gets `reply` as its ack, then its reliable
+/// user rooms follow (the old one let go, the new one held with its `batch`).
+async fn switch_room<A: Adapter>(
+    socket: &SocketRef<A>,
+    node: &NodeInfo,
+    updated: Identity,
+    switch: Option<RoomSwitch>,
+    ack: AckSender<A>,
+    reply: &Value,
+) {
+    if let Some(RoomSwitch { old, new }) = &switch {
+        if let Some(old) = old {
+            socket.leave(old.clone());
+            node.observer.left(socket, old);
+        }
+        socket.join(new.clone());
+        node.observer.joined(socket, std::slice::from_ref(new));
+    }
+    socket.extensions.insert(Arc::new(updated));
+    let _ = ack.send(reply);
+    if let Some(RoomSwitch { old, new }) = switch {
+        reliable::moved(socket, node, old, new).await;
+    }
 }
 
 /// `__count__` from a controller: the number of view sockets of the namespace, cluster-wide, to it alone.
@@ -378,7 +362,7 @@ async fn on_other<A: Adapter>(
         && !is_server_event(&node, &event)
     {
         let payload = args.0.first().cloned().unwrap_or_default();
-        let frame = super::bus::Frame {
+        let frame = Frame {
             kind: event.clone(),
             payload,
         };
@@ -425,7 +409,7 @@ pub fn forget_namespace_when_gone<A: Adapter>(
     node: NodeInfo,
     socket: &SocketRef<A>,
 ) {
-    if !super::handshake::is_dynamic(&node, socket.ns()) {
+    if !node.is_dynamic(socket.ns()) {
         return;
     }
     let (ns, id) = (socket.ns().to_owned(), socket.id);
@@ -435,7 +419,7 @@ pub fn forget_namespace_when_gone<A: Adapter>(
                 .of(&ns)
                 .is_none_or(|ops| ops.local().get_socket(id).is_none());
             if gone {
-                super::handshake::forget_if_unused(&io, &node, &ns);
+                node.forget_if_unused(&io, &ns);
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -460,13 +444,12 @@ async fn disconnected<A: Adapter>(
         bus.close(socket.ns(), &socket.id.to_string(), reason.to_string())
             .await;
     }
-    node.observer
-        .report(|| super::observe::Observed::Disconnected {
-            nsp: socket.ns().to_owned(),
-            id: socket.id.to_string(),
-            reason: reason.to_string(),
-        });
-    super::reliable::disconnected(socket, node).await;
+    node.observer.report(|| Observed::Disconnected {
+        nsp: socket.ns().to_owned(),
+        id: socket.id.to_string(),
+        reason: reason.to_string(),
+    });
+    reliable::disconnected(socket, node).await;
     if node.presence
         && let Some(room) = &me.room
     {
@@ -524,18 +507,5 @@ mod tests {
         assert_eq!(v.string().as_deref(), Some("y"));
         let v: NewValue = serde_json::from_value(json!(42)).unwrap();
         assert_eq!(v.string(), None);
-    }
-
-    #[test]
-    fn args_are_a_tuple_both_ways() {
-        use socketioxide_core::parser::{is_de_tuple, is_ser_tuple};
-        assert!(is_ser_tuple(&Args(vec![json!(1), json!("a")])));
-        assert!(is_de_tuple::<Args>());
-        let args: Args = serde_json::from_value(json!(["user", {"id": 1}])).unwrap();
-        assert_eq!(args.0, [json!("user"), json!({"id": 1})]);
-        assert_eq!(
-            serde_json::to_value(&args).unwrap(),
-            json!(["user", {"id": 1}])
-        );
     }
 }

@@ -3,7 +3,8 @@
 //! The connect middleware ([`handshake`]) admits the socket (origin, socket cap), verifies it with the
 //! namespace's auth kind, and stores an [`Identity`] in its extensions; a refusal reaches the client as
 //! `connect_error` with the error's text. The connect handler ([`on_connect`]) joins the rooms, greets the
-//! client with a `handshake` event and sets up the event handlers.
+//! client with a `handshake` event and sets up the event handlers. [`register`] gives socketioxide every namespace
+//! of the config file with these two.
 
 use std::sync::Arc;
 
@@ -13,45 +14,25 @@ use socketioxide::{
     SocketIo,
     adapter::Adapter,
     extract::{Extension, SocketRef, State, TryData},
+    handler::ConnectHandler,
 };
+use socketioxide_core::adapter::DefinedAdapter;
 
 use super::{
-    NodeInfo,
-    admission::Refused,
+    admission::{Refused, Seat, Slot},
+    args::Args,
     auth::{AuthError, Handshake, Verifier, checked_session},
-    events,
-    namespaces::Namespace,
+    bus, events,
+    identity::{BadRoomName, Identity, Role, SESSION_ROOM, USER_ROOM, session_room, user_room},
+    namespaces::{Namespace, Namespaces},
+    node::{Entered, NodeInfo},
+    observe, reliable,
 };
 use crate::{
-    config::file::RoomSource,
+    config::file::{NamePattern, RoomSource},
     domain::validate::{self, Invalid},
     telemetry::metrics::Reason,
 };
-
-/// Who a socket is, stored in its extensions at handshake. `id_user` changes on `identity-change` (in `claim`
-/// namespaces only), the session on `session_id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub id_user: Option<Arc<str>>,
-    /// The room named in the handshake, in namespaces that join it.
-    pub room: Option<Arc<str>>,
-    pub session: Option<Arc<str>>,
-    pub role: Role,
-    /// Rooms the auth webhook gave.
-    pub auth_rooms: Arc<[String]>,
-    /// The JWT's claims, in `jwt` namespaces (the gateway's envelopes carry them).
-    pub claims: Option<Arc<serde_json::Map<String, Value>>>,
-}
-
-/// Seed 000's socket types, from the handshake's `type` field in namespaces with `views = true`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Controller,
-    View,
-    /// Neither: no `type`, or a namespace without controller/view events.
-    Plain,
-}
 
 /// Why a handshake was refused: the client sees the message in its `connect_error`.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +43,8 @@ pub enum HandshakeError {
     Refused(#[from] Refused),
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("{0} cannot be used in a room name: {1}")]
-    RoomName(&'static str, Invalid),
+    #[error(transparent)]
+    RoomName(#[from] BadRoomName),
     #[error("type must be \"controller\" or \"view\"")]
     BadType,
     #[error("namespace not served")]
@@ -90,33 +71,6 @@ impl HandshakeError {
             Self::Retry => "retry",
             Self::PrivateRoom(_) | Self::NotGranted(_) => "private_room",
         }
-    }
-}
-
-impl Identity {
-    /// Every room the socket is in, in this order: the handshake room, `user.{id}`, `session.{id}`, the
-    /// webhook's rooms.
-    pub fn rooms(&self, ns: &Namespace) -> Vec<String> {
-        let mut rooms = Vec::new();
-        if let Some(room) = &self.room {
-            rooms.push(room.to_string());
-        }
-        if ns.joins(RoomSource::User)
-            && let Some(user) = &self.id_user
-        {
-            rooms.push(user_room(user));
-        }
-        if ns.joins(RoomSource::Session)
-            && let Some(session) = &self.session
-        {
-            rooms.push(session_room(session));
-        }
-        if ns.joins(RoomSource::Auth) {
-            rooms.extend(self.auth_rooms.iter().cloned());
-        }
-        let mut seen = std::collections::HashSet::new();
-        rooms.retain(|r| seen.insert(r.clone()));
-        rooms
     }
 }
 
@@ -161,34 +115,27 @@ pub fn check_handshake_room(ns: &Namespace, identity: &Identity) -> Result<(), H
     Ok(())
 }
 
-/// How user and session rooms start.
-const USER_ROOM: &str = "user.";
-const SESSION_ROOM: &str = "session.";
-
-/// The room of every socket of a user (seed 002).
-pub fn user_room(id_user: &str) -> String {
-    format!("{USER_ROOM}{id_user}")
-}
-
-/// The room of every socket of a session (seed 002).
-pub fn session_room(session: &str) -> String {
-    format!("{SESSION_ROOM}{session}")
-}
-
-/// Checks that the rooms derived from a user id or session are valid room names.
-pub fn check_derived(ns: &Namespace, identity: &Identity) -> Result<(), HandshakeError> {
-    if ns.joins(RoomSource::User)
-        && let Some(user) = &identity.id_user
-    {
-        validate::room(&user_room(user)).map_err(|e| HandshakeError::RoomName("id_user", e))?;
+/// Registers every namespace with socketioxide. Returns the adapters' init results of the exact ones (in a
+/// cluster, futures to await: they subscribe to Redis); dynamic children are initialised when first used.
+pub fn register<A: Adapter + DefinedAdapter>(
+    namespaces: &Namespaces,
+    io: &SocketIo<A>,
+) -> Result<Vec<A::InitRes>, String> {
+    let mut inits = Vec::new();
+    for ns in namespaces.iter() {
+        match &ns.pattern {
+            NamePattern::Exact(name) => {
+                inits.push(io.ns(name.clone(), on_connect::<A>.with(handshake::<A>)))
+            }
+            NamePattern::Prefix(prefix) => io
+                .dyn_ns(
+                    format!("{prefix}{{*rest}}"),
+                    on_connect::<A>.with(handshake::<A>),
+                )
+                .map_err(|e| format!("namespace {prefix}*: {e}"))?,
+        }
     }
-    if ns.joins(RoomSource::Session)
-        && let Some(session) = &identity.session
-    {
-        validate::room(&session_room(session))
-            .map_err(|e| HandshakeError::RoomName("session_id", e))?;
-    }
-    Ok(())
+    Ok(inits)
 }
 
 /// Connect middleware: a refusal here reaches the client as `connect_error` with the error's text.
@@ -214,7 +161,7 @@ pub async fn handshake<A: Adapter>(
         Ok(admitted) => admitted,
         Err(e) => {
             drop(entered);
-            forget_if_unused(&io, &node, socket.ns());
+            node.forget_if_unused(&io, socket.ns());
             tracing::debug!(ns = socket.ns(), error = %e, "handshake refused");
             let reason = Reason { reason: e.kind() };
             node.metrics.handshakes_refused.get_or_create(&reason).inc();
@@ -230,35 +177,10 @@ pub async fn handshake<A: Adapter>(
     Ok(())
 }
 
-/// Removes a dynamic namespace (`/do-x` of `/do-*`) that has no socket on this node and no handshake in progress:
-/// after a refused handshake, and when its last socket left. socketioxide creates a dynamic namespace, with its
-/// adapter's Redis subscriptions, before our middleware runs; without this, namespaces would pile up.
-pub fn forget_if_unused<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo, ns: &str) {
-    if !is_dynamic(node, ns) {
-        return;
-    }
-    node.handshakes.when_idle(ns, || {
-        let empty = io
-            .of(ns)
-            .is_some_and(|ops| ops.local().sockets().is_empty());
-        if empty {
-            tracing::debug!(ns, "dynamic namespace without sockets removed");
-            io.delete_ns(ns);
-        }
-    });
-}
-
-/// Whether `ns` is a child of a dynamic namespace (`/do-x` of `/do-*`).
-pub fn is_dynamic(node: &NodeInfo, ns: &str) -> bool {
-    node.namespaces
-        .find(ns)
-        .is_some_and(|n| matches!(n.pattern, crate::config::file::NamePattern::Prefix(_)))
-}
-
 /// What a handshake that passed holds for its socket.
 struct Admitted {
-    seat: super::admission::Seat,
-    slot: super::admission::Slot,
+    seat: Seat,
+    slot: Slot,
     identity: Identity,
 }
 
@@ -287,7 +209,7 @@ async fn admit<A: Adapter>(
         query: parts.uri.query(),
         auth: auth.as_ref(),
         headers: &parts.headers,
-        address: super::observe::peer(&parts.extensions),
+        address: observe::peer(&parts.extensions),
         cross_site: node.admission.cross_site(&parts.headers),
     };
     let verified = ns.verifier.verify(hs).await?;
@@ -323,7 +245,7 @@ async fn admit<A: Adapter>(
         auth_rooms: verified.rooms.into(),
         claims: verified.claims,
     };
-    check_derived(ns, &identity)?;
+    identity.check_derived(&ns.rooms)?;
     check_handshake_room(ns, &identity)?;
     let slot = node.admission.slot()?;
     Ok(Admitted {
@@ -353,7 +275,7 @@ pub async fn on_connect<A: Adapter>(
     Extension(me): Extension<Arc<Identity>>,
 ) {
     // In its namespace now: a last socket leaving may remove the namespace again.
-    socket.extensions.remove::<Arc<super::Entered>>();
+    socket.extensions.remove::<Arc<Entered>>();
     let Some(ns) = node.namespaces.find(socket.ns()) else {
         return;
     };
@@ -365,9 +287,9 @@ pub async fn on_connect<A: Adapter>(
             "connection to a deprecated namespace: {message}"
         );
     }
-    let rooms = me.rooms(ns);
+    let rooms = me.rooms(&ns.rooms);
     socket.join(rooms.clone());
-    socket.extensions.insert(super::observe::Issued::now());
+    socket.extensions.insert(observe::Issued::now());
     node.observer.connected(&socket);
     let greeting = Greeting {
         node: &node.id,
@@ -385,10 +307,10 @@ pub async fn on_connect<A: Adapter>(
         && let Some(bus) = node.bus.get()
     {
         let verified = !matches!(ns.verifier, Verifier::None | Verifier::Claim);
-        super::bus::opened(&socket, bus, &me, verified).await;
+        bus::opened(&socket, bus, &me, verified).await;
     }
     if let Some(reliable) = &ns.reliable {
-        super::reliable::joined(&socket, &node, reliable, &rooms).await;
+        reliable::joined(&socket, &node, reliable, &rooms).await;
     }
     if node.presence
         && let Some(room) = &me.room
@@ -400,7 +322,7 @@ pub async fn on_connect<A: Adapter>(
         events::relay(&socket, room, "socket-connected", &event).await;
     }
     if ns.views && me.role == Role::View {
-        events::to_namespace(&io, socket.ns(), "__connect__", &events::Args::default()).await;
+        events::to_namespace(&io, socket.ns(), "__connect__", &Args::default()).await;
     }
     // Gone before `attach` set the disconnect handler (a client leaving at once): nothing else would remove a
     // dynamic namespace it was the last socket of.
@@ -437,21 +359,6 @@ mod tests {
             auth_rooms: vec!["staff".to_owned(), "user_1".to_owned()].into(),
             claims: None,
         }
-    }
-
-    #[test]
-    fn rooms_follow_the_namespace() {
-        use RoomSource::*;
-        let me = identity("42", Some("s1"));
-        assert_eq!(me.rooms(&ns(&[Handshake])), ["Maths"]);
-        assert_eq!(
-            me.rooms(&ns(&[Handshake, User, Session, Auth])),
-            ["Maths", "user.42", "session.s1", "staff", "user_1"]
-        );
-        let mut anonymous = identity("x", None);
-        anonymous.id_user = None;
-        anonymous.room = None;
-        assert!(anonymous.rooms(&ns(&[User, Session])).is_empty());
     }
 
     fn verified(rooms: &[RoomSource]) -> Namespace {
@@ -502,20 +409,5 @@ mod tests {
         // A claimed identity proves nothing: the rule protects verified owners only.
         let claim = ns(&[RoomSource::Handshake]);
         assert!(check_handshake_room(&claim, &in_room("user.alice")).is_ok());
-    }
-
-    #[test]
-    fn derived_rooms_must_be_valid_names() {
-        let n = ns(&[RoomSource::User, RoomSource::Session]);
-        assert!(check_derived(&n, &identity("alice@example.com", Some("s-1"))).is_ok());
-        let e = check_derived(&n, &identity("a b", None)).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "id_user cannot be used in a room name: room contains a character that is not allowed"
-        );
-        let e = check_derived(&n, &identity("a", Some("x/y"))).unwrap_err();
-        assert!(e.to_string().starts_with("session_id cannot"), "{e}");
-        // Without user rooms any user id is fine.
-        assert!(check_derived(&ns(&[]), &identity("a b", None)).is_ok());
     }
 }

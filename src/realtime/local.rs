@@ -9,9 +9,9 @@ use futures_util::future::BoxFuture;
 use socketioxide::{SocketIo, adapter::Adapter};
 
 use super::{
-    NodeInfo,
-    handshake::{Identity, Role},
-    observe::socket_info,
+    args::Args,
+    identity::{Identity, Role},
+    observe::{Observer, socket_info},
 };
 use crate::cluster::{
     LocalRooms,
@@ -25,7 +25,8 @@ pub const WATCH_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
 /// This node's sockets, as the cluster asks about them.
 pub struct Local<A: Adapter> {
     pub io: SocketIo<A>,
-    pub node: NodeInfo,
+    /// Told when an admin UI asks for the sockets, and of the admin commands' joins, leaves and emits.
+    pub observer: Arc<Observer>,
 }
 
 impl<A: Adapter> LocalRooms for Local<A> {
@@ -113,7 +114,7 @@ impl<A: Adapter> Local<A> {
     /// Every local socket of every namespace but `except`. Asked by an admin UI that just connected: from now
     /// on this node reports details ([`WATCH_LEASE`], renewed by the admin module while it stays).
     fn sockets(&self, except: &str) -> Reply {
-        self.node.observer.watched_for(WATCH_LEASE);
+        self.observer.watched_for(WATCH_LEASE);
         let sockets = self
             .io
             .nsps()
@@ -139,7 +140,7 @@ impl<A: Adapter> Local<A> {
             (None, Some(room)) => ops.local().to(room.clone()).sockets(),
             (None, None) => ops.local().sockets(),
         };
-        let observer = &self.node.observer;
+        let observer = &self.observer;
         for socket in &sockets {
             match action {
                 Action::Join { room } => {
@@ -154,7 +155,7 @@ impl<A: Adapter> Local<A> {
                     let _ = socket.clone().disconnect();
                 }
                 Action::Emit { event, args } => {
-                    let args = super::events::Args(args.clone());
+                    let args = Args(args.clone());
                     if socket.emit(event.as_str(), &args).is_ok() {
                         observer.sent_args(socket, event, &args.0);
                     }

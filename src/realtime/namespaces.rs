@@ -1,4 +1,5 @@
-//! The namespaces this node serves, built once from the config file, and their registration with socketioxide.
+//! The namespaces this node serves, built once from the config file (registered with socketioxide by
+//! [`super::handshake::register`]).
 //!
 //! Exact names become socketioxide namespaces; a prefix (`/do-*`) becomes a dynamic namespace (`/do-{*rest}`),
 //! whose children (`/do-lab`, `/do-b`) are separate namespaces with their own rooms and adapter channels, so
@@ -6,13 +7,7 @@
 
 use std::sync::Arc;
 
-use socketioxide::{SocketIo, adapter::Adapter, handler::ConnectHandler};
-use socketioxide_core::adapter::DefinedAdapter;
-
-use super::{
-    auth::{FailedLogins, Verifier},
-    handshake,
-};
+use super::auth::{FailedLogins, Verifier};
 use crate::{
     config::file::{CheckedNamespace, NamePattern, NamespaceConfig, RoomSource},
     telemetry::metrics::Metrics,
@@ -180,30 +175,6 @@ impl Namespaces {
 
     pub fn iter(&self) -> impl Iterator<Item = &Namespace> {
         self.0.iter()
-    }
-
-    /// Registers every namespace with socketioxide. Returns the adapters' init results of the exact ones (in a
-    /// cluster, futures to await: they subscribe to Redis); dynamic children are initialised when first used.
-    pub fn register<A: Adapter + DefinedAdapter>(
-        &self,
-        io: &SocketIo<A>,
-    ) -> Result<Vec<A::InitRes>, String> {
-        let mut inits = Vec::new();
-        for ns in &self.0 {
-            match &ns.pattern {
-                NamePattern::Exact(name) => inits.push(io.ns(
-                    name.clone(),
-                    handshake::on_connect::<A>.with(handshake::handshake::<A>),
-                )),
-                NamePattern::Prefix(prefix) => io
-                    .dyn_ns(
-                        format!("{prefix}{{*rest}}"),
-                        handshake::on_connect::<A>.with(handshake::handshake::<A>),
-                    )
-                    .map_err(|e| format!("namespace {prefix}*: {e}"))?,
-            }
-        }
-        Ok(inits)
     }
 }
 

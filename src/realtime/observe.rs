@@ -25,7 +25,7 @@ use serde_json::Value;
 use socketioxide::{TransportType, adapter::Adapter, extract::SocketRef};
 use tokio::sync::mpsc;
 
-use super::handshake::Identity;
+use super::identity::Identity;
 use crate::cluster::protocol::{HandshakeInfo, SocketInfo};
 
 /// What the admin UI sees instead of a secret.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures_util::{StreamExt, future::BoxFuture};
 use socketioxide::{AckError, SocketIo, adapter::Adapter};
 
-use super::events::Args;
+use super::args::Args;
 
 /// Why a push could not go out.
 #[derive(Debug, thiserror::Error)]

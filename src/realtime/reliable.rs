@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use serde_json::Value;
 use socketioxide::{AckError, SocketIo, adapter::Adapter, extract::SocketRef};
 
-use super::{NodeInfo, namespaces::Reliable};
+use super::{namespaces::Reliable, node::NodeInfo};
 use crate::delivery::{Batch, Holder, RoomKey, ids};
 
 /// How long a `batch` waits for its ack; unacknowledged, its messages stay pending for the next join.
