@@ -277,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_seed_001_arrays_and_round_trip() {
+    fn batches_are_the_push_services_arrays_and_round_trip() {
         let messages = [
             message(1, 0, "update_store", json!(["user", {"id": 1}])),
             message(1, 1, "ping", json!([])),

@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn envelopes_have_seed_003s_paths() {
+    fn envelopes_have_the_event_bus_services_paths() {
         let e = Envelope {
             id: "i".into(),
             topic: "socket:connection".into(),

@@ -247,7 +247,7 @@ mod tests {
     }
 
     #[test]
-    fn seed_001_example() {
+    fn the_push_services_example() {
         assert_eq!(
             ok("rooms[]=user_1&rooms[]=staff&event=update_store&args[0]=user&args[1][id]=1"),
             json!({"rooms": ["user_1", "staff"], "event": "update_store", "args": ["user", {"id": "1"}]})

@@ -145,8 +145,8 @@ impl Namespaces {
         }
     }
 
-    /// The namespace that takes pushes for `site` (seed 001's name: the namespace without its slash; with it
-    /// too, so that `/` can be named): an exact namespace with an API key.
+    /// The namespace that takes pushes for `site` (the reliable push service's name: the namespace without its slash;
+    /// with it too, so that `/` can be named): an exact namespace with an API key.
     pub fn site(&self, site: &str) -> Option<&Namespace> {
         let name = match site.starts_with('/') {
             true => site.to_owned(),

@@ -1,6 +1,6 @@
-//! Reliable delivery on the socket side (seed 001): a socket joining user rooms holds them in the store and gets
-//! each room's pending messages as one `batch` event, whose ack removes exactly those; leaving, it lets them go
-//! (their messages expire `client_ttl_s` after the room's last socket left, on any node).
+//! Reliable delivery on the socket side (as in the reliable push service): a socket joining user rooms holds them in
+//! the store and gets each room's pending messages as one `batch` event, whose ack removes exactly those; leaving, it
+//! lets them go (their messages expire `client_ttl_s` after the room's last socket left, on any node).
 //!
 //! `POST /send` ([`crate::http`]) stores and emits the live messages; this module only handles joins and leaves,
 //! and [`hold_again`] writes this node's holders once more when the other nodes may have forgotten them.

@@ -1,4 +1,5 @@
-//! `auth = "credentials"` (seed 000): `auth: {username, password}` checked against a file of password hashes.
+//! `auth = "credentials"` (as in the forwarding service): `auth: {username, password}` checked against a file of
+//! password hashes.
 //!
 //! Hash checks cost tens of milliseconds of CPU by design, so they run on tokio's blocking pool, on all cores but
 //! one at a time (one on a 1- or 2-core machine); a handshake that cannot start its check within [`QUEUE_WAIT`]
@@ -16,7 +17,7 @@ use crate::domain::validate;
 /// Longest a handshake waits for a free core to check its password.
 const QUEUE_WAIT: Duration = Duration::from_secs(8);
 
-/// One entry of the credentials file (seed 000's format).
+/// One entry of the credentials file (the forwarding service's format).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Entry {

@@ -84,7 +84,7 @@ pub struct Verified {
 /// Why a handshake was refused. The Display text is the client's `connect_error` message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// Wrong or missing credentials: the exact message seed 000's clients expect.
+    /// Wrong or missing credentials: the exact message the forwarding service's clients expect.
     #[error("UNAUTHORIZED")]
     Unauthorized,
     /// A missing, expired, forged or otherwise unusable JWT.
@@ -97,7 +97,7 @@ pub enum AuthError {
          `auth.token`, `?token=` or `Authorization: Bearer`"
     )]
     CrossSite,
-    /// The auth webhook said no (401/403), or there was no token to ask it about: seed 001's message.
+    /// The auth webhook said no (401/403), or there was no token to ask it about: the reliable push service's message.
     #[error("Authentication error")]
     Rejected,
     /// The auth webhook could not give an answer: down, slow, or talking nonsense.

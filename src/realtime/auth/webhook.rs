@@ -1,10 +1,11 @@
-//! `auth = "webhook"` (seed 001): the node asks the application's auth URL about the client's token.
+//! `auth = "webhook"` (as in the reliable push service): the node asks the application's auth URL about the client's
+//! token.
 //!
 //! `GET auth_url` with `Authorization: {auth_scheme} {token}`. A `200` whose JSON body is a list of room names
-//! (seed 001's answer) or `{"rooms": [...], "id_user": "..."}` admits the socket into those rooms; `401`/`403`
-//! refuse it with seed 001's `Authentication error`; anything else (timeout, refused connection, another
-//! status, a body that is not a list of valid room names) refuses it with `auth service failed: ...`, counted
-//! in `/metrics` (`auth_webhook_failures_total{reason}`).
+//! (the reliable push service's answer) or `{"rooms": [...], "id_user": "..."}` admits the socket into those rooms;
+//! `401`/`403` refuse it with the reliable push service's `Authentication error`; anything else (timeout, refused
+//! connection, another status, a body that is not a list of valid room names) refuses it with `auth service failed:
+//! ...`, counted in `/metrics` (`auth_webhook_failures_total{reason}`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -45,7 +46,7 @@ impl Failure {
     }
 }
 
-/// The webhook's answer: seed 001's list of rooms, or an object that may also name the user.
+/// The webhook's answer: the reliable push service's list of rooms, or an object that may also name the user.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum Answer {
@@ -200,7 +201,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_seed_001_answers_and_objects() {
+    fn parses_the_push_services_answers_and_objects() {
         let v = parse(br#"["user_1", "staff"]"#).unwrap();
         assert_eq!(v.rooms, ["user_1", "staff"]);
         assert_eq!(v.id_user, None);
