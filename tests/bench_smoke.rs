@@ -157,6 +157,8 @@ fn bench_check_fails_on_a_refused_admin_login() {
             "--reliable-rooms",
             "0",
         ])
+        // The gateway phases are on by default: off, so that the refused login is the run's one error.
+        .args(["--gateway-clients", "0", "--gateway-send-users", "0"])
         .args(["--nodes", "2", "--admin-overhead", "--admin-sockets", "10"])
         .args(["--admin-rounds", "1", "--admin-wrong-password"])
         .args(["--check", "--max-minutes", "2", "--logs"])
