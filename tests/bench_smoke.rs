@@ -13,9 +13,26 @@
 
 mod common;
 
-use std::process::Command;
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use common::*;
+
+/// The load generator, `bench/`'s own package: cargo names only this package's binaries to its tests, and builds
+/// it next to ours. `cargo test` builds it (the `bench` package's tests need it too); alone, this test needs
+/// `cargo build --bin bench` first.
+fn bench() -> PathBuf {
+    let ours = Path::new(env!("CARGO_BIN_EXE_socket-identity"));
+    let bench = ours.with_file_name(format!("bench{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bench.exists(),
+        "{} is missing: cargo build --bin bench",
+        bench.display()
+    );
+    bench
+}
 
 #[test]
 fn bench_smoke_run_is_correct() {
@@ -27,7 +44,7 @@ fn bench_smoke_run_is_correct() {
     let logs = log_dir("bench_smoke");
     let out = Command::new("timeout")
         .arg("300")
-        .arg(env!("CARGO_BIN_EXE_bench"))
+        .arg(bench())
         .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
         .args(["--sizes", "50", "--nodes", "2", "--requests", "10"])
         .args(["--fanout-rounds", "3", "--memory-conns", "60"])
@@ -114,7 +131,7 @@ fn bench_check_fails_on_a_refused_admin_login() {
     let logs = log_dir("bench_smoke_admin_refused");
     let out = Command::new("timeout")
         .arg("120")
-        .arg(env!("CARGO_BIN_EXE_bench"))
+        .arg(bench())
         .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
         .args([
             "--only",
@@ -140,6 +157,8 @@ fn bench_check_fails_on_a_refused_admin_login() {
             "--reliable-rooms",
             "0",
         ])
+        // The gateway phases are on by default: off, so that the refused login is the run's one error.
+        .args(["--gateway-clients", "0", "--gateway-send-users", "0"])
         .args(["--nodes", "2", "--admin-overhead", "--admin-sockets", "10"])
         .args(["--admin-rounds", "1", "--admin-wrong-password"])
         .args(["--check", "--max-minutes", "2", "--logs"])
