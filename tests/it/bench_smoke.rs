@@ -11,11 +11,9 @@
 //! cost per operation on 1 and 2 nodes (a wrong answer, a lost event or ack, a message left in the store fail).
 //! Both run the many-connections phase small (a holder process per node, 20 connections each, a room of 20).
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::harness::*;
 
 #[test]
 fn bench_smoke_run_is_correct() {

@@ -1,10 +1,8 @@
 //! The fast tier: nodes started in-process through the library API (`socket_identity::run`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use socket_identity::{Config, run};
 use tokio::sync::oneshot;
 

@@ -1,11 +1,9 @@
 //! Reliable per-user delivery with real components: 3 node processes on a real Redis, the official
 //! socket.io-client with real ack callbacks, and the test playing the application's backend (`POST /send`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const KEY: &str = "claim-key-0123456789abcdef";

@@ -1,11 +1,9 @@
 //! The socket.io admin UI's protocol, cluster-wide, with real components: 2 node processes on a real Redis, and
 //! the official socket.io-client playing the admin UI (every event and field the UI reads) and the users.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct horse battery staple";

@@ -4,8 +4,6 @@
 //! The rest of the suite runs on a Redis Cluster too (`TEST_REDIS_CLUSTER=1`, see `scripts/test.sh`); these two
 //! need one whatever that variable says.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     sync::{
@@ -15,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const KEY: &str = "claim-key-0123456789abcdef";

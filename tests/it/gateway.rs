@@ -11,8 +11,6 @@
 //! clients, cookie tokens only from allowed origins, the event rate, one client per namespace of a multiplexed
 //! connection, oversized frames refused at their header, unverified identities marked as such.
 
-mod common;
-
 use std::{
     collections::HashMap,
     sync::{
@@ -22,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::harness::*;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;

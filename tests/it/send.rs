@@ -1,11 +1,9 @@
 //! `POST /send` with real components: 3 node processes on a real Redis, the official socket.io-client in rooms on
 //! every node, and the test playing the application's backend over HTTPS.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const SECRET: &str = "send-test-secret-0123456789";

@@ -5,8 +5,6 @@
 //! on any node; `__count__` counts views across nodes; forwarding crosses nodes; two tenants with equal room
 //! names never see each other; a socket flooding events is cut off.
 
-mod common;
-
 use std::{path::Path, time::Duration};
 
 use axum::{
@@ -15,7 +13,7 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const SECRET: &str = "tenancy-test-secret-0123456789";

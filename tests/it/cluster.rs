@@ -1,10 +1,8 @@
 //! End-to-end: a real Redis, three real node processes, real socket.io-client sockets.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

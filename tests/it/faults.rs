@@ -2,14 +2,12 @@
 //! outage, a rolling restart. Each test prints its figures (run with `--nocapture`); README's reliability section
 //! quotes them.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::harness::*;
 use serde_json::Value;
 
 /// A node paused with SIGSTOP (alive for Redis, silent for us) costs at most the request timeout, and only until

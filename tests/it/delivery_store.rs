@@ -1,11 +1,9 @@
 //! The Redis delivery store against a real `redis-server`: the same conformance suite as the memory store, plus
 //! what only Redis has: entries written by someone else, two nodes on one queue, a restart with AOF.
 
-mod common;
-
 use std::{num::NonZeroU32, path::Path, time::Duration};
 
-use common::*;
+use crate::harness::*;
 use serde_json::json;
 use socket_identity::{
     delivery::{Acked, Holder, MessageId, Policy, RedisStore, RoomKey, Store, Ttl, conformance},

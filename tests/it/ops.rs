@@ -1,14 +1,12 @@
 //! Running well: readiness and metrics that follow Redis, JSON logs, waiting for Redis at start-up, refusing a bad
 //! Redis URL or password, Redis over TLS with a password, and a graceful restart under query load.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 async fn ready(http: &Http, node: &Node) -> (u16, Value) {

@@ -4,12 +4,10 @@
 //! being verified do not fill the socket cap, the handshake rate holds on every path Engine.IO serves, clients
 //! cannot forge the server's events, and no log level prints a password.
 
-mod common;
-
 use std::time::Duration;
 
 use axum::{Json, Router, http::HeaderMap, response::IntoResponse, routing::get};
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const SECRET: &str = "security-test-secret-0123456789";

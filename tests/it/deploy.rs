@@ -1,8 +1,6 @@
 //! The deployment recipes with the real tools: PM2 (from npm) runs `deploy/ecosystem.config.js`, and
 //! `systemd-analyze verify` checks the systemd template unit.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -10,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use crate::harness::*;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_socket-identity");

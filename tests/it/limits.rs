@@ -1,11 +1,9 @@
 //! Limits and access control with the real binary and socket.io-client: the socket cap, the handshake rate, the
 //! payload limit, the origin allow-list, and the REST bearer token.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 async fn node(test: &str, args: &[&str]) -> (std::path::PathBuf, Node) {

@@ -3,8 +3,6 @@
 //! held at once (the oldest is closed to make room), so a flood of them neither piles up file descriptors nor
 //! keeps real clients out. Loopback only; every wait is bounded.
 
-mod common;
-
 use std::{
     sync::{
         Arc,
@@ -13,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::harness::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

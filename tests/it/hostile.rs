@@ -3,11 +3,9 @@
 //! Redis. Each gets a clear answer or a closed connection; the node stays up, its memory bounded, its answers
 //! right.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::harness::*;
 use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};

@@ -2,14 +2,12 @@
 //! killed (its holders forgotten by the survivors, its users' rooms expire), a node paused long enough to be
 //! declared down (back, it holds its rooms again), a node drained, and Redis restarted with its AOF.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::harness::*;
 use serde_json::{Value, json};
 
 const KEY: &str = "claim-key-0123456789abcdef";

@@ -2,11 +2,9 @@
 //! with a message naming the file, the line (when the file says which) and what is wrong. The first line of
 //! each file says what the message must contain: `# expect: [:<line>:] <text>`.
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
-use common::*;
+use crate::harness::*;
 
 #[test]
 fn every_bad_config_file_stops_the_node_with_a_clear_message() {

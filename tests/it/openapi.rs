@@ -14,14 +14,12 @@
 //! Reproduce a run with the seed it printed: `SCHEMATHESIS_SEED=<seed> cargo test --test openapi`; search longer
 //! with `SCHEMATHESIS_MAX_EXAMPLES=1000` (about 10 times as long).
 
-mod common;
-
 use std::{
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::harness::*;
 
 const API_TOKEN: &str = "openapi-test-token-0123456789";
 const SHOP_KEY: &str = "shop-key-0123456789abcdef";
