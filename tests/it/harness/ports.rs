@@ -160,3 +160,72 @@ pub fn listens(pid: u32, ports: &[u16]) -> bool {
         .collect();
     ports.iter().all(|p| mine.contains(p))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::HashSet,
+        process::Command,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+
+    #[test]
+    fn ports_are_handed_out_once_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..500).map(|_| free_port()).collect();
+        assert_eq!(ports.iter().collect::<HashSet<_>>().len(), ports.len());
+        let Range { start, len, .. } = *range();
+        assert!(
+            ports
+                .iter()
+                .all(|&p| (start..start + len).contains(&u32::from(p)))
+        );
+        let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .map(|p| p.parse::<u32>().unwrap())
+            .fold((u32::MAX, 0), |(lo, hi), p| (lo.min(p), hi.max(p)));
+        assert!(
+            start + len <= lo || start > hi,
+            "{start}+{len} in {lo}-{hi}"
+        );
+    }
+
+    /// A redis-server whose port another process holds exits saying so, and is told apart from one that listens.
+    #[test]
+    fn a_server_finding_its_port_taken_is_told_apart() {
+        super::super::need("redis-server", "apt-get install -y redis-server");
+        let dir = super::super::log_dir("harness_port_taken");
+        let held = TcpListener::bind(("127.0.0.1", free_port())).unwrap();
+        let port = held.local_addr().unwrap().port();
+        assert!(listens(std::process::id(), &[port]));
+        for (port, expected) in [(port, Start::PortTaken), (free_port(), Start::Listening)] {
+            let log = dir.join(format!("redis-{port}.log"));
+            let mut child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .stdout(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let start = loop {
+                match started(&mut child, &[port], &log, 0) {
+                    Start::Pending if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    start => break start,
+                }
+            };
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(start, expected, "{}", log_since(&log, 0));
+        }
+    }
+}
