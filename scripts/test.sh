@@ -24,5 +24,6 @@ if [ "$#" -eq 0 ]; then
     cluster:: hostile:: reliable:: send:: tenancy:: gateway:: admin:: ops:: faults:: security:: \
     --skip redis_cluster:: --skip reliable_faults:: \
     --skip the_cluster_recovers_after_a_redis_restart --skip a_redis_outage_of_ten_seconds \
-    --skip failed_start_up_attempts_leave_no_connection_behind --skip ready_and_metrics_follow_the_cluster_and_redis
+    --skip failed_start_up_attempts_leave_no_connection_behind --skip ready_and_metrics_follow_the_cluster_and_redis \
+    --skip attempts_failing_at_the_gateway_leave_no_cluster_behind
 fi
