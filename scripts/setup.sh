@@ -2,7 +2,7 @@
 # Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs), Redis 7+, Node.js
 # and npm, Chromium, openssl, systemd-analyze, nginx, Python 3.11+ with venv; then from the npm registry the socket.io
 # browser bundle, the test clients and PM2 (tests/js), and the benchmark's Node reference; from PyPI the API fuzzer
-# schemathesis (tests/openapi.rs), in a virtualenv under target/.
+# schemathesis (tests/it/openapi.rs), in a virtualenv under target/.
 # Safe to run again. Debian/Ubuntu (apt-get); needs root or sudo only when something is missing.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -14,17 +14,17 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
-# tests/vendor.rs rebuilds vendor/socketioxide with scripts/vendor.sh --check (patch applies vendor/patches).
+# tests/it/vendor.rs rebuilds vendor/socketioxide with scripts/vendor.sh --check (patch applies vendor/patches).
 command -v patch >/dev/null || missing+=(patch)
 # Tests and the bench signal the processes they started with /usr/bin/kill (not the shell builtin).
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
-# tests/deploy.rs checks the systemd unit with systemd-analyze verify.
+# tests/it/deploy.rs checks the systemd unit with systemd-analyze verify.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
-# tests/openapi.rs runs schemathesis from a virtualenv (Debian's python3 refuses pip installs outside one).
+# tests/it/openapi.rs runs schemathesis from a virtualenv (Debian's python3 refuses pip installs outside one).
 command -v python3 >/dev/null || missing+=(python3)
 command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
-# tests/deploy.rs runs the sample nginx config (nginx-light is the small build; newer Debian has only nginx).
+# tests/it/deploy.rs runs the sample nginx config (nginx-light is the small build; newer Debian has only nginx).
 need_nginx=false
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_nginx=true
 if [ ${#missing[@]} -gt 0 ] || $need_nginx; then
@@ -52,7 +52,7 @@ if [ ! -d "$root/bench/node-reference/node_modules/socket.io" ]; then
   npm ci --prefix "$root/bench/node-reference" --no-audit --no-fund --loglevel=error
 fi
 
-# The property-based API fuzzer of tests/openapi.rs, pinned, in its own virtualenv (target/ is not committed).
+# The property-based API fuzzer of tests/it/openapi.rs, pinned, in its own virtualenv (target/ is not committed).
 schemathesis_version=4.32.5
 venv="$root/target/schemathesis"
 if ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -qxF "schemathesis, version $schemathesis_version"; then

@@ -6,7 +6,7 @@
 #   scripts/vendor.sh --check   rebuild into a temporary directory and fail if vendor/socketioxide differs
 # To move to a new socketioxide version: change `version` and `sha256` in vendor/socketioxide.source (the sha256 is
 # the `checksum` of the version's entry in a Cargo.lock without the patch), run this script, fix the patches that
-# no longer apply, run `cargo update -p socketioxide` and the tests (tests/vendor.rs checks that the versions agree).
+# no longer apply, run `cargo update -p socketioxide` and the tests (tests/it/vendor.rs checks that the versions agree).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 # shellcheck source=/dev/null

@@ -1,16 +1,15 @@
 //! The Redis delivery store against a real `redis-server`: the same conformance suite as the memory store, plus
 //! what only Redis has: entries written by someone else, two nodes on one queue, a restart with AOF.
 
-mod common;
-
 use std::{num::NonZeroU32, path::Path, time::Duration};
 
-use common::*;
 use serde_json::json;
 use socket_identity::{
     delivery::{Acked, Holder, MessageId, Policy, RedisStore, RoomKey, Store, Ttl, conformance},
     redis::{Endpoint, connect_client},
 };
+
+use crate::harness::*;
 
 async fn store(redis: &Redis, prefix: &str) -> RedisStore {
     let endpoint = Endpoint::parse(&redis.url(), None).unwrap();
@@ -172,8 +171,8 @@ async fn pending_messages_survive_a_redis_restart_with_aof() {
     std::fs::create_dir_all(&data).unwrap();
     let args = aof_args(&data);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let port = free_port();
-    let redis = Redis::start_with(&dir, port, &args);
+    let redis = Redis::start_with(&dir, &args);
+    let port = redis.port;
     assert_eq!(
         redis.cli(&["CONFIG", "GET", "appendonly"]).lines().nth(1),
         Some("yes")
@@ -195,7 +194,7 @@ async fn pending_messages_survive_a_redis_restart_with_aof() {
     assert_eq!(store.ack(&r, &ids[..1]).await.unwrap(), 1);
 
     drop(redis); // SIGKILL
-    let redis = Redis::start_with(&dir, port, &args);
+    let redis = Redis::start_on(&dir, port, &args);
     // The client reconnects by itself (100 ms to 2 s apart); the script cache is empty.
     let pending = eventually(
         Duration::from_secs(15),

@@ -1,12 +1,11 @@
 //! The fast tier: nodes started in-process through the library API (`socket_identity::run`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use socket_identity::{Config, run};
 use tokio::sync::oneshot;
+
+use crate::harness::*;
 
 struct InProcess {
     base: String,
@@ -112,8 +111,8 @@ async fn start_error(change: impl FnOnce(&mut Config)) -> String {
 #[tokio::test]
 async fn start_up_errors_are_clear() {
     let dir = log_dir("start_up_errors_are_clear");
-    let port = free_port();
-    let _redis = Redis::start_with(&dir, port, &["--requirepass", "right"]);
+    let redis = Redis::start_with(&dir, &["--requirepass", "right"]);
+    let port = redis.port;
     let err =
         start_error(|c| c.redis_url = Some(format!("redis://:hunter2@127.0.0.1:{port}"))).await;
     assert_eq!(

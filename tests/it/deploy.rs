@@ -1,8 +1,6 @@
 //! The deployment recipes with the real tools: PM2 (from npm) runs `deploy/ecosystem.config.js`, and
 //! `systemd-analyze verify` checks the systemd template unit.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -10,8 +8,9 @@ use std::{
     time::Duration,
 };
 
-use common::*;
 use serde_json::Value;
+
+use crate::harness::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_socket-identity");
 
@@ -146,17 +145,15 @@ async fn pm2_runs_four_instances_on_one_port() {
     let mut expected = BTreeSet::new();
     for i in 0..12 {
         let (id, user) = (format!("c{i}"), format!("user{i}"));
-        let sid = clients.join_at(&id, &base, &user, "Ops", "websocket").await;
+        let sid = clients.join(Conn::to(&id, &base).user(&user, "Ops")).await;
         expected.insert((sid, user));
     }
     // Instances share a port without sticky sessions, so long-polling is refused rather than broken.
     clients
-        .open_at(
-            "poll",
-            &base,
-            serde_json::json!({"id_user": "p", "room": "Ops"}),
-            Value::Null,
-            &["polling"],
+        .open(
+            Conn::to("poll", &base)
+                .user("p", "Ops")
+                .transports(&["polling"]),
         )
         .await;
     let ev = clients
@@ -386,18 +383,24 @@ async fn nginx_sample_proxies_sticky_sessions_and_websockets() {
 
     let mut clients = Clients::start();
     let mut expected = BTreeSet::new();
-    for (id, transport) in [
-        ("p1", "polling"),
-        ("p2", "polling"),
-        ("w", "websocket"),
-        ("u", "any"),
+    for (id, transports) in [
+        ("p1", &["polling"][..]),
+        ("p2", &["polling"]),
+        ("w", &["websocket"]),
+        ("u", &["polling", "websocket"]),
     ] {
-        let sid = clients.join_at(id, &base, id, "Proxied", transport).await;
+        let sid = clients
+            .join(
+                Conn::to(id, &base)
+                    .user(id, "Proxied")
+                    .transports(transports),
+            )
+            .await;
         expected.insert((sid, id.to_owned()));
     }
     // A socket straight on instance b, so the room spans both whichever instance nginx picked.
     let direct = clients
-        .join("d", &nodes[1], "d", "Proxied", "websocket")
+        .join(Conn::to("d", &nodes[1]).user("d", "Proxied"))
         .await;
     expected.insert((direct, "d".to_owned()));
     // Long-polling sessions keep working through the proxy: an event reaches them after several polls.
@@ -453,16 +456,6 @@ impl Drop for DevCluster {
     }
 }
 
-/// Two consecutive free loopback ports.
-fn free_port_pair() -> u16 {
-    loop {
-        let p = free_port();
-        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-}
-
 /// `scripts/dev-cluster.sh` starts Redis and the nodes, `status` shows them ready as one cluster, and `stop`
 /// stops everything it started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,7 +464,7 @@ async fn dev_cluster_script_starts_reports_and_stops() {
     let dir = log_dir("dev_cluster_script_starts_reports_and_stops");
     let state = dir.join("dev");
     std::fs::create_dir_all(&state).unwrap();
-    let first = free_port_pair();
+    let first = free_ports(2);
     let redis_port = free_port();
     let dev = DevCluster {
         state: state.clone(),
@@ -556,8 +549,8 @@ async fn nodes_work_as_a_cluster_under_the_sample_redis_acl() {
         + "user admin on >admin-pass ~* &* +@all\n";
     std::fs::write(dir.join("users.acl"), acl).unwrap();
     let acl_path = dir.join("users.acl").display().to_string();
-    let port = free_port();
-    let _redis = Redis::start_with(&dir, port, &["--aclfile", &acl_path]);
+    let redis = Redis::start_with(&dir, &["--aclfile", &acl_path]);
+    let port = redis.port;
     let hash = bcrypt::hash("admin-password", 4).unwrap();
     let config = dir.join("config.toml");
     std::fs::write(
@@ -611,7 +604,7 @@ stream_prefix = "socket-identity:gw:"
 
     // POST /send to a room and to a user room (stored, then delivered as a batch on another node).
     let mut io = Clients::start();
-    io.join("s", &nodes[1], "us", "Shared", "websocket").await;
+    io.join(Conn::to("s", &nodes[1]).user("us", "Shared")).await;
     let body = serde_json::json!({"rooms": ["Shared", "user_u1"], "event": "news", "args": [1]});
     let (status, answer) = http
         .push(&nodes[0], "site=/&apiKey=acl-key-0123456789abcdef", &body)
@@ -620,12 +613,10 @@ stream_prefix = "socket-identity:gw:"
     assert_eq!(answer["rooms"][1]["queued"], 1, "{answer}");
     assert_eq!(io.expect("s", "news").await["args"], serde_json::json!([1]));
     let ev = io
-        .connect_acking(
-            "u1",
-            &nodes[1].base(),
-            "/",
-            serde_json::json!({"id_user": "u1", "room": "user_u1"}),
-            Value::Bool(true),
+        .connect(
+            Conn::to("u1", &nodes[1])
+                .user("u1", "user_u1")
+                .ack_server(Value::Bool(true)),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -638,15 +629,16 @@ stream_prefix = "socket-identity:gw:"
 
     // The admin UI: a login on a, its session resumed on b.
     let login = serde_json::json!({"username": "admin", "password": "admin-password"});
-    let ev = io.login("admin", &nodes[0].base(), "/admin", login).await;
+    let ev = io
+        .connect(Conn::to("admin", &nodes[0]).ns("/admin").auth(login))
+        .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let session = io.expect("admin", "session").await["args"][0].clone();
     let ev = io
-        .login(
-            "admin2",
-            &nodes[1].base(),
-            "/admin",
-            serde_json::json!({"sessionId": session}),
+        .connect(
+            Conn::to("admin2", &nodes[1])
+                .ns("/admin")
+                .auth(serde_json::json!({"sessionId": session})),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");

@@ -5,8 +5,6 @@
 //! on any node; `__count__` counts views across nodes; forwarding crosses nodes; two tenants with equal room
 //! names never see each other; a socket flooding events is cut off.
 
-mod common;
-
 use std::{path::Path, time::Duration};
 
 use axum::{
@@ -15,8 +13,9 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 const SECRET: &str = "tenancy-test-secret-0123456789";
 
@@ -156,11 +155,13 @@ async fn every_auth_kind_accepts_and_refuses() {
     let (_dir, _redis, nodes, _) = tenancy_cluster("tenancy_auth").await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
-    let none = Value::Null;
 
     // credentials (seed 000): the right password, a wrong one, none at all.
     let good = json!({"username": "lab-user", "password": "open-sesame"});
-    let lab1 = connected(&io.login("lab1", &a.base(), "/do-lab", good.clone()).await);
+    let lab1 = connected(
+        &io.connect(Conn::to("lab1", &a).ns("/do-lab").auth(good.clone()))
+            .await,
+    );
     let hs = io.expect("lab1", "handshake").await;
     assert_eq!(hs["args"][0]["id_user"], "lab-user");
     assert_eq!(hs["args"][0]["namespace"], "/do-lab");
@@ -175,15 +176,12 @@ async fn every_auth_kind_accepts_and_refuses() {
         ),
         ("lab-none", json!({})),
     ] {
-        let ev = io.login(id, &b.base(), "/do-lab", auth).await;
+        let ev = io.connect(Conn::to(id, &b).ns("/do-lab").auth(auth)).await;
         assert_eq!(refused(&ev), "UNAUTHORIZED", "{id}");
     }
 
     // none: no identity needed; the legacy namespace logs that it is deprecated.
-    let shared = connected(
-        &io.login("shared", &b.base(), "/sharedsocket", none.clone())
-            .await,
-    );
+    let shared = connected(&io.connect(Conn::to("shared", &b).ns("/sharedsocket")).await);
     eventually(
         Duration::from_secs(5),
         "the deprecation warning",
@@ -197,40 +195,21 @@ async fn every_auth_kind_accepts_and_refuses() {
         SECRET,
     );
     let j1 = connected(
-        &io.login("j1", &a.base(), "/", json!({"token": alice}))
+        &io.connect(Conn::to("j1", &a).auth(json!({"token": alice})))
             .await,
     );
     let j2 = connected(
-        &io.connect_ns(
-            "j2",
-            &b.base(),
-            "/",
-            json!({"token": alice}),
-            none.clone(),
-            none.clone(),
-        )
-        .await,
+        &io.connect(Conn::to("j2", &b).query(json!({"token": alice})))
+            .await,
     );
     let bob = jwt(json!({"sub": "bob", "exp": now() + 600}), SECRET);
     let j3 = connected(
-        &io.connect_ns(
-            "j3",
-            &c.base(),
-            "/",
-            none.clone(),
-            none.clone(),
-            json!({"authorization": format!("Bearer {bob}")}),
-        )
-        .await,
+        &io.connect(Conn::to("j3", &c).headers(json!({"authorization": format!("Bearer {bob}")})))
+            .await,
     );
     let j4 = connected(
-        &io.connect_ns(
-            "j4",
-            &c.base(),
-            "/",
-            none.clone(),
-            none.clone(),
-            json!({"cookie": format!("theme=dark; ID_TOKEN={bob}")}),
+        &io.connect(
+            Conn::to("j4", &c).headers(json!({"cookie": format!("theme=dark; ID_TOKEN={bob}")})),
         )
         .await,
     );
@@ -262,10 +241,12 @@ async fn every_auth_kind_accepts_and_refuses() {
             "UNAUTHORIZED: malformed token",
         ),
     ] {
-        let ev = io.login(id, &a.base(), "/", json!({"token": token})).await;
+        let ev = io
+            .connect(Conn::to(id, &a).auth(json!({"token": token})))
+            .await;
         assert_eq!(refused(&ev), says, "{id}");
     }
-    let ev = io.login("no-token", &a.base(), "/", none.clone()).await;
+    let ev = io.connect(Conn::to("no-token", &a)).await;
     assert_eq!(refused(&ev), "UNAUTHORIZED: no token");
     // A verified identity cannot be changed, nor the session taken from the token.
     io.emit("j1", "identity-change", json!(["mallory"]), true)
@@ -283,21 +264,22 @@ async fn every_auth_kind_accepts_and_refuses() {
 
     // webhook (seed 001): rooms from the answer, the user from an object answer.
     let w1 = connected(
-        &io.connect_ns(
-            "w1",
-            &a.base(),
-            "/newsite",
-            json!({"token": "alice-token"}),
-            none.clone(),
-            none.clone(),
+        &io.connect(
+            Conn::to("w1", &a)
+                .ns("/newsite")
+                .query(json!({"token": "alice-token"})),
         )
         .await,
     );
     let hs = io.expect("w1", "handshake").await;
     assert_eq!(hs["args"][0]["rooms"], json!(["user_1", "staff"]));
     let w2 = connected(
-        &io.login("w2", &b.base(), "/newsite", json!({"token": "bob-token"}))
-            .await,
+        &io.connect(
+            Conn::to("w2", &b)
+                .ns("/newsite")
+                .auth(json!({"token": "bob-token"})),
+        )
+        .await,
     );
     let hs = io.expect("w2", "handshake").await;
     assert_eq!(
@@ -310,13 +292,10 @@ async fn every_auth_kind_accepts_and_refuses() {
         ("w-missing", ""),
     ] {
         let ev = io
-            .connect_ns(
-                id,
-                &c.base(),
-                "/newsite",
-                json!({"token": token}),
-                none.clone(),
-                none.clone(),
+            .connect(
+                Conn::to(id, &c)
+                    .ns("/newsite")
+                    .query(json!({"token": token})),
             )
             .await;
         assert_eq!(refused(&ev), "Authentication error", "{id}");
@@ -340,25 +319,19 @@ async fn every_auth_kind_accepts_and_refuses() {
         ),
     ] {
         let ev = io
-            .connect_ns(
-                id,
-                &c.base(),
-                "/newsite",
-                json!({"token": token}),
-                none.clone(),
-                none.clone(),
+            .connect(
+                Conn::to(id, &c)
+                    .ns("/newsite")
+                    .query(json!({"token": token})),
             )
             .await;
         assert_eq!(refused(&ev), says, "{id}");
     }
     let ev = io
-        .connect_ns(
-            "w-down",
-            &c.base(),
-            "/downsite",
-            json!({"token": "alice-token"}),
-            none.clone(),
-            none.clone(),
+        .connect(
+            Conn::to("w-down", &c)
+                .ns("/downsite")
+                .query(json!({"token": "alice-token"})),
         )
         .await;
     assert_eq!(refused(&ev), "auth service failed: cannot reach it");
@@ -375,26 +348,16 @@ async fn every_auth_kind_accepts_and_refuses() {
 
     // claim (seed 002): user and session rooms from the handshake, the session also by event.
     let c1 = connected(
-        &io.connect_ns(
-            "c1",
-            &c.base(),
-            "/chat-1",
-            json!({"id_user": "carol", "room": "lobby", "session_id": "s-9"}),
-            none.clone(),
-            none.clone(),
+        &io.connect(
+            Conn::to("c1", &c)
+                .ns("/chat-1")
+                .query(json!({"id_user": "carol", "room": "lobby", "session_id": "s-9"})),
         )
         .await,
     );
     let c2 = connected(
-        &io.connect_ns(
-            "c2",
-            &a.base(),
-            "/chat-1",
-            json!({"id_user": "carol", "room": "lobby"}),
-            none.clone(),
-            none.clone(),
-        )
-        .await,
+        &io.connect(Conn::to("c2", &a).ns("/chat-1").user("carol", "lobby"))
+            .await,
     );
     io.emit("c2", "session_id", json!(["s-10"]), true).await;
     let ack = io.expect("c2", "ack").await;
@@ -477,9 +440,7 @@ async fn every_auth_kind_accepts_and_refuses() {
             "{body}"
         );
     }
-    let ev = io
-        .login("nowhere", &a.base(), "/nowhere", none.clone())
-        .await;
+    let ev = io.connect(Conn::to("nowhere", &a).ns("/nowhere")).await;
     assert_eq!(refused(&ev), "Invalid namespace");
 }
 
@@ -492,19 +453,25 @@ async fn views_and_forwarding_cross_nodes_and_stay_in_their_namespace() {
         |kind: &str| json!({"username": "lab-user", "password": "open-sesame", "type": kind});
 
     let ctl = connected(
-        &io.login("ctl", &a.base(), "/do-lab", login("controller"))
+        &io.connect(Conn::to("ctl", &a).ns("/do-lab").auth(login("controller")))
             .await,
     );
     // A listener in another tenant: it must see nothing of /do-lab.
     connected(
-        &io.login("other", &b.base(), "/do-other", login("view"))
+        &io.connect(Conn::to("other", &b).ns("/do-other").auth(login("view")))
             .await,
     );
     io.expect("other", "__connect__").await;
 
-    connected(&io.login("v1", &b.base(), "/do-lab", login("view")).await);
+    connected(
+        &io.connect(Conn::to("v1", &b).ns("/do-lab").auth(login("view")))
+            .await,
+    );
     io.expect("ctl", "__connect__").await;
-    connected(&io.login("v2", &c.base(), "/do-lab", login("view")).await);
+    connected(
+        &io.connect(Conn::to("v2", &c).ns("/do-lab").auth(login("view")))
+            .await,
+    );
     io.expect("ctl", "__connect__").await;
     io.expect("v1", "__connect__").await;
 
@@ -549,7 +516,7 @@ async fn views_and_forwarding_cross_nodes_and_stay_in_their_namespace() {
 
     // A controller leaving is not announced.
     connected(
-        &io.login("ctl2", &c.base(), "/do-lab", login("controller"))
+        &io.connect(Conn::to("ctl2", &c).ns("/do-lab").auth(login("controller")))
             .await,
     );
     io.disconnect("ctl2").await;
@@ -562,15 +529,19 @@ async fn views_and_forwarding_cross_nodes_and_stay_in_their_namespace() {
             .await;
     }
     connected(
-        &io.login("ctl-other", &c.base(), "/do-other", login("controller"))
-            .await,
+        &io.connect(
+            Conn::to("ctl-other", &c)
+                .ns("/do-other")
+                .auth(login("controller")),
+        )
+        .await,
     );
     io.emit("ctl-other", "__count__", json!([]), true).await;
     assert_eq!(io.expect("ctl-other", "ack").await["args"], json!([1]));
 
     // An unknown type is refused with a clear message.
     let ev = io
-        .login("weird", &a.base(), "/do-lab", login("spectator"))
+        .connect(Conn::to("weird", &a).ns("/do-lab").auth(login("spectator")))
         .await;
     assert_eq!(refused(&ev), "type must be \"controller\" or \"view\"");
     let _ = ctl;
@@ -583,9 +554,18 @@ async fn tenants_with_equal_room_names_never_see_each_other() {
     let mut io = Clients::start();
     let claim = |user: &str| json!({"id_user": user, "room": "Maths"});
 
-    let t1 = connected(&io.login("t1", &a.base(), "/chat-one", claim("ann")).await);
-    let t2 = connected(&io.login("t2", &b.base(), "/chat-two", claim("ann")).await);
-    let t2b = connected(&io.login("t2b", &a.base(), "/chat-two", claim("ben")).await);
+    let t1 = connected(
+        &io.connect(Conn::to("t1", &a).ns("/chat-one").auth(claim("ann")))
+            .await,
+    );
+    let t2 = connected(
+        &io.connect(Conn::to("t2", &b).ns("/chat-two").auth(claim("ann")))
+            .await,
+    );
+    let t2b = connected(
+        &io.connect(Conn::to("t2b", &a).ns("/chat-two").auth(claim("ben")))
+            .await,
+    );
     let http = Http::new();
     for node in [a, b] {
         let one = http.users_in(&node.base(), "Maths", "/chat-one").await;
@@ -659,18 +639,16 @@ async fn a_socket_flooding_events_is_told_and_disconnected() {
     let mut io = Clients::start();
     // Without a config file, fields no namespace uses are not read: they cannot get a client refused.
     let ev = io
-        .connect_ns(
-            "extra",
-            &node.base(),
-            "/",
-            json!({"id_user": "x", "room": "Maths", "type": "bogus"}),
-            json!({"session_id": 42}),
-            Value::Null,
+        .connect(
+            Conn::to("extra", &node)
+                .query(json!({"id_user": "x", "room": "Maths", "type": "bogus"}))
+                .auth(json!({"session_id": 42})),
         )
         .await;
     connected(&ev);
-    io.join("calm", &node, "calm", "Maths", "websocket").await;
-    io.join("flood", &node, "flood", "Maths", "websocket").await;
+    io.join(Conn::to("calm", &node).user("calm", "Maths")).await;
+    io.join(Conn::to("flood", &node).user("flood", "Maths"))
+        .await;
     for i in 0..30 {
         io.emit("flood", "identity-change", json!([format!("f{i}")]), false)
             .await;
@@ -742,14 +720,8 @@ name = "/"
     const FLOOD: usize = 120;
     let auth = json!({"username": "lab-user", "password": "open-sesame"});
     for i in 0..FLOOD {
-        io.open_at(
-            &format!("f{i}"),
-            &format!("{}/do-lab", node.base()),
-            Value::Null,
-            auth.clone(),
-            &["websocket"],
-        )
-        .await;
+        io.open(Conn::to(&format!("f{i}"), &format!("{}/do-lab", node.base())).auth(auth.clone()))
+            .await;
     }
     // While the checks run: HTTP answers at once, and a socket of another namespace is admitted at once.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -765,7 +737,7 @@ name = "/"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let started = std::time::Instant::now();
-    io.join("calm", &node, "calm", "Maths", "websocket").await;
+    io.join(Conn::to("calm", &node).user("calm", "Maths")).await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "a claim socket waited {:?}",
@@ -805,11 +777,10 @@ async fn refused_handshakes_do_not_pile_up_dynamic_namespaces() {
     let wrong = json!({"username": "lab-user", "password": "wrong"});
     for i in 0..20 {
         let ev = io
-            .login(
-                &format!("x{i}"),
-                &a.base(),
-                &format!("/do-probe{i}"),
-                wrong.clone(),
+            .connect(
+                Conn::to(&format!("x{i}"), &a)
+                    .ns(&format!("/do-probe{i}"))
+                    .auth(wrong.clone()),
             )
             .await;
         assert_eq!(refused(&ev), "UNAUTHORIZED");
@@ -823,10 +794,15 @@ async fn refused_handshakes_do_not_pile_up_dynamic_namespaces() {
     // An accepted socket keeps its namespace (and its subscriptions) alive, and a refused one beside it does not
     // remove it.
     let good = json!({"username": "lab-user", "password": "open-sesame"});
-    connected(&io.login("ok", &a.base(), "/do-kept", good).await);
+    connected(
+        &io.connect(Conn::to("ok", &a).ns("/do-kept").auth(good))
+            .await,
+    );
     let with_one = redis.shard_channel_names();
     assert!(with_one.len() > before, "{with_one:?} > {before}");
-    let ev = io.login("bad", &a.base(), "/do-kept", wrong).await;
+    let ev = io
+        .connect(Conn::to("bad", &a).ns("/do-kept").auth(wrong))
+        .await;
     refused(&ev);
     io.emit("ok", "ping", json!([1]), false).await;
     assert_eq!(

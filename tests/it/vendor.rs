@@ -1,9 +1,7 @@
 //! The vendored socketioxide (vendor/): the build uses it, it is the exact version vendor/socketioxide.source
 //! names, and it is that crate with our patches and nothing else.
 
-mod common;
-
-use common::root;
+use crate::harness::root;
 
 /// `key=value` from vendor/socketioxide.source.
 fn source(key: &str) -> String {

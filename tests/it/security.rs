@@ -4,13 +4,12 @@
 //! being verified do not fill the socket cap, the handshake rate holds on every path Engine.IO serves, clients
 //! cannot forge the server's events, and no log level prints a password.
 
-mod common;
-
 use std::time::Duration;
 
 use axum::{Json, Router, http::HeaderMap, response::IntoResponse, routing::get};
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 const SECRET: &str = "security-test-secret-0123456789";
 const KEY: &str = "security-key-0123456789abcdef";
@@ -140,12 +139,7 @@ async fn a_handshake_room_cannot_be_someone_elses_private_room() {
 
     // Alice holds her reliable room once, then goes offline: a message for her waits.
     let ev = io
-        .login(
-            "alice",
-            &a.base(),
-            "/",
-            json!({"token": alice, "room": "inbox-alice"}),
-        )
+        .connect(Conn::to("alice", &a).auth(json!({"token": alice, "room": "inbox-alice"})))
         .await;
     connected(&ev);
     io.disconnect("alice").await;
@@ -171,7 +165,7 @@ async fn a_handshake_room_cannot_be_someone_elses_private_room() {
     {
         let id = format!("bob{i}");
         let ev = io
-            .login(&id, &b.base(), "/", json!({"token": bob, "room": room}))
+            .connect(Conn::to(&id, &b).auth(json!({"token": bob, "room": room})))
             .await;
         assert_eq!(refused(&ev), format!("room {room} is private"));
         io.expect_none(&id, "batch", Duration::from_millis(100))
@@ -183,12 +177,7 @@ async fn a_handshake_room_cannot_be_someone_elses_private_room() {
         .enumerate()
     {
         let ev = io
-            .login(
-                &format!("own{i}"),
-                &b.base(),
-                "/",
-                json!({"token": bob, "room": room}),
-            )
+            .connect(Conn::to(&format!("own{i}"), &b).auth(json!({"token": bob, "room": room})))
             .await;
         connected(&ev);
     }
@@ -202,20 +191,18 @@ async fn a_handshake_room_cannot_be_someone_elses_private_room() {
 
     // The webhook granted alice `staff`, not `board`.
     let ev = io
-        .login(
-            "w1",
-            &a.base(),
-            "/hooked",
-            json!({"token": "alice-token", "room": "staff"}),
+        .connect(
+            Conn::to("w1", &a)
+                .ns("/hooked")
+                .auth(json!({"token": "alice-token", "room": "staff"})),
         )
         .await;
     connected(&ev);
     let ev = io
-        .login(
-            "w2",
-            &a.base(),
-            "/hooked",
-            json!({"token": "alice-token", "room": "board"}),
+        .connect(
+            Conn::to("w2", &a)
+                .ns("/hooked")
+                .auth(json!({"token": "alice-token", "room": "board"})),
         )
         .await;
     assert_eq!(
@@ -225,12 +212,7 @@ async fn a_handshake_room_cannot_be_someone_elses_private_room() {
 
     // Alice comes back on another node: her message is there, once.
     let ev = io
-        .login(
-            "alice2",
-            &c.base(),
-            "/",
-            json!({"token": alice, "room": "inbox-alice"}),
-        )
+        .connect(Conn::to("alice2", &c).auth(json!({"token": alice, "room": "inbox-alice"})))
         .await;
     connected(&ev);
     let batch = io.expect("alice2", "batch").await;
@@ -250,8 +232,12 @@ async fn dynamic_namespaces_do_not_pile_up() {
     for i in 0..10 {
         let id = format!("v{i}");
         connected(
-            &io.login(&id, &a.base(), &format!("/open-visit{i}"), json!({}))
-                .await,
+            &io.connect(
+                Conn::to(&id, &a)
+                    .ns(&format!("/open-visit{i}"))
+                    .auth(json!({})),
+            )
+            .await,
         );
         io.disconnect(&id).await;
     }
@@ -272,8 +258,14 @@ async fn dynamic_namespaces_do_not_pile_up() {
     );
 
     // Another socket keeps its namespace: one leaving does not take it away from the other.
-    connected(&io.login("k1", &a.base(), "/open-kept", json!({})).await);
-    connected(&io.login("k2", &a.base(), "/open-kept", json!({})).await);
+    connected(
+        &io.connect(Conn::to("k1", &a).ns("/open-kept").auth(json!({})))
+            .await,
+    );
+    connected(
+        &io.connect(Conn::to("k2", &a).ns("/open-kept").auth(json!({})))
+            .await,
+    );
     let with_one = redis.shard_channels();
     assert!(with_one > before, "{with_one} > {before}");
     io.disconnect("k1").await;
@@ -288,7 +280,7 @@ async fn dynamic_namespaces_do_not_pile_up() {
         .enumerate()
     {
         let ev = io
-            .login(&format!("bad{i}"), &a.base(), name, json!({}))
+            .connect(Conn::to(&format!("bad{i}"), &a).ns(name).auth(json!({})))
             .await;
         assert_eq!(refused(&ev), "Invalid namespace", "{name}");
     }
@@ -301,18 +293,13 @@ async fn dynamic_namespaces_do_not_pile_up() {
 async fn one_connection_cannot_open_namespaces_without_end() {
     let node = single("security_session_namespaces", &[]).await;
     let mut io = Clients::start();
-    let url = |i: usize| format!("{}/open-m{i}", node.base());
-    let open = async |io: &mut Clients, id: &str, url: String| {
-        io.send_raw(
-            json!({"op": "connect", "id": id, "url": url, "transports": ["websocket"],
-            "shared": true}),
-        )
-        .await;
-        io.expect_any(id, &["connect", "connect_error"]).await
+    let ns = |i: usize| format!("/open-m{i}");
+    let open = async |io: &mut Clients, id: &str, ns: String| {
+        io.connect(Conn::to(id, &node).ns(&ns).shared()).await
     };
     let mut sids = std::collections::HashSet::new();
     for i in 0..16 {
-        let ev = open(&mut io, &format!("m{i}"), url(i)).await;
+        let ev = open(&mut io, &format!("m{i}"), ns(i)).await;
         connected(&ev);
         sids.insert(ev["sid"].as_str().unwrap().to_owned());
     }
@@ -322,7 +309,7 @@ async fn one_connection_cannot_open_namespaces_without_end() {
         "one Engine.IO session: socketioxide gives its sid"
     );
     for i in 16..20 {
-        let ev = open(&mut io, &format!("m{i}"), url(i)).await;
+        let ev = open(&mut io, &format!("m{i}"), ns(i)).await;
         assert_eq!(
             refused(&ev),
             "too many namespaces on one connection (at most 16)"
@@ -330,7 +317,7 @@ async fn one_connection_cannot_open_namespaces_without_end() {
     }
     io.disconnect("m0").await;
     io.expect("m0", "disconnect").await;
-    connected(&open(&mut io, "again", url(40)).await);
+    connected(&open(&mut io, "again", ns(40)).await);
 }
 
 /// A client waiting for its verification (a slow auth webhook) holds no place under `MAX_SOCKETS`, only one of
@@ -344,9 +331,10 @@ async fn clients_being_verified_do_not_fill_the_node() {
     .await;
     let mut io = Clients::start();
     for id in ["slow1", "slow2", "slow3"] {
-        io.send_raw(
-            json!({"op": "connect", "id": id, "url": format!("{}/hooked", node.base()),
-            "auth": {"token": "slow", "room": "R"}, "transports": ["websocket"]}),
+        io.open(
+            Conn::to(id, &node)
+                .ns("/hooked")
+                .auth(json!({"token": "slow", "room": "R"})),
         )
         .await;
     }
@@ -378,14 +366,7 @@ async fn clients_being_verified_do_not_fill_the_node() {
     );
     // Meanwhile a client whose identity is decided at once gets a place.
     let ev = io
-        .connect_ns(
-            "quick",
-            &node.base(),
-            "/claim",
-            json!({"id_user": "q", "room": "R"}),
-            Value::Null,
-            Value::Null,
-        )
+        .connect(Conn::to("quick", &node).ns("/claim").user("q", "R"))
         .await;
     connected(&ev);
     // One place is left under the cap for the two slow ones.
@@ -435,7 +416,10 @@ async fn clients_cannot_forge_the_servers_events() {
     let node = single("security_forged_events", &[]).await;
     let mut io = Clients::start();
     for id in ["x", "y"] {
-        connected(&io.login(id, &node.base(), "/open-room", json!({})).await);
+        connected(
+            &io.connect(Conn::to(id, &node).ns("/open-room").auth(json!({})))
+                .await,
+        );
         io.expect(id, "handshake").await;
     }
     for event in ["batch", "resync", "error", "handshake", "rate_limited"] {
@@ -468,21 +452,19 @@ async fn no_log_level_prints_a_secret() {
     .await;
     let mut io = Clients::start();
     let jwt = token("carol", "s-carol");
-    for transports in [json!(["websocket"]), json!(["polling"])] {
+    for transport in ["websocket", "polling"] {
         for (i, password) in [PASSWORD, "wrong-Hq2p0Lm4"].iter().enumerate() {
-            let id = format!("c{i}{}", transports[0]);
-            io.send_raw(
-                json!({"op": "connect", "id": id, "url": format!("{}/login", node.base()),
-                "auth": {"username": "lab-user", "password": password}, "transports": transports}),
-            )
-            .await;
-            io.expect_any(&id, &["connect", "connect_error"]).await;
+            let auth = json!({"username": "lab-user", "password": password});
+            let conn = Conn::to(&format!("c{i}{transport}"), &node)
+                .ns("/login")
+                .auth(auth)
+                .transports(&[transport]);
+            io.connect(conn).await;
         }
-        let id = format!("j{}", transports[0]);
-        io.send_raw(json!({"op": "connect", "id": id, "url": node.base(),
-            "auth": {"token": jwt, "room": "R"}, "transports": transports}))
-            .await;
-        connected(&io.expect_any(&id, &["connect", "connect_error"]).await);
+        let conn = Conn::to(&format!("j{transport}"), &node)
+            .auth(json!({"token": jwt, "room": "R"}))
+            .transports(&[transport]);
+        connected(&io.connect(conn).await);
     }
     let log = node.log_text();
     assert!(

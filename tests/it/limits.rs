@@ -1,12 +1,11 @@
 //! Limits and access control with the real binary and socket.io-client: the socket cap, the handshake rate, the
 //! payload limit, the origin allow-list, and the REST bearer token.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 async fn node(test: &str, args: &[&str]) -> (std::path::PathBuf, Node) {
     let dir = log_dir(test);
@@ -33,16 +32,10 @@ async fn the_socket_cap_refuses_then_frees_places() {
     let (_dir, node) = node("socket_cap", &["--max-sockets", "2"]).await;
     let http = Http::new();
     let mut clients = Clients::start();
-    clients.join("one", &node, "one", "R", "websocket").await;
-    clients.join("two", &node, "two", "R", "websocket").await;
+    clients.join(Conn::to("one", &node).user("one", "R")).await;
+    clients.join(Conn::to("two", &node).user("two", "R")).await;
     clients
-        .open(
-            "three",
-            &node,
-            json!({"id_user": "three", "room": "R"}),
-            Value::Null,
-            &["websocket"],
-        )
+        .open(Conn::to("three", &node).user("three", "R"))
         .await;
     let ev = clients.expect("three", "connect_error").await;
     assert_eq!(ev["message"], "this node is full (2 sockets): try another");
@@ -51,13 +44,7 @@ async fn the_socket_cap_refuses_then_frees_places() {
     clients.disconnect("one").await;
     let four = eventually(Duration::from_secs(5), "a free place", async || {
         clients
-            .open(
-                "four",
-                &node,
-                json!({"id_user": "four", "room": "R"}),
-                Value::Null,
-                &["websocket"],
-            )
+            .open(Conn::to("four", &node).user("four", "R"))
             .await;
         let ev = clients
             .expect_any("four", &["connect", "connect_error"])
@@ -82,13 +69,7 @@ async fn the_handshake_rate_limits_a_flood() {
     let mut clients = Clients::start();
     for i in 0..20 {
         clients
-            .open(
-                &format!("c{i}"),
-                &node,
-                json!({"id_user": format!("u{i}"), "room": "R"}),
-                Value::Null,
-                &["websocket"],
-            )
+            .open(Conn::to(&format!("c{i}"), &node).user(&format!("u{i}"), "R"))
             .await;
     }
     let (mut ok, mut refused) = (0, 0);
@@ -123,7 +104,7 @@ async fn the_handshake_rate_limits_a_flood() {
     );
     tokio::time::sleep(Duration::from_millis(1200)).await;
     clients
-        .join("later", &node, "later", "R", "websocket")
+        .join(Conn::to("later", &node).user("later", "R"))
         .await;
     let users = http.users(&node, "R").await;
     assert_eq!(users.set().len(), ok + 1);
@@ -135,9 +116,9 @@ async fn an_oversized_payload_closes_only_its_connection() {
     let (_dir, node) = node("max_payload", &["--max-payload-bytes", "1024"]).await;
     let http = Http::new();
     let mut clients = Clients::start();
-    clients.join("big", &node, "big", "R", "websocket").await;
+    clients.join(Conn::to("big", &node).user("big", "R")).await;
     let small = clients
-        .join("small", &node, "small", "R", "websocket")
+        .join(Conn::to("small", &node).user("small", "R"))
         .await;
     clients
         .emit(
@@ -180,11 +161,10 @@ async fn origins_outside_the_allow_list_are_refused() {
     let mut clients = Clients::start();
     let q = |u: &str| json!({"id_user": u, "room": "R"});
     clients
-        .open_with_headers(
-            "evil",
-            &node,
-            q("evil"),
-            json!({"origin": "https://evil.example"}),
+        .open(
+            Conn::to("evil", &node)
+                .query(q("evil"))
+                .headers(json!({"origin": "https://evil.example"})),
         )
         .await;
     let ev = clients
@@ -195,11 +175,15 @@ async fn origins_outside_the_allow_list_are_refused() {
         (Some("connect_error"), Some("origin not allowed"))
     );
     clients
-        .open_with_headers("app", &node, q("app"), json!({"origin": app}))
+        .open(
+            Conn::to("app", &node)
+                .query(q("app"))
+                .headers(json!({"origin": app})),
+        )
         .await;
     clients.expect("app", "connect").await;
     // Non-browser clients send no Origin and are not concerned.
-    clients.join("cli", &node, "cli", "R", "websocket").await;
+    clients.join(Conn::to("cli", &node).user("cli", "R")).await;
 
     let http = Http::new();
     for (origin, allowed) in [(app, true), ("https://evil.example", false)] {
@@ -318,19 +302,23 @@ async fn listed_origins_can_long_poll_socket_io() {
     let mut clients = Clients::start();
     let q = |u: &str| json!({"id_user": u, "room": "R"});
     clients
-        .open_with_headers_over("app", &node, q("app"), json!({"origin": app}), &["polling"])
+        .open(
+            Conn::to("app", &node)
+                .query(q("app"))
+                .headers(json!({"origin": app}))
+                .transports(&["polling"]),
+        )
         .await;
     let ev = clients
         .expect_any("app", &["connect", "connect_error"])
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     clients
-        .open_with_headers_over(
-            "evil",
-            &node,
-            q("evil"),
-            json!({"origin": evil}),
-            &["polling"],
+        .open(
+            Conn::to("evil", &node)
+                .query(q("evil"))
+                .headers(json!({"origin": evil}))
+                .transports(&["polling"]),
         )
         .await;
     let ev = clients

@@ -2,15 +2,14 @@
 //! outage, a rolling restart. Each test prints its figures (run with `--nocapture`); README's reliability section
 //! quotes them.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::Value;
+
+use crate::harness::*;
 
 /// A node paused with SIGSTOP (alive for Redis, silent for us) costs at most the request timeout, and only until
 /// it misses 3 heartbeats: then pending queries stop waiting for it and later ones do not wait at all. Resumed,
@@ -25,9 +24,9 @@ async fn a_paused_node_is_declared_down_then_rejoins() {
     };
     let http = Http::new();
     let mut clients = Clients::start();
-    let sa = clients.join("a", a, "ua", "Room", "websocket").await;
-    let sb = clients.join("b", b, "ub", "Room", "websocket").await;
-    let sc = clients.join("c", c, "uc", "Room", "websocket").await;
+    let sa = clients.join(Conn::to("a", a).user("ua", "Room")).await;
+    let sb = clients.join(Conn::to("b", b).user("ub", "Room")).await;
+    let sc = clients.join(Conn::to("c", c).user("uc", "Room")).await;
     assert_eq!(http.users(a, "Room").await.nodes, "3/3");
 
     b.pause();
@@ -90,13 +89,13 @@ async fn a_killed_node_never_fails_a_request() {
     let http = Http::new();
     let mut clients = Clients::start();
     let sa = clients
-        .join("a", &nodes[0], "ua", "Room", "websocket")
+        .join(Conn::to("a", &nodes[0]).user("ua", "Room"))
         .await;
     let sb = clients
-        .join("b", &nodes[1], "ub", "Room", "websocket")
+        .join(Conn::to("b", &nodes[1]).user("ub", "Room"))
         .await;
     let sc = clients
-        .join("c", &nodes[2], "uc", "Room", "websocket")
+        .join(Conn::to("c", &nodes[2]).user("uc", "Room"))
         .await;
     let survivors = pairs(&[(&sa, "ua"), (&sc, "uc")]);
 
@@ -187,10 +186,10 @@ async fn a_redis_outage_of_ten_seconds() {
     let http = Http::new();
     let mut clients = Clients::start();
     let sa = clients
-        .join("a", &nodes[0], "ua", "Room", "websocket")
+        .join(Conn::to("a", &nodes[0]).user("ua", "Room"))
         .await;
     let sb = clients
-        .join("b", &nodes[1], "ub", "Room", "websocket")
+        .join(Conn::to("b", &nodes[1]).user("ub", "Room"))
         .await;
 
     let port = redis.port;
@@ -210,11 +209,11 @@ async fn a_redis_outage_of_ten_seconds() {
     }
     // A client may still connect to a node during the outage.
     let sa2 = clients
-        .join("a2", &nodes[0], "ua2", "Room", "websocket")
+        .join(Conn::to("a2", &nodes[0]).user("ua2", "Room"))
         .await;
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(outage.elapsed())).await;
 
-    let _redis = Redis::start_on(&dir, port);
+    let _redis = Redis::start_on(&dir, port, &[]);
     let back = Instant::now();
     let whole = pairs(&[(&sa, "ua"), (&sb, "ub"), (&sa2, "ua2")]);
     for node in &nodes {
@@ -277,7 +276,7 @@ async fn a_rolling_restart_keeps_every_client() {
         for j in 0..3 {
             let id = format!("c{i}{j}");
             clients
-                .join_reconnecting(&id, &node.base(), &id, "Room")
+                .join(Conn::to(&id, &node).user(&id, "Room").reconnect())
                 .await;
             users.push((id, i));
         }
@@ -345,7 +344,8 @@ async fn failed_start_up_attempts_leave_no_connection_behind() {
             timeout_ms: 200,
             ..NodeOpts::default()
         },
-    );
+    )
+    .await;
     let failed = eventually(Duration::from_secs(20), "4 failed attempts", async || {
         let n = node
             .log_text()
@@ -407,7 +407,8 @@ async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
             args: &["--config", config.to_str().unwrap()],
             ..NodeOpts::default()
         },
-    );
+    )
+    .await;
     let failed = eventually(Duration::from_secs(20), "3 failed attempts", async || {
         let n = node
             .log_text()

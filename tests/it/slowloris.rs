@@ -3,8 +3,6 @@
 //! held at once (the oldest is closed to make room), so a flood of them neither piles up file descriptors nor
 //! keeps real clients out. Loopback only; every wait is bounded.
 
-mod common;
-
 use std::{
     sync::{
         Arc,
@@ -13,11 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
+
+use crate::harness::*;
 
 const TIMEOUT_MS: u64 = 1500;
 const TIMEOUT: Duration = Duration::from_millis(TIMEOUT_MS);
@@ -203,8 +202,14 @@ async fn a_flood_of_slow_connections_leaves_room_for_real_clients() {
         })
     };
 
-    let ws = clients.join("ws", &node, "ws", "R", "websocket").await;
-    let polling = clients.join("poll", &node, "poll", "R", "polling").await;
+    let ws = clients.join(Conn::to("ws", &node).user("ws", "R")).await;
+    let polling = clients
+        .join(
+            Conn::to("poll", &node)
+                .user("poll", "R")
+                .transports(&["polling"]),
+        )
+        .await;
     assert_eq!(http.status(&node, "/health").await, 200);
     let users = http.users(&node, "R").await;
     assert_eq!(users.set(), pairs(&[(&ws, "ws"), (&polling, "poll")]));

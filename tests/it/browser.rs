@@ -1,9 +1,7 @@
 //! The page, in headless Chromium: two browsers on two nodes see each other in the room's live table; a page on
 //! a listed origin connects across origins by long-polling.
 
-mod common;
-
-use common::*;
+use crate::harness::*;
 
 /// The socket.io bundle the pages load must be there.
 fn need_bundle() {

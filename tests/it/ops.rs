@@ -1,15 +1,14 @@
 //! Running well: readiness and metrics that follow Redis, JSON logs, waiting for Redis at start-up, refusing a bad
 //! Redis URL or password, Redis over TLS with a password, and a graceful restart under query load.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 async fn ready(http: &Http, node: &Node) -> (u16, Value) {
     let res = http.client.get(node.url("/ready")).send().await.unwrap();
@@ -39,15 +38,9 @@ async fn ready_and_metrics_follow_the_cluster_and_redis() {
     );
 
     let mut clients = Clients::start();
-    let sid = clients.join("one", a, "one", "Ops", "websocket").await;
+    let sid = clients.join(Conn::to("one", a).user("one", "Ops")).await;
     clients
-        .open(
-            "bad",
-            a,
-            json!({"room": "Ops"}),
-            Value::Null,
-            &["websocket"],
-        )
+        .open(Conn::to("bad", a).query(json!({"room": "Ops"})))
         .await;
     clients.expect("bad", "connect_error").await;
     let users = http.users(a, "Ops").await;
@@ -113,7 +106,7 @@ async fn ready_and_metrics_follow_the_cluster_and_redis() {
 
     // Redis is back: ready again, and each connection counted its reconnect.
     let started = Instant::now();
-    let _redis = Redis::start_on(&dir, port);
+    let _redis = Redis::start_on(&dir, port, &[]);
     let up = eventually(
         Duration::from_secs(15),
         "/ready to say 200 again",
@@ -152,15 +145,9 @@ async fn logs_are_json_lines_naming_the_node() {
     )
     .await;
     let mut clients = Clients::start();
-    clients.join("c", &node, "u", "Logs", "websocket").await;
+    clients.join(Conn::to("c", &node).user("u", "Logs")).await;
     clients
-        .open(
-            "bad",
-            &node,
-            json!({"id_user": ""}),
-            Value::Null,
-            &["websocket"],
-        )
+        .open(Conn::to("bad", &node).query(json!({"id_user": ""})))
         .await;
     clients.expect("bad", "connect_error").await;
     let log = node.log.clone();
@@ -193,7 +180,8 @@ async fn waits_for_redis_at_start_up() {
             redis: Some(format!("redis://127.0.0.1:{port}")),
             ..NodeOpts::default()
         },
-    );
+    )
+    .await;
     eventually(Duration::from_secs(10), "a retry in the log", async || {
         node.log_text()
             .contains("Redis is not reachable yet")
@@ -217,7 +205,7 @@ async fn waits_for_redis_at_start_up() {
     );
 
     let started = Instant::now();
-    let _redis = Redis::start_on(&dir, port);
+    let _redis = Redis::start_on(&dir, port, &[]);
     node.wait_healthy(Duration::from_secs(15)).await;
     println!("serving {:?} after Redis started", started.elapsed());
     let (status, body) = ready(&Http::new(), &node).await;
@@ -232,8 +220,8 @@ async fn waits_for_redis_at_start_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_a_bad_redis_url_or_password() {
     let dir = log_dir("refuses_a_bad_redis_url_or_password");
-    let port = free_port();
-    let _redis = Redis::start_with(&dir, port, &["--requirepass", "right-secret"]);
+    let redis = Redis::start_with(&dir, &["--requirepass", "right-secret"]);
+    let port = redis.port;
     let cases = [
         ("http://127.0.0.1:1", "invalid REDIS_URL http://127.0.0.1:1"),
         (
@@ -255,7 +243,8 @@ async fn refuses_a_bad_redis_url_or_password() {
                 redis: Some(url.to_string()),
                 ..NodeOpts::default()
             },
-        );
+        )
+        .await;
         let status = node.exit_within(Duration::from_secs(10)).await;
         let log = node.log_text();
         assert!(
@@ -278,16 +267,12 @@ async fn refuses_a_bad_redis_url_or_password() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_with_a_password() {
     let dir = log_dir("redis_over_tls_with_a_password");
-    let (plain, tls) = (free_port(), free_port());
     let certs = root().join("certs-dev");
     let path = |f: &str| certs.join(f).display().to_string();
     let (cert, key, ca) = (path("cert.pem"), path("key.pem"), path("ca.pem"));
-    let _redis = Redis::start_with(
+    let redis = Redis::start_with_tls(
         &dir,
-        plain,
         &[
-            "--tls-port",
-            &tls.to_string(),
             "--tls-cert-file",
             &cert,
             "--tls-key-file",
@@ -300,6 +285,7 @@ async fn redis_over_tls_with_a_password() {
             "tls-secret",
         ],
     );
+    let tls = redis.tls_port().unwrap();
     let url = format!("rediss://:tls-secret@localhost:{tls}");
     let mut nodes = Vec::new();
     for id in ["a", "b"] {
@@ -335,7 +321,8 @@ async fn redis_over_tls_with_a_password() {
             redis: Some(url.clone()),
             ..NodeOpts::default()
         },
-    );
+    )
+    .await;
     let status = node.exit_within(Duration::from_secs(10)).await;
     let log = node.log_text();
     assert!(
@@ -353,13 +340,13 @@ async fn restarting_a_node_under_load_loses_no_answer() {
     let http = Http::new();
     let mut clients = Clients::start();
     let sa = clients
-        .join("a", &nodes[0], "ua", "Load", "websocket")
+        .join(Conn::to("a", &nodes[0]).user("ua", "Load"))
         .await;
     let sb = clients
-        .join("b", &nodes[1], "ub", "Load", "websocket")
+        .join(Conn::to("b", &nodes[1]).user("ub", "Load"))
         .await;
     clients
-        .join("c", &nodes[2], "uc", "Load", "websocket")
+        .join(Conn::to("c", &nodes[2]).user("uc", "Load"))
         .await;
     let stay = pairs(&[(&sa, "ua"), (&sb, "ub")]);
 
@@ -422,7 +409,7 @@ async fn restarting_a_node_under_load_loses_no_answer() {
         },
     )
     .await;
-    let sc = clients.join("c2", &c, "uc", "Load", "websocket").await;
+    let sc = clients.join(Conn::to("c2", &c).user("uc", "Load")).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (answers, partial, slowest, failures) = load.await.unwrap();

@@ -11,17 +11,15 @@
 //! with the token and the push key (so `POST /send` is exercised past the `401`), and `site=shop` (so pushes reach
 //! a real site and go through Redis to the other node).
 //!
-//! Reproduce a run with the seed it printed: `SCHEMATHESIS_SEED=<seed> cargo test --test openapi`; search longer
+//! Reproduce a run with the seed it printed: `SCHEMATHESIS_SEED=<seed> cargo test --test it openapi::`; search longer
 //! with `SCHEMATHESIS_MAX_EXAMPLES=1000` (about 10 times as long).
-
-mod common;
 
 use std::{
     process::Stdio,
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::harness::*;
 
 const API_TOKEN: &str = "openapi-test-token-0123456789";
 const SHOP_KEY: &str = "shop-key-0123456789abcdef";
@@ -75,8 +73,8 @@ async fn the_api_answers_as_its_openapi_document_says() {
     }
     let (node, other) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
-    io.join("foo", node, "foo", "Maths", "websocket").await;
-    io.join("bar", other, "bar", "Maths", "websocket").await;
+    io.join(Conn::to("foo", node).user("foo", "Maths")).await;
+    io.join(Conn::to("bar", other).user("bar", "Maths")).await;
 
     let mut cmd = tokio::process::Command::new(&schemathesis);
     // Credentials and the site for tests/schemathesis.toml, which says which checks run where, and why.

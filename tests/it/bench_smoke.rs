@@ -11,14 +11,12 @@
 //! cost per operation on 1 and 2 nodes (a wrong answer, a lost event or ack, a message left in the store fail).
 //! Both run the many-connections phase small (a holder process per node, 20 connections each, a room of 20).
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
-use common::*;
+use crate::harness::*;
 
 /// The load generator, `bench/`'s own package: cargo names only this package's binaries to its tests, and builds
 /// it next to ours. `cargo test` builds it (the `bench` package's tests need it too); alone, this test needs

@@ -1,11 +1,10 @@
 //! End-to-end: a real Redis, three real node processes, real socket.io-client sockets.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_lists_the_whole_room() {
@@ -16,12 +15,26 @@ async fn every_node_lists_the_whole_room() {
     let http = Http::new();
     let mut clients = Clients::start();
 
-    let foo = clients.join("foo", a, "foo", "Maths", "websocket").await;
-    let bar = clients.join("bar", b, "bar", "Maths", "polling").await;
-    let baz = clients.join("baz", c, "baz", "Maths", "any").await;
-    let qux = clients.join("qux", b, "qux", "Physics", "websocket").await;
+    let foo = clients.join(Conn::to("foo", a).user("foo", "Maths")).await;
+    let bar = clients
+        .join(
+            Conn::to("bar", b)
+                .user("bar", "Maths")
+                .transports(&["polling"]),
+        )
+        .await;
+    let baz = clients
+        .join(
+            Conn::to("baz", c)
+                .user("baz", "Maths")
+                .transports(&["polling", "websocket"]),
+        )
+        .await;
+    let qux = clients
+        .join(Conn::to("qux", b).user("qux", "Physics"))
+        .await;
     // Two sockets of one user are two entries.
-    let foo2 = clients.join("foo2", c, "foo", "Maths", "websocket").await;
+    let foo2 = clients.join(Conn::to("foo2", c).user("foo", "Maths")).await;
 
     let maths = pairs(&[(&foo, "foo"), (&bar, "bar"), (&baz, "baz"), (&foo2, "foo")]);
     for node in &nodes {
@@ -76,16 +89,22 @@ async fn room_events_cross_nodes() {
     let http = Http::new();
     let mut clients = Clients::start();
 
-    let foo = clients.join("foo", a, "foo", "Maths", "websocket").await;
+    let foo = clients.join(Conn::to("foo", a).user("foo", "Maths")).await;
     let hello = clients.expect("foo", "handshake").await;
     assert_eq!(hello["args"][0]["node"], "a");
     assert_eq!(hello["args"][0]["id_socket"], foo.as_str());
     let other = clients
-        .join("other", b, "other", "Physics", "websocket")
+        .join(Conn::to("other", b).user("other", "Physics"))
         .await;
     let _ = other;
 
-    let bar = clients.join("bar", c, "bar", "Maths", "polling").await;
+    let bar = clients
+        .join(
+            Conn::to("bar", c)
+                .user("bar", "Maths")
+                .transports(&["polling"]),
+        )
+        .await;
     assert_eq!(
         clients.expect("bar", "handshake").await["args"][0]["node"],
         "c"
@@ -205,7 +224,7 @@ async fn check_refusals(node: &Node) {
     for (i, (query, auth, message)) in cases.iter().enumerate() {
         let id = format!("bad{i}");
         clients
-            .open(&id, node, query.clone(), auth.clone(), &["websocket"])
+            .open(Conn::to(&id, node).query(query.clone()).auth(auth.clone()))
             .await;
         let ev = clients.expect_any(&id, &["connect", "connect_error"]).await;
         assert_eq!(ev["event"], "connect_error", "{query} {auth}: {ev}");
@@ -214,11 +233,9 @@ async fn check_refusals(node: &Node) {
     // auth works as well as the query, and wins over it.
     clients
         .open(
-            "good",
-            node,
-            json!({"id_user": "q", "room": "Q"}),
-            json!({"id_user": "fromauth", "room": "Maths"}),
-            &["websocket"],
+            Conn::to("good", node)
+                .user("q", "Q")
+                .auth(json!({"id_user": "fromauth", "room": "Maths"})),
         )
         .await;
     let sid = clients.expect("good", "connect").await["sid"]
@@ -262,13 +279,19 @@ async fn single_node_without_redis() {
 
     let mut clients = Clients::start();
     let foo = clients
-        .join("foo", &node, "foo", "Maths", "websocket")
+        .join(Conn::to("foo", &node).user("foo", "Maths"))
         .await;
     assert_eq!(
         clients.expect("foo", "handshake").await["args"][0]["node"],
         "solo"
     );
-    let bar = clients.join("bar", &node, "bar", "Maths", "polling").await;
+    let bar = clients
+        .join(
+            Conn::to("bar", &node)
+                .user("bar", "Maths")
+                .transports(&["polling"]),
+        )
+        .await;
     assert_eq!(
         clients.expect("foo", "socket-connected").await["args"][0]["id_socket"],
         bar.as_str()
@@ -305,7 +328,7 @@ async fn single_node_without_redis() {
     // server-side namespace disconnect) makes socket.io-client reconnect by itself, to another node.
     let mut clients = Clients::start();
     clients
-        .join("last", &node, "last", "Maths", "websocket")
+        .join(Conn::to("last", &node).user("last", "Maths"))
         .await;
     let status = node.terminate().await;
     assert!(status.success(), "exit status {status}");
@@ -321,13 +344,13 @@ async fn a_hung_or_dead_node_never_stalls_the_query() {
     let http = Http::new();
     let mut clients = Clients::start();
     let foo = clients
-        .join("foo", &nodes[0], "foo", "Maths", "websocket")
+        .join(Conn::to("foo", &nodes[0]).user("foo", "Maths"))
         .await;
     let _bar = clients
-        .join("bar", &nodes[1], "bar", "Maths", "websocket")
+        .join(Conn::to("bar", &nodes[1]).user("bar", "Maths"))
         .await;
     let baz = clients
-        .join("baz", &nodes[2], "baz", "Maths", "websocket")
+        .join(Conn::to("baz", &nodes[2]).user("baz", "Maths"))
         .await;
 
     // Node b hangs (still subscribed in Redis, never answers).
@@ -388,8 +411,8 @@ async fn the_cluster_recovers_after_a_redis_restart() {
     let [a, b] = &nodes[..] else { unreachable!() };
     let http = Http::new();
     let mut clients = Clients::start();
-    let foo = clients.join("foo", a, "foo", "Maths", "websocket").await;
-    let bar = clients.join("bar", b, "bar", "Maths", "websocket").await;
+    let foo = clients.join(Conn::to("foo", a).user("foo", "Maths")).await;
+    let bar = clients.join(Conn::to("bar", b).user("bar", "Maths")).await;
     clients.expect("foo", "socket-connected").await;
 
     // Redis goes away: each node still answers, at once or at the timeout, with its own sockets, marked partial.
@@ -413,7 +436,7 @@ async fn the_cluster_recovers_after_a_redis_restart() {
     }
 
     // Redis is back (empty: a restart without persistence). Nodes reconnect and re-subscribe by themselves.
-    let _redis = Redis::start_on(&dir, port);
+    let _redis = Redis::start_on(&dir, port, &[]);
     let back = std::time::Instant::now();
     let both = pairs(&[(&foo, "foo"), (&bar, "bar")]);
     for node in &nodes {
@@ -436,7 +459,7 @@ async fn the_cluster_recovers_after_a_redis_restart() {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     for n in 0.. {
         let id = format!("late{n}");
-        let sid = clients.join(&id, b, &id, "Maths", "websocket").await;
+        let sid = clients.join(Conn::to(&id, b).user(&id, "Maths")).await;
         let ev = clients
             .within("foo", &["socket-connected"], Duration::from_millis(500))
             .await;

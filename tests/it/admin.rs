@@ -1,12 +1,11 @@
 //! The socket.io admin UI's protocol, cluster-wide, with real components: 2 node processes on a real Redis, and
 //! the official socket.io-client playing the admin UI (every event and field the UI reads) and the users.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -79,8 +78,8 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
     let http = Http::new();
-    let u1 = io.join("u1", a, "user-1", "r1", "websocket").await;
-    let u2 = io.join("u2", b, "user-2", "r2", "websocket").await;
+    let u1 = io.join(Conn::to("u1", a).user("user-1", "r1")).await;
+    let u2 = io.join(Conn::to("u2", b).user("user-2", "r2")).await;
 
     // Refusals: the message the UI compares.
     for (id, auth) in [
@@ -89,13 +88,15 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
         ("empty", json!({})),
         ("forged", json!({"sessionId": "0123456789abcdef"})),
     ] {
-        let ev = io.login(id, &a.base(), "/admin", auth).await;
+        let ev = io.connect(Conn::to(id, &a).ns("/admin").auth(auth)).await;
         assert_eq!(ev["event"], "connect_error", "{id}: {ev}");
         assert_eq!(ev["message"], "invalid credentials", "{id}: {ev}");
     }
 
     // Login on node a: session, config, then every socket of both nodes, once.
-    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    let ev = io
+        .connect(Conn::to("admin", &a).ns("/admin").auth(login()))
+        .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let session = io.expect("admin", "session").await["args"][0].clone();
     let session = session.as_str().expect("a session id").to_owned();
@@ -165,14 +166,18 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
 
     // Session resumption on the other node (sessions are in Redis).
     let ev = io
-        .login("admin2", &b.base(), "/admin", json!({"sessionId": session}))
+        .connect(
+            Conn::to("admin2", &b)
+                .ns("/admin")
+                .auth(json!({"sessionId": session})),
+        )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     io.expect("admin2", "config").await;
     io.expect("admin2", "all_sockets").await;
 
     // Per-socket events from the other node reach the admin on a.
-    let u3 = io.join("u3", b, "user-3", "r3", "websocket").await;
+    let u3 = io.join(Conn::to("u3", b).user("user-3", "r3")).await;
     let ev = until(&mut io, "admin", "socket_connected", |e| {
         e["args"][0]["id"] == u3.as_str()
     })
@@ -182,11 +187,9 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
 
     // A client that starts on long-polling: connected as polling, then updated when it upgrades.
     io.open(
-        "up",
-        a,
-        json!({"id_user": "user-up", "room": "r4"}),
-        json!(null),
-        &["polling", "websocket"],
+        Conn::to("up", a)
+            .user("user-up", "r4")
+            .transports(&["polling", "websocket"]),
     )
     .await;
     let up = io.expect("up", "connect").await["sid"]
@@ -291,7 +294,9 @@ async fn the_admin_ui_sees_and_commands_the_whole_cluster() {
     // A node that does not answer is left out of all_sockets, never waited for beyond the request timeout.
     b.pause();
     let asked = std::time::Instant::now();
-    let ev = io.login("admin3", &a.base(), "/admin", login()).await;
+    let ev = io
+        .connect(Conn::to("admin3", &a).ns("/admin").auth(login()))
+        .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let all = io.expect("admin3", "all_sockets").await;
     let waited = asked.elapsed();
@@ -319,8 +324,10 @@ async fn readonly_production_admins_get_statistics_only() {
     let (_dir, _redis, nodes) = cluster_with_config(test, 2, &config(extra)).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
-    let u1 = io.join("u1", b, "user-1", "r1", "websocket").await;
-    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    let u1 = io.join(Conn::to("u1", b).user("user-1", "r1")).await;
+    let ev = io
+        .connect(Conn::to("admin", &a).ns("/admin").auth(login()))
+        .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let config = io.expect("admin", "config").await;
     assert_eq!(
@@ -330,7 +337,7 @@ async fn readonly_production_admins_get_statistics_only() {
     let stats = io.expect("admin", "server_stats").await;
     assert!(stats["args"][0]["serverId"].is_string(), "{stats}");
     // No socket list, no per-socket events, and commands do nothing.
-    io.join("u2", b, "user-2", "r2", "websocket").await;
+    io.join(Conn::to("u2", b).user("user-2", "r2")).await;
     io.emit("admin", "_disconnect", json!(["/", false, u1]), false)
         .await;
     io.expect_none("u1", "disconnect", Duration::from_millis(800))
@@ -358,14 +365,8 @@ async fn the_admin_ui_in_a_browser_shows_the_cluster() {
     assert!(res.text().await.unwrap().contains("id=\"app\""));
     let mut io = Clients::start();
     for (i, node) in [a, b, b].iter().enumerate() {
-        io.join(
-            &format!("u{i}"),
-            node,
-            &format!("user-{i}"),
-            "lobby",
-            "websocket",
-        )
-        .await;
+        io.join(Conn::to(&format!("u{i}"), node).user(&format!("user-{i}"), "lobby"))
+            .await;
     }
     let artifacts = root().join("tests/artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -429,7 +430,7 @@ async fn the_admin_ui_never_receives_a_clients_secrets() {
             "cookie": format!("ID_TOKEN={}", secrets[1]), "proxy-authorization": format!("Basic {}", secrets[2]),
             "x-keep": "visible"});
         let ev = io
-            .connect_ns(id, &b.base(), "/", query, auth, headers)
+            .connect(Conn::to(id, &b).query(query).auth(auth).headers(headers))
             .await;
         assert_eq!(ev["event"], "connect", "{ev}");
         ev["sid"].as_str().unwrap().to_owned()
@@ -458,7 +459,9 @@ async fn the_admin_ui_never_receives_a_clients_secrets() {
 
     // Listed when the admin UI logs in (node a asks b through the cluster protocol).
     let u1 = connect(&mut io, "u1", "user-1").await;
-    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    let ev = io
+        .connect(Conn::to("admin", &a).ns("/admin").auth(login()))
+        .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let all = io.expect("admin", "all_sockets").await;
     let listed = all["args"][0].as_array().unwrap();
@@ -509,8 +512,7 @@ async fn failed_logins_back_off_per_address() {
     let wrong = json!({"username": "admin", "password": "wrong"});
     for i in 0..20 {
         let id = format!("w{i}");
-        io.open_at(&id, &admin, Value::Null, wrong.clone(), &["websocket"])
-            .await;
+        io.open(Conn::to(&id, &admin).auth(wrong.clone())).await;
     }
     let backoff = |ev: &Value| {
         let message = ev["message"].as_str().unwrap_or_default();
@@ -536,36 +538,54 @@ async fn failed_logins_back_off_per_address() {
     assert_eq!(log.matches("admin login refused").count(), 5, "{log}");
 
     // The right password from there waits too, also in a credentials namespace (one allowance per address).
-    let ev = io.login("right", &node.base(), "/admin", login()).await;
+    let ev = io
+        .connect(Conn::to("right", &node).ns("/admin").auth(login()))
+        .await;
     assert!(backoff(&ev), "{ev}");
     let good = json!({"username": "lab-user", "password": "open-sesame"});
-    let ev = io.login("lab", &node.base(), "/do-lab", good.clone()).await;
+    let ev = io
+        .connect(Conn::to("lab", &node).ns("/do-lab").auth(good.clone()))
+        .await;
     assert!(backoff(&ev), "{ev}");
 
     // Another address is not held up, until it fails five times in its turn.
     let ev = io
-        .login_from("127.0.0.2", "other", &node.base(), "/admin", login())
+        .connect(
+            Conn::to("other", &node)
+                .ns("/admin")
+                .auth(login())
+                .local_address("127.0.0.2"),
+        )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let bad = json!({"username": "lab-user", "password": "wrong"});
     for i in 0..5 {
         let ev = io
-            .login_from(
-                "127.0.0.2",
-                &format!("x{i}"),
-                &node.base(),
-                "/do-lab",
-                bad.clone(),
+            .connect(
+                Conn::to(&format!("x{i}"), &node)
+                    .ns("/do-lab")
+                    .auth(bad.clone())
+                    .local_address("127.0.0.2"),
             )
             .await;
         assert_eq!(ev["message"], "UNAUTHORIZED", "{ev}");
     }
     let ev = io
-        .login_from("127.0.0.2", "lab2", &node.base(), "/do-lab", good.clone())
+        .connect(
+            Conn::to("lab2", &node)
+                .ns("/do-lab")
+                .auth(good.clone())
+                .local_address("127.0.0.2"),
+        )
         .await;
     assert!(backoff(&ev), "{ev}");
     let ev = io
-        .login_from("127.0.0.3", "lab3", &node.base(), "/do-lab", good)
+        .connect(
+            Conn::to("lab3", &node)
+                .ns("/do-lab")
+                .auth(good)
+                .local_address("127.0.0.3"),
+        )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
 }
@@ -587,7 +607,7 @@ async fn a_replayed_admin_command_is_refused() {
     let (_dir, redis, nodes) = cluster_with(test, 2, 1000, &args).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
-    io.join("u1", b, "user-1", "victims", "websocket").await;
+    io.join(Conn::to("u1", b).user("user-1", "victims")).await;
 
     // A spy on the request channel: what anyone who can subscribe on Redis sees.
     let spy =
@@ -601,7 +621,9 @@ async fn a_replayed_admin_command_is_refused() {
         .await
         .unwrap();
 
-    let ev = io.login("admin", &a.base(), "/admin", login()).await;
+    let ev = io
+        .connect(Conn::to("admin", &a).ns("/admin").auth(login()))
+        .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     io.expect("admin", "all_sockets").await;
     io.emit(
@@ -629,7 +651,7 @@ async fn a_replayed_admin_command_is_refused() {
     let http = Http::new();
     let rejected = "socket_identity_cluster_messages_rejected_total";
     let before = http.metric(b, rejected).await.unwrap();
-    io.join("u2", b, "user-2", "victims", "websocket").await;
+    io.join(Conn::to("u2", b).user("user-2", "victims")).await;
     let subscribers = redis.cli(&["SPUBLISH", &channel, &captured]);
     assert_eq!(
         subscribers.trim(),

@@ -3,11 +3,8 @@
 //! Redis. Each gets a clear answer or a closed connection; the node stays up, its memory bounded, its answers
 //! right.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -16,6 +13,8 @@ use tokio::{
     net::TcpStream,
 };
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -120,7 +119,9 @@ async fn malformed_frames_close_only_their_connection() {
     let dir = log_dir("malformed_frames");
     let node = Node::start(&dir, NodeOpts::default()).await;
     let mut clients = Clients::start();
-    let good = clients.join("good", &node, "good", "R", "websocket").await;
+    let good = clients
+        .join(Conn::to("good", &node).user("good", "R"))
+        .await;
     let before = rss_kib(node.pid());
 
     let fields = "&id_user=raw&room=R";
@@ -398,8 +399,8 @@ async fn forged_cluster_messages_change_no_answer() {
     let prefix = "forged_cluster_messages";
     let (_dir, redis, nodes) = cluster_with(prefix, 2, 1000, &[]).await;
     let mut clients = Clients::start();
-    let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
-    let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
+    let sa = clients.join(Conn::to("a", &nodes[0]).user("ua", "R")).await;
+    let sb = clients.join(Conn::to("b", &nodes[1]).user("ub", "R")).await;
     let exact = pairs(&[(&sa, "ua"), (&sb, "ub")]);
 
     let (publisher, spy) = attacker(&redis).await;
@@ -502,8 +503,8 @@ async fn signed_cluster_messages_cannot_be_forged() {
     )
     .await;
     let mut clients = Clients::start();
-    let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
-    let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
+    let sa = clients.join(Conn::to("a", &nodes[0]).user("ua", "R")).await;
+    let sb = clients.join(Conn::to("b", &nodes[1]).user("ub", "R")).await;
     let exact = pairs(&[(&sa, "ua"), (&sb, "ub")]);
 
     let (publisher, spy) = attacker(&redis).await;
@@ -593,10 +594,10 @@ async fn only_nodes_with_the_same_secret_form_a_cluster() {
     )
     .await;
     let mut clients = Clients::start();
-    let sa = clients.join("a", &nodes[0], "ua", "R", "websocket").await;
-    let sb = clients.join("b", &nodes[1], "ub", "R", "websocket").await;
-    let sc = clients.join("c", &other, "uc", "R", "websocket").await;
-    let sd = clients.join("d", &unsigned, "ud", "R", "websocket").await;
+    let sa = clients.join(Conn::to("a", &nodes[0]).user("ua", "R")).await;
+    let sb = clients.join(Conn::to("b", &nodes[1]).user("ub", "R")).await;
+    let sc = clients.join(Conn::to("c", &other).user("uc", "R")).await;
+    let sd = clients.join(Conn::to("d", &unsigned).user("ud", "R")).await;
     // Give heartbeats time to be heard (and refused).
     tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -2,11 +2,9 @@
 //! with a message naming the file, the line (when the file says which) and what is wrong. The first line of
 //! each file says what the message must contain: `# expect: [:<line>:] <text>`.
 
-mod common;
-
 use std::{process::Command, time::Duration};
 
-use common::*;
+use crate::harness::*;
 
 #[test]
 fn every_bad_config_file_stops_the_node_with_a_clear_message() {
@@ -89,29 +87,10 @@ async fn the_example_config_starts_a_node() {
     )
     .await;
     let mut io = Clients::start();
-    let none = serde_json::Value::Null;
-    let ev = io
-        .connect_ns(
-            "open",
-            &node.base(),
-            "/open",
-            none.clone(),
-            none.clone(),
-            none.clone(),
-        )
-        .await;
+    let ev = io.connect(Conn::to("open", &node).ns("/open")).await;
     assert_eq!(ev["event"], "connect", "{ev}");
     // `/` is not in the file: not served.
-    let ev = io
-        .connect_ns(
-            "root",
-            &node.base(),
-            "/",
-            none.clone(),
-            none.clone(),
-            none.clone(),
-        )
-        .await;
+    let ev = io.connect(Conn::to("root", &node)).await;
     assert_eq!(ev["message"], "Invalid namespace", "{ev}");
     let users = Http::new().users_in(&node.base(), "x", "/").await;
     assert_eq!(users.status, 404);

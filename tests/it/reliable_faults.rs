@@ -2,15 +2,14 @@
 //! killed (its holders forgotten by the survivors, its users' rooms expire), a node paused long enough to be
 //! declared down (back, it holds its rooms again), a node drained, and Redis restarted with its AOF.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 const KEY: &str = "claim-key-0123456789abcdef";
 
@@ -44,7 +43,7 @@ async fn start(test: &str, n: usize, redis_args: &[&str]) -> (PathBuf, Redis, Ve
     let dir = log_dir(test);
     let config = dir.join("config.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let redis = Redis::start_with(&dir, free_port(), redis_args);
+    let redis = Redis::start_with(&dir, redis_args);
     let mut nodes = Vec::new();
     for i in 0..n {
         nodes.push(start_node(&dir, &redis, test, &((b'a' + i as u8) as char).to_string()).await);
@@ -136,13 +135,7 @@ async fn send(http: &Http, node: &Node, site: &str, room: &str, event: &str, arg
 /// socket id. `ack` says which server events with an ack callback the client acknowledges.
 async fn join(io: &mut Clients, id: &str, node: &Node, ns: &str, room: &str, ack: Value) -> String {
     let ev = io
-        .connect_acking(
-            id,
-            &node.base(),
-            ns,
-            json!({"id_user": id, "room": room}),
-            ack,
-        )
+        .connect(Conn::to(id, &node).ns(ns).user(id, room).ack_server(ack))
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     io.expect(id, "handshake").await;
@@ -339,7 +332,7 @@ async fn a_redis_restart_with_aof_loses_no_pending_message() {
     ];
     let config = dir.join("config.toml");
     std::fs::write(&config, CONFIG).unwrap();
-    let redis = Redis::start_with(&dir, free_port(), &aof);
+    let redis = Redis::start_with(&dir, &aof);
     let mut nodes = Vec::new();
     for id in ["a", "b", "c"] {
         nodes.push(start_node(&dir, &redis, test, id).await);
@@ -360,7 +353,7 @@ async fn a_redis_restart_with_aof_loses_no_pending_message() {
     drop(redis);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restarted = Instant::now();
-    let redis = Redis::start_with(&dir, port, &aof);
+    let redis = Redis::start_on(&dir, port, &aof);
     let room = Room::new(&redis, test, "/keep", "user_r");
     assert_eq!(room.pending(), 5, "the AOF kept the queue");
     // Every node is whole again: its own channels (`/ready`) and the adapter's sharded ones.

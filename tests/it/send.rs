@@ -1,12 +1,11 @@
 //! `POST /send` with real components: 3 node processes on a real Redis, the official socket.io-client in rooms on
 //! every node, and the test playing the application's backend over HTTPS.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 const SECRET: &str = "send-test-secret-0123456789";
 const ROOT_KEY: &str = "root-key-0123456789abcdef";
@@ -86,61 +85,32 @@ async fn pushes_reach_rooms_users_and_sessions_on_every_node() {
     let (_dir, _redis, nodes) = start("send_delivery").await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
-    let none = Value::Null;
     // Seed 001's rooms in a claim namespace, on two nodes; a socket of another namespace in an equal room.
     for (id, node, user) in [("s1", a, "1"), ("s2", b, "2")] {
         let query = json!({"id_user": user, "room": "staff"});
         connected(
-            io.connect_ns(id, &node.base(), "/chat", query, none.clone(), none.clone())
+            io.connect(Conn::to(id, &node).ns("/chat").query(query))
                 .await,
         );
     }
     let quiet = json!({"id_user": "9", "room": "staff"});
     connected(
-        io.connect_ns(
-            "other",
-            &c.base(),
-            "/quiet",
-            quiet,
-            none.clone(),
-            none.clone(),
-        )
-        .await,
+        io.connect(Conn::to("other", &c).ns("/quiet").query(quiet))
+            .await,
     );
     // Seed 002's users and sessions on `/`: alice twice (two sessions, two nodes), bob once.
     let root = |sub, sid| json!({"token": jwt(sub, sid)});
     connected(
-        io.connect_ns(
-            "alice1",
-            &a.base(),
-            "/",
-            none.clone(),
-            root("alice", "sa1"),
-            none.clone(),
-        )
-        .await,
+        io.connect(Conn::to("alice1", &a).auth(root("alice", "sa1")))
+            .await,
     );
     connected(
-        io.connect_ns(
-            "alice2",
-            &c.base(),
-            "/",
-            none.clone(),
-            root("alice", "sa2"),
-            none.clone(),
-        )
-        .await,
+        io.connect(Conn::to("alice2", &c).auth(root("alice", "sa2")))
+            .await,
     );
     connected(
-        io.connect_ns(
-            "bob",
-            &b.base(),
-            "/",
-            none.clone(),
-            root("bob", "sb"),
-            none.clone(),
-        )
-        .await,
+        io.connect(Conn::to("bob", &b).auth(root("bob", "sb")))
+            .await,
     );
     let http = Http::new();
 

@@ -4,8 +4,6 @@
 //! The rest of the suite runs on a Redis Cluster too (`TEST_REDIS_CLUSTER=1`, see `scripts/test.sh`); these two
 //! need one whatever that variable says.
 
-mod common;
-
 use std::{
     collections::BTreeSet,
     sync::{
@@ -15,8 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 const KEY: &str = "claim-key-0123456789abcdef";
 
@@ -69,7 +68,9 @@ async fn setup(
     let mut exact = BTreeSet::new();
     for node in &nodes {
         let user = format!("u{}", node.id);
-        let sid = clients.join(&node.id, node, &user, "R", "websocket").await;
+        let sid = clients
+            .join(Conn::to(&node.id, node).user(&user, "R"))
+            .await;
         exact.insert((sid, user));
     }
     let http = Http::new();
@@ -205,7 +206,12 @@ async fn a_master_failover_loses_no_answer_and_restarts_no_node() {
     still_whole(&nodes, &mut clients, &exact).await;
     let q = json!({"id_user": "u", "room": room});
     let ev = clients
-        .connect_acking("u", &nodes[2].base(), "/claim", q, json!(true))
+        .connect(
+            Conn::to("u", &nodes[2])
+                .ns("/claim")
+                .query(q)
+                .ack_server(json!(true)),
+        )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let batch = clients.expect("u", "batch").await;
@@ -255,12 +261,11 @@ async fn moving_slots_between_masters_loses_no_message() {
     let http = Http::new();
     let queue = format!("{test}:delivery:{{/claim|user_9}}:q");
     let ev = clients
-        .connect_acking(
-            "u9",
-            &a.base(),
-            "/claim",
-            json!({"id_user": "u9", "room": "user_9"}),
-            json!(true),
+        .connect(
+            Conn::to("u9", &a)
+                .ns("/claim")
+                .user("u9", "user_9")
+                .ack_server(json!(true)),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -300,12 +305,11 @@ async fn moving_slots_between_masters_loses_no_message() {
     send(&http, b, "e2").await;
     assert_eq!(redis.cli(&["XLEN", &queue]).trim(), "3");
     let ev = clients
-        .connect_acking(
-            "u9",
-            &b.base(),
-            "/claim",
-            json!({"id_user": "u9", "room": "user_9"}),
-            json!(true),
+        .connect(
+            Conn::to("u9", &b)
+                .ns("/claim")
+                .user("u9", "user_9")
+                .ack_server(json!(true)),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");

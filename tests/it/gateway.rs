@@ -11,8 +11,6 @@
 //! clients, cookie tokens only from allowed origins, the event rate, one client per namespace of a multiplexed
 //! connection, oversized frames refused at their header, unverified identities marked as such.
 
-mod common;
-
 use std::{
     collections::HashMap,
     sync::{
@@ -22,7 +20,6 @@ use std::{
     time::Duration,
 };
 
-use common::*;
 use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -34,6 +31,8 @@ use tokio_tungstenite::{
         http::{HeaderName, HeaderValue},
     },
 };
+
+use crate::harness::*;
 
 const SECRET: &str = "gateway-test-secret-0123456789";
 
@@ -683,7 +682,11 @@ async fn every_hook_publishes_its_envelope_to_its_stream() {
     // Socket.IO clients of a gateway namespace: the same hooks, an event being a message of its name's type.
     let mut io = Clients::start();
     let ev = io
-        .login("sio", &c.base(), "/bob", json!({"token": token("bob")}))
+        .connect(
+            Conn::to("sio", &c)
+                .ns("/bob")
+                .auth(json!({"token": token("bob")})),
+        )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let env = backend
@@ -939,7 +942,11 @@ async fn replies_and_failures_reach_the_socket_that_asked() {
     // Socket.IO: the same, as events.
     let mut io = Clients::start();
     let ev = io
-        .login("sio", &c.base(), "/alex", json!({"token": token("alex")}))
+        .connect(
+            Conn::to("sio", &c)
+                .ns("/alex")
+                .auth(json!({"token": token("alex")})),
+        )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let env = backend
@@ -998,11 +1005,10 @@ async fn replies_and_failures_reach_the_socket_that_asked() {
 
     // Socket.IO: an `error` event with the error, then disconnected.
     let ev = io
-        .login(
-            "sio-refused",
-            &a.base(),
-            "/bob",
-            json!({"token": token("bob")}),
+        .connect(
+            Conn::to("sio-refused", &a)
+                .ns("/bob")
+                .auth(json!({"token": token("bob")})),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -1103,7 +1109,11 @@ impl Crowd {
         for (name, user, ns) in &sio {
             let node = if *user == "alex" { c } else { a };
             let ev = io
-                .login(name, &node.base(), ns, json!({"token": token(user)}))
+                .connect(
+                    Conn::to(name, &node)
+                        .ns(ns)
+                        .auth(json!({"token": token(user)})),
+                )
                 .await;
             assert_eq!(ev["event"], "connect", "{name}: {ev}");
         }
@@ -1215,11 +1225,10 @@ async fn broadcast_reaches_every_gateway_client_or_one_namespace() {
     let mut crowd = Crowd::gather(&redis, &nodes).await;
     let ev = crowd
         .io
-        .login(
-            "plain",
-            &nodes[1].base(),
-            "/plain",
-            json!({"token": token("alex")}),
+        .connect(
+            Conn::to("plain", &nodes[1])
+                .ns("/plain")
+                .auth(json!({"token": token("alex")})),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -1593,11 +1602,10 @@ async fn a_forged_username_in_a_message_changes_nothing() {
 
     let mut io = Clients::start();
     let ev = io
-        .login(
-            "sio",
-            &a.base(),
-            "/alex",
-            json!({"token": token("alex"), "username": "bob"}),
+        .connect(
+            Conn::to("sio", &a)
+                .ns("/alex")
+                .auth(json!({"token": token("alex"), "username": "bob"})),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -1758,7 +1766,8 @@ async fn the_gateway_without_redis_is_a_start_up_error() {
             args: &["--config", &config],
             ..NodeOpts::default()
         },
-    );
+    )
+    .await;
     let status = node.exit_within(Duration::from_secs(10)).await;
     let log = node.log_text();
     assert!(
@@ -2020,13 +2029,10 @@ async fn a_cookie_token_counts_only_from_an_allowed_origin() {
     // Socket.IO, a `jwt` namespace with `jwt_cookie`.
     let mut io = Clients::start();
     let ev = io
-        .connect_ns(
-            "evil",
-            &a.base(),
-            "/alex",
-            Value::Null,
-            Value::Null,
-            json!({"cookie": cookie, "origin": evil}),
+        .connect(
+            Conn::to("evil", &a)
+                .ns("/alex")
+                .headers(json!({"cookie": cookie, "origin": evil})),
         )
         .await;
     assert_eq!(ev["event"], "connect_error", "{ev}");
@@ -2039,7 +2045,7 @@ async fn a_cookie_token_counts_only_from_an_allowed_origin() {
         ("own", json!({"cookie": cookie, "origin": a.base()})),
     ] {
         let ev = io
-            .connect_ns(id, &a.base(), "/alex", Value::Null, Value::Null, headers)
+            .connect(Conn::to(id, &a).ns("/alex").headers(headers))
             .await;
         assert_eq!(ev["event"], "connect", "{id}: {ev}");
     }
@@ -2222,13 +2228,10 @@ async fn a_claimed_identity_is_marked_unverified_in_the_envelope() {
     let mut backend = Backend::new(&redis, &[CONNECTION]);
     let mut io = Clients::start();
     let ev = io
-        .connect_ns(
-            "carol",
-            &a.base(),
-            "/claimed",
-            json!({"id_user": "carol"}),
-            Value::Null,
-            Value::Null,
+        .connect(
+            Conn::to("carol", &a)
+                .ns("/claimed")
+                .query(json!({"id_user": "carol"})),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -2243,11 +2246,10 @@ async fn a_claimed_identity_is_marked_unverified_in_the_envelope() {
     );
 
     let ev = io
-        .login(
-            "sio-alex",
-            &a.base(),
-            "/alex",
-            json!({"token": token("alex")}),
+        .connect(
+            Conn::to("sio-alex", &a)
+                .ns("/alex")
+                .auth(json!({"token": token("alex")})),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");

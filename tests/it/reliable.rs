@@ -1,12 +1,11 @@
 //! Reliable per-user delivery with real components: 3 node processes on a real Redis, the official
 //! socket.io-client with real ack callbacks, and the test playing the application's backend (`POST /send`).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use serde_json::{Value, json};
+
+use crate::harness::*;
 
 const KEY: &str = "claim-key-0123456789abcdef";
 
@@ -67,12 +66,11 @@ async fn send(
 /// Connects `id` to `node` in room `room` of `/claim` and waits for its `handshake`.
 async fn join(io: &mut Clients, id: &str, node: &Node, room: &str, ack: Value) {
     let ev = io
-        .connect_acking(
-            id,
-            &node.base(),
-            "/claim",
-            json!({"id_user": id, "room": room}),
-            ack,
+        .connect(
+            Conn::to(id, &node)
+                .ns("/claim")
+                .user(id, room)
+                .ack_server(ack),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -381,12 +379,11 @@ async fn pending_messages_expire_after_the_last_socket_left() {
     let holders = format!("{test}:delivery:{{/brief|user_6}}:holders");
     let xlen = || redis.cli(&["XLEN", &queue]).trim().to_owned();
     let ev = io
-        .connect_acking(
-            "h",
-            &a.base(),
-            "/brief",
-            json!({"id_user": "h", "room": "user_6"}),
-            json!(false),
+        .connect(
+            Conn::to("h", &a)
+                .ns("/brief")
+                .user("h", "user_6")
+                .ack_server(json!(false)),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -420,12 +417,11 @@ async fn pending_messages_expire_after_the_last_socket_left() {
     )
     .await;
     let ev = io
-        .connect_acking(
-            "h2",
-            &b.base(),
-            "/brief",
-            json!({"id_user": "h", "room": "user_6"}),
-            json!(true),
+        .connect(
+            Conn::to("h2", &b)
+                .ns("/brief")
+                .user("h", "user_6")
+                .ack_server(json!(true)),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -454,12 +450,11 @@ async fn a_new_identity_brings_its_user_room_batch() {
         .unwrap();
     assert_eq!(res.status().as_u16(), 200);
     let ev = io
-        .connect_acking(
-            "w",
-            &a.base(),
-            "/who",
-            json!({"id_user": "7", "room": "lobby"}),
-            json!(true),
+        .connect(
+            Conn::to("w", &a)
+                .ns("/who")
+                .user("7", "lobby")
+                .ack_server(json!(true)),
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
@@ -599,7 +594,12 @@ async fn message_ids_and_the_room_cap_are_settings() {
 
     let auth = json!({"id_user": "i1", "room": "user_9"});
     let ev = io
-        .connect_acking("i1", &b.base(), "/ids", auth, json!(true))
+        .connect(
+            Conn::to("i1", &b)
+                .ns("/ids")
+                .query(auth)
+                .ack_server(json!(true)),
+        )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     let batch = io.expect("i1", "batch").await;
