@@ -11,18 +11,18 @@
 //!   grows in send order, so a client can recognise a duplicate (at-least-once: one is redelivered only when its
 //!   ack was lost).
 //! * **Ack removes exactly the given ids**, never a message pushed after the batch was read (the reliable push
-//! service's batch   ack deleted those).
+//!   service's batch ack deleted those).
 //! * **Cap.** A room keeps at most [`Policy::cap`] messages; a push beyond it drops the oldest and says how many
 //!   ([`Pushed::dropped`]), for `/metrics` and the `POST /send` answer.
-//! * **Resync** (the reliable push service's `resync=true`): acking a message pushed with resync that is not the first
-//! pending   message *of the same event name* in its room clears the room's whole queue and asks for a `resync` event
-//!   ([`Acked::Resync`]). Other events do not count ("first for that user and event"), and an ack of a message that
+//! * **Resync** (the reliable push service's `resync=true`): acking a message pushed with resync that is not the
+//!   first pending message *of the same event name* in its room clears the room's whole queue and asks for a
+//!   `resync` event ([`Acked::Resync`]). Other events do not count ("first for that user and event"), and an ack of a message that
 //!   is no longer pending (another socket of the user acked it first) is not a gap: nothing happens.
 //! * **Expiry.** A room with at least one [`Holder`] (socket, on any node) keeps its messages. When its last
 //!   holder leaves, its messages expire [`Ttl`] later; a push to a room nobody holds starts that clock if it is
 //!   not running (a user who never connects does not keep messages for ever) and never extends it. A holder
 //!   arriving stops the clock. `client_ttl_s = 0` is [`Ttl::Forever`]: kept until acknowledged (the reliable push
-//! service turned   0 into 3600).
+//!   service turned 0 into 3600).
 //! * **Dead nodes.** A node killed without saying goodbye leaves its holders behind, which would keep its rooms
 //!   from ever expiring; [`Store::forget_node`] removes them. It is called at start-up for the node's own id, at
 //!   the end of a graceful drain for the node's own id, and by every survivor when membership declares a node

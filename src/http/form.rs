@@ -17,9 +17,9 @@
 //!   (`a[0]=x&a[5]=y` is `{"0":"x","5":"y"}`, as PHP's `json_encode` makes of that array). No index is ever used to
 //!   size an allocation, so a sparse or huge index costs nothing more than any other key.
 //! * The top level is always an object. The same name twice (`rooms=a&rooms=b`, `a[0]=x&a[0]=y`) is
-//!   [`FormError::Repeated`]: PHP keeps the last, other parsers make a list, and the reliable push service's backends
-//! never send it,   so it is refused rather than guessed. A name that is both a value and has parts below it
-//! (`a=1&a[b]=2`, in   either order) is [`FormError::Conflict`].
+//!   [`FormError::Repeated`]: PHP keeps the last, other parsers make a list, and the reliable push service's
+//!   backends never send it, so it is refused rather than guessed. A name that is both a value and has parts below
+//!   it (`a=1&a[b]=2`, in either order) is [`FormError::Conflict`].
 //!
 //! Limits, against hostile bodies (the body size itself is capped by the HTTP layer):
 //! * at most [`MAX_FIELDS`] pairs: every pair costs a few nodes in the tree, so this bounds the work and memory
