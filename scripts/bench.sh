@@ -9,13 +9,15 @@
 #                                    the admin phases ~2 minutes: --admin-overhead, --admin-sockets, 0 skips)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0    the tenancy phases alone
-#   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0
+#   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0 \
+#     --admin-overhead --admin-sockets 0 --gateway-clients 0 --gateway-send-users 0
 #                                    the POST /send phases alone (--send-requests, --send-fanout-size,
 #                                    --reliable-rooms: 0 skips each)
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 \
-#     --ns-size 0 --send-requests 0 --send-fanout-size 0 --reliable-rooms 0
+#     --ns-size 0 --send-requests 0 --send-fanout-size 0 --reliable-rooms 0 --admin-overhead --admin-sockets 0
 #                                    the event-bus gateway phases alone (ours only: --gateway-clients,
 #                                    --gateway-rates, --gateway-send-users; 0 or empty skips each)
+#   BENCHMARKS.md gives each of its sections' exact command.
 # Off by default (BENCHMARKS.md, "Many connections" and "How it scales", give the exact commands):
 #   --big-conns 19500 --big-room 20000   4 nodes x 19,500 idle TLS websockets (one holder process per node, each
 #                                    under the open-files limit), the users query and fan-out of a room of 20,000
