@@ -8,7 +8,9 @@
 #   scripts/bench.sh                 the full run (about 12 minutes on 2 cores, the tenancy phases ~30 s of it,
 #                                    the admin phases ~2 minutes: --admin-overhead, --admin-sockets, 0 skips)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
-#   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0    the tenancy phases alone
+#   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0 --send-requests 0 --send-fanout-size 0 \
+#     --reliable-rooms 0 --admin-overhead --admin-sockets 0 --gateway-clients 0 --gateway-send-users 0
+#                                    the tenancy phases alone
 #   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0 \
 #     --admin-overhead --admin-sockets 0 --gateway-clients 0 --gateway-send-users 0
 #                                    the POST /send phases alone (--send-requests, --send-fanout-size,
