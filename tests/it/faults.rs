@@ -362,14 +362,7 @@ async fn failed_start_up_attempts_leave_no_connection_behind() {
         .count()
         .max(failed);
     // A connection closed by a failed attempt goes once its QUIT is through (behind the paused PUBLISH).
-    let settled = Instant::now() + Duration::from_secs(5);
-    let clients = loop {
-        let clients = redis.clients();
-        if clients.len() <= 4 || Instant::now() > settled {
-            break clients;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let clients = clients_settled_at(&redis, 4).await;
     println!(
         "{failed} failed start-up attempts, then {} connections:\n{}",
         clients.len(),
@@ -420,14 +413,7 @@ async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
     gate.open();
     node.wait_healthy(Duration::from_secs(20)).await;
     // Without a leak: store, adapter, cluster (2) and gateway (a publisher and 3 readers).
-    let settled = Instant::now() + Duration::from_secs(5);
-    let clients = loop {
-        let clients = redis.clients();
-        if clients.len() <= 8 || Instant::now() > settled {
-            break clients;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let clients = clients_settled_at(&redis, 8).await;
     println!(
         "{failed}+ failed start-up attempts, then {} connections:\n{}",
         clients.len(),
@@ -440,6 +426,19 @@ async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
     assert_eq!(subscribers.lines().nth(1), Some("1"), "{subscribers}");
     let users = Http::new().users(&node, "R").await;
     assert_eq!((users.status, users.nodes.as_str()), (200, "1/1"));
+}
+
+/// Redis's `CLIENT LIST` lines once at most `n` are left, or after 5 s: a closed connection goes once its QUIT is
+/// through.
+async fn clients_settled_at(redis: &Redis, n: usize) -> Vec<String> {
+    let settled = Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients = redis.clients();
+        if clients.len() <= n || Instant::now() > settled {
+            return clients;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A TCP relay to Redis that, while closed, lets no more than `limit` connections through at a time: one more is
