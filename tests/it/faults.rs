@@ -347,20 +347,13 @@ async fn failed_start_up_attempts_leave_no_connection_behind() {
     )
     .await;
     let failed = eventually(Duration::from_secs(20), "4 failed attempts", async || {
-        let n = node
-            .log_text()
-            .matches("Redis is not reachable yet")
-            .count();
+        let n = failed_attempts(&node);
         (n >= 4).then_some(n)
     })
     .await;
     redis.cli(&["CLIENT", "UNPAUSE"]);
     node.wait_healthy(Duration::from_secs(20)).await;
-    let failed = node
-        .log_text()
-        .matches("Redis is not reachable yet")
-        .count()
-        .max(failed);
+    let failed = failed_attempts(&node).max(failed);
     // A connection closed by a failed attempt goes once its QUIT is through (behind the paused PUBLISH).
     let clients = clients_settled_at(&redis, 4).await;
     println!(
@@ -403,10 +396,7 @@ async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
     )
     .await;
     let failed = eventually(Duration::from_secs(20), "3 failed attempts", async || {
-        let n = node
-            .log_text()
-            .matches("Redis is not reachable yet")
-            .count();
+        let n = failed_attempts(&node);
         (n >= 3).then_some(n)
     })
     .await;
@@ -426,6 +416,13 @@ async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
     assert_eq!(subscribers.lines().nth(1), Some("1"), "{subscribers}");
     let users = Http::new().users(&node, "R").await;
     assert_eq!((users.status, users.nodes.as_str()), (200, "1/1"));
+}
+
+/// The start-up attempts `node` has logged as failed (and to be retried).
+fn failed_attempts(node: &Node) -> usize {
+    node.log_text()
+        .matches("Redis is not reachable yet")
+        .count()
 }
 
 /// Redis's `CLIENT LIST` lines once at most `n` are left, or after 5 s: a closed connection goes once its QUIT is
