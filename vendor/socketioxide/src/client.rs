@@ -119,7 +119,7 @@ impl<A: Adapter> Client<A> {
         }
     }
 
-    /// Propagate a packet to its target namespace
+    /// Propagate a packet of the Engine.IO connection `sid` to its target namespace
     fn sock_propagate_packet(&self, packet: Packet, sid: Sid) -> Result<(), Error> {
         if let Some(ns) = self.get_ns(&packet.ns) {
             ns.recv(sid, packet.inner)
@@ -278,7 +278,7 @@ impl<A: Adapter> EngineIoHandler for Client<A> {
             .read()
             .unwrap()
             .values()
-            .filter_map(|ns| ns.get_socket(socket.id).ok())
+            .filter_map(|ns| ns.get_conn_socket(socket.id).ok())
             .collect();
 
         let _cnt = socks
@@ -525,5 +525,41 @@ mod test {
             .await
             .expect("the socket should be closed");
         assert_eq!(res, Some(EIoDisconnectReason::PacketParsingError));
+    }
+
+    /// The socket of a connection is found through the connection's id, even if it has another one.
+    #[tokio::test]
+    async fn engine_disconnect_closes_a_socket_with_a_chosen_id() {
+        use crate::session::{ConnectRequest, ConnectSession, SessionResolver, SharedResolver};
+        use futures_core::future::BoxFuture;
+
+        struct Restore(Sid);
+        impl SessionResolver for Restore {
+            fn resolve(&self, _: &ConnectRequest<'_>) -> BoxFuture<'static, ConnectSession> {
+                let sid = self.0;
+                Box::pin(async move { ConnectSession { sid, pid: None } })
+            }
+        }
+        let sid = Sid::new();
+        let config = crate::SocketIoConfig {
+            session_resolver: Some(SharedResolver(Arc::new(Restore(sid)))),
+            ..Default::default()
+        };
+        let client = Arc::new(Client::<LocalAdapter>::new(
+            config,
+            (),
+            #[cfg(feature = "state")]
+            Default::default(),
+        ));
+        client.clone().add_ns("/".into(), async || ());
+        let sock = EIoSocket::new_dummy(Sid::new(), Box::new(|_, _| {}));
+        client.clone().on_connect(sock.clone());
+        client.on_message("0".into(), sock.clone());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        let ns = client.get_ns("/").unwrap();
+        assert!(ns.get_socket(sid).is_ok());
+
+        client.on_disconnect(sock, EIoDisconnectReason::TransportClose);
+        assert!(ns.get_socket(sid).is_err());
     }
 }

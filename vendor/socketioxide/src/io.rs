@@ -26,6 +26,7 @@ use crate::{
     operators::BroadcastOperators,
     parser::Parser,
     service::SocketIoService,
+    session::{SessionResolver, SharedResolver},
     socket::RemoteSocket,
 };
 
@@ -118,6 +119,9 @@ pub struct SocketIoConfig {
 
     /// Decides whether a dynamic namespace may be created for a path, before anything is allocated for it.
     pub(crate) dyn_ns_filter: Option<DynNsFilter>,
+
+    /// Chooses the id and `pid` of every socket connecting to a namespace (connection state recovery).
+    pub(crate) session_resolver: Option<SharedResolver>,
 }
 
 /// A check on the path of a dynamic namespace a client asks for, run before the namespace (and its adapter) is
@@ -150,6 +154,7 @@ impl Default for SocketIoConfig {
             parse_config: ParseConfig::default(),
             server_id: Uid::new(),
             dyn_ns_filter: None,
+            session_resolver: None,
         }
     }
 }
@@ -234,6 +239,17 @@ impl<A: Adapter> SocketIoBuilder<A> {
     #[inline]
     pub fn dyn_ns_filter(mut self, filter: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
         self.config.dyn_ns_filter = Some(DynNsFilter(Arc::new(filter)));
+        self
+    }
+
+    /// Chooses the id and `pid` of every socket connecting to a namespace, before its middlewares run: a
+    /// server implementing connection state recovery gives a reconnecting client its previous socket's id
+    /// back, and sends `pid` beside `sid` in the CONNECT answer. See [`SessionResolver`].
+    ///
+    /// Defaults to none: a socket's id is its Engine.IO connection's id, and the CONNECT answer has no `pid`.
+    #[inline]
+    pub fn session_resolver(mut self, resolver: impl SessionResolver) -> Self {
+        self.config.session_resolver = Some(SharedResolver(Arc::new(resolver)));
         self
     }
 

@@ -345,6 +345,7 @@ pub mod handler;
 pub mod layer;
 pub mod operators;
 pub mod service;
+pub mod session;
 pub mod socket;
 
 pub use engineioxide::TransportType;
@@ -353,6 +354,7 @@ pub use errors::{
     SendError, SocketError,
 };
 pub use io::{ParserConfig, SocketIo, SocketIoBuilder, SocketIoConfig};
+pub use session::{ConnectRequest, ConnectSession, SessionResolver};
 
 mod client;
 mod errors;

@@ -12,12 +12,14 @@ use crate::{
     errors::{ConnectFail, Error},
     handler::{BoxedConnectHandler, ConnectHandler, MakeErasedHandler},
     parser::Parser,
+    session::{ConnectRequest, SharedResolver},
     socket::{DisconnectReason, Socket},
 };
+use serde::Serialize;
 use socketioxide_core::{
     Sid, Str, Uid, Value,
     adapter::{BroadcastIter, CoreLocalAdapter, RemoteSocketData, SocketEmitter},
-    packet::{ConnectPacket, Packet, PacketData},
+    packet::{Packet, PacketData},
     parser::Parse,
 };
 
@@ -33,32 +35,73 @@ pub struct Namespace<A: Adapter> {
     parser: Parser,
     handler: BoxedConnectHandler<A>,
     sockets: RwLock<HashMap<Sid, Arc<Socket<A>>>>,
-    /// The ids of the sockets that are connecting to this namespace, but which are not yet
-    /// in [`Self::sockets`] because their middlewares are still running.
+    /// Engine.IO connection id -> socket id, for the sockets whose id is not their connection's id
+    /// (chosen by a [`SessionResolver`](crate::SessionResolver)): what finds the socket of a connection.
+    /// Empty without a resolver.
+    chosen_sids: RwLock<HashMap<Sid, Sid>>,
+    /// The ids of the connections whose socket is connecting to this namespace, but which is not yet
+    /// in [`Self::sockets`] because its resolver or middlewares are still running, and the ids these
+    /// sockets will get when a resolver chose another one.
     connecting: Mutex<HashSet<Sid>>,
+    session_resolver: Option<SharedResolver>,
 }
 
-/// Marks a socket as connecting to a namespace until dropped.
+/// Marks a connection's socket as connecting to a namespace until dropped.
 struct ConnectingGuard<'a, A: Adapter> {
     ns: &'a Namespace<A>,
+    /// The Engine.IO connection's id.
     sid: Sid,
+    /// The id the socket will get, reserved with [`Self::reserve`], if not [`Self::sid`].
+    chosen_sid: Option<Sid>,
 }
 impl<'a, A: Adapter> ConnectingGuard<'a, A> {
-    /// Returns `None` if the socket is already connected or connecting to this namespace.
+    /// Returns `None` if the connection's socket is already connected or connecting to this namespace,
+    /// or if another socket has the connection's id.
     fn new(ns: &'a Namespace<A>, sid: Sid) -> Option<Self> {
         let mut connecting = ns.connecting.lock().unwrap();
-        // A socket is inserted in `sockets` before its guard is dropped, so it is
+        // A socket is inserted in `sockets` (and `chosen_sids`) before its guard is dropped, so it is
         // always found in at least one of them when the connection is in progress or done.
-        if ns.sockets.read().unwrap().contains_key(&sid) || !connecting.insert(sid) {
+        if ns.sockets.read().unwrap().contains_key(&sid)
+            || ns.chosen_sids.read().unwrap().contains_key(&sid)
+            || !connecting.insert(sid)
+        {
             return None;
         }
-        Some(Self { ns, sid })
+        Some(Self {
+            ns,
+            sid,
+            chosen_sid: None,
+        })
+    }
+
+    /// Reserves `sid`, chosen instead of the connection's id, for the socket.
+    /// Returns false if another socket of the namespace has it or is connecting with it.
+    fn reserve(&mut self, sid: Sid) -> bool {
+        let mut connecting = self.ns.connecting.lock().unwrap();
+        if self.ns.sockets.read().unwrap().contains_key(&sid) || !connecting.insert(sid) {
+            return false;
+        }
+        self.chosen_sid = Some(sid);
+        true
     }
 }
 impl<A: Adapter> Drop for ConnectingGuard<'_, A> {
     fn drop(&mut self) {
-        self.ns.connecting.lock().unwrap().remove(&self.sid);
+        let mut connecting = self.ns.connecting.lock().unwrap();
+        connecting.remove(&self.sid);
+        if let Some(sid) = self.chosen_sid {
+            connecting.remove(&sid);
+        }
     }
+}
+
+/// The payload of the CONNECT answer (protocol v5): the socket's id, and the private session id of
+/// connection state recovery if a [`SessionResolver`](crate::SessionResolver) gave one.
+#[derive(Serialize)]
+struct ConnectAnswer<'a> {
+    sid: Sid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<&'a str>,
 }
 
 /// ===== impl NamespaceCtr =====
@@ -112,7 +155,9 @@ impl<A: Adapter> Namespace<A> {
             handler,
             parser,
             sockets: HashMap::new().into(),
+            chosen_sids: HashMap::new().into(),
             connecting: HashSet::new().into(),
+            session_resolver: config.session_resolver.clone(),
             adapter: Arc::new(A::new(
                 adapter_state,
                 CoreLocalAdapter::new(Emitter::new(ns.clone(), parser, path, ack_timeout, uid)),
@@ -120,29 +165,34 @@ impl<A: Adapter> Namespace<A> {
         })
     }
 
-    /// Connects a socket to a namespace.
+    /// Connects the socket of the Engine.IO connection `sid` to a namespace.
     ///
-    /// Middlewares are first called to check if the connection is allowed.
+    /// The [`SessionResolver`](crate::SessionResolver), if any, first chooses the socket's id (the
+    /// connection's id by default) and `pid`.
+    /// Middlewares are then called to check if the connection is allowed.
     /// * If the handler returns an error, a connect_error packet is sent to the client.
     /// * If the handler returns Ok, a connect packet is sent to the client and the handler `is` called.
     ///
-    /// A connect packet for a socket already connected or connecting to this namespace is ignored.
-    /// Otherwise it would run the handlers twice and replace (or remove, if the middlewares reject
-    /// it) the socket with the same id, without calling its disconnect handler.
+    /// A connect packet for a connection whose socket is already connected or connecting to this
+    /// namespace is ignored. Otherwise it would run the handlers twice and replace (or remove, if the
+    /// middlewares reject it) the socket with the same id, without calling its disconnect handler.
     pub(crate) async fn connect(
         self: Arc<Self>,
         sid: Sid,
         esocket: Arc<engineioxide::Socket<SocketData<A>>>,
         auth: Option<Value>,
     ) -> Result<(), ConnectFail> {
-        let Some(_guard) = ConnectingGuard::new(&self, sid) else {
+        let Some(mut guard) = ConnectingGuard::new(&self, sid) else {
             #[cfg(feature = "tracing")]
             tracing::debug!(%sid, ?self.path, "ignoring duplicate connect packet");
             return Err(ConnectFail);
         };
+        let (socket_sid, pid) = self
+            .resolve_session(&mut guard, &esocket, auth.as_ref())
+            .await;
 
         let socket: Arc<Socket<A>> =
-            Socket::new(sid, self.clone(), esocket.clone(), self.parser).into();
+            Socket::new(socket_sid, self.clone(), esocket.clone(), self.parser).into();
 
         if let Err(e) = self.handler.call_middleware(socket.clone(), &auth).await {
             #[cfg(feature = "tracing")]
@@ -151,7 +201,7 @@ impl<A: Adapter> Namespace<A> {
             // user middleware code might have made the socket join some
             // room in the local/remote adapter. The socket never enters `self.sockets`,
             // so nothing else will ever clean it up.
-            self.remove_socket(sid);
+            self.remove_socket(socket.id);
 
             let data = e.to_string();
             if let Err(_e) = socket.send(Packet::connect_error(self.path.clone(), data)) {
@@ -163,12 +213,21 @@ impl<A: Adapter> Namespace<A> {
             return Err(ConnectFail);
         }
 
-        self.sockets.write().unwrap().insert(sid, socket.clone());
+        if socket.id != sid {
+            self.chosen_sids.write().unwrap().insert(sid, socket.id);
+        }
+        self.sockets
+            .write()
+            .unwrap()
+            .insert(socket.id, socket.clone());
         #[cfg(feature = "tracing")]
         tracing::trace!(?socket.id, ?self.path, "socket added to namespace");
 
         let protocol = esocket.protocol.into();
-        let payload = ConnectPacket { sid: socket.id };
+        let payload = ConnectAnswer {
+            sid: socket.id,
+            pid: pid.as_deref(),
+        };
         let payload = match protocol {
             ProtocolVersion::V5 => Some(self.parser.encode_default(&payload).unwrap()),
             ProtocolVersion::V4 => None,
@@ -177,7 +236,7 @@ impl<A: Adapter> Namespace<A> {
             #[cfg(feature = "tracing")]
             tracing::debug!(%sid, "error sending connect packet: {_e}, closing conn");
 
-            self.remove_socket(sid);
+            self.remove_socket(socket.id);
             esocket.close(engineioxide::DisconnectReason::TransportError);
             return Err(ConnectFail);
         }
@@ -188,12 +247,50 @@ impl<A: Adapter> Namespace<A> {
         Ok(())
     }
 
+    /// Asks the [`SessionResolver`](crate::SessionResolver), if any, for the id and `pid` of the socket
+    /// of the connection `guard` marks. Without one, or if another socket has the id it chose, the
+    /// socket gets the connection's id and no `pid`.
+    async fn resolve_session(
+        &self,
+        guard: &mut ConnectingGuard<'_, A>,
+        esocket: &engineioxide::Socket<SocketData<A>>,
+        auth: Option<&Value>,
+    ) -> (Sid, Option<String>) {
+        let sid = guard.sid;
+        // Clients of the protocol v4 derive their socket's id from their connection's id.
+        let Some(resolver) = self
+            .session_resolver
+            .as_ref()
+            .filter(|_| ProtocolVersion::from(esocket.protocol) == ProtocolVersion::V5)
+        else {
+            return (sid, None);
+        };
+        let req = ConnectRequest {
+            ns: &self.path,
+            sid,
+            req_parts: &esocket.req_parts,
+            auth,
+        };
+        let session = resolver.0.resolve(&req).await;
+        if session.sid == sid || guard.reserve(session.sid) {
+            return (session.sid, session.pid);
+        }
+        #[cfg(feature = "tracing")]
+        tracing::debug!(%sid, chosen = %session.sid, ?self.path, "socket id in use, not restored");
+        (sid, None)
+    }
+
     /// Removes a socket from a namespace
     pub fn remove_socket(&self, sid: Sid) {
         #[cfg(feature = "tracing")]
         tracing::trace!(?sid, ?self.path, "removing socket from namespace");
 
-        self.sockets.write().unwrap().remove(&sid);
+        let removed = self.sockets.write().unwrap().remove(&sid);
+        if let Some(socket) = removed
+            && socket.eio_sid() != sid
+        {
+            self.chosen_sids.write().unwrap().remove(&socket.eio_sid());
+        }
         self.adapter.get_local().del_all(sid);
     }
 
@@ -201,12 +298,27 @@ impl<A: Adapter> Namespace<A> {
         self.sockets.read().unwrap().values().any(|s| s.id == sid)
     }
 
+    /// Handles a packet of the Engine.IO connection `sid` to this namespace.
     pub fn recv(&self, sid: Sid, packet: PacketData) -> Result<(), Error> {
         match packet {
             PacketData::Connect(_) => unreachable!("connect packets should be handled before"),
             PacketData::ConnectError(_) => Err(Error::InvalidPacketType),
-            packet => self.get_socket(sid)?.recv(packet),
+            packet => self.get_conn_socket(sid)?.recv(packet),
         }
+    }
+
+    /// The socket of the Engine.IO connection `sid`, whose id is `sid` unless a
+    /// [`SessionResolver`](crate::SessionResolver) chose another.
+    pub fn get_conn_socket(&self, sid: Sid) -> Result<Arc<Socket<A>>, Error> {
+        let socket_sid = self.chosen_sids.read().unwrap().get(&sid).copied();
+        self.sockets
+            .read()
+            .unwrap()
+            .get(&socket_sid.unwrap_or(sid))
+            // A resolver may have given the connection's id to the socket of another connection.
+            .filter(|socket| socket.eio_sid() == sid)
+            .cloned()
+            .ok_or(Error::SocketGone(sid))
     }
 
     pub fn get_socket(&self, sid: Sid) -> Result<Arc<Socket<A>>, Error> {
@@ -479,8 +591,10 @@ impl<A: Adapter> Drop for Namespace<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::{ConnectSession, SessionResolver};
     use crate::{adapter::LocalAdapter, extract::SocketRef, handler::ConnectHandler};
     use engineioxide::Socket as EIoSocket;
+    use futures_core::future::BoxFuture;
     use socketioxide_core::adapter::CoreAdapter;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Notify;
@@ -634,5 +748,273 @@ mod tests {
         );
         assert!(ns.clone().connect(sid, esocket, None).await.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A resolver giving every socket the id `.0` and the `pid` "pid".
+    struct Restore(Sid);
+    impl SessionResolver for Restore {
+        fn resolve(&self, _: &ConnectRequest<'_>) -> BoxFuture<'static, ConnectSession> {
+            let sid = self.0;
+            Box::pin(async move {
+                ConnectSession {
+                    sid,
+                    pid: Some("pid".into()),
+                }
+            })
+        }
+    }
+
+    fn resolver_config(resolver: impl SessionResolver) -> SocketIoConfig {
+        SocketIoConfig {
+            session_resolver: Some(SharedResolver(Arc::new(resolver))),
+            ..Default::default()
+        }
+    }
+
+    /// A connection whose packets to the client are read from the returned receiver.
+    fn piped_esocket(
+        sid: Sid,
+    ) -> (
+        Arc<EIoSocket<SocketData<LocalAdapter>>>,
+        tokio::sync::mpsc::Receiver<engineioxide::Packet>,
+    ) {
+        EIoSocket::new_dummy_piped(sid, Box::new(|_, _| ()), 16)
+    }
+
+    async fn connect_answer(rx: &mut tokio::sync::mpsc::Receiver<engineioxide::Packet>) -> String {
+        let packet = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
+        match packet.expect("no connect answer") {
+            Some(engineioxide::Packet::Message(msg)) => msg.to_string(),
+            packet => panic!("unexpected packet: {packet:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn resolver_sees_the_connect_request() {
+        type Seen = Option<(String, Sid, Option<Value>)>;
+        struct Spy(Arc<Mutex<Seen>>);
+        impl SessionResolver for Spy {
+            fn resolve(&self, req: &ConnectRequest<'_>) -> BoxFuture<'static, ConnectSession> {
+                let seen = (req.ns.to_owned(), req.sid, req.auth.cloned());
+                *self.0.lock().unwrap() = Some(seen);
+                let sid = req.sid;
+                Box::pin(async move { ConnectSession { sid, pid: None } })
+            }
+        }
+        let seen = Arc::new(Mutex::new(None));
+        let config = resolver_config(Spy(seen.clone()));
+        let ns = Namespace::<LocalAdapter>::new(Str::from("/chat"), async || (), &(), &config);
+        let sid = Sid::new();
+        let auth = Value::Str(Str::from(r#"{"pid":"p"}"#), None);
+        let (esocket, mut rx) = piped_esocket(sid);
+
+        assert!(
+            ns.clone()
+                .connect(sid, esocket, Some(auth.clone()))
+                .await
+                .is_ok()
+        );
+        let seen = seen
+            .lock()
+            .unwrap()
+            .take()
+            .expect("the resolver was not called");
+        assert_eq!(seen, ("/chat".to_owned(), sid, Some(auth)));
+        // The resolver kept the connection's id and gave no pid: the answer is the one without resolver.
+        assert_eq!(
+            connect_answer(&mut rx).await,
+            format!(r#"0/chat,{{"sid":"{sid}"}}"#)
+        );
+    }
+
+    #[tokio::test]
+    async fn resolver_chooses_the_socket_id_and_pid() {
+        let (eio_sid, sid) = (Sid::new(), Sid::new());
+        let config = resolver_config(Restore(sid));
+        let ns = Namespace::<LocalAdapter>::new(Str::from("/"), async || (), &(), &config);
+        let (esocket, mut rx) = piped_esocket(eio_sid);
+
+        assert!(ns.clone().connect(eio_sid, esocket, None).await.is_ok());
+        assert_eq!(
+            connect_answer(&mut rx).await,
+            format!(r#"0{{"sid":"{sid}","pid":"pid"}}"#)
+        );
+        assert!(ns.get_socket(eio_sid).is_err());
+        assert_eq!(ns.get_conn_socket(eio_sid).unwrap().id, sid);
+    }
+
+    #[tokio::test]
+    async fn packets_of_the_connection_reach_the_socket_with_a_chosen_id() {
+        let (eio_sid, sid) = (Sid::new(), Sid::new());
+        let ns = Namespace::<LocalAdapter>::new(
+            Str::from("/"),
+            async || (),
+            &(),
+            &resolver_config(Restore(sid)),
+        );
+        let esocket = EIoSocket::new_dummy(eio_sid, Box::new(|_, _| ()));
+        assert!(
+            ns.clone()
+                .connect(eio_sid, esocket.clone(), None)
+                .await
+                .is_ok()
+        );
+
+        // The client leaves the namespace: its socket is removed, and the connection forgotten.
+        assert!(ns.recv(eio_sid, PacketData::Disconnect).is_ok());
+        assert!(ns.get_socket(sid).is_err());
+        assert!(ns.chosen_sids.read().unwrap().is_empty());
+
+        // So it can connect again.
+        assert!(ns.clone().connect(eio_sid, esocket, None).await.is_ok());
+        assert_eq!(ns.get_conn_socket(eio_sid).unwrap().id, sid);
+    }
+
+    #[tokio::test]
+    async fn duplicate_connect_of_a_socket_with_a_chosen_id_is_ignored() {
+        let (eio_sid, sid) = (Sid::new(), Sid::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counting = calls.clone();
+        let ns = Namespace::<LocalAdapter>::new(
+            Str::from("/"),
+            { async || () }.with(async move || {
+                counting.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>(())
+            }),
+            &(),
+            &resolver_config(Restore(sid)),
+        );
+        let esocket = EIoSocket::new_dummy(eio_sid, Box::new(|_, _| ()));
+
+        assert!(
+            ns.clone()
+                .connect(eio_sid, esocket.clone(), None)
+                .await
+                .is_ok()
+        );
+        let socket = ns.get_socket(sid).unwrap();
+        assert!(ns.clone().connect(eio_sid, esocket, None).await.is_err());
+
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(Arc::ptr_eq(&socket, &ns.get_conn_socket(eio_sid).unwrap()));
+    }
+
+    #[tokio::test]
+    async fn chosen_id_of_a_connected_socket_is_not_given() {
+        let (first, second) = (Sid::new(), Sid::new());
+        // Both connections ask for the id of the first one.
+        let config = resolver_config(Restore(first));
+        let ns = Namespace::<LocalAdapter>::new(Str::from("/"), async || (), &(), &config);
+        let (esocket1, mut rx1) = piped_esocket(first);
+        let (esocket2, mut rx2) = piped_esocket(second);
+
+        assert!(ns.clone().connect(first, esocket1, None).await.is_ok());
+        assert!(ns.clone().connect(second, esocket2, None).await.is_ok());
+
+        assert_eq!(
+            connect_answer(&mut rx1).await,
+            format!(r#"0{{"sid":"{first}","pid":"pid"}}"#)
+        );
+        // The second socket keeps its connection's id, and gets no pid.
+        assert_eq!(
+            connect_answer(&mut rx2).await,
+            format!(r#"0{{"sid":"{second}"}}"#)
+        );
+        assert_eq!(ns.get_conn_socket(first).unwrap().id, first);
+        assert_eq!(ns.get_conn_socket(second).unwrap().id, second);
+    }
+
+    /// The socket only enters the namespace after its middleware: its id is reserved meanwhile.
+    #[tokio::test]
+    async fn chosen_id_of_a_connecting_socket_is_not_given() {
+        let (first, second, sid) = (Sid::new(), Sid::new(), Sid::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let started = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let ns = Namespace::<LocalAdapter>::new(
+            Str::from("/"),
+            { async || () }.with({
+                let (calls, started, release) = (calls.clone(), started.clone(), release.clone());
+                async move || {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        started.notify_one();
+                        release.notified().await;
+                    }
+                    Ok::<_, std::io::Error>(())
+                }
+            }),
+            &(),
+            &resolver_config(Restore(sid)),
+        );
+        let esocket1 = EIoSocket::new_dummy(first, Box::new(|_, _| ()));
+        let esocket2 = EIoSocket::new_dummy(second, Box::new(|_, _| ()));
+
+        let pending = tokio::spawn(ns.clone().connect(first, esocket1, None));
+        started.notified().await;
+        assert!(ns.clone().connect(second, esocket2, None).await.is_ok());
+        release.notify_one();
+        assert!(pending.await.unwrap().is_ok());
+
+        assert_eq!(ns.get_conn_socket(first).unwrap().id, sid);
+        assert_eq!(ns.get_conn_socket(second).unwrap().id, second);
+    }
+
+    /// A resolver may give the id of a connection to the socket of another: that connection's packets
+    /// must not reach it.
+    #[tokio::test]
+    async fn connection_lookup_skips_the_socket_of_another_connection() {
+        let (first, second) = (Sid::new(), Sid::new());
+        let config = resolver_config(Restore(first));
+        let ns = Namespace::<LocalAdapter>::new(Str::from("/"), async || (), &(), &config);
+        let esocket1 = EIoSocket::new_dummy(first, Box::new(|_, _| ()));
+        let esocket2 = EIoSocket::new_dummy(second, Box::new(|_, _| ()));
+
+        assert!(ns.clone().connect(second, esocket2, None).await.is_ok());
+        assert_eq!(ns.get_conn_socket(second).unwrap().id, first);
+        assert!(ns.get_conn_socket(first).is_err());
+        assert!(ns.recv(first, PacketData::Disconnect).is_err());
+        assert!(ns.get_socket(first).is_ok());
+
+        // The first connection cannot connect with the id another socket has.
+        assert!(ns.clone().connect(first, esocket1, None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn rejected_middleware_cleans_up_the_rooms_of_a_chosen_id() {
+        let (eio_sid, sid) = (Sid::new(), Sid::new());
+        let ns = Namespace::<LocalAdapter>::new(
+            Str::from("/"),
+            { async || () }.with(async |s: SocketRef| {
+                s.join("room1");
+                Err::<(), _>(std::io::Error::other("rejected"))
+            }),
+            &(),
+            &resolver_config(Restore(sid)),
+        );
+        let esocket = EIoSocket::new_dummy(eio_sid, Box::new(|_, _| ()));
+
+        assert!(ns.clone().connect(eio_sid, esocket, None).await.is_err());
+        assert!(ns.adapter.get_local().socket_rooms(sid).is_empty());
+        assert!(ns.chosen_sids.read().unwrap().is_empty());
+        assert!(ns.connecting.lock().unwrap().is_empty());
+    }
+
+    /// Without a resolver, the answer must stay the one of socketioxide's `ConnectPacket`.
+    #[test]
+    fn connect_answer_without_pid_is_a_connect_packet() {
+        use socketioxide_core::packet::ConnectPacket;
+        let sid = Sid::new();
+        let parsers = [
+            Parser::default(),
+            #[cfg(feature = "msgpack")]
+            Parser::MsgPack(socketioxide_parser_msgpack::MsgPackParser),
+        ];
+        for parser in parsers {
+            let answer = ConnectAnswer { sid, pid: None };
+            assert_eq!(
+                parser.encode_default(&answer).unwrap(),
+                parser.encode_default(&ConnectPacket { sid }).unwrap()
+            );
+        }
     }
 }

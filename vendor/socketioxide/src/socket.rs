@@ -726,6 +726,12 @@ impl<A: Adapter> Socket<A> {
         self.esocket.closed().await;
     }
 
+    /// The id of the Engine.IO connection: [`Self::id`] unless a
+    /// [`SessionResolver`](crate::SessionResolver) chose another.
+    pub(crate) fn eio_sid(&self) -> Sid {
+        self.esocket.id
+    }
+
     pub(crate) fn set_connected(&self, connected: bool) {
         self.connected.store(connected, Ordering::SeqCst);
     }
