@@ -18,9 +18,10 @@
 //! 3. [`config`], [`net`]: the one typed configuration (clap, every flag with an environment variable) and the
 //!    TOML file; rustls configuration, the limits on connections that are not requests yet ([`net::pending`]),
 //!    and the shutdown signal.
-//! 4. [`cluster`], [`delivery`]: the cross-node protocol (wire types, membership by heartbeats, the query's
-//!    waiting logic over Redis pub/sub, signed messages); reliable per-user delivery (queue, ack, `batch`,
-//!    `resync`, TTL), in Redis or in memory.
+//! 4. [`cluster`], [`delivery`], [`recovery`]: the cross-node protocol (wire types, membership by heartbeats, the
+//!    query's waiting logic over Redis pub/sub, signed messages); reliable per-user delivery (queue, ack, `batch`,
+//!    `resync`, TTL), in Redis or in memory; connection state recovery's sessions and event log, in Redis or in
+//!    memory.
 //! 5. [`realtime`]: the Socket.IO side. Its modules are layered the same way, lowest first:
 //!    1. `identity`, `args`, `admission`, `auth`: who a socket is and its user and session rooms; event arguments;
 //!       limits on handshakes; each namespace's way to verify one.
@@ -53,6 +54,7 @@ pub mod gateway;
 pub mod http;
 pub mod net;
 pub mod realtime;
+pub mod recovery;
 pub mod redis;
 pub mod telemetry;
 
