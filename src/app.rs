@@ -29,7 +29,17 @@ use crate::{
     gateway::Gateway,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
-    realtime::{Namespaces, NodeInfo, admission, auth::FailedLogins, push::Push, reliable},
+    realtime::{
+        Namespaces, NodeInfo, admission,
+        auth::FailedLogins,
+        push::Push,
+        recover::{self, Recovery, Resolver},
+        reliable,
+    },
+    recovery::{
+        EventLog, MemoryLog, MemorySessions, RedisLog, Sessions,
+        adapter::{Recorder, Recording, RecordingState},
+    },
     redis,
     telemetry::metrics,
 };
@@ -154,6 +164,7 @@ pub async fn run(
         delivery: Arc::default(),
         observer: Arc::default(),
         bus: Arc::default(),
+        recovery: Arc::default(),
         gateway_events: gateway_config
             .as_ref()
             .map(|g| g.reply_events())
@@ -348,6 +359,8 @@ struct Node {
     adapter: Option<(redis::Subscriber, metrics::RedisWatch)>,
     /// The delivery store's (and admin sessions') connection, and its watcher.
     store_client: Option<(fred::clients::Client, metrics::RedisWatch)>,
+    /// Connection state recovery, when a namespace has a window, and the task keeping its live sessions.
+    recovery: Option<(Arc<Recovery>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Node {
@@ -369,6 +382,9 @@ impl Node {
             let bus: Arc<dyn crate::realtime::bus::Bus> = gateway.clone();
             let _ = info.bus.set(bus);
         }
+        if let Some((recovery, _)) = &self.recovery {
+            let _ = info.recovery.set(recovery.clone());
+        }
     }
 
     /// Closes every client's transport, so that it reconnects elsewhere.
@@ -386,6 +402,9 @@ impl Node {
     /// adapter and the store's connection.
     async fn leave(&self) {
         if let Some(task) = &self.holders {
+            task.abort();
+        }
+        if let Some((_, task)) = &self.recovery {
             task.abort();
         }
         let leave = async {
@@ -417,19 +436,32 @@ impl Node {
 
 /// A single node: the in-memory adapter and delivery store, nothing to join.
 fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> {
-    let (layer, io) =
-        io_builder(parts.info.clone(), parts.admin.clone(), parts.config).build_layer();
-    crate::realtime::handshake::register(&parts.info.namespaces, &io)
-        .map_err(StartError::Config)?;
+    let info = parts.info;
+    let (recorder, recovery) = recovery_of(
+        info,
+        Arc::new(MemoryLog::new()),
+        Arc::new(MemorySessions::new()),
+    );
+    let state = RecordingState {
+        inner: (),
+        recorder,
+    };
+    let builder = io_builder(info.clone(), parts.admin.clone(), parts.config)
+        .with_adapter::<Recording<socketioxide::adapter::LocalAdapter>>(state);
+    let (builder, resolved) = resolving(builder, info);
+    let (layer, io) = builder.build_layer();
+    let _ = resolved.set(io.clone());
+    crate::realtime::handshake::register(&info.namespaces, &io).map_err(StartError::Config)?;
     if let Some(admin) = parts.admin {
         admin.register(&io);
     }
     let node = Node {
         local: Some(Arc::new(crate::realtime::local::Local {
             io: io.clone(),
-            observer: parts.info.observer.clone(),
+            observer: info.observer.clone(),
         })),
         store: Some(Arc::new(MemoryStore::new())),
+        recovery: keep_alive(recovery, &io, info),
         ..Node::default()
     };
     let socketio = SocketIoParts {
@@ -437,6 +469,79 @@ fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> 
         push: Arc::new(io),
     };
     Ok((node, socketio))
+}
+
+/// Connection state recovery over `log` and `sessions`: the recorder every namespace's adapter shares (a
+/// namespace without a window records nothing), and the node's recovery, `None` when no namespace has one.
+fn recovery_of(
+    info: &NodeInfo,
+    log: Arc<dyn EventLog>,
+    sessions: Arc<dyn Sessions>,
+) -> (Arc<Recorder>, Option<Arc<Recovery>>) {
+    let namespaces = info.namespaces.clone();
+    let keep = move |ns: &str| {
+        namespaces
+            .find(ns)
+            .and_then(|n| n.recovery)
+            .map(recover::log_keep)
+    };
+    let recorder = Recorder::new(log, keep, info.metrics.recovery.clone());
+    let recovery = info
+        .namespaces
+        .iter()
+        .any(|ns| ns.recovery.is_some())
+        .then(|| Recovery::new(info.id.clone(), sessions, recorder.clone(), info.metrics.clone()));
+    (recorder, recovery)
+}
+
+/// Gives socketioxide our session hook, when a namespace recovers: the returned cell takes the built `SocketIo`.
+fn resolving<A: Adapter>(
+    builder: socketioxide::SocketIoBuilder<A>,
+    info: &NodeInfo,
+) -> (socketioxide::SocketIoBuilder<A>, Arc<std::sync::OnceLock<SocketIo<A>>>) {
+    let io = Arc::new(std::sync::OnceLock::new());
+    if !info.namespaces.iter().any(|ns| ns.recovery.is_some()) {
+        return (builder, io);
+    }
+    let resolver = Resolver {
+        namespaces: info.namespaces.clone(),
+        admission: info.admission.clone(),
+        metrics: info.metrics.clone(),
+        recovery: info.recovery.clone(),
+        io: io.clone(),
+    };
+    (builder.session_resolver(resolver), io)
+}
+
+/// Recovery's log and sessions in Redis, under `REDIS_PREFIX:recovery`.
+fn recovery_stores(
+    client: &fred::clients::Client,
+    redis: &redis::Endpoint,
+    config: &Config,
+    info: &NodeInfo,
+) -> (Arc<dyn EventLog>, Arc<dyn Sessions>) {
+    let prefix = format!("{}:recovery", config.redis_prefix);
+    let malformed = &info.metrics.recovery.malformed;
+    let log = RedisLog::new(client.clone(), redis.clone(), config.request_timeout(), &prefix)
+        .counting_malformed_in(malformed.clone());
+    let sessions = crate::recovery::RedisSessions::new(client.clone(), &prefix)
+        .counting_malformed_in(malformed.clone());
+    (Arc::new(log), Arc::new(sessions))
+}
+
+/// Starts keeping the live sockets' sessions, when the node recovers any.
+fn keep_alive<A: Adapter>(
+    recovery: Option<Arc<Recovery>>,
+    io: &SocketIo<A>,
+    info: &NodeInfo,
+) -> Option<(Arc<Recovery>, tokio::task::JoinHandle<()>)> {
+    let recovery = recovery?;
+    let task = tokio::spawn(
+        recovery
+            .clone()
+            .keep_alive(io.clone(), info.namespaces.clone()),
+    );
+    Some((recovery, task))
 }
 
 /// One attempt to join the cluster, filling `node` as it goes: reliable delivery's store, the adapter on its own
@@ -462,7 +567,7 @@ async fn join_cluster(
         .rebuilding_from(redis, config.request_timeout())
         .counting_malformed_in(info.metrics.delivery_malformed_entries.clone());
     if let Some(admin) = admin {
-        admin.use_sessions(Arc::new(RedisSessions::new(client, &config.redis_prefix)));
+        admin.use_sessions(Arc::new(RedisSessions::new(client.clone(), &config.redis_prefix)));
     }
     match store.forget_node(&info.id, &|room| info.ttl_of(room)).await {
         Ok(0) => {}
@@ -489,9 +594,18 @@ async fn join_cluster(
     )
     .await
     .map_err(|e| redis::connect_err(redis, e))?;
-    let (layer, io) = io_builder(info.clone(), admin.clone(), config)
-        .with_adapter::<FredAdapter<_>>(adapter)
-        .build_layer();
+    let (log, sessions) = recovery_stores(&client, redis, config, info);
+    let (recorder, recovery) = recovery_of(info, log, sessions);
+    let state = RecordingState {
+        inner: adapter,
+        recorder,
+    };
+    let builder = io_builder(info.clone(), admin.clone(), config)
+        .with_adapter::<Recording<FredAdapter<_>>>(state);
+    let (builder, resolved) = resolving(builder, info);
+    let (layer, io) = builder.build_layer();
+    let _ = resolved.set(io.clone());
+    node.recovery = keep_alive(recovery, &io, info);
     let local: Arc<dyn LocalRooms> = Arc::new(crate::realtime::local::Local {
         io: io.clone(),
         observer: info.observer.clone(),

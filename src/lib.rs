@@ -20,18 +20,19 @@
 //!    and the shutdown signal.
 //! 4. [`cluster`], [`delivery`], [`recovery`]: the cross-node protocol (wire types, membership by heartbeats, the
 //!    query's waiting logic over Redis pub/sub, signed messages); reliable per-user delivery (queue, ack, `batch`,
-//!    `resync`, TTL), in Redis or in memory; connection state recovery's sessions and event log, in Redis or in
-//!    memory.
+//!    `resync`, TTL), in Redis or in memory; connection state recovery's sessions and log of broadcasts, in Redis
+//!    or in memory, and the adapter that records and delivers broadcasts in log order.
 //! 5. [`realtime`]: the Socket.IO side. Its modules are layered the same way, lowest first:
 //!    1. `identity`, `args`, `admission`, `auth`: who a socket is and its user and session rooms; event arguments;
 //!       limits on handshakes; each namespace's way to verify one.
 //!    2. `namespaces`, `bus`, `observe`, `push`: the namespaces of the config file; the ports the gateway and the
 //!       admin UI implement; pushes to rooms on every node.
-//!    3. `local`: this node's answers to cluster queries.
-//!    4. `node`: what every socket handler shares about this node ([`realtime::NodeInfo`]).
-//!    5. `reliable`: user rooms held in the delivery store.
-//!    6. `events`: what client events do.
-//!    7. `handshake`: registration, the connect middleware and the connect handler.
+//!    3. `recover`: connection state recovery's sessions, saved and given back.
+//!    4. `local`: this node's answers to cluster queries.
+//!    5. `node`: what every socket handler shares about this node ([`realtime::NodeInfo`]).
+//!    6. `reliable`: user rooms held in the delivery store.
+//!    7. `events`: what client events do.
+//!    8. `handshake`: registration, the connect middleware and the connect handler.
 //! 6. [`error`]: how failures become HTTP answers, and start-up errors ([`StartError`]).
 //! 7. [`admin`], [`gateway`], [`http`]: the admin UI's namespace and its cluster-wide view; the event-bus gateway
 //!    (Redis streams to and from clients); REST and page routes.

@@ -29,6 +29,7 @@ use super::{
     bus::Frame,
     identity::{Identity, Role, check_room, session_room, user_room},
     namespaces::Namespace,
+    recover::Recoverable,
     node::NodeInfo,
     observe::Observed,
     reliable,
@@ -311,6 +312,7 @@ async fn switch_room<A: Adapter>(
         node.observer.joined(socket, std::slice::from_ref(new));
     }
     socket.extensions.insert(Arc::new(updated));
+    Recoverable::rooms_changed(socket);
     let _ = ack.send(reply);
     if let Some(RoomSwitch { old, new }) = switch {
         reliable::moved(socket, node, old, new).await;
@@ -435,6 +437,7 @@ async fn disconnected<A: Adapter>(
     reason: DisconnectReason,
 ) {
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
+    Recoverable::disconnected(socket, reason).await;
     if let Some(bus) = node.bus.get()
         && node
             .namespaces

@@ -26,7 +26,9 @@ use super::{
     identity::{BadRoomName, Identity, Role, SESSION_ROOM, USER_ROOM, session_room, user_room},
     namespaces::{Namespace, Namespaces},
     node::{Entered, NodeInfo},
-    observe, reliable,
+    observe,
+    recover::{Recoverable, Restored},
+    reliable,
 };
 use crate::{
     config::file::{NamePattern, RoomSource},
@@ -174,6 +176,17 @@ pub async fn handshake<A: Adapter>(
     socket.extensions.insert(Arc::new(identity));
     // Still in progress until the socket is in its namespace (`on_connect` lets go of it).
     socket.extensions.insert(Arc::new(entered));
+    // Connection state recovery: what the session hook decided for this socket before it existed.
+    if let (Some(recovery), Some(window)) = (
+        node.recovery.get(),
+        node.namespaces.find(socket.ns()).and_then(|ns| ns.recovery),
+    ) && let Some((recoverable, restored)) = recovery.take(&socket, window)
+    {
+        socket.extensions.insert(recoverable);
+        if let Some(restored) = restored {
+            socket.extensions.insert(Arc::new(restored));
+        }
+    }
     Ok(())
 }
 
@@ -288,7 +301,16 @@ pub async fn on_connect<A: Adapter>(
         );
     }
     let rooms = me.rooms(&ns.rooms);
-    socket.join(rooms.clone());
+    let recoverable = socket.extensions.get::<Arc<Recoverable>>();
+    let restored = socket.extensions.remove::<Arc<Restored>>();
+    match (&recoverable, node.recovery.get()) {
+        (Some(rec), Some(recovery)) => match restored {
+            // Its rooms come back with what it missed; the handshake's rooms are among them.
+            Some(restored) => recovery.restore(&socket, rec, (*restored).clone()).await,
+            None => recovery.started(&socket, rec, rooms.clone()).await,
+        },
+        _ => socket.join(rooms.clone()),
+    }
     socket.extensions.insert(observe::Issued::now());
     node.observer.connected(&socket);
     let greeting = Greeting {
@@ -347,6 +369,7 @@ mod tests {
             api_key: None,
             reliable: None,
             gateway: false,
+            recovery: None,
         }
     }
 

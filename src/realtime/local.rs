@@ -12,6 +12,7 @@ use super::{
     args::Args,
     identity::{Identity, Role},
     observe::{Observer, socket_info},
+    recover::Recoverable,
 };
 use crate::cluster::{
     LocalRooms,
@@ -146,10 +147,12 @@ impl<A: Adapter> Local<A> {
                 Action::Join { room } => {
                     socket.join(room.clone());
                     observer.joined(socket, std::slice::from_ref(room));
+                    Recoverable::rooms_changed(socket);
                 }
                 Action::Leave { room } => {
                     socket.leave(room.clone());
                     observer.left(socket, room);
+                    Recoverable::rooms_changed(socket);
                 }
                 Action::Disconnect { close: _ } => {
                     let _ = socket.clone().disconnect();

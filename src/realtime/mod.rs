@@ -8,6 +8,7 @@
 //! * [`bus`], [`observe`]: the ports the event-bus gateway and the admin UI implement ([`crate::gateway`],
 //!   [`crate::admin`]), so that the socket handlers need not know them.
 //! * [`push`]: events from the application's backend (`POST /send`) to rooms, on every node.
+//! * [`recover`]: connection state recovery: which sockets get their session back, saving and removing sessions.
 //! * [`local`]: this node's answers to cluster queries ([`crate::cluster::LocalRooms`]).
 //! * [`node`]: what every socket handler shares about this node ([`NodeInfo`]).
 //! * [`reliable`]: user rooms held in the delivery store, their `batch` on join, let go on leave.
@@ -33,6 +34,7 @@ pub mod namespaces;
 pub mod node;
 pub mod observe;
 pub mod push;
+pub mod recover;
 pub mod reliable;
 
 pub use handshake::HandshakeError;

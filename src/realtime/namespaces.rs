@@ -29,6 +29,8 @@ pub struct Namespace {
     pub reliable: Option<Reliable>,
     /// Its clients use the event-bus gateway (`gateway = true`).
     pub gateway: bool,
+    /// Connection state recovery's window (`recovery_window_s`); `None`: off.
+    pub recovery: Option<std::time::Duration>,
 }
 
 /// A namespace's reliable delivery: which rooms, and the store's rules for them.
@@ -114,6 +116,7 @@ impl Namespaces {
             api_key: None,
             reliable: None,
             gateway: false,
+            recovery: None,
         }])
     }
 
@@ -129,6 +132,7 @@ impl Namespaces {
         Namespace {
             reliable,
             gateway: c.gateway,
+            recovery: c.recovery_window(),
             pattern,
             verifier,
             rooms: c.rooms,

@@ -7,6 +7,7 @@ use socketioxide::{SocketIo, adapter::Adapter};
 
 use super::{
     admission::Admission, bus::Bus, local::Local, namespaces::Namespaces, observe::Observer,
+    recover::Recovery,
 };
 use crate::{
     cluster::{Answer, Cluster, LocalRooms, protocol::Query},
@@ -37,6 +38,8 @@ pub struct NodeInfo {
     pub bus: Arc<OnceLock<Arc<dyn Bus>>>,
     /// The event names the gateway sends its Socket.IO clients (none without `[gateway]`).
     pub gateway_events: Arc<[String]>,
+    /// Connection state recovery, when a namespace has `recovery_window_s` (set before serving).
+    pub recovery: Arc<OnceLock<Arc<Recovery>>>,
 }
 
 /// Handshakes in progress per namespace path, from the connect middleware until the socket is in its namespace:

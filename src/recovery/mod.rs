@@ -26,6 +26,7 @@ use std::{fmt, str::FromStr, time::Duration};
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+pub mod adapter;
 pub mod conformance;
 mod memory;
 mod redis;

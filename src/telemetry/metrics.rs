@@ -77,6 +77,49 @@ pub struct Metrics {
     pub gateway_dropped: Counter,
     /// Entries `MAXLEN ~ stream_maxlen` removed from the gateway's streams, read or not: the oldest go first.
     pub gateway_trimmed: Counter,
+    pub recovery: RecoveryMetrics,
+}
+
+/// Connection state recovery (`recovery_window_s`).
+#[derive(Clone, Default)]
+pub struct RecoveryMetrics {
+    /// Clients that came back with a `pid`.
+    pub attempted: Counter,
+    /// Of them, those that got their socket back.
+    pub succeeded: Counter,
+    /// Of them, those that did not, by reason (`unknown_session`, `identity`, `offset`, `store`, `busy`, `replay`).
+    pub failed: Family<Reason, Counter>,
+    /// Missed events given to recovered sockets.
+    pub replayed: Counter,
+    /// Broadcasts appended to a namespace's log.
+    pub recorded: Counter,
+    /// Broadcasts of a recovering namespace sent live without being recorded (the log could not be written).
+    pub unrecorded: Counter,
+    /// Log entries or sessions that did not parse, skipped.
+    pub malformed: Counter,
+    /// Sessions kept (live and disconnected sockets), as the store counts them.
+    pub sessions: Gauge,
+    /// Entries the logs keep.
+    pub log_entries: Gauge,
+}
+
+impl RecoveryMetrics {
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("recovery");
+        r.register("attempts", "Clients that reconnected with a pid", self.attempted.clone());
+        r.register("succeeded", "Clients that got their socket back", self.succeeded.clone());
+        r.register("failed", "Recoveries that gave a fresh session instead, by reason", self.failed.clone());
+        r.register("replayed", "Missed events replayed to recovered sockets", self.replayed.clone());
+        r.register("recorded", "Broadcasts appended to a namespace's recovery log", self.recorded.clone());
+        r.register(
+            "unrecorded",
+            "Broadcasts of recovering namespaces sent without being recorded (the log could not be written)",
+            self.unrecorded.clone(),
+        );
+        r.register("malformed", "Recovery log entries and sessions that did not parse, skipped", self.malformed.clone());
+        r.register("sessions", "Recovery sessions kept, as the store counts them", self.sessions.clone());
+        r.register("log_entries", "Entries the recovery logs keep", self.log_entries.clone());
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -100,6 +143,7 @@ impl Metrics {
         let queries_refused = Counter::default();
         let auth_webhook_failures = Family::default();
         let sockets_rate_limited = Counter::default();
+        let recovery = RecoveryMetrics::default();
         let cluster_requests = Family::default();
         // 0.25 ms .. ~4 s: a local answer is sub-millisecond, a timed-out one is the request timeout.
         let cluster_request_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
@@ -151,6 +195,7 @@ impl Metrics {
             "Auth webhook calls that gave no usable answer (the handshake was refused), by reason",
             auth_webhook_failures.clone(),
         );
+        recovery.register(&mut r);
         r.register(
             "sockets_rate_limited",
             "Sockets disconnected for sending events faster than SOCKET_EVENT_RATE",
@@ -273,6 +318,7 @@ impl Metrics {
             gateway_malformed_entries,
             gateway_dropped,
             gateway_trimmed,
+            recovery,
         }
     }
 

@@ -132,12 +132,26 @@ pub struct NamespaceConfig {
     /// Streams, and the backend's `send`/`broadcast` entries reach them.
     #[serde(default)]
     pub gateway: bool,
+    /// Connection state recovery (socket.io 4.6's): how long, in seconds, a disconnected socket's id, identity,
+    /// rooms and missed broadcasts are kept for its client to reconnect to any node and get them back. Absent or 0:
+    /// off. At most [`MAX_RECOVERY_WINDOW_S`].
+    pub recovery_window_s: Option<u64>,
 }
 
 /// The largest `max_pending`: a room's pending messages go out as one `batch` packet, which must stay sendable.
 pub const MAX_PENDING_LIMIT: u32 = 10_000;
 
+/// The longest `recovery_window_s` (a day): every broadcast of the namespace is kept that long.
+pub const MAX_RECOVERY_WINDOW_S: u64 = 86_400;
+
 impl NamespaceConfig {
+    /// The recovery window; `None`: recovery is off.
+    pub fn recovery_window(&self) -> Option<std::time::Duration> {
+        self.recovery_window_s
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs)
+    }
+
     /// A cap that holds a long outage of a busy user without letting one room grow without bound.
     pub const DEFAULT_MAX_PENDING: NonZeroU32 = NonZeroU32::new(1000).unwrap();
     /// One hour.
@@ -404,6 +418,13 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
     {
         return Err(format!(
             "`max_pending` must be between 1 and {MAX_PENDING_LIMIT} (got {cap})"
+        ));
+    }
+    if let Some(window) = ns.recovery_window_s
+        && window > MAX_RECOVERY_WINDOW_S
+    {
+        return Err(format!(
+            "`recovery_window_s` must be at most {MAX_RECOVERY_WINDOW_S} (got {window})"
         ));
     }
     Ok(())
