@@ -22,6 +22,7 @@ mod limits;
 mod openapi;
 mod ops;
 mod protocol_fuzz;
+mod recovery;
 mod redis_cluster;
 mod reliable;
 mod reliable_faults;
