@@ -374,7 +374,8 @@ async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
     let dir = log_dir("gateway_start_up_retries");
     let redis = Redis::start(&dir);
     // The delivery store, the adapter and the cluster's two connections get through; the gateway's do not.
-    let gate = Gate::start(redis.port, 4).await;
+    let gate = Proxy::start(redis.port).await;
+    gate.cap(Some(4));
     let config = dir.join("gateway.toml");
     std::fs::write(
         &config,
@@ -387,7 +388,7 @@ async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
         &dir,
         NodeOpts {
             id: "a",
-            redis: Some(gate.url()),
+            redis: Some(format!("redis://127.0.0.1:{}", gate.port())),
             prefix: "gateway_retries",
             timeout_ms: 200,
             args: &["--config", config.to_str().unwrap()],
@@ -400,7 +401,7 @@ async fn attempts_failing_at_the_gateway_leave_no_cluster_behind() {
         (n >= 3).then_some(n)
     })
     .await;
-    gate.open();
+    gate.cap(None);
     node.wait_healthy(Duration::from_secs(20)).await;
     // Without a leak: store, adapter, cluster (2) and gateway (a publisher and 3 readers).
     let clients = clients_settled_at(&redis, 8).await;
@@ -435,54 +436,5 @@ async fn clients_settled_at(redis: &Redis, n: usize) -> Vec<String> {
             return clients;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A TCP relay to Redis that, while closed, lets no more than `limit` connections through at a time: one more is
-/// accepted and dropped at once, which its client sees as Redis going away (a transient failure).
-struct Gate {
-    port: u16,
-    closed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Gate {
-    async fn start(redis: u16, limit: usize) -> Self {
-        use std::sync::{
-            Arc,
-            atomic::{AtomicBool, AtomicUsize, Ordering},
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let closed = Arc::new(AtomicBool::new(true));
-        let open = Arc::new(AtomicUsize::new(0));
-        let gate = closed.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if gate.load(Ordering::SeqCst) && open.load(Ordering::SeqCst) >= limit {
-                    drop(client);
-                    continue;
-                }
-                let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", redis)).await
-                else {
-                    continue;
-                };
-                open.fetch_add(1, Ordering::SeqCst);
-                let open = open.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        Self { port, closed }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn open(&self) {
-        self.closed
-            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -22,6 +22,7 @@ mod limits;
 mod openapi;
 mod ops;
 mod protocol_fuzz;
+mod recovery;
 mod recovery_store;
 mod redis_cluster;
 mod reliable;

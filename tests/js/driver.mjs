@@ -9,14 +9,40 @@
 //   Server events sent with an ack callback are acknowledged with "ok" (reported with "acked": true), unless the
 //   connect command said "ack_server": false (then "acked": false: the callback is never called); a list of event
 //   names acknowledges those events only.
-// Events: {"id":"a","event":"connect","sid":"..."} | {"id":"a","event":"connect_error","message":"..."}
+//   Binary data goes both ways as {"$binary":"<base64>"}: in an emit's args (anywhere, nested too) it is sent as a
+//   Buffer; a Buffer, ArrayBuffer or typed array the server sends is reported so.
+// Events: {"id":"a","event":"connect","sid":"...","recovered":false,"pid":"..."|null}
+//           (connection state recovery: whether this (re)connection restored the previous session, and the
+//           session's private id the server gave, null without recovery)
+//         {"id":"a","event":"connect_error","message":"..."}
 //         {"id":"a","event":"disconnect","reason":"..."} | {"id":"a","event":"ack","args":[...]}
 //         {"id":"a","event":"<server event>","args":[...]}
 import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
 
 const sockets = new Map();
-const out = (msg) => process.stdout.write(JSON.stringify(msg) + "\n");
+const out = (msg) => process.stdout.write(JSON.stringify(report(msg)) + "\n");
+
+// Binary as {"$binary": base64}, so a test reads it back byte for byte (JSON.stringify would give a Buffer as
+// {"type":"Buffer","data":[...]} and an ArrayBuffer as {}).
+function report(v) {
+  if (v instanceof ArrayBuffer) return { $binary: Buffer.from(v).toString("base64") };
+  if (ArrayBuffer.isView(v)) return { $binary: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("base64") };
+  if (Array.isArray(v)) return v.map(report);
+  if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, report(x)]));
+  return v;
+}
+
+// The reverse, for an emit's args: {"$binary": base64} becomes a Buffer.
+function binary(v) {
+  if (Array.isArray(v)) return v.map(binary);
+  if (v !== null && typeof v === "object") {
+    const keys = Object.keys(v);
+    if (keys.length === 1 && keys[0] === "$binary" && typeof v.$binary === "string") return Buffer.from(v.$binary, "base64");
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, binary(x)]));
+  }
+  return v;
+}
 
 function connect({ id, url, query, auth, transports, reconnect, headers, ack_server, shared, local_address }) {
   const socket = io(url, {
@@ -34,7 +60,10 @@ function connect({ id, url, query, auth, transports, reconnect, headers, ack_ser
     localAddress: local_address ?? undefined,
   });
   sockets.set(id, socket);
-  socket.on("connect", () => out({ id, event: "connect", sid: socket.id }));
+  // `_pid` is socket.io-client's own field (no public getter): a test that plays a thief needs the value.
+  socket.on("connect", () =>
+    out({ id, event: "connect", sid: socket.id, recovered: socket.recovered === true, pid: socket._pid ?? null }),
+  );
   socket.on("connect_error", (err) => out({ id, event: "connect_error", message: err.message }));
   socket.on("disconnect", (reason) => out({ id, event: "disconnect", reason }));
   socket.onAny((event, ...args) => {
@@ -61,10 +90,12 @@ rl.on("line", (line) => {
     case "connect":
       connect(cmd);
       break;
-    case "emit":
-      if (cmd.ack) socket.emit(cmd.event, ...(cmd.args ?? []), (...args) => out({ id: cmd.id, event: "ack", args }));
-      else socket.emit(cmd.event, ...(cmd.args ?? []));
+    case "emit": {
+      const args = binary(cmd.args ?? []);
+      if (cmd.ack) socket.emit(cmd.event, ...args, (...args) => out({ id: cmd.id, event: "ack", args }));
+      else socket.emit(cmd.event, ...args);
       break;
+    }
     case "disconnect":
       socket?.disconnect();
       break;

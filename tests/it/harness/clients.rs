@@ -155,6 +155,31 @@ impl Conn {
     }
 }
 
+/// The `connect_error` of an attempt whose connection closed before any answer (a proxy refusing it), over the
+/// websocket transport: not a refusal by the server, whose errors carry its own message.
+pub const PROXY_REFUSED: &str = "websocket error";
+
+/// A `connect` event: the socket's id, and what connection state recovery says of it.
+#[derive(Clone, Debug)]
+pub struct Connected {
+    pub sid: String,
+    /// socket.io-client's `socket.recovered`: this reconnection got the previous session back.
+    pub recovered: bool,
+    /// The session's private id the server gave (socket.io-client's `_pid`), `None` without recovery.
+    pub pid: Option<String>,
+}
+
+impl Connected {
+    fn of(ev: &Value) -> Self {
+        assert_eq!(ev["event"], "connect", "{ev}");
+        Self {
+            sid: ev["sid"].as_str().expect("a sid").to_owned(),
+            recovered: ev["recovered"].as_bool().expect("a recovered flag"),
+            pid: ev["pid"].as_str().map(str::to_owned),
+        }
+    }
+}
+
 /// Real socket.io-client sockets in one `node` process.
 pub struct Clients {
     stdin: ChildStdin,
@@ -219,10 +244,21 @@ impl Clients {
 
     /// Opens `conn`'s socket, which must connect, and returns its socket id.
     pub async fn join(&mut self, conn: Conn) -> String {
+        self.enter(conn).await.sid
+    }
+
+    /// Opens `conn`'s socket, which must connect, and returns what its `connect` event says.
+    pub async fn enter(&mut self, conn: Conn) -> Connected {
         let id = conn.id.clone();
         let ev = self.connect(conn).await;
         assert_eq!(ev["event"], "connect", "{id} could not connect: {ev}");
-        ev["sid"].as_str().unwrap().to_owned()
+        Connected::of(&ev)
+    }
+
+    /// Client `id`'s next `connect` (a reconnection, by socket.io-client's own reconnection), within 10 s. Earlier
+    /// `connect_error`s (failed attempts) stay queued.
+    pub async fn reconnected(&mut self, id: &str) -> Connected {
+        Connected::of(&self.expect(id, "connect").await)
     }
 
     pub async fn emit(&mut self, id: &str, event: &str, args: Value, ack: bool) {
@@ -280,5 +316,153 @@ impl Clients {
             !q.iter().any(|e| e["id"] == id && e["event"] == event),
             "{id} unexpectedly got {event}: {q:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::json;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
+
+    use super::super::{Node, NodeOpts, Proxy, free_port, log_dir};
+    use super::*;
+
+    /// A client through the proxy to a real node (without recovery: no pid, never recovered) is cut, kept away
+    /// while the proxy refuses (each attempt a `connect_error` of its own, not the server's), and comes back, a
+    /// new socket, when it stops.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_through_the_proxy_is_cut_kept_away_and_let_back() {
+        let dir = log_dir("harness_client_proxy");
+        let node = Node::start(&dir, NodeOpts::default()).await;
+        let proxy = Proxy::start(node.port).await;
+        let mut io = Clients::start();
+        let conn = Conn::to("c", &node.via(&proxy)).user("uc", "R").reconnect();
+        let first = io.enter(conn).await;
+        assert!(!first.recovered && first.pid.is_none(), "{first:?}");
+
+        proxy.refuse(true);
+        proxy.cut().await;
+        let gone = io.expect("c", "disconnect").await;
+        assert_eq!(gone["reason"], "transport close", "{gone}");
+        for _ in 0..2 {
+            let refused = io.expect("c", "connect_error").await;
+            assert_eq!(refused["message"], PROXY_REFUSED, "{refused}");
+        }
+        assert!(
+            io.within("c", &["connect"], Duration::from_millis(1000))
+                .await
+                .is_none(),
+            "connected while the proxy refuses"
+        );
+        proxy.refuse(false);
+        let back = io.reconnected("c").await;
+        assert!(!back.recovered && back.pid.is_none(), "{back:?}");
+        assert_ne!(back.sid, first.sid);
+    }
+
+    /// The next message of `ws`, within 5 s.
+    async fn next(ws: &mut WebSocketStream<TcpStream>) -> Message {
+        tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("the connection open")
+            .expect("a readable message")
+    }
+
+    /// The next text message of `ws` (pongs and other control frames skipped).
+    async fn text(ws: &mut WebSocketStream<TcpStream>) -> String {
+        loop {
+            match next(ws).await {
+                Message::Text(t) => return t.as_str().to_owned(),
+                Message::Binary(b) => panic!("binary where text was expected: {b:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Accepts the client's next Engine.IO connection (plain WebSocket) and opens its session; returns it with
+    /// the payload of the client's Socket.IO CONNECT (`null` when it sent none).
+    async fn session(listener: &TcpListener) -> (WebSocketStream<TcpStream>, Value) {
+        let (tcp, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("the client connects within 10 s")
+            .unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        let open = json!({"sid": "eio", "upgrades": [], "pingInterval": 25000, "pingTimeout": 20000,
+            "maxPayload": 1_000_000});
+        ws.send(Message::text(format!("0{open}"))).await.unwrap();
+        let connect = text(&mut ws).await;
+        let data = connect.strip_prefix("40").expect("a CONNECT to /");
+        let data = if data.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(data).unwrap()
+        };
+        (ws, data)
+    }
+
+    /// The driver against a Socket.IO server played by hand, speaking what a server with connection state
+    /// recovery speaks: `connect` reports the `pid` the server gave and whether the reconnection was recovered;
+    /// the reconnection's CONNECT carries that pid and the last event's offset (socket.io-client's doing); binary
+    /// arguments, at the top and nested, come to the test as `{"$binary": base64}` and go out from it as bytes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_driver_reports_recovery_and_carries_binary_both_ways() {
+        let listener = TcpListener::bind(("127.0.0.1", free_port())).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let mut io = Clients::start();
+        io.open(Conn::to("c", &base).reconnect()).await;
+
+        let (mut ws, auth) = session(&listener).await;
+        assert_eq!(auth, Value::Null);
+        ws.send(Message::text(r#"40{"sid":"s1","pid":"p1"}"#))
+            .await
+            .unwrap();
+        let first = io.reconnected("c").await;
+        assert_eq!((first.sid.as_str(), first.recovered), ("s1", false));
+        assert_eq!(first.pid.as_deref(), Some("p1"));
+
+        // Every byte value, and another buffer nested in an object; the offset last, as a recorded broadcast.
+        let (one, two): (Vec<u8>, Vec<u8>) = ((0..=255).collect(), b"nested\0bytes".to_vec());
+        let event = r#"452-["file",{"_placeholder":true,"num":0},{"file":{"_placeholder":true,"num":1},"n":1},"1-0"]"#;
+        ws.send(Message::text(event)).await.unwrap();
+        ws.send(Message::binary(one.clone())).await.unwrap();
+        ws.send(Message::binary(two.clone())).await.unwrap();
+        let ev = io.expect("c", "file").await;
+        let (b1, b2) = (STANDARD.encode(&one), STANDARD.encode(&two));
+        assert_eq!(
+            ev["args"],
+            json!([{"$binary": b1}, {"file": {"$binary": b2}, "n": 1}, "1-0"])
+        );
+
+        let args = json!([{"$binary": b2}, {"f": {"$binary": b1}}]);
+        io.emit("c", "up", args, false).await;
+        let sent = text(&mut ws).await;
+        assert_eq!(
+            sent,
+            r#"452-["up",{"_placeholder":true,"num":0},{"f":{"_placeholder":true,"num":1}}]"#
+        );
+        for expected in [&two, &one] {
+            match next(&mut ws).await {
+                Message::Binary(b) => assert_eq!(&b[..], &expected[..]),
+                other => panic!("not an attachment: {other:?}"),
+            }
+        }
+
+        // The connection drops; the client comes back naming its session and the last offset it got.
+        drop(ws);
+        let gone = io.expect("c", "disconnect").await;
+        assert_eq!(gone["reason"], "transport close", "{gone}");
+        let (mut ws, auth) = session(&listener).await;
+        assert_eq!(auth, json!({"pid": "p1", "offset": "1-0"}));
+        ws.send(Message::text(r#"40{"sid":"s1","pid":"p1"}"#))
+            .await
+            .unwrap();
+        let back = io.reconnected("c").await;
+        assert_eq!((back.sid.as_str(), back.recovered), ("s1", true));
     }
 }

@@ -1,7 +1,8 @@
 //! The integration tests' harness: a real `redis-server` (or Redis Cluster) on ports of its own ([`redis`]), real
 //! node processes of the built binary ([`node`]), an HTTPS client that trusts the dev CA and loopback servers
 //! ([`http`]), real socket.io-client sockets driven through `tests/js/driver.mjs` ([`clients`]), headless
-//! Chromium ([`browser`]), and the ports they all listen on ([`ports`]).
+//! Chromium ([`browser`]), a TCP proxy that cuts, refuses and moves connections ([`proxy`]), and the ports they all
+//! listen on ([`ports`]).
 //!
 //! Everything started here is stopped on drop, by pid. Every wait is bounded. Node logs are kept in
 //! `target/test-logs/<test>/` so a failing run can be read afterwards.
@@ -11,6 +12,7 @@ mod clients;
 mod http;
 mod node;
 mod ports;
+mod proxy;
 mod redis;
 
 use std::{
@@ -29,6 +31,7 @@ pub use self::{
     http::*,
     node::*,
     ports::{free_port, free_ports},
+    proxy::Proxy,
     redis::*,
 };
 

@@ -9,7 +9,7 @@ use std::{
 use serde_json::json;
 
 use super::{
-    Clients, Conn, Http, Redis, log_dir, pairs,
+    Clients, Conn, Http, Proxy, Redis, log_dir, pairs,
     ports::{Start, free_port, log_len, started},
     root,
 };
@@ -185,6 +185,11 @@ impl Node {
 
     pub fn base(&self) -> String {
         format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// The base URL of this node through `proxy` (already pointed at it): `Conn::to("a", &node.via(&proxy))`.
+    pub fn via(&self, proxy: &Proxy) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme, proxy.port())
     }
 
     pub fn url(&self, path: &str) -> String {
