@@ -24,7 +24,7 @@ use socketioxide::{
 };
 
 use super::{
-    args::Args,
+    args::Relayed,
     auth::checked_session,
     bus::Frame,
     identity::{Identity, Role, check_room, session_room, user_room},
@@ -350,17 +350,19 @@ async fn on_other<A: Adapter>(
     io: SocketIo<A>,
     State(node): State<NodeInfo>,
     Event(event): Event,
-    TryData(args): TryData<Args>,
+    TryData(relayed): TryData<Relayed>,
 ) {
     if !within_rate(&socket, &node) {
         return;
     }
-    if let Ok(args) = &args {
+    // JSON for what only takes JSON; binary arguments are only forwarded.
+    let args = relayed.as_ref().ok().and_then(Relayed::to_json);
+    if let Some(args) = &args {
         node.observer.received(&socket, &event, &args.0);
     }
     let namespace = node.namespaces.find(socket.ns());
     if namespace.is_some_and(|ns| ns.gateway)
-        && let (Some(bus), Ok(args)) = (node.bus.get(), &args)
+        && let (Some(bus), Some(args)) = (node.bus.get(), &args)
         && !is_server_event(&node, &event)
     {
         let payload = args.0.first().cloned().unwrap_or_default();
@@ -383,8 +385,8 @@ async fn on_other<A: Adapter>(
         tracing::debug!(event, id_socket = %socket.id, "a client sent a server event name: not forwarded");
         return;
     }
-    match args {
-        Ok(args) => to_namespace(&io, socket.ns(), &event, &args).await,
+    match relayed {
+        Ok(relayed) => to_namespace(&io, socket.ns(), &event, &relayed).await,
         Err(e) => {
             tracing::debug!(event, error = %e, "event with unreadable arguments not forwarded")
         }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures_util::{StreamExt, future::BoxFuture};
-use socketioxide::{AckError, SocketIo, adapter::Adapter};
+use socketioxide::{AckError, BroadcastError, SocketIo, adapter::Adapter};
 
 use super::args::Args;
 
@@ -58,9 +58,11 @@ impl<A: Adapter> Push for SocketIo<A> {
                 true => ops.to(rooms),
                 false => ops.to(rooms).except(except),
             };
-            ops.emit(event, args)
-                .await
-                .map_err(|e| PushError::Broadcast(e.to_string()))
+            match ops.emit(event, args).await {
+                // Some sockets could not take it (closed a moment ago, or not reading): the others got it.
+                Ok(()) | Err(BroadcastError::Socket(_)) => Ok(()),
+                Err(e) => Err(PushError::Broadcast(e.to_string())),
+            }
         })
     }
 
