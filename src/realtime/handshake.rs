@@ -301,15 +301,14 @@ pub async fn on_connect<A: Adapter>(
         );
     }
     let rooms = me.rooms(&ns.rooms);
-    let recoverable = socket.extensions.get::<Arc<Recoverable>>();
+    let recovering = socket
+        .extensions
+        .get::<Arc<Recoverable>>()
+        .zip(node.recovery.get().cloned());
+    // A recovered socket's rooms come back after what it missed (the handshake's rooms are among them).
     let restored = socket.extensions.remove::<Arc<Restored>>();
-    match (&recoverable, node.recovery.get()) {
-        (Some(rec), Some(recovery)) => match restored {
-            // Its rooms come back with what it missed; the handshake's rooms are among them.
-            Some(restored) => recovery.restore(&socket, rec, (*restored).clone()).await,
-            None => recovery.started(&socket, rec, rooms.clone()).await,
-        },
-        _ => socket.join(rooms.clone()),
+    if restored.is_none() {
+        socket.join(rooms.clone());
     }
     socket.extensions.insert(observe::Issued::now());
     node.observer.connected(&socket);
@@ -325,6 +324,13 @@ pub async fn on_connect<A: Adapter>(
     let _ = socket.emit("handshake", &greeting);
     node.observer.sent(&socket, "handshake", &greeting);
     events::attach(&socket, &node, ns, &me);
+    // Only now that its handlers are set: the client may send events as soon as it has its CONNECT answer.
+    if let Some((rec, recovery)) = recovering {
+        match restored {
+            Some(restored) => recovery.restore(&socket, &rec, (*restored).clone()).await,
+            None => recovery.started(&socket, &rec).await,
+        }
+    }
     if ns.gateway
         && let Some(bus) = node.bus.get()
     {

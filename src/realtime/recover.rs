@@ -290,14 +290,8 @@ impl Recovery {
         }
     }
 
-    /// A new socket: it joins `rooms`, and its session starts at the log's position now.
-    pub async fn started<A: Adapter>(
-        &self,
-        socket: &SocketRef<A>,
-        rec: &Recoverable,
-        rooms: Vec<String>,
-    ) {
-        socket.join(rooms);
+    /// A new socket, in its rooms: its session starts at the log's position now.
+    pub async fn started<A: Adapter>(&self, socket: &SocketRef<A>, rec: &Recoverable) {
         if let Some(position) = self.recorder.position(socket.ns()) {
             *rec.start.lock().unwrap() = position;
         }
