@@ -490,7 +490,14 @@ fn recovery_of(
         .namespaces
         .iter()
         .any(|ns| ns.recovery.is_some())
-        .then(|| Recovery::new(info.id.clone(), sessions, recorder.clone(), info.metrics.clone()));
+        .then(|| {
+            Recovery::new(
+                info.id.clone(),
+                sessions,
+                recorder.clone(),
+                info.metrics.clone(),
+            )
+        });
     (recorder, recovery)
 }
 
@@ -498,7 +505,10 @@ fn recovery_of(
 fn resolving<A: Adapter>(
     builder: socketioxide::SocketIoBuilder<A>,
     info: &NodeInfo,
-) -> (socketioxide::SocketIoBuilder<A>, Arc<std::sync::OnceLock<SocketIo<A>>>) {
+) -> (
+    socketioxide::SocketIoBuilder<A>,
+    Arc<std::sync::OnceLock<SocketIo<A>>>,
+) {
     let io = Arc::new(std::sync::OnceLock::new());
     if !info.namespaces.iter().any(|ns| ns.recovery.is_some()) {
         return (builder, io);
@@ -522,8 +532,13 @@ fn recovery_stores(
 ) -> (Arc<dyn EventLog>, Arc<dyn Sessions>) {
     let prefix = format!("{}:recovery", config.redis_prefix);
     let malformed = &info.metrics.recovery.malformed;
-    let log = RedisLog::new(client.clone(), redis.clone(), config.request_timeout(), &prefix)
-        .counting_malformed_in(malformed.clone());
+    let log = RedisLog::new(
+        client.clone(),
+        redis.clone(),
+        config.request_timeout(),
+        &prefix,
+    )
+    .counting_malformed_in(malformed.clone());
     let sessions = crate::recovery::RedisSessions::new(client.clone(), &prefix)
         .counting_malformed_in(malformed.clone());
     (Arc::new(log), Arc::new(sessions))
@@ -567,7 +582,10 @@ async fn join_cluster(
         .rebuilding_from(redis, config.request_timeout())
         .counting_malformed_in(info.metrics.delivery_malformed_entries.clone());
     if let Some(admin) = admin {
-        admin.use_sessions(Arc::new(RedisSessions::new(client.clone(), &config.redis_prefix)));
+        admin.use_sessions(Arc::new(RedisSessions::new(
+            client.clone(),
+            &config.redis_prefix,
+        )));
     }
     match store.forget_node(&info.id, &|room| info.ttl_of(room)).await {
         Ok(0) => {}

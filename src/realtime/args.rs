@@ -61,7 +61,11 @@ pub struct Relayed(pub Vec<Arg>);
 impl Relayed {
     /// The same as JSON, for what only takes JSON (the admin UI, the gateway); `None` with binary in it.
     pub fn to_json(&self) -> Option<Args> {
-        self.0.iter().map(Arg::to_json).collect::<Option<_>>().map(Args)
+        self.0
+            .iter()
+            .map(Arg::to_json)
+            .collect::<Option<_>>()
+            .map(Args)
     }
 }
 
@@ -73,7 +77,9 @@ impl Arg {
             Self::Number(n) => Value::Number(n.clone()),
             Self::String(s) => Value::String(s.clone()),
             Self::Bytes(_) => return None,
-            Self::Array(items) => Value::Array(items.iter().map(Self::to_json).collect::<Option<_>>()?),
+            Self::Array(items) => {
+                Value::Array(items.iter().map(Self::to_json).collect::<Option<_>>()?)
+            }
             Self::Object(fields) => Value::Object(
                 fields
                     .iter()
@@ -192,7 +198,10 @@ impl<'de> Deserialize<'de> for Relayed {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("event arguments")
             }
-            fn visit_seq<S: serde::de::SeqAccess<'de>>(self, mut seq: S) -> Result<Relayed, S::Error> {
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<Relayed, S::Error> {
                 let mut args = Vec::new();
                 while let Some(v) = seq.next_element()? {
                     args.push(v);
@@ -232,7 +241,10 @@ mod tests {
             Arg::Object(vec![
                 ("file".into(), Arg::Bytes(vec![7])),
                 ("n".into(), Arg::Number(2.into())),
-                ("f".into(), Arg::Number(serde_json::Number::from_f64(1.5).unwrap())),
+                (
+                    "f".into(),
+                    Arg::Number(serde_json::Number::from_f64(1.5).unwrap()),
+                ),
                 ("z".into(), Arg::Null),
                 ("l".into(), Arg::Array(vec![Arg::Bool(true)])),
             ]),

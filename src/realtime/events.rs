@@ -29,9 +29,9 @@ use super::{
     bus::Frame,
     identity::{Identity, Role, check_room, session_room, user_room},
     namespaces::Namespace,
-    recover::Recoverable,
     node::NodeInfo,
     observe::Observed,
+    recover::Recoverable,
     reliable,
 };
 use crate::{

@@ -252,8 +252,12 @@ impl Recovery {
         let me = socket.extensions.get::<Arc<super::Identity>>();
         Session {
             sid: socket.id.to_string(),
-            id_user: me.as_ref().and_then(|m| m.id_user.as_deref().map(str::to_owned)),
-            session: me.as_ref().and_then(|m| m.session.as_deref().map(str::to_owned)),
+            id_user: me
+                .as_ref()
+                .and_then(|m| m.id_user.as_deref().map(str::to_owned)),
+            session: me
+                .as_ref()
+                .and_then(|m| m.session.as_deref().map(str::to_owned)),
             rooms: socket.rooms().into_iter().map(|r| r.into_owned()).collect(),
             start: rec.start.lock().unwrap().to_string(),
             holder: rec.holder.clone(),
@@ -335,7 +339,11 @@ impl Recovery {
 
     /// Keeps the sessions of this node's live sockets from expiring, every [`keep_alive_every`] of the shortest
     /// window, until the task is dropped; refreshes the store's size for `/metrics` on the way.
-    pub async fn keep_alive<A: Adapter>(self: Arc<Self>, io: SocketIo<A>, namespaces: Arc<Namespaces>) {
+    pub async fn keep_alive<A: Adapter>(
+        self: Arc<Self>,
+        io: SocketIo<A>,
+        namespaces: Arc<Namespaces>,
+    ) {
         let Some(shortest) = namespaces.iter().filter_map(|ns| ns.recovery).min() else {
             return;
         };
@@ -346,9 +354,10 @@ impl Recovery {
             tick.tick().await;
             for ops in io.nsps() {
                 let sockets = ops.local().sockets();
-                let Some(window) = sockets.first().and_then(|s| {
-                    namespaces.find(s.ns()).and_then(|ns| ns.recovery)
-                }) else {
+                let Some(window) = sockets
+                    .first()
+                    .and_then(|s| namespaces.find(s.ns()).and_then(|ns| ns.recovery))
+                else {
                     continue;
                 };
                 let ns = sockets[0].ns().to_owned();
@@ -357,7 +366,11 @@ impl Recovery {
                     .filter_map(|s| s.extensions.get::<Arc<Recoverable>>())
                     .map(|r| r.pid.clone())
                     .collect();
-                if let Err(e) = self.sessions.touch(&ns, &pids, Self::live_ttl(window)).await {
+                if let Err(e) = self
+                    .sessions
+                    .touch(&ns, &pids, Self::live_ttl(window))
+                    .await
+                {
                     tracing::warn!(ns, error = %e, "recovery sessions not kept alive");
                 }
             }
@@ -452,7 +465,9 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
             pid: None,
         };
         let (Some(_), Some(recovery)) = (
-            self.namespaces.find(req.ns).filter(|ns| ns.recovery.is_some()),
+            self.namespaces
+                .find(req.ns)
+                .filter(|ns| ns.recovery.is_some()),
             self.recovery.get().cloned(),
         ) else {
             return Box::pin(std::future::ready(none));
@@ -482,8 +497,12 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
             address: observe::peer(&req.req_parts.extensions),
             cross_site: self.admission.cross_site(&req.req_parts.headers),
         };
-        let (namespaces, io, metrics, esid) =
-            (self.namespaces.clone(), self.io.clone(), self.metrics.clone(), req.sid);
+        let (namespaces, io, metrics, esid) = (
+            self.namespaces.clone(),
+            self.io.clone(),
+            self.metrics.clone(),
+            req.sid,
+        );
         Box::pin(async move {
             metrics.recovery.attempted.inc();
             let restored = match namespaces.find(&request.ns) {
@@ -526,7 +545,11 @@ async fn recover(recovery: &Recovery, ns: &Namespace, r: &Request) -> Result<Res
         address: r.address,
         cross_site: r.cross_site,
     };
-    let verified = ns.verifier.verify(hs).await.map_err(|_| Failure::Identity)?;
+    let verified = ns
+        .verifier
+        .verify(hs)
+        .await
+        .map_err(|_| Failure::Identity)?;
     let session = match (ns.joins(RoomSource::Session), ns.verifier.is_claim()) {
         (true, true) => hs
             .field("session_id")
@@ -537,7 +560,12 @@ async fn recover(recovery: &Recovery, ns: &Namespace, r: &Request) -> Result<Res
         (false, _) => None,
     };
     recovery
-        .check(&r.ns, &r.pid, r.offset.as_deref(), (verified.id_user, session))
+        .check(
+            &r.ns,
+            &r.pid,
+            r.offset.as_deref(),
+            (verified.id_user, session),
+        )
         .await
 }
 

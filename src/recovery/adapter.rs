@@ -23,8 +23,7 @@ use socketioxide_core::{
     Sid, Str, Value,
     adapter::{
         BroadcastFlags, BroadcastOptions, CoreAdapter, CoreLocalAdapter, DefinedAdapter, Room,
-        RoomParam, SocketEmitter,
-        errors::BroadcastError,
+        RoomParam, SocketEmitter, errors::BroadcastError,
     },
     packet::{Packet, PacketData},
 };
@@ -222,7 +221,11 @@ impl<E: SocketEmitter, A: CoreAdapter<E>> CoreAdapter<E> for Recording<A> {
         self.inner.server_count()
     }
 
-    async fn broadcast(&self, packet: Packet, opts: BroadcastOptions) -> Result<(), BroadcastError> {
+    async fn broadcast(
+        &self,
+        packet: Packet,
+        opts: BroadcastOptions,
+    ) -> Result<(), BroadcastError> {
         let Some(seq) = self.seq.as_ref().filter(|_| Self::records(&packet, &opts)) else {
             return self.inner.broadcast(packet, opts).await;
         };
@@ -282,8 +285,8 @@ impl<E: SocketEmitter, A: CoreAdapter<E>> CoreAdapter<E> for Recording<A> {
     fn fetch_sockets(
         &self,
         opts: BroadcastOptions,
-    ) -> impl Future<Output = Result<Vec<socketioxide_core::adapter::RemoteSocketData>, Self::Error>> + Send
-    {
+    ) -> impl Future<Output = Result<Vec<socketioxide_core::adapter::RemoteSocketData>, Self::Error>>
+    + Send {
         self.inner.fetch_sockets(opts)
     }
 
@@ -323,7 +326,9 @@ fn entry_of(packet: &Packet, opts: &BroadcastOptions) -> Entry {
 /// arguments (`[...]`, at least the event name).
 fn packet_of(ns: &str, offset: Offset, entry: &Entry) -> Option<Packet> {
     let data = entry.data.trim_end();
-    let body = data.strip_suffix(']').filter(|b| b.starts_with('[') && b.len() > 1)?;
+    let body = data
+        .strip_suffix(']')
+        .filter(|b| b.starts_with('[') && b.len() > 1)?;
     let data = format!("{body},\"{offset}\"]");
     let bins: VecDeque<Bytes> = entry
         .attachments
@@ -444,8 +449,8 @@ async fn replay<E: SocketEmitter>(
                     sent += 1;
                 }
                 None => {
-                            metrics.malformed.inc();
-                        }
+                    metrics.malformed.inc();
+                }
             }
         }
     }
@@ -478,7 +483,9 @@ async fn read(
         };
         match batch {
             Ok(batch) => {
-                let Some((last, _)) = batch.last() else { continue };
+                let Some((last, _)) = batch.last() else {
+                    continue;
+                };
                 after = *last;
                 if tx.send(batch).await.is_err() {
                     break;
@@ -573,7 +580,10 @@ mod tests {
             o.add_flag(flag);
             assert!(!Recording::<()>::records(&packet, &o));
         }
-        assert!(!Recording::<()>::records(&packet, &BroadcastOptions::new(Sid::new())));
+        assert!(!Recording::<()>::records(
+            &packet,
+            &BroadcastOptions::new(Sid::new())
+        ));
         let mut acked = packet.clone();
         acked.inner.set_ack_id(3);
         assert!(!Recording::<()>::records(&acked, &to_room()));

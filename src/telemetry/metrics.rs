@@ -106,19 +106,51 @@ pub struct RecoveryMetrics {
 impl RecoveryMetrics {
     fn register(&self, r: &mut Registry) {
         let r = r.sub_registry_with_prefix("recovery");
-        r.register("attempts", "Clients that reconnected with a pid", self.attempted.clone());
-        r.register("succeeded", "Clients that got their socket back", self.succeeded.clone());
-        r.register("failed", "Recoveries that gave a fresh session instead, by reason", self.failed.clone());
-        r.register("replayed", "Missed events replayed to recovered sockets", self.replayed.clone());
-        r.register("recorded", "Broadcasts appended to a namespace's recovery log", self.recorded.clone());
+        r.register(
+            "attempts",
+            "Clients that reconnected with a pid",
+            self.attempted.clone(),
+        );
+        r.register(
+            "succeeded",
+            "Clients that got their socket back",
+            self.succeeded.clone(),
+        );
+        r.register(
+            "failed",
+            "Recoveries that gave a fresh session instead, by reason",
+            self.failed.clone(),
+        );
+        r.register(
+            "replayed",
+            "Missed events replayed to recovered sockets",
+            self.replayed.clone(),
+        );
+        r.register(
+            "recorded",
+            "Broadcasts appended to a namespace's recovery log",
+            self.recorded.clone(),
+        );
         r.register(
             "unrecorded",
             "Broadcasts of recovering namespaces sent without being recorded (the log could not be written)",
             self.unrecorded.clone(),
         );
-        r.register("malformed", "Recovery log entries and sessions that did not parse, skipped", self.malformed.clone());
-        r.register("sessions", "Recovery sessions kept, as the store counts them", self.sessions.clone());
-        r.register("log_entries", "Entries the recovery logs keep", self.log_entries.clone());
+        r.register(
+            "malformed",
+            "Recovery log entries and sessions that did not parse, skipped",
+            self.malformed.clone(),
+        );
+        r.register(
+            "sessions",
+            "Recovery sessions kept, as the store counts them",
+            self.sessions.clone(),
+        );
+        r.register(
+            "log_entries",
+            "Entries the recovery logs keep",
+            self.log_entries.clone(),
+        );
     }
 }
 
