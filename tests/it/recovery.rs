@@ -512,3 +512,68 @@ async fn a_missed_presence_event_is_replayed() {
     io.expect_none("c", "socket-connected", Duration::from_millis(500))
         .await;
 }
+
+/// A single node without Redis recovers from memory, and `/metrics` counts the recoveries: one attempted and
+/// successful with 3 events replayed, then one given a fresh session because its window had passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_recovers_from_memory_and_counts_it() {
+    let dir = log_dir("recovery_single_node");
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config()).unwrap();
+    let args = ["--config", path.to_str().unwrap()];
+    let opts = NodeOpts {
+        id: "solo",
+        args: &args,
+        ..NodeOpts::default()
+    };
+    let node = Node::start(&dir, opts).await;
+    let http = Http::new();
+    let mut io = Clients::start();
+    let (proxy, first, seen) = watched(&http, &mut io, &node, "/live").await;
+    away(&proxy, &mut io, "c").await;
+    for n in 1..=3 {
+        send(&http, &node, "/live", "R", n).await;
+    }
+    proxy.refuse(false);
+    let back = io.reconnected("c").await;
+    assert!(back.recovered, "not recovered: {back:?}");
+    assert_eq!(back.sid, first.sid);
+    send(&http, &node, "/live", "R", 4).await;
+    news(&mut io, "c", &[1, 2, 3, 4], seen).await;
+    no_more_news(&mut io, "c").await;
+    let metric = async |sample: &str| http.metric(&node, sample).await;
+    assert_eq!(
+        metric("socket_identity_recovery_attempts_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("socket_identity_recovery_succeeded_total").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric("socket_identity_recovery_replayed_total").await,
+        Some(3.0)
+    );
+
+    // Past the window of /short: a fresh session, counted as failed for that reason.
+    let short = Proxy::start(node.port).await;
+    let conn = Conn::to("s", &node.via(&short))
+        .ns("/short")
+        .user("us", "R")
+        .reconnect();
+    let before = io.enter(conn).await;
+    away(&short, &mut io, "s").await;
+    tokio::time::sleep(Duration::from_secs(SHORT_WINDOW_S + 2)).await;
+    short.refuse(false);
+    let after = io.reconnected("s").await;
+    assert!(!after.recovered, "{after:?}");
+    assert_ne!(after.sid, before.sid);
+    assert_eq!(
+        metric("socket_identity_recovery_attempts_total").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric("socket_identity_recovery_failed_total{reason=\"unknown_session\"}").await,
+        Some(1.0)
+    );
+}
