@@ -476,6 +476,8 @@ async fn read(
             },
         }
     };
+    // Logged once per outage, not at every retry.
+    let mut failing = false;
     loop {
         let batch = tokio::select! {
             _ = tx.closed() => break,
@@ -483,6 +485,9 @@ async fn read(
         };
         match batch {
             Ok(batch) => {
+                if std::mem::take(&mut failing) {
+                    tracing::info!(ns, "reading the recovery log again");
+                }
                 let Some((last, _)) = batch.last() else {
                     continue;
                 };
@@ -492,7 +497,9 @@ async fn read(
                 }
             }
             Err(e) => {
-                tracing::warn!(ns, error = %e, "cannot read the recovery log; trying again");
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(ns, error = %e, "cannot read the recovery log; trying again");
+                }
                 tokio::time::sleep(RETRY).await;
             }
         }
