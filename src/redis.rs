@@ -360,6 +360,44 @@ async fn resubscribe(client: SubscriberClient, cluster: bool) {
     }
 }
 
+/// A Lua script run by its SHA-1 (`EVALSHA`), with its text at hand for when Redis does not have it cached.
+pub struct Script {
+    pub name: &'static str,
+    pub body: &'static str,
+    pub sha: String,
+}
+
+impl Script {
+    pub fn new(name: &'static str, body: &'static str) -> Self {
+        use sha1::Digest;
+        let sha = sha1::Sha1::digest(body.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Self { name, body, sha }
+    }
+
+    /// Runs it on `keys`: `EVALSHA`, or `EVAL` when Redis does not have it cached (after a restart or a failover;
+    /// `EVAL` caches it again).
+    pub async fn run(
+        &self,
+        client: &Client,
+        keys: Vec<String>,
+        args: Vec<fred::types::Value>,
+    ) -> Result<fred::types::Value, fred::error::Error> {
+        use fred::interfaces::LuaInterface;
+        let sent = client
+            .evalsha::<fred::types::Value, _, _, _>(self.sha.as_str(), keys.clone(), args.clone())
+            .await;
+        match sent {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                client.eval(self.body, keys, args).await
+            }
+            other => other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Endpoint, numsub_counts, redact};

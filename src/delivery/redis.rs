@@ -11,7 +11,7 @@ use std::{
 
 use fred::{
     clients::Client,
-    interfaces::{LuaInterface, SetsInterface, StreamsInterface},
+    interfaces::{SetsInterface, StreamsInterface},
     types::Value,
 };
 use futures_util::future::BoxFuture;
@@ -22,24 +22,7 @@ use super::{
     Acked, Holder, MessageId, Policy, Pushed, RoomKey, Store, StoreError, StoredMessage, Ttl,
     Vacancy, entry, now_ms,
 };
-
-/// One Lua script: its text (with the shared prelude) and its SHA-1, for `EVALSHA`.
-struct Script {
-    name: &'static str,
-    body: &'static str,
-    sha: String,
-}
-
-impl Script {
-    fn new(name: &'static str, body: &'static str) -> Self {
-        use sha1::Digest;
-        let sha = sha1::Sha1::digest(body.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Self { name, body, sha }
-    }
-}
+use crate::redis::Script;
 
 macro_rules! lua {
     ($file:literal) => {
@@ -152,8 +135,7 @@ impl RedisStore {
         format!("{}:node:{node}", self.prefix)
     }
 
-    /// Runs `script` on `room`'s keys: `EVALSHA`, or `EVAL` when Redis does not have it cached (after a restart
-    /// or a failover; `EVAL` caches it again).
+    /// Runs `script` on `room`'s keys.
     async fn run(
         &self,
         script: &Script,
@@ -161,16 +143,8 @@ impl RedisStore {
         args: Vec<String>,
     ) -> Result<Value, StoreError> {
         let keys = vec![self.queue_key(room), self.holders_key(room)];
-        let client = self.client();
-        let sent = client
-            .evalsha::<Value, _, _, _>(script.sha.as_str(), keys.clone(), args.clone())
-            .await;
-        let done = match sent {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                client.eval(script.body, keys, args).await
-            }
-            other => other,
-        };
+        let args = args.into_iter().map(Value::from).collect();
+        let done = script.run(&self.client(), keys, args).await;
         if let Err(e) = &done {
             self.recover(e);
         }

@@ -37,7 +37,7 @@ use std::{
 
 use fred::{
     clients::Client,
-    interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface, StreamsInterface},
+    interfaces::{ClientLike, HashesInterface, KeysInterface, StreamsInterface},
     types::{Value, config::Options},
 };
 use futures_util::future::BoxFuture;
@@ -47,44 +47,7 @@ use tokio::time::Instant;
 use super::{
     Entries, Entry, EventLog, Holder, Offset, RecoveryError, Session, Sessions, Tail, millis,
 };
-use crate::redis::Endpoint;
-
-/// One Lua script: its text (with the shared prelude) and its SHA-1, for `EVALSHA`.
-struct Script {
-    name: &'static str,
-    body: &'static str,
-    sha: String,
-}
-
-impl Script {
-    fn new(name: &'static str, body: &'static str) -> Self {
-        use sha1::Digest;
-        let sha = sha1::Sha1::digest(body.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Self { name, body, sha }
-    }
-
-    /// Runs it on one key: `EVALSHA`, or `EVAL` when Redis does not have it cached (after a restart or a
-    /// failover; `EVAL` caches it again).
-    async fn run(
-        &self,
-        client: &Client,
-        key: String,
-        args: Vec<Value>,
-    ) -> Result<Value, RecoveryError> {
-        let sent = client
-            .evalsha::<Value, _, _, _>(self.sha.as_str(), key.clone(), args.clone())
-            .await;
-        Ok(match sent {
-            Err(e) if e.details().starts_with("NOSCRIPT") => {
-                client.eval(self.body, key, args).await?
-            }
-            other => other?,
-        })
-    }
-}
+use crate::redis::{Endpoint, Script};
 
 macro_rules! lua {
     ($file:literal) => {
@@ -265,7 +228,10 @@ impl EventLog for RedisLog {
             })?;
             let key = self.log_key(ns);
             let args = vec![millis(keep).to_string().into(), Value::Bytes(bytes.into())];
-            let reply = self.append.run(&self.client, key.clone(), args).await?;
+            let reply = self
+                .append
+                .run(&self.client, vec![key.clone()], args)
+                .await?;
             self.remember(&key);
             reply
                 .as_str()
@@ -503,7 +469,7 @@ impl Sessions for RedisSessions {
                 millis(ttl).to_string().into(),
                 taking_over.map(holder_field).unwrap_or_default().into(),
             ];
-            let reply = self.save.run(&self.client, key.clone(), args).await?;
+            let reply = self.save.run(&self.client, vec![key.clone()], args).await?;
             let saved = yes(&self.save, &reply)?;
             if saved {
                 lock(&self.mine).insert(key, Instant::now() + Duration::from_millis(millis(ttl)));
@@ -556,7 +522,11 @@ impl Sessions for RedisSessions {
             let key = self.session_key(ns, pid);
             let reply = self
                 .remove
-                .run(&self.client, key.clone(), vec![holder_field(holder).into()])
+                .run(
+                    &self.client,
+                    vec![key.clone()],
+                    vec![holder_field(holder).into()],
+                )
                 .await?;
             let removed = yes(&self.remove, &reply)?;
             if removed {
