@@ -360,6 +360,19 @@ async fn resubscribe(client: SubscriberClient, cluster: bool) {
     }
 }
 
+/// The part of a key Redis Cluster hashes to find its slot: between the first `{` and the next `}`, when not
+/// empty; else the whole key. Keys that must be in one script share it.
+pub fn hash_tag(key: &str) -> &str {
+    key.find('{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.find('}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key)
+}
+
 /// A Lua script run by its SHA-1 (`EVALSHA`), with its text at hand for when Redis does not have it cached.
 pub struct Script {
     pub name: &'static str,

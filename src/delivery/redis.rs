@@ -441,22 +441,11 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis::hash_tag;
 
     fn store() -> RedisStore {
         // Never connected: only key names and reply parsing are tested here (tests/delivery_store.rs uses Redis).
         RedisStore::new(Client::default(), "socket-identity")
-    }
-
-    /// The part of a key Redis Cluster hashes: between the first `{` and the next `}`, when not empty.
-    fn hash_tag(key: &str) -> &str {
-        key.find('{')
-            .and_then(|open| {
-                let rest = &key[open + 1..];
-                rest.find('}')
-                    .filter(|&close| close > 0)
-                    .map(|close| &rest[..close])
-            })
-            .unwrap_or(key)
     }
 
     #[test]

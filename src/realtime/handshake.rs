@@ -300,16 +300,20 @@ pub async fn on_connect<A: Adapter>(
             "connection to a deprecated namespace: {message}"
         );
     }
-    let rooms = me.rooms(&ns.rooms);
     let recovering = socket
         .extensions
         .get::<Arc<Recoverable>>()
         .zip(node.recovery.get().cloned());
     // A recovered socket's rooms come back after what it missed (the handshake's rooms are among them).
     let restored = socket.extensions.remove::<Arc<Restored>>();
-    if restored.is_none() {
-        socket.join(rooms.clone());
-    }
+    let rooms = match &restored {
+        Some(restored) => restored.session.rooms.clone(),
+        None => {
+            let rooms = me.rooms(&ns.rooms);
+            socket.join(rooms.clone());
+            rooms
+        }
+    };
     socket.extensions.insert(observe::Issued::now());
     node.observer.connected(&socket);
     let greeting = Greeting {

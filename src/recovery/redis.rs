@@ -585,6 +585,7 @@ impl Sessions for RedisSessions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::redis::hash_tag;
 
     fn endpoint() -> Endpoint {
         Endpoint::parse("redis://127.0.0.1:1", None).unwrap()
@@ -599,18 +600,6 @@ mod tests {
             Duration::from_secs(1),
             "si:recovery",
         )
-    }
-
-    /// The part of a key Redis Cluster hashes: between the first `{` and the next `}`, when not empty.
-    fn hash_tag(key: &str) -> &str {
-        key.find('{')
-            .and_then(|open| {
-                let rest = &key[open + 1..];
-                rest.find('}')
-                    .filter(|&close| close > 0)
-                    .map(|close| &rest[..close])
-            })
-            .unwrap_or(key)
     }
 
     #[test]
