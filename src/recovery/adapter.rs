@@ -390,9 +390,11 @@ async fn sequence<E: SocketEmitter, A: CoreAdapter<E>>(
                 let Some(batch) = batch else { break };
                 for (offset, entry) in batch {
                     last = offset;
-                    match entry.as_ref().and_then(|e| Some((packet_of(&ns, offset, e)?, e))) {
-                        Some((packet, entry)) => {
-                            let _ = local.broadcast(packet, options_of(entry));
+                    // An entry that did not decode was counted by the log.
+                    let Some(entry) = entry else { continue };
+                    match packet_of(&ns, offset, &entry) {
+                        Some(packet) => {
+                            let _ = local.broadcast(packet, options_of(&entry));
                         }
                         None => {
                             metrics.malformed.inc();
@@ -436,10 +438,8 @@ async fn replay<E: SocketEmitter>(
                 return Ok(sent);
             }
             cursor = offset;
-            let Some(entry) = entry else {
-                metrics.malformed.inc();
-                continue;
-            };
+            // An entry that did not decode was counted by the log.
+            let Some(entry) = entry else { continue };
             if !is_for(&entry, &sid, &attach.rooms) {
                 continue;
             }
