@@ -21,7 +21,7 @@ use socketioxide_core::adapter::DefinedAdapter;
 use super::{
     admission::{Refused, Seat, Slot},
     args::Args,
-    auth::{AuthError, Handshake, Verifier, checked_session},
+    auth::{AuthError, Handshake, Verified, Verifier, checked_session},
     bus, events,
     identity::{BadRoomName, Identity, Role, SESSION_ROOM, USER_ROOM, session_room, user_room},
     namespaces::{Namespace, Namespaces},
@@ -148,7 +148,12 @@ pub async fn handshake<A: Adapter>(
     State(node): State<NodeInfo>,
 ) -> Result<(), HandshakeError> {
     let entered = node.handshakes.enter(socket.ns());
-    let admitted = admit(&socket, auth.ok(), &node).await;
+    // Connection state recovery: what the session hook decided for this socket before it existed.
+    let window = node.namespaces.find(socket.ns()).and_then(|ns| ns.recovery);
+    let recovery = node.recovery.get().filter(|_| window.is_some());
+    let mut pending = recovery.and_then(|r| r.take(&socket));
+    let verified = pending.as_mut().and_then(|p| p.verified.take());
+    let admitted = admit(&socket, auth.ok(), &node, verified).await;
     let admitted = match admitted {
         // Removed by a refused handshake or a last socket leaving meanwhile: this socket would be in a dead
         // namespace.
@@ -176,12 +181,8 @@ pub async fn handshake<A: Adapter>(
     socket.extensions.insert(Arc::new(identity));
     // Still in progress until the socket is in its namespace (`on_connect` lets go of it).
     socket.extensions.insert(Arc::new(entered));
-    // Connection state recovery: what the session hook decided for this socket before it existed.
-    if let (Some(recovery), Some(window)) = (
-        node.recovery.get(),
-        node.namespaces.find(socket.ns()).and_then(|ns| ns.recovery),
-    ) && let Some((recoverable, restored)) = recovery.take(&socket, window)
-    {
+    if let (Some(recovery), Some(window), Some(pending)) = (recovery, window, pending) {
+        let (recoverable, restored) = recovery.admitted(pending, window);
         socket.extensions.insert(recoverable);
         if let Some(restored) = restored {
             socket.extensions.insert(Arc::new(restored));
@@ -197,10 +198,12 @@ struct Admitted {
     identity: Identity,
 }
 
+/// `verified`: the session hook's verification of this very handshake, not done again.
 async fn admit<A: Adapter>(
     socket: &SocketRef<A>,
     auth: Option<Value>,
     node: &NodeInfo,
+    verified: Option<Result<Verified, AuthError>>,
 ) -> Result<Admitted, HandshakeError> {
     let parts = socket.req_parts();
     let origin = parts
@@ -213,9 +216,7 @@ async fn admit<A: Adapter>(
         .namespaces
         .find(socket.ns())
         .ok_or(HandshakeError::UnknownNamespace)?;
-    let verifying = ns
-        .verifier
-        .waits()
+    let verifying = (ns.verifier.waits() && verified.is_none())
         .then(|| node.admission.verifying())
         .transpose()?;
     let hs = Handshake {
@@ -225,7 +226,10 @@ async fn admit<A: Adapter>(
         address: observe::peer(&parts.extensions),
         cross_site: node.admission.cross_site(&parts.headers),
     };
-    let verified = ns.verifier.verify(hs).await?;
+    let verified = match verified {
+        Some(verified) => verified?,
+        None => ns.verifier.verify(hs).await?,
+    };
     drop(verifying);
     let room = match ns.joins(RoomSource::Handshake) {
         true => {

@@ -34,7 +34,7 @@ use socketioxide_core::Sid;
 
 use super::{
     admission::Admission,
-    auth::{Handshake, checked_session},
+    auth::{AuthError, Handshake, Verified, checked_session},
     namespaces::{Namespace, Namespaces},
     observe,
 };
@@ -65,6 +65,8 @@ pub enum Failure {
     Busy,
     /// What the socket missed could not be replayed.
     Replay,
+    /// Too many handshakes are being verified (`MAX_VERIFYING_HANDSHAKES`).
+    Overloaded,
 }
 
 impl Failure {
@@ -76,6 +78,7 @@ impl Failure {
             Self::Store => "store",
             Self::Busy => "busy",
             Self::Replay => "replay",
+            Self::Overloaded => "overloaded",
         }
     }
 }
@@ -90,9 +93,12 @@ pub struct Recovery {
 }
 
 /// What the resolver decided for a socket, until its connect middleware takes it.
-struct Pending {
+pub struct Pending {
     pid: String,
     restored: Option<Restored>,
+    /// The handshake as the resolver verified it, for the middleware not to verify it again (one auth webhook
+    /// call, one password check, one failed login counted); `None` when it did not.
+    pub verified: Option<Result<Verified, AuthError>>,
     at: Instant,
 }
 
@@ -145,7 +151,14 @@ impl Recovery {
         self.metrics.recovery.failed.get_or_create(&reason).inc();
     }
 
-    fn decide(&self, ns: &str, sid: Sid, pid: String, restored: Option<Restored>) {
+    fn decide(
+        &self,
+        ns: &str,
+        sid: Sid,
+        pid: String,
+        restored: Option<Restored>,
+        verified: Option<Result<Verified, AuthError>>,
+    ) {
         let now = Instant::now();
         let mut pending = self.pending.lock().unwrap();
         pending.retain(|_, p| now.duration_since(p.at) < PENDING_FOR);
@@ -154,20 +167,25 @@ impl Recovery {
             Pending {
                 pid,
                 restored,
+                verified,
                 at: now,
             },
         );
     }
 
-    /// The resolver's decision for `socket`, taken by its connect middleware: the extension it carries, and the
-    /// session to give back if it is a recovery.
-    pub fn take<A: Adapter>(
-        self: &Arc<Self>,
-        socket: &SocketRef<A>,
-        window: Duration,
-    ) -> Option<(Arc<Recoverable>, Option<Restored>)> {
+    /// The resolver's decision for `socket`, taken by its connect middleware first thing.
+    pub fn take<A: Adapter>(&self, socket: &SocketRef<A>) -> Option<Pending> {
         let key = (socket.ns().to_owned(), socket.id);
-        let pending = self.pending.lock().unwrap().remove(&key)?;
+        self.pending.lock().unwrap().remove(&key)
+    }
+
+    /// The extension a socket of a recovering namespace carries, and the session to give back if it is a
+    /// recovery, once its handshake passed.
+    pub fn admitted(
+        self: &Arc<Self>,
+        pending: Pending,
+        window: Duration,
+    ) -> (Arc<Recoverable>, Option<Restored>) {
         let start = pending
             .restored
             .as_ref()
@@ -184,7 +202,7 @@ impl Recovery {
             replaced: AtomicBool::new(false),
             recovery: self.clone(),
         };
-        Some((Arc::new(recoverable), pending.restored))
+        (Arc::new(recoverable), pending.restored)
     }
 
     /// Whether the stored session may be given to a client that names `offset` (absent: the client got no event
@@ -193,16 +211,10 @@ impl Recovery {
     async fn check(
         &self,
         ns: &str,
-        pid: &str,
+        session: Session,
         offset: Option<&str>,
         named: (Option<String>, Option<String>),
     ) -> Result<Restored, Failure> {
-        let session = self
-            .sessions
-            .load(ns, pid)
-            .await
-            .map_err(|_| Failure::Store)?
-            .ok_or(Failure::Unknown)?;
         if (session.id_user.clone(), session.session.clone()) != named {
             return Err(Failure::Identity);
         }
@@ -481,7 +493,7 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
         let field = |name: &str| auth.get(name).and_then(Value::as_str).map(str::to_owned);
         let new_pid = uuid::Uuid::new_v4().simple().to_string();
         let Some(pid) = field("pid") else {
-            recovery.decide(req.ns, req.sid, new_pid.clone(), None);
+            recovery.decide(req.ns, req.sid, new_pid.clone(), None, None);
             return Box::pin(std::future::ready(ConnectSession {
                 sid: req.sid,
                 pid: Some(new_pid),
@@ -497,17 +509,18 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
             address: observe::peer(&req.req_parts.extensions),
             cross_site: self.admission.cross_site(&req.req_parts.headers),
         };
-        let (namespaces, io, metrics, esid) = (
+        let (namespaces, admission, io, metrics, esid) = (
             self.namespaces.clone(),
+            self.admission.clone(),
             self.io.clone(),
             self.metrics.clone(),
             req.sid,
         );
         Box::pin(async move {
             metrics.recovery.attempted.inc();
-            let restored = match namespaces.find(&request.ns) {
-                Some(ns) => recover(&recovery, ns, &request).await,
-                None => Err(Failure::Unknown),
+            let (restored, verified) = match namespaces.find(&request.ns) {
+                Some(ns) => recover(&recovery, &admission, ns, &request).await,
+                None => (Err(Failure::Unknown), None),
             };
             let restored = match restored {
                 Ok(r) => take_over(io.get(), &request.ns, &r.session.sid)
@@ -517,7 +530,7 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
             };
             match restored {
                 Ok((sid, r)) => {
-                    recovery.decide(&request.ns, sid, request.pid.clone(), Some(r));
+                    recovery.decide(&request.ns, sid, request.pid.clone(), Some(r), verified);
                     ConnectSession {
                         sid,
                         pid: Some(request.pid),
@@ -525,7 +538,7 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
                 }
                 Err(why) => {
                     recovery.failed(why);
-                    recovery.decide(&request.ns, esid, new_pid.clone(), None);
+                    recovery.decide(&request.ns, esid, new_pid.clone(), None, verified);
                     ConnectSession {
                         sid: esid,
                         pid: Some(new_pid),
@@ -536,8 +549,32 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
     }
 }
 
-/// Verifies the handshake again and checks the session it names.
-async fn recover(recovery: &Recovery, ns: &Namespace, r: &Request) -> Result<Restored, Failure> {
+/// Checks the session the client names: it exists (looked up first: a made-up `pid` costs no verification), the
+/// handshake verifies again and names its identity, and its offset is genuine. Returns the verification too, for
+/// the connect middleware.
+async fn recover(
+    recovery: &Recovery,
+    admission: &Admission,
+    ns: &Namespace,
+    r: &Request,
+) -> (
+    Result<Restored, Failure>,
+    Option<Result<Verified, AuthError>>,
+) {
+    let session = match recovery.sessions.load(&r.ns, &r.pid).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return (Err(Failure::Unknown), None),
+        Err(_) => return (Err(Failure::Store), None),
+    };
+    // Password checks are bounded here as in the middleware.
+    let Ok(_verifying) = ns
+        .verifier
+        .waits()
+        .then(|| admission.verifying())
+        .transpose()
+    else {
+        return (Err(Failure::Overloaded), None);
+    };
     let hs = Handshake {
         query: r.query.as_deref(),
         auth: Some(&r.auth),
@@ -545,28 +582,24 @@ async fn recover(recovery: &Recovery, ns: &Namespace, r: &Request) -> Result<Res
         address: r.address,
         cross_site: r.cross_site,
     };
-    let verified = ns
-        .verifier
-        .verify(hs)
-        .await
-        .map_err(|_| Failure::Identity)?;
-    let session = match (ns.joins(RoomSource::Session), ns.verifier.is_claim()) {
+    let verified = match ns.verifier.verify(hs).await {
+        Ok(verified) => verified,
+        Err(e) => return (Err(Failure::Identity), Some(Err(e))),
+    };
+    let named_session = match (ns.joins(RoomSource::Session), ns.verifier.is_claim()) {
         (true, true) => hs
             .field("session_id")
             .ok()
             .flatten()
             .and_then(|s| checked_session(s).ok()),
-        (true, false) => verified.session,
+        (true, false) => verified.session.clone(),
         (false, _) => None,
     };
-    recovery
-        .check(
-            &r.ns,
-            &r.pid,
-            r.offset.as_deref(),
-            (verified.id_user, session),
-        )
-        .await
+    let named = (verified.id_user.clone(), named_session);
+    let restored = recovery
+        .check(&r.ns, session, r.offset.as_deref(), named)
+        .await;
+    (restored, Some(Ok(verified)))
 }
 
 /// The previous socket of a session, if it is still connected to this node (the client saw its connection drop

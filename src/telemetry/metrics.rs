@@ -87,7 +87,7 @@ pub struct RecoveryMetrics {
     pub attempted: Counter,
     /// Of them, those that got their socket back.
     pub succeeded: Counter,
-    /// Of them, those that did not, by reason (`unknown_session`, `identity`, `offset`, `store`, `busy`, `replay`).
+    /// Of them, those that did not, by reason (`unknown_session`, `identity`, `offset`, `store`, `busy`, `replay`, `overloaded`).
     pub failed: Family<Reason, Counter>,
     /// Missed events given to recovered sockets.
     pub replayed: Counter,
