@@ -577,3 +577,50 @@ async fn a_single_node_recovers_from_memory_and_counts_it() {
         Some(1.0)
     );
 }
+
+/// A client back before the server noticed its old connection was dead (no TCP close: a network cut) finds its
+/// previous socket still connected on that node: it takes it over. The old socket is closed with the session
+/// kept, the new one has its id and what it missed, and can recover again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_back_before_its_old_socket_left_takes_it_over() {
+    let (_dir, _redis, nodes) = start("recovery_takeover").await;
+    let a = &nodes[0];
+    let http = Http::new();
+    let mut io = Clients::start();
+    let old = io
+        .enter(Conn::to("old", a).ns("/live").user("uc", "R"))
+        .await;
+    let pid = old.pid.clone().expect("a pid with recovery on");
+    send(&http, a, "/live", "R", 0).await;
+    let o0 = news(&mut io, "old", &[0], (0, 0)).await;
+    send(&http, a, "/live", "R", 1).await;
+    news(&mut io, "old", &[1], o0).await;
+
+    // The same client, on a new connection, says it got news 0 only: the old socket is still there.
+    let proxy = Proxy::start(a.port).await;
+    let resume = json!({"pid": pid, "offset": format!("{}-{}", o0.0, o0.1)});
+    let conn = Conn::to("new", &a.via(&proxy))
+        .ns("/live")
+        .user("uc", "R")
+        .auth(resume)
+        .reconnect();
+    let new = io.enter(conn).await;
+    assert_eq!(new.sid, old.sid, "not taken over");
+    assert_eq!(new.pid.as_deref(), Some(pid.as_str()));
+    let ev = io.expect("old", "disconnect").await;
+    assert_eq!(ev["reason"], "io server disconnect", "{ev}");
+    let o1 = news(&mut io, "new", &[1], o0).await;
+    assert_eq!(listed_on(&http, a, "/live", "R", &new.sid).await, ["a"]);
+
+    // The old socket's leaving kept the session: the new one recovers from a cut as any other. (Its `auth` option
+    // names offset o0, which socket.io-client sends over its own last offset: it is given news 1 again, then 2.)
+    away(&proxy, &mut io, "new").await;
+    send(&http, a, "/live", "R", 2).await;
+    proxy.refuse(false);
+    let back = io.reconnected("new").await;
+    assert!(back.recovered, "not recovered: {back:?}");
+    assert_eq!(back.sid, old.sid);
+    let again = news(&mut io, "new", &[1, 2], o0).await;
+    assert!(again > o1);
+    no_more_news(&mut io, "new").await;
+}
