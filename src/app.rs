@@ -519,6 +519,7 @@ fn resolving<A: Adapter>(
         metrics: info.metrics.clone(),
         recovery: info.recovery.clone(),
         io: io.clone(),
+        cluster: info.cluster.clone(),
     };
     (builder.session_resolver(resolver), io)
 }

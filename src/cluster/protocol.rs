@@ -71,6 +71,12 @@ pub enum Action {
         event: String,
         args: Vec<serde_json::Value>,
     },
+    /// Closes the socket if the connection holding its recovery session is still `conn`: its client recovered it
+    /// on another node before this one noticed the connection was lost. The new socket has the same id, another
+    /// connection: it is never the one closed.
+    Replace {
+        conn: String,
+    },
 }
 
 /// One node's answer, published on the asking node's reply channel.
@@ -251,7 +257,7 @@ pub fn check_query(query: &Query) -> Result<(), DecodeError> {
                 Action::Emit { event, .. } if !is_event_name(event) => {
                     return Err(DecodeError::EventName);
                 }
-                Action::Emit { .. } | Action::Disconnect { .. } => {}
+                Action::Emit { .. } | Action::Disconnect { .. } | Action::Replace { .. } => {}
             }
         }
         Query::Rooms | Query::Views => {}

@@ -157,6 +157,9 @@ impl<A: Adapter> Local<A> {
                 Action::Disconnect { close: _ } => {
                     let _ = socket.clone().disconnect();
                 }
+                Action::Replace { conn } => {
+                    Recoverable::replaced(socket, conn);
+                }
                 Action::Emit { event, args } => {
                     let args = Args(args.clone());
                     if socket.emit(event.as_str(), &args).is_ok() {

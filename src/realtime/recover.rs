@@ -39,6 +39,10 @@ use super::{
     observe,
 };
 use crate::{
+    cluster::{
+        Cluster,
+        protocol::{Action, Query},
+    },
     config::file::RoomSource,
     recovery::{Holder, Offset, Session, Sessions, adapter::Recorder},
     telemetry::metrics::{Metrics, Reason},
@@ -417,6 +421,20 @@ impl Recoverable {
         tokio::spawn(async move { rec.recovery.save(&socket, &rec, None).await });
     }
 
+    /// Closes `socket` if its session is still held by connection `conn`: a recovery took the session over
+    /// (elsewhere), and this socket leaves without touching it.
+    pub fn replaced<A: Adapter>(socket: &SocketRef<A>, conn: &str) -> bool {
+        let Some(rec) = socket.extensions.get::<Arc<Recoverable>>() else {
+            return false;
+        };
+        if rec.holder.conn != conn {
+            return false;
+        }
+        rec.replaced.store(true, Ordering::Release);
+        let _ = socket.clone().disconnect();
+        true
+    }
+
     /// The socket left: a deliberate disconnect removes its session, any other keeps it for the window.
     pub async fn disconnected<A: Adapter>(socket: &SocketRef<A>, reason: DisconnectReason) {
         let Some(rec) = socket.extensions.get::<Arc<Recoverable>>() else {
@@ -456,6 +474,9 @@ pub struct Resolver<A: Adapter> {
     pub recovery: Arc<OnceLock<Arc<Recovery>>>,
     /// Set once socketioxide is built: a recovery on this node replaces the session's previous socket.
     pub io: Arc<OnceLock<SocketIo<A>>>,
+    /// The cluster, once joined (unset on a single node): a recovery asks the node that held the session to close
+    /// its socket, in case it did not notice the connection was lost.
+    pub cluster: Arc<OnceLock<Arc<Cluster>>>,
 }
 
 /// What verifying a handshake again needs, copied out of the request.
@@ -516,6 +537,7 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
             self.metrics.clone(),
             req.sid,
         );
+        let cluster = self.cluster.get().cloned();
         Box::pin(async move {
             metrics.recovery.attempted.inc();
             let (restored, verified) = match namespaces.find(&request.ns) {
@@ -530,6 +552,11 @@ impl<A: Adapter> SessionResolver for Resolver<A> {
             };
             match restored {
                 Ok((sid, r)) => {
+                    if let Some(cluster) =
+                        cluster.filter(|_| r.session.holder.node != recovery.node.as_ref())
+                    {
+                        replace_on(cluster, &request.ns, sid, r.session.holder.conn.clone());
+                    }
                     recovery.decide(&request.ns, sid, request.pid.clone(), Some(r), verified);
                     ConnectSession {
                         sid,
@@ -602,6 +629,18 @@ async fn recover(
     (restored, Some(Ok(verified)))
 }
 
+/// Asks every node (the one that held the session has it) to close the socket `sid` of `ns` if its session is still
+/// held by connection `conn`. Not waited for: that node may be the dead one.
+fn replace_on(cluster: Arc<Cluster>, ns: &str, sid: Sid, conn: String) {
+    let query = Query::Command {
+        nsp: ns.to_owned(),
+        filter: Some(sid.to_string()),
+        action: Action::Replace { conn },
+    };
+    let ns = ns.to_owned();
+    tokio::spawn(async move { cluster.ask(&ns, query).await });
+}
+
 /// The previous socket of a session, if it is still connected to this node (the client saw its connection drop
 /// before the server did), leaves without touching the session, so that the recovered one can have its id.
 async fn take_over<A: Adapter>(
@@ -616,10 +655,14 @@ async fn take_over<A: Adapter>(
     let Some(old) = ops.get_socket(sid) else {
         return Ok(sid);
     };
-    if let Some(rec) = old.extensions.get::<Arc<Recoverable>>() {
-        rec.replaced.store(true, Ordering::Release);
+    match old.extensions.get::<Arc<Recoverable>>() {
+        Some(rec) => {
+            Recoverable::replaced(&old, &rec.holder.conn);
+        }
+        None => {
+            let _ = old.disconnect();
+        }
     }
-    let _ = old.disconnect();
     let deadline = Instant::now() + TAKEOVER_WAIT;
     while ops.get_socket(sid).is_some() {
         if Instant::now() > deadline {
