@@ -37,11 +37,21 @@ fn bench() -> PathBuf {
 
 #[test]
 fn bench_smoke_run_is_correct() {
-    let reference = root().join("bench/node-reference/node_modules/socket.io");
-    assert!(
-        reference.exists(),
-        "bench/node-reference/node_modules is missing: scripts/setup.sh installs it"
-    );
+    // The reference, its streams adapter and the recovery phase's official client.
+    for package in [
+        "socket.io",
+        "@socket.io/redis-streams-adapter",
+        "socket.io-client",
+    ] {
+        let path = root()
+            .join("bench/node-reference/node_modules")
+            .join(package);
+        assert!(
+            path.exists(),
+            "{} is missing: scripts/setup.sh installs it",
+            path.display()
+        );
+    }
     let logs = log_dir("bench_smoke");
     let out = Command::new("timeout")
         .arg("300")
