@@ -36,7 +36,8 @@ use tokio::{
 };
 
 use crate::{
-    Bench, Report, Summary, clamp_to_fd_limit, procs,
+    Bench, Report, Summary, clamp_to_fd_limit,
+    procs::{self, Target},
     proxy::Proxy,
     send::{SEND_NS, SendFanoutResult, post, push_body},
 };
@@ -238,7 +239,7 @@ impl Clients {
 
 impl Bench {
     /// Runs the recovery phases the flags ask for into `report`.
-    pub(crate) async fn recovery_phases(&self, target: &crate::procs::Target, report: &mut Report) {
+    pub(crate) async fn recovery_phases(&self, target: &Target, report: &mut Report) {
         let a = &self.args;
         if a.recovery_fanout_size > 0 {
             match self.recovery_fanout(target).await {
@@ -255,10 +256,7 @@ impl Bench {
     }
 
     /// Phase 1: the send phase's fan-out, without recovery and with it.
-    async fn recovery_fanout(
-        &self,
-        target: &crate::procs::Target,
-    ) -> anyhow::Result<RecoveryFanoutResult> {
+    async fn recovery_fanout(&self, target: &Target) -> anyhow::Result<RecoveryFanoutResult> {
         let n = clamp_to_fd_limit(self.args.recovery_fanout_size);
         let off = self
             .send_fanout(target, n, "recovery-fanout-off", None)
@@ -270,7 +268,7 @@ impl Bench {
     }
 
     /// Phase 2: the sockets of a node killed with SIGKILL come back on the survivors.
-    async fn killed_node(&self, target: &crate::procs::Target) -> anyhow::Result<KilledNodeResult> {
+    async fn killed_node(&self, target: &Target) -> anyhow::Result<KilledNodeResult> {
         let a = &self.args;
         let (n, missed, k) = (
             clamp_to_fd_limit(a.recovery_sockets),
@@ -468,9 +466,16 @@ pub fn print(r: &Report) {
                 x.cpu_client_ms
             );
         }
-        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        // Too small a time off (a tiny run's CPU in 10 ms ticks) gives no ratio.
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "-".to_owned()
+            }
+        };
         println!(
-            "\nrecovery on / off: last client p50 {:.2}, p99 {:.2}, servers' CPU per round {:.2}",
+            "\nrecovery on / off: last client p50 {}, p99 {}, servers' CPU per round {}",
             ratio(f.on.fanout.p50, f.off.fanout.p50),
             ratio(f.on.fanout.p99, f.off.fanout.p99),
             ratio(f.on.cpu_servers_ms, f.off.cpu_servers_ms)
