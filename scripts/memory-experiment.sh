@@ -53,6 +53,6 @@ for variant in head engineioxide rustls both; do
   result=$("$release/bench" --only ours --ours "$work/socket-identity-$variant" --sizes --scale-nodes \
     --memory-conns "$conns" --handshakes 0 --credential-handshakes 0 --ns-size 0 --send-requests 0 \
     --send-fanout-size 0 --reliable-rooms 0 --admin-overhead --admin-sockets 0 --gateway-clients 0 \
-    --gateway-send-users 0 | grep 'KiB per connection' | tail -1)
+    --gateway-send-users 0 --recovery-fanout-size 0 --recovery-sockets 0 | grep 'KiB per connection' | tail -1)
   printf '%-13s %s\n' "$variant" "$result"
 done

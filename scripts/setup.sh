@@ -47,8 +47,11 @@ if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/test
   [ ! -x "$root/tests/js/node_modules/.bin/pm2" ]; then
   npm ci --prefix "$root/tests/js" --no-audit --no-fund --loglevel=error
 fi
-# The Node reference the benchmark compares against (bench/node-reference/).
-if [ ! -d "$root/bench/node-reference/node_modules/socket.io" ]; then
+# The Node reference the benchmark compares against (bench/node-reference/), with its Redis Streams adapter
+# (connection state recovery) and the official client its recovery phase drives.
+if [ ! -d "$root/bench/node-reference/node_modules/socket.io" ] ||
+  [ ! -d "$root/bench/node-reference/node_modules/@socket.io/redis-streams-adapter" ] ||
+  [ ! -d "$root/bench/node-reference/node_modules/socket.io-client" ]; then
   npm ci --prefix "$root/bench/node-reference" --no-audit --no-fund --loglevel=error
 fi
 

@@ -4,12 +4,15 @@
 // an ack callback across the cluster, deleted on ack, sent again as one `batch` when the user reconnects).
 // Configured like the Rust server, by environment: PORT, BIND, NODE_ID, REDIS_URL (unset: one node),
 // TLS_CERT, TLS_KEY, REQUEST_TIMEOUT_MS, PRESENCE_EVENTS; for /send: SEND_SITE (the namespace `/${SEND_SITE}`,
-// unset: no /send), SEND_API_KEY, USER_ROOM_PREFIX (unset: no reliable delivery), CLIENT_TTL_S (default 3600).
+// unset: no /send), SEND_API_KEY, USER_ROOM_PREFIX (unset: no reliable delivery), CLIENT_TTL_S (default 3600);
+// RECOVERY_WINDOW_S (unset or 0: off): connection state recovery, which socket.io has across a cluster only with
+// @socket.io/redis-streams-adapter, so that adapter replaces @socket.io/redis-adapter when it is on.
 import { randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:https";
 import { fileURLToPath } from "node:url";
 import { createAdapter } from "@socket.io/redis-adapter";
+import { createAdapter as createStreamsAdapter } from "@socket.io/redis-streams-adapter";
 import { createClient } from "redis";
 import { Server } from "socket.io";
 
@@ -24,6 +27,7 @@ const SEND_SITE = env.SEND_SITE;
 const SEND_API_KEY = env.SEND_API_KEY;
 const USER_ROOM_PREFIX = env.USER_ROOM_PREFIX;
 const CLIENT_TTL_S = Number(env.CLIENT_TTL_S ?? 3600);
+const RECOVERY_WINDOW_S = Number(env.RECOVERY_WINDOW_S ?? 0);
 // How long a live message waits for its ack (the same as the Rust server); unacknowledged, it stays stored.
 const ACK_TIMEOUT_MS = 30000;
 const MAX_BODY_BYTES = 256 * 1024;
@@ -65,17 +69,26 @@ const server = createServer(
   },
 );
 
-const io = new Server(server, { transports: ["polling", "websocket"] });
+// With recovery, the handshake middleware runs on a recovered socket too (`skipMiddlewares: false`), as our server
+// verifies a recovering client's identity again.
+const recovery =
+  RECOVERY_WINDOW_S > 0
+    ? { connectionStateRecovery: { maxDisconnectionDuration: RECOVERY_WINDOW_S * 1000, skipMiddlewares: false } }
+    : {};
+const io = new Server(server, { transports: ["polling", "websocket"], ...recovery });
 
 // The adapter's two clients, and a third for the messages of /send (the adapter's pub client would do too).
 let db = null;
+let pub = null;
 if (env.REDIS_URL) {
-  const pub = createClient({ url: env.REDIS_URL });
+  pub = createClient({ url: env.REDIS_URL });
   const sub = pub.duplicate();
   db = pub.duplicate();
   for (const c of [pub, sub, db]) c.on("error", (e) => console.error(`redis: ${e.message}`));
   await Promise.all([pub.connect(), sub.connect(), db.connect()]);
-  io.adapter(createAdapter(pub, sub, { requestsTimeout: TIMEOUT }));
+  // The streams adapter keeps the broadcasts in one Redis stream (each event's offset is its entry id) and a
+  // disconnected socket's session under `sio:session:<pid>`, written when the socket disconnects.
+  io.adapter(RECOVERY_WINDOW_S > 0 ? createStreamsAdapter(pub) : createAdapter(pub, sub, { requestsTimeout: TIMEOUT }));
 }
 
 function checkRoom(room) {
@@ -245,6 +258,8 @@ server.listen(PORT, BIND, () => console.log(`listening on https://${BIND}:${PORT
 for (const signal of ["SIGTERM", "SIGINT"]) {
   process.on(signal, () => {
     setTimeout(() => process.exit(0), 5000).unref();
-    io.close(() => process.exit(0));
+    // QUIT goes after the commands the shutdown queued (the streams adapter's sessions of the sockets it closes,
+    // which it does not wait for), so those reach Redis before the exit.
+    io.close(() => (pub ? pub.quit() : Promise.resolve()).finally(() => process.exit(0)));
   });
 }

@@ -268,7 +268,7 @@ impl Bench {
         anyhow::ensure!(k > 0 && n > 1, "the cost phase needs K >= 1 and N >= 2");
         let a = &self.args;
         let (redis, nodes) = self
-            .send_cluster(target, k, &format!("cost-{k}-{n}"))
+            .send_cluster(target, k, &format!("cost-{k}-{n}"), None)
             .await?;
         let probe = Arc::new(FanoutProbe::default());
         let (clients, mut connect_errors, _) =

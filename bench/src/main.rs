@@ -15,6 +15,8 @@
 //!    the time until an admin UI that logs in has `all_sockets` with every socket of the cluster.
 //! 8. (ours only, `gateway.rs`) the event-bus gateway: a message's round trip through Redis Streams and a backend
 //!    played by the bench, at fixed rates; and `send` entries to many users.
+//! 9. (`recovery.rs`) connection state recovery: what it costs the fan-out of a push, and the sockets of a
+//!    node killed with SIGKILL coming back on the survivors with what they missed (the official client).
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
 //! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
@@ -26,6 +28,8 @@ mod client;
 mod cost;
 mod gateway;
 mod procs;
+mod proxy;
+mod recovery;
 mod send;
 mod tenancy;
 
@@ -49,6 +53,7 @@ use crate::{
     cost::CostResult,
     gateway::{GatewayRateResult, GatewaySendResult},
     procs::{Node, Redis, Target},
+    recovery::{KilledNodeResult, RecoveryFanoutResult},
     send::{ReliableResult, SendFanoutResult, SendRateResult},
     tenancy::{HandshakeResult, NamespaceQueryResult},
 };
@@ -137,6 +142,24 @@ struct Args {
     /// time until the last one has it; 0 skips it.
     #[arg(long, default_value_t = 10_000)]
     send_fanout_size: usize,
+    /// Connection state recovery, its cost: sockets of a room on `--nodes` nodes that one `POST /send` per round
+    /// (`--fanout-rounds`) must reach, measured on a cluster without recovery and on one with it (ours:
+    /// `recovery_window_s`; the Node reference: `@socket.io/redis-adapter`, then
+    /// `@socket.io/redis-streams-adapter` with `connectionStateRecovery`); 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    recovery_fanout_size: usize,
+    /// Connection state recovery of a killed node: official socket.io-client sockets (one Node process) on one
+    /// node of `--nodes` through a loopback proxy; the bench SIGKILLs that node, pushes `--recovery-missed`
+    /// events to their room, and they reconnect to the survivors at once; 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    recovery_sockets: usize,
+    /// Events pushed while those sockets are away, each to come back once, in order; 0 skips the phase.
+    #[arg(long, default_value_t = 100)]
+    recovery_missed: usize,
+    /// The signal that stops their node: KILL (a crash) or TERM (a graceful shutdown: the control, where the
+    /// Node reference saves its sockets' sessions).
+    #[arg(long, default_value = "KILL", value_parser = ["KILL", "TERM"])]
+    recovery_signal: String,
     /// Reliable delivery: sockets, each alone in its user room `user_{i}`, on `--nodes` nodes, that get
     /// `--reliable-rounds` pushes each and acknowledge them; 0 skips it.
     #[arg(long, default_value_t = 1000)]
@@ -312,6 +335,8 @@ struct Report {
     send_rate: Option<SendRateResult>,
     send_fanout: Option<SendFanoutResult>,
     reliable: Option<ReliableResult>,
+    recovery_fanout: Option<RecoveryFanoutResult>,
+    killed_node: Option<KilledNodeResult>,
     admin_overhead: Vec<OverheadResult>,
     all_sockets: Option<AllSocketsResult>,
     gateway_rates: Vec<GatewayRateResult>,
@@ -337,6 +362,7 @@ impl Report {
                 .as_ref()
                 .map_or(0, |q| q.connect_errors + q.wrong_answers)
             + send::error_count(self)
+            + recovery::error_count(self)
             + admin::error_count(self)
             + gateway::error_count(self)
             + big::error_count(self)
@@ -463,6 +489,7 @@ impl Bench {
             }
         }
         self.send_phases(target, &mut report).await;
+        self.recovery_phases(target, &mut report).await;
         self.big_phase(target, &mut report).await;
         // The Node reference has one namespace, no auth kinds and no admin UI: these phases are ours only.
         if target.name == "ours" {
@@ -916,6 +943,7 @@ fn print_report(r: &Report) {
         }
     }
     send::print(r);
+    recovery::print(r);
     tenancy::print(r);
     admin::print(r);
     gateway::print(r);
@@ -975,6 +1003,7 @@ fn print_ratios(ours: &Report, node: &Report) {
         );
     }
     send::ratios(ours, node, &row);
+    recovery::ratios(ours, node, &row);
     if let (Some(a), Some(b)) = (&ours.big, &node.big) {
         let name = format!("{} connections, room of {}", a.conns, a.room);
         row(format!("{name}: query p50"), a.query.p50, b.query.p50, "ms");

@@ -52,6 +52,10 @@ struct Owned(Child);
 
 impl Drop for Owned {
     fn drop(&mut self) {
+        // Already reaped (killed on purpose): its pid may be another process's by now.
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();
@@ -120,6 +124,27 @@ pub struct Node {
 impl Node {
     pub fn pid(&self) -> u32 {
         self.child.0.id()
+    }
+
+    /// Sends `signal` to the node by its pid (`KILL`: a crash, it saves nothing on the way out; `TERM`: its
+    /// graceful shutdown) and reaps it, SIGKILLing it if it is still there after 10 s.
+    pub async fn stop(mut self, signal: &str) -> anyhow::Result<()> {
+        let status = tokio::process::Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .await
+            .context("kill")?;
+        anyhow::ensure!(status.success(), "kill -{signal} {}: {status}", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.0.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                self.child.0.kill()?;
+                self.child.0.wait()?;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Resident memory in bytes, from `/proc/<pid>/status`.

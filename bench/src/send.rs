@@ -117,7 +117,7 @@ impl SendRateResult {
 }
 
 impl SendFanoutResult {
-    fn errors(&self) -> usize {
+    pub(crate) fn errors(&self) -> usize {
         self.connect_errors + self.lost_rounds
     }
 }
@@ -141,9 +141,12 @@ pub fn error_count(r: &Report) -> usize {
         + r.reliable.as_ref().map_or(0, ReliableResult::errors)
 }
 
-/// Our config file: the pushed namespace.
-fn write_send_config(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let text = format!(
+/// Our config file: the pushed namespace, with connection state recovery for `recovery` seconds if asked.
+fn write_send_config(
+    dir: &std::path::Path,
+    recovery: Option<u64>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let mut text = format!(
         r#"# Written by the bench (bench/src/send.rs): the namespace POST /send pushes to.
 [[namespace]]
 name = "{SEND_NS}"
@@ -153,6 +156,9 @@ api_key = "{API_KEY}"
 user_room_prefix = "{USER_ROOM_PREFIX}"
 "#
     );
+    if let Some(window) = recovery {
+        text.push_str(&format!("recovery_window_s = {window}\n"));
+    }
     crate::tenancy::write_config(dir, &text)
 }
 
@@ -249,7 +255,8 @@ impl Bench {
             }
         }
         if self.args.send_fanout_size > 0 {
-            match self.send_fanout(target).await {
+            let n = clamp_to_fd_limit(self.args.send_fanout_size);
+            match self.send_fanout(target, n, "send-fanout", None).await {
                 Ok(r) => report.send_fanout = Some(r),
                 Err(e) => report.errors.push(format!("send fan-out: {e:#}")),
             }
@@ -262,23 +269,30 @@ impl Bench {
         }
     }
 
-    /// K nodes serving `/bench-send`: ours from a config file, the Node reference from its environment.
+    /// K nodes serving `/bench-send`: ours from a config file, the Node reference from its environment. With
+    /// `recovery` (a window in seconds) the namespace has connection state recovery: ours its
+    /// `recovery_window_s`, the Node reference `RECOVERY_WINDOW_S` (the Redis Streams adapter and socket.io's
+    /// `connectionStateRecovery` instead of the Redis adapter).
     pub(crate) async fn send_cluster(
         &self,
         target: &Target,
         k: usize,
         phase: &str,
+        recovery: Option<u64>,
     ) -> anyhow::Result<(Redis, Vec<Node>)> {
         let logs = self.logs(target, phase)?;
         if target.name == "ours" {
-            let config = write_send_config(&logs)?;
+            let config = write_send_config(&logs, recovery)?;
             return self.cluster_in(target, k, &logs, Some(&config)).await;
         }
-        let env = [
+        let mut env = vec![
             ("SEND_SITE", SITE.to_owned()),
             ("SEND_API_KEY", API_KEY.to_owned()),
             ("USER_ROOM_PREFIX", USER_ROOM_PREFIX.to_owned()),
         ];
+        if let Some(window) = recovery {
+            env.push(("RECOVERY_WINDOW_S", window.to_string()));
+        }
         self.cluster_env(target, k, &logs, None, &env).await
     }
 
@@ -332,7 +346,7 @@ impl Bench {
     /// Phase 1: pushes per second to a room of `--send-room-size` on one node.
     async fn send_rate(&self, target: &Target) -> anyhow::Result<SendRateResult> {
         let a = &self.args;
-        let (redis, nodes) = self.send_cluster(target, 1, "send-rate").await?;
+        let (redis, nodes) = self.send_cluster(target, 1, "send-rate", None).await?;
         let probe = Arc::new(FanoutProbe::default());
         let (clients, connect_errors, _) = self
             .open_send(&nodes, a.send_room_size, |_| STAFF.into(), &probe)
@@ -398,11 +412,18 @@ impl Bench {
         Ok(r)
     }
 
-    /// Phase 2: one push to a room of `--send-fanout-size` on K nodes, until the last client has it.
-    async fn send_fanout(&self, target: &Target) -> anyhow::Result<SendFanoutResult> {
+    /// Phase 2: one push per round to a room of `n` on K nodes, until the last client has it; `phase` names
+    /// the logs' folder, `recovery` is [`Self::send_cluster`]'s (the recovery phase measures it off and on).
+    pub(crate) async fn send_fanout(
+        &self,
+        target: &Target,
+        n: usize,
+        phase: &str,
+        recovery: Option<u64>,
+    ) -> anyhow::Result<SendFanoutResult> {
         let a = &self.args;
-        let (n, k) = (clamp_to_fd_limit(a.send_fanout_size), a.nodes);
-        let (redis, nodes) = self.send_cluster(target, k, "send-fanout").await?;
+        let k = a.nodes;
+        let (redis, nodes) = self.send_cluster(target, k, phase, recovery).await?;
         let probe = Arc::new(FanoutProbe::default());
         let (clients, connect_errors, connect_secs) =
             self.open_send(&nodes, n, |_| BIG.into(), &probe).await;
@@ -447,7 +468,7 @@ impl Bench {
             cpu_client_ms: per_round(cpu(&me), client_before),
         };
         println!(
-            "  send fan-out: N={n} K={k}: connect {:.2}s ({} errors), POST answered p50 {:.2} ms, last client \
+            "  {phase}: N={n} K={k}: connect {:.2}s ({} errors), POST answered p50 {:.2} ms, last client \
              p50 {:.2} ms p99 {:.2} ms ({} lost; CPU per round: servers {:.0} ms, client {:.0} ms)",
             r.connect_secs,
             r.connect_errors,
@@ -469,7 +490,7 @@ impl Bench {
             a.nodes,
             a.reliable_rounds,
         );
-        let (redis, nodes) = self.send_cluster(target, k, "reliable").await?;
+        let (redis, nodes) = self.send_cluster(target, k, "reliable", None).await?;
         let probe = Arc::new(FanoutProbe::default());
         // Held until the end: dropping a client closes it.
         let (_clients, connect_errors, _) = self

@@ -9,7 +9,10 @@
 //! With ours, the event-bus gateway phases too (a message's round trip through Redis Streams at two rates, `send`
 //! entries to 30 users), where `--check` fails on a reply or `send` frame lost or delivered twice, and the Redis
 //! cost per operation on 1 and 2 nodes (a wrong answer, a lost event or ack, a message left in the store fail).
-//! Both run the many-connections phase small (a holder process per node, 20 connections each, a room of 20).
+//! Both run the many-connections phase small (a holder process per node, 20 connections each, a room of 20), and
+//! the connection state recovery phases: a push's fan-out without and with recovery, and the sockets of a killed
+//! node (the official client) coming back on the survivor, where `--check` fails on a socket of ours not recovered
+//! or a missed event lost, doubled or out of order (the Node reference recovers none: reported, not an error).
 
 use std::{
     path::{Path, PathBuf},
@@ -34,11 +37,21 @@ fn bench() -> PathBuf {
 
 #[test]
 fn bench_smoke_run_is_correct() {
-    let reference = root().join("bench/node-reference/node_modules/socket.io");
-    assert!(
-        reference.exists(),
-        "bench/node-reference/node_modules is missing: scripts/setup.sh installs it"
-    );
+    // The reference, its streams adapter and the recovery phase's official client.
+    for package in [
+        "socket.io",
+        "@socket.io/redis-streams-adapter",
+        "socket.io-client",
+    ] {
+        let path = root()
+            .join("bench/node-reference/node_modules")
+            .join(package);
+        assert!(
+            path.exists(),
+            "{} is missing: scripts/setup.sh installs it",
+            path.display()
+        );
+    }
     let logs = log_dir("bench_smoke");
     let out = Command::new("timeout")
         .arg("300")
@@ -61,6 +74,10 @@ fn bench_smoke_run_is_correct() {
         // The many-connections phase, tiny: a holder process per node (2), 20 connections each, a room of 20.
         .args(["--big-conns", "20", "--big-room", "20"])
         .args(["--big-requests", "4", "--big-rounds", "2"])
+        // Connection state recovery, tiny: a fan-out to 24 sockets without and with it; 12 sockets of a killed
+        // node missing 5 pushes.
+        .args(["--recovery-fanout-size", "24", "--recovery-sockets", "12"])
+        .args(["--recovery-missed", "5"])
         // The Redis cost per operation (ours), tiny: K = 1 and 2, a room of 10.
         .args(["--cost-nodes", "1,2", "--cost-sizes", "10"])
         .args(["--cost-requests", "10", "--cost-rounds", "3"])
@@ -100,6 +117,23 @@ fn bench_smoke_run_is_correct() {
     ] {
         assert_eq!(stdout.matches(row).count(), 2, "{row:?} in:\n{stdout}");
     }
+    // The recovery phases ran for both: every fan-out round complete with and without recovery; ours recovered
+    // every socket of the killed node with the 5 pushes it missed, once each and in order, the Node reference none.
+    for row in [
+        "| 24 sockets | 2 | off | ",
+        "| 24 sockets | 2 | on (recovery_window_s) | ",
+        "| 24 sockets | 2 | off (redis-adapter) | ",
+        "| 24 sockets | 2 | on (redis-streams-adapter + connectionStateRecovery) | ",
+        "| 60 of 60 | 0 | 0 |",
+        "| 0 of 60 | 0 | 0 |",
+    ] {
+        assert_eq!(stdout.matches(row).count(), 1, "{row:?} in:\n{stdout}");
+    }
+    assert_eq!(
+        stdout.matches("| 12 | 2 | SIGKILL | 5 |").count(),
+        2,
+        "{stdout}"
+    );
     // The tenancy phases ran for ours (only): every kind, and the 3-room namespace with each socket listed once.
     for row in [
         "| claim | 20 |",
@@ -155,8 +189,9 @@ fn bench_check_fails_on_a_refused_admin_login() {
             "--reliable-rooms",
             "0",
         ])
-        // The gateway phases are on by default: off, so that the refused login is the run's one error.
+        // The gateway and recovery phases are on by default: off, so that the refused login is the run's one error.
         .args(["--gateway-clients", "0", "--gateway-send-users", "0"])
+        .args(["--recovery-fanout-size", "0", "--recovery-sockets", "0"])
         .args(["--nodes", "2", "--admin-overhead", "--admin-sockets", "10"])
         .args(["--admin-rounds", "1", "--admin-wrong-password"])
         .args(["--check", "--max-minutes", "2", "--logs"])
