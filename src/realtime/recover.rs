@@ -330,7 +330,6 @@ impl Recovery {
             .session
             .rooms
             .iter()
-            .filter(|r| **r != restored.session.sid)
             .map(|r| r.clone().into())
             .collect();
         match self

@@ -107,7 +107,7 @@ pub struct Session {
     pub sid: String,
     pub id_user: Option<String>,
     pub session: Option<String>,
-    /// Its rooms, its own id's room excepted.
+    /// Its rooms.
     pub rooms: Vec<String>,
     /// The log's last offset when the socket first connected: nothing before it was for this socket, whatever
     /// offset its client sends.
