@@ -360,6 +360,20 @@ async fn resubscribe(client: SubscriberClient, cluster: bool) {
     }
 }
 
+/// An unexpected reply as an error shows it: at most 200 characters of it.
+pub fn shown(reply: &fred::types::Value) -> String {
+    let mut reply = format!("{reply:?}");
+    if reply.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|&i| reply.is_char_boundary(i))
+            .unwrap_or(0);
+        reply.truncate(cut);
+        reply.push('…');
+    }
+    reply
+}
+
 /// The part of a key Redis Cluster hashes to find its slot: between the first `{` and the next `}`, when not
 /// empty; else the whole key. Keys that must be in one script share it.
 pub fn hash_tag(key: &str) -> &str {

@@ -216,16 +216,10 @@ fn text(v: &Value) -> Option<String> {
 }
 
 fn unexpected(command: &'static str, reply: &Value) -> StoreError {
-    let mut reply = format!("{reply:?}");
-    if reply.len() > 200 {
-        let cut = (0..=200)
-            .rev()
-            .find(|&i| reply.is_char_boundary(i))
-            .unwrap_or(0);
-        reply.truncate(cut);
-        reply.push('…');
+    StoreError::Reply {
+        command,
+        reply: crate::redis::shown(reply),
     }
-    StoreError::Reply { command, reply }
 }
 
 /// A script's reply as integers after an optional leading text (`{id, n}` or `{n, n, n}`).

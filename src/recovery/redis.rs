@@ -56,16 +56,10 @@ macro_rules! lua {
 }
 
 fn unexpected(command: &'static str, reply: &Value) -> RecoveryError {
-    let mut reply = format!("{reply:?}");
-    if reply.len() > 200 {
-        let cut = (0..=200)
-            .rev()
-            .find(|&i| reply.is_char_boundary(i))
-            .unwrap_or(0);
-        reply.truncate(cut);
-        reply.push('…');
+    RecoveryError::Reply {
+        command,
+        reply: crate::redis::shown(reply),
     }
-    RecoveryError::Reply { command, reply }
 }
 
 /// `<node>/<conn>`: unambiguous, a node id has no `/`.
