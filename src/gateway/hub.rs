@@ -173,6 +173,7 @@ mod tests {
             username: user.into(),
             claims: Arc::default(),
             verified: true,
+            params: Arc::default(),
             sink: mpsc::channel(1).0,
         })
     }

@@ -227,9 +227,7 @@ impl Gateway {
                 headers: Headers {
                     jwt: (*client.claims).clone(),
                 },
-                params: Params {
-                    namespace: client.namespace.clone(),
-                },
+                params: Params((*client.params).clone()),
                 verified: client.verified,
             },
         };

@@ -86,10 +86,9 @@ pub struct Headers {
     pub jwt: Map<String, Value>,
 }
 
+/// The client's query parameters (`namespace`, and whatever else it sent), [`crate::realtime::bus::params`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Params {
-    pub namespace: String,
-}
+pub struct Params(pub std::collections::BTreeMap<String, String>);
 
 /// The backend's answer to an envelope, in its `reply_to` stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,15 +264,13 @@ mod tests {
                         .unwrap()
                         .clone(),
                 },
-                params: Params {
-                    namespace: "/alex".into(),
-                },
+                params: Params([("namespace".to_owned(), "alex".to_owned())].into()),
                 verified: true,
             },
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["context"]["headers"]["jwt"]["preferred_username"], "alex");
-        assert_eq!(v["context"]["params"]["namespace"], "/alex");
+        assert_eq!(v["context"]["params"]["namespace"], "alex");
         assert_eq!(v["context"]["verified"], true);
         assert_eq!(v["type"], "onconnect");
         assert_eq!(serde_json::from_value::<Envelope>(v).unwrap(), e);
@@ -283,7 +280,7 @@ mod tests {
         let v = serde_json::to_value(&claimed).unwrap();
         assert_eq!(
             v["context"],
-            json!({"headers": {"jwt": {}}, "params": {"namespace": "/alex"}, "verified": false})
+            json!({"headers": {"jwt": {}}, "params": {"namespace": "alex"}, "verified": false})
         );
         assert_eq!(serde_json::from_value::<Envelope>(v).unwrap(), claimed);
     }

@@ -132,6 +132,7 @@ async fn connect(
             );
         }
     };
+    let params = Arc::new(crate::realtime::bus::params(query.as_deref(), &namespace));
     let client = Client {
         socket: uuid::Uuid::new_v4().simple().to_string(),
         namespace,
@@ -139,6 +140,8 @@ async fn connect(
         claims: verified.claims.unwrap_or_default(),
         // A JWT, a password or the webhook said who it is.
         verified: true,
+        params,
+
         // Replaced in `serve`, which owns the receiving end.
         sink: mpsc::channel(1).0,
     };

@@ -2,7 +2,7 @@
 //! [`Bus`]): a socket of a `gateway = true` namespace opens, sends messages, and closes through it, and gets
 //! [`Outgoing`] frames back. Defined here so that the socket handlers need not know the gateway.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,41 @@ pub struct Client {
     pub claims: Arc<Map<String, Value>>,
     /// Whether the identity was verified (a token, a password, the auth webhook), not only claimed.
     pub verified: bool,
+    /// The query parameters it connected with ([`params`]): the envelopes' `context.params`.
+    pub params: Arc<BTreeMap<String, String>>,
     pub sink: mpsc::Sender<Outgoing>,
+}
+
+/// Query parameters that are not the application's: Engine.IO's own, and credentials (a token in the query is
+/// verified, its claims are in the envelope; the token itself is not copied into the backend's streams).
+const NOT_PARAMS: [&str; 8] = [
+    "EIO",
+    "transport",
+    "t",
+    "sid",
+    "b64",
+    "j",
+    "token",
+    "password",
+];
+
+/// The query parameters a client connected with, as it sent them (the event-bus service's handlers read
+/// `context.params.namespace`: `?namespace=alex` is `"alex"`). A client that named no `namespace` parameter (a
+/// Socket.IO client connects to the namespace by its path) gets its namespace's name without the leading `/`, what
+/// it would have sent. The first of a repeated name counts.
+pub fn params(query: Option<&str>, namespace: &str) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        if !NOT_PARAMS.contains(&k.as_ref()) {
+            params
+                .entry(k.into_owned())
+                .or_insert_with(|| v.into_owned());
+        }
+    }
+    params
+        .entry("namespace".to_owned())
+        .or_insert_with(|| namespace.trim_start_matches('/').to_owned());
+    params
 }
 
 /// The gateway, as the socket handlers see it.
@@ -83,6 +117,7 @@ pub async fn opened<A: socketioxide::adapter::Adapter>(
         // Only a verified token's claims: a claimed identity is no token, and is not made to look like one.
         claims: me.claims.clone().unwrap_or_default(),
         verified,
+        params: Arc::new(params(socket.req_parts().uri.query(), socket.ns())),
         sink,
     };
     let socket_ = socket.clone();
@@ -101,4 +136,29 @@ pub async fn opened<A: socketioxide::adapter::Adapter>(
         }
     });
     bus.open(client).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_the_query_as_sent_without_engine_io_and_credentials() {
+        let got = params(
+            Some("namespace=alex&room=a%20b&EIO=4&transport=websocket&t=x&token=secret&room=c"),
+            "/alex",
+        );
+        let want: BTreeMap<String, String> = [("namespace", "alex"), ("room", "a b")]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .into();
+        assert_eq!(got, want);
+        // A Socket.IO client names its namespace by its path: the name it would have sent.
+        let got = params(Some("EIO=4&transport=polling&id_user=u1"), "/alex");
+        assert_eq!(got.get("namespace").map(String::as_str), Some("alex"));
+        assert_eq!(got.get("id_user").map(String::as_str), Some("u1"));
+        assert_eq!(
+            params(None, "/").get("namespace").map(String::as_str),
+            Some("")
+        );
+    }
 }

@@ -543,7 +543,6 @@ fn check_envelope(
         "every claim: {env}"
     );
     assert!(claims["exp"].is_i64(), "every claim: {env}");
-    assert_eq!(env["context"]["params"]["namespace"], ns, "{env}");
     text("socket")
 }
 
@@ -685,6 +684,7 @@ async fn every_hook_publishes_its_envelope_to_its_stream() {
         .connect(
             Conn::to("sio", &c)
                 .ns("/bob")
+                .query(json!({"lang": "fr"}))
                 .auth(json!({"token": token("bob")})),
         )
         .await;
@@ -692,6 +692,13 @@ async fn every_hook_publishes_its_envelope_to_its_stream() {
     let env = backend
         .expect(CONNECTION, "bob's onconnect", |e| e["username"] == "bob")
         .await;
+    // Its query as sent (Engine.IO's own parameters left out), and its namespace's name as the event-bus service's
+    // clients sent it: a Socket.IO client names its namespace by its path.
+    assert_eq!(
+        env["context"]["params"],
+        json!({"namespace": "bob", "lang": "fr"}),
+        "{env}"
+    );
     let socket = check_envelope(
         &env,
         CONNECTION,
@@ -788,6 +795,13 @@ async fn tokens_from_each_place_and_refusals_before_the_upgrade() {
             "/alex",
             "onconnect",
             &Value::Null,
+        );
+        // The query as the client sent it (what the event-bus service's handlers read back), never the token.
+        let sent = if *name == "slash" { "/alex" } else { "alex" };
+        assert_eq!(
+            env["context"]["params"],
+            json!({"namespace": sent}),
+            "{env}"
         );
         open.push(ws);
     }
