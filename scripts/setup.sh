@@ -44,6 +44,7 @@ redis_major=$(redis-server --version | sed -E 's/.*v=([0-9]+).*/\1/')
 "$root/scripts/fetch-client.sh"
 "$root/scripts/fetch-admin-ui.sh"
 if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/tests/js/node_modules/playwright-core" ] ||
+  [ ! -d "$root/tests/js/node_modules/@socket.io/redis-emitter" ] ||
   [ ! -x "$root/tests/js/node_modules/.bin/pm2" ]; then
   npm ci --prefix "$root/tests/js" --no-audit --no-fund --loglevel=error
 fi

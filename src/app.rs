@@ -26,6 +26,7 @@ use crate::{
     config::file::{self, AdminConfig, GatewayConfig},
     delivery::{MemoryStore, RedisStore, Store},
     domain::validate,
+    emitter::{self, Emitter},
     gateway::Gateway,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
@@ -355,6 +356,8 @@ struct Node {
     holders: Option<tokio::task::JoinHandle<()>>,
     /// The event-bus gateway's readers and connections.
     gateway: Option<Arc<Gateway>>,
+    /// The socket.io Redis emitter protocol's subscriber and the task applying its messages.
+    emitter: Option<Emitter>,
     /// The socketioxide-redis adapter's connection, and the watcher counting its events.
     adapter: Option<(redis::Subscriber, metrics::RedisWatch)>,
     /// The delivery store's (and admin sessions') connection, and its watcher.
@@ -410,6 +413,9 @@ impl Node {
         let leave = async {
             if let Some(cluster) = &self.cluster {
                 cluster.stop().await;
+            }
+            if let Some(emitter) = &self.emitter {
+                emitter.stop().await;
             }
             if let Some(gateway) = &self.gateway {
                 gateway.stop().await;
@@ -561,7 +567,7 @@ fn keep_alive<A: Adapter>(
 }
 
 /// One attempt to join the cluster, filling `node` as it goes: reliable delivery's store, the adapter on its own
-/// subscriber, the Socket.IO layer on the adapter, our room-query protocol, and the gateway.
+/// subscriber, the Socket.IO layer on the adapter, our room-query protocol, the gateway, and the emitter protocol.
 async fn join_cluster(
     node: &mut Node,
     redis: &redis::Endpoint,
@@ -660,6 +666,24 @@ async fn join_cluster(
         let started =
             Gateway::start(gateway.clone(), redis, info, config.request_timeout()).await?;
         node.gateway = Some(started);
+    }
+    if !config.emitter_key.is_empty() {
+        let settings = emitter::Settings {
+            key: config.emitter_key.clone(),
+            own_uid: emitter::cluster_uid(&config.redis_prefix),
+            max_bytes: usize::try_from(config.max_payload_bytes).unwrap_or(usize::MAX),
+            once_prefix: format!("{}:emitter-once", config.redis_prefix),
+        };
+        let started = Emitter::start(
+            settings,
+            redis,
+            io.clone(),
+            info,
+            client.clone(),
+            config.request_timeout(),
+        )
+        .await?;
+        node.emitter = Some(started);
     }
     Ok(SocketIoParts {
         layer: Box::new(move |app| app.layer(layer)),

@@ -34,8 +34,9 @@
 //!    7. `events`: what client events do.
 //!    8. `handshake`: registration, the connect middleware and the connect handler.
 //! 6. [`error`]: how failures become HTTP answers, and start-up errors ([`StartError`]).
-//! 7. [`admin`], [`gateway`], [`http`]: the admin UI's namespace and its cluster-wide view; the event-bus gateway
-//!    (Redis streams to and from clients); REST and page routes.
+//! 7. [`admin`], [`emitter`], [`gateway`], [`http`]: the admin UI's namespace and its cluster-wide view; the
+//!    socket.io Redis emitter protocol accepted on every node; the event-bus gateway (Redis streams to and from
+//!    clients); REST and page routes.
 //! 8. [`app`]: builds one node from its config and serves it until shutdown ([`run`], [`listen`]).
 //!
 //! [`run`] serves one node on a listener until a shutdown future resolves (the binary's is
@@ -50,6 +51,7 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod domain;
+pub mod emitter;
 pub mod error;
 pub mod gateway;
 pub mod http;

@@ -304,7 +304,7 @@ const SHARD_RESUBSCRIBE_RETRY: Duration = Duration::from_millis(200);
 
 /// Restores subscriptions after every reconnect: fred's own `manage_subscriptions` sends an empty `SUBSCRIBE`
 /// first when only shard channels are tracked, Redis refuses it, and the shard channels are never restored; so we
-/// restore each kind only when non-empty.
+/// restore each kind (channels, patterns, shard channels) only when non-empty.
 ///
 /// In a Redis Cluster, also every [`SHARD_RESUBSCRIBE`]: when a slot moves to another shard (resharding, or a
 /// failover seen by a master that comes back), Redis unsubscribes that slot's shard channels with a push message
@@ -323,6 +323,7 @@ async fn resubscribe(client: SubscriberClient, cluster: bool) {
             () = tokio::time::sleep(wait), if cluster => false,
         };
         let channels: Vec<_> = client.tracked_channels().into_iter().collect();
+        let patterns: Vec<_> = client.tracked_patterns().into_iter().collect();
         let shards: Vec<_> = client.tracked_shard_channels().into_iter().collect();
         if reconnected {
             tracing::info!(
@@ -334,6 +335,11 @@ async fn resubscribe(client: SubscriberClient, cluster: bool) {
                 && let Err(e) = client.subscribe(channels).await
             {
                 tracing::error!(error = %e, "re-subscribing after a Redis reconnect failed");
+            }
+            if !patterns.is_empty()
+                && let Err(e) = client.psubscribe(patterns).await
+            {
+                tracing::error!(error = %e, "re-subscribing patterns after a Redis reconnect failed");
             }
         }
         // One command per shard channel: they may live in different hash slots.

@@ -39,6 +39,12 @@ pub struct Config {
     #[arg(long, env = "REDIS_PREFIX", default_value = "socket-identity")]
     pub redis_prefix: String,
 
+    /// Key of the socket.io Redis emitter protocol (`@socket.io/redis-emitter` and its ports) that every node
+    /// of a cluster accepts: broadcasts on `{key}#{namespace}#…`, requests on `{key}-request#{namespace}#`.
+    /// Empty: off. Only in a cluster (`REDIS_URL`).
+    #[arg(long, env = "EMITTER_KEY", default_value = "socket.io")]
+    pub emitter_key: String,
+
     /// This node's id, shown to clients and used in channel names (`A-Z a-z 0-9 - _ .`). Default: a new uuid.
     #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,

@@ -201,7 +201,7 @@ impl Gateway {
         format!("gateway:{}", self.node)
     }
 
-    /// Adds one envelope to `stream`, and waits for its reply when `waiting`.
+    /// Adds one envelope to `stream`, and waits for its reply when `waiting`; whether it was added.
     async fn publish(
         &self,
         stream: &str,
@@ -209,7 +209,7 @@ impl Gateway {
         kind: &str,
         payload: Value,
         waiting: Option<Waiting>,
-    ) {
+    ) -> bool {
         let envelope = Envelope {
             id: uuid::Uuid::new_v4().to_string(),
             topic: stream
@@ -245,6 +245,7 @@ impl Gateway {
             Ok(trimmed) => {
                 self.metrics.gateway_published.inc();
                 self.metrics.gateway_trimmed.inc_by(trimmed);
+                true
             }
             Err(e) => {
                 tracing::warn!(stream, error = %e, "envelope not added to its stream");
@@ -255,6 +256,7 @@ impl Gateway {
                     );
                     self.deliver(client, Outgoing::Frame(frame));
                 }
+                false
             }
         }
     }
@@ -384,6 +386,31 @@ impl Bus for Gateway {
                 self.publish(stream, &client, &frame.kind, frame.payload.clone(), waiting)
                     .await;
             }
+        })
+    }
+
+    fn server_side_emit<'a>(
+        &'a self,
+        namespace: &'a str,
+        event: &'a str,
+        args: Vec<Value>,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let Some(stream) = &self.keys.onmessage else {
+                return false;
+            };
+            // From no socket and no user: the backend tells it by its empty `socket`. Its sink is never read.
+            let (sink, _) = tokio::sync::mpsc::channel(1);
+            let client = Client {
+                socket: String::new(),
+                namespace: namespace.to_owned(),
+                username: String::new(),
+                claims: Arc::default(),
+                verified: false,
+                sink,
+            };
+            self.publish(stream, &client, event, Value::Array(args), None)
+                .await
         })
     }
 

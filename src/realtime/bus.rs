@@ -88,6 +88,15 @@ pub trait Bus: Send + Sync + 'static {
         socket: &'a str,
         frame: Frame,
     ) -> BoxFuture<'a, ()>;
+    /// An event for the application's backend from another server (the socket.io Redis emitter's
+    /// `serverSideEmit`), published like a client message of type `event` from no socket, `args` as its payload.
+    /// Whether it was published (`false` without an `onmessage` stream, or when Redis refused it).
+    fn server_side_emit<'a>(
+        &'a self,
+        namespace: &'a str,
+        event: &'a str,
+        args: Vec<Value>,
+    ) -> BoxFuture<'a, bool>;
     /// `socket` left `namespace`: `onclose` is published.
     fn close<'a>(
         &'a self,

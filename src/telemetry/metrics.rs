@@ -27,6 +27,14 @@ pub struct Outcome {
     pub outcome: &'static str,
 }
 
+/// What an emitter message was (`broadcast`, `join`, `leave`, `disconnect`, `server_side_emit`, `unknown`) and
+/// what became of it (`delivered`, `applied`, `published`, `malformed`, `unknown_namespace`, `dropped`, `own`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EmitterMessage {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
 /// Which of the node's Redis connections: `publisher`, `cluster_subscriber` or `adapter_subscriber`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Connection {
@@ -77,6 +85,8 @@ pub struct Metrics {
     pub gateway_dropped: Counter,
     /// Entries `MAXLEN ~ stream_maxlen` removed from the gateway's streams, read or not: the oldest go first.
     pub gateway_trimmed: Counter,
+    /// Messages of the socket.io Redis emitter protocol this node read, by kind and outcome.
+    pub emitter_messages: Family<EmitterMessage, Counter>,
     pub recovery: RecoveryMetrics,
 }
 
@@ -323,6 +333,12 @@ impl Metrics {
             "Entries stream_maxlen trimmed from the gateway's streams, whether anyone had read them or not",
             gateway_trimmed.clone(),
         );
+        let emitter_messages = Family::<EmitterMessage, Counter>::default();
+        r.register(
+            "emitter_messages",
+            "Messages of the socket.io Redis emitter protocol read by this node, by kind and outcome",
+            emitter_messages.clone(),
+        );
         Self {
             registry: r,
             sockets,
@@ -350,6 +366,7 @@ impl Metrics {
             gateway_malformed_entries,
             gateway_dropped,
             gateway_trimmed,
+            emitter_messages,
             recovery,
         }
     }

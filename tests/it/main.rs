@@ -14,6 +14,7 @@ mod cluster;
 mod config;
 mod delivery_store;
 mod deploy;
+mod emitter;
 mod faults;
 mod gateway;
 mod hostile;

@@ -1,0 +1,332 @@
+//! The socket.io Redis emitter protocol, accepted by every node (docs/emitter.md): backends that push with
+//! `@socket.io/redis-emitter` (or its PHP, Go, Python, Java ports) reach our clients with their code unchanged.
+//!
+//! Every node `PSUBSCRIBE`s `{key}#*` and `{key}-request#*` on a subscriber of its own (classic pub/sub: the
+//! emitter `PUBLISH`es, which a Redis Cluster delivers to every node's subscribers) and applies each message to
+//! its own sockets only: a broadcast is a local emit, a join, leave or disconnect a local one. Nothing is
+//! published again, so each matching socket of the cluster gets a message once.
+//!
+//! * [`wire`]: the messages, checked (they come from Redis: anyone with access may publish).
+//!
+//! Namespaces the config does not serve are dropped (the emitter never creates one); malformed messages are
+//! counted (`emitter_messages_total{kind, outcome}`) and logged at most once a second.
+
+pub mod wire;
+
+use std::time::{Duration, Instant};
+
+use fred::{interfaces::PubsubInterface, prelude::EventInterface, types::Message};
+use socketioxide::{BroadcastError, SocketIo, adapter::Adapter, operators::BroadcastOperators};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::{
+    realtime::{NodeInfo, args::Relayed},
+    redis::{self, Endpoint, RedisError},
+    telemetry::metrics::{EmitterMessage, RedisWatch},
+};
+use wire::{Broadcast, Channel, Request, Target};
+
+/// At most one log line a second about refused messages: a flood of them must not flood the logs.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// What the protocol needs from the node's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The emitter's key (`EMITTER_KEY`, `socket.io` by default).
+    pub key: String,
+    /// The uid this cluster would publish with: messages carrying it are its own, already delivered.
+    pub own_uid: String,
+    /// Largest message accepted, in bytes (as large as a client may send: `MAX_PAYLOAD_BYTES`).
+    pub max_bytes: usize,
+    /// Prefix of the keys that make a message handled once cluster-wide ([`Applier::once`]).
+    pub once_prefix: String,
+}
+
+/// How long the key deciding which node handles a message lives: the nodes receive a message within
+/// milliseconds of each other; identical messages published within this window are taken as one.
+const ONCE_TTL_MS: i64 = 2_000;
+
+/// The uid this cluster's own messages carry in the protocol: one for every node of a cluster (its prefix), so
+/// that a node ignores what any node of its cluster published.
+pub fn cluster_uid(redis_prefix: &str) -> String {
+    format!("socket-identity:{redis_prefix}")
+}
+
+/// The protocol running on this node: its subscriber and the task applying messages.
+pub struct Emitter {
+    sub: redis::Subscriber,
+    task: tokio::task::JoinHandle<()>,
+    /// Counts the subscriber's errors and reconnects while it lives.
+    _watch: RedisWatch,
+}
+
+impl Emitter {
+    /// Connects a subscriber, subscribes the protocol's channels and starts applying what comes to `io`'s
+    /// sockets. On failure nothing stays open.
+    pub async fn start<A: Adapter>(
+        settings: Settings,
+        endpoint: &Endpoint,
+        io: SocketIo<A>,
+        info: &NodeInfo,
+        client: fred::clients::Client,
+        timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        let sub = redis::Subscriber::new(endpoint, timeout)?;
+        let watch = info.metrics.watch_redis(&sub.client, "emitter_subscriber");
+        let key = wire::glob_escape(&settings.key);
+        let patterns = vec![format!("{key}#*"), format!("{key}-request#*")];
+        let messages = sub.client.message_rx();
+        let subscribed = async {
+            redis::init(&sub.client, endpoint).await?;
+            sub.client
+                .psubscribe(patterns)
+                .await
+                .map_err(|e| redis::connect_err(endpoint, e))
+        };
+        if let Err(e) = subscribed.await {
+            sub.close().await;
+            return Err(e);
+        }
+        tracing::info!(
+            key = settings.key,
+            "accepting the socket.io Redis emitter protocol"
+        );
+        let node = Applier {
+            settings,
+            io,
+            info: info.clone(),
+            client,
+            last_log: None,
+        };
+        let task = tokio::spawn(node.run(messages));
+        Ok(Self {
+            sub,
+            task,
+            _watch: watch,
+        })
+    }
+
+    /// Stops applying messages and closes the subscriber.
+    pub async fn stop(&self) {
+        self.task.abort();
+        self.sub.close().await;
+    }
+}
+
+/// Applies the protocol's messages to this node's sockets, one at a time (in the order they were published).
+struct Applier<A: Adapter> {
+    settings: Settings,
+    io: SocketIo<A>,
+    info: NodeInfo,
+    /// For the keys of [`Self::once`].
+    client: fred::clients::Client,
+    /// When a refused message was last logged.
+    last_log: Option<Instant>,
+}
+
+/// What became of a message, for the metric.
+type Outcome = &'static str;
+
+impl<A: Adapter> Applier<A> {
+    async fn run(mut self, mut messages: tokio::sync::broadcast::Receiver<Message>) {
+        loop {
+            match messages.recv().await {
+                Ok(message) => self.handle(message).await,
+                Err(RecvError::Lagged(n)) => {
+                    self.count_by("unknown", "dropped", n);
+                    self.log(format_args!("{n} messages dropped: this node fell behind"));
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: Message) {
+        let Some(payload) = message.value.as_bytes() else {
+            self.refused("unknown", &message.channel, "not a string or bytes");
+            return;
+        };
+        match Channel::of(&self.settings.key, &message.channel) {
+            Some(Channel::Broadcast { rest }) => {
+                match Broadcast::parse(rest, payload, self.settings.max_bytes) {
+                    Ok(b) => {
+                        let outcome = self.broadcast(b).await;
+                        self.count("broadcast", outcome);
+                    }
+                    Err(why) => self.refused("broadcast", &message.channel, &why.to_string()),
+                }
+            }
+            Some(Channel::Request { namespace }) => {
+                match Request::parse(payload, self.settings.max_bytes) {
+                    Ok(request) => {
+                        let kind = request.kind();
+                        let outcome = self.request(namespace, request, payload).await;
+                        self.count(kind, outcome);
+                    }
+                    Err(why) => self.refused("request", &message.channel, &why.to_string()),
+                }
+            }
+            None => self.refused("unknown", &message.channel, "not a channel of the protocol"),
+        }
+    }
+
+    /// The namespace's operators when the config serves it and it exists on this node; never created.
+    fn served(&self, namespace: &str) -> Option<BroadcastOperators<A>> {
+        self.info.namespaces.find(namespace)?;
+        self.io.of(namespace)
+    }
+
+    async fn broadcast(&mut self, b: Broadcast) -> Outcome {
+        if b.uid == self.settings.own_uid {
+            return "own";
+        }
+        let Some(ops) = self.served(&b.namespace) else {
+            return "unknown_namespace";
+        };
+        let mut ops = ops.local().to(b.rooms).except(b.except);
+        if b.volatile {
+            ops = ops.volatile();
+        }
+        match ops.emit(&b.event, &Relayed(b.args)).await {
+            // Some sockets could not take it (closed a moment ago, or not reading): the others got it.
+            Ok(()) | Err(BroadcastError::Socket(_)) => "delivered",
+            Err(e) => {
+                self.log(format_args!("emitter broadcast not delivered: {e}"));
+                "failed"
+            }
+        }
+    }
+
+    async fn request(&mut self, namespace: &str, request: Request, payload: &[u8]) -> Outcome {
+        let targeted = |target: Target| {
+            self.served(namespace)
+                .map(|ops| ops.local().to(target.rooms).except(target.except))
+        };
+        let applied = match request {
+            Request::Join { target, rooms } => match targeted(target) {
+                Some(ops) => ops.join(rooms).await.map_err(|e| e.to_string()),
+                None => return "unknown_namespace",
+            },
+            Request::Leave { target, rooms } => match targeted(target) {
+                Some(ops) => ops.leave(rooms).await.map_err(|e| e.to_string()),
+                None => return "unknown_namespace",
+            },
+            // `close` would also close the client's other namespaces: socketioxide closes a connection only when
+            // its last namespace is left, so the sockets targeted are disconnected either way.
+            Request::Disconnect { target, close: _ } => match targeted(target) {
+                Some(ops) => match ops.disconnect().await {
+                    Ok(()) | Err(BroadcastError::Socket(_)) => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                },
+                None => return "unknown_namespace",
+            },
+            Request::ServerSideEmit { uid, data } => {
+                return self.server_side_emit(namespace, uid, data, payload).await;
+            }
+            Request::Other(_) => return "unsupported",
+        };
+        match applied {
+            Ok(()) => "applied",
+            Err(e) => {
+                self.log(format_args!("emitter request not applied: {e}"));
+                "failed"
+            }
+        }
+    }
+
+    /// To the event-bus gateway's `onmessage` stream, when there is one: once cluster-wide (every node reads the
+    /// request; the one that wins [`Self::once`] publishes it), as the backend reading the stream is one.
+    async fn server_side_emit(
+        &mut self,
+        namespace: &str,
+        uid: Option<String>,
+        data: Vec<serde_json::Value>,
+        payload: &[u8],
+    ) -> Outcome {
+        if uid.as_deref() == Some(self.settings.own_uid.as_str()) {
+            return "own";
+        }
+        if self.info.namespaces.find(namespace).is_none() {
+            return "unknown_namespace";
+        }
+        let Some(bus) = self.info.bus.get() else {
+            return "dropped";
+        };
+        let mut data = data.into_iter();
+        let Some(serde_json::Value::String(event)) = data.next() else {
+            return "malformed";
+        };
+        match self.once(namespace, payload).await {
+            Ok(true) => {}
+            Ok(false) => return "other_node",
+            Err(e) => {
+                self.log(format_args!("server-side emit not published: {e}"));
+                return "failed";
+            }
+        }
+        match bus
+            .server_side_emit(namespace, &event, data.collect())
+            .await
+        {
+            true => "published",
+            false => "dropped",
+        }
+    }
+
+    /// Whether this node is the one to handle `payload` of `namespace`: the first to set its digest's key wins.
+    async fn once(&self, namespace: &str, payload: &[u8]) -> Result<bool, fred::error::Error> {
+        use fred::{interfaces::KeysInterface, types::SetOptions};
+        use sha2::Digest;
+        let digest = sha2::Sha256::new()
+            .chain_update(namespace.as_bytes())
+            .chain_update([0])
+            .chain_update(payload)
+            .finalize();
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{}:{hex}", self.settings.once_prefix);
+        let set: Option<String> = self
+            .client
+            .set(
+                key,
+                "1",
+                Some(fred::types::Expiration::PX(ONCE_TTL_MS)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    fn count(&self, kind: &'static str, outcome: Outcome) {
+        self.count_by(kind, outcome, 1);
+    }
+
+    fn count_by(&self, kind: &'static str, outcome: Outcome, n: u64) {
+        self.info
+            .metrics
+            .emitter_messages
+            .get_or_create(&EmitterMessage { kind, outcome })
+            .inc_by(n);
+    }
+
+    /// A message that does not follow the protocol: counted, and logged unless one was logged in the last second.
+    fn refused(&mut self, kind: &'static str, channel: &str, why: &str) {
+        self.count(kind, "malformed");
+        let channel: String = channel.chars().take(200).collect();
+        self.log(format_args!(
+            "malformed emitter message on {channel:?} skipped: {why}"
+        ));
+    }
+
+    fn log(&mut self, what: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self
+            .last_log
+            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
+        {
+            return;
+        }
+        self.last_log = Some(now);
+        tracing::warn!("{what}");
+    }
+}

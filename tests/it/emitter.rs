@@ -1,0 +1,256 @@
+//! The socket.io Redis emitter protocol with real components: 3 node processes on a real Redis, the official
+//! socket.io-client in rooms on every node, and the real `@socket.io/redis-emitter` (tests/js/emitter.mjs)
+//! publishing as a Node backend does.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const CONFIG: &str = r#"
+[[namespace]]
+name = "/"
+auth = "claim"
+rooms = ["handshake"]
+
+[[namespace]]
+name = "/chat"
+auth = "claim"
+rooms = ["handshake"]
+"#;
+
+/// How long a test waits to be sure a socket got nothing more.
+const QUIET: Duration = Duration::from_millis(400);
+
+/// Publishes `ops` with the real emitter (key `socket.io`), in order.
+async fn emitter(redis: &Redis, ops: Value) {
+    let out = tokio::process::Command::new("node")
+        .arg(root().join("tests/js/emitter.mjs"))
+        .arg(redis.port.to_string())
+        .arg("socket.io")
+        .arg(ops.to_string())
+        .output()
+        .await
+        .expect("run node tests/js/emitter.mjs");
+    assert!(out.status.success(), "emitter.mjs: {out:?}");
+}
+
+/// `id`'s next `event`, which must be its only one: the cluster delivers each emitter message once per socket.
+async fn once(clients: &mut Clients, id: &str, event: &str) -> Value {
+    let got = clients.expect(id, event).await;
+    let again = clients.within(id, &[event], QUIET).await;
+    assert_eq!(again, None, "{id} got {event} twice");
+    got["args"].clone()
+}
+
+/// The count of emitter messages of `kind` with `outcome` on `node`.
+async fn counted(http: &Http, node: &Node, kind: &str, outcome: &str) -> f64 {
+    let sample =
+        format!("socket_identity_emitter_messages_total{{kind=\"{kind}\",outcome=\"{outcome}\"}}");
+    http.metric(node, &sample).await.unwrap_or(0.0)
+}
+
+/// Sockets on each node: `a` (node a, room r1), `b` (node b, r1), `c` (node c, r2), `d` (node b, `/chat`, r1).
+async fn sockets(nodes: &[Node]) -> Clients {
+    let mut clients = Clients::start();
+    clients
+        .join(Conn::to("a", &nodes[0]).user("ua", "r1"))
+        .await;
+    clients
+        .join(Conn::to("b", &nodes[1]).user("ub", "r1"))
+        .await;
+    clients
+        .join(Conn::to("c", &nodes[2]).user("uc", "r2"))
+        .await;
+    clients
+        .join(Conn::to("d", &nodes[1]).ns("/chat").user("ud", "r1"))
+        .await;
+    clients
+}
+
+#[tokio::test]
+async fn emitter_broadcasts_reach_each_matching_socket_once_across_the_cluster() {
+    let (_dir, redis, nodes) =
+        cluster_with_config("emitter_broadcasts_reach_each", 3, CONFIG).await;
+    let mut clients = sockets(&nodes).await;
+
+    // To a room: its sockets on two nodes, not the third's, nor the same room of another namespace.
+    emitter(
+        &redis,
+        json!([{"op": "emit", "to": ["r1"], "event": "news", "args": [1, {"x": "y"}]}]),
+    )
+    .await;
+    for id in ["a", "b"] {
+        assert_eq!(once(&mut clients, id, "news").await, json!([1, {"x": "y"}]));
+    }
+    clients.expect_none("c", "news", Duration::ZERO).await;
+    clients.expect_none("d", "news", Duration::ZERO).await;
+
+    // To the namespace, except a room; then to the whole namespace.
+    emitter(
+        &redis,
+        json!([
+            {"op": "emit", "except": ["r2"], "event": "most", "args": []},
+            {"op": "emit", "event": "all", "args": ["x"]},
+        ]),
+    )
+    .await;
+    for id in ["a", "b", "c"] {
+        assert_eq!(once(&mut clients, id, "all").await, json!(["x"]));
+    }
+    for id in ["a", "b"] {
+        once(&mut clients, id, "most").await;
+    }
+    clients.expect_none("c", "most", Duration::ZERO).await;
+    clients.expect_none("d", "all", Duration::ZERO).await;
+
+    // Binary arguments, top-level and nested, arrive as binary attachments.
+    emitter(
+        &redis,
+        json!([{"op": "emit", "to": ["r2"], "event": "file",
+            "args": [{"$binary": "AAEC/w=="}, {"file": {"$binary": "Bw=="}, "n": 2, "l": [{"$binary": "CQ=="}]}]}]),
+    )
+    .await;
+    assert_eq!(
+        once(&mut clients, "c", "file").await,
+        json!([{"$binary": "AAEC/w=="}, {"file": {"$binary": "Bw=="}, "n": 2, "l": [{"$binary": "CQ=="}]}])
+    );
+
+    // Volatile: sockets that can take it at once (all of these) get it; another namespace.
+    emitter(
+        &redis,
+        json!([
+            {"op": "emit", "to": ["r1"], "volatile": true, "event": "tick", "args": [3]},
+            {"op": "emit", "ns": "/chat", "to": ["r1"], "event": "chat", "args": ["hi"]},
+        ]),
+    )
+    .await;
+    for id in ["a", "b"] {
+        assert_eq!(once(&mut clients, id, "tick").await, json!([3]));
+    }
+    assert_eq!(once(&mut clients, "d", "chat").await, json!(["hi"]));
+    clients.expect_none("a", "chat", Duration::ZERO).await;
+
+    // A namespace the config does not serve: counted on every node, nothing created or delivered.
+    emitter(
+        &redis,
+        json!([{"op": "emit", "ns": "/nope", "event": "news", "args": []}]),
+    )
+    .await;
+    let http = Http::new();
+    for node in &nodes {
+        eventually(
+            Duration::from_secs(5),
+            "the unknown namespace counted",
+            async || {
+                (counted(&http, node, "broadcast", "unknown_namespace").await == 1.0).then_some(())
+            },
+        )
+        .await;
+        // Each node delivered to its own sockets: a, b and d's node counted every served broadcast.
+        assert_eq!(counted(&http, node, "broadcast", "delivered").await, 6.0);
+    }
+    clients.expect_none("a", "news", QUIET).await;
+}
+
+#[tokio::test]
+async fn emitter_requests_join_leave_and_disconnect_sockets_on_every_node() {
+    let (_dir, redis, nodes) = cluster_with_config("emitter_requests_join", 3, CONFIG).await;
+    let mut clients = sockets(&nodes).await;
+
+    // r2's socket and one of r1's (not b) join r3; an emit to r3 reaches them.
+    emitter(
+        &redis,
+        json!([
+            {"op": "join", "to": ["r1", "r2"], "except": ["r1x"], "rooms": ["r3"]},
+            {"op": "leave", "to": ["r1"], "rooms": ["nothing"]},
+        ]),
+    )
+    .await;
+    let http = Http::new();
+    eventually(
+        Duration::from_secs(5),
+        "r3 filled on every node",
+        async || (http.users(&nodes[0], "r3").await.set().len() == 3).then_some(()),
+    )
+    .await;
+    emitter(
+        &redis,
+        json!([{"op": "emit", "to": ["r3"], "except": ["r2"], "event": "r3", "args": []}]),
+    )
+    .await;
+    for id in ["a", "b"] {
+        once(&mut clients, id, "r3").await;
+    }
+    clients.expect_none("c", "r3", Duration::ZERO).await;
+
+    // Leave r3 everywhere but r2: the emit reaches c only.
+    emitter(
+        &redis,
+        json!([
+            {"op": "leave", "except": ["r2"], "rooms": ["r3"]},
+            {"op": "emit", "to": ["r3"], "event": "left", "args": []},
+        ]),
+    )
+    .await;
+    once(&mut clients, "c", "left").await;
+    clients.expect_none("a", "left", Duration::ZERO).await;
+    clients.expect_none("b", "left", Duration::ZERO).await;
+
+    // Malformed messages, published by hand: counted on every node, logged, nothing breaks.
+    redis.cli(&["PUBLISH", "socket.io#/#", "\u{1}garbage"]);
+    redis.cli(&["PUBLISH", "socket.io-request#/#", "{\"type\": 2}"]);
+    redis.cli(&["PUBLISH", "socket.io-request#/#", "{not json"]);
+    for node in &nodes {
+        eventually(
+            Duration::from_secs(5),
+            "malformed messages counted",
+            async || {
+                let broadcasts = counted(&http, node, "broadcast", "malformed").await;
+                let requests = counted(&http, node, "request", "malformed").await;
+                (broadcasts == 1.0 && requests == 2.0).then_some(())
+            },
+        )
+        .await;
+        assert!(node.log_text().contains("malformed emitter message"));
+    }
+
+    // Disconnect r1's sockets on every node: a and b, not c, nor d (another namespace).
+    emitter(&redis, json!([{"op": "disconnect", "to": ["r1"]}])).await;
+    for id in ["a", "b"] {
+        let ev = clients.expect(id, "disconnect").await;
+        assert_eq!(ev["reason"], "io server disconnect", "{ev}");
+    }
+    clients.expect_none("c", "disconnect", QUIET).await;
+    clients.expect_none("d", "disconnect", Duration::ZERO).await;
+    for node in &nodes {
+        node.wait_healthy(Duration::from_secs(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_empty_emitter_key_turns_the_protocol_off() {
+    let dir = log_dir("an_empty_emitter_key_turns");
+    let redis = Redis::start(&dir);
+    let node = Node::start(
+        &dir,
+        NodeOpts {
+            id: "a",
+            redis: Some(redis.url()),
+            prefix: "an_empty_emitter_key_turns",
+            args: &["--emitter-key", ""],
+            ..NodeOpts::default()
+        },
+    )
+    .await;
+    let mut clients = Clients::start();
+    clients.join(Conn::to("a", &node).user("ua", "r1")).await;
+    emitter(
+        &redis,
+        json!([{"op": "emit", "to": ["r1"], "event": "news", "args": []}]),
+    )
+    .await;
+    clients.expect_none("a", "news", QUIET).await;
+    assert_eq!(redis.cli(&["PUBSUB", "NUMPAT"]).trim(), "0");
+}
