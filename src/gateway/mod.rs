@@ -407,6 +407,7 @@ impl Bus for Gateway {
                 username: String::new(),
                 claims: Arc::default(),
                 verified: false,
+                params: Arc::new(crate::realtime::bus::params(None, namespace)),
                 sink,
             };
             self.publish(stream, &client, event, Value::Array(args), None)
