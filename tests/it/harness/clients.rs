@@ -204,7 +204,8 @@ impl Clients {
         need("node", "apt-get install -y nodejs");
         let js = root().join("tests/js");
         assert!(
-            js.join("node_modules/socket.io-client").exists(),
+            js.join("node_modules/socket.io-client").exists()
+                && js.join("node_modules/socket.io-client-v2").exists(),
             "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test.sh does)"
         );
         let mut child = TokioCommand::new("node")
