@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs), Redis 7+, Node.js
 # and npm, Chromium, openssl, systemd-analyze, nginx, Python 3.11+ with venv; then from the npm registry the socket.io
-# browser bundle, the test clients and PM2 (tests/js), and the benchmark's Node reference; from PyPI the API fuzzer
+# browser bundle, the test clients (socket.io-client 4.x and 2.x) and PM2 (tests/js), and the benchmark's Node reference; from PyPI the API fuzzer
 # schemathesis (tests/it/openapi.rs), in a virtualenv under target/.
 # Safe to run again. Debian/Ubuntu (apt-get); needs root or sudo only when something is missing.
 set -euo pipefail
@@ -43,7 +43,8 @@ redis_major=$(redis-server --version | sed -E 's/.*v=([0-9]+).*/\1/')
 
 "$root/scripts/fetch-client.sh"
 "$root/scripts/fetch-admin-ui.sh"
-if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/tests/js/node_modules/playwright-core" ] ||
+if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/tests/js/node_modules/socket.io-client-v2" ] ||
+  [ ! -d "$root/tests/js/node_modules/playwright-core" ] ||
   [ ! -d "$root/tests/js/node_modules/@socket.io/redis-emitter" ] ||
   [ ! -x "$root/tests/js/node_modules/.bin/pm2" ]; then
   npm ci --prefix "$root/tests/js" --no-audit --no-fund --loglevel=error

@@ -32,4 +32,5 @@ mod security;
 mod send;
 mod slowloris;
 mod tenancy;
+mod v2_clients;
 mod vendor;

@@ -4,6 +4,9 @@
 //    "reconnect":true, "headers":{"origin":"https://app.example"}, "local_address":"127.0.0.2"}
 //   "shared":true: the socket shares one Engine.IO connection with the other shared sockets to the same server
 //   (socket.io-client's multiplexing), one namespace each.
+//   "client":2: with socket.io-client 2.x (protocol v4 over Engine.IO 3) instead of 4.x; it has no `auth` (the
+//   command's is ignored), no `onAny` and no recovery, and reports a namespace's refusal (its `error` event) as
+//   connect_error.
 //   {"op":"emit","id":"a","event":"identity-change","args":[...],"ack":true}
 //   {"op":"disconnect","id":"a"}
 //   Server events sent with an ack callback are acknowledged with "ok" (reported with "acked": true), unless the
@@ -19,6 +22,7 @@
 //         {"id":"a","event":"<server event>","args":[...]}
 import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
+import ioV2 from "socket.io-client-v2";
 
 const sockets = new Map();
 const out = (msg) => process.stdout.write(JSON.stringify(report(msg)) + "\n");
@@ -44,8 +48,19 @@ function binary(v) {
   return v;
 }
 
-function connect({ id, url, query, auth, transports, reconnect, headers, ack_server, shared, local_address }) {
-  const socket = io(url, {
+// Every server event of `socket`, as `onAny` gives them (event, ...args, ack callback if asked).
+function onAny(socket, client, handler) {
+  if (client !== 2) return socket.onAny(handler);
+  // 2.x has no `onAny`: its `onevent` takes each EVENT/BINARY_EVENT packet.
+  socket.onevent = function (packet) {
+    const args = [...(packet.data ?? [])];
+    if (packet.id != null) args.push(this.ack(packet.id));
+    handler(...args);
+  };
+}
+
+function connect({ id, url, query, auth, transports, reconnect, headers, ack_server, shared, local_address, client }) {
+  const socket = (client === 2 ? ioV2 : io)(url, {
     extraHeaders: headers ?? {},
     query: query ?? {},
     auth: auth ?? undefined,
@@ -65,8 +80,10 @@ function connect({ id, url, query, auth, transports, reconnect, headers, ack_ser
     out({ id, event: "connect", sid: socket.id, recovered: socket.recovered === true, pid: socket._pid ?? null }),
   );
   socket.on("connect_error", (err) => out({ id, event: "connect_error", message: err.message }));
+  // 2.x: a namespace's CONNECT_ERROR (`{message}` from our server) is an `error` event.
+  if (client === 2) socket.on("error", (err) => out({ id, event: "connect_error", message: err?.message ?? err }));
   socket.on("disconnect", (reason) => out({ id, event: "disconnect", reason }));
-  socket.onAny((event, ...args) => {
+  onAny(socket, client, (event, ...args) => {
     const last = args[args.length - 1];
     if (typeof last !== "function") return out({ id, event, args });
     args.pop();

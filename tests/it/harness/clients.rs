@@ -18,7 +18,8 @@ use super::{Node, need, root};
 
 /// A socket to open, built from [`Conn::to`]: `Conn::to("a", &node).ns("/chat").auth(json!({"token": t}))`.
 /// Unless told otherwise: namespace `/`, websocket only, no query, auth or extra headers, no reconnection, every
-/// server event that asks for an ack acknowledged, an Engine.IO connection of its own, from `127.0.0.1`.
+/// server event that asks for an ack acknowledged, an Engine.IO connection of its own, from `127.0.0.1`, with
+/// socket.io-client 4.x.
 #[derive(Clone, Debug)]
 pub struct Conn {
     id: String,
@@ -32,6 +33,8 @@ pub struct Conn {
     ack_server: Value,
     shared: bool,
     local_address: Option<String>,
+    /// socket.io-client's major version: 4, or 2 (protocol v4 over Engine.IO 3).
+    client: u8,
 }
 
 /// Where a socket connects: a node, or a server's base URL (`https://host:port`).
@@ -78,6 +81,7 @@ impl Conn {
             ack_server: Value::Null,
             shared: false,
             local_address: None,
+            client: 4,
         }
     }
 
@@ -143,6 +147,13 @@ impl Conn {
         self
     }
 
+    /// With socket.io-client 2.x (protocol v4 over Engine.IO 3), what apps built for socket.io 2 ship: no `auth`
+    /// object (the driver ignores it), a namespace's refusal reported as `connect_error`.
+    pub fn v2(mut self) -> Self {
+        self.client = 2;
+        self
+    }
+
     /// The driver's `connect` command.
     fn command(&self) -> Value {
         let url = match self.ns.as_str() {
@@ -151,7 +162,8 @@ impl Conn {
         };
         json!({"op": "connect", "id": self.id, "url": url, "query": self.query, "auth": self.auth,
             "headers": self.headers, "transports": self.transports, "reconnect": self.reconnect,
-            "ack_server": self.ack_server, "shared": self.shared, "local_address": self.local_address})
+            "ack_server": self.ack_server, "shared": self.shared, "local_address": self.local_address,
+            "client": self.client})
     }
 }
 
@@ -192,7 +204,8 @@ impl Clients {
         need("node", "apt-get install -y nodejs");
         let js = root().join("tests/js");
         assert!(
-            js.join("node_modules/socket.io-client").exists(),
+            js.join("node_modules/socket.io-client").exists()
+                && js.join("node_modules/socket.io-client-v2").exists(),
             "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test.sh does)"
         );
         let mut child = TokioCommand::new("node")

@@ -66,6 +66,12 @@ impl<A: Adapter> Client<A> {
         #[cfg(feature = "tracing")]
         tracing::debug!("auth: {:?}", auth);
         let protocol: ProtocolVersion = esocket.protocol.into();
+        // socket.io-client 2.x (protocol v4) appends its query to the namespace of a CONNECT
+        // (`/admin?token=abc`); the same query is on the URL of its Engine.IO handshake.
+        let ns_path = match protocol {
+            ProtocolVersion::V4 => ns_path.split('?').next().unwrap_or(ns_path),
+            ProtocolVersion::V5 => ns_path,
+        };
         let connect = async move |ns: Arc<Namespace<A>>, esocket: Arc<EIoSocket<SocketData<A>>>| {
             if ns.connect(esocket.id, esocket.clone(), auth).await.is_ok() {
                 // cancel the connect timeout task for v5
@@ -95,13 +101,9 @@ impl<A: Adapter> Client<A> {
             };
             // We "ask" the adapter implementation to manage the init response itself
             socketioxide_core::adapter::Spawnable::spawn(adapter.init(on_success));
-        } else if protocol == ProtocolVersion::V4 && ns_path == "/" {
-            #[cfg(feature = "tracing")]
-            tracing::error!(
-                "the root namespace \"/\" must be defined before any connection for protocol V4 (legacy)!"
-            );
-            esocket.close(EIoDisconnectReason::TransportClose);
         } else {
+            // Protocol v4 without a root namespace: the implicit CONNECT to "/" of every connection is refused
+            // like any other, and the client's CONNECTs to the namespaces that exist still succeed.
             let path = Str::copy_from_slice(ns_path);
             let packet = self
                 .parser()
