@@ -564,6 +564,13 @@ rooms = ["handshake"]
 api_key = "acl-key-0123456789abcdef"
 user_room_prefix = "user_"
 
+[[namespace]]
+name = "/live"
+auth = "claim"
+rooms = ["handshake"]
+api_key = "acl-key-0123456789abcdef"
+recovery_window_s = 60
+
 [admin]
 enabled = true
 username = "admin"
@@ -642,6 +649,37 @@ stream_prefix = "socket-identity:gw:"
         )
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
+
+    // Connection state recovery: a push recorded in the namespace's log, the session saved, then taken over by the
+    // same client (its pid and offset) on the other node.
+    let first = io
+        .enter(Conn::to("r1", &nodes[1]).ns("/live").user("ur", "R"))
+        .await;
+    let body = serde_json::json!({"rooms": ["R"], "event": "news", "args": [2]});
+    let (status, answer) = http
+        .push(
+            &nodes[0],
+            "site=live&apiKey=acl-key-0123456789abcdef",
+            &body,
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let news = io.expect("r1", "news").await;
+    let offset = news["args"][1].clone();
+    let resume = serde_json::json!({"pid": first.pid, "offset": offset});
+    let again = io
+        .enter(
+            Conn::to("r2", &nodes[0])
+                .ns("/live")
+                .user("ur", "R")
+                .auth(resume),
+        )
+        .await;
+    assert_eq!(again.sid, first.sid, "not recovered under the ACL");
+    assert_eq!(
+        io.expect("r1", "disconnect").await["reason"],
+        "io server disconnect"
+    );
 
     // Nothing the nodes did was refused.
     println!("{}", acl_cli(port, &["INFO", "commandstats"]));
