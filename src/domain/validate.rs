@@ -14,6 +14,17 @@
 //! * **node id**: 1 to 64 characters of `A-Z a-z 0-9 - _ .`, because it becomes part of a Redis channel name.
 //! * **namespace**: `/` then up to 127 characters, each an ASCII letter or digit or one of `-` `_` `.` `~` `/`.
 
+/// Event names socket.io clients reserve for themselves: an event by these names would never reach the page (the
+/// emitter refuses them too).
+pub const RESERVED_EVENTS: &[&str] = &[
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+
 /// Longest room name, in characters.
 pub const MAX_ROOM_CHARS: usize = 128;
 /// Longest user id, in characters.

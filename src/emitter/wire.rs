@@ -19,15 +19,7 @@ const REMOTE_JOIN: u8 = 2;
 const REMOTE_LEAVE: u8 = 3;
 const REMOTE_DISCONNECT: u8 = 4;
 const SERVER_SIDE_EMIT: u8 = 6;
-/// Event names socket.io reserves: the emitter refuses them, and so do we.
-const RESERVED: [&str; 6] = [
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
+use crate::domain::validate::RESERVED_EVENTS as RESERVED;
 
 /// Which channel of the protocol a message came on, with what follows the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -113,7 +113,7 @@ mod tests {
     fn reserved_events_are_the_codes() {
         assert_eq!(
             spec()["components"]["schemas"]["EventName"]["not"]["enum"],
-            serde_json::json!(super::super::send::RESERVED_EVENTS)
+            serde_json::json!(crate::domain::validate::RESERVED_EVENTS)
         );
     }
 }

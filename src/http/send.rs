@@ -34,15 +34,7 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_ROOMS: usize = 1000;
 /// Longest event name, in characters.
 const MAX_EVENT_CHARS: usize = 128;
-/// Event names socket.io clients reserve for themselves: an event by these names would never reach the page.
-pub(super) const RESERVED_EVENTS: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
+use crate::domain::validate::RESERVED_EVENTS;
 
 /// `?site=&apiKey=&resync=`.
 #[derive(Debug, Default, serde::Deserialize)]
