@@ -254,3 +254,66 @@ async fn an_empty_emitter_key_turns_the_protocol_off() {
     clients.expect_none("a", "news", QUIET).await;
     assert_eq!(redis.cli(&["PUBSUB", "NUMPAT"]).trim(), "0");
 }
+
+/// `serverSideEmit` reaches the application's backend through the event-bus gateway's `onmessage` stream, once for
+/// the whole cluster (every node gets the message; one publishes it), as an envelope of type `event` with the
+/// arguments as payload and no socket or user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_side_emits_reach_the_gateway_stream_once() {
+    let config = format!(
+        r#"{CONFIG}
+[gateway]
+path = "/connect"
+onmessage = {{ publish = "socket:general" }}
+jwt_secret = "a-gateway-secret-of-32-bytes-----"
+"#
+    );
+    let (_dir, redis, nodes) = cluster_with_config("emitter_server_side", 3, &config).await;
+    emitter(
+        &redis,
+        json!([
+            {"op": "serverSideEmit", "event": "hello", "args": [1, {"a": 2}]},
+            {"op": "serverSideEmit", "ns": "/chat", "event": "bye", "args": ["x"]},
+        ]),
+    )
+    .await;
+    let entries = eventually(Duration::from_secs(5), "2 envelopes", async || {
+        let out = redis.cli(&["XRANGE", "socket:general", "-", "+"]);
+        let envelopes: Vec<Value> = out
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v.is_object())
+            .collect();
+        (envelopes.len() >= 2).then_some(envelopes)
+    })
+    .await;
+    // Every node has had the messages by now: none published a third.
+    tokio::time::sleep(QUIET).await;
+    let out = redis.cli(&["XLEN", "socket:general"]);
+    assert_eq!(out.trim(), "2", "one envelope per message: {entries:?}");
+    let by_type = |t: &str| {
+        entries
+            .iter()
+            .find(|e| e["type"] == t)
+            .unwrap_or_else(|| panic!("no {t}: {entries:?}"))
+            .clone()
+    };
+    let hello = by_type("hello");
+    assert_eq!(hello["payload"], json!([1, {"a": 2}]), "{hello}");
+    assert_eq!(hello["namespace"], "/", "{hello}");
+    assert_eq!(
+        (hello["socket"].as_str(), hello["username"].as_str()),
+        (Some(""), Some(""))
+    );
+    let bye = by_type("bye");
+    assert_eq!(
+        (bye["namespace"].as_str(), &bye["payload"]),
+        (Some("/chat"), &json!(["x"]))
+    );
+    let http = Http::new();
+    let mut published = 0.0;
+    for node in &nodes {
+        published += counted(&http, node, "server_side_emit", "published").await;
+    }
+    assert_eq!(published, 2.0);
+}
