@@ -142,14 +142,6 @@ impl Recovery {
         })
     }
 
-    pub fn recorder(&self) -> &Arc<Recorder> {
-        &self.recorder
-    }
-
-    pub fn sessions(&self) -> &Arc<dyn Sessions> {
-        &self.sessions
-    }
-
     fn failed(&self, why: Failure) {
         let reason = Reason { reason: why.kind() };
         self.metrics.recovery.failed.get_or_create(&reason).inc();
