@@ -419,10 +419,25 @@ macro_rules! impl_handler_async {
                 )*
 
                 let fut = (self.clone())($($ty,)*);
-                tokio::spawn(fut);
+                run_until_pending_then_spawn(fut);
             }
         }
     };
+}
+
+/// Runs an async connect handler here up to its first pending `.await`, then spawns the rest.
+///
+/// The CONNECT packet is already on its way and a client may emit as soon as it has it (socket.io-client's
+/// `connect` listener often does). Spawned whole, the handler could start after the socket's next packet was read,
+/// and an event sent at once found no handler and was lost. This way, the handlers it registers before its first
+/// `.await` are in place first, as with a sync handler and as with socket.io's `connection` listeners.
+fn run_until_pending_then_spawn<F: Future<Output = ()> + Send + 'static>(fut: F) {
+    let mut fut = Box::pin(fut);
+    // The spawned task polls it again at once, with its own waker.
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if fut.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(fut);
+    }
 }
 
 macro_rules! impl_middleware_async {
@@ -493,3 +508,42 @@ macro_rules! all_the_tuples {
 
 all_the_tuples!(impl_handler_async);
 all_the_tuples!(impl_middleware_async);
+
+#[cfg(test)]
+mod tests {
+    use super::run_until_pending_then_spawn;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn an_async_handler_runs_up_to_its_first_await_before_the_call_returns() {
+        let steps = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let s = steps.clone();
+        run_until_pending_then_spawn(async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            rx.await.unwrap();
+            s.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(steps.load(Ordering::SeqCst), 1, "the part before the await ran");
+        tx.send(()).unwrap();
+        let rest = async {
+            while steps.load(Ordering::SeqCst) != 2 {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), rest)
+            .await
+            .expect("the rest ran in a task");
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_never_waits_is_not_spawned() {
+        let steps = Arc::new(AtomicUsize::new(0));
+        let s = steps.clone();
+        run_until_pending_then_spawn(async move {
+            s.fetch_add(1, Ordering::SeqCst);
+        });
+        assert_eq!(steps.load(Ordering::SeqCst), 1);
+    }
+}
