@@ -224,3 +224,42 @@ async fn without_compat_our_broadcasts_stay_on_our_side() {
     clients.expect_none("n", "from-us", Duration::ZERO).await;
     assert_eq!(published(&http, &nodes[0]).await, 0.0);
 }
+
+/// Without Redis (a single node) or without an emitter key, there is no Node server to reach: refused at start-up,
+/// saying why.
+#[tokio::test]
+async fn compat_without_redis_or_emitter_key_is_a_start_up_error() {
+    let dir = log_dir("node_migration_start_up");
+    let redis = Redis::start(&dir);
+    let url = redis.url();
+    for (id, redis, args, named) in [
+        ("single", None, &["--node-adapter-compat"][..], "REDIS_URL"),
+        (
+            "nokey",
+            Some(url),
+            &["--node-adapter-compat", "--emitter-key", ""][..],
+            "EMITTER_KEY",
+        ),
+    ] {
+        let mut node = Node::spawn(
+            &dir,
+            NodeOpts {
+                id,
+                redis,
+                args,
+                ..NodeOpts::default()
+            },
+        )
+        .await;
+        let status = node.exit_within(Duration::from_secs(10)).await;
+        let log = node.log_text();
+        assert!(
+            matches!(status, Some(s) if !s.success()),
+            "{id}: {status:?}\n{log}"
+        );
+        assert!(
+            log.contains("NODE_ADAPTER_COMPAT") && log.contains(named),
+            "{id}: a clear message naming {named}:\n{log}"
+        );
+    }
+}
