@@ -26,7 +26,10 @@ use crate::{
     config::file::{self, AdminConfig, GatewayConfig},
     delivery::{MemoryStore, RedisStore, Store},
     domain::validate,
-    emitter::{self, Emitter},
+    emitter::{
+        self, Emitter,
+        compat::{CompatState, NodeCompat, Publisher},
+    },
     gateway::Gateway,
     http::{self, AppState},
     net::{nodelay::NoDelay, pending, tls},
@@ -122,6 +125,19 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let mut config = config;
     let shutdown = shutdown.boxed().shared();
+    if config.node_adapter_compat {
+        if config.redis_url.is_none() {
+            return Err(StartError::Config(
+                "NODE_ADAPTER_COMPAT needs REDIS_URL: Node servers are reached through the cluster's Redis".into(),
+            ));
+        }
+        if config.emitter_key.is_empty() {
+            return Err(StartError::Config(
+                "NODE_ADAPTER_COMPAT needs an EMITTER_KEY: the key of the Node servers' @socket.io/redis-adapter"
+                    .into(),
+            ));
+        }
+    }
     let node_id: Arc<str> = config.node_id().into();
     validate::node_id(&node_id).map_err(StartError::NodeId)?;
     let tls = match config.plain_http {
@@ -358,6 +374,8 @@ struct Node {
     gateway: Option<Arc<Gateway>>,
     /// The socket.io Redis emitter protocol's subscriber and the task applying its messages.
     emitter: Option<Emitter>,
+    /// The task publishing broadcasts for Node servers (`NODE_ADAPTER_COMPAT`).
+    node_compat: Option<tokio::task::JoinHandle<()>>,
     /// The socketioxide-redis adapter's connection, and the watcher counting its events.
     adapter: Option<(redis::Subscriber, metrics::RedisWatch)>,
     /// The delivery store's (and admin sessions') connection, and its watcher.
@@ -408,6 +426,9 @@ impl Node {
             task.abort();
         }
         if let Some((_, task)) = &self.recovery {
+            task.abort();
+        }
+        if let Some(task) = &self.node_compat {
             task.abort();
         }
         let leave = async {
@@ -621,12 +642,27 @@ async fn join_cluster(
     .map_err(|e| redis::connect_err(redis, e))?;
     let (log, sessions) = recovery_stores(&client, redis, config, info);
     let (recorder, recovery) = recovery_of(info, log, sessions);
-    let state = RecordingState {
-        inner: adapter,
-        recorder,
+    // Outside the recording adapter: a broadcast of a recovering namespace is published for Node servers by the
+    // node it starts on, before it goes to the log that every node delivers from.
+    let publisher = config.node_adapter_compat.then(|| {
+        let (publisher, task) = Publisher::start(
+            &config.emitter_key,
+            &emitter::cluster_uid(&config.redis_prefix),
+            client.clone(),
+            info.metrics.node_adapter_broadcasts.clone(),
+        );
+        node.node_compat = Some(task);
+        publisher
+    });
+    let state = CompatState {
+        inner: RecordingState {
+            inner: adapter,
+            recorder,
+        },
+        publisher,
     };
     let builder = io_builder(info.clone(), admin.clone(), config)
-        .with_adapter::<Recording<FredAdapter<_>>>(state);
+        .with_adapter::<NodeCompat<Recording<FredAdapter<_>>>>(state);
     let (builder, resolved) = resolving(builder, info);
     let (layer, io) = builder.build_layer();
     let _ = resolved.set(io.clone());

@@ -45,6 +45,12 @@ pub struct Config {
     #[arg(long, env = "EMITTER_KEY", default_value = "socket.io")]
     pub emitter_key: String,
 
+    /// Also publish this cluster's broadcasts in `@socket.io/redis-adapter`'s format on the emitter's channels, so
+    /// that Node socket.io servers with that adapter (its `key` = `EMITTER_KEY`) on the same Redis deliver them to
+    /// their sockets: a Node cluster migrating one node at a time. Needs `REDIS_URL` and an `EMITTER_KEY`.
+    #[arg(long, env = "NODE_ADAPTER_COMPAT", default_value_t = false)]
+    pub node_adapter_compat: bool,
+
     /// This node's id, shown to clients and used in channel names (`A-Z a-z 0-9 - _ .`). Default: a new uuid.
     #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,

@@ -7,10 +7,13 @@
 //! published again, so each matching socket of the cluster gets a message once.
 //!
 //! * [`wire`]: the messages, checked (they come from Redis: anyone with access may publish).
+//! * [`compat`]: with `NODE_ADAPTER_COMPAT`, this cluster's broadcasts published in `@socket.io/redis-adapter`'s
+//!   format, for the Node servers of a cluster being migrated.
 //!
 //! Namespaces the config does not serve are dropped (the emitter never creates one); malformed messages are
 //! counted (`emitter_messages_total{kind, outcome}`) and logged at most once a second.
 
+pub mod compat;
 pub mod wire;
 
 use std::time::{Duration, Instant};

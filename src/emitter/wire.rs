@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::realtime::args::Arg;
 
 /// Socket.IO packet types an emitter broadcast may carry: an event, or an event with binary attachments.
-const EVENT: u8 = 2;
+pub const EVENT: u8 = 2;
 const BINARY_EVENT: u8 = 5;
 /// Request types of the protocol (`RequestType` of the adapter).
 const REMOTE_JOIN: u8 = 2;

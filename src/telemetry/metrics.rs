@@ -87,6 +87,10 @@ pub struct Metrics {
     pub gateway_trimmed: Counter,
     /// Messages of the socket.io Redis emitter protocol this node read, by kind and outcome.
     pub emitter_messages: Family<EmitterMessage, Counter>,
+    /// This node's broadcasts for `@socket.io/redis-adapter` servers (`NODE_ADAPTER_COMPAT`), by outcome:
+    /// `published`, `failed` (Redis), `dropped` (the queue to Redis full), `acked` (not published: an ack cannot
+    /// come back), `unencodable`.
+    pub node_adapter_broadcasts: Family<Outcome, Counter>,
     pub recovery: RecoveryMetrics,
 }
 
@@ -339,6 +343,12 @@ impl Metrics {
             "Messages of the socket.io Redis emitter protocol read by this node, by kind and outcome",
             emitter_messages.clone(),
         );
+        let node_adapter_broadcasts = Family::<Outcome, Counter>::default();
+        r.register(
+            "node_adapter_broadcasts",
+            "Broadcasts of this node published for @socket.io/redis-adapter servers (NODE_ADAPTER_COMPAT), by outcome",
+            node_adapter_broadcasts.clone(),
+        );
         Self {
             registry: r,
             sockets,
@@ -367,6 +377,7 @@ impl Metrics {
             gateway_dropped,
             gateway_trimmed,
             emitter_messages,
+            node_adapter_broadcasts,
             recovery,
         }
     }

@@ -20,6 +20,7 @@ mod gateway;
 mod hostile;
 mod in_process;
 mod limits;
+mod node_migration;
 mod openapi;
 mod ops;
 mod protocol_fuzz;

@@ -300,11 +300,25 @@ pub async fn cluster_with_config(
     n: usize,
     config: &str,
 ) -> (PathBuf, Redis, Vec<Node>) {
+    cluster_with_config_and(test, n, config, &[]).await
+}
+
+/// [`cluster_with_config`], every node started with `args` too (e.g. `["--node-adapter-compat"]`).
+pub async fn cluster_with_config_and(
+    test: &str,
+    n: usize,
+    config: &str,
+    args: &[&str],
+) -> (PathBuf, Redis, Vec<Node>) {
     let dir = log_dir(test);
     let path = dir.join("config.toml");
     std::fs::write(&path, config).unwrap();
     let path = path.to_str().unwrap().to_owned();
-    start_cluster(dir, test, n, 1000, &["--config", &path]).await
+    let args: Vec<&str> = ["--config", path.as_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    start_cluster(dir, test, n, 1000, &args).await
 }
 
 async fn start_cluster(
