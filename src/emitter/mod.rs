@@ -6,24 +6,40 @@
 //! its own sockets only: a broadcast is a local emit, a join, leave or disconnect a local one. Nothing is
 //! published again, so each matching socket of the cluster gets a message once.
 //!
+//! Except what must happen once per cluster: a broadcast to a reliable user room (stored, acknowledged, as
+//! `POST /send` does), a broadcast to a namespace with connection state recovery (recorded in its log, which every
+//! node delivers), a server-side emit (one envelope on the gateway's stream). One node, the first to claim the
+//! message ([`once`]), handles it for the whole cluster; the others do nothing with it.
+//!
 //! * [`wire`]: the messages, checked (they come from Redis: anyone with access may publish).
+//! * [`once`]: which node handles a message that must be handled once, identical messages included.
 //!
 //! Namespaces the config does not serve are dropped (the emitter never creates one); malformed messages are
 //! counted (`emitter_messages_total{kind, outcome}`) and logged at most once a second.
 
+pub mod once;
 pub mod wire;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use fred::{interfaces::PubsubInterface, prelude::EventInterface, types::Message};
 use socketioxide::{BroadcastError, SocketIo, adapter::Adapter, operators::BroadcastOperators};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::{
-    realtime::{NodeInfo, args::Relayed},
+    realtime::{
+        NodeInfo,
+        args::Relayed,
+        deliver::{Deliver, DeliverError, Outgoing},
+        push::Push,
+    },
     redis::{self, Endpoint, RedisError},
     telemetry::metrics::{EmitterMessage, RedisWatch},
 };
+use once::{Digest, Occurrences};
 use wire::{Broadcast, Channel, Request, Target};
 
 /// At most one log line a second about refused messages: a flood of them must not flood the logs.
@@ -38,13 +54,9 @@ pub struct Settings {
     pub own_uid: String,
     /// Largest message accepted, in bytes (as large as a client may send: `MAX_PAYLOAD_BYTES`).
     pub max_bytes: usize,
-    /// Prefix of the keys that make a message handled once cluster-wide ([`Applier::once`]).
+    /// Prefix of the keys that make a message handled once cluster-wide ([`once`]).
     pub once_prefix: String,
 }
-
-/// How long the key deciding which node handles a message lives: the nodes receive a message within
-/// milliseconds of each other; identical messages published within this window are taken as one.
-const ONCE_TTL_MS: i64 = 2_000;
 
 /// The uid this cluster's own messages carry in the protocol: one for every node of a cluster (its prefix), so
 /// that a node ignores what any node of its cluster published.
@@ -93,9 +105,11 @@ impl Emitter {
         );
         let node = Applier {
             settings,
+            push: Arc::new(io.clone()),
             io,
             info: info.clone(),
             client,
+            occurrences: Occurrences::default(),
             last_log: None,
         };
         let task = tokio::spawn(node.run(messages));
@@ -117,9 +131,13 @@ impl Emitter {
 struct Applier<A: Adapter> {
     settings: Settings,
     io: SocketIo<A>,
+    /// The same, for pushes handled once for the cluster ([`Deliver`]).
+    push: Arc<dyn Push>,
     info: NodeInfo,
-    /// For the keys of [`Self::once`].
+    /// For the claims of [`Self::once`].
     client: fred::clients::Client,
+    /// How many times each message to handle once was read lately ([`once`]).
+    occurrences: Occurrences,
     /// When a refused message was last logged.
     last_log: Option<Instant>,
 }
@@ -150,7 +168,7 @@ impl<A: Adapter> Applier<A> {
             Some(Channel::Broadcast { rest }) => {
                 match Broadcast::parse(rest, payload, self.settings.max_bytes) {
                     Ok(b) => {
-                        let outcome = self.broadcast(b).await;
+                        let outcome = self.broadcast(b, payload).await;
                         self.count("broadcast", outcome);
                     }
                     Err(why) => self.refused("broadcast", &message.channel, &why.to_string()),
@@ -176,9 +194,21 @@ impl<A: Adapter> Applier<A> {
         self.io.of(namespace)
     }
 
-    async fn broadcast(&mut self, b: Broadcast) -> Outcome {
+    async fn broadcast(&mut self, b: Broadcast, payload: &[u8]) -> Outcome {
         if b.uid == self.settings.own_uid {
             return "own";
+        }
+        let Some(config) = self.info.namespaces.find(&b.namespace) else {
+            return "unknown_namespace";
+        };
+        // Volatile: to the sockets that can take it now, so neither stored for later nor recorded for replay.
+        let to_user_room = config.reliable.as_ref().is_some_and(|r| {
+            b.rooms
+                .iter()
+                .any(|room| r.is_user_room(room) && !b.except.contains(room))
+        });
+        if !b.volatile && (to_user_room || config.recovery.is_some()) {
+            return self.broadcast_once(b, payload).await;
         }
         let Some(ops) = self.served(&b.namespace) else {
             return "unknown_namespace";
@@ -190,6 +220,60 @@ impl<A: Adapter> Applier<A> {
         match ops.emit(&b.event, &Relayed(b.args)).await {
             // Some sockets could not take it (closed a moment ago, or not reading): the others got it.
             Ok(()) | Err(BroadcastError::Socket(_)) => "delivered",
+            Err(e) => {
+                self.log(format_args!("emitter broadcast not delivered: {e}"));
+                "failed"
+            }
+        }
+    }
+
+    /// A broadcast handled by one node for the cluster: pushed as `POST /send` pushes ([`Deliver`]), so that its
+    /// user rooms' messages are stored and acknowledged, and a recovering namespace's log records it once.
+    ///
+    /// A binary argument cannot be stored (the store keeps JSON): such a message goes to its user rooms live like
+    /// to any room, once, without ack or `batch` (counted `unstored`).
+    async fn broadcast_once(&mut self, b: Broadcast, payload: &[u8]) -> Outcome {
+        let Some(config) = self.info.namespaces.find(&b.namespace) else {
+            return "unknown_namespace";
+        };
+        let reliable = config.reliable.clone();
+        let here = self.io.of(&b.namespace).is_some();
+        match self.once("broadcast", &b.namespace, payload, here).await {
+            Ok(true) => {}
+            Ok(false) => return "other_node",
+            Err(outcome) => return outcome,
+        }
+        let args = Relayed(b.args);
+        let binary = args.to_json().is_none();
+        let deliver = Deliver {
+            push: self.push.clone(),
+            store: self.info.delivery().cloned(),
+            metrics: self.info.metrics.clone(),
+        };
+        let out = Outgoing {
+            ns: &b.namespace,
+            rooms: &b.rooms,
+            except: &b.except,
+            event: &b.event,
+            args: &args,
+            resync: false,
+        };
+        let unstored = binary
+            && reliable
+                .as_ref()
+                .is_some_and(|r| b.rooms.iter().any(|room| r.is_user_room(room)));
+        match deliver
+            .push(reliable.as_ref().filter(|_| !binary), out)
+            .await
+        {
+            Ok(_) if unstored => "unstored",
+            Ok(_) => "delivered",
+            Err(e @ DeliverError::Room { .. }) => {
+                self.log(format_args!(
+                    "emitter broadcast to an invalid user room: {e}"
+                ));
+                "malformed"
+            }
             Err(e) => {
                 self.log(format_args!("emitter broadcast not delivered: {e}"));
                 "failed"
@@ -249,20 +333,20 @@ impl<A: Adapter> Applier<A> {
         if self.info.namespaces.find(namespace).is_none() {
             return "unknown_namespace";
         }
-        let Some(bus) = self.info.bus.get() else {
+        let Some(bus) = self.info.bus.get().cloned() else {
             return "dropped";
         };
         let mut data = data.into_iter();
         let Some(serde_json::Value::String(event)) = data.next() else {
             return "malformed";
         };
-        match self.once(namespace, payload).await {
+        match self
+            .once("server_side_emit", namespace, payload, true)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return "other_node",
-            Err(e) => {
-                self.log(format_args!("server-side emit not published: {e}"));
-                return "failed";
-            }
+            Err(outcome) => return outcome,
         }
         match bus
             .server_side_emit(namespace, &event, data.collect())
@@ -273,28 +357,50 @@ impl<A: Adapter> Applier<A> {
         }
     }
 
-    /// Whether this node is the one to handle `payload` of `namespace`: the first to set its digest's key wins.
-    async fn once(&self, namespace: &str, payload: &[u8]) -> Result<bool, fred::error::Error> {
+    /// Whether this node is the one to handle this occurrence of `payload` (of `kind`, in `namespace`): counts it
+    /// ([`Occurrences`]), then claims it unless this node cannot handle it (`here` false: a broadcast to a
+    /// dynamic namespace without sockets on this node). Every node counts, whether it claims or not, so that counts
+    /// stay alike. `Err`: the outcome to count instead.
+    async fn once(
+        &mut self,
+        kind: &str,
+        namespace: &str,
+        payload: &[u8],
+        here: bool,
+    ) -> Result<bool, Outcome> {
         use fred::{interfaces::KeysInterface, types::SetOptions};
-        use sha2::Digest;
-        let digest = sha2::Sha256::new()
+        use sha2::Digest as _;
+        let digest: Digest = sha2::Sha256::new()
+            .chain_update(kind.as_bytes())
+            .chain_update([0])
             .chain_update(namespace.as_bytes())
             .chain_update([0])
             .chain_update(payload)
-            .finalize();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        let key = format!("{}:{hex}", self.settings.once_prefix);
-        let set: Option<String> = self
+            .finalize()
+            .into();
+        let n = self.occurrences.next(digest, tokio::time::Instant::now());
+        if !here {
+            return Err("unknown_namespace");
+        }
+        let key = once::claim_key(&self.settings.once_prefix, &digest, n);
+        let ttl = i64::try_from(once::CLAIM_TTL.as_millis()).unwrap_or(i64::MAX);
+        let set: Result<Option<String>, _> = self
             .client
             .set(
                 key,
                 "1",
-                Some(fred::types::Expiration::PX(ONCE_TTL_MS)),
+                Some(fred::types::Expiration::PX(ttl)),
                 Some(SetOptions::NX),
                 false,
             )
-            .await?;
-        Ok(set.is_some())
+            .await;
+        match set {
+            Ok(set) => Ok(set.is_some()),
+            Err(e) => {
+                self.log(format_args!("emitter message not claimed: {e}"));
+                Err("failed")
+            }
+        }
     }
 
     fn count(&self, kind: &'static str, outcome: Outcome) {
