@@ -37,7 +37,7 @@ use crate::{
         push::Push,
     },
     redis::{self, Endpoint, RedisError},
-    telemetry::metrics::{EmitterMessage, RedisWatch},
+    telemetry::metrics::{EmitterMessage, Metrics, RedisWatch},
 };
 use once::{Digest, Occurrences};
 use wire::{Broadcast, Channel, Request, Target};
@@ -168,8 +168,9 @@ impl<A: Adapter> Applier<A> {
             Some(Channel::Broadcast { rest }) => {
                 match Broadcast::parse(rest, payload, self.settings.max_bytes) {
                     Ok(b) => {
-                        let outcome = self.broadcast(b, payload).await;
-                        self.count("broadcast", outcome);
+                        if let Some(outcome) = self.broadcast(b, payload).await {
+                            self.count("broadcast", outcome);
+                        }
                     }
                     Err(why) => self.refused("broadcast", &message.channel, &why.to_string()),
                 }
@@ -178,8 +179,9 @@ impl<A: Adapter> Applier<A> {
                 match Request::parse(payload, self.settings.max_bytes) {
                     Ok(request) => {
                         let kind = request.kind();
-                        let outcome = self.request(namespace, request, payload).await;
-                        self.count(kind, outcome);
+                        if let Some(outcome) = self.request(namespace, request, payload).await {
+                            self.count(kind, outcome);
+                        }
                     }
                     Err(why) => self.refused("request", &message.channel, &why.to_string()),
                 }
@@ -194,12 +196,14 @@ impl<A: Adapter> Applier<A> {
         self.io.of(namespace)
     }
 
-    async fn broadcast(&mut self, b: Broadcast, payload: &[u8]) -> Outcome {
+    /// `None`: counted later, by the task that takes the message over if the first node does not
+    /// ([`Self::once`]).
+    async fn broadcast(&mut self, b: Broadcast, payload: &[u8]) -> Option<Outcome> {
         if b.uid == self.settings.own_uid {
-            return "own";
+            return Some("own");
         }
         let Some(config) = self.info.namespaces.find(&b.namespace) else {
-            return "unknown_namespace";
+            return Some("unknown_namespace");
         };
         // Volatile: to the sockets that can take it now, so neither stored for later nor recorded for replay.
         let to_user_room = config.reliable.as_ref().is_some_and(|r| {
@@ -211,20 +215,20 @@ impl<A: Adapter> Applier<A> {
             return self.broadcast_once(b, payload).await;
         }
         let Some(ops) = self.served(&b.namespace) else {
-            return "unknown_namespace";
+            return Some("unknown_namespace");
         };
         let mut ops = ops.local().to(b.rooms).except(b.except);
         if b.volatile {
             ops = ops.volatile();
         }
-        match ops.emit(&b.event, &Relayed(b.args)).await {
+        Some(match ops.emit(&b.event, &Relayed(b.args)).await {
             // Some sockets could not take it (closed a moment ago, or not reading): the others got it.
             Ok(()) | Err(BroadcastError::Socket(_)) => "delivered",
             Err(e) => {
                 self.log(format_args!("emitter broadcast not delivered: {e}"));
                 "failed"
             }
-        }
+        })
     }
 
     /// A broadcast handled by one node for the cluster: pushed as `POST /send` pushes ([`Deliver`]), so that its
@@ -232,56 +236,44 @@ impl<A: Adapter> Applier<A> {
     ///
     /// A binary argument cannot be stored (the store keeps JSON): such a message goes to its user rooms live like
     /// to any room, once, without ack or `batch` (counted `unstored`).
-    async fn broadcast_once(&mut self, b: Broadcast, payload: &[u8]) -> Outcome {
-        let Some(config) = self.info.namespaces.find(&b.namespace) else {
-            return "unknown_namespace";
-        };
-        let reliable = config.reliable.clone();
+    async fn broadcast_once(&mut self, b: Broadcast, payload: &[u8]) -> Option<Outcome> {
+        let reliable = self
+            .info
+            .namespaces
+            .find(&b.namespace)
+            .and_then(|config| config.reliable.clone());
         let here = self.io.of(&b.namespace).is_some();
-        match self.once("broadcast", &b.namespace, payload, here).await {
-            Ok(true) => {}
-            Ok(false) => return "other_node",
-            Err(outcome) => return outcome,
-        }
-        let args = Relayed(b.args);
-        let binary = args.to_json().is_none();
         let deliver = Deliver {
             push: self.push.clone(),
             store: self.info.delivery().cloned(),
             metrics: self.info.metrics.clone(),
         };
-        let out = Outgoing {
-            ns: &b.namespace,
-            rooms: &b.rooms,
-            except: &b.except,
-            event: &b.event,
-            args: &args,
-            resync: false,
-        };
-        let unstored = binary
-            && reliable
-                .as_ref()
-                .is_some_and(|r| b.rooms.iter().any(|room| r.is_user_room(room)));
-        match deliver
-            .push(reliable.as_ref().filter(|_| !binary), out)
-            .await
-        {
-            Ok(_) if unstored => "unstored",
-            Ok(_) => "delivered",
-            Err(e @ DeliverError::Room { .. }) => {
-                self.log(format_args!(
-                    "emitter broadcast to an invalid user room: {e}"
-                ));
-                "malformed"
+        match self.once("broadcast", &b.namespace, payload, here).await {
+            Ok(Turn::Now) => {}
+            Ok(Turn::Lost) => return Some("other_node"),
+            Ok(Turn::Later(key)) => {
+                let (client, metrics) = (self.client.clone(), self.info.metrics.clone());
+                tokio::spawn(async move {
+                    let outcome = match take_over(&client, key).await {
+                        Some(true) => push_once(deliver, reliable, b).await.unwrap_or_else(|e| e),
+                        Some(false) => "other_node",
+                        None => "failed",
+                    };
+                    count(&metrics, "broadcast", outcome, 1);
+                });
+                return None;
             }
-            Err(e) => {
-                self.log(format_args!("emitter broadcast not delivered: {e}"));
-                "failed"
-            }
+            Err(outcome) => return Some(outcome),
         }
+        Some(push_once(deliver, reliable, b).await.unwrap_or_else(|e| e))
     }
 
-    async fn request(&mut self, namespace: &str, request: Request, payload: &[u8]) -> Outcome {
+    async fn request(
+        &mut self,
+        namespace: &str,
+        request: Request,
+        payload: &[u8],
+    ) -> Option<Outcome> {
         let targeted = |target: Target| {
             self.served(namespace)
                 .map(|ops| ops.local().to(target.rooms).except(target.except))
@@ -289,11 +281,11 @@ impl<A: Adapter> Applier<A> {
         let applied = match request {
             Request::Join { target, rooms } => match targeted(target) {
                 Some(ops) => ops.join(rooms).await.map_err(|e| e.to_string()),
-                None => return "unknown_namespace",
+                None => return Some("unknown_namespace"),
             },
             Request::Leave { target, rooms } => match targeted(target) {
                 Some(ops) => ops.leave(rooms).await.map_err(|e| e.to_string()),
-                None => return "unknown_namespace",
+                None => return Some("unknown_namespace"),
             },
             // `close` would also close the client's other namespaces: socketioxide closes a connection only when
             // its last namespace is left, so the sockets targeted are disconnected either way.
@@ -302,20 +294,20 @@ impl<A: Adapter> Applier<A> {
                     Ok(()) | Err(BroadcastError::Socket(_)) => Ok(()),
                     Err(e) => Err(e.to_string()),
                 },
-                None => return "unknown_namespace",
+                None => return Some("unknown_namespace"),
             },
             Request::ServerSideEmit { uid, data } => {
                 return self.server_side_emit(namespace, uid, data, payload).await;
             }
-            Request::Other(_) => return "unsupported",
+            Request::Other(_) => return Some("unsupported"),
         };
-        match applied {
+        Some(match applied {
             Ok(()) => "applied",
             Err(e) => {
                 self.log(format_args!("emitter request not applied: {e}"));
                 "failed"
             }
-        }
+        })
     }
 
     /// To the event-bus gateway's `onmessage` stream, when there is one: once cluster-wide (every node reads the
@@ -326,49 +318,63 @@ impl<A: Adapter> Applier<A> {
         uid: Option<String>,
         data: Vec<serde_json::Value>,
         payload: &[u8],
-    ) -> Outcome {
+    ) -> Option<Outcome> {
         if uid.as_deref() == Some(self.settings.own_uid.as_str()) {
-            return "own";
+            return Some("own");
         }
         if self.info.namespaces.find(namespace).is_none() {
-            return "unknown_namespace";
+            return Some("unknown_namespace");
         }
         let Some(bus) = self.info.bus.get().cloned() else {
-            return "dropped";
+            return Some("dropped");
         };
         let mut data = data.into_iter();
         let Some(serde_json::Value::String(event)) = data.next() else {
-            return "malformed";
+            return Some("malformed");
+        };
+        let (ns, args) = (namespace.to_owned(), data.collect());
+        let publish = async move |bus: Arc<dyn crate::realtime::bus::Bus>| match bus
+            .server_side_emit(&ns, &event, args)
+            .await
+        {
+            true => "published",
+            false => "dropped",
         };
         match self
             .once("server_side_emit", namespace, payload, true)
             .await
         {
-            Ok(true) => {}
-            Ok(false) => return "other_node",
-            Err(outcome) => return outcome,
-        }
-        match bus
-            .server_side_emit(namespace, &event, data.collect())
-            .await
-        {
-            true => "published",
-            false => "dropped",
+            Ok(Turn::Now) => Some(publish(bus).await),
+            Ok(Turn::Lost) => Some("other_node"),
+            Ok(Turn::Later(key)) => {
+                let (client, metrics) = (self.client.clone(), self.info.metrics.clone());
+                tokio::spawn(async move {
+                    let outcome = match take_over(&client, key).await {
+                        Some(true) => publish(bus).await,
+                        Some(false) => "other_node",
+                        None => "failed",
+                    };
+                    count(&metrics, "server_side_emit", outcome, 1);
+                });
+                None
+            }
+            Err(outcome) => Some(outcome),
         }
     }
 
-    /// Whether this node is the one to handle this occurrence of `payload` (of `kind`, in `namespace`): counts it
-    /// ([`Occurrences`]), then claims it unless this node cannot handle it (`here` false: a broadcast to a
-    /// dynamic namespace without sockets on this node). Every node counts, whether it claims or not, so that counts
-    /// stay alike. `Err`: the outcome to count instead.
+    /// Whether this node handles this occurrence of `payload` (of `kind`, in `namespace`) for the cluster: counts
+    /// it ([`Occurrences`]), then, on the first node ([`crate::cluster::Cluster::is_first`]), claims it at once;
+    /// the other nodes claim it [`TAKE_OVER`] later ([`Turn::Later`]), which they win only if the first did not
+    /// (it died, or fell far behind). So one node handles them all, in the order they were published, while it
+    /// lives. Every node counts, whether it claims or not (`here` false: a broadcast to a dynamic namespace without
+    /// sockets on this node), so that counts stay alike. `Err`: the outcome to count instead.
     async fn once(
         &mut self,
         kind: &str,
         namespace: &str,
         payload: &[u8],
         here: bool,
-    ) -> Result<bool, Outcome> {
-        use fred::{interfaces::KeysInterface, types::SetOptions};
+    ) -> Result<Turn, Outcome> {
         use sha2::Digest as _;
         let digest: Digest = sha2::Sha256::new()
             .chain_update(kind.as_bytes())
@@ -383,19 +389,12 @@ impl<A: Adapter> Applier<A> {
             return Err("unknown_namespace");
         }
         let key = once::claim_key(&self.settings.once_prefix, &digest, n);
-        let ttl = i64::try_from(once::CLAIM_TTL.as_millis()).unwrap_or(i64::MAX);
-        let set: Result<Option<String>, _> = self
-            .client
-            .set(
-                key,
-                "1",
-                Some(fred::types::Expiration::PX(ttl)),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await;
-        match set {
-            Ok(set) => Ok(set.is_some()),
+        if !self.info.cluster.get().is_none_or(|c| c.is_first()) {
+            return Ok(Turn::Later(key));
+        }
+        match claim(&self.client, key).await {
+            Ok(true) => Ok(Turn::Now),
+            Ok(false) => Ok(Turn::Lost),
             Err(e) => {
                 self.log(format_args!("emitter message not claimed: {e}"));
                 Err("failed")
@@ -408,11 +407,7 @@ impl<A: Adapter> Applier<A> {
     }
 
     fn count_by(&self, kind: &'static str, outcome: Outcome, n: u64) {
-        self.info
-            .metrics
-            .emitter_messages
-            .get_or_create(&EmitterMessage { kind, outcome })
-            .inc_by(n);
+        count(&self.info.metrics, kind, outcome, n);
     }
 
     /// A message that does not follow the protocol: counted, and logged unless one was logged in the last second.
@@ -435,4 +430,97 @@ impl<A: Adapter> Applier<A> {
         self.last_log = Some(now);
         tracing::warn!("{what}");
     }
+}
+
+/// How long a node other than the first waits before it claims a message to handle once: longer than the first
+/// node takes to read and claim it, shorter than a claim lives ([`once::CLAIM_TTL`]).
+const TAKE_OVER: Duration = Duration::from_secs(1);
+
+/// Whether this node handles a message for the cluster ([`Applier::once`]).
+enum Turn {
+    /// It claimed it.
+    Now,
+    /// Another node claimed it.
+    Lost,
+    /// Claim this key after [`TAKE_OVER`] ([`take_over`]): the first node will have claimed it if it lives.
+    Later(String),
+}
+
+/// Claims a message's key: whether this node was the first to.
+async fn claim(client: &fred::clients::Client, key: String) -> Result<bool, fred::error::Error> {
+    use fred::{interfaces::KeysInterface, types::SetOptions};
+    let ttl = i64::try_from(once::CLAIM_TTL.as_millis()).unwrap_or(i64::MAX);
+    let set: Option<String> = client
+        .set(
+            key,
+            "1",
+            Some(fred::types::Expiration::PX(ttl)),
+            Some(SetOptions::NX),
+            false,
+        )
+        .await?;
+    Ok(set.is_some())
+}
+
+/// Claims `key` after [`TAKE_OVER`]; `None` if Redis did not answer (logged).
+async fn take_over(client: &fred::clients::Client, key: String) -> Option<bool> {
+    tokio::time::sleep(TAKE_OVER).await;
+    match claim(client, key).await {
+        Ok(won) => {
+            if won {
+                tracing::info!("emitter message taken over: the first node did not handle it");
+            }
+            Some(won)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "emitter message not claimed");
+            None
+        }
+    }
+}
+
+/// Pushes a broadcast claimed for the cluster as `POST /send` pushes ([`Deliver`]). A binary argument cannot be
+/// stored (the store keeps JSON): such a message goes to its user rooms live like to any room, once, without ack
+/// or `batch` (`unstored`). `Err`: the outcome of a failure, logged.
+async fn push_once(
+    deliver: Deliver,
+    reliable: Option<crate::realtime::namespaces::Reliable>,
+    b: Broadcast,
+) -> Result<Outcome, Outcome> {
+    let args = Relayed(b.args);
+    let binary = args.to_json().is_none();
+    let unstored = binary
+        && reliable
+            .as_ref()
+            .is_some_and(|r| b.rooms.iter().any(|room| r.is_user_room(room)));
+    let out = Outgoing {
+        ns: &b.namespace,
+        rooms: &b.rooms,
+        except: &b.except,
+        event: &b.event,
+        args: &args,
+        resync: false,
+    };
+    match deliver
+        .push(reliable.as_ref().filter(|_| !binary), out)
+        .await
+    {
+        Ok(_) if unstored => Ok("unstored"),
+        Ok(_) => Ok("delivered"),
+        Err(e @ DeliverError::Room { .. }) => {
+            tracing::warn!(error = %e, "emitter broadcast to an invalid user room");
+            Err("malformed")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "emitter broadcast not delivered");
+            Err("failed")
+        }
+    }
+}
+
+fn count(metrics: &Metrics, kind: &'static str, outcome: Outcome, n: u64) {
+    metrics
+        .emitter_messages
+        .get_or_create(&EmitterMessage { kind, outcome })
+        .inc_by(n);
 }
