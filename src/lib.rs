@@ -27,7 +27,8 @@
 //!       limits on handshakes; each namespace's way to verify one.
 //!    2. `namespaces`, `bus`, `observe`, `push`: the namespaces of the config file; the ports the gateway and the
 //!       admin UI implement; pushes to rooms on every node.
-//!    3. `recover`: connection state recovery's sessions, saved and given back.
+//!    3. `recover`, `deliver`: connection state recovery's sessions, saved and given back; a push from the
+//!       backend to rooms, user rooms stored and acknowledged (`POST /send`, the emitter).
 //!    4. `local`: this node's answers to cluster queries.
 //!    5. `node`: what every socket handler shares about this node ([`realtime::NodeInfo`]).
 //!    6. `reliable`: user rooms held in the delivery store.

@@ -151,6 +151,12 @@ impl Membership {
         self.others.lock().unwrap().keys().cloned().collect()
     }
 
+    /// Whether this node's id is the smallest of the live nodes': a node every node agrees on (while their views
+    /// of the membership agree), to do what one node should.
+    pub fn is_first(&self) -> bool {
+        self.others.lock().unwrap().keys().all(|n| **n > *self.me)
+    }
+
     pub fn contains(&self, node: &str) -> bool {
         self.others.lock().unwrap().contains_key(node)
     }
@@ -180,6 +186,12 @@ mod tests {
         assert_eq!(m.alive("c"), Seen::Joined);
         assert_eq!(m.alive("b"), Seen::Known);
         assert_eq!(m.size(), 3);
+        assert!(m.is_first());
+        let b = Membership::new("b".into(), Duration::from_secs(2));
+        b.alive("c");
+        assert!(b.is_first());
+        b.alive("a");
+        assert!(!b.is_first());
 
         // We hear our own heartbeat every 2 s; b beats, c has gone silent.
         for _ in 0..2 {

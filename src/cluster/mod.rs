@@ -268,6 +268,11 @@ impl Cluster {
         self.membership.size()
     }
 
+    /// Whether this node has the smallest id of the live nodes ([`membership::Membership::is_first`]).
+    pub fn is_first(&self) -> bool {
+        self.membership.is_first()
+    }
+
     /// The membership changes from now on: a node declared down, this node back from being cut off (see
     /// [`membership`]). A listener too slow to keep up misses some (and is told so by `Lagged`).
     pub fn changes(&self) -> broadcast::Receiver<Change> {

@@ -257,6 +257,22 @@ pub struct CompatState<S> {
     pub publisher: Option<Publisher>,
 }
 
+tokio::task_local! {
+    /// Set while a message that came from Redis in this format (an emitter's or a Node server's) is pushed for the
+    /// cluster ([`unpublished`]).
+    static FROM_REDIS: ();
+}
+
+/// Runs `push` without publishing its broadcasts for Node's servers: they came from Redis in this very format, so
+/// Node's servers had them already, and publishing them again would give their sockets each message twice.
+pub async fn unpublished<F: Future>(push: F) -> F::Output {
+    FROM_REDIS.scope((), push).await
+}
+
+fn is_unpublished() -> bool {
+    FROM_REDIS.try_with(|_| ()).is_ok()
+}
+
 /// A namespace's adapter: the real one, whose broadcasts are also offered to the [`Publisher`].
 pub struct NodeCompat<A> {
     /// An `Arc` of its own: the real adapter's `init` takes one (its subscriptions' tasks keep it).
@@ -297,7 +313,7 @@ impl<E: SocketEmitter, A: CoreAdapter<E>> CoreAdapter<E> for NodeCompat<A> {
         packet: Packet,
         opts: BroadcastOptions,
     ) -> Result<(), BroadcastError> {
-        if let Some(publisher) = &self.publisher {
+        if let Some(publisher) = self.publisher.as_ref().filter(|_| !is_unpublished()) {
             publisher.offer(&self.ns, &packet, &opts);
         }
         self.inner.broadcast(packet, opts).await

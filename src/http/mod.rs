@@ -136,7 +136,7 @@ mod tests {
             _: Vec<String>,
             _: Vec<String>,
             _: &'a str,
-            _: &'a crate::realtime::args::Args,
+            _: &'a crate::realtime::args::Relayed,
         ) -> futures_util::future::BoxFuture<'a, Result<(), crate::realtime::push::PushError>>
         {
             Box::pin(async { Ok(()) })
@@ -146,6 +146,7 @@ mod tests {
             &'a self,
             _: &'a str,
             _: String,
+            _: Vec<String>,
             _: &'a str,
             _: &'a crate::realtime::args::Args,
             _: std::time::Duration,

@@ -6,6 +6,15 @@
 //! (`rooms[]=a&event=e&args[0]=x&args[1][id]=1`, [`super::form`]); `rooms` may be one string. The reliable push
 //! service's names, so its backends work unchanged.
 
+use super::AppState;
+use crate::{
+    domain::validate,
+    error::AppError,
+    realtime::{
+        args::{Args, Relayed},
+        deliver::{Deliver, DeliverError, Outgoing},
+    },
+};
 use axum::{
     Json,
     body::Body,
@@ -15,15 +24,6 @@ use axum::{
 };
 use serde::Serialize;
 use serde_json::Value;
-use std::{sync::Arc, time::Duration};
-
-use super::AppState;
-use crate::{
-    delivery::{Acked, MessageId, RoomKey, Store, with_id},
-    domain::validate,
-    error::AppError,
-    realtime::{args::Args, push::Push as Pusher},
-};
 
 /// Largest `POST /send` body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -75,10 +75,6 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
-/// How long a live message of a user room waits for its first ack; unacknowledged, it stays pending and comes
-/// back in the `batch` of the room's next join.
-const ACK_TIMEOUT: Duration = Duration::from_secs(30);
-
 pub(super) async fn send(
     State(s): State<AppState>,
     uri: axum::http::Uri,
@@ -122,75 +118,27 @@ pub(super) async fn send(
     let resync = matches!(params.resync.as_deref(), Some("true" | "1"));
     let push = read_body(&headers, body?)?;
     let ns = namespace.pattern.to_string();
-    let (user_rooms, other_rooms): (Vec<&String>, Vec<&String>) =
-        push.rooms.iter().partition(|room| {
-            namespace
-                .reliable
-                .as_ref()
-                .is_some_and(|r| r.is_user_room(room))
-        });
-    // Stored before anything is emitted: a message the store did not take is not sent at all (503, retry). The
-    // rooms are independent queues, so they are stored (then emitted) all at once rather than one after another.
-    let mut stored = Vec::with_capacity(user_rooms.len());
-    if let Some(reliable) = namespace
-        .reliable
-        .as_ref()
-        .filter(|_| !user_rooms.is_empty())
-    {
-        let store = s
-            .delivery
-            .get()
-            .ok_or_else(|| AppError::PushFailed("the delivery store is not ready".into()))?;
-        let keys = user_rooms
-            .iter()
-            .map(|room| {
-                RoomKey::new(&ns, room)
-                    .map_err(|e| AppError::BadField("rooms", format!("{room:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let pushes = keys.iter().map(|key| async {
-            let pushed = store
-                .push(key, &push.event, &push.args.0, resync, reliable.policy)
-                .await
-                .map_err(|e| {
-                    AppError::PushFailed(format!("the message could not be stored: {e}"))
-                })?;
-            s.metrics.delivery_stored.inc();
-            s.metrics.delivery_dropped.inc_by(pushed.dropped);
-            if pushed.dropped > 0 {
-                tracing::info!(
-                    namespace = ns,
-                    room = key.room(),
-                    dropped = pushed.dropped,
-                    "user room full: oldest pending messages dropped"
-                );
-            }
-            Ok::<_, AppError>((key.clone(), pushed))
-        });
-        stored = futures_util::future::try_join_all(pushes).await?;
-        let (s, event) = (&s, &push.event);
-        let emits = stored.iter().map(|(key, pushed)| {
-            let args = match reliable.message_ids {
-                true => Args(with_id(&push.args.0, pushed.id)),
-                false => push.args.clone(),
-            };
-            async move { live_with_ack(s, store, key, pushed.id, event, &args).await }
-        });
-        futures_util::future::join_all(emits).await;
-    }
-    if !other_rooms.is_empty() {
-        s.push
-            .emit(
-                &ns,
-                other_rooms.iter().map(|r| r.to_string()).collect(),
-                // A socket also in a user room has the message from there, with its ack callback.
-                user_rooms.iter().map(|r| r.to_string()).collect(),
-                &push.event,
-                &push.args,
-            )
-            .await
-            .map_err(|e| AppError::PushFailed(e.to_string()))?;
-    }
+    let deliver = Deliver {
+        push: s.push.clone(),
+        store: s.delivery.get().cloned(),
+        metrics: s.metrics.clone(),
+    };
+    let args = Relayed::from(&push.args);
+    let out = Outgoing {
+        ns: &ns,
+        rooms: &push.rooms,
+        except: &[],
+        event: &push.event,
+        args: &args,
+        resync,
+    };
+    let stored = deliver
+        .push(namespace.reliable.as_ref(), out)
+        .await
+        .map_err(|e| match e {
+            DeliverError::Room { .. } => AppError::BadField("rooms", e.to_string()),
+            e => AppError::PushFailed(e.to_string()),
+        })?;
     let sent = Sent {
         namespace: &ns,
         event: &push.event,
@@ -214,60 +162,6 @@ pub(super) async fn send(
         .into_response())
 }
 
-/// Emits a stored message to its user room with an ack callback, on every node. The first ack (in a task of its
-/// own: the answer does not wait for clients) removes it from the store, or, pushed with resync and out of order,
-/// clears the room and sends it `resync`. A failed emit is only logged: the message is stored and comes back in
-/// the room's next `batch`.
-async fn live_with_ack(
-    s: &AppState,
-    store: &Arc<dyn Store>,
-    key: &RoomKey,
-    id: MessageId,
-    event: &str,
-    args: &Args,
-) {
-    let ns = key.namespace().to_owned();
-    let room = key.room().to_owned();
-    let acked = match s
-        .push
-        .emit_with_ack(&ns, room.clone(), event, args, ACK_TIMEOUT)
-        .await
-    {
-        Ok(acked) => acked,
-        Err(e) => {
-            tracing::warn!(namespace = ns, room, error = %e, "stored message not emitted live");
-            return;
-        }
-    };
-    let (store, push, key) = (store.clone(), s.push.clone(), key.clone());
-    tokio::spawn(async move {
-        if !acked.await {
-            return;
-        }
-        match store.ack_one_with_resync(&key, id).await {
-            Ok(Acked::Resync { cleared }) => {
-                tracing::debug!(namespace = ns, room, cleared, "out-of-order ack: resync");
-                resync(&*push, &ns, room).await;
-            }
-            Ok(Acked::Removed | Acked::Gone) => {}
-            Err(e) => {
-                tracing::warn!(namespace = ns, room, error = %e, "ack not stored: the message will come again")
-            }
-        }
-    });
-}
-
-/// Tells the sockets of a user room that its queue was cleared.
-async fn resync(push: &dyn Pusher, ns: &str, room: String) {
-    if let Err(e) = push
-        .emit(ns, vec![room], Vec::new(), "resync", &Args::default())
-        .await
-    {
-        tracing::warn!(namespace = ns, error = %e, "resync not sent");
-    }
-}
-
-/// Reads and checks the body: JSON or the extended form encoding, nothing else.
 /// The body, up to [`MAX_BODY_BYTES`]. A larger one is read on and thrown away up to [`DRAIN_BYTES`] (for at
 /// most [`DRAIN_TIME`]), so that its client gets to read the `413`.
 async fn collect(body: Body) -> Result<axum::body::Bytes, AppError> {
@@ -302,6 +196,7 @@ async fn collect(body: Body) -> Result<axum::body::Bytes, AppError> {
     }
 }
 
+/// Reads and checks the body: JSON or the extended form encoding, nothing else.
 fn read_body(headers: &HeaderMap, bytes: axum::body::Bytes) -> Result<Push, AppError> {
     let kind = headers
         .get(header::CONTENT_TYPE)

@@ -58,6 +58,31 @@ pub enum Arg {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Relayed(pub Vec<Arg>);
 
+impl From<&Args> for Relayed {
+    /// JSON arguments as relayed ones (no binary), for what emits both kinds.
+    fn from(args: &Args) -> Self {
+        Self(args.0.iter().map(Arg::from).collect())
+    }
+}
+
+impl From<&Value> for Arg {
+    fn from(value: &Value) -> Self {
+        match value {
+            Value::Null => Self::Null,
+            Value::Bool(b) => Self::Bool(*b),
+            Value::Number(n) => Self::Number(n.clone()),
+            Value::String(s) => Self::String(s.clone()),
+            Value::Array(items) => Self::Array(items.iter().map(Self::from).collect()),
+            Value::Object(fields) => Self::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Self::from(v)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 impl Relayed {
     /// The same as JSON, for what only takes JSON (the admin UI, the gateway); `None` with binary in it.
     pub fn to_json(&self) -> Option<Args> {
@@ -255,5 +280,12 @@ mod tests {
         assert_eq!(back.to_json(), None);
         let plain = Relayed(vec![Arg::String("a".into()), Arg::Number(1.into())]);
         assert_eq!(plain.to_json(), Some(Args(vec![json!("a"), json!(1)])));
+        let json = Args(vec![json!("a"), json!({"b": [1, null, true, 1.5]})]);
+        let relayed = Relayed::from(&json);
+        assert_eq!(relayed.to_json(), Some(json.clone()));
+        assert_eq!(
+            serde_json::to_value(&relayed).unwrap(),
+            serde_json::to_value(&json).unwrap()
+        );
     }
 }

@@ -7,7 +7,9 @@
 //! * [`namespaces`]: the namespaces this node serves, built from the config file.
 //! * [`bus`], [`observe`]: the ports the event-bus gateway and the admin UI implement ([`crate::gateway`],
 //!   [`crate::admin`]), so that the socket handlers need not know them.
-//! * [`push`]: events from the application's backend (`POST /send`) to rooms, on every node.
+//! * [`push`]: events from the application's backend (`POST /send`, the Redis emitter) to rooms, on every node.
+//! * [`deliver`]: a push from the backend (`POST /send`, the Redis emitter) to rooms: user rooms stored and
+//!   acknowledged, the others emitted once.
 //! * [`recover`]: connection state recovery: which sockets get their session back, saving and removing sessions.
 //! * [`local`]: this node's answers to cluster queries ([`crate::cluster::LocalRooms`]).
 //! * [`node`]: what every socket handler shares about this node ([`NodeInfo`]).
@@ -26,6 +28,7 @@ pub mod admission;
 pub mod args;
 pub mod auth;
 pub mod bus;
+pub mod deliver;
 pub mod events;
 pub mod handshake;
 pub mod identity;

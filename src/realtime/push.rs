@@ -1,11 +1,12 @@
-//! Pushing from the application's backend (`POST /send`): an event to rooms of a namespace, on every node.
+//! Pushing from the application's backend (`POST /send`, the Redis emitter): an event to rooms of a namespace, on
+//! every node.
 
 use std::time::Duration;
 
 use futures_util::{StreamExt, future::BoxFuture};
 use socketioxide::{AckError, BroadcastError, SocketIo, adapter::Adapter};
 
-use super::args::Args;
+use super::args::{Args, Relayed};
 
 /// Why a push could not go out.
 #[derive(Debug, thiserror::Error)]
@@ -19,22 +20,24 @@ pub enum PushError {
 
 /// Emits events to rooms of a namespace, on every node (socketioxide's adapter carries them across).
 pub trait Push: Send + Sync + 'static {
-    /// Emits `event` to the sockets of `rooms` that are in none of `except`, each once.
+    /// Emits `event` to the sockets of `rooms` (every socket of the namespace when empty) that are in none of
+    /// `except`, each once. Binary arguments go as binary attachments.
     fn emit<'a>(
         &'a self,
         ns: &'a str,
         rooms: Vec<String>,
         except: Vec<String>,
         event: &'a str,
-        args: &'a Args,
+        args: &'a Relayed,
     ) -> BoxFuture<'a, Result<(), PushError>>;
 
-    /// Emits `event` to one room, on every node, with an ack callback. Once it is sent, the returned future
+    /// Emits `event` to one room's sockets that are in none of `except`, on every node, with an ack callback. Once it is sent, the returned future
     /// resolves to whether any socket (on any node) acknowledged it within `timeout`: it resolves at the first ack.
     fn emit_with_ack<'a>(
         &'a self,
         ns: &'a str,
         room: String,
+        except: Vec<String>,
         event: &'a str,
         args: &'a Args,
         timeout: Duration,
@@ -48,15 +51,17 @@ impl<A: Adapter> Push for SocketIo<A> {
         rooms: Vec<String>,
         except: Vec<String>,
         event: &'a str,
-        args: &'a Args,
+        args: &'a Relayed,
     ) -> BoxFuture<'a, Result<(), PushError>> {
         Box::pin(async move {
             let ops = self
                 .of(ns)
                 .ok_or_else(|| PushError::Namespace(ns.to_owned()))?;
-            let ops = match except.is_empty() {
-                true => ops.to(rooms),
-                false => ops.to(rooms).except(except),
+            // To the whole namespace, a broadcast (what connection state recovery records, as a room emit).
+            let ops = match (rooms.is_empty(), except.is_empty()) {
+                (true, true) => ops.broadcast(),
+                (false, true) => ops.to(rooms),
+                (_, false) => ops.to(rooms).except(except),
             };
             match ops.emit(event, args).await {
                 // Some sockets could not take it (closed a moment ago, or not reading): the others got it.
@@ -70,6 +75,7 @@ impl<A: Adapter> Push for SocketIo<A> {
         &'a self,
         ns: &'a str,
         room: String,
+        except: Vec<String>,
         event: &'a str,
         args: &'a Args,
         timeout: Duration,
@@ -78,8 +84,11 @@ impl<A: Adapter> Push for SocketIo<A> {
             let ops = self
                 .of(ns)
                 .ok_or_else(|| PushError::Namespace(ns.to_owned()))?;
+            let ops = match except.is_empty() {
+                true => ops.to(room),
+                false => ops.to(room).except(except),
+            };
             let acks = ops
-                .to(room)
                 .timeout(timeout)
                 .emit_with_ack::<_, serde_json::Value>(event, args)
                 .await

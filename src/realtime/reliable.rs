@@ -2,8 +2,8 @@
 //! the store and gets each room's pending messages as one `batch` event, whose ack removes exactly those; leaving, it
 //! lets them go (their messages expire `client_ttl_s` after the room's last socket left, on any node).
 //!
-//! `POST /send` ([`crate::http`]) stores and emits the live messages; this module only handles joins and leaves,
-//! and [`hold_again`] writes this node's holders once more when the other nodes may have forgotten them.
+//! [`super::deliver`] stores and emits the live messages (of `POST /send` and the emitter); this module only handles
+//! joins and leaves, and [`hold_again`] writes this node's holders once more when the other nodes may have forgotten them.
 
 use std::{sync::Arc, time::Duration};
 

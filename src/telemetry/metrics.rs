@@ -28,7 +28,8 @@ pub struct Outcome {
 }
 
 /// What an emitter message was (`broadcast`, `join`, `leave`, `disconnect`, `server_side_emit`, `unknown`) and
-/// what became of it (`delivered`, `applied`, `published`, `malformed`, `unknown_namespace`, `dropped`, `own`).
+/// what became of it (`delivered`, `applied`, `published`, `other_node`, `unstored`, `malformed`,
+/// `unknown_namespace`, `dropped`, `own`, ...: docs/emitter.md).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EmitterMessage {
     pub kind: &'static str,

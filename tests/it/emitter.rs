@@ -274,23 +274,27 @@ jwt_secret = "a-gateway-secret-of-32-bytes-----"
         json!([
             {"op": "serverSideEmit", "event": "hello", "args": [1, {"a": 2}]},
             {"op": "serverSideEmit", "ns": "/chat", "event": "bye", "args": ["x"]},
+            // The same call again at once: another message, not a copy of the first.
+            {"op": "serverSideEmit", "event": "hello", "args": [1, {"a": 2}]},
         ]),
     )
     .await;
-    let entries = eventually(Duration::from_secs(5), "2 envelopes", async || {
+    let entries = eventually(Duration::from_secs(5), "3 envelopes", async || {
         let out = redis.cli(&["XRANGE", "socket:general", "-", "+"]);
         let envelopes: Vec<Value> = out
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())
             .filter(|v| v.is_object())
             .collect();
-        (envelopes.len() >= 2).then_some(envelopes)
+        (envelopes.len() >= 3).then_some(envelopes)
     })
     .await;
-    // Every node has had the messages by now: none published a third.
+    // Every node has had the messages by now: none published a fourth.
     tokio::time::sleep(QUIET).await;
     let out = redis.cli(&["XLEN", "socket:general"]);
-    assert_eq!(out.trim(), "2", "one envelope per message: {entries:?}");
+    assert_eq!(out.trim(), "3", "one envelope per message: {entries:?}");
+    let hellos = entries.iter().filter(|e| e["type"] == "hello").count();
+    assert_eq!(hellos, 2, "{entries:?}");
     let by_type = |t: &str| {
         entries
             .iter()
@@ -315,5 +319,225 @@ jwt_secret = "a-gateway-secret-of-32-bytes-----"
     for node in &nodes {
         published += counted(&http, node, "server_side_emit", "published").await;
     }
-    assert_eq!(published, 2.0);
+    assert_eq!(published, 3.0);
+}
+
+/// `/rel`: reliable user rooms `user.{id}` kept until acknowledged; `/rec`: connection state recovery.
+const ONCE_CONFIG: &str = r#"
+[[namespace]]
+name = "/rel"
+auth = "claim"
+rooms = ["handshake"]
+user_room_prefix = "user."
+client_ttl_s = 0
+
+[[namespace]]
+name = "/rec"
+auth = "claim"
+rooms = ["handshake"]
+recovery_window_s = 60
+"#;
+
+/// Connects `id` to `node` in room `room` of `/rel`, acknowledging server events or not (`ack`).
+async fn join_rel(clients: &mut Clients, id: &str, node: &Node, room: &str, ack: bool) {
+    clients
+        .join(
+            Conn::to(id, node)
+                .ns("/rel")
+                .user(id, room)
+                .ack_server(json!(ack)),
+        )
+        .await;
+}
+
+/// How many messages of `/rel`'s `room` are pending in Redis, under the cluster's prefix `test`.
+fn pending(redis: &Redis, test: &str, room: &str) -> usize {
+    let queue = format!("{test}:delivery:{{/rel|{room}}}:q");
+    redis.cli(&["XLEN", &queue]).trim().parse().unwrap()
+}
+
+async fn until_pending(redis: &Redis, test: &str, room: &str, n: usize) {
+    eventually(
+        Duration::from_secs(5),
+        &format!("{n} pending in {room}"),
+        async || (pending(redis, test, room) == n).then_some(()),
+    )
+    .await;
+}
+
+/// The sum over `nodes` of the emitter messages of `kind` with `outcome`.
+async fn counted_all(http: &Http, nodes: &[Node], kind: &str, outcome: &str) -> f64 {
+    let mut sum = 0.0;
+    for node in nodes {
+        sum += counted(http, node, kind, outcome).await;
+    }
+    sum
+}
+
+/// An emit to a reliable user room goes through reliable delivery as `POST /send` does, handled by one node for
+/// the cluster: live with an ack callback, removed when acknowledged, kept for the `batch` of an offline user;
+/// other rooms of the same emit get it once, without callback. Two identical emits in a row are two messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_to_user_rooms_are_stored_acknowledged_and_batched() {
+    let test = "emitter_user_rooms";
+    let (_dir, redis, nodes) = cluster_with_config(test, 3, ONCE_CONFIG).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let http = Http::new();
+    let mut clients = Clients::start();
+    join_rel(&mut clients, "u1", a, "user.1", true).await;
+    join_rel(&mut clients, "staff", b, "staff", true).await;
+
+    emitter(
+        &redis,
+        json!([{"op": "emit", "ns": "/rel", "to": ["user.1", "staff"], "event": "update",
+            "args": ["user", {"id": 1}]}]),
+    )
+    .await;
+    let ev = clients.expect("u1", "update").await;
+    assert_eq!(
+        (&ev["args"], &ev["acked"]),
+        (&json!(["user", {"id": 1}]), &json!(true)),
+        "a user room's message comes with an ack callback: {ev}"
+    );
+    let ev = clients.expect("staff", "update").await;
+    assert!(ev.get("acked").is_none(), "other rooms: no callback: {ev}");
+    for id in ["u1", "staff"] {
+        clients.expect_none(id, "update", QUIET).await;
+    }
+    until_pending(&redis, test, "user.1", 0).await;
+
+    // The same emit twice at once: two messages, each delivered and acknowledged.
+    let ping = json!({"op": "emit", "ns": "/rel", "to": ["user.1"], "event": "ping", "args": [7]});
+    emitter(&redis, json!([ping, ping])).await;
+    for _ in 0..2 {
+        let ev = clients.expect("u1", "ping").await;
+        assert_eq!((&ev["args"], &ev["acked"]), (&json!([7]), &json!(true)));
+    }
+    clients.expect_none("u1", "ping", QUIET).await;
+    until_pending(&redis, test, "user.1", 0).await;
+
+    // Offline (held once, then let go): kept, identical ones included, and given in one batch on another node.
+    join_rel(&mut clients, "u2", a, "user.2", true).await;
+    clients.disconnect("u2").await;
+    clients.expect("u2", "disconnect").await;
+    let holders = format!("{test}:delivery:{{/rel|user.2}}:holders");
+    eventually(Duration::from_secs(5), "user.2 let go", async || {
+        (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(())
+    })
+    .await;
+    let to_u2 = |event: &str, n: u64| json!({"op": "emit", "ns": "/rel", "to": ["user.2"], "event": event, "args": [n]});
+    emitter(
+        &redis,
+        json!([to_u2("e0", 0), to_u2("e1", 1), to_u2("e1", 1)]),
+    )
+    .await;
+    until_pending(&redis, test, "user.2", 3).await;
+    join_rel(&mut clients, "u2", c, "user.2", true).await;
+    let ev = clients.expect("u2", "batch").await;
+    assert_eq!(
+        ev["args"],
+        json!([[["e0", 0], ["e1", 1], ["e1", 1]]]),
+        "{ev}"
+    );
+    assert_eq!(ev["acked"], true, "{ev}");
+    clients.expect_none("u2", "batch", QUIET).await;
+    until_pending(&redis, test, "user.2", 0).await;
+
+    // Binary cannot be stored: delivered live once, without callback, counted.
+    emitter(
+        &redis,
+        json!([{"op": "emit", "ns": "/rel", "to": ["user.1"], "event": "file",
+            "args": [{"$binary": "AAE="}]}]),
+    )
+    .await;
+    let ev = clients.expect("u1", "file").await;
+    assert_eq!(ev["args"], json!([{"$binary": "AAE="}]), "{ev}");
+    assert!(ev.get("acked").is_none(), "{ev}");
+    clients.expect_none("u1", "file", QUIET).await;
+    assert_eq!(pending(&redis, test, "user.1"), 0);
+
+    // One node handled each message; the other two counted it as another node's (after their take-over delay).
+    let handled = [("delivered", 6.0), ("unstored", 1.0), ("other_node", 14.0)];
+    eventually(
+        Duration::from_secs(5),
+        "each message handled once",
+        async || {
+            for (outcome, n) in handled {
+                if counted_all(&http, &nodes, "broadcast", outcome).await != n {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
+/// An emit to a room of a namespace with connection state recovery is recorded once in its log: every socket of
+/// the room gets it once, with its offset, and a client that was cut off gets what it missed once, in order,
+/// when it recovers (identical emits included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emits_to_a_recovering_namespace_are_replayed_once() {
+    let test = "emitter_recovery";
+    let (_dir, redis, nodes) = cluster_with_config(test, 3, ONCE_CONFIG).await;
+    let mut clients = Clients::start();
+    let proxy = Proxy::start(nodes[0].port).await;
+    let conn = Conn::to("c", &nodes[0].via(&proxy))
+        .ns("/rec")
+        .user("uc", "R")
+        .reconnect();
+    let first = clients.enter(conn).await;
+    assert!(first.pid.is_some(), "{first:?}");
+    clients
+        .join(Conn::to("d", &nodes[1]).ns("/rec").user("ud", "R"))
+        .await;
+    let news =
+        |n: u64| json!({"op": "emit", "ns": "/rec", "to": ["R"], "event": "news", "args": [n]});
+
+    emitter(&redis, json!([news(0)])).await;
+    let mut seen = std::collections::HashMap::new();
+    for id in ["c", "d"] {
+        let ev = clients.expect(id, "news").await;
+        assert_eq!(ev["args"][0], 0, "{ev}");
+        assert!(ev["args"][1].is_string(), "an offset last: {ev}");
+        seen.insert(id, ev["args"][1].clone());
+    }
+
+    proxy.refuse(true);
+    proxy.cut().await;
+    let ev = clients.expect("c", "disconnect").await;
+    assert_eq!(ev["reason"], "transport close", "{ev}");
+    proxy.point_to(nodes[2].port);
+    emitter(&redis, json!([news(1), news(2), news(2)])).await;
+    for n in [1, 2, 2] {
+        let ev = clients.expect("d", "news").await;
+        assert_eq!(ev["args"][0], n, "{ev}");
+    }
+    proxy.refuse(false);
+    let back = clients.reconnected("c").await;
+    assert!(back.recovered, "not recovered: {back:?}");
+    assert_eq!(back.sid, first.sid);
+    emitter(&redis, json!([news(3)])).await;
+    let mut offsets = vec![seen["c"].clone()];
+    for n in [1, 2, 2, 3] {
+        let ev = clients.expect("c", "news").await;
+        assert_eq!(ev["args"][0], n, "{ev}");
+        offsets.push(ev["args"][1].clone());
+    }
+    let distinct: std::collections::HashSet<String> =
+        offsets.iter().map(Value::to_string).collect();
+    assert_eq!(distinct.len(), 5, "one offset per message: {offsets:?}");
+    assert_eq!(once(&mut clients, "d", "news").await[0], 3);
+    clients.expect_none("c", "news", QUIET).await;
+    let http = Http::new();
+    eventually(
+        Duration::from_secs(5),
+        "each message handled once",
+        async || {
+            let delivered = counted_all(&http, &nodes, "broadcast", "delivered").await;
+            let others = counted_all(&http, &nodes, "broadcast", "other_node").await;
+            (delivered == 5.0 && others == 10.0).then_some(())
+        },
+    )
+    .await;
 }

@@ -27,6 +27,12 @@ name = "/fwd"
 auth = "claim"
 rooms = ["handshake"]
 forward = true
+
+[[namespace]]
+name = "/live"
+auth = "claim"
+rooms = ["handshake"]
+recovery_window_s = 60
 "#;
 
 const CHAT_KEY: &str = "chat-key-0123456789abcdef";
@@ -145,8 +151,18 @@ async fn broadcasts_cross_both_ways_once_between_a_node_server_and_ours() {
         &["--node-adapter-compat"],
     )
     .await;
-    let node = NodeServer::start(&redis, &["/chat", "/fwd"]).await;
+    let node = NodeServer::start(&redis, &["/chat", "/fwd", "/live"]).await;
     let mut clients = sockets(&nodes, &node).await;
+    for (id, base) in [
+        ("la", nodes[0].base()),
+        ("lb", nodes[1].base()),
+        ("ln", node.base.clone()),
+    ] {
+        let conn = Conn::to(id, &base)
+            .ns("/live")
+            .user(&format!("u{id}"), "r1");
+        clients.join(conn).await;
+    }
     let http = Http::new();
 
     // From Node: to r1 of /chat, binary nested too, reaches r1 on all three servers once, not r2.
@@ -192,6 +208,17 @@ async fn broadcasts_cross_both_ways_once_between_a_node_server_and_ours() {
     for id in ["fa", "fn"] {
         assert_eq!(once(&mut clients, id, "fwd-event").await, args, "{id}");
     }
+    // From Node to a namespace with recovery: one of our nodes pushes it for the cluster (recorded, so every node
+    // delivers it from the log), and does not publish it again: Node's socket has it from Redis already.
+    node.emit(json!({"ns": "/live", "to": ["r1"], "event": "recorded", "args": [7]}))
+        .await;
+    for id in ["la", "lb"] {
+        let args = once(&mut clients, id, "recorded").await;
+        assert_eq!(args[0], 7, "{id}: {args}");
+        assert!(args[1].is_string(), "{id}: no offset in {args}");
+    }
+    assert_eq!(once(&mut clients, "ln", "recorded").await, json!([7]));
+
     node.emit(json!({"ns": "/chat", "except": ["r1"], "event": "not-r1", "args": []}))
         .await;
     for id in ["b2", "n2"] {
