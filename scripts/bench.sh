@@ -9,9 +9,10 @@
 # and, for ours only, handshakes per second by auth kind (claim, jwt, credentials), the users query on a
 # namespace with 3 rooms per socket, and the admin UI (query and fan-out without and with [admin], nobody logged
 # in; an admin login's all_sockets of 10,000 sockets).
-#   scripts/bench.sh                 the full run (about 14 minutes on 2 cores, the tenancy phases ~30 s of it,
+#   scripts/bench.sh                 the full run (about 15 minutes on 2 cores, the tenancy phases ~30 s of it,
 #                                    the admin phases ~2 minutes: --admin-overhead, --admin-sockets, 0 skips;
-#                                    the recovery phases ~2 minutes: --recovery-fanout-size, --recovery-sockets)
+#                                    the recovery phases ~2 minutes: --recovery-fanout-size, --recovery-sockets;
+#                                    the emitter phases ~75 s: --emitter-fanout-size, --emitter-rate-room)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0 --send-requests 0 --send-fanout-size 0 \
 #     --reliable-rooms 0 --admin-overhead --admin-sockets 0 --gateway-clients 0 --gateway-send-users 0 \
