@@ -234,6 +234,7 @@ impl Bench {
         let probe = Arc::new(FanoutProbe::default());
         let (clients, connect_errors, connect_secs) =
             self.open_send(&nodes, n, |_| BIG.into(), &probe).await;
+        anyhow::ensure!(!clients.is_empty(), "none of {n} clients connected");
         let emitter = publisher(&redis.url).await?;
         let mut pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
         pids.push(redis.pid());
@@ -324,6 +325,7 @@ impl Bench {
         let probe = Arc::new(FanoutProbe::default());
         let (clients, connect_errors, _) =
             self.open_send(&nodes, room, |_| STAFF.into(), &probe).await;
+        anyhow::ensure!(!clients.is_empty(), "none of {room} clients connected");
         let tally = Arc::new(Tally::new(clients.len(), window));
         if probe.track(tally.clone()).is_err() {
             anyhow::bail!("the probe has a tally already");
