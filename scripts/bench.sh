@@ -3,34 +3,43 @@
 # (bench/node-reference/, socket.io v4 + @socket.io/redis-adapter), in one run, on loopback only, including
 # POST /send (pushes per second to a room, a push's fan-out to 10,000 sockets, reliable delivery with acks to
 # 1,000 user rooms) and connection state recovery (that fan-out without and with recovery, the Node reference's
-# with @socket.io/redis-streams-adapter; 1,000 official clients of a SIGKILLed node recovering on the survivors);
+# with @socket.io/redis-streams-adapter; 1,000 official clients of a SIGKILLed node recovering on the survivors)
+# and the socket.io Redis emitter (one message published as @socket.io/redis-emitter does, until the last of 10,000
+# sockets on 4 nodes has it; messages per second into a room of 100, none lost);
 # and, for ours only, handshakes per second by auth kind (claim, jwt, credentials), the users query on a
 # namespace with 3 rooms per socket, and the admin UI (query and fan-out without and with [admin], nobody logged
 # in; an admin login's all_sockets of 10,000 sockets).
-#   scripts/bench.sh                 the full run (about 14 minutes on 2 cores, the tenancy phases ~30 s of it,
+#   scripts/bench.sh                 the full run (about 15 minutes on 2 cores, the tenancy phases ~30 s of it,
 #                                    the admin phases ~2 minutes: --admin-overhead, --admin-sockets, 0 skips;
-#                                    the recovery phases ~2 minutes: --recovery-fanout-size, --recovery-sockets)
+#                                    the recovery phases ~2 minutes: --recovery-fanout-size, --recovery-sockets;
+#                                    the emitter phases ~75 s: --emitter-fanout-size, --emitter-rate-room)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0 --send-requests 0 --send-fanout-size 0 \
 #     --reliable-rooms 0 --admin-overhead --admin-sockets 0 --gateway-clients 0 --gateway-send-users 0 \
-#     --recovery-fanout-size 0 --recovery-sockets 0
+#     --recovery-fanout-size 0 --recovery-sockets 0 --emitter-fanout-size 0 --emitter-rate-room 0
 #                                    the tenancy phases alone
 #   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0 \
 #     --admin-overhead --admin-sockets 0 --gateway-clients 0 --gateway-send-users 0 --recovery-fanout-size 0 \
-#     --recovery-sockets 0
+#     --recovery-sockets 0 --emitter-fanout-size 0 --emitter-rate-room 0
 #                                    the POST /send phases alone (--send-requests, --send-fanout-size,
 #                                    --reliable-rooms: 0 skips each)
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 \
 #     --ns-size 0 --send-requests 0 --send-fanout-size 0 --reliable-rooms 0 --admin-overhead --admin-sockets 0 \
-#     --recovery-fanout-size 0 --recovery-sockets 0
+#     --recovery-fanout-size 0 --recovery-sockets 0 --emitter-fanout-size 0 --emitter-rate-room 0
 #                                    the event-bus gateway phases alone (ours only: --gateway-clients,
 #                                    --gateway-rates, --gateway-send-users; 0 or empty skips each)
 #   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0 \
 #     --send-requests 0 --send-fanout-size 0 --reliable-rooms 0 --admin-overhead --admin-sockets 0 \
-#     --gateway-clients 0 --gateway-send-users 0
+#     --gateway-clients 0 --gateway-send-users 0 --emitter-fanout-size 0 \
+#     --emitter-rate-room 0
 #                                    the connection state recovery phases alone (--recovery-fanout-size: the
 #                                    fan-out off and on; --recovery-sockets, --recovery-missed: the killed
 #                                    node; 0 skips each; --recovery-signal TERM: a graceful shutdown instead)
+#   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0 \
+#     --send-requests 0 --send-fanout-size 0 --reliable-rooms 0 --admin-overhead --admin-sockets 0 \
+#     --gateway-clients 0 --gateway-send-users 0 --recovery-fanout-size 0 --recovery-sockets 0
+#                                    the Redis emitter phases alone (--emitter-fanout-size with --fanout-rounds;
+#                                    --emitter-rate-room, --emitter-rate-seconds, --emitter-window; 0 skips each)
 #   BENCHMARKS.md gives each of its sections' exact command.
 # Off by default (BENCHMARKS.md, "Many connections" and "How it scales", give the exact commands):
 #   --big-conns 19500 --big-room 20000   4 nodes x 19,500 idle TLS websockets (one holder process per node, each

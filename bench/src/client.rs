@@ -11,7 +11,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
@@ -72,6 +72,8 @@ pub struct FanoutProbe {
     acks: AtomicUsize,
     /// When the latest ack was sent.
     last_ack: Mutex<Option<Instant>>,
+    /// Per-message arrivals of many messages in flight at once (the emitter rate phase), when set.
+    tally: OnceLock<Arc<Tally>>,
 }
 
 impl FanoutProbe {
@@ -108,6 +110,12 @@ impl FanoutProbe {
         *self.last_ack.lock().unwrap()
     }
 
+    /// Counts every `POST /send`-style event naming a round into `tally` from now on, as well as the current
+    /// round; a probe takes one tally for its life.
+    pub fn track(&self, tally: Arc<Tally>) -> Result<(), Arc<Tally>> {
+        self.tally.set(tally)
+    }
+
     fn acked(&self) {
         *self.last_ack.lock().unwrap() = Some(Instant::now());
         self.acks.fetch_add(1, Ordering::SeqCst);
@@ -133,6 +141,9 @@ impl FanoutProbe {
         else {
             return;
         };
+        if let Some(tally) = self.tally.get() {
+            tally.saw(round);
+        }
         if round != self.round.load(Ordering::SeqCst) {
             return;
         }
@@ -141,6 +152,97 @@ impl FanoutProbe {
             *self.last.lock().unwrap() = Some(Instant::now());
             self.done.notify_one();
         }
+    }
+}
+
+/// Arrivals of numbered messages, many in flight at once: message `seq` is complete once `target` clients have
+/// it, which records its latency and returns its permit to `window`, so that the sender never has more than the
+/// window's permits of messages unfinished (a closed loop: it sends as fast as the receivers keep up). Slots are a
+/// ring (`seq mod len`), longer than the window, so a slot is reused only after its message is complete, unless
+/// that message was lost: then its late arrivals no longer count here (each client's own count still does).
+pub struct Tally {
+    target: usize,
+    epoch: Instant,
+    slots: Box<[Slot]>,
+    window: Arc<tokio::sync::Semaphore>,
+    /// From [`Self::sent`] until the last of `target` had it, per complete message.
+    latencies: Mutex<Vec<Duration>>,
+    /// When the latest message was complete.
+    last: Mutex<Option<Instant>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    seq: AtomicU64,
+    arrived: AtomicUsize,
+    /// Nanoseconds since `epoch` when it was sent.
+    sent: AtomicU64,
+}
+
+impl Tally {
+    /// A tally for messages each to reach `target` clients, at most `window` unfinished at once.
+    pub fn new(target: usize, window: usize) -> Self {
+        let len = (window * 4).max(1024);
+        Self {
+            target,
+            epoch: Instant::now(),
+            slots: (0..len).map(|_| Slot::default()).collect(),
+            window: Arc::new(tokio::sync::Semaphore::new(window.max(1))),
+            latencies: Mutex::new(Vec::new()),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Waits for a free place in the window (`None`: not within `limit`, a message is stuck), and takes it.
+    pub async fn reserve(&self, limit: Duration) -> Option<()> {
+        let permit = tokio::time::timeout(limit, self.window.acquire())
+            .await
+            .ok()?
+            .ok()?;
+        // Given back by `saw` when the message is complete.
+        permit.forget();
+        Some(())
+    }
+
+    /// Message `seq` (never 0) is being sent now.
+    pub fn sent(&self, seq: u64) {
+        let slot = &self.slots[seq as usize % self.slots.len()];
+        slot.arrived.store(0, Ordering::SeqCst);
+        slot.sent
+            .store(self.epoch.elapsed().as_nanos() as u64, Ordering::SeqCst);
+        slot.seq.store(seq, Ordering::SeqCst);
+    }
+
+    fn saw(&self, seq: u64) {
+        let slot = &self.slots[seq as usize % self.slots.len()];
+        if seq == 0 || slot.seq.load(Ordering::SeqCst) != seq {
+            return;
+        }
+        if slot.arrived.fetch_add(1, Ordering::SeqCst) + 1 == self.target {
+            let now = Instant::now();
+            let sent = self.epoch + Duration::from_nanos(slot.sent.load(Ordering::SeqCst));
+            self.latencies
+                .lock()
+                .unwrap()
+                .push(now.duration_since(sent));
+            *self.last.lock().unwrap() = Some(now);
+            self.window.add_permits(1);
+        }
+    }
+
+    /// Messages complete so far.
+    pub fn complete(&self) -> usize {
+        self.latencies.lock().unwrap().len()
+    }
+
+    /// When the latest message was complete.
+    pub fn last(&self) -> Option<Instant> {
+        *self.last.lock().unwrap()
+    }
+
+    /// The latencies of the complete messages.
+    pub fn latencies(&self) -> Vec<Duration> {
+        self.latencies.lock().unwrap().clone()
     }
 }
 

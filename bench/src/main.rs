@@ -17,6 +17,8 @@
 //!    played by the bench, at fixed rates; and `send` entries to many users.
 //! 9. (`recovery.rs`) connection state recovery: what it costs the fan-out of a push, and the sockets of a
 //!    node killed with SIGKILL coming back on the survivors with what they missed (the official client).
+//! 10. (`emitter.rs`) the socket.io Redis emitter: one message published as `@socket.io/redis-emitter` does, until
+//!     the last socket of a large room on K nodes has it, and messages per second into a room, none lost.
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
 //! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
@@ -26,6 +28,7 @@ mod admin;
 mod big;
 mod client;
 mod cost;
+mod emitter;
 mod gateway;
 mod procs;
 mod proxy;
@@ -51,6 +54,7 @@ use crate::{
     big::BigResult,
     client::{Client, FanoutProbe, Login},
     cost::CostResult,
+    emitter::{EmitterFanoutResult, EmitterRateResult},
     gateway::{GatewayRateResult, GatewaySendResult},
     procs::{Node, Redis, Target},
     recovery::{KilledNodeResult, RecoveryFanoutResult},
@@ -160,6 +164,20 @@ struct Args {
     /// Node reference saves its sockets' sessions).
     #[arg(long, default_value = "KILL", value_parser = ["KILL", "TERM"])]
     recovery_signal: String,
+    /// The socket.io Redis emitter, its fan-out: sockets of a room on `--nodes` nodes that one message per round
+    /// (`--fanout-rounds`), published to Redis as `@socket.io/redis-emitter` does, must reach, each exactly once;
+    /// 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    emitter_fanout_size: usize,
+    /// The emitter's rate: sockets of a room on `--nodes` nodes that emitter messages go to as fast as they keep
+    /// up (`--emitter-window`), for `--emitter-rate-seconds`, each to arrive exactly once; 0 skips it.
+    #[arg(long, default_value_t = 100)]
+    emitter_rate_room: usize,
+    #[arg(long, default_value_t = 10)]
+    emitter_rate_seconds: u64,
+    /// Emitter messages unfinished at once (published, not yet at every socket of the room) in that phase.
+    #[arg(long, default_value_t = 64)]
+    emitter_window: usize,
     /// Reliable delivery: sockets, each alone in its user room `user_{i}`, on `--nodes` nodes, that get
     /// `--reliable-rounds` pushes each and acknowledge them; 0 skips it.
     #[arg(long, default_value_t = 1000)]
@@ -337,6 +355,8 @@ struct Report {
     reliable: Option<ReliableResult>,
     recovery_fanout: Option<RecoveryFanoutResult>,
     killed_node: Option<KilledNodeResult>,
+    emitter_fanout: Option<EmitterFanoutResult>,
+    emitter_rate: Option<EmitterRateResult>,
     admin_overhead: Vec<OverheadResult>,
     all_sockets: Option<AllSocketsResult>,
     gateway_rates: Vec<GatewayRateResult>,
@@ -363,6 +383,7 @@ impl Report {
                 .map_or(0, |q| q.connect_errors + q.wrong_answers)
             + send::error_count(self)
             + recovery::error_count(self)
+            + emitter::error_count(self)
             + admin::error_count(self)
             + gateway::error_count(self)
             + big::error_count(self)
@@ -490,6 +511,7 @@ impl Bench {
         }
         self.send_phases(target, &mut report).await;
         self.recovery_phases(target, &mut report).await;
+        self.emitter_phases(target, &mut report).await;
         self.big_phase(target, &mut report).await;
         // The Node reference has one namespace, no auth kinds and no admin UI: these phases are ours only.
         if target.name == "ours" {
@@ -944,6 +966,7 @@ fn print_report(r: &Report) {
     }
     send::print(r);
     recovery::print(r);
+    emitter::print(r);
     tenancy::print(r);
     admin::print(r);
     gateway::print(r);
@@ -1004,6 +1027,7 @@ fn print_ratios(ours: &Report, node: &Report) {
     }
     send::ratios(ours, node, &row);
     recovery::ratios(ours, node, &row);
+    emitter::ratios(ours, node, &row);
     if let (Some(a), Some(b)) = (&ours.big, &node.big) {
         let name = format!("{} connections, room of {}", a.conns, a.room);
         row(format!("{name}: query p50"), a.query.p50, b.query.p50, "ms");

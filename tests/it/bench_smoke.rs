@@ -13,6 +13,9 @@
 //! the connection state recovery phases: a push's fan-out without and with recovery, and the sockets of a killed
 //! node (the official client) coming back on the survivor, where `--check` fails on a socket of ours not recovered
 //! or a missed event lost, doubled or out of order (the Node reference recovers none: reported, not an error).
+//! Both run the socket.io Redis emitter phases small: messages published to Redis as `@socket.io/redis-emitter`
+//! does, to a room on 2 nodes one per round and then a window at a time, where `--check` fails on a message lost
+//! or received twice by any socket.
 
 use std::{
     path::{Path, PathBuf},
@@ -78,6 +81,10 @@ fn bench_smoke_run_is_correct() {
         // node missing 5 pushes.
         .args(["--recovery-fanout-size", "24", "--recovery-sockets", "12"])
         .args(["--recovery-missed", "5"])
+        // The Redis emitter, tiny: one message per round to 24 sockets on 2 nodes; a room of 10 for 1 s, 8
+        // messages unfinished at most.
+        .args(["--emitter-fanout-size", "24", "--emitter-rate-room", "10"])
+        .args(["--emitter-rate-seconds", "1", "--emitter-window", "8"])
         // The Redis cost per operation (ours), tiny: K = 1 and 2, a room of 10.
         .args(["--cost-nodes", "1,2", "--cost-sizes", "10"])
         .args(["--cost-requests", "10", "--cost-rounds", "3"])
@@ -131,6 +138,24 @@ fn bench_smoke_run_is_correct() {
     }
     assert_eq!(
         stdout.matches("| 12 | 2 | SIGKILL | 5 |").count(),
+        2,
+        "{stdout}"
+    );
+    // The emitter phases ran for both: the message reached one subscriber per node, no round was lost, and every
+    // socket had each of the 3 rounds' messages once; in the rate phase every message published was complete (its
+    // counts vary with the speed: `--check` compares them).
+    let fanout: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 24 sockets | 2 | 3 | "))
+        .map(|l| l.split(" | ").collect())
+        .collect();
+    assert_eq!(fanout.len(), 2, "{stdout}");
+    for cells in &fanout {
+        assert_eq!(cells[4], "2", "subscribers in {cells:?}");
+        assert_eq!(cells[10..14], ["0", "72 of 72", "0", "0"], "{cells:?}");
+    }
+    assert_eq!(
+        stdout.matches("| 10 sockets | 2 | 8 | ").count(),
         2,
         "{stdout}"
     );
@@ -192,6 +217,7 @@ fn bench_check_fails_on_a_refused_admin_login() {
         // The gateway and recovery phases are on by default: off, so that the refused login is the run's one error.
         .args(["--gateway-clients", "0", "--gateway-send-users", "0"])
         .args(["--recovery-fanout-size", "0", "--recovery-sockets", "0"])
+        .args(["--emitter-fanout-size", "0", "--emitter-rate-room", "0"])
         .args(["--nodes", "2", "--admin-overhead", "--admin-sockets", "10"])
         .args(["--admin-rounds", "1", "--admin-wrong-password"])
         .args(["--check", "--max-minutes", "2", "--logs"])
