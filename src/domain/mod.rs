@@ -3,3 +3,4 @@
 pub mod client;
 pub mod secret;
 pub mod validate;
+pub mod webhook_signature;
