@@ -587,7 +587,12 @@ stream_prefix = "socket-identity:gw:"
         ),
     )
     .unwrap();
-    let args = ["--config", config.to_str().unwrap()];
+    // With NODE_ADAPTER_COMPAT: every broadcast is also PUBLISHed for Node servers, under the same ACL.
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--node-adapter-compat",
+    ];
     let mut nodes = Vec::new();
     for (id, password) in [("a", "pass-a"), ("b", "pass-b")] {
         let node = Node::start(
@@ -679,6 +684,23 @@ stream_prefix = "socket-identity:gw:"
     assert_eq!(
         io.expect("r1", "disconnect").await["reason"],
         "io server disconnect"
+    );
+
+    // The broadcasts above were published for Node servers too, none refused.
+    let sample = |outcome: &str| {
+        format!("socket_identity_node_adapter_broadcasts_total{{outcome=\"{outcome}\"}}")
+    };
+    assert!(
+        http.metric(&nodes[0], &sample("published"))
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert_eq!(
+        http.metric(&nodes[0], &sample("failed"))
+            .await
+            .unwrap_or(0.0),
+        0.0
     );
 
     // Nothing the nodes did was refused.
