@@ -612,6 +612,58 @@ rooms = ["auth", "user"]
         );
     }
 
+    #[test]
+    fn rpc_keys_are_checked() {
+        let ns = "[[namespace]]\nname = \"/\"\n";
+        let url = "rpc_url = \"https://backend.internal/rpc\"\n";
+        let secret = "rpc_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        let list = parse_ok(&format!(
+            "{ns}{url}{secret}rpc_events = [\"a\", \"b:*\", \"*\"]\n"
+        ));
+        assert_eq!(list[0].config.rpc_timeout_ms(), 5000);
+        for (extra, error) in [
+            (
+                "rpc_events = [\"a\"]\n".to_owned(),
+                "`rpc_events` needs `rpc_url` (where the events are sent)",
+            ),
+            (
+                url.to_owned(),
+                "`rpc_secret` is required with `rpc_url` (the backend verifies the calls)",
+            ),
+            (
+                format!("rpc_url = \"ftp://x\"\n{secret}"),
+                "`rpc_url` is not an http(s) URL",
+            ),
+            (
+                format!("{url}rpc_secret = \"plain\"\n"),
+                "`rpc_secret` must start with `whsec_` followed by base64 (a Standard Webhooks secret)",
+            ),
+            (
+                format!("{url}{secret}rpc_timeout_ms = 0\n"),
+                "`rpc_timeout_ms` must be between 1 and 60000",
+            ),
+            (
+                format!("{url}{secret}rpc_events = [\"connect\"]\n"),
+                "`rpc_events` \"connect\" is an event name the server or the socket.io client reserves",
+            ),
+            (
+                format!("{url}{secret}rpc_events = [\"batch\"]\n"),
+                "`rpc_events` \"batch\" is an event name the server or the socket.io client reserves",
+            ),
+            (
+                format!("{url}{secret}rpc_events = [\"a*b\"]\n"),
+                "`rpc_events` \"a*b\": `*` may only end a name (a prefix)",
+            ),
+            (
+                format!("{url}{secret}rpc_events = [\"a\", \"a\"]\n"),
+                "`rpc_events` lists \"a\" twice",
+            ),
+        ] {
+            let e = parse_err(&format!("{ns}{extra}"));
+            assert!(e.ends_with(error), "{e}");
+        }
+    }
+
     /// Every key of `[[namespace]]` is in the example file, set or commented out.
     #[test]
     fn example_file_names_every_key() {
