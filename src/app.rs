@@ -182,6 +182,9 @@ pub async fn run(
         observer: Arc::default(),
         bus: Arc::default(),
         recovery: Arc::default(),
+        rpc_in_flight: Arc::new(tokio::sync::Semaphore::new(
+            config.rpc_max_in_flight.try_into().unwrap_or(1024),
+        )),
         gateway_events: gateway_config
             .as_ref()
             .map(|g| g.reply_events())

@@ -23,15 +23,16 @@
 //!    `resync`, TTL), in Redis or in memory; connection state recovery's sessions and log of broadcasts, in Redis
 //!    or in memory, and the adapter that records and delivers broadcasts in log order.
 //! 5. [`realtime`]: the Socket.IO side. Its modules are layered the same way, lowest first:
-//!    1. `identity`, `args`, `admission`, `auth`: who a socket is and its user and session rooms; event arguments;
-//!       limits on handshakes; each namespace's way to verify one.
+//!    1. `identity`, `args`, `admission`, `auth`, `backend`: who a socket is and its user and session rooms; event
+//!       arguments; limits on handshakes; each namespace's way to verify one; the call of a client event to the
+//!       RPC backend.
 //!    2. `namespaces`, `bus`, `observe`, `push`: the namespaces of the config file; the ports the gateway and the
 //!       admin UI implement; pushes to rooms on every node.
 //!    3. `recover`, `deliver`: connection state recovery's sessions, saved and given back; a push from the
 //!       backend to rooms, user rooms stored and acknowledged (`POST /send`, the emitter).
 //!    4. `local`: this node's answers to cluster queries.
 //!    5. `node`: what every socket handler shares about this node ([`realtime::NodeInfo`]).
-//!    6. `reliable`: user rooms held in the delivery store.
+//!    6. `reliable`, `rpc`: user rooms held in the delivery store; client events as RPC, the socket's side.
 //!    7. `events`: what client events do.
 //!    8. `handshake`: registration, the connect middleware and the connect handler.
 //! 6. [`error`]: how failures become HTTP answers, and start-up errors ([`StartError`]).

@@ -163,6 +163,11 @@ pub struct Config {
     #[arg(long, env = "SOCKET_EVENT_RATE", default_value_t = 100)]
     pub socket_event_rate: u32,
 
+    /// Client events being sent to RPC backends (`rpc_url`) at once on this node, all namespaces together;
+    /// beyond it an event's ack is `{"error": "busy"}` at once. Each socket has at most 8 of them.
+    #[arg(long, env = "RPC_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rpc_max_in_flight: u32,
+
     /// Log lines as `human` text or as `json` objects (one per line). Either way each line names the node;
     /// `RUST_LOG` sets the levels.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]

@@ -25,6 +25,29 @@ pub const RESERVED_EVENTS: &[&str] = &[
     "removeListener",
 ];
 
+/// Event names the server itself sends its clients: never taken from a client (forwarded, sent to the RPC
+/// backend), so no client can forge them. The gateway's reply names come on top, from its config.
+pub const SERVER_EVENTS: &[&str] = &[
+    "handshake",
+    "socket-connected",
+    "socket-disconnected",
+    "identity-change",
+    "session_id",
+    "rate_limited",
+    "__connect__",
+    "__disconnect__",
+    "__count__",
+    "batch",
+    "resync",
+    "error",
+];
+
+/// Whether `event` is reserved by the socket.io client ([`RESERVED_EVENTS`]) or sent by the server
+/// ([`SERVER_EVENTS`]).
+pub fn is_reserved_event(event: &str) -> bool {
+    RESERVED_EVENTS.contains(&event) || SERVER_EVENTS.contains(&event)
+}
+
 /// Longest room name, in characters.
 pub const MAX_ROOM_CHARS: usize = 128;
 /// Longest user id, in characters.

@@ -32,7 +32,7 @@ use super::{
     node::NodeInfo,
     observe::Observed,
     recover::Recoverable,
-    reliable,
+    reliable, rpc,
 };
 use crate::{
     cluster::protocol::{Query, Reply},
@@ -42,20 +42,7 @@ use crate::{
 
 /// Event names the server itself sends: never forwarded from a client, so no client can forge them. The gateway's
 /// reply names come on top ([`NodeInfo::gateway_events`]).
-pub const SERVER_EVENTS: &[&str] = &[
-    "handshake",
-    "socket-connected",
-    "socket-disconnected",
-    "identity-change",
-    "session_id",
-    "rate_limited",
-    "__connect__",
-    "__disconnect__",
-    "__count__",
-    "batch",
-    "resync",
-    "error",
-];
+pub use crate::domain::validate::SERVER_EVENTS;
 
 /// Whether `event` is a name the server sends on its own.
 fn is_server_event(node: &NodeInfo, event: &str) -> bool {
@@ -136,6 +123,7 @@ pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace
     if ns.views && me.role == Role::Controller {
         socket.on("__count__", on_count::<A>);
     }
+    rpc::attach(socket, ns);
     socket.on_fallback(on_other::<A>);
     socket.on_disconnect(on_disconnect::<A>);
 }
@@ -344,13 +332,15 @@ async fn on_count<A: Adapter>(
     let _ = ack.send(&count);
 }
 
-/// Any other event: relayed to the whole namespace when it forwards, else ignored.
+/// Any other event: sent to the RPC backend when its namespace names it in `rpc_events` (and nowhere else), else
+/// relayed to the whole namespace when it forwards, else ignored.
 async fn on_other<A: Adapter>(
     socket: SocketRef<A>,
     io: SocketIo<A>,
     State(node): State<NodeInfo>,
     Event(event): Event,
     TryData(relayed): TryData<Relayed>,
+    ack: AckSender<A>,
 ) {
     if !within_rate(&socket, &node) {
         return;
@@ -361,6 +351,12 @@ async fn on_other<A: Adapter>(
         node.observer.received(&socket, &event, &args.0);
     }
     let namespace = node.namespaces.find(socket.ns());
+    if let Some(ns) = namespace
+        && !is_server_event(&node, &event)
+        && rpc::call(&socket, &node, ns, &event, relayed.as_ref().ok(), ack).await
+    {
+        return;
+    }
     if namespace.is_some_and(|ns| ns.gateway)
         && let (Some(bus), Some(args)) = (node.bus.get(), &args)
         && !is_server_event(&node, &event)

@@ -384,6 +384,7 @@ mod tests {
             reliable: None,
             gateway: false,
             recovery: None,
+            rpc: None,
         }
     }
 

@@ -4,6 +4,7 @@
 //! * [`args`]: event arguments, relayed as they came.
 //! * [`admission`]: limits on handshakes (socket cap, rate, origins).
 //! * [`auth`]: each namespace's way to verify a handshake (none, claim, credentials, JWT, webhook).
+//! * [`backend`]: client events as RPC, the call: the signed `POST` to a namespace's `rpc_url` and its answer.
 //! * [`namespaces`]: the namespaces this node serves, built from the config file.
 //! * [`bus`], [`observe`]: the ports the event-bus gateway and the admin UI implement ([`crate::gateway`],
 //!   [`crate::admin`]), so that the socket handlers need not know them.
@@ -14,6 +15,7 @@
 //! * [`local`]: this node's answers to cluster queries ([`crate::cluster::LocalRooms`]).
 //! * [`node`]: what every socket handler shares about this node ([`NodeInfo`]).
 //! * [`reliable`]: user rooms held in the delivery store, their `batch` on join, let go on leave.
+//! * [`rpc`]: client events as RPC, the socket's side: bounds, the ack, the answer's actions applied.
 //! * [`events`]: what client events do: `identity-change`, `session_id`, `__count__`, forwarding, the rate.
 //! * [`handshake`]: the namespaces' registration with socketioxide, the connect middleware (admission,
 //!   verification, rooms) and the connect handler.
@@ -27,6 +29,7 @@
 pub mod admission;
 pub mod args;
 pub mod auth;
+pub mod backend;
 pub mod bus;
 pub mod deliver;
 pub mod events;
@@ -39,6 +42,7 @@ pub mod observe;
 pub mod push;
 pub mod recover;
 pub mod reliable;
+pub mod rpc;
 
 pub use handshake::HandshakeError;
 pub use identity::{Identity, Role};

@@ -7,7 +7,10 @@
 
 use std::sync::Arc;
 
-use super::auth::{FailedLogins, Verifier};
+use super::{
+    auth::{FailedLogins, Verifier},
+    backend::Backend,
+};
 use crate::{
     config::file::{CheckedNamespace, NamePattern, NamespaceConfig, RoomSource},
     telemetry::metrics::Metrics,
@@ -31,6 +34,8 @@ pub struct Namespace {
     pub gateway: bool,
     /// Connection state recovery's window (`recovery_window_s`); `None`: off.
     pub recovery: Option<std::time::Duration>,
+    /// Where events named in `rpc_events` are sent (`rpc_url`); `None`: no RPC in this namespace.
+    pub rpc: Option<Backend>,
 }
 
 /// A namespace's reliable delivery: which rooms, and the store's rules for them.
@@ -97,9 +102,10 @@ impl Namespaces {
     ) -> Result<Self, String> {
         let mut list = Vec::new();
         for ns in checked {
-            let verifier = Verifier::build(&ns, metrics, logins)
-                .map_err(|e| format!("{file}:{}: namespace {:?}: {e}", ns.line, ns.config.name))?;
-            list.push(Self::namespace(ns.pattern, verifier, ns.config));
+            let at = |e: String| format!("{file}:{}: namespace {:?}: {e}", ns.line, ns.config.name);
+            let verifier = Verifier::build(&ns, metrics, logins).map_err(at)?;
+            let rpc = Backend::new(&ns.config).map_err(at)?;
+            list.push(Self::namespace(ns.pattern, verifier, rpc, ns.config));
         }
         Ok(Self(list))
     }
@@ -117,10 +123,16 @@ impl Namespaces {
             reliable: None,
             gateway: false,
             recovery: None,
+            rpc: None,
         }])
     }
 
-    fn namespace(pattern: NamePattern, verifier: Verifier, c: NamespaceConfig) -> Namespace {
+    fn namespace(
+        pattern: NamePattern,
+        verifier: Verifier,
+        rpc: Option<Backend>,
+        c: NamespaceConfig,
+    ) -> Namespace {
         let reliable = c.user_room_prefix.clone().map(|prefix| Reliable {
             prefix,
             policy: crate::delivery::Policy {
@@ -131,6 +143,7 @@ impl Namespaces {
         });
         Namespace {
             reliable,
+            rpc,
             gateway: c.gateway,
             recovery: c.recovery_window(),
             pattern,

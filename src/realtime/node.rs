@@ -40,6 +40,8 @@ pub struct NodeInfo {
     pub gateway_events: Arc<[String]>,
     /// Connection state recovery, when a namespace has `recovery_window_s` (set before serving).
     pub recovery: Arc<OnceLock<Arc<Recovery>>>,
+    /// Places for client events being sent to RPC backends at once ([`crate::Config::rpc_max_in_flight`]).
+    pub rpc_in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Handshakes in progress per namespace path, from the connect middleware until the socket is in its namespace:

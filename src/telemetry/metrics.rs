@@ -52,6 +52,7 @@ pub struct Metrics {
     pub queries_refused: Counter,
     /// Auth webhook calls that gave no usable answer, by reason (`timeout`, `unreachable`, `status`, `body`).
     pub auth_webhook_failures: Family<Reason, Counter>,
+    pub rpc: RpcMetrics,
     /// Sockets disconnected for sending events faster than `SOCKET_EVENT_RATE`.
     pub sockets_rate_limited: Counter,
     pub cluster_requests: Family<Outcome, Counter>,
@@ -93,6 +94,46 @@ pub struct Metrics {
     /// come back), `unencodable`.
     pub node_adapter_broadcasts: Family<Outcome, Counter>,
     pub recovery: RecoveryMetrics,
+}
+
+/// Client events as RPC (`rpc_url`, docs/rpc.md).
+#[derive(Clone)]
+pub struct RpcMetrics {
+    /// Calls by outcome: `ok`, `busy` (over a bound, not sent), `refused` (binary arguments, not sent), `timeout`,
+    /// `unreachable`, `status`, `bad_answer`, `bad_actions`.
+    pub calls: Family<Outcome, Counter>,
+    /// Time from sending a call to its answer read (calls that were sent).
+    pub seconds: Histogram,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> Self {
+        Self {
+            calls: Family::default(),
+            seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 16)),
+        }
+    }
+}
+
+impl RpcMetrics {
+    /// Counts one call that ended with `outcome`.
+    pub fn ended(&self, outcome: &'static str) {
+        self.calls.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    fn register(&self, r: &mut Registry) {
+        let r = r.sub_registry_with_prefix("rpc");
+        r.register(
+            "calls",
+            "Client events sent to (or kept from) the RPC backend, by outcome",
+            self.calls.clone(),
+        );
+        r.register(
+            "duration_seconds",
+            "Time from sending a client event to the RPC backend to its answer",
+            self.seconds.clone(),
+        );
+    }
 }
 
 /// Connection state recovery (`recovery_window_s`).
@@ -243,6 +284,8 @@ impl Metrics {
             auth_webhook_failures.clone(),
         );
         recovery.register(&mut r);
+        let rpc = RpcMetrics::default();
+        rpc.register(&mut r);
         r.register(
             "sockets_rate_limited",
             "Sockets disconnected for sending events faster than SOCKET_EVENT_RATE",
@@ -358,6 +401,7 @@ impl Metrics {
             handshakes_refused,
             queries_refused,
             auth_webhook_failures,
+            rpc,
             sockets_rate_limited,
             cluster_requests,
             cluster_request_seconds,

@@ -29,6 +29,7 @@ mod recovery_store;
 mod redis_cluster;
 mod reliable;
 mod reliable_faults;
+mod rpc;
 mod security;
 mod send;
 mod slowloris;

@@ -8,7 +8,7 @@ use std::{
 use serde::Deserialize;
 
 use super::absolute;
-use crate::domain::validate;
+use crate::domain::{validate, webhook_signature::Secret};
 
 /// How a namespace verifies who connects.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -136,10 +136,23 @@ pub struct NamespaceConfig {
     /// rooms and missed broadcasts are kept for its client to reconnect to any node and get them back. Absent or 0:
     /// off. At most [`MAX_RECOVERY_WINDOW_S`].
     pub recovery_window_s: Option<u64>,
+    /// Client events as RPC (docs/rpc.md): the backend's URL that events named in `rpc_events` are POSTed to,
+    /// signed with `rpc_secret`; its JSON answer is the event's ack.
+    pub rpc_url: Option<String>,
+    /// The events sent to `rpc_url`: exact names, or prefixes ending in `*` (`"profile:*"`). Absent: none.
+    pub rpc_events: Option<Vec<String>>,
+    /// The Standard Webhooks secret (`whsec_` then base64) that signs the calls to `rpc_url`.
+    pub rpc_secret: Option<String>,
+    /// How long a call may take before the client gets an error ack (default [`Self::DEFAULT_RPC_TIMEOUT_MS`],
+    /// at most [`MAX_RPC_TIMEOUT_MS`]).
+    pub rpc_timeout_ms: Option<u64>,
 }
 
 /// The largest `max_pending`: a room's pending messages go out as one `batch` packet, which must stay sendable.
 pub const MAX_PENDING_LIMIT: u32 = 10_000;
+
+/// The longest `rpc_timeout_ms`: a call holds one of the socket's few places for RPC while it waits.
+pub const MAX_RPC_TIMEOUT_MS: u64 = 60_000;
 
 /// The longest `recovery_window_s` (a day): every broadcast of the namespace is kept that long.
 pub const MAX_RECOVERY_WINDOW_S: u64 = 86_400;
@@ -160,6 +173,7 @@ impl NamespaceConfig {
     pub const DEFAULT_SESSION_CLAIM: &str = "sid";
     pub const DEFAULT_AUTH_SCHEME: &str = "Bearer";
     pub const DEFAULT_AUTH_TIMEOUT_MS: u64 = 3000;
+    pub const DEFAULT_RPC_TIMEOUT_MS: u64 = 5000;
 
     pub fn max_pending(&self) -> NonZeroU32 {
         self.max_pending
@@ -187,6 +201,9 @@ impl NamespaceConfig {
     pub fn auth_timeout_ms(&self) -> u64 {
         self.auth_timeout_ms
             .unwrap_or(Self::DEFAULT_AUTH_TIMEOUT_MS)
+    }
+    pub fn rpc_timeout_ms(&self) -> u64 {
+        self.rpc_timeout_ms.unwrap_or(Self::DEFAULT_RPC_TIMEOUT_MS)
     }
 }
 
@@ -427,6 +444,64 @@ fn check(ns: &NamespaceConfig) -> Result<(), String> {
             "`recovery_window_s` must be at most {MAX_RECOVERY_WINDOW_S} (got {window})"
         ));
     }
+    check_rpc(ns)
+}
+
+/// The RPC keys: all of them need `rpc_url`, which needs a secret; event names are checked as the emitter checks
+/// them, and the names the server or the client library reserve are refused.
+fn check_rpc(ns: &NamespaceConfig) -> Result<(), String> {
+    let Some(url) = &ns.rpc_url else {
+        for (key, set) in [
+            ("rpc_events", ns.rpc_events.is_some()),
+            ("rpc_secret", ns.rpc_secret.is_some()),
+            ("rpc_timeout_ms", ns.rpc_timeout_ms.is_some()),
+        ] {
+            if set {
+                return Err(format!(
+                    "`{key}` needs `rpc_url` (where the events are sent)"
+                ));
+            }
+        }
+        return Ok(());
+    };
+    match url::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+        _ => return Err("`rpc_url` is not an http(s) URL".into()),
+    }
+    let Some(secret) = &ns.rpc_secret else {
+        return Err(
+            "`rpc_secret` is required with `rpc_url` (the backend verifies the calls)".into(),
+        );
+    };
+    secret
+        .parse::<Secret>()
+        .map_err(|e| format!("`rpc_secret` {e}"))?;
+    if !(1..=MAX_RPC_TIMEOUT_MS).contains(&ns.rpc_timeout_ms()) {
+        return Err(format!(
+            "`rpc_timeout_ms` must be between 1 and {MAX_RPC_TIMEOUT_MS}"
+        ));
+    }
+    let events = ns.rpc_events.as_deref().unwrap_or_default();
+    for (i, name) in events.iter().enumerate() {
+        if events[..i].contains(name) {
+            return Err(format!("`rpc_events` lists {name:?} twice"));
+        }
+        let exact = name.strip_suffix('*').is_none();
+        let bare = name.strip_suffix('*').unwrap_or(name);
+        if bare.contains('*') {
+            return Err(format!(
+                "`rpc_events` {name:?}: `*` may only end a name (a prefix)"
+            ));
+        }
+        if exact && name.is_empty() {
+            return Err("`rpc_events` has an empty name".into());
+        }
+        if exact && validate::is_reserved_event(name) {
+            return Err(format!(
+                "`rpc_events` {name:?} is an event name the server or the socket.io client reserves"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -535,6 +610,58 @@ rooms = ["auth", "user"]
             ),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rpc_keys_are_checked() {
+        let ns = "[[namespace]]\nname = \"/\"\n";
+        let url = "rpc_url = \"https://backend.internal/rpc\"\n";
+        let secret = "rpc_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+        let list = parse_ok(&format!(
+            "{ns}{url}{secret}rpc_events = [\"a\", \"b:*\", \"*\"]\n"
+        ));
+        assert_eq!(list[0].config.rpc_timeout_ms(), 5000);
+        for (extra, error) in [
+            (
+                "rpc_events = [\"a\"]\n".to_owned(),
+                "`rpc_events` needs `rpc_url` (where the events are sent)",
+            ),
+            (
+                url.to_owned(),
+                "`rpc_secret` is required with `rpc_url` (the backend verifies the calls)",
+            ),
+            (
+                format!("rpc_url = \"ftp://x\"\n{secret}"),
+                "`rpc_url` is not an http(s) URL",
+            ),
+            (
+                format!("{url}rpc_secret = \"plain\"\n"),
+                "`rpc_secret` must start with `whsec_` followed by base64 (a Standard Webhooks secret)",
+            ),
+            (
+                format!("{url}{secret}rpc_timeout_ms = 0\n"),
+                "`rpc_timeout_ms` must be between 1 and 60000",
+            ),
+            (
+                format!("{url}{secret}rpc_events = [\"connect\"]\n"),
+                "`rpc_events` \"connect\" is an event name the server or the socket.io client reserves",
+            ),
+            (
+                format!("{url}{secret}rpc_events = [\"batch\"]\n"),
+                "`rpc_events` \"batch\" is an event name the server or the socket.io client reserves",
+            ),
+            (
+                format!("{url}{secret}rpc_events = [\"a*b\"]\n"),
+                "`rpc_events` \"a*b\": `*` may only end a name (a prefix)",
+            ),
+            (
+                format!("{url}{secret}rpc_events = [\"a\", \"a\"]\n"),
+                "`rpc_events` lists \"a\" twice",
+            ),
+        ] {
+            let e = parse_err(&format!("{ns}{extra}"));
+            assert!(e.ends_with(error), "{e}");
+        }
     }
 
     /// Every key of `[[namespace]]` is in the example file, set or commented out.

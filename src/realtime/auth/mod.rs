@@ -207,6 +207,11 @@ impl Verifier {
     pub fn is_claim(&self) -> bool {
         matches!(self, Self::Claim)
     }
+
+    /// Whether identities are verified (a token, a password, the auth webhook), not only claimed.
+    pub fn verifies(&self) -> bool {
+        !matches!(self, Self::None | Self::Claim)
+    }
 }
 
 fn checked_user(id: String) -> Result<String, Invalid> {

@@ -1,0 +1,398 @@
+//! Client events as RPC (docs/rpc.md): a real backend (tests/js/webhook-receiver.mjs, a child process of each test)
+//! verifies every call with the official `standardwebhooks` package and answers as the test tells it; the
+//! official socket.io-client sends the events and reads the acks.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::harness::*;
+
+/// The secret both sides share (16 bytes after `whsec_`, base64).
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Another one: the receiver refuses what it signs.
+const OTHER_SECRET: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
+/// The backend, a child process of this test only: killed when dropped (and it exits when its stdin closes).
+struct Receiver {
+    base: String,
+    http: reqwest::Client,
+    _child: tokio::process::Child,
+}
+
+impl Receiver {
+    /// Starts it verifying with `secret`; returns once it listens.
+    async fn start(secret: &str) -> Self {
+        need("node", "apt-get install -y nodejs");
+        let js = root().join("tests/js");
+        assert!(
+            js.join("node_modules/standardwebhooks").exists(),
+            "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test.sh does)"
+        );
+        let mut child = tokio::process::Command::new("node")
+            .arg(js.join("webhook-receiver.mjs"))
+            .arg(secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start node tests/js/webhook-receiver.mjs");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("webhook-receiver.mjs started within 20 s")
+            .expect("webhook-receiver.mjs stdout")
+            .expect("webhook-receiver.mjs printed its port");
+        let ready: Value = serde_json::from_str(&line).expect("webhook-receiver.mjs prints JSON");
+        let port = ready["port"].as_u64().expect("a port");
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            _child: child,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The next requests (`times`; `None`: all) get this answer.
+    async fn answer(&self, rule: Value) {
+        let res = self
+            .http
+            .post(self.url("/_answer"))
+            .body(rule.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success());
+    }
+
+    /// Every call it got so far.
+    async fn requests(&self) -> Vec<Value> {
+        let res = self.http.get(self.url("/_requests")).send().await.unwrap();
+        res.json().await.unwrap()
+    }
+}
+
+/// One node whose `/` and `/jwt` namespaces send `order:*` and `profile:save` to `receiver`, signed with `secret`.
+async fn node(test: &str, receiver: &Receiver, secret: &str, timeout_ms: u64) -> (Redis, Node) {
+    let config = format!(
+        r#"
+[[namespace]]
+name = "/"
+auth = "claim"
+rooms = ["handshake", "user"]
+rpc_url = "{url}"
+rpc_events = ["order:*", "profile:save"]
+rpc_secret = "{secret}"
+rpc_timeout_ms = {timeout_ms}
+forward = true
+"#,
+        url = receiver.url("/rpc"),
+    );
+    let (_dir, redis, mut nodes) = cluster_with_config(test, 1, &config).await;
+    (redis, nodes.remove(0))
+}
+
+/// Client `id`'s next ack (its arguments).
+async fn ack(clients: &mut Clients, id: &str) -> Value {
+    clients.expect(id, "ack").await["args"].clone()
+}
+
+/// `calls` to the backend as the receiver recorded them, once there are `n`.
+async fn recorded(receiver: &Receiver, n: usize) -> Vec<Value> {
+    eventually(Duration::from_secs(5), "the calls recorded", async || {
+        let all = receiver.requests().await;
+        (all.len() >= n).then_some(all)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_backends_answer_is_the_ack_and_the_call_is_signed_with_the_socket_in_it() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_redis, node) = node("rpc_answer", &receiver, SECRET, 5000).await;
+    receiver
+        .answer(json!({"body": {"order": 7, "ok": true}, "times": 1}))
+        .await;
+    let mut clients = Clients::start();
+    let sid = clients
+        .join(Conn::to("a", &node.base()).user("alice", "Maths"))
+        .await;
+    clients
+        .emit("a", "order:create", json!([{"item": "pen"}, 2, "x"]), true)
+        .await;
+    assert_eq!(
+        ack(&mut clients, "a").await,
+        json!([{"order": 7, "ok": true}])
+    );
+
+    let calls = recorded(&receiver, 1).await;
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call["verified"], true, "{call}");
+    assert_eq!(call["path"], "/rpc");
+    assert_eq!(call["method"], "POST");
+    assert!(
+        call["headers"]["webhook-id"]
+            .as_str()
+            .unwrap()
+            .starts_with("msg_")
+    );
+    let body = &call["body"];
+    assert_eq!(body["event"], "order:create");
+    assert_eq!(body["args"], json!([{"item": "pen"}, 2, "x"]));
+    assert_eq!(body["namespace"], "/");
+    assert_eq!(body["id_socket"], sid);
+    assert_eq!(body["id_user"], "alice");
+    assert_eq!(
+        body["verified"], false,
+        "a claimed identity is not verified"
+    );
+    let mut rooms: Vec<String> = serde_json::from_value(body["rooms"].clone()).unwrap();
+    rooms.sort();
+    assert_eq!(rooms, ["Maths", "user.alice"]);
+
+    // Without an ack the event is still sent (fire and forget), with another webhook-id; the default answer `{}`
+    // of a second call is acked as it is.
+    clients
+        .emit("a", "profile:save", json!([{"name": "A"}]), false)
+        .await;
+    let calls = recorded(&receiver, 2).await;
+    assert_eq!(calls[1]["body"]["event"], "profile:save");
+    assert_ne!(
+        calls[0]["headers"]["webhook-id"],
+        calls[1]["headers"]["webhook-id"]
+    );
+    clients.emit("a", "order:list", json!([]), true).await;
+    assert_eq!(ack(&mut clients, "a").await, json!([{}]));
+
+    let http = Http::new();
+    let ok = "socket_identity_rpc_calls_total{outcome=\"ok\"}";
+    assert_eq!(http.metric(&node, ok).await, Some(3.0));
+}
+
+#[tokio::test]
+async fn events_not_listed_are_not_sent_and_rpc_events_are_not_forwarded() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_redis, node) = node("rpc_not_listed", &receiver, SECRET, 5000).await;
+    let mut clients = Clients::start();
+    clients
+        .join(Conn::to("a", &node.base()).user("alice", "r"))
+        .await;
+    clients
+        .join(Conn::to("b", &node.base()).user("bob", "r"))
+        .await;
+    // `chat` is forwarded (forward = true), not sent; `profile:other` is neither listed nor a prefix's.
+    clients.emit("a", "chat", json!(["hi"]), false).await;
+    clients.emit("a", "profile:other", json!([1]), false).await;
+    clients.expect("b", "chat").await;
+    clients.emit("a", "order:create", json!([1]), true).await;
+    ack(&mut clients, "a").await;
+    let calls = receiver.requests().await;
+    let events: Vec<&Value> = calls.iter().map(|c| &c["body"]["event"]).collect();
+    assert_eq!(events, [&json!("order:create")]);
+    // The RPC event reached the backend only: not the other sockets of the forwarding namespace.
+    clients
+        .expect_none("b", "order:create", Duration::from_millis(300))
+        .await;
+    assert!(
+        clients
+            .within("b", &["profile:other"], Duration::ZERO)
+            .await
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_by_the_backend_and_the_client_is_told() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_redis, node) = node("rpc_wrong_secret", &receiver, OTHER_SECRET, 5000).await;
+    let mut clients = Clients::start();
+    clients
+        .join(Conn::to("a", &node.base()).user("alice", "r"))
+        .await;
+    clients.emit("a", "order:create", json!([1]), true).await;
+    assert_eq!(
+        ack(&mut clients, "a").await,
+        json!([{"error": "the backend answered 401"}])
+    );
+    let calls = recorded(&receiver, 1).await;
+    assert_eq!(calls[0]["verified"], false);
+    let http = Http::new();
+    let status = "socket_identity_rpc_calls_total{outcome=\"status\"}";
+    assert_eq!(http.metric(&node, status).await, Some(1.0));
+}
+
+#[tokio::test]
+async fn errors_and_timeouts_are_error_acks_without_the_backends_words() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_redis, node) = node("rpc_errors", &receiver, SECRET, 300).await;
+    let mut clients = Clients::start();
+    clients
+        .join(Conn::to("a", &node.base()).user("alice", "r"))
+        .await;
+
+    receiver
+        .answer(json!({"status": 500, "body": {"trace": "secret internals"}, "times": 1}))
+        .await;
+    clients.emit("a", "order:create", json!([1]), true).await;
+    assert_eq!(
+        ack(&mut clients, "a").await,
+        json!([{"error": "the backend answered 500"}])
+    );
+
+    receiver.answer(json!({"delay_ms": 3000, "times": 1})).await;
+    let sent = Instant::now();
+    clients.emit("a", "order:create", json!([2]), true).await;
+    assert_eq!(
+        ack(&mut clients, "a").await,
+        json!([{"error": "the backend did not answer within 300 ms"}])
+    );
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_millis(2000),
+        "the timeout ack came after {took:?}"
+    );
+    let http = Http::new();
+    let timeout = "socket_identity_rpc_calls_total{outcome=\"timeout\"}";
+    assert_eq!(http.metric(&node, timeout).await, Some(1.0));
+
+    // Binary arguments are refused, not sent.
+    clients
+        .emit("a", "order:create", json!([{"$binary": "AAEC"}]), true)
+        .await;
+    let refused = ack(&mut clients, "a").await;
+    assert!(
+        refused[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("binary arguments"),
+        "{refused}"
+    );
+    assert_eq!(receiver.requests().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_socket_has_at_most_eight_calls_in_flight_the_rest_are_busy() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_redis, node) = node("rpc_busy", &receiver, SECRET, 5000).await;
+    receiver
+        .answer(json!({"delay_ms": 1500, "body": "done"}))
+        .await;
+    let mut clients = Clients::start();
+    clients
+        .join(Conn::to("a", &node.base()).user("alice", "r"))
+        .await;
+    for i in 0..12 {
+        clients.emit("a", "order:create", json!([i]), true).await;
+    }
+    let mut acks = Vec::new();
+    for _ in 0..12 {
+        acks.push(ack(&mut clients, "a").await);
+    }
+    let busy = acks
+        .iter()
+        .filter(|a| **a == json!([{"error": "busy"}]))
+        .count();
+    let done = acks.iter().filter(|a| **a == json!(["done"])).count();
+    assert_eq!((busy, done), (4, 8), "{acks:?}");
+    assert_eq!(receiver.requests().await.len(), 8);
+    let http = Http::new();
+    let sample = "socket_identity_rpc_calls_total{outcome=\"busy\"}";
+    assert_eq!(http.metric(&node, sample).await, Some(4.0));
+    // Places come back: a later call goes through.
+    receiver.answer(json!({"body": "later"})).await;
+    clients
+        .emit("a", "order:create", json!(["again"]), true)
+        .await;
+    let later = ack(&mut clients, "a").await;
+    assert!(
+        later == json!(["later"]) || later == json!(["done"]),
+        "{later}"
+    );
+}
+
+#[tokio::test]
+async fn the_answers_actions_join_leave_and_disconnect_and_bad_ones_are_refused_whole() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_redis, node) = node("rpc_actions", &receiver, SECRET, 5000).await;
+    let mut clients = Clients::start();
+    let sid = clients
+        .join(Conn::to("a", &node.base()).user("alice", "lobby"))
+        .await;
+    let rooms_of_last_call = async |receiver: &Receiver| {
+        let calls = receiver.requests().await;
+        let mut rooms: Vec<String> =
+            serde_json::from_value(calls.last().unwrap()["body"]["rooms"].clone()).unwrap();
+        rooms.sort();
+        rooms
+    };
+
+    receiver
+        .answer(json!({"times": 1, "body": {"ack": {"moved": true}, "actions": {"join": ["vip", "Café"], "leave": ["lobby"]}}}))
+        .await;
+    clients.emit("a", "order:move", json!([]), true).await;
+    assert_eq!(ack(&mut clients, "a").await, json!([{"moved": true}]));
+    clients.emit("a", "order:look", json!([]), true).await;
+    ack(&mut clients, "a").await;
+    assert_eq!(
+        rooms_of_last_call(&receiver).await,
+        ["Café", "user.alice", "vip"]
+    );
+    let http = Http::new();
+    let vip = http.users(&node, "vip").await;
+    assert_eq!(vip.set(), [(sid.clone(), "alice".to_owned())].into());
+
+    // An invalid room, or another user's private room: the whole answer is refused, nothing applied.
+    for bad in [
+        json!({"join": ["a/b"]}),
+        json!({"join": ["ok-room", "user.bob"]}),
+        json!({"leave": ["user.alice"]}),
+        json!({"join": ["session.s1"], "disconnect": true}),
+    ] {
+        receiver
+            .answer(json!({"times": 1, "body": {"ack": "no", "actions": bad}}))
+            .await;
+        clients.emit("a", "order:move", json!([]), true).await;
+        assert_eq!(
+            ack(&mut clients, "a").await,
+            json!([{"error": "the backend asked for invalid actions"}]),
+            "{bad}"
+        );
+    }
+    clients.emit("a", "order:look", json!([]), true).await;
+    ack(&mut clients, "a").await;
+    assert_eq!(
+        rooms_of_last_call(&receiver).await,
+        ["Café", "user.alice", "vip"]
+    );
+    let sample = "socket_identity_rpc_calls_total{outcome=\"bad_actions\"}";
+    assert_eq!(http.metric(&node, sample).await, Some(4.0));
+
+    // A plain answer with other keys is only an ack.
+    receiver
+        .answer(json!({"times": 1, "body": {"ack": 1, "actions": {"disconnect": true}, "x": 2}}))
+        .await;
+    clients.emit("a", "order:x", json!([]), true).await;
+    assert_eq!(
+        ack(&mut clients, "a").await,
+        json!([{"ack": 1, "actions": {"disconnect": true}, "x": 2}])
+    );
+
+    // Disconnect: the ack first, then the disconnection.
+    receiver
+        .answer(json!({"times": 1, "body": {"ack": "bye", "actions": {"disconnect": true}}}))
+        .await;
+    clients.emit("a", "order:leave", json!([]), true).await;
+    assert_eq!(ack(&mut clients, "a").await, json!(["bye"]));
+    let gone = clients.expect("a", "disconnect").await;
+    assert_eq!(gone["reason"], "io server disconnect", "{gone}");
+}
