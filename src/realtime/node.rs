@@ -40,6 +40,8 @@ pub struct NodeInfo {
     pub gateway_events: Arc<[String]>,
     /// Connection state recovery, when a namespace has `recovery_window_s` (set before serving).
     pub recovery: Arc<OnceLock<Arc<Recovery>>>,
+    /// Lifecycle webhooks' counting of this node's sockets, when the file has `[[webhook]]` (set before serving).
+    pub webhooks: Arc<OnceLock<Arc<crate::webhooks::tracker::Tracker>>>,
 }
 
 /// Handshakes in progress per namespace path, from the connect middleware until the socket is in its namespace:
@@ -116,6 +118,7 @@ impl NodeInfo {
                 let local = Local {
                     io: io.clone(),
                     observer: self.observer.clone(),
+                    webhooks: self.webhooks.clone(),
                 };
                 Answer::local(self.id.clone(), local.answer(ns, &query))
             }
