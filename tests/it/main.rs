@@ -35,3 +35,4 @@ mod slowloris;
 mod tenancy;
 mod v2_clients;
 mod vendor;
+mod webhooks;
