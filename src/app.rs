@@ -23,7 +23,7 @@ use crate::{
     Config, StartError,
     admin::{Admin, sessions::RedisSessions},
     cluster::{self, Cluster, LocalRooms, membership::Change, seal::Seal},
-    config::file::{self, AdminConfig, GatewayConfig},
+    config::file::{self, AdminConfig, CheckedWebhook, GatewayConfig},
     delivery::{MemoryStore, RedisStore, Store},
     domain::validate,
     emitter::{
@@ -46,6 +46,7 @@ use crate::{
     },
     redis,
     telemetry::metrics,
+    webhooks::{dispatch::Dispatcher, tracker::Tracker},
 };
 
 /// Back-off between attempts to reach Redis at start-up: doubling from the first to the most.
@@ -158,7 +159,8 @@ pub async fn run(
     tracing::info!(max_sockets, "socket cap");
     let metrics = Arc::new(metrics::Metrics::new());
     let logins = Arc::new(FailedLogins::new(config.login_failures_per_minute));
-    let (namespaces, admin_config, gateway_config) = load_namespaces(&config, &metrics, &logins)?;
+    let (namespaces, admin_config, gateway_config, webhooks) =
+        load_namespaces(&config, &metrics, &logins)?;
     let namespaces = Arc::new(namespaces);
     let info = NodeInfo {
         id: node_id.clone(),
@@ -185,6 +187,7 @@ pub async fn run(
         rpc_in_flight: Arc::new(tokio::sync::Semaphore::new(
             config.rpc_max_in_flight.try_into().unwrap_or(1024),
         )),
+        webhooks: Arc::default(),
         gateway_events: gateway_config
             .as_ref()
             .map(|g| g.reply_events())
@@ -197,6 +200,7 @@ pub async fn run(
         info: &info,
         admin: &admin,
         gateway: &gateway_config,
+        webhooks: &webhooks,
     };
 
     let (node, socketio) = match &config.redis_url {
@@ -351,7 +355,12 @@ struct Parts<'a> {
     info: &'a NodeInfo,
     admin: &'a Option<Arc<Admin>>,
     gateway: &'a Option<GatewayConfig>,
+    /// The `[[webhook]]` tables.
+    webhooks: &'a Hooks,
 }
+
+/// The `[[webhook]]` tables, shared by the tracker and the dispatcher.
+type Hooks = Arc<[Arc<CheckedWebhook>]>;
 
 /// The Socket.IO side of a started node, for the HTTP routes.
 struct SocketIoParts {
@@ -385,6 +394,10 @@ struct Node {
     store_client: Option<(fred::clients::Client, metrics::RedisWatch)>,
     /// Connection state recovery, when a namespace has a window, and the task keeping its live sessions.
     recovery: Option<(Arc<Recovery>, tokio::task::JoinHandle<()>)>,
+    /// Lifecycle webhooks, when the file has `[[webhook]]`: this node's sockets counted, and the dispatcher.
+    webhooks: Option<(Arc<Tracker>, tokio::task::JoinHandle<()>)>,
+    /// This node's id, for taking its sockets from the webhooks' counts as it leaves.
+    node_id: Option<Arc<str>>,
 }
 
 impl Node {
@@ -408,6 +421,9 @@ impl Node {
         }
         if let Some((recovery, _)) = &self.recovery {
             let _ = info.recovery.set(recovery.clone());
+        }
+        if let Some((tracker, _)) = &self.webhooks {
+            let _ = info.webhooks.set(tracker.clone());
         }
     }
 
@@ -435,6 +451,14 @@ impl Node {
             task.abort();
         }
         let leave = async {
+            // This node's sockets are closed: what they still count goes at once, with its events (changes
+            // still queued then find nothing to take).
+            if let (Some((tracker, task)), Some(node)) = (&self.webhooks, &self.node_id) {
+                task.abort();
+                if let Err(e) = tracker.reap(node).await {
+                    tracing::warn!(error = %e, "webhooks: this node's sockets not taken from the counts");
+                }
+            }
             if let Some(cluster) = &self.cluster {
                 cluster.stop().await;
             }
@@ -489,9 +513,12 @@ fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> 
         local: Some(Arc::new(crate::realtime::local::Local {
             io: io.clone(),
             observer: info.observer.clone(),
+            webhooks: info.webhooks.clone(),
         })),
         store: Some(Arc::new(MemoryStore::new())),
         recovery: keep_alive(recovery, &io, info),
+        webhooks: start_webhooks(parts, Arc::new(crate::webhooks::MemoryStore::default())),
+        node_id: Some(info.id.clone()),
         ..Node::default()
     };
     let socketio = SocketIoParts {
@@ -603,6 +630,7 @@ async fn join_cluster(
         info,
         admin,
         gateway,
+        ..
     } = *parts;
     // Reliable delivery's store, on a client of its own; this node's holders left by an earlier life (killed
     // without saying goodbye) are forgotten before it serves.
@@ -627,6 +655,32 @@ async fn join_cluster(
         Err(e) => return Err(StartError::Adapter(format!("delivery store: {e}"))),
     }
     node.store = Some(Arc::new(store));
+    node.node_id = Some(info.id.clone());
+    if !parts.webhooks.is_empty() {
+        let store = Arc::new(crate::webhooks::RedisStore::new(
+            client.clone(),
+            &config.redis_prefix,
+        ));
+        // Sockets of this node's earlier life (killed before it could say so) are gone: their events come now.
+        let tracker = Tracker::start(
+            info.id.clone(),
+            store.clone(),
+            parts.webhooks.clone(),
+            info.metrics.webhooks.clone(),
+        );
+        match tracker.reap(&info.id).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                events = n,
+                "webhooks: sockets of this node's earlier life taken away"
+            ),
+            Err(crate::webhooks::WebhookError::Redis(e)) => {
+                return Err(redis::connect_err(redis, e).into());
+            }
+            Err(e) => return Err(StartError::Adapter(format!("webhooks: {e}"))),
+        }
+        node.webhooks = start_webhooks(parts, store);
+    }
 
     let sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
     let watch = info.metrics.watch_redis(&sub.client, "adapter_subscriber");
@@ -673,6 +727,7 @@ async fn join_cluster(
     let local: Arc<dyn LocalRooms> = Arc::new(crate::realtime::local::Local {
         io: io.clone(),
         observer: info.observer.clone(),
+        webhooks: info.webhooks.clone(),
     });
     node.local = Some(local.clone());
     for init in
@@ -753,6 +808,7 @@ async fn keep_holders<A: Adapter>(
     loop {
         match changes.recv().await {
             Ok(Change::Down(node)) => {
+                tokio::spawn(reap(info.clone(), node.clone()));
                 tokio::spawn(forget(info.clone(), node));
             }
             Ok(Change::Back) => {
@@ -772,6 +828,50 @@ async fn keep_holders<A: Adapter>(
             Err(RecvError::Closed) => return,
         }
     }
+}
+
+/// Takes the sockets of `node`, declared down, from the webhooks' counts: every survivor tries, the first does it.
+async fn reap(info: NodeInfo, node: Arc<str>) {
+    let Some(tracker) = info.webhooks.get() else {
+        return;
+    };
+    match tracker.reap(&node).await {
+        Ok(n) => {
+            tracing::info!(node = %node, events = n, "webhooks: a node's sockets taken from the counts")
+        }
+        Err(e) => {
+            tracing::warn!(node = %node, error = %e, "webhooks: a node's sockets not taken from the counts")
+        }
+    }
+}
+
+/// Lifecycle webhooks on `store`, when the file has `[[webhook]]`: the tracker of this node's sockets and the
+/// dispatcher's task.
+fn start_webhooks(
+    parts: &Parts<'_>,
+    store: Arc<dyn crate::webhooks::Store>,
+) -> Option<(Arc<Tracker>, tokio::task::JoinHandle<()>)> {
+    if parts.webhooks.is_empty() {
+        return None;
+    }
+    let info = parts.info;
+    let tracker = Tracker::start(
+        info.id.clone(),
+        store.clone(),
+        parts.webhooks.clone(),
+        info.metrics.webhooks.clone(),
+    );
+    let dispatcher = Arc::new(Dispatcher {
+        store,
+        hooks: parts.webhooks.clone(),
+        node: info.id.clone(),
+        client: reqwest::Client::new(),
+        metrics: info.metrics.webhooks.clone(),
+    });
+    for hook in parts.webhooks.iter() {
+        tracing::info!(url = %hook.url, namespaces = ?hook.namespaces.iter().map(ToString::to_string).collect::<Vec<_>>(), "lifecycle webhook");
+    }
+    Some((tracker, tokio::spawn(dispatcher.run())))
 }
 
 /// Forgets the holders of `node`, declared down.
@@ -836,9 +936,17 @@ fn load_namespaces(
     config: &Config,
     metrics: &Arc<metrics::Metrics>,
     logins: &Arc<FailedLogins>,
-) -> Result<(Namespaces, Option<AdminConfig>, Option<GatewayConfig>), StartError> {
+) -> Result<
+    (
+        Namespaces,
+        Option<AdminConfig>,
+        Option<GatewayConfig>,
+        Hooks,
+    ),
+    StartError,
+> {
     let Some(path) = &config.config else {
-        return Ok((Namespaces::single_default(), None, None));
+        return Ok((Namespaces::single_default(), None, None, Arc::new([])));
     };
     let checked = file::load(path).map_err(|e| StartError::ConfigFile(e.to_string()))?;
     let namespaces = Namespaces::build(
@@ -864,7 +972,8 @@ fn load_namespaces(
             path.display()
         )));
     }
-    Ok((namespaces, checked.admin, checked.gateway))
+    let hooks: Hooks = checked.webhooks.into_iter().map(Arc::new).collect();
+    Ok((namespaces, checked.admin, checked.gateway, hooks))
 }
 
 fn load_client_bundle(config: &Config) -> Option<Bytes> {

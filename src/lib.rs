@@ -18,10 +18,11 @@
 //! 3. [`config`], [`net`]: the one typed configuration (clap, every flag with an environment variable) and the
 //!    TOML file; rustls configuration, the limits on connections that are not requests yet ([`net::pending`]),
 //!    and the shutdown signal.
-//! 4. [`cluster`], [`delivery`], [`recovery`]: the cross-node protocol (wire types, membership by heartbeats, the
+//! 4. [`cluster`], [`delivery`], [`recovery`], [`webhooks`]: the cross-node protocol (wire types, membership by heartbeats, the
 //!    query's waiting logic over Redis pub/sub, signed messages); reliable per-user delivery (queue, ack, `batch`,
 //!    `resync`, TTL), in Redis or in memory; connection state recovery's sessions and log of broadcasts, in Redis
-//!    or in memory, and the adapter that records and delivers broadcasts in log order.
+//!    or in memory, and the adapter that records and delivers broadcasts in log order; lifecycle webhooks'
+//!    cluster-wide room and member counts, their outboxes and the dispatcher sending them, signed.
 //! 5. [`realtime`]: the Socket.IO side. Its modules are layered the same way, lowest first:
 //!    1. `identity`, `args`, `admission`, `auth`, `backend`: who a socket is and its user and session rooms; event
 //!       arguments; limits on handshakes; each namespace's way to verify one; the call of a client event to the
@@ -62,6 +63,7 @@ pub mod realtime;
 pub mod recovery;
 pub mod redis;
 pub mod telemetry;
+pub mod webhooks;
 
 #[cfg(test)]
 mod layering;

@@ -298,6 +298,13 @@ async fn switch_room<A: Adapter>(
         }
         socket.join(new.clone());
         node.observer.joined(socket, std::slice::from_ref(new));
+        if let Some(tracker) = node.webhooks.get() {
+            let id = socket.id.to_string();
+            if let Some(old) = old {
+                tracker.moved(&id, false, std::slice::from_ref(old));
+            }
+            tracker.moved(&id, true, std::slice::from_ref(new));
+        }
     }
     socket.extensions.insert(Arc::new(updated));
     Recoverable::rooms_changed(socket);
@@ -435,6 +442,9 @@ async fn disconnected<A: Adapter>(
     reason: DisconnectReason,
 ) {
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
+    if let Some(tracker) = node.webhooks.get() {
+        tracker.disconnected(&socket.id.to_string());
+    }
     Recoverable::disconnected(socket, reason).await;
     if let Some(bus) = node.bus.get()
         && node

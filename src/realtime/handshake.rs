@@ -320,6 +320,16 @@ pub async fn on_connect<A: Adapter>(
     };
     socket.extensions.insert(observe::Issued::now());
     node.observer.connected(&socket);
+    if let Some(tracker) = node.webhooks.get() {
+        let verified = !matches!(ns.verifier, Verifier::None | Verifier::Claim);
+        tracker.connected(
+            socket.ns(),
+            &socket.id.to_string(),
+            me.id_user.as_deref(),
+            verified,
+            &rooms,
+        );
+    }
     let greeting = Greeting {
         node: &node.id,
         id_socket: socket.id.to_string(),

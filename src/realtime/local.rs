@@ -28,6 +28,8 @@ pub struct Local<A: Adapter> {
     pub io: SocketIo<A>,
     /// Told when an admin UI asks for the sockets, and of the admin commands' joins, leaves and emits.
     pub observer: Arc<Observer>,
+    /// Told of the admin commands' joins and leaves, for the webhooks' counts.
+    pub webhooks: Arc<std::sync::OnceLock<Arc<crate::webhooks::tracker::Tracker>>>,
 }
 
 impl<A: Adapter> LocalRooms for Local<A> {
@@ -147,11 +149,17 @@ impl<A: Adapter> Local<A> {
                 Action::Join { room } => {
                     socket.join(room.clone());
                     observer.joined(socket, std::slice::from_ref(room));
+                    if let Some(tracker) = self.webhooks.get() {
+                        tracker.moved(&socket.id.to_string(), true, std::slice::from_ref(room));
+                    }
                     Recoverable::rooms_changed(socket);
                 }
                 Action::Leave { room } => {
                     socket.leave(room.clone());
                     observer.left(socket, room);
+                    if let Some(tracker) = self.webhooks.get() {
+                        tracker.moved(&socket.id.to_string(), false, std::slice::from_ref(room));
+                    }
                     Recoverable::rooms_changed(socket);
                 }
                 Action::Disconnect { close: _ } => {

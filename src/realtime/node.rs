@@ -42,6 +42,8 @@ pub struct NodeInfo {
     pub recovery: Arc<OnceLock<Arc<Recovery>>>,
     /// Places for client events being sent to RPC backends at once ([`crate::Config::rpc_max_in_flight`]).
     pub rpc_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Lifecycle webhooks' counting of this node's sockets, when the file has `[[webhook]]` (set before serving).
+    pub webhooks: Arc<OnceLock<Arc<crate::webhooks::tracker::Tracker>>>,
 }
 
 /// Handshakes in progress per namespace path, from the connect middleware until the socket is in its namespace:
@@ -118,6 +120,7 @@ impl NodeInfo {
                 let local = Local {
                     io: io.clone(),
                     observer: self.observer.clone(),
+                    webhooks: self.webhooks.clone(),
                 };
                 Answer::local(self.id.clone(), local.answer(ns, &query))
             }

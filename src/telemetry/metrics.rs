@@ -94,6 +94,42 @@ pub struct Metrics {
     /// come back), `unencodable`.
     pub node_adapter_broadcasts: Family<Outcome, Counter>,
     pub recovery: RecoveryMetrics,
+    pub webhooks: WebhookMetrics,
+}
+
+/// Lifecycle webhooks (`[[webhook]]`, docs/webhooks.md).
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    /// Events by what became of them: `delivered`, `given_up` (retried for the webhook's `retry_s`), `dropped`
+    /// (trimmed from the outbox before any node sent them), `unrecorded` (a socket change Redis did not take).
+    pub events: Family<Outcome, Counter>,
+    /// From an event's time to its delivery's `2xx`.
+    pub lag_seconds: Histogram,
+}
+
+impl Default for WebhookMetrics {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            // 1 ms .. ~65 s: a batch waits `batch_ms`; a receiver that was down makes it minutes.
+            lag_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+        }
+    }
+}
+
+impl WebhookMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "webhook_events",
+            "Lifecycle webhook events, by outcome (delivered, given_up, dropped, unrecorded)",
+            self.events.clone(),
+        );
+        r.register(
+            "webhook_delivery_seconds",
+            "Time from a lifecycle event to its delivery's 2xx",
+            self.lag_seconds.clone(),
+        );
+    }
 }
 
 /// Client events as RPC (`rpc_url`, docs/rpc.md).
@@ -232,6 +268,7 @@ impl Metrics {
         let auth_webhook_failures = Family::default();
         let sockets_rate_limited = Counter::default();
         let recovery = RecoveryMetrics::default();
+        let webhooks = WebhookMetrics::default();
         let cluster_requests = Family::default();
         // 0.25 ms .. ~4 s: a local answer is sub-millisecond, a timed-out one is the request timeout.
         let cluster_request_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
@@ -286,6 +323,7 @@ impl Metrics {
         recovery.register(&mut r);
         let rpc = RpcMetrics::default();
         rpc.register(&mut r);
+        webhooks.register(&mut r);
         r.register(
             "sockets_rate_limited",
             "Sockets disconnected for sending events faster than SOCKET_EVENT_RATE",
@@ -424,6 +462,7 @@ impl Metrics {
             emitter_messages,
             node_adapter_broadcasts,
             recovery,
+            webhooks,
         }
     }
 

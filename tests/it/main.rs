@@ -36,3 +36,4 @@ mod slowloris;
 mod tenancy;
 mod v2_clients;
 mod vendor;
+mod webhooks;

@@ -19,6 +19,7 @@ use toml::Spanned;
 pub mod admin;
 pub mod gateway;
 pub mod namespace;
+pub mod webhook;
 
 pub use admin::{AdminConfig, AdminMode};
 pub use gateway::{GatewayConfig, OnMessage, Publish, Subscribe, TypeRoute};
@@ -26,6 +27,7 @@ pub use namespace::{
     AuthKind, CheckedNamespace, MAX_PENDING_LIMIT, NamePattern, NamespaceConfig, RoomSource,
     api_key_digest,
 };
+pub use webhook::{CheckedWebhook, EventKind, WebhookConfig};
 
 /// The whole file. Unknown keys are errors: a typo must not silently weaken authentication.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -35,6 +37,8 @@ pub struct FileConfig {
     pub namespaces: Vec<Spanned<NamespaceConfig>>,
     pub admin: Option<Spanned<AdminConfig>>,
     pub gateway: Option<Spanned<GatewayConfig>>,
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<Spanned<WebhookConfig>>,
 }
 
 /// A mistake in the config file, with where it is.
@@ -55,6 +59,8 @@ pub struct Checked {
     pub admin: Option<AdminConfig>,
     /// `[gateway]`, when the file has one.
     pub gateway: Option<GatewayConfig>,
+    /// The `[[webhook]]` tables.
+    pub webhooks: Vec<CheckedWebhook>,
 }
 
 /// Reads and checks the config file. Relative paths in it are relative to the file's directory.
@@ -122,10 +128,18 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<Checked, FileError> 
             ),
         });
     }
+    let mut webhooks: Vec<CheckedWebhook> = Vec::new();
+    for table in parsed.webhooks {
+        let span = table.span();
+        let w = webhook::checked(table.into_inner(), &webhooks)
+            .map_err(|m| err(Some(span), format!("[[webhook]]: {m}")))?;
+        webhooks.push(w);
+    }
     Ok(Checked {
         namespaces: checked,
         admin,
         gateway,
+        webhooks,
     })
 }
 

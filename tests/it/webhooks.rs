@@ -1,0 +1,267 @@
+//! Lifecycle webhooks across real nodes and Redis, received by a real backend (`tests/js/webhook-receiver.mjs`)
+//! that verifies every request with the official `standardwebhooks` package.
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::harness::{Clients, Conn, cluster_with_config, eventually, need, root};
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The receiver process and its address.
+struct Receiver {
+    url: String,
+    client: reqwest::Client,
+    _child: tokio::process::Child,
+}
+
+impl Receiver {
+    async fn start(secret: &str) -> Self {
+        need("node", "apt-get install -y nodejs");
+        let mut child = tokio::process::Command::new("node")
+            .arg(root().join("tests/js/webhook-receiver.mjs"))
+            .arg(secret)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the webhook receiver");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("the receiver says its port")
+            .unwrap()
+            .unwrap();
+        let port = serde_json::from_str::<Value>(&line).unwrap()["port"]
+            .as_u64()
+            .unwrap();
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+            _child: child,
+        }
+    }
+
+    async fn requests(&self) -> Vec<Value> {
+        let r = self
+            .client
+            .get(format!("{}/_requests", self.url))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Vec<Value>>().await.unwrap()
+    }
+
+    async fn answer(&self, rule: Value) {
+        let r = self
+            .client
+            .post(format!("{}/_answer", self.url))
+            .json(&rule)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// Every event received so far with its `webhook-id`, batches flattened, in arrival order.
+    async fn events(&self) -> Vec<(String, Value)> {
+        let mut all = Vec::new();
+        for r in self.requests().await {
+            assert_eq!(r["verified"], true, "every request verifies: {r}");
+            let id = r["headers"]["webhook-id"].as_str().unwrap().to_owned();
+            match &r["body"] {
+                Value::Array(batch) => all.extend(batch.iter().map(|e| (id.clone(), e.clone()))),
+                one => all.push((id, one.clone())),
+            }
+        }
+        all
+    }
+}
+
+fn config(url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[namespace]]
+name = "/chat"
+auth = "claim"
+rooms = ["handshake"]
+
+[[namespace]]
+name = "/quiet"
+auth = "claim"
+rooms = ["handshake"]
+
+[[webhook]]
+url = "{url}/hooks"
+secret = "{SECRET}"
+namespaces = ["/chat"]
+retry_s = 60
+{extra}
+"#
+    )
+}
+
+/// `(type, room, id_user)` of each event, duplicates (same `webhook-id`, as a receiver would) dropped.
+fn summary(events: &[(String, Value)]) -> Vec<(String, String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    events
+        .iter()
+        .filter(|(id, e)| seen.insert((id.clone(), e.to_string())))
+        .map(|(_, e)| {
+            (
+                e["type"].as_str().unwrap_or_default().to_owned(),
+                e["data"]["room"].as_str().unwrap_or_default().to_owned(),
+                e["data"]["id_user"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn ev(t: &str, room: &str, user: &str) -> (String, String, String) {
+    (t.into(), room.into(), user.into())
+}
+
+/// Three nodes, a room filled from all of them and emptied: each transition reported once for the cluster, in
+/// order, signed; a namespace no webhook wants reports nothing.
+#[tokio::test]
+async fn rooms_and_members_are_reported_once_per_cluster_in_order() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_dir, _redis, nodes) =
+        cluster_with_config("webhooks_once", 3, &config(&receiver.url, "")).await;
+    let mut clients = Clients::start();
+    for (id, node, user) in [("c1", 0, "42"), ("c2", 1, "42"), ("c3", 2, "7")] {
+        clients
+            .join(Conn::to(id, &nodes[node]).ns("/chat").user(user, "Maths"))
+            .await;
+    }
+    clients
+        .join(Conn::to("q", &nodes[0]).ns("/quiet").user("9", "Maths"))
+        .await;
+    eventually(Duration::from_secs(10), "the joins reported", async || {
+        (summary(&receiver.events().await).len() >= 3).then_some(())
+    })
+    .await;
+    for id in ["c1", "c2", "c3", "q"] {
+        clients.disconnect(id).await;
+    }
+    eventually(Duration::from_secs(10), "the leaves reported", async || {
+        (summary(&receiver.events().await).len() >= 6).then_some(())
+    })
+    .await;
+    // Anything sent twice (by two nodes) would come now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = receiver.events().await;
+    let got = summary(&events);
+    assert_eq!(
+        got,
+        [
+            ev("room.occupied", "Maths", ""),
+            ev("member.added", "Maths", "42"),
+            ev("member.added", "Maths", "7"),
+            ev("member.removed", "Maths", "42"),
+            ev("member.removed", "Maths", "7"),
+            ev("room.vacated", "Maths", ""),
+        ],
+        "{events:#?}"
+    );
+    let (_, added) = &events[1];
+    assert_eq!(added["data"]["namespace"], "/chat");
+    assert_eq!(
+        added["data"]["verified"], false,
+        "claimed identities are not verified"
+    );
+    assert!(added["timestamp"].as_str().unwrap().ends_with('Z'));
+}
+
+/// A receiver answering `500` for a while, then down for 10 s: every event still arrives, in order; the
+/// `webhook-id` of a retried event does not change.
+#[tokio::test]
+async fn failures_are_retried_and_nothing_is_lost() {
+    let receiver = Receiver::start(SECRET).await;
+    receiver.answer(json!({"status": 500, "times": 3})).await;
+    let (_dir, _redis, nodes) =
+        cluster_with_config("webhooks_retry", 2, &config(&receiver.url, "")).await;
+    let mut clients = Clients::start();
+    clients
+        .join(Conn::to("c1", &nodes[0]).ns("/chat").user("1", "A"))
+        .await;
+    let events = eventually(
+        Duration::from_secs(15),
+        "the joins after 500s",
+        async || {
+            let events = receiver.events().await;
+            (summary(&events).len() >= 2).then_some(events)
+        },
+    )
+    .await;
+    let requests = receiver.requests().await;
+    assert!(requests.len() >= 4, "three 500s then a 2xx: {requests:#?}");
+    assert_eq!(
+        requests[0]["headers"]["webhook-id"], requests[3]["headers"]["webhook-id"],
+        "a retry keeps its webhook-id"
+    );
+    assert_eq!(
+        summary(&events),
+        [ev("room.occupied", "A", ""), ev("member.added", "A", "1")]
+    );
+    // Down for 10 s: its requests time out (a rule delaying every answer past the timeout).
+    receiver
+        .answer(json!({"delay_ms": 10_000, "times": 1000}))
+        .await;
+    let down = tokio::time::Instant::now();
+    clients.disconnect("c1").await;
+    clients
+        .join(Conn::to("c2", &nodes[1]).ns("/chat").user("2", "B"))
+        .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let r = receiver
+        .client
+        .post(format!("{}/_reset", receiver.url))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let events = eventually(
+        Duration::from_secs(40),
+        "the events of the outage",
+        async || {
+            let events = receiver.events().await;
+            (summary(&events).len() >= 4).then_some(events)
+        },
+    )
+    .await;
+    assert!(down.elapsed() >= Duration::from_secs(10));
+    assert_eq!(
+        summary(&events),
+        [
+            ev("member.removed", "A", "1"),
+            ev("room.vacated", "A", ""),
+            ev("room.occupied", "B", ""),
+            ev("member.added", "B", "2"),
+        ]
+    );
+}
+
+/// A node signing with another secret than the receiver's is refused by it (its check fails): the signature is
+/// what the receiver verifies.
+#[tokio::test]
+async fn a_wrong_secret_is_rejected_by_the_receiver() {
+    let receiver = Receiver::start("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    let (_dir, _redis, nodes) =
+        cluster_with_config("webhooks_secret", 1, &config(&receiver.url, "")).await;
+    let mut clients = Clients::start();
+    clients
+        .join(Conn::to("c1", &nodes[0]).ns("/chat").user("1", "A"))
+        .await;
+    let requests = eventually(Duration::from_secs(10), "a request", async || {
+        let r = receiver.requests().await;
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert_eq!(requests[0]["verified"], false, "{:#?}", requests[0]);
+    assert!(requests[0]["error"].is_string());
+}
