@@ -21,7 +21,7 @@ if [ "$#" -eq 0 ]; then
   # `reliable_faults::`: those are skipped. Left out too: the tests of one Redis restarting or going away, which a
   # cluster answers with a failover (redis_cluster:: tests that).
   TEST_REDIS_CLUSTER=1 cargo test --locked --test it -- \
-    cluster:: hostile:: reliable:: send:: tenancy:: gateway:: admin:: ops:: faults:: security:: recovery:: emitter:: \
+    cluster:: hostile:: reliable:: send:: tenancy:: gateway:: admin:: ops:: faults:: security:: recovery:: emitter:: webhooks:: webhook_store:: \
     --skip redis_cluster:: --skip reliable_faults:: \
     --skip the_cluster_recovers_after_a_redis_restart --skip a_redis_outage_of_ten_seconds \
     --skip failed_start_up_attempts_leave_no_connection_behind --skip ready_and_metrics_follow_the_cluster_and_redis \

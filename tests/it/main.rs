@@ -36,4 +36,5 @@ mod slowloris;
 mod tenancy;
 mod v2_clients;
 mod vendor;
+mod webhook_store;
 mod webhooks;

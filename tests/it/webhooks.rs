@@ -67,6 +67,14 @@ impl Receiver {
         assert!(r.status().is_success());
     }
 
+    /// Waits until `n` distinct events have come (see [`summary`]).
+    async fn until(&self, n: usize, what: &str) {
+        eventually(Duration::from_secs(10), what, async || {
+            (summary(&self.events().await).len() >= n).then_some(())
+        })
+        .await;
+    }
+
     /// Every event received so far with its `webhook-id`, batches flattened, in arrival order.
     async fn events(&self) -> Vec<(String, Value)> {
         let mut all = Vec::new();
@@ -133,25 +141,21 @@ async fn rooms_and_members_are_reported_once_per_cluster_in_order() {
     let (_dir, _redis, nodes) =
         cluster_with_config("webhooks_once", 3, &config(&receiver.url, "")).await;
     let mut clients = Clients::start();
-    for (id, node, user) in [("c1", 0, "42"), ("c2", 1, "42"), ("c3", 2, "7")] {
+    // Each node counts its sockets off their path: a step that makes an event is reported before the next one
+    // on another node starts, so the expected order is the only possible one.
+    for (id, node, user, reported) in [("c1", 0, "42", 2), ("c2", 1, "42", 2), ("c3", 2, "7", 3)] {
         clients
             .join(Conn::to(id, &nodes[node]).ns("/chat").user(user, "Maths"))
             .await;
+        receiver.until(reported, "the joins").await;
     }
     clients
         .join(Conn::to("q", &nodes[0]).ns("/quiet").user("9", "Maths"))
         .await;
-    eventually(Duration::from_secs(10), "the joins reported", async || {
-        (summary(&receiver.events().await).len() >= 3).then_some(())
-    })
-    .await;
-    for id in ["c1", "c2", "c3", "q"] {
+    for (id, reported) in [("c1", 3), ("c2", 4), ("c3", 6), ("q", 6)] {
         clients.disconnect(id).await;
+        receiver.until(reported, "the leaves").await;
     }
-    eventually(Duration::from_secs(10), "the leaves reported", async || {
-        (summary(&receiver.events().await).len() >= 6).then_some(())
-    })
-    .await;
     // Anything sent twice (by two nodes) would come now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let events = receiver.events().await;
@@ -264,4 +268,75 @@ async fn a_wrong_secret_is_rejected_by_the_receiver() {
     .await;
     assert_eq!(requests[0]["verified"], false, "{:#?}", requests[0]);
     assert!(requests[0]["error"].is_string());
+}
+
+/// A room whose last socket is on a node that is SIGKILLed (it never says its sockets left): once the survivors
+/// declare it down (no heartbeat for 3 intervals of 300 ms), its member's `member.removed` and the room's
+/// `room.vacated` come, once each, after the room's earlier events, in order, and nothing is reported twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_last_socket_vacates_its_room_once() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_dir, _redis, nodes) = crate::harness::cluster_with_config_and(
+        "webhooks_killed",
+        3,
+        &config(&receiver.url, ""),
+        &["--heartbeat-ms", "300"],
+    )
+    .await;
+    let mut clients = Clients::start();
+    // The counts follow the sockets off their path: each step reported before the next starts.
+    for (id, node, user, reported) in [("c1", 0, "1", 2), ("c2", 1, "2", 3), ("c3", 2, "3", 4)] {
+        clients
+            .join(Conn::to(id, &nodes[node]).ns("/chat").user(user, "R"))
+            .await;
+        receiver.until(reported, "the joins").await;
+    }
+    clients.disconnect("c1").await;
+    receiver.until(5, "c1's leave").await;
+    clients.disconnect("c2").await;
+    let before = [
+        ev("room.occupied", "R", ""),
+        ev("member.added", "R", "1"),
+        ev("member.added", "R", "2"),
+        ev("member.added", "R", "3"),
+        ev("member.removed", "R", "1"),
+        ev("member.removed", "R", "2"),
+    ];
+    receiver
+        .until(before.len(), "the events before the kill")
+        .await;
+    assert_eq!(summary(&receiver.events().await), before);
+
+    nodes[2].signal("KILL");
+    let killed = std::time::SystemTime::now();
+    // Taken over within a lease (5 s) should c have been the sender.
+    let events = eventually(Duration::from_secs(20), "room.vacated", async || {
+        let events = receiver.events().await;
+        summary(&events)
+            .contains(&ev("room.vacated", "R", ""))
+            .then_some(events)
+    })
+    .await;
+    let vacated = events
+        .iter()
+        .map(|(_, e)| e)
+        .find(|e| e["type"] == "room.vacated")
+        .unwrap();
+    let at = humantime::parse_rfc3339(vacated["timestamp"].as_str().unwrap()).unwrap();
+    assert!(
+        at >= killed + Duration::from_millis(600),
+        "counted once c was declared down, not before: {vacated}"
+    );
+    assert!(
+        nodes[..2].iter().any(|n| n
+            .log_text()
+            .contains("webhooks: a node's sockets taken from the counts")),
+        "no survivor reaped c"
+    );
+    // Both survivors reap; a second vacated (or anything else twice) would come now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = receiver.events().await;
+    let mut all = before.to_vec();
+    all.extend([ev("member.removed", "R", "3"), ev("room.vacated", "R", "")]);
+    assert_eq!(summary(&events), all, "{events:#?}");
 }
