@@ -7,7 +7,10 @@
 // unset: no /send), SEND_API_KEY, USER_ROOM_PREFIX (unset: no reliable delivery), CLIENT_TTL_S (default 3600);
 // RECOVERY_WINDOW_S (unset or 0: off): connection state recovery, which socket.io has across a cluster only with
 // @socket.io/redis-streams-adapter, so that adapter replaces @socket.io/redis-adapter when it is on.
-import { randomUUID } from "node:crypto";
+// Client events as RPC (docs/rpc.md), what a Node team writes for it: RPC_NAMESPACE (unset: none) with the same
+// handshake, whose events named in RPC_EVENTS (comma-separated) are POSTed with fetch to RPC_URL, signed with
+// RPC_SECRET (`whsec_...`) as Standard Webhooks says, and acked with the JSON answer.
+import { createHmac, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:https";
 import { fileURLToPath } from "node:url";
@@ -31,6 +34,12 @@ const RECOVERY_WINDOW_S = Number(env.RECOVERY_WINDOW_S ?? 0);
 // How long a live message waits for its ack (the same as the Rust server); unacknowledged, it stays stored.
 const ACK_TIMEOUT_MS = 30000;
 const MAX_BODY_BYTES = 256 * 1024;
+const RPC_NAMESPACE = env.RPC_NAMESPACE;
+const RPC_URL = env.RPC_URL;
+const RPC_EVENTS = new Set((env.RPC_EVENTS ?? "").split(",").filter((e) => e !== ""));
+const RPC_KEY = Buffer.from((env.RPC_SECRET ?? "").replace(/^whsec_/, ""), "base64");
+// As the Rust server: 5 s for a call's answer.
+const RPC_TIMEOUT_MS = 5000;
 
 const json = (res, status, body) => {
   const text = JSON.stringify(body);
@@ -151,6 +160,62 @@ if (site) {
     onConnection(socket);
     if (isUserRoom(socket.data.room)) sendPending(socket, socket.data.room).catch((e) => console.error(`batch: ${e.message}`));
   });
+}
+
+// Client events as RPC: the same body, signature, timeout and error acks as the Rust server (docs/rpc.md).
+const rpc = RPC_NAMESPACE && RPC_URL ? io.of(RPC_NAMESPACE) : null;
+if (rpc) {
+  rpc.use(handshake);
+  rpc.on("connection", (socket) => {
+    onConnection(socket);
+    for (const event of RPC_EVENTS) {
+      socket.on(event, (...args) => {
+        const ack = typeof args.at(-1) === "function" ? args.pop() : () => {};
+        call(socket, event, args).then(ack, (e) => ack({ error: e.message }));
+      });
+    }
+  });
+}
+
+async function call(socket, event, args) {
+  const rooms = [...socket.rooms].filter((r) => r !== socket.id).sort();
+  const body = JSON.stringify({
+    event,
+    args,
+    namespace: socket.nsp.name,
+    id_socket: socket.id,
+    id_user: socket.data.id_user ?? null,
+    verified: false,
+    rooms,
+  });
+  const id = `msg_${randomUUID().replaceAll("-", "")}`;
+  const timestamp = Math.floor(Date.now() / 1000);
+  const signature = createHmac("sha256", RPC_KEY).update(`${id}.${timestamp}.${body}`).digest("base64");
+  let res;
+  try {
+    res = await fetch(RPC_URL, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        "webhook-id": id,
+        "webhook-timestamp": String(timestamp),
+        "webhook-signature": `v1,${signature}`,
+      },
+      body,
+      redirect: "manual",
+      signal: AbortSignal.timeout(RPC_TIMEOUT_MS),
+    });
+  } catch (e) {
+    return { error: e.name === "TimeoutError" ? `the backend did not answer within ${RPC_TIMEOUT_MS} ms` : "the backend cannot be reached" };
+  }
+  if (res.status < 200 || res.status > 299) return { error: `the backend answered ${res.status}` };
+  const text = await res.text();
+  if (text === "") return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    return { error: "the backend's answer is not JSON" };
+  }
 }
 
 // Reliable delivery (seed 001): each user room's pending messages in a Redis hash, field = message id, value =

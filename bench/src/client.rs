@@ -74,6 +74,8 @@ pub struct FanoutProbe {
     last_ack: Mutex<Option<Instant>>,
     /// Per-message arrivals of many messages in flight at once (the emitter rate phase), when set.
     tally: OnceLock<Arc<Tally>>,
+    /// The acks of the RPC phase's calls, when set.
+    calls: OnceLock<Arc<crate::rpc::Calls>>,
 }
 
 impl FanoutProbe {
@@ -114,6 +116,12 @@ impl FanoutProbe {
     /// round; a probe takes one tally for its life.
     pub fn track(&self, tally: Arc<Tally>) -> Result<(), Arc<Tally>> {
         self.tally.set(tally)
+    }
+
+    /// Hands the acks of numbered calls (`42/ns,<seq>[..]` answered `43/ns,<seq>[..]`) to `calls` from now on; a
+    /// probe takes one for its life.
+    pub fn track_calls(&self, calls: Arc<crate::rpc::Calls>) -> Result<(), Arc<crate::rpc::Calls>> {
+        self.calls.set(calls)
     }
 
     fn acked(&self) {
@@ -297,10 +305,20 @@ fn strip<'a>(ns: &str, kind: &str, packet: &'a str) -> Option<&'a str> {
 /// A Socket.IO `EVENT` packet of namespace `ns` (`42/ns,<ack id>["name",..]`): its ack id, if it asks for an
 /// ack, and its JSON array.
 pub fn event_packet<'a>(ns: &str, packet: &'a str) -> Option<(Option<&'a str>, &'a str)> {
-    let rest = strip(ns, "42", packet)?;
+    numbered(ns, "42", packet)
+}
+
+/// A packet of type `kind` of namespace `ns`: its id, if it has one, and its JSON array.
+fn numbered<'a>(ns: &str, kind: &str, packet: &'a str) -> Option<(Option<&'a str>, &'a str)> {
+    let rest = strip(ns, kind, packet)?;
     let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
     let (id, array) = rest.split_at(digits);
     Some(((!id.is_empty()).then_some(id), array))
+}
+
+/// A Socket.IO `ACK` packet of namespace `ns` (`43/ns,<id>[..]`): its id and its JSON array.
+pub fn ack_of<'a>(ns: &str, packet: &'a str) -> Option<(Option<&'a str>, &'a str)> {
+    numbered(ns, "43", packet)
 }
 
 /// The `ACK` packet answering event `id` of namespace `ns`, with no arguments: `43/ns,<id>[]`.
@@ -352,7 +370,7 @@ impl Client {
         let mut ws = open(tls, addr, &login.query).await?;
         let sid = join(&mut ws, login).await?;
 
-        let (outbox, mut inbox) = tokio::sync::mpsc::channel::<String>(4);
+        let (outbox, mut inbox) = tokio::sync::mpsc::channel::<String>(16);
         let received = Arc::new(AtomicUsize::new(0));
         let counted = received.clone();
         let ns = login.namespace.clone();
@@ -366,6 +384,10 @@ impl Client {
                             if t.as_str() == "2" {
                                 if ws.send(Message::text("3")).await.is_err() {
                                     return;
+                                }
+                            } else if let Some((Some(id), array)) = ack_of(&ns, &t) {
+                                if let (Some(calls), Ok(seq)) = (probe.calls.get(), id.parse::<u64>()) {
+                                    calls.acked(seq, array);
                                 }
                             } else if let Some((ack, array)) = event_packet(&ns, &t) {
                                 if array.starts_with("[\"identity-change\"") {
@@ -406,6 +428,17 @@ impl Client {
     /// `POST /send` events this client has received.
     pub fn received(&self) -> usize {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// Emits `event` with `arg` asking for ack `seq` (`42/ns,<seq>["event",arg]`) without waiting: `false` when
+    /// the client's writer is behind (the call is not sent).
+    pub fn try_emit_with_ack(&self, event: &str, seq: u64, arg: &serde_json::Value) -> bool {
+        let ns = match self.ns.as_str() {
+            "/" => String::new(),
+            ns => format!("{ns},"),
+        };
+        let text = format!("42{ns}{seq}[{},{arg}]", serde_json::Value::from(event));
+        self.outbox.try_send(text).is_ok()
     }
 
     /// Sends `identity-change` naming fan-out round `round` in its namespace: the server relays it to the rest of
@@ -522,6 +555,10 @@ mod tests {
         );
         assert_eq!(event_packet("/ns", "42/other,3[\"e\"]"), None);
         assert_eq!(event_packet("/ns", "43/ns,3[]"), None);
+        assert_eq!(
+            ack_of("/ns", "43/ns,12[{\"ok\":true}]"),
+            Some((Some("12"), "[{\"ok\":true}]"))
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@
 //!    node killed with SIGKILL coming back on the survivors with what they missed (the official client).
 //! 10. (`emitter.rs`) the socket.io Redis emitter: one message published as `@socket.io/redis-emitter` does, until
 //!     the last socket of a large room on K nodes has it, and messages per second into a room, none lost.
+//! 11. (`rpc.rs`) client events as RPC: an event's round trip through a signed POST to a local receiver and back
+//!     as its ack, at fixed rates (the Node reference: the same receiver called from a socket.io handler).
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
 //! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
@@ -33,6 +35,7 @@ mod gateway;
 mod procs;
 mod proxy;
 mod recovery;
+mod rpc;
 mod send;
 mod tenancy;
 
@@ -58,6 +61,7 @@ use crate::{
     gateway::{GatewayRateResult, GatewaySendResult},
     procs::{Node, Redis, Target},
     recovery::{KilledNodeResult, RecoveryFanoutResult},
+    rpc::RpcRateResult,
     send::{ReliableResult, SendFanoutResult, SendRateResult},
     tenancy::{HandshakeResult, NamespaceQueryResult},
 };
@@ -263,6 +267,17 @@ struct Args {
     /// Seconds of idle cluster measured first (heartbeats), subtracted from every measurement.
     #[arg(long, default_value_t = 10)]
     cost_idle_secs: u64,
+    /// Client events as RPC: calls per second (aggregate, open loop) from `--rpc-sockets` clients on `--nodes`
+    /// nodes, each posted by the node to a receiver in this process and acked with its answer; one measurement per
+    /// rate (empty or 0 skips it).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,5000")]
+    rpc_rates: Vec<usize>,
+    /// Seconds of calling at each rate.
+    #[arg(long, default_value_t = 10)]
+    rpc_seconds: u64,
+    /// Sockets the calls are spread over (call `j` from socket `j mod N`).
+    #[arg(long, default_value_t = 100)]
+    rpc_sockets: usize,
     /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
     #[arg(long)]
     check: bool,
@@ -357,6 +372,7 @@ struct Report {
     killed_node: Option<KilledNodeResult>,
     emitter_fanout: Option<EmitterFanoutResult>,
     emitter_rate: Option<EmitterRateResult>,
+    rpc_rates: Vec<RpcRateResult>,
     admin_overhead: Vec<OverheadResult>,
     all_sockets: Option<AllSocketsResult>,
     gateway_rates: Vec<GatewayRateResult>,
@@ -384,6 +400,7 @@ impl Report {
             + send::error_count(self)
             + recovery::error_count(self)
             + emitter::error_count(self)
+            + rpc::error_count(self)
             + admin::error_count(self)
             + gateway::error_count(self)
             + big::error_count(self)
@@ -512,6 +529,7 @@ impl Bench {
         self.send_phases(target, &mut report).await;
         self.recovery_phases(target, &mut report).await;
         self.emitter_phases(target, &mut report).await;
+        self.rpc_phase(target, &mut report).await;
         self.big_phase(target, &mut report).await;
         // The Node reference has one namespace, no auth kinds and no admin UI: these phases are ours only.
         if target.name == "ours" {
@@ -967,6 +985,7 @@ fn print_report(r: &Report) {
     send::print(r);
     recovery::print(r);
     emitter::print(r);
+    rpc::print(r);
     tenancy::print(r);
     admin::print(r);
     gateway::print(r);
@@ -1028,6 +1047,7 @@ fn print_ratios(ours: &Report, node: &Report) {
     send::ratios(ours, node, &row);
     recovery::ratios(ours, node, &row);
     emitter::ratios(ours, node, &row);
+    rpc::ratios(ours, node, &row);
     if let (Some(a), Some(b)) = (&ours.big, &node.big) {
         let name = format!("{} connections, room of {}", a.conns, a.room);
         row(format!("{name}: query p50"), a.query.p50, b.query.p50, "ms");

@@ -16,6 +16,9 @@
 //! Both run the socket.io Redis emitter phases small: messages published to Redis as `@socket.io/redis-emitter`
 //! does, to a room on 2 nodes one per round and then a window at a time, where `--check` fails on a message lost
 //! or received twice by any socket.
+//! Both run the RPC phase small (client events POSTed, signed, to the bench's receiver and acked with its answer),
+//! where `--check` fails on a call not acked `{"ok":true}` (busy, an error, no ack) or a signature the receiver
+//! refused.
 
 use std::{
     path::{Path, PathBuf},
@@ -85,6 +88,15 @@ fn bench_smoke_run_is_correct() {
         // messages unfinished at most.
         .args(["--emitter-fanout-size", "24", "--emitter-rate-room", "10"])
         .args(["--emitter-rate-seconds", "1", "--emitter-window", "8"])
+        // Client events as RPC, tiny: 10 sockets on 2 nodes calling the receiver 50 times a second for 1 s.
+        .args([
+            "--rpc-rates",
+            "50",
+            "--rpc-seconds",
+            "1",
+            "--rpc-sockets",
+            "10",
+        ])
         // The Redis cost per operation (ours), tiny: K = 1 and 2, a room of 10.
         .args(["--cost-nodes", "1,2", "--cost-sizes", "10"])
         .args(["--cost-requests", "10", "--cost-rounds", "3"])
@@ -159,6 +171,21 @@ fn bench_smoke_run_is_correct() {
         2,
         "{stdout}"
     );
+    // The RPC phase ran for both: 50 calls sent, each acked `{"ok":true}`, none busy, failed, lost or unsent, and
+    // the receiver got each call once with a good signature.
+    let rpc: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 10 | 2 | 50 | 1 | "))
+        .map(|l| l.split(" | ").collect())
+        .collect();
+    assert_eq!(rpc.len(), 2, "{stdout}");
+    for cells in &rpc {
+        assert_eq!(
+            cells[10..16],
+            ["50", "0", "0", "0", "0", "50 (0)"],
+            "{cells:?}"
+        );
+    }
     // The tenancy phases ran for ours (only): every kind, and the 3-room namespace with each socket listed once.
     for row in [
         "| claim | 20 |",
@@ -218,6 +245,7 @@ fn bench_check_fails_on_a_refused_admin_login() {
         .args(["--gateway-clients", "0", "--gateway-send-users", "0"])
         .args(["--recovery-fanout-size", "0", "--recovery-sockets", "0"])
         .args(["--emitter-fanout-size", "0", "--emitter-rate-room", "0"])
+        .args(["--rpc-rates", "0"])
         .args(["--nodes", "2", "--admin-overhead", "--admin-sockets", "10"])
         .args(["--admin-rounds", "1", "--admin-wrong-password"])
         .args(["--check", "--max-minutes", "2", "--logs"])
