@@ -10,9 +10,31 @@ pub fn equal(a: &[u8], b: &[u8]) -> bool {
     a.ct_eq(&b).into()
 }
 
+/// `url` without the user and password it may carry (`https://user:pass@host/` is a common way to give a backend
+/// its credentials), for logs and `Debug`.
+pub fn redacted_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redacted_url("https://user:pa55@backend.internal/hooks?x=1"),
+            "https://backend.internal/hooks?x=1"
+        );
+        assert_eq!(redacted_url("not a url"), "<invalid url>");
+    }
 
     #[test]
     fn compares() {

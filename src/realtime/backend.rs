@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::{
     config::file::NamespaceConfig,
-    domain::{validate, webhook_signature::Secret},
+    domain::{secret::redacted_url, validate, webhook_signature::Secret},
 };
 
 /// The largest answer read from the backend: it becomes one ack packet.
@@ -106,22 +106,10 @@ pub struct Backend {
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backend")
-            .field("url", &redacted(&self.url))
+            .field("url", &redacted_url(&self.url))
             .field("timeout_ms", &self.timeout_ms)
             .field("events", &self.events)
             .finish_non_exhaustive()
-    }
-}
-
-/// `url` without its user and password.
-pub fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "<invalid url>".into(),
     }
 }
 
@@ -167,7 +155,7 @@ impl Backend {
     }
 
     pub fn url(&self) -> String {
-        redacted(&self.url)
+        redacted_url(&self.url)
     }
 
     /// `POST`s `call`, signed, and reads the answer.

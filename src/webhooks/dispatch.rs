@@ -17,6 +17,7 @@ use tokio::{task::JoinSet, time::Instant};
 use super::{Cursor, Event, Store};
 use crate::{
     config::file::CheckedWebhook,
+    domain::secret::redacted_url,
     telemetry::metrics::{Outcome, WebhookMetrics},
 };
 
@@ -97,9 +98,9 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        tracing::debug!(namespace = self.ns, url = %self.hook.url, "webhook: sending this outbox");
+        tracing::debug!(namespace = self.ns, url = %redacted_url(self.hook.url.as_str()), "webhook: sending this outbox");
         let _ = self.send_all().await;
-        tracing::debug!(namespace = self.ns, url = %self.hook.url, "webhook: lease lost");
+        tracing::debug!(namespace = self.ns, url = %redacted_url(self.hook.url.as_str()), "webhook: lease lost");
     }
 
     /// Renews the lease when due.
@@ -226,7 +227,7 @@ impl Worker {
                 .inc_by(dropped);
             tracing::warn!(
                 namespace = self.ns,
-                url = %self.hook.url,
+                url = %redacted_url(self.hook.url.as_str()),
                 dropped,
                 "webhook events dropped from the outbox before they were sent"
             );
@@ -280,7 +281,7 @@ impl Worker {
                     .inc_by(events.len() as u64);
                 tracing::warn!(
                     namespace = self.ns,
-                    url = %self.hook.url,
+                    url = %redacted_url(self.hook.url.as_str()),
                     webhook_id = id,
                     events = events.len(),
                     error = failure,
@@ -288,7 +289,7 @@ impl Worker {
                 );
                 return Ok(());
             }
-            tracing::debug!(url = %self.hook.url, webhook_id = id, error = failure, "webhook request failed, will retry");
+            tracing::debug!(url = %redacted_url(self.hook.url.as_str()), webhook_id = id, error = failure, "webhook request failed, will retry");
             let wait = jitter(backoff).min(give_up.saturating_sub(started.elapsed()));
             let until = Instant::now() + wait;
             while Instant::now() < until {

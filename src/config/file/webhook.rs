@@ -35,11 +35,11 @@ impl WebhookConfig {
     pub const MAX_RETRY_S: u64 = 86_400;
 }
 
-/// Never prints the secret.
+/// Never prints the secret, nor credentials in the URL.
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("url", &self.url)
+            .field("url", &crate::domain::secret::redacted_url(&self.url))
             .field("namespaces", &self.namespaces)
             .field("events", &self.events)
             .field("batch_ms", &self.batch_ms)
@@ -90,7 +90,7 @@ impl EventKind {
 }
 
 /// A `[[webhook]]` table that passed every check.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CheckedWebhook {
     pub url: url::Url,
     pub secret: Secret,
@@ -99,6 +99,22 @@ pub struct CheckedWebhook {
     pub batch_ms: u64,
     pub timeout_ms: u64,
     pub retry_s: u64,
+}
+
+/// Never prints the secret (its own `Debug` hides it), nor credentials in the URL.
+impl std::fmt::Debug for CheckedWebhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckedWebhook")
+            .field(
+                "url",
+                &crate::domain::secret::redacted_url(self.url.as_str()),
+            )
+            .field("namespaces", &self.namespaces)
+            .field("events", &self.events)
+            .field("batch_ms", &self.batch_ms)
+            .field("timeout_ms", &self.timeout_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CheckedWebhook {

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use super::{AuthError, Handshake, Verified};
 use crate::{
-    config::file::NamespaceConfig, domain::validate, telemetry::metrics::Metrics,
-    telemetry::metrics::Reason,
+    config::file::NamespaceConfig, domain::secret::redacted_url, domain::validate,
+    telemetry::metrics::Metrics, telemetry::metrics::Reason,
 };
 
 /// The largest answer read from the webhook.
@@ -78,21 +78,9 @@ pub struct Webhook {
 impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhook")
-            .field("url", &redacted(&self.url))
+            .field("url", &redacted_url(&self.url))
             .field("timeout_ms", &self.timeout_ms)
             .finish_non_exhaustive()
-    }
-}
-
-/// `url` without its user and password.
-fn redacted(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string()
-        }
-        Err(_) => "<invalid url>".into(),
     }
 }
 
@@ -123,7 +111,7 @@ impl Webhook {
         };
         self.ask(&token).await.inspect_err(|e| {
             if let AuthError::Webhook(f) = e {
-                tracing::warn!(url = %redacted(&self.url), error = %f, "auth webhook failed");
+                tracing::warn!(url = %redacted_url(&self.url), error = %f, "auth webhook failed");
                 let reason = Reason { reason: f.kind() };
                 self.metrics
                     .auth_webhook_failures
