@@ -3,10 +3,9 @@
 //! nodes on one Redis, the official socket.io-client on all three. A broadcast from either side reaches every
 //! matching socket of both once; without `NODE_ADAPTER_COMPAT` ours stay on our side.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::harness::*;
 
@@ -40,45 +39,25 @@ const CHAT_KEY: &str = "chat-key-0123456789abcdef";
 /// How long a test waits to be sure a socket got nothing more.
 const QUIET: Duration = Duration::from_millis(400);
 
-/// The Node server, a child process of this test only: killed when dropped (and it exits when its stdin closes).
+/// The Node server, a child process of this test only (see [`JsServer`]).
 struct NodeServer {
     base: String,
-    _child: tokio::process::Child,
+    _server: JsServer,
 }
 
 impl NodeServer {
     /// Starts it on `redis` with the adapter's default key, serving `namespaces`; returns once it listens and its
     /// adapter is subscribed.
     async fn start(redis: &Redis, namespaces: &[&str]) -> Self {
-        need("node", "apt-get install -y nodejs");
-        let js = root().join("tests/js");
-        assert!(
-            js.join("node_modules/@socket.io/redis-adapter").exists(),
-            "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test.sh does)"
-        );
-        let mut child = tokio::process::Command::new("node")
-            .arg(js.join("node-server.mjs"))
-            .arg(redis.port.to_string())
-            .arg("socket.io")
-            .arg(json!(namespaces).to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node tests/js/node-server.mjs");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("node-server.mjs started within 20 s")
-            .expect("node-server.mjs stdout")
-            .expect("node-server.mjs printed its port");
-        let ready: Value = serde_json::from_str(&line).expect("node-server.mjs prints JSON");
-        let port = ready["port"].as_u64().expect("a port");
+        let args = [
+            redis.port.to_string(),
+            "socket.io".to_owned(),
+            json!(namespaces).to_string(),
+        ];
+        let server = JsServer::start("node-server.mjs", &args, "@socket.io/redis-adapter").await;
         Self {
-            base: format!("http://127.0.0.1:{port}"),
-            _child: child,
+            base: server.base.clone(),
+            _server: server,
         }
     }
 

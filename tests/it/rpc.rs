@@ -2,13 +2,9 @@
 //! verifies every call with the official `standardwebhooks` package and answers as the test tells it; the
 //! official socket.io-client sends the events and reads the acks.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::harness::*;
 
@@ -16,70 +12,6 @@ use crate::harness::*;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 /// Another one: the receiver refuses what it signs.
 const OTHER_SECRET: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-
-/// The backend, a child process of this test only: killed when dropped (and it exits when its stdin closes).
-struct Receiver {
-    base: String,
-    http: reqwest::Client,
-    _child: tokio::process::Child,
-}
-
-impl Receiver {
-    /// Starts it verifying with `secret`; returns once it listens.
-    async fn start(secret: &str) -> Self {
-        need("node", "apt-get install -y nodejs");
-        let js = root().join("tests/js");
-        assert!(
-            js.join("node_modules/standardwebhooks").exists(),
-            "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (scripts/test.sh does)"
-        );
-        let mut child = tokio::process::Command::new("node")
-            .arg(js.join("webhook-receiver.mjs"))
-            .arg(secret)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node tests/js/webhook-receiver.mjs");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-            .await
-            .expect("webhook-receiver.mjs started within 20 s")
-            .expect("webhook-receiver.mjs stdout")
-            .expect("webhook-receiver.mjs printed its port");
-        let ready: Value = serde_json::from_str(&line).expect("webhook-receiver.mjs prints JSON");
-        let port = ready["port"].as_u64().expect("a port");
-        Self {
-            base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::new(),
-            _child: child,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// The next requests (`times`; `None`: all) get this answer.
-    async fn answer(&self, rule: Value) {
-        let res = self
-            .http
-            .post(self.url("/_answer"))
-            .body(rule.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success());
-    }
-
-    /// Every call it got so far.
-    async fn requests(&self) -> Vec<Value> {
-        let res = self.http.get(self.url("/_requests")).send().await.unwrap();
-        res.json().await.unwrap()
-    }
-}
 
 /// One node whose `/` and `/jwt` namespaces send `order:*` and `profile:save` to `receiver`, signed with `secret`.
 async fn node(test: &str, receiver: &Receiver, secret: &str, timeout_ms: u64) -> (Redis, Node) {

@@ -1,93 +1,34 @@
 //! Lifecycle webhooks across real nodes and Redis, received by a real backend (`tests/js/webhook-receiver.mjs`)
 //! that verifies every request with the official `standardwebhooks` package.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::harness::{Clients, Conn, cluster_with_config, eventually, need, root};
+use crate::harness::{Clients, Conn, Receiver, cluster_with_config, eventually};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-/// The receiver process and its address.
-struct Receiver {
-    url: String,
-    client: reqwest::Client,
-    _child: tokio::process::Child,
+/// Waits until `n` distinct events have come (see [`summary`]).
+async fn until(receiver: &Receiver, n: usize, what: &str) {
+    eventually(Duration::from_secs(10), what, async || {
+        (summary(&received(receiver).await).len() >= n).then_some(())
+    })
+    .await;
 }
 
-impl Receiver {
-    async fn start(secret: &str) -> Self {
-        need("node", "apt-get install -y nodejs");
-        let mut child = tokio::process::Command::new("node")
-            .arg(root().join("tests/js/webhook-receiver.mjs"))
-            .arg(secret)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the webhook receiver");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
-            .await
-            .expect("the receiver says its port")
-            .unwrap()
-            .unwrap();
-        let port = serde_json::from_str::<Value>(&line).unwrap()["port"]
-            .as_u64()
-            .unwrap();
-        Self {
-            url: format!("http://127.0.0.1:{port}"),
-            client: reqwest::Client::new(),
-            _child: child,
+/// Every event received so far with its `webhook-id`, batches flattened, in arrival order.
+async fn received(receiver: &Receiver) -> Vec<(String, Value)> {
+    let mut all = Vec::new();
+    for r in receiver.requests().await {
+        assert_eq!(r["verified"], true, "every request verifies: {r}");
+        let id = r["headers"]["webhook-id"].as_str().unwrap().to_owned();
+        match &r["body"] {
+            Value::Array(batch) => all.extend(batch.iter().map(|e| (id.clone(), e.clone()))),
+            one => all.push((id, one.clone())),
         }
     }
-
-    async fn requests(&self) -> Vec<Value> {
-        let r = self
-            .client
-            .get(format!("{}/_requests", self.url))
-            .send()
-            .await
-            .unwrap();
-        r.json::<Vec<Value>>().await.unwrap()
-    }
-
-    async fn answer(&self, rule: Value) {
-        let r = self
-            .client
-            .post(format!("{}/_answer", self.url))
-            .json(&rule)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
-    }
-
-    /// Waits until `n` distinct events have come (see [`summary`]).
-    async fn until(&self, n: usize, what: &str) {
-        eventually(Duration::from_secs(10), what, async || {
-            (summary(&self.events().await).len() >= n).then_some(())
-        })
-        .await;
-    }
-
-    /// Every event received so far with its `webhook-id`, batches flattened, in arrival order.
-    async fn events(&self) -> Vec<(String, Value)> {
-        let mut all = Vec::new();
-        for r in self.requests().await {
-            assert_eq!(r["verified"], true, "every request verifies: {r}");
-            let id = r["headers"]["webhook-id"].as_str().unwrap().to_owned();
-            match &r["body"] {
-                Value::Array(batch) => all.extend(batch.iter().map(|e| (id.clone(), e.clone()))),
-                one => all.push((id, one.clone())),
-            }
-        }
-        all
-    }
+    all
 }
 
 fn config(url: &str, extra: &str) -> String {
@@ -139,7 +80,7 @@ fn ev(t: &str, room: &str, user: &str) -> (String, String, String) {
 async fn rooms_and_members_are_reported_once_per_cluster_in_order() {
     let receiver = Receiver::start(SECRET).await;
     let (_dir, _redis, nodes) =
-        cluster_with_config("webhooks_once", 3, &config(&receiver.url, "")).await;
+        cluster_with_config("webhooks_once", 3, &config(receiver.base(), "")).await;
     let mut clients = Clients::start();
     // Each node counts its sockets off their path: a step that makes an event is reported before the next one
     // on another node starts, so the expected order is the only possible one.
@@ -147,18 +88,18 @@ async fn rooms_and_members_are_reported_once_per_cluster_in_order() {
         clients
             .join(Conn::to(id, &nodes[node]).ns("/chat").user(user, "Maths"))
             .await;
-        receiver.until(reported, "the joins").await;
+        until(&receiver, reported, "the joins").await;
     }
     clients
         .join(Conn::to("q", &nodes[0]).ns("/quiet").user("9", "Maths"))
         .await;
     for (id, reported) in [("c1", 3), ("c2", 4), ("c3", 6), ("q", 6)] {
         clients.disconnect(id).await;
-        receiver.until(reported, "the leaves").await;
+        until(&receiver, reported, "the leaves").await;
     }
     // Anything sent twice (by two nodes) would come now.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let events = receiver.events().await;
+    let events = received(&receiver).await;
     let got = summary(&events);
     assert_eq!(
         got,
@@ -188,7 +129,7 @@ async fn failures_are_retried_and_nothing_is_lost() {
     let receiver = Receiver::start(SECRET).await;
     receiver.answer(json!({"status": 500, "times": 3})).await;
     let (_dir, _redis, nodes) =
-        cluster_with_config("webhooks_retry", 2, &config(&receiver.url, "")).await;
+        cluster_with_config("webhooks_retry", 2, &config(receiver.base(), "")).await;
     let mut clients = Clients::start();
     clients
         .join(Conn::to("c1", &nodes[0]).ns("/chat").user("1", "A"))
@@ -197,7 +138,7 @@ async fn failures_are_retried_and_nothing_is_lost() {
         Duration::from_secs(15),
         "the joins after 500s",
         async || {
-            let events = receiver.events().await;
+            let events = received(&receiver).await;
             (summary(&events).len() >= 2).then_some(events)
         },
     )
@@ -222,18 +163,12 @@ async fn failures_are_retried_and_nothing_is_lost() {
         .join(Conn::to("c2", &nodes[1]).ns("/chat").user("2", "B"))
         .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let r = receiver
-        .client
-        .post(format!("{}/_reset", receiver.url))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    receiver.reset().await;
     let events = eventually(
         Duration::from_secs(40),
         "the events of the outage",
         async || {
-            let events = receiver.events().await;
+            let events = received(&receiver).await;
             (summary(&events).len() >= 4).then_some(events)
         },
     )
@@ -256,7 +191,7 @@ async fn failures_are_retried_and_nothing_is_lost() {
 async fn a_wrong_secret_is_rejected_by_the_receiver() {
     let receiver = Receiver::start("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
     let (_dir, _redis, nodes) =
-        cluster_with_config("webhooks_secret", 1, &config(&receiver.url, "")).await;
+        cluster_with_config("webhooks_secret", 1, &config(receiver.base(), "")).await;
     let mut clients = Clients::start();
     clients
         .join(Conn::to("c1", &nodes[0]).ns("/chat").user("1", "A"))
@@ -279,7 +214,7 @@ async fn a_killed_nodes_last_socket_vacates_its_room_once() {
     let (_dir, _redis, nodes) = crate::harness::cluster_with_config_and(
         "webhooks_killed",
         3,
-        &config(&receiver.url, ""),
+        &config(receiver.base(), ""),
         &["--heartbeat-ms", "300"],
     )
     .await;
@@ -289,10 +224,10 @@ async fn a_killed_nodes_last_socket_vacates_its_room_once() {
         clients
             .join(Conn::to(id, &nodes[node]).ns("/chat").user(user, "R"))
             .await;
-        receiver.until(reported, "the joins").await;
+        until(&receiver, reported, "the joins").await;
     }
     clients.disconnect("c1").await;
-    receiver.until(5, "c1's leave").await;
+    until(&receiver, 5, "c1's leave").await;
     clients.disconnect("c2").await;
     let before = [
         ev("room.occupied", "R", ""),
@@ -302,16 +237,14 @@ async fn a_killed_nodes_last_socket_vacates_its_room_once() {
         ev("member.removed", "R", "1"),
         ev("member.removed", "R", "2"),
     ];
-    receiver
-        .until(before.len(), "the events before the kill")
-        .await;
-    assert_eq!(summary(&receiver.events().await), before);
+    until(&receiver, before.len(), "the events before the kill").await;
+    assert_eq!(summary(&received(&receiver).await), before);
 
     nodes[2].signal("KILL");
     let killed = std::time::SystemTime::now();
     // Taken over within a lease (5 s) should c have been the sender.
     let events = eventually(Duration::from_secs(20), "room.vacated", async || {
-        let events = receiver.events().await;
+        let events = received(&receiver).await;
         summary(&events)
             .contains(&ev("room.vacated", "R", ""))
             .then_some(events)
@@ -335,7 +268,7 @@ async fn a_killed_nodes_last_socket_vacates_its_room_once() {
     );
     // Both survivors reap; a second vacated (or anything else twice) would come now.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let events = receiver.events().await;
+    let events = received(&receiver).await;
     let mut all = before.to_vec();
     all.extend([ev("member.removed", "R", "3"), ev("room.vacated", "R", "")]);
     assert_eq!(summary(&events), all, "{events:#?}");

@@ -10,6 +10,7 @@
 mod browser;
 mod clients;
 mod http;
+mod js;
 mod node;
 mod ports;
 mod proxy;
@@ -29,6 +30,7 @@ pub use self::{
     browser::*,
     clients::*,
     http::*,
+    js::{JsServer, Receiver},
     node::*,
     ports::{free_port, free_ports},
     proxy::Proxy,
