@@ -191,6 +191,10 @@ pub struct Member {
 pub struct RoomCount {
     pub room: String,
     pub sockets: u64,
+    /// The distinct `id_user`s of those sockets, sorted: the asking node counts a room's distinct users over
+    /// the cluster from them (a user may be on several nodes). Absent from nodes older than the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
 }
 
 /// Why a message from Redis was ignored.

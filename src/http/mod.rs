@@ -178,6 +178,7 @@ mod tests {
                     rooms: vec![crate::cluster::protocol::RoomCount {
                         room: "Maths".into(),
                         sockets: 2,
+                        users: vec!["bar".into(), "foo".into()],
                     }],
                 },
                 _ => Reply::empty(query),

@@ -1,5 +1,7 @@
 //! The cluster queries: `GET /{room}/users` and `GET /api/rooms`, for one namespace (`?namespace=`).
 
+use std::collections::HashSet;
+
 use axum::{
     Json,
     extract::{FromRequestParts, Path, State},
@@ -136,9 +138,12 @@ pub(super) async fn users(
 struct RoomSize {
     room: String,
     sockets: u64,
+    /// Distinct `id_user`s over the cluster (sockets without one are not counted).
+    users: usize,
 }
 
-/// `GET /api/rooms?namespace=`: the namespace's rooms across the cluster with their socket counts, by name.
+/// `GET /api/rooms?namespace=`: the namespace's rooms across the cluster with their socket and distinct user
+/// counts, by name.
 pub(super) async fn rooms(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -149,17 +154,23 @@ pub(super) async fn rooms(
     }
     let ns = namespace_of(&s, uri.query())?;
     let answer = ask(&s, &ns, Query::Rooms).await;
-    let mut sizes = std::collections::BTreeMap::<String, u64>::new();
+    let mut sizes = std::collections::BTreeMap::<&str, (u64, HashSet<&str>)>::new();
     for (_, reply) in answer.nodes.iter() {
         if let Reply::Rooms { rooms } = reply {
             for r in rooms {
-                *sizes.entry(r.room.clone()).or_default() += r.sockets;
+                let (sockets, users) = sizes.entry(&r.room).or_default();
+                *sockets += r.sockets;
+                users.extend(r.users.iter().map(String::as_str));
             }
         }
     }
     let rooms: Vec<RoomSize> = sizes
         .into_iter()
-        .map(|(room, sockets)| RoomSize { room, sockets })
+        .map(|(room, (sockets, users))| RoomSize {
+            room: room.to_owned(),
+            sockets,
+            users: users.len(),
+        })
         .collect();
     let body = serde_json::json!({ "namespace": ns, "rooms": rooms });
     Ok((cluster_headers(&answer), Json(body)).into_response())

@@ -1,7 +1,7 @@
 //! This node's answers to cluster queries, read from socketioxide's local state and each socket's [`Identity`].
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     sync::Arc,
 };
 
@@ -63,16 +63,28 @@ impl<A: Adapter> LocalRooms for Local<A> {
                     .collect(),
             },
             Query::Rooms => {
-                let mut rooms: BTreeMap<String, u64> = BTreeMap::new();
+                let mut rooms: BTreeMap<String, (u64, BTreeSet<Arc<str>>)> = BTreeMap::new();
                 for s in ops.local().sockets() {
+                    let user = s
+                        .extensions
+                        .get::<Arc<Identity>>()
+                        .and_then(|id| id.id_user.clone());
                     for room in s.rooms() {
-                        *rooms.entry(room.into_owned()).or_default() += 1;
+                        let (sockets, users) = rooms.entry(room.into_owned()).or_default();
+                        *sockets += 1;
+                        if let Some(user) = &user {
+                            users.insert(user.clone());
+                        }
                     }
                 }
                 Reply::Rooms {
                     rooms: rooms
                         .into_iter()
-                        .map(|(room, sockets)| RoomCount { room, sockets })
+                        .map(|(room, (sockets, users))| RoomCount {
+                            room,
+                            sockets,
+                            users: users.iter().map(|u| u.to_string()).collect(),
+                        })
                         .collect(),
                 }
             }

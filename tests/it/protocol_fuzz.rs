@@ -93,10 +93,18 @@ fn member() -> impl Strategy<Value = Member> {
 fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         prop::collection::vec(member(), 0..8).prop_map(|members| Reply::Users { members }),
-        prop::collection::vec((room(), any::<u64>()), 0..8).prop_map(|rooms| Reply::Rooms {
+        prop::collection::vec(
+            (room(), any::<u64>(), prop::collection::vec(".{0,8}", 0..3)),
+            0..8
+        )
+        .prop_map(|rooms| Reply::Rooms {
             rooms: rooms
                 .into_iter()
-                .map(|(room, sockets)| RoomCount { room, sockets })
+                .map(|(room, sockets, users)| RoomCount {
+                    room,
+                    sockets,
+                    users
+                })
                 .collect()
         }),
         any::<u64>().prop_map(|count| Reply::Views { count }),

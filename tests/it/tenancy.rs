@@ -406,7 +406,7 @@ async fn every_auth_kind_accepts_and_refuses() {
         let _ = (&lab1, &shared);
     }
 
-    // The rooms of a namespace, cluster-wide, with their counts.
+    // The rooms of a namespace, cluster-wide, with their counts (`users`: distinct `id_user`s; w1 has none).
     let res = http
         .client
         .get(b.url("/api/rooms"))
@@ -420,8 +420,10 @@ async fn every_auth_kind_accepts_and_refuses() {
     assert_eq!(
         body,
         json!({"namespace": "/newsite", "rooms": [
-            {"room": "staff", "sockets": 2}, {"room": "user.bob", "sockets": 1},
-            {"room": "user_1", "sockets": 1}, {"room": "user_2", "sockets": 1},
+            {"room": "staff", "sockets": 2, "users": 1},
+            {"room": "user.bob", "sockets": 1, "users": 1},
+            {"room": "user_1", "sockets": 1, "users": 0},
+            {"room": "user_2", "sockets": 1, "users": 1},
         ]})
     );
     // A namespace not served is a 404, a malformed one a 400, both with JSON.
@@ -616,12 +618,25 @@ async fn tenants_with_equal_room_names_never_see_each_other() {
     };
     assert_eq!(
         rooms("/chat-one").await,
-        json!([{"room": "Maths", "sockets": 1}, {"room": "user.ann", "sockets": 1}])
+        json!([{"room": "Maths", "sockets": 1, "users": 1},
+               {"room": "user.ann", "sockets": 1, "users": 1}])
     );
     assert_eq!(
         rooms("/chat-two").await,
-        json!([{"room": "Maths", "sockets": 2}, {"room": "user.ann", "sockets": 1},
-               {"room": "user.benjamin", "sockets": 1}])
+        json!([{"room": "Maths", "sockets": 2, "users": 2},
+               {"room": "user.ann", "sockets": 1, "users": 1},
+               {"room": "user.benjamin", "sockets": 1, "users": 1}])
+    );
+    // Ann again, on the other node: one more socket, but the same user, counted once over the cluster.
+    connected(
+        &io.connect(Conn::to("t2c", &a).ns("/chat-two").auth(claim("ann")))
+            .await,
+    );
+    assert_eq!(
+        rooms("/chat-two").await,
+        json!([{"room": "Maths", "sockets": 3, "users": 2},
+               {"room": "user.ann", "sockets": 2, "users": 1},
+               {"room": "user.benjamin", "sockets": 1, "users": 1}])
     );
 }
 
