@@ -286,6 +286,9 @@ pub fn decode_response(bytes: &[u8]) -> Result<Response, DecodeError> {
         Reply::Rooms { rooms } => {
             for r in rooms {
                 validate::room(&r.room)?;
+                for user in &r.users {
+                    validate::id_user(user)?;
+                }
             }
         }
         Reply::Sockets { sockets } => {
@@ -409,6 +412,7 @@ mod tests {
                 rooms: vec![RoomCount {
                     room: "user.42".into(),
                     sockets: 3,
+                    users: vec!["42".into()],
                 }],
             },
             Reply::Views { count: 7 },
@@ -545,16 +549,19 @@ mod tests {
             decode_response(&encode(&resp)),
             Err(DecodeError::SocketId)
         ));
-        let resp = Response {
+        let rooms = |room: &str, user: &str| Response {
             reply: Reply::Rooms {
                 rooms: vec![RoomCount {
-                    room: "a/b".into(),
+                    room: room.into(),
                     sockets: 1,
+                    users: vec![user.into()],
                 }],
             },
             ..response()
         };
-        assert!(decode_response(&encode(&resp)).is_err());
+        assert!(decode_response(&encode(&rooms("a", "u"))).is_ok());
+        assert!(decode_response(&encode(&rooms("a/b", "u"))).is_err());
+        assert!(decode_response(&encode(&rooms("a", "x\u{0}"))).is_err());
     }
 
     #[test]

@@ -44,6 +44,9 @@ fn check_response(r: &Response) {
         Reply::Rooms { rooms } => {
             for r in rooms {
                 validate::room(&r.room).unwrap();
+                for u in &r.users {
+                    validate::id_user(u).unwrap();
+                }
             }
         }
         Reply::Sockets { sockets } => {
@@ -82,6 +85,10 @@ fn room() -> impl Strategy<Value = String> {
         .prop_filter("a valid room", |r| validate::room(r).is_ok())
 }
 
+fn id_user() -> impl Strategy<Value = String> {
+    "[^\\p{Cc}]{1,40}".prop_filter("a valid id_user", |u| validate::id_user(u).is_ok())
+}
+
 fn member() -> impl Strategy<Value = Member> {
     ("[A-Za-z0-9_-]{20}", prop::option::of("[^\\p{Cc}]{1,40}"))
         .prop_filter("a valid id_user", |(_, u)| {
@@ -94,7 +101,7 @@ fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         prop::collection::vec(member(), 0..8).prop_map(|members| Reply::Users { members }),
         prop::collection::vec(
-            (room(), any::<u64>(), prop::collection::vec(".{0,8}", 0..3)),
+            (room(), any::<u64>(), prop::collection::vec(id_user(), 0..3)),
             0..8
         )
         .prop_map(|rooms| Reply::Rooms {
