@@ -46,7 +46,10 @@ use crate::{
     },
     redis,
     telemetry::metrics,
-    webhooks::{dispatch::Dispatcher, tracker::Tracker},
+    webhooks::{
+        dispatch::{Dispatcher, Outlet, Webhook},
+        tracker::Tracker,
+    },
 };
 
 /// Back-off between attempts to reach Redis at start-up: doubling from the first to the most.
@@ -201,6 +204,11 @@ pub async fn run(
         admin: &admin,
         gateway: &gateway_config,
         webhooks: &webhooks,
+        presence: namespaces
+            .iter()
+            .filter(|ns| ns.presence)
+            .map(|ns| ns.pattern.clone())
+            .collect(),
     };
 
     let (node, socketio) = match &config.redis_url {
@@ -357,6 +365,8 @@ struct Parts<'a> {
     gateway: &'a Option<GatewayConfig>,
     /// The `[[webhook]]` tables.
     webhooks: &'a Hooks,
+    /// The namespaces with members' presence (`presence = true`).
+    presence: Arc<[crate::config::file::NamePattern]>,
 }
 
 /// The `[[webhook]]` tables, shared by the tracker and the dispatcher.
@@ -517,13 +527,18 @@ fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> 
         })),
         store: Some(Arc::new(MemoryStore::new())),
         recovery: keep_alive(recovery, &io, info),
-        webhooks: start_webhooks(parts, Arc::new(crate::webhooks::MemoryStore::default())),
         node_id: Some(info.id.clone()),
         ..Node::default()
     };
+    let push: Arc<dyn Push> = Arc::new(io);
+    let node = Node {
+        webhooks: tracker_of(parts, Arc::new(crate::webhooks::MemoryStore::default()))
+            .map(|t| start_webhooks(parts, t, push.clone())),
+        ..node
+    };
     let socketio = SocketIoParts {
         layer: Box::new(move |app| app.layer(layer)),
-        push: Arc::new(io),
+        push,
     };
     Ok((node, socketio))
 }
@@ -656,18 +671,15 @@ async fn join_cluster(
     }
     node.store = Some(Arc::new(store));
     node.node_id = Some(info.id.clone());
-    if !parts.webhooks.is_empty() {
-        let store = Arc::new(crate::webhooks::RedisStore::new(
+    let tracker = tracker_of(
+        parts,
+        Arc::new(crate::webhooks::RedisStore::new(
             client.clone(),
             &config.redis_prefix,
-        ));
+        )),
+    );
+    if let Some(tracker) = &tracker {
         // Sockets of this node's earlier life (killed before it could say so) are gone: their events come now.
-        let tracker = Tracker::start(
-            info.id.clone(),
-            store.clone(),
-            parts.webhooks.clone(),
-            info.metrics.webhooks.clone(),
-        );
         match tracker.reap(&info.id).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -679,7 +691,6 @@ async fn join_cluster(
             }
             Err(e) => return Err(StartError::Adapter(format!("webhooks: {e}"))),
         }
-        node.webhooks = start_webhooks(parts, store);
     }
 
     let sub = redis::Subscriber::new(redis, Duration::from_secs(5))?;
@@ -779,9 +790,11 @@ async fn join_cluster(
         .await?;
         node.emitter = Some(started);
     }
+    let push: Arc<dyn Push> = Arc::new(io);
+    node.webhooks = tracker.map(|t| start_webhooks(parts, t, push.clone()));
     Ok(SocketIoParts {
         layer: Box::new(move |app| app.layer(layer)),
-        push: Arc::new(io),
+        push,
     })
 }
 
@@ -845,33 +858,69 @@ async fn reap(info: NodeInfo, node: Arc<str>) {
     }
 }
 
-/// Lifecycle webhooks on `store`, when the file has `[[webhook]]`: the tracker of this node's sockets and the
-/// dispatcher's task.
-fn start_webhooks(
-    parts: &Parts<'_>,
-    store: Arc<dyn crate::webhooks::Store>,
-) -> Option<(Arc<Tracker>, tokio::task::JoinHandle<()>)> {
-    if parts.webhooks.is_empty() {
+/// The tracker of this node's sockets into `store`, when some namespace is counted: a `[[webhook]]` wants it, or
+/// it has members' presence.
+fn tracker_of(parts: &Parts<'_>, store: Arc<dyn crate::webhooks::Store>) -> Option<Arc<Tracker>> {
+    if parts.webhooks.is_empty() && parts.presence.is_empty() {
         return None;
     }
     let info = parts.info;
-    let tracker = Tracker::start(
+    Some(Tracker::start(
         info.id.clone(),
-        store.clone(),
-        parts.webhooks.clone(),
-        info.metrics.webhooks.clone(),
-    );
-    let dispatcher = Arc::new(Dispatcher {
         store,
-        hooks: parts.webhooks.clone(),
-        node: info.id.clone(),
-        client: reqwest::Client::new(),
-        metrics: info.metrics.webhooks.clone(),
+        parts.webhooks.clone(),
+        parts.presence.clone(),
+        info.metrics.webhooks.clone(),
+    ))
+}
+
+/// The dispatchers sending the counts' events: the webhooks' to their URLs, members' presence to the rooms
+/// (through `push`). Each its own task and metrics; one handle aborts both.
+fn start_webhooks(
+    parts: &Parts<'_>,
+    tracker: Arc<Tracker>,
+    push: Arc<dyn Push>,
+) -> (Arc<Tracker>, tokio::task::JoinHandle<()>) {
+    let info = parts.info;
+    let client = reqwest::Client::new();
+    let hooks: Vec<Arc<dyn Outlet>> = parts
+        .webhooks
+        .iter()
+        .map(|hook| {
+            tracing::info!(url = %hook.url, namespaces = ?hook.namespaces.iter().map(ToString::to_string).collect::<Vec<_>>(), "lifecycle webhook");
+            Arc::new(Webhook {
+                hook: hook.clone(),
+                client: client.clone(),
+            }) as Arc<dyn Outlet>
+        })
+        .collect();
+    let presence: Vec<Arc<dyn Outlet>> = match parts.presence.is_empty() {
+        true => vec![],
+        false => vec![Arc::new(crate::realtime::presence::Presence {
+            push,
+            namespaces: parts.presence.clone(),
+        })],
+    };
+    let dispatchers = [
+        (hooks, info.metrics.webhooks.clone()),
+        (presence, info.metrics.presence.clone()),
+    ]
+    .into_iter()
+    .filter(|(outlets, _)| !outlets.is_empty())
+    .map(|(outlets, metrics)| {
+        Arc::new(Dispatcher {
+            store: tracker.store().clone(),
+            outlets,
+            node: info.id.clone(),
+            metrics,
+        })
+        .run()
+    })
+    .collect::<Vec<_>>();
+    let task = tokio::spawn(async move {
+        futures_util::future::join_all(dispatchers).await;
     });
-    for hook in parts.webhooks.iter() {
-        tracing::info!(url = %hook.url, namespaces = ?hook.namespaces.iter().map(ToString::to_string).collect::<Vec<_>>(), "lifecycle webhook");
-    }
-    Some((tracker, tokio::spawn(dispatcher.run())))
+    (tracker, task)
 }
 
 /// Forgets the holders of `node`, declared down.

@@ -29,8 +29,9 @@
 //!       RPC backend.
 //!    2. `namespaces`, `bus`, `observe`, `push`: the namespaces of the config file; the ports the gateway and the
 //!       admin UI implement; pushes to rooms on every node.
-//!    3. `recover`, `deliver`: connection state recovery's sessions, saved and given back; a push from the
-//!       backend to rooms, user rooms stored and acknowledged (`POST /send`, the emitter).
+//!    3. `recover`, `deliver`, `presence`: connection state recovery's sessions, saved and given back; a push
+//!       from the backend to rooms, user rooms stored and acknowledged (`POST /send`, the emitter); members'
+//!       presence events, sent from the webhooks' counts.
 //!    4. `local`: this node's answers to cluster queries.
 //!    5. `node`: what every socket handler shares about this node ([`realtime::NodeInfo`]).
 //!    6. `reliable`, `rpc`: user rooms held in the delivery store; client events as RPC, the socket's side.

@@ -130,6 +130,10 @@ mod tests {
 
     struct NoPush;
     impl Push for NoPush {
+        fn serves(&self, _: &str) -> bool {
+            true
+        }
+
         fn emit<'a>(
             &'a self,
             _: &'a str,

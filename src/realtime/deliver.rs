@@ -216,6 +216,10 @@ mod tests {
     struct Recorded(Mutex<Vec<String>>);
 
     impl Push for Recorded {
+        fn serves(&self, _: &str) -> bool {
+            true
+        }
+
         fn emit<'a>(
             &'a self,
             ns: &'a str,

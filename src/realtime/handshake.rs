@@ -395,6 +395,7 @@ mod tests {
             gateway: false,
             recovery: None,
             rpc: None,
+            presence: false,
         }
     }
 

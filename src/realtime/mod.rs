@@ -11,6 +11,7 @@
 //! * [`push`]: events from the application's backend (`POST /send`, the Redis emitter) to rooms, on every node.
 //! * [`deliver`]: a push from the backend (`POST /send`, the Redis emitter) to rooms: user rooms stored and
 //!   acknowledged, the others emitted once.
+//! * [`presence`]: members' presence (`presence = true`), sent from the lifecycle webhooks' counts.
 //! * [`recover`]: connection state recovery: which sockets get their session back, saving and removing sessions.
 //! * [`local`]: this node's answers to cluster queries ([`crate::cluster::LocalRooms`]).
 //! * [`node`]: what every socket handler shares about this node ([`NodeInfo`]).
@@ -39,6 +40,7 @@ pub mod local;
 pub mod namespaces;
 pub mod node;
 pub mod observe;
+pub mod presence;
 pub mod push;
 pub mod recover;
 pub mod reliable;

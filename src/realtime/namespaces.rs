@@ -36,6 +36,8 @@ pub struct Namespace {
     pub recovery: Option<std::time::Duration>,
     /// Where events named in `rpc_events` are sent (`rpc_url`); `None`: no RPC in this namespace.
     pub rpc: Option<Backend>,
+    /// Members' presence events (`presence = true`).
+    pub presence: bool,
 }
 
 /// A namespace's reliable delivery: which rooms, and the store's rules for them.
@@ -124,6 +126,7 @@ impl Namespaces {
             gateway: false,
             recovery: None,
             rpc: None,
+            presence: false,
         }])
     }
 
@@ -146,6 +149,7 @@ impl Namespaces {
             rpc,
             gateway: c.gateway,
             recovery: c.recovery_window(),
+            presence: c.presence,
             pattern,
             verifier,
             rooms: c.rooms,

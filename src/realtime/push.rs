@@ -20,6 +20,9 @@ pub enum PushError {
 
 /// Emits events to rooms of a namespace, on every node (socketioxide's adapter carries them across).
 pub trait Push: Send + Sync + 'static {
+    /// Whether namespace `ns` exists on this node (a dynamic one does while it has sockets here).
+    fn serves(&self, ns: &str) -> bool;
+
     /// Emits `event` to the sockets of `rooms` (every socket of the namespace when empty) that are in none of
     /// `except`, each once. Binary arguments go as binary attachments.
     fn emit<'a>(
@@ -45,6 +48,10 @@ pub trait Push: Send + Sync + 'static {
 }
 
 impl<A: Adapter> Push for SocketIo<A> {
+    fn serves(&self, ns: &str) -> bool {
+        self.of(ns).is_some()
+    }
+
     fn emit<'a>(
         &'a self,
         ns: &'a str,

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub node_adapter_broadcasts: Family<Outcome, Counter>,
     pub recovery: RecoveryMetrics,
     pub webhooks: WebhookMetrics,
+    /// Members' presence events (`presence = true`): sent by the same dispatcher as the webhooks.
+    pub presence: WebhookMetrics,
 }
 
 /// Lifecycle webhooks (`[[webhook]]`, docs/webhooks.md).
@@ -118,15 +120,16 @@ impl Default for WebhookMetrics {
 }
 
 impl WebhookMetrics {
-    fn register(&self, r: &mut Registry) {
+    /// Registers `{prefix}_events` and `{prefix}_delivery_seconds`, about `what`.
+    fn register(&self, r: &mut Registry, prefix: &str, what: &str) {
         r.register(
-            "webhook_events",
-            "Lifecycle webhook events, by outcome (delivered, given_up, dropped, unrecorded)",
+            format!("{prefix}_events"),
+            format!("{what} events, by outcome (delivered, given_up, dropped, unrecorded)"),
             self.events.clone(),
         );
         r.register(
-            "webhook_delivery_seconds",
-            "Time from a lifecycle event to its delivery's 2xx",
+            format!("{prefix}_delivery_seconds"),
+            format!("Time from a {what} event to its delivery"),
             self.lag_seconds.clone(),
         );
     }
@@ -269,6 +272,7 @@ impl Metrics {
         let sockets_rate_limited = Counter::default();
         let recovery = RecoveryMetrics::default();
         let webhooks = WebhookMetrics::default();
+        let presence = WebhookMetrics::default();
         let cluster_requests = Family::default();
         // 0.25 ms .. ~4 s: a local answer is sub-millisecond, a timed-out one is the request timeout.
         let cluster_request_seconds = Histogram::new(exponential_buckets(0.000_25, 2.0, 15));
@@ -323,7 +327,8 @@ impl Metrics {
         recovery.register(&mut r);
         let rpc = RpcMetrics::default();
         rpc.register(&mut r);
-        webhooks.register(&mut r);
+        webhooks.register(&mut r, "webhook", "Lifecycle webhook");
+        presence.register(&mut r, "presence", "Members' presence");
         r.register(
             "sockets_rate_limited",
             "Sockets disconnected for sending events faster than SOCKET_EVENT_RATE",
@@ -463,6 +468,7 @@ impl Metrics {
             node_adapter_broadcasts,
             recovery,
             webhooks,
+            presence,
         }
     }
 

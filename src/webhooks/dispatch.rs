@@ -1,9 +1,10 @@
-//! Sends the outboxes: for each webhook and each namespace it wants, the node holding the lease reads the
-//! outbox in order from the stored cursor and POSTs the events, signed (Standard Webhooks), retrying a failure
-//! with exponential back-off and jitter for the webhook's `retry_s`, then giving it up (counted, logged). The
-//! cursor moves only after a `2xx` or a give-up, so a holder that dies mid-way leaves its events to the next
-//! one (at-least-once; the `webhook-id` is the same). One namespace's failures never hold up another's, and
-//! sockets never wait for any of it.
+//! Sends the outboxes: for each [`Outlet`] (a webhook's URL, or a namespace's own sockets for members'
+//! presence) and each namespace it wants, the node holding the lease reads the outbox in order from the stored
+//! cursor and sends the events (a webhook POSTs them, signed with Standard Webhooks), retrying a failure with
+//! exponential back-off and jitter for the outlet's retry time, then giving it up (counted, logged). The cursor
+//! moves only after a success or a give-up, so a holder that dies mid-way leaves its events to the next one
+//! (at-least-once; the `webhook-id` is the same). One namespace's failures never hold up another's, and sockets
+//! never wait for any of it.
 
 use std::{
     collections::HashMap,
@@ -11,12 +12,13 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::{task::JoinSet, time::Instant};
 
 use super::{Cursor, Event, Store};
 use crate::{
-    config::file::CheckedWebhook,
+    config::file::{CheckedWebhook, EventKind},
     domain::secret::redacted_url,
     telemetry::metrics::{Outcome, WebhookMetrics},
 };
@@ -27,24 +29,119 @@ const SCAN: Duration = Duration::from_secs(1);
 const LEASE: Duration = Duration::from_secs(5);
 /// A holder renews its lease this often.
 const RENEW: Duration = Duration::from_millis(1_500);
-/// An idle outbox is read again after this, doubling up to [`IDLE_MAX`].
+/// An idle outbox is read again after this, doubling up to the outlet's [`Outlet::idle_max`].
 const IDLE_MIN: Duration = Duration::from_millis(20);
-const IDLE_MAX: Duration = Duration::from_millis(500);
 /// Events read at once, and the most in one batch.
 const READ: usize = 100;
 /// The first retry's delay, doubling up to [`BACKOFF_MAX`] (each with up to half of it off, at random).
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
-/// The lease was lost (expired while stalled, or taken): the worker stops, the new holder resends.
+/// The lease was lost (expired while stalled, or taken), or the outlet no longer wants the namespace here: the
+/// worker stops, the next holder resends.
 struct LeaseLost;
 
-/// Every webhook's sending, on this node.
+/// Where a dispatcher sends events.
+pub trait Outlet: Send + Sync + 'static {
+    /// The name of its lease and cursor in the store: the same on every node.
+    fn key(&self) -> String;
+    /// Whether it sends namespace `ns`'s events from this node (asked before taking a lease and while holding it).
+    fn wants(&self, ns: &str) -> bool;
+    /// Whether it sends events of this kind (the cursor moves past the others).
+    fn takes(&self, kind: EventKind) -> bool;
+    /// How long to wait for more events before a call.
+    fn batch_ms(&self) -> u64;
+    /// Whether a call takes several events (else one call per event, the cursor kept after each).
+    fn batches(&self) -> bool {
+        self.batch_ms() > 0
+    }
+    /// How long a failed call is retried before its events are given up.
+    fn retry(&self) -> Duration;
+    /// An idle outbox is read at most this far apart: the worst added lag.
+    fn idle_max(&self) -> Duration;
+    /// What logs call it (a webhook's URL without credentials).
+    fn label(&self) -> String;
+    /// Sends `events` of namespace `ns` once; `id` is their stable id. An error says why (it is retried).
+    fn send<'a>(
+        &'a self,
+        ns: &'a str,
+        id: &'a str,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// A `[[webhook]]`: events POSTed to its URL, signed.
+pub struct Webhook {
+    pub hook: Arc<CheckedWebhook>,
+    pub client: reqwest::Client,
+}
+
+impl Outlet for Webhook {
+    fn key(&self) -> String {
+        self.hook.key()
+    }
+
+    fn wants(&self, ns: &str) -> bool {
+        self.hook.wants(ns)
+    }
+
+    fn takes(&self, kind: EventKind) -> bool {
+        self.hook.events.contains(&kind)
+    }
+
+    fn batch_ms(&self) -> u64 {
+        self.hook.batch_ms
+    }
+
+    fn retry(&self) -> Duration {
+        Duration::from_secs(self.hook.retry_s)
+    }
+
+    fn idle_max(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    fn label(&self) -> String {
+        redacted_url(self.hook.url.as_str()).to_string()
+    }
+
+    /// One object, or an array when batching.
+    fn send<'a>(
+        &'a self,
+        ns: &'a str,
+        id: &'a str,
+        events: &'a [&'a Event],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let body = match (self.hook.batch_ms, events) {
+                (0, [event]) => payload(ns, event),
+                _ => Value::Array(events.iter().map(|e| payload(ns, e)).collect()),
+            };
+            let body = body.to_string();
+            let timestamp = unix_ms() / 1000;
+            let mut request = self
+                .client
+                .post(self.hook.url.clone())
+                .timeout(Duration::from_millis(self.hook.timeout_ms))
+                .header("content-type", "application/json");
+            for (name, value) in self.hook.secret.headers(id, timestamp, body.as_bytes()) {
+                request = request.header(name, value);
+            }
+            match request.body(body).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status().as_u16())),
+                Err(e) if e.is_timeout() => Err("timeout".into()),
+                Err(e) => Err(format!("unreachable: {e}")),
+            }
+        })
+    }
+}
+
+/// Every outlet's sending, on this node.
 pub struct Dispatcher {
     pub store: Arc<dyn Store>,
-    pub hooks: Arc<[Arc<CheckedWebhook>]>,
+    pub outlets: Vec<Arc<dyn Outlet>>,
     pub node: Arc<str>,
-    pub client: reqwest::Client,
     pub metrics: WebhookMetrics,
 }
 
@@ -58,20 +155,20 @@ impl Dispatcher {
             running.retain(|_, h| !h.is_finished());
             match self.store.namespaces().await {
                 Ok(namespaces) => {
-                    for (i, hook) in self.hooks.iter().enumerate() {
-                        for ns in namespaces.iter().filter(|ns| hook.wants(ns)) {
+                    for (i, outlet) in self.outlets.iter().enumerate() {
+                        for ns in namespaces.iter().filter(|ns| outlet.wants(ns)) {
                             if running.contains_key(&(i, ns.clone())) {
                                 continue;
                             }
                             let held = self
                                 .store
-                                .lease(ns, &hook.key(), &self.node, LEASE.as_millis() as u64)
+                                .lease(ns, &outlet.key(), &self.node, LEASE.as_millis() as u64)
                                 .await;
                             if let Ok(true) = held {
                                 let worker = Worker {
                                     d: self.clone(),
-                                    hook: hook.clone(),
-                                    key: hook.key(),
+                                    outlet: outlet.clone(),
+                                    key: outlet.key(),
                                     ns: ns.clone(),
                                     renewed: Instant::now(),
                                 };
@@ -90,7 +187,7 @@ impl Dispatcher {
 
 struct Worker {
     d: Arc<Dispatcher>,
-    hook: Arc<CheckedWebhook>,
+    outlet: Arc<dyn Outlet>,
     key: String,
     ns: String,
     renewed: Instant,
@@ -98,13 +195,24 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) {
-        tracing::debug!(namespace = self.ns, url = %redacted_url(self.hook.url.as_str()), "webhook: sending this outbox");
+        tracing::debug!(
+            namespace = self.ns,
+            outlet = self.outlet.label(),
+            "webhook: sending this outbox"
+        );
         let _ = self.send_all().await;
-        tracing::debug!(namespace = self.ns, url = %redacted_url(self.hook.url.as_str()), "webhook: lease lost");
+        tracing::debug!(
+            namespace = self.ns,
+            outlet = self.outlet.label(),
+            "webhook: lease lost"
+        );
     }
 
     /// Renews the lease when due.
     async fn keep_lease(&mut self) -> Result<(), LeaseLost> {
+        if !self.outlet.wants(&self.ns) {
+            return Err(LeaseLost);
+        }
         if self.renewed.elapsed() < RENEW {
             return Ok(());
         }
@@ -142,20 +250,21 @@ impl Worker {
             let mut events = self.read(&cursor).await;
             if events.is_empty() {
                 tokio::time::sleep(idle).await;
-                idle = (idle * 2).min(IDLE_MAX);
+                idle = (idle * 2).min(self.outlet.idle_max());
                 continue;
             }
             idle = IDLE_MIN;
-            if self.hook.batch_ms > 0 && events.len() < READ {
-                tokio::time::sleep(Duration::from_millis(self.hook.batch_ms)).await;
+            let batch_ms = self.outlet.batch_ms();
+            if batch_ms > 0 && events.len() < READ {
+                tokio::time::sleep(Duration::from_millis(batch_ms)).await;
                 events = self.read(&cursor).await;
             }
             self.count_dropped(&cursor, &events);
             let wanted: Vec<&Event> = events
                 .iter()
-                .filter(|e| self.hook.events.contains(&e.kind))
+                .filter(|e| self.outlet.takes(e.kind))
                 .collect();
-            if self.hook.batch_ms > 0 {
+            if self.outlet.batches() {
                 if !wanted.is_empty() {
                     self.deliver(&wanted).await?;
                 }
@@ -227,29 +336,24 @@ impl Worker {
                 .inc_by(dropped);
             tracing::warn!(
                 namespace = self.ns,
-                url = %redacted_url(self.hook.url.as_str()),
+                outlet = self.outlet.label(),
                 dropped,
                 "webhook events dropped from the outbox before they were sent"
             );
         }
     }
 
-    /// POSTs `events` (one object, or an array when batching) until a `2xx`, or gives them up after `retry_s`.
+    /// Sends `events` until it succeeds, or gives them up after the outlet's retry time.
     async fn deliver(&mut self, events: &[&Event]) -> Result<(), LeaseLost> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(());
         };
         let id = message_id(&self.ns, first, last);
-        let body = match self.hook.batch_ms {
-            0 => payload(&self.ns, first),
-            _ => Value::Array(events.iter().map(|e| payload(&self.ns, e)).collect()),
-        };
-        let body = body.to_string();
         let started = Instant::now();
-        let give_up = Duration::from_secs(self.hook.retry_s);
+        let give_up = self.outlet.retry();
         let mut backoff = BACKOFF_FIRST;
         loop {
-            let failure = match self.post(&id, &body).await {
+            let failure = match self.outlet.send(&self.ns, &id, events).await {
                 Ok(()) => {
                     let now = unix_ms();
                     let delivered = self
@@ -281,15 +385,20 @@ impl Worker {
                     .inc_by(events.len() as u64);
                 tracing::warn!(
                     namespace = self.ns,
-                    url = %redacted_url(self.hook.url.as_str()),
+                    outlet = self.outlet.label(),
                     webhook_id = id,
                     events = events.len(),
                     error = failure,
-                    "webhook events given up after retrying for retry_s"
+                    "events given up after retrying for their retry time"
                 );
                 return Ok(());
             }
-            tracing::debug!(url = %redacted_url(self.hook.url.as_str()), webhook_id = id, error = failure, "webhook request failed, will retry");
+            tracing::debug!(
+                outlet = self.outlet.label(),
+                webhook_id = id,
+                error = failure,
+                "sending events failed, will retry"
+            );
             let wait = jitter(backoff).min(give_up.saturating_sub(started.elapsed()));
             let until = Instant::now() + wait;
             while Instant::now() < until {
@@ -299,28 +408,9 @@ impl Worker {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
-
-    async fn post(&self, id: &str, body: &str) -> Result<(), String> {
-        let timestamp = unix_ms() / 1000;
-        let mut request = self
-            .d
-            .client
-            .post(self.hook.url.clone())
-            .timeout(Duration::from_millis(self.hook.timeout_ms))
-            .header("content-type", "application/json");
-        for (name, value) in self.hook.secret.headers(id, timestamp, body.as_bytes()) {
-            request = request.header(name, value);
-        }
-        match request.body(body.to_owned()).send().await {
-            Ok(r) if r.status().is_success() => Ok(()),
-            Ok(r) => Err(format!("status {}", r.status().as_u16())),
-            Err(e) if e.is_timeout() => Err("timeout".into()),
-            Err(e) => Err(format!("unreachable: {e}")),
-        }
-    }
 }
 
-fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -14,7 +14,9 @@ use tokio::sync::mpsc;
 
 use super::{Change, Store};
 use crate::{
-    config::file::CheckedWebhook, telemetry::metrics::Outcome, telemetry::metrics::WebhookMetrics,
+    config::file::{CheckedWebhook, NamePattern},
+    telemetry::metrics::Outcome,
+    telemetry::metrics::WebhookMetrics,
 };
 
 /// Workers applying changes; a socket's changes always go to the same one.
@@ -36,17 +38,21 @@ pub struct Tracker {
     node: Arc<str>,
     store: Arc<dyn Store>,
     hooks: Arc<[Arc<CheckedWebhook>]>,
+    /// Namespaces with members' presence (`presence = true`): counted too.
+    presence: Arc<[NamePattern]>,
     sockets: Mutex<HashMap<String, Tracked>>,
     queues: Vec<mpsc::Sender<(String, Change)>>,
     metrics: WebhookMetrics,
 }
 
 impl Tracker {
-    /// A tracker of `node`'s sockets into `store`, for the namespaces `hooks` want, with its workers.
+    /// A tracker of `node`'s sockets into `store`, for the namespaces `hooks` want and those with `presence`,
+    /// with its workers.
     pub fn start(
         node: Arc<str>,
         store: Arc<dyn Store>,
         hooks: Arc<[Arc<CheckedWebhook>]>,
+        presence: Arc<[NamePattern]>,
         metrics: WebhookMetrics,
     ) -> Arc<Self> {
         let mut queues = Vec::with_capacity(WORKERS);
@@ -60,6 +66,7 @@ impl Tracker {
             node,
             store,
             hooks,
+            presence,
             sockets: Mutex::default(),
             queues,
             metrics,
@@ -79,9 +86,9 @@ impl Tracker {
         &self.store
     }
 
-    /// Whether some webhook wants namespace `ns` (nothing is tracked otherwise).
+    /// Whether some webhook wants namespace `ns`, or it has members' presence (nothing is tracked otherwise).
     pub fn tracks(&self, ns: &str) -> bool {
-        self.hooks.iter().any(|h| h.wants(ns))
+        self.hooks.iter().any(|h| h.wants(ns)) || self.presence.iter().any(|p| p.matches(ns))
     }
 
     fn socket_events(&self, ns: &str) -> bool {

@@ -273,3 +273,79 @@ async fn a_killed_nodes_last_socket_vacates_its_room_once() {
     all.extend([ev("member.removed", "R", "3"), ev("room.vacated", "R", "")]);
     assert_eq!(summary(&events), all, "{events:#?}");
 }
+
+/// Members' presence (`presence = true`, no webhook needed): a room's sockets hear of a user's first socket in it
+/// and of their last one leaving, counted over the cluster: a second tab on another node, or the first of two
+/// leaving, says nothing. A namespace without it says nothing at all.
+#[tokio::test]
+async fn members_presence_is_told_to_the_room_once_per_cluster() {
+    let config = r#"
+[[namespace]]
+name = "/class"
+auth = "claim"
+rooms = ["handshake"]
+presence = true
+
+[[namespace]]
+name = "/plain"
+auth = "claim"
+rooms = ["handshake"]
+"#;
+    let (_dir, _redis, nodes) = cluster_with_config("webhooks_presence", 2, config).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut clients = Clients::start();
+    let member = |user: &str| json!([{"room": "Maths", "id_user": user}]);
+
+    clients
+        .join(Conn::to("watcher", b).ns("/class").user("t", "Maths"))
+        .await;
+    assert_eq!(
+        clients.expect("watcher", "member-added").await["args"],
+        member("t")
+    );
+    clients
+        .join(Conn::to("a1", a).ns("/class").user("alice", "Maths"))
+        .await;
+    assert_eq!(
+        clients.expect("watcher", "member-added").await["args"],
+        member("alice")
+    );
+    assert_eq!(
+        clients.expect("a1", "member-added").await["args"],
+        member("alice")
+    );
+    // Her second socket, on the other node: already a member.
+    clients
+        .join(Conn::to("a2", b).ns("/class").user("alice", "Maths"))
+        .await;
+    clients
+        .expect_none("watcher", "member-added", Duration::from_millis(800))
+        .await;
+    // Her first socket leaves: she is still there.
+    clients.disconnect("a1").await;
+    clients
+        .expect_none("watcher", "member-removed", Duration::from_millis(800))
+        .await;
+    clients.disconnect("a2").await;
+    assert_eq!(
+        clients.expect("watcher", "member-removed").await["args"],
+        member("alice")
+    );
+    // Without `presence`, nothing.
+    clients
+        .join(Conn::to("p1", a).ns("/plain").user("x", "Maths"))
+        .await;
+    clients
+        .join(Conn::to("p2", b).ns("/plain").user("y", "Maths"))
+        .await;
+    clients
+        .expect_none("p1", "member-added", Duration::from_millis(800))
+        .await;
+    // Each change told once: nothing doubled meanwhile.
+    clients
+        .expect_none("watcher", "member-added", Duration::from_millis(10))
+        .await;
+    clients
+        .expect_none("watcher", "member-removed", Duration::from_millis(10))
+        .await;
+}

@@ -146,6 +146,11 @@ pub struct NamespaceConfig {
     /// How long a call may take before the client gets an error ack (default [`Self::DEFAULT_RPC_TIMEOUT_MS`],
     /// at most [`MAX_RPC_TIMEOUT_MS`]).
     pub rpc_timeout_ms: Option<u64>,
+    /// Members' presence (docs/webhooks.md): the sockets of a room are sent `member-added` / `member-removed`
+    /// `{room, id_user}` when a user gets their first socket in it or loses their last one, counted over the
+    /// whole cluster (a user's second tab, or their socket on another node, says nothing).
+    #[serde(default)]
+    pub presence: bool,
 }
 
 /// The largest `max_pending`: a room's pending messages go out as one `batch` packet, which must stay sendable.
