@@ -15,6 +15,17 @@ const OTHER_SECRET: &str = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
 /// One node whose `/` and `/jwt` namespaces send `order:*` and `profile:save` to `receiver`, signed with `secret`.
 async fn node(test: &str, receiver: &Receiver, secret: &str, timeout_ms: u64) -> (Redis, Node) {
+    node_with(test, receiver, secret, timeout_ms, &[]).await
+}
+
+/// [`node`], started with `args` too.
+async fn node_with(
+    test: &str,
+    receiver: &Receiver,
+    secret: &str,
+    timeout_ms: u64,
+    args: &[&str],
+) -> (Redis, Node) {
     let config = format!(
         r#"
 [[namespace]]
@@ -29,7 +40,7 @@ forward = true
 "#,
         url = receiver.url("/rpc"),
     );
-    let (_dir, redis, mut nodes) = cluster_with_config(test, 1, &config).await;
+    let (_dir, redis, mut nodes) = cluster_with_config_and(test, 1, &config, args).await;
     (redis, nodes.remove(0))
 }
 
@@ -250,6 +261,50 @@ async fn a_socket_has_at_most_eight_calls_in_flight_the_rest_are_busy() {
         later == json!(["later"]) || later == json!(["done"]),
         "{later}"
     );
+}
+
+/// `RPC_MAX_IN_FLIGHT` bounds the node's calls, all sockets together: 3 sockets with 3 calls each (under their
+/// own bound of 8) against a node bound of 5 get 5 answers and 4 `busy`, and the backend sees 5 calls.
+#[tokio::test]
+async fn a_node_has_at_most_rpc_max_in_flight_calls_the_rest_are_busy() {
+    let receiver = Receiver::start(SECRET).await;
+    let (_redis, node) = node_with(
+        "rpc_node_busy",
+        &receiver,
+        SECRET,
+        5000,
+        &["--rpc-max-in-flight", "5"],
+    )
+    .await;
+    receiver
+        .answer(json!({"delay_ms": 1500, "body": "done"}))
+        .await;
+    let mut clients = Clients::start();
+    let ids = ["a", "b", "c"];
+    for id in ids {
+        clients.join(Conn::to(id, &node.base()).user(id, "r")).await;
+    }
+    for i in 0..3 {
+        for id in ids {
+            clients.emit(id, "order:create", json!([i]), true).await;
+        }
+    }
+    let mut acks = Vec::new();
+    for id in ids {
+        for _ in 0..3 {
+            acks.push(ack(&mut clients, id).await);
+        }
+    }
+    let busy = acks
+        .iter()
+        .filter(|a| **a == json!([{"error": "busy"}]))
+        .count();
+    let done = acks.iter().filter(|a| **a == json!(["done"])).count();
+    assert_eq!((busy, done), (4, 5), "{acks:?}");
+    assert_eq!(receiver.requests().await.len(), 5);
+    let http = Http::new();
+    let sample = "socket_identity_rpc_calls_total{outcome=\"busy\"}";
+    assert_eq!(http.metric(&node, sample).await, Some(4.0));
 }
 
 #[tokio::test]
