@@ -185,6 +185,80 @@ async fn failures_are_retried_and_nothing_is_lost() {
     );
 }
 
+/// With `batch_ms`, events come as JSON arrays gathering what happened within it, signed as one; socket events
+/// when asked for, each socket's in its own place: connected before its rooms, disconnected after.
+#[tokio::test]
+async fn batches_are_arrays_in_order_with_socket_events() {
+    let receiver = Receiver::start(SECRET).await;
+    let extra = r#"batch_ms = 300
+events = ["room.occupied", "room.vacated", "member.added", "member.removed", "socket.connected", "socket.disconnected"]"#;
+    let (_dir, _redis, nodes) =
+        cluster_with_config("webhooks_batch", 2, &config(receiver.base(), extra)).await;
+    let mut clients = Clients::start();
+    let s1 = clients
+        .join(Conn::to("c1", &nodes[0]).ns("/chat").user("1", "A"))
+        .await;
+    let s2 = clients
+        .join(Conn::to("c2", &nodes[1]).ns("/chat").user("2", "A"))
+        .await;
+    until(&receiver, 5, "the joins").await;
+    clients.disconnect("c1").await;
+    clients.disconnect("c2").await;
+    until(&receiver, 10, "the leaves").await;
+    let requests = receiver.requests().await;
+    assert!(
+        requests.iter().all(|r| r["body"].is_array()),
+        "every request is an array: {requests:#?}"
+    );
+    assert!(
+        requests.len() < 10,
+        "events gathered into fewer requests: {requests:#?}"
+    );
+    let events = received(&receiver).await;
+    let got = summary(&events);
+    let at = |e: &(String, String, String)| got.iter().position(|g| g == e).unwrap();
+    let mut sorted = got.clone();
+    sorted.sort();
+    let mut want = vec![
+        ev("socket.connected", "", "1"),
+        ev("socket.connected", "", "2"),
+        ev("room.occupied", "A", ""),
+        ev("member.added", "A", "1"),
+        ev("member.added", "A", "2"),
+        ev("member.removed", "A", "1"),
+        ev("member.removed", "A", "2"),
+        ev("room.vacated", "A", ""),
+        ev("socket.disconnected", "", "1"),
+        ev("socket.disconnected", "", "2"),
+    ];
+    want.sort();
+    assert_eq!(sorted, want, "each once: {events:#?}");
+    for user in ["1", "2"] {
+        let order = [
+            at(&ev("socket.connected", "", user)),
+            at(&ev("member.added", "A", user)),
+            at(&ev("member.removed", "A", user)),
+            at(&ev("socket.disconnected", "", user)),
+        ];
+        assert!(order.is_sorted(), "user {user} in order: {got:?}");
+    }
+    let (occupied, vacated) = (
+        at(&ev("room.occupied", "A", "")),
+        at(&ev("room.vacated", "A", "")),
+    );
+    for user in ["1", "2"] {
+        assert!(occupied < at(&ev("member.added", "A", user)), "{got:?}");
+        assert!(vacated > at(&ev("member.removed", "A", user)), "{got:?}");
+    }
+    // Socket events name the socket.
+    let sockets: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter(|(_, e)| e["type"] == "socket.connected")
+        .map(|(_, e)| e["data"]["id_socket"].as_str().unwrap())
+        .collect();
+    assert_eq!(sockets, [s1.as_str(), s2.as_str()].into_iter().collect());
+}
+
 /// A node signing with another secret than the receiver's is refused by it (its check fails): the signature is
 /// what the receiver verifies.
 #[tokio::test]
