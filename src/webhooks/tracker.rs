@@ -436,3 +436,186 @@ async fn retry<'a, T>(mut op: impl FnMut() -> BoxFuture<'a, super::Result<T>>) -
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::{
+        config::file::{EventKind, NamePattern},
+        webhooks::{Cursor, Event, MemoryStore, WebhookError},
+    };
+
+    /// A memory store whose replies to its first `lose` applies are lost after it applied them (a timeout, a cut
+    /// connection).
+    #[derive(Default)]
+    struct Lossy {
+        inner: MemoryStore,
+        lose: AtomicU32,
+    }
+
+    impl Store for Lossy {
+        fn register<'a>(&'a self, ns: &'a str) -> BoxFuture<'a, super::super::Result<()>> {
+            self.inner.register(ns)
+        }
+        fn namespaces(&self) -> BoxFuture<'_, super::super::Result<Vec<String>>> {
+            self.inner.namespaces()
+        }
+        fn apply<'a>(
+            &'a self,
+            ns: &'a str,
+            node: &'a str,
+            stamp: Stamp,
+            change: &'a Change,
+        ) -> BoxFuture<'a, super::super::Result<Applied>> {
+            async move {
+                let applied = self.inner.apply(ns, node, stamp, change).await?;
+                let lost = self
+                    .lose
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok();
+                match lost {
+                    true => Err(WebhookError::Reply {
+                        command: "test",
+                        reply: "lost".into(),
+                    }),
+                    false => Ok(applied),
+                }
+            }
+            .boxed()
+        }
+        fn restore<'a>(
+            &'a self,
+            ns: &'a str,
+            node: &'a str,
+            stamp: Stamp,
+            sockets: &'a [Change],
+        ) -> BoxFuture<'a, super::super::Result<Option<u64>>> {
+            self.inner.restore(ns, node, stamp, sockets)
+        }
+        fn reap<'a>(
+            &'a self,
+            ns: &'a str,
+            node: &'a str,
+        ) -> BoxFuture<'a, super::super::Result<u64>> {
+            self.inner.reap(ns, node)
+        }
+        fn read<'a>(
+            &'a self,
+            ns: &'a str,
+            after: &'a Cursor,
+            count: usize,
+        ) -> BoxFuture<'a, super::super::Result<Vec<Event>>> {
+            self.inner.read(ns, after, count)
+        }
+        fn lease<'a>(
+            &'a self,
+            ns: &'a str,
+            hook: &'a str,
+            me: &'a str,
+            ttl_ms: u64,
+        ) -> BoxFuture<'a, super::super::Result<bool>> {
+            self.inner.lease(ns, hook, me, ttl_ms)
+        }
+        fn cursor<'a>(
+            &'a self,
+            ns: &'a str,
+            hook: &'a str,
+        ) -> BoxFuture<'a, super::super::Result<Cursor>> {
+            self.inner.cursor(ns, hook)
+        }
+        fn advance<'a>(
+            &'a self,
+            ns: &'a str,
+            hook: &'a str,
+            me: &'a str,
+            to: &'a Cursor,
+        ) -> BoxFuture<'a, super::super::Result<bool>> {
+            self.inner.advance(ns, hook, me, to)
+        }
+    }
+
+    fn tracker(store: Arc<Lossy>) -> Arc<Tracker> {
+        let hook = CheckedWebhook {
+            url: url::Url::parse("http://backend.test/hooks").unwrap(),
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap(),
+            namespaces: vec![NamePattern::parse("/chat").unwrap()],
+            events: EventKind::ALL[..4].to_vec(),
+            batch_ms: 0,
+            timeout_ms: 5_000,
+            retry_s: 60,
+        };
+        Tracker::start(
+            "a".into(),
+            store,
+            Arc::from([Arc::new(hook)]),
+            WebhookMetrics::default(),
+        )
+    }
+
+    /// The outbox's `(type, room)` once `n` events are there and nothing more comes for a while.
+    async fn settled(store: &Lossy, n: usize) -> Vec<(EventKind, Option<String>)> {
+        for _ in 0..100 {
+            if store
+                .read("/chat", &Cursor::start(), 100)
+                .await
+                .unwrap()
+                .len()
+                >= n
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let events = store.read("/chat", &Cursor::start(), 100).await.unwrap();
+        events.into_iter().map(|e| (e.kind, e.room)).collect()
+    }
+
+    fn room(kind: EventKind) -> (EventKind, Option<String>) {
+        (kind, Some("r".into()))
+    }
+
+    /// Redis applied a join but its reply was lost: the retry is skipped, so the socket's leave empties the room.
+    #[tokio::test]
+    async fn a_change_whose_reply_was_lost_counts_once() {
+        let store = Arc::new(Lossy::default());
+        store.lose.store(1, Ordering::Relaxed);
+        let tracker = tracker(store.clone());
+        tracker.connected("/chat", "s1", Some("u"), true, &["r".into()]);
+        tracker.disconnected("s1");
+        assert_eq!(
+            settled(&store, 4).await,
+            [
+                room(EventKind::RoomOccupied),
+                room(EventKind::MemberAdded),
+                room(EventKind::MemberRemoved),
+                room(EventKind::RoomVacated),
+            ]
+        );
+    }
+
+    /// Reaped while its socket stayed: the socket's next change finds out and counts it again with that change;
+    /// a restore where nothing was reaped writes nothing.
+    #[tokio::test]
+    async fn a_reaped_node_counts_its_sockets_again() {
+        let store = Arc::new(Lossy::default());
+        let tracker = tracker(store.clone());
+        tracker.connected("/chat", "s1", Some("u"), true, &["r".into()]);
+        assert_eq!(settled(&store, 2).await.len(), 2);
+        tracker.restore();
+        assert_eq!(settled(&store, 2).await.len(), 2, "nothing was reaped");
+        assert_eq!(tracker.reap("a").await.unwrap(), 2);
+        tracker.moved("s1", true, &["q".into()]);
+        let events = settled(&store, 8).await;
+        assert_eq!(events.len(), 8, "{events:?}");
+        assert!(events[4..].contains(&room(EventKind::RoomOccupied)));
+        assert!(events[4..].contains(&(EventKind::RoomOccupied, Some("q".into()))));
+        tracker.disconnected("s1");
+        let events = settled(&store, 12).await;
+        assert_eq!(events[11].0, EventKind::RoomVacated, "{events:?}");
+    }
+}
