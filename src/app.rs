@@ -465,6 +465,7 @@ impl Node {
             // still queued then find nothing to take).
             if let (Some((tracker, task)), Some(node)) = (&self.webhooks, &self.node_id) {
                 task.abort();
+                tracker.stop();
                 if let Err(e) = tracker.reap(node).await {
                     tracing::warn!(error = %e, "webhooks: this node's sockets not taken from the counts");
                 }
@@ -807,7 +808,7 @@ async fn join_cluster(
 ///   away from Redis): the others may have declared it down and forgotten its holders while its sockets stayed
 ///   connected, so it holds their rooms again ([`reliable::hold_again`]). Twice: at once, and once more
 ///   `down_after` later, in case a survivor's forgetting, decided just before we came back, landed after the first
-///   pass.
+///   pass. Likewise its sockets are counted again for the webhooks where a survivor reaped them ([`count_again`]).
 ///
 /// A node that says it is leaving is not forgotten here: it lets its rooms go itself as it drains ([`drain_on`]),
 /// and a `leaving` heartbeat can be forged without `CLUSTER_SECRET`, where silence cannot.
@@ -827,8 +828,10 @@ async fn keep_holders<A: Adapter>(
             Ok(Change::Back) => {
                 let (io, info) = (io.clone(), info.clone());
                 tokio::spawn(async move {
+                    count_again(&info);
                     hold_again(&io, &info).await;
                     tokio::time::sleep(down_after).await;
+                    count_again(&info);
                     hold_again(&io, &info).await;
                 });
             }
@@ -855,6 +858,14 @@ async fn reap(info: NodeInfo, node: Arc<str>) {
         Err(e) => {
             tracing::warn!(node = %node, error = %e, "webhooks: a node's sockets not taken from the counts")
         }
+    }
+}
+
+/// Counts this node's sockets again in the webhooks' counts where a survivor reaped them while they stayed
+/// connected (harmless where none did); a later change of a reaped socket would also find out.
+fn count_again(info: &NodeInfo) {
+    if let Some(tracker) = info.webhooks.get() {
+        tracker.restore();
     }
 }
 

@@ -8,7 +8,7 @@ use std::{
 
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{Change, Cursor, Event, OUTBOX_CAP, Result, Store};
+use super::{Applied, Change, Cursor, Event, OUTBOX_CAP, Result, Stamp, Store};
 use crate::config::file::EventKind;
 
 #[derive(Default)]
@@ -29,6 +29,10 @@ struct Namespace {
 struct Contribution {
     rooms: BTreeMap<String, u64>,
     members: BTreeMap<(String, String), (u64, bool)>,
+    /// The sockets whose `socket.connected` was written: their user and verified flag.
+    sockets: BTreeMap<String, (Option<String>, bool)>,
+    /// Each worker's last change's number.
+    marks: HashMap<u32, u64>,
 }
 
 /// Counts and outboxes in memory.
@@ -95,11 +99,59 @@ impl Namespace {
         }
     }
 
-    fn apply(&mut self, cap: usize, node: &str, c: &Change) -> u64 {
+    /// A numbered change, as `change.lua` applies it.
+    fn stamped(&mut self, cap: usize, node: &str, stamp: Stamp, c: &Change) -> Applied {
+        match self
+            .nodes
+            .get(node)
+            .and_then(|m| m.marks.get(&stamp.worker))
+        {
+            Some(last) if *last >= stamp.n => return Applied::Again,
+            None if stamp.counted => return Applied::Reaped,
+            _ => {}
+        }
         let before = self.seq;
+        self.change(cap, node, c);
+        self.mark(node, stamp);
+        Applied::Events(self.seq - before)
+    }
+
+    /// As `restore.lua`.
+    fn restore(&mut self, cap: usize, node: &str, stamp: Stamp, sockets: &[Change]) -> Option<u64> {
+        if self
+            .nodes
+            .get(node)
+            .is_some_and(|m| m.marks.contains_key(&stamp.worker))
+        {
+            return None;
+        }
+        let before = self.seq;
+        for c in sockets {
+            self.change(
+                cap,
+                node,
+                &Change {
+                    joined: true,
+                    ..c.clone()
+                },
+            );
+        }
+        self.mark(node, stamp);
+        Some(self.seq - before)
+    }
+
+    fn mark(&mut self, node: &str, stamp: Stamp) {
+        let mine = self.nodes.entry(node.to_owned()).or_default();
+        mine.marks.insert(stamp.worker, stamp.n);
+    }
+
+    fn change(&mut self, cap: usize, node: &str, c: &Change) {
         let user = c.user.as_deref().map(|u| (u, c.verified));
         if c.joined && c.socket_event {
             self.emit(cap, EventKind::SocketConnected, None, user, Some(&c.socket));
+            let mine = self.nodes.entry(node.to_owned()).or_default();
+            mine.sockets
+                .insert(c.socket.clone(), (c.user.clone(), c.verified));
         }
         for room in &c.rooms {
             let mine = self.nodes.entry(node.to_owned()).or_default();
@@ -144,7 +196,15 @@ impl Namespace {
                 self.emit(cap, EventKind::RoomVacated, Some(room), None, None);
             }
         }
-        if !c.joined && c.socket_event {
+        // Once per socket: only if its socket.connected was written (and not taken by a reap).
+        if !c.joined
+            && c.socket_event
+            && self
+                .nodes
+                .get_mut(node)
+                .and_then(|m| m.sockets.remove(&c.socket))
+                .is_some()
+        {
             self.emit(
                 cap,
                 EventKind::SocketDisconnected,
@@ -153,7 +213,6 @@ impl Namespace {
                 Some(&c.socket),
             );
         }
-        self.seq - before
     }
 }
 
@@ -208,10 +267,22 @@ impl Store for MemoryStore {
         &'a self,
         ns: &'a str,
         node: &'a str,
+        stamp: Stamp,
         change: &'a Change,
-    ) -> BoxFuture<'a, Result<u64>> {
-        let n = self.with(ns, |n| n.apply(self.cap, node, change));
-        async move { Ok(n) }.boxed()
+    ) -> BoxFuture<'a, Result<Applied>> {
+        let applied = self.with(ns, |n| n.stamped(self.cap, node, stamp, change));
+        async move { Ok(applied) }.boxed()
+    }
+
+    fn restore<'a>(
+        &'a self,
+        ns: &'a str,
+        node: &'a str,
+        stamp: Stamp,
+        sockets: &'a [Change],
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        let restored = self.with(ns, |n| n.restore(self.cap, node, stamp, sockets));
+        async move { Ok(restored) }.boxed()
     }
 
     fn reap<'a>(&'a self, ns: &'a str, node: &'a str) -> BoxFuture<'a, Result<u64>> {
@@ -237,6 +308,15 @@ impl Store for MemoryStore {
                 if n.rooms.take(room, *count) {
                     n.emit(cap, EventKind::RoomVacated, Some(room), None, None);
                 }
+            }
+            for (socket, (user, verified)) in &gone.sockets {
+                n.emit(
+                    cap,
+                    EventKind::SocketDisconnected,
+                    None,
+                    user.as_deref().map(|u| (u, *verified)),
+                    Some(socket),
+                );
             }
             n.seq - before
         });

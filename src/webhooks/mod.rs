@@ -7,7 +7,11 @@
 //!   node's own contribution. A change that makes a count go 0→1 or 1→0 appends its event to the namespace's
 //!   outbox **in the same atomic step** (a Lua script in Redis), so an event cannot be lost between the change
 //!   and the send, nor sent twice by two nodes. A node declared down has its contribution taken away in one step
-//!   ([`Store::reap`]), which writes the events of the rooms and members it held last.
+//!   ([`Store::reap`]), which writes the events of the rooms and members it held last (and the sockets'
+//!   `socket.disconnected`, when wanted).
+//! * Changes are numbered per worker ([`Stamp`]) and the store keeps each worker's last number in the node's
+//!   contribution: a change applied again (a retry after a lost reply) is skipped, and a worker whose number is
+//!   gone knows its node was reaped meanwhile; its sockets are then counted again ([`Store::restore`]).
 //! * [`tracker::Tracker`]: what this node's sockets do (connect, join, leave, disconnect), turned into changes
 //!   applied in order per socket, off the socket's path (a bounded queue).
 //! * [`dispatch::Dispatcher`]: one node at a time per (webhook, namespace) holds a lease and sends the outbox in
@@ -43,6 +47,30 @@ pub struct Change {
     pub rooms: Vec<String>,
     /// Also write `socket.connected` / `socket.disconnected` (the socket connects or disconnects now).
     pub socket_event: bool,
+}
+
+/// Where a change stands in the sequence of the worker applying it: what makes applying it twice harmless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The worker of the node applying it (each applies its changes in order).
+    pub worker: u32,
+    /// Its number in that worker's sequence: increasing over the node's life (a new life is reaped first).
+    pub n: u64,
+    /// That worker has had a change counted in this namespace before, so its number is there unless the node
+    /// was reaped since.
+    pub counted: bool,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Counted; this many events written.
+    Events(u64),
+    /// Skipped: a change of this number or a later one was applied already (a retry after a lost reply).
+    Again,
+    /// Skipped: the node was reaped since the worker's last change (declared down while its sockets stayed
+    /// connected); they are to be counted again with [`Store::restore`].
+    Reaped,
 }
 
 /// Where a dispatcher is in an outbox: the last entry it is done with, and that entry's sequence number.
@@ -111,13 +139,24 @@ pub trait Store: Send + Sync + 'static {
     fn register<'a>(&'a self, ns: &'a str) -> BoxFuture<'a, Result<()>>;
     /// Every tracked namespace.
     fn namespaces(&self) -> BoxFuture<'_, Result<Vec<String>>>;
-    /// Applies a change of `node`'s socket; returns the events it wrote.
+    /// Applies a change of `node`'s socket, unless `stamp` says it was applied already or the node was reaped.
     fn apply<'a>(
         &'a self,
         ns: &'a str,
         node: &'a str,
+        stamp: Stamp,
         change: &'a Change,
-    ) -> BoxFuture<'a, Result<u64>>;
+    ) -> BoxFuture<'a, Result<Applied>>;
+    /// Counts `sockets` (joins of every room each is in) as `stamp.worker`'s, if that worker's number is not in
+    /// `node`'s contribution (reaped, or never counted); then records `stamp.n`. The events written, or `None`
+    /// when its sockets were counted already.
+    fn restore<'a>(
+        &'a self,
+        ns: &'a str,
+        node: &'a str,
+        stamp: Stamp,
+        sockets: &'a [Change],
+    ) -> BoxFuture<'a, Result<Option<u64>>>;
     /// Takes `node`'s whole contribution away; returns the events it wrote. Idempotent.
     fn reap<'a>(&'a self, ns: &'a str, node: &'a str) -> BoxFuture<'a, Result<u64>>;
     /// Up to `count` events after `after`, oldest first.

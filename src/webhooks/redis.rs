@@ -10,7 +10,7 @@
 //! | `<P>:namespaces` | set | the tracked namespaces (dispatchers and reaping go through them) |
 //! | `<P>:{<ns>}:rooms` | hash | room → sockets in it, cluster-wide |
 //! | `<P>:{<ns>}:members` | hash | `<room>\0<user>` → that user's sockets in it |
-//! | `<P>:{<ns>}:node:<node>` | hash | what one node contributes: `r\0<room>`, `m\0<room>\0<user>` → counts, `v\0<room>\0<user>` → verified |
+//! | `<P>:{<ns>}:node:<node>` | hash | what one node contributes: `r\0<room>`, `m\0<room>\0<user>` → counts, `v\0<room>\0<user>` → verified, `s\0<socket>` → verified then user (only with socket events), `w\0<worker>` → its last change's number |
 //! | `<P>:{<ns>}:outbox` | stream | the events, trimmed to about [`OUTBOX_CAP`]: `n` (sequence), `t` (type), `ms`, `r`, `u`, `v`, `s` |
 //! | `<P>:{<ns>}:seq` | string | the last event's sequence number |
 //! | `<P>:{<ns>}:lease:<hook>` | string | the node sending `<hook>`'s events of `<ns>`, expiring |
@@ -25,7 +25,7 @@ use fred::{
 };
 use futures_util::future::{BoxFuture, FutureExt};
 
-use super::{Change, Cursor, Event, OUTBOX_CAP, Result, Store, WebhookError};
+use super::{Applied, Change, Cursor, Event, OUTBOX_CAP, Result, Stamp, Store, WebhookError};
 use crate::{config::file::EventKind, redis::Script};
 
 macro_rules! counting {
@@ -41,6 +41,7 @@ pub struct RedisStore {
     prefix: String,
     cap: u64,
     change: Script,
+    restore: Script,
     reap: Script,
     lease: Script,
     advance: Script,
@@ -58,6 +59,7 @@ impl RedisStore {
             prefix: format!("{redis_prefix}:webhooks"),
             cap,
             change: Script::new("webhook_change", counting!("lua/change.lua")),
+            restore: Script::new("webhook_restore", counting!("lua/restore.lua")),
             reap: Script::new("webhook_reap", counting!("lua/reap.lua")),
             lease: Script::new("webhook_lease", include_str!("lua/lease.lua")),
             advance: Script::new("webhook_advance", include_str!("lua/advance.lua")),
@@ -85,6 +87,19 @@ fn unexpected(command: &'static str, reply: &Value) -> WebhookError {
         command,
         reply: crate::redis::shown(reply),
     }
+}
+
+/// The reply of a counting script: events written, or a negative status.
+fn status(command: &'static str, reply: Value) -> Result<std::result::Result<u64, i64>> {
+    match reply {
+        Value::Integer(n) if n >= 0 => Ok(Ok(n as u64)),
+        Value::Integer(n) => Ok(Err(n)),
+        other => Err(unexpected(command, &other)),
+    }
+}
+
+fn flag(b: bool) -> Value {
+    if b { "1" } else { "0" }.into()
 }
 
 fn integer(command: &'static str, reply: Value) -> Result<u64> {
@@ -173,23 +188,68 @@ impl Store for RedisStore {
         &'a self,
         ns: &'a str,
         node: &'a str,
+        stamp: Stamp,
         change: &'a Change,
-    ) -> BoxFuture<'a, Result<u64>> {
+    ) -> BoxFuture<'a, Result<Applied>> {
         async move {
             let mut args: Vec<Value> = vec![
                 self.cap.to_string().into(),
+                stamp.worker.to_string().into(),
+                stamp.n.to_string().into(),
+                flag(stamp.counted),
                 if change.joined { "1" } else { "-1" }.into(),
                 change.socket.as_str().into(),
                 change.user.as_deref().unwrap_or("").into(),
-                if change.verified { "1" } else { "0" }.into(),
-                if change.socket_event { "1" } else { "0" }.into(),
+                flag(change.verified),
+                flag(change.socket_event),
             ];
             args.extend(change.rooms.iter().map(|r| Value::from(r.as_str())));
             let reply = self
                 .change
                 .run(&self.client, self.counting_keys(ns, node), args)
                 .await?;
-            integer("webhook_change", reply)
+            match status("webhook_change", reply)? {
+                Ok(n) => Ok(Applied::Events(n)),
+                Err(-1) => Ok(Applied::Again),
+                Err(-2) => Ok(Applied::Reaped),
+                Err(n) => Err(unexpected("webhook_change", &Value::Integer(n))),
+            }
+        }
+        .boxed()
+    }
+
+    fn restore<'a>(
+        &'a self,
+        ns: &'a str,
+        node: &'a str,
+        stamp: Stamp,
+        sockets: &'a [Change],
+    ) -> BoxFuture<'a, Result<Option<u64>>> {
+        async move {
+            let mut args: Vec<Value> = vec![
+                self.cap.to_string().into(),
+                stamp.worker.to_string().into(),
+                stamp.n.to_string().into(),
+            ];
+            for c in sockets {
+                args.extend([
+                    c.socket.as_str().into(),
+                    c.user.as_deref().unwrap_or("").into(),
+                    flag(c.verified),
+                    flag(c.socket_event),
+                    c.rooms.len().to_string().into(),
+                ]);
+                args.extend(c.rooms.iter().map(|r| Value::from(r.as_str())));
+            }
+            let reply = self
+                .restore
+                .run(&self.client, self.counting_keys(ns, node), args)
+                .await?;
+            match status("webhook_restore", reply)? {
+                Ok(n) => Ok(Some(n)),
+                Err(-1) => Ok(None),
+                Err(n) => Err(unexpected("webhook_restore", &Value::Integer(n))),
+            }
         }
         .boxed()
     }

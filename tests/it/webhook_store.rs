@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use socket_identity::{
     redis::{Endpoint, connect_client},
-    webhooks::{Change, Cursor, RedisStore, Store, conformance},
+    webhooks::{Change, Cursor, RedisStore, Stamp, Store, conformance},
 };
 
 use crate::harness::*;
@@ -30,6 +30,15 @@ fn joined(socket: &str, user: &str, rooms: &[&str]) -> Change {
     }
 }
 
+/// The `n`th change of worker 0.
+fn nth(n: u64) -> Stamp {
+    Stamp {
+        worker: 0,
+        n,
+        counted: false,
+    }
+}
+
 #[tokio::test]
 async fn redis_store_passes_the_conformance_suite() {
     let dir = log_dir("webhook_store_conformance");
@@ -50,7 +59,7 @@ async fn the_layout_is_the_documented_one_on_one_slot() {
     let ns = "/site";
     store.register(ns).await.unwrap();
     store
-        .apply(ns, "n1", &joined("s1", "u", &["r"]))
+        .apply(ns, "n1", nth(1), &joined("s1", "u", &["r"]))
         .await
         .unwrap();
     assert!(store.lease(ns, "h", "n1", 10_000).await.unwrap());
@@ -95,17 +104,27 @@ async fn the_layout_is_the_documented_one_on_one_slot() {
 }
 
 /// Two nodes' stores on one Redis: counts are cluster-wide, and a node reaped by a survivor (declared down) has
-/// its rooms vacated once, whichever survivor reaps first; its store, back under the same id, starts from zero.
+/// its rooms vacated and its sockets disconnected once, whichever survivor reaps first; its store, back under the same id, starts from zero.
 #[tokio::test]
 async fn a_node_reaped_by_another_vacates_its_rooms_once() {
     let dir = log_dir("webhook_store_two_nodes");
     let redis = Redis::start(&dir);
     let (a, b) = (store(&redis, "two").await, store(&redis, "two").await);
     let ns = "/site";
-    a.apply(ns, "a", &joined("s1", "u", &["r"])).await.unwrap();
-    b.apply(ns, "b", &joined("s2", "u", &["r"])).await.unwrap();
-    b.apply(ns, "b", &joined("s3", "v", &["q"])).await.unwrap();
-    assert_eq!(a.reap(ns, "b").await.unwrap(), 2, "v left q, q vacated");
+    a.apply(ns, "a", nth(1), &joined("s1", "u", &["r"]))
+        .await
+        .unwrap();
+    b.apply(ns, "b", nth(1), &joined("s2", "u", &["r"]))
+        .await
+        .unwrap();
+    b.apply(ns, "b", nth(2), &joined("s3", "v", &["q"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.reap(ns, "b").await.unwrap(),
+        4,
+        "v left q, q vacated, s2 and s3 disconnected"
+    );
     assert_eq!(b.reap(ns, "b").await.unwrap(), 0, "once");
     let events = a.read(ns, &Cursor::start(), 100).await.unwrap();
     let kinds: Vec<String> = events
@@ -124,6 +143,8 @@ async fn a_node_reaped_by_another_vacates_its_rooms_once() {
             "member.added q",
             "member.removed q",
             "room.vacated q",
+            "socket.disconnected ",
+            "socket.disconnected ",
         ]
     );
     assert_eq!(

@@ -423,3 +423,78 @@ rooms = ["handshake"]
         .expect_none("watcher", "member-removed", Duration::from_millis(10))
         .await;
 }
+
+/// A node paused (SIGSTOP) long enough to be declared down: a survivor reaps it, so its socket's room is vacated
+/// and the socket disconnected for the backend (`socket.disconnected` with its user); resumed with the socket still
+/// connected, it counts the socket again (`socket.connected`, `room.occupied`, `member.added`), so that the
+/// socket's later leave vacates the room again instead of counting nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_counts_its_sockets_again_when_it_comes_back() {
+    let receiver = Receiver::start(SECRET).await;
+    let events = r#"events = ["room.occupied", "room.vacated", "member.added", "member.removed", "socket.connected", "socket.disconnected"]"#;
+    let (_dir, _redis, nodes) = crate::harness::cluster_with_config_and(
+        "webhooks_paused",
+        2,
+        &config(receiver.base(), events),
+        &["--heartbeat-ms", "300"],
+    )
+    .await;
+    let mut clients = Clients::start();
+    let sid = clients
+        .join(Conn::to("c1", &nodes[1]).ns("/chat").user("1", "R"))
+        .await;
+    until(&receiver, 3, "the connect").await;
+
+    nodes[1].pause();
+    let reaped = [
+        ev("member.removed", "R", "1"),
+        ev("room.vacated", "R", ""),
+        ev("socket.disconnected", "", "1"),
+    ];
+    // Taken over within a lease (5 s) should b have been the sender.
+    eventually(Duration::from_secs(20), "b reaped", async || {
+        (summary(&received(&receiver).await).len() >= 6).then_some(())
+    })
+    .await;
+    let events = received(&receiver).await;
+    let got = summary(&events);
+    assert_eq!(got[3..], reaped, "{events:#?}");
+    let (_, gone) = events
+        .iter()
+        .find(|(_, e)| e["type"] == "socket.disconnected")
+        .unwrap();
+    assert_eq!(gone["data"]["id_socket"], sid.as_str(), "{gone}");
+    assert_eq!(gone["data"]["verified"], false, "{gone}");
+
+    nodes[1].signal("CONT");
+    eventually(
+        Duration::from_secs(20),
+        "b's socket counted again",
+        async || (summary(&received(&receiver).await).len() >= 9).then_some(()),
+    )
+    .await;
+    clients.disconnect("c1").await;
+    eventually(Duration::from_secs(20), "c1's leave", async || {
+        (summary(&received(&receiver).await).len() >= 12).then_some(())
+    })
+    .await;
+    // Anything counted twice (both restores, both nodes' dispatchers) would come now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let events = received(&receiver).await;
+    let connected = [
+        ev("socket.connected", "", "1"),
+        ev("room.occupied", "R", ""),
+        ev("member.added", "R", "1"),
+    ];
+    let mut all = connected.to_vec();
+    all.extend(reaped.clone());
+    all.extend(connected);
+    all.extend(reaped);
+    assert_eq!(summary(&events), all, "{events:#?}");
+    assert!(
+        nodes[1]
+            .log_text()
+            .contains("webhook counts: this node's sockets counted again"),
+        "b did not log it"
+    );
+}

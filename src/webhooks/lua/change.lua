@@ -1,37 +1,17 @@
--- A socket joins (ARGV[2] = 1) or leaves (-1) rooms ARGV[7..]. ARGV: cap, delta, socket id, user id ('' none),
--- verified ('1'/'0'), socket event ('1': also socket.connected/disconnected). A leave only takes what this node
--- gave (its contribution), so a node declared down, reaped, then leaving late, cannot make a count negative.
--- Returns the number of events written.
-local delta, socket, user, verified = tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
-local socket_event = ARGV[6] == '1'
-if delta > 0 then
-  if socket_event then emit('socket.connected', nil, user, verified, socket) end
-  for i = 7, #ARGV do
-    local room = ARGV[i]
-    redis.call('HINCRBY', KEYS[3], 'r\0' .. room, 1)
-    if redis.call('HINCRBY', KEYS[1], room, 1) == 1 then emit('room.occupied', room) end
-    if user ~= '' then
-      local m = room .. '\0' .. user
-      redis.call('HINCRBY', KEYS[3], 'm\0' .. m, 1)
-      redis.call('HSET', KEYS[3], 'v\0' .. m, verified)
-      if redis.call('HINCRBY', KEYS[2], m, 1) == 1 then emit('member.added', room, user, verified) end
-    end
-  end
-else
-  for i = 7, #ARGV do
-    local room = ARGV[i]
-    if tonumber(redis.call('HGET', KEYS[3], 'r\0' .. room) or '0') > 0 then
-      take(KEYS[3], 'r\0' .. room, 1)
-      if user ~= '' then
-        local m = room .. '\0' .. user
-        if tonumber(redis.call('HGET', KEYS[3], 'm\0' .. m) or '0') > 0 then
-          if take(KEYS[3], 'm\0' .. m, 1) then redis.call('HDEL', KEYS[3], 'v\0' .. m) end
-          if take(KEYS[2], m, 1) then emit('member.removed', room, user, verified) end
-        end
-      end
-      if take(KEYS[1], room, 1) then emit('room.vacated', room) end
-    end
-  end
-  if socket_event then emit('socket.disconnected', nil, user, verified, socket) end
+-- One change of a socket of the node. ARGV: cap, worker, the change's number in the worker's sequence, counted
+-- ('1': that worker has had a change counted here before), delta (1 join, -1 leave), socket id, user id ('' none),
+-- verified ('1'/'0'), socket event ('1': also socket.connected/disconnected), rooms.
+-- Returns the number of events written; -1 when a change of that number or later was applied already (a retry
+-- after a lost reply); -2 when the worker's mark is gone although it had one: the node was reaped, nothing done.
+local mark = 'w\0' .. ARGV[2]
+local last = redis.call('HGET', KEYS[3], mark)
+if last then
+  if tonumber(last) >= tonumber(ARGV[3]) then return -1 end
+elseif ARGV[4] == '1' then
+  return -2
 end
+local rooms = {}
+for i = 10, #ARGV do rooms[#rooms + 1] = ARGV[i] end
+change(tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9] == '1', rooms)
+redis.call('HSET', KEYS[3], mark, ARGV[3])
 return written
