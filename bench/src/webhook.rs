@@ -84,8 +84,9 @@ pub struct WebhookChurnResult {
     pub lost: usize,
     /// Requests the receiver got.
     pub requests: usize,
-    /// Expected events per second of churn, and events received per second from the first due time to the last
-    /// arrival.
+    /// Expected events per second from the first socket's due time to the last one's leaving (`secs + lifetime`;
+    /// while sockets both come and go it is `4 x rate`), and events received per second from the first due time to
+    /// the last arrival: equal when the webhook keeps up.
     pub offered_per_sec: f64,
     pub delivered_per_sec: f64,
     /// Arrival here minus the event's `timestamp`.
@@ -504,7 +505,7 @@ batch_ms = {batch_ms}
             unexpected: inbox.unexpected,
             lost: expected.saturating_sub(inbox.received),
             requests: inbox.requests,
-            offered_per_sec: expected as f64 / secs as f64,
+            offered_per_sec: expected as f64 / (secs as f64 + lifetime.as_secs_f64()),
             delivered_per_sec: inbox.received as f64 / wall,
             lag: Summary::of(inbox.lags.clone()),
             tail_secs: last.saturating_duration_since(left).as_secs_f64(),
