@@ -12,7 +12,8 @@
 #   scripts/bench.sh                 the full run (about 15 minutes on 2 cores, the tenancy phases ~30 s of it,
 #                                    the admin phases ~2 minutes: --admin-overhead, --admin-sockets, 0 skips;
 #                                    the recovery phases ~2 minutes: --recovery-fanout-size, --recovery-sockets;
-#                                    the emitter phases ~75 s: --emitter-fanout-size, --emitter-rate-room)
+#                                    the emitter phases ~75 s: --emitter-fanout-size, --emitter-rate-room;
+#                                    the lifecycle webhook phase, ours, ~90 s: --webhook-churn)
 #   scripts/bench.sh --only ours     any flag of the load generator: target/release/bench --help
 #   scripts/bench.sh --only ours --sizes --scale-nodes --memory-conns 0 --send-requests 0 --send-fanout-size 0 \
 #     --reliable-rooms 0 --admin-overhead --admin-sockets 0 --gateway-clients 0 --gateway-send-users 0 \

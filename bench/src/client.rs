@@ -470,14 +470,17 @@ pub async fn open(
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await
         .map_err(ConnectError::Tls)?;
-    let mut fields = form_urlencoded::Serializer::new(String::new());
-    fields
-        .append_pair("EIO", "4")
-        .append_pair("transport", "websocket");
-    for (k, v) in query {
-        fields.append_pair(k, v);
-    }
-    let url = format!("wss://{addr}/socket.io/?{}", fields.finish());
+    // The serializer is not `Send`: gone before the next await, so a handshake can run in a spawned task.
+    let url = {
+        let mut fields = form_urlencoded::Serializer::new(String::new());
+        fields
+            .append_pair("EIO", "4")
+            .append_pair("transport", "websocket");
+        for (k, v) in query {
+            fields.append_pair(k, v);
+        }
+        format!("wss://{addr}/socket.io/?{}", fields.finish())
+    };
     // tungstenite zeroes a whole read buffer (128 KiB by default) before each read: with 10,000 clients that
     // memset was 15% of the machine's CPU during a fan-out (perf), all of it in this load generator.
     let config = WebSocketConfig::default().read_buffer_size(4096);

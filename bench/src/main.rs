@@ -21,6 +21,8 @@
 //!     the last socket of a large room on K nodes has it, and messages per second into a room, none lost.
 //! 11. (`rpc.rs`) client events as RPC: an event's round trip through a signed POST to a local receiver and back
 //!     as its ack, at fixed rates (the Node reference: the same receiver called from a socket.io handler).
+//! 12. (ours only, `webhook.rs`) lifecycle webhooks: sockets churning through many rooms on K nodes, the room and
+//!     member events a receiver in this process gets, their lag, each exactly once.
 //!
 //! Everything is bounded: counts come from the flags, every wait has a limit, and the whole run has a deadline.
 //! `--check` turns any error (refused connection, wrong count, lost event) into a non-zero exit: the test suite
@@ -38,6 +40,7 @@ mod recovery;
 mod rpc;
 mod send;
 mod tenancy;
+mod webhook;
 
 use std::{
     collections::BTreeMap,
@@ -64,6 +67,7 @@ use crate::{
     rpc::RpcRateResult,
     send::{ReliableResult, SendFanoutResult, SendRateResult},
     tenancy::{HandshakeResult, NamespaceQueryResult},
+    webhook::WebhookChurnResult,
 };
 
 #[derive(Debug, Parser)]
@@ -278,6 +282,24 @@ struct Args {
     /// Sockets the calls are spread over (call `j` from socket `j mod N`).
     #[arg(long, default_value_t = 100)]
     rpc_sockets: usize,
+    /// Lifecycle webhooks (ours only): sockets per second that connect to `/bench-wh` on `--nodes` nodes, each as
+    /// its own user into one of `--webhook-rooms` rooms, and leave `--webhook-lifetime-ms` after, while the
+    /// cluster POSTs the rooms' and members' events to a receiver in this process; 0 skips it.
+    #[arg(long, default_value_t = 1000)]
+    webhook_churn: usize,
+    /// Rooms the sockets go to in turn (socket `j` into `r{j mod rooms}`); a room is used again only after its
+    /// previous socket left, so each socket makes 4 events.
+    #[arg(long, default_value_t = 10_000)]
+    webhook_rooms: usize,
+    /// Seconds of churn.
+    #[arg(long, default_value_t = 10)]
+    webhook_seconds: u64,
+    /// How long each socket stays, from its due time.
+    #[arg(long, default_value_t = 5000)]
+    webhook_lifetime_ms: u64,
+    /// The webhook's `batch_ms`: one measurement, on a fresh cluster, for each (empty skips the phase).
+    #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "50,0")]
+    webhook_batch_ms: Vec<u64>,
     /// Exit non-zero on any error (refused or lost connection, wrong count, lost event).
     #[arg(long)]
     check: bool,
@@ -373,6 +395,7 @@ struct Report {
     emitter_fanout: Option<EmitterFanoutResult>,
     emitter_rate: Option<EmitterRateResult>,
     rpc_rates: Vec<RpcRateResult>,
+    webhook_churn: Vec<WebhookChurnResult>,
     admin_overhead: Vec<OverheadResult>,
     all_sockets: Option<AllSocketsResult>,
     gateway_rates: Vec<GatewayRateResult>,
@@ -401,6 +424,7 @@ impl Report {
             + recovery::error_count(self)
             + emitter::error_count(self)
             + rpc::error_count(self)
+            + webhook::error_count(self)
             + admin::error_count(self)
             + gateway::error_count(self)
             + big::error_count(self)
@@ -543,6 +567,8 @@ impl Bench {
                 }
             }
             self.admin_phases(target, &mut report).await;
+            // The Node reference has no lifecycle webhooks.
+            self.webhook_phase(target, &mut report).await;
             // The Node reference has no event-bus gateway.
             self.gateway_phases(target, &mut report).await;
             self.cost_phase(target, &mut report).await;
@@ -986,6 +1012,7 @@ fn print_report(r: &Report) {
     recovery::print(r);
     emitter::print(r);
     rpc::print(r);
+    webhook::print(r);
     tenancy::print(r);
     admin::print(r);
     gateway::print(r);

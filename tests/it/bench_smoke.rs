@@ -19,6 +19,9 @@
 //! Both run the RPC phase small (client events POSTed, signed, to the bench's receiver and acked with its answer),
 //! where `--check` fails on a call not acked `{"ok":true}` (busy, an error, no ack) or a signature the receiver
 //! refused.
+//! Ours runs the lifecycle webhook phase small (sockets churning through rooms on 2 nodes, each batch_ms of 50 and
+//! 0), where `--check` fails on an event lost, one of no socket, a room event out of order, or an event the nodes
+//! gave up, dropped or did not record.
 
 use std::{
     path::{Path, PathBuf},
@@ -97,6 +100,10 @@ fn bench_smoke_run_is_correct() {
             "--rpc-sockets",
             "10",
         ])
+        // Lifecycle webhooks (ours), tiny: 40 sockets a second for 2 s, each for 0.2 s, over 80 rooms on 2 nodes.
+        .args(["--webhook-churn", "40", "--webhook-rooms", "80"])
+        .args(["--webhook-seconds", "2", "--webhook-lifetime-ms", "200"])
+        .args(["--webhook-batch-ms", "50,0"])
         // The Redis cost per operation (ours), tiny: K = 1 and 2, a room of 10.
         .args(["--cost-nodes", "1,2", "--cost-sizes", "10"])
         .args(["--cost-requests", "10", "--cost-rounds", "3"])
@@ -186,6 +193,24 @@ fn bench_smoke_run_is_correct() {
             "{cells:?}"
         );
     }
+    // The webhook phase ran for ours (only), once per batch_ms: 80 sockets connected, their 320 events (4 each)
+    // received once each, none out of order or unexpected, and the nodes counted 320 delivered and nothing given up,
+    // dropped or unrecorded.
+    let webhook: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 40 | 2 | 0.2 | 80 | 2 | "))
+        .map(|l| l.split(" | ").collect())
+        .collect();
+    assert_eq!(webhook.len(), 2, "{stdout}");
+    for (cells, batch_ms) in webhook.iter().zip(["50", "0"]) {
+        assert_eq!(cells[5], batch_ms, "{cells:?}");
+        assert_eq!(cells[6], "80 (0)", "{cells:?}");
+        assert_eq!(cells[8..12], ["320", "320", "0", "0, 0"], "{cells:?}");
+        assert!(
+            cells[20].starts_with("320, ") && cells[20].ends_with(", 0, 0, 0"),
+            "{cells:?}"
+        );
+    }
     // The tenancy phases ran for ours (only): every kind, and the 3-room namespace with each socket listed once.
     for row in [
         "| claim | 20 |",
@@ -245,7 +270,7 @@ fn bench_check_fails_on_a_refused_admin_login() {
         .args(["--gateway-clients", "0", "--gateway-send-users", "0"])
         .args(["--recovery-fanout-size", "0", "--recovery-sockets", "0"])
         .args(["--emitter-fanout-size", "0", "--emitter-rate-room", "0"])
-        .args(["--rpc-rates", "0"])
+        .args(["--rpc-rates", "0", "--webhook-churn", "0"])
         .args(["--nodes", "2", "--admin-overhead", "--admin-sockets", "10"])
         .args(["--admin-rounds", "1", "--admin-wrong-password"])
         .args(["--check", "--max-minutes", "2", "--logs"])
