@@ -5,8 +5,9 @@
 # 1,000 user rooms) and connection state recovery (that fan-out without and with recovery, the Node reference's
 # with @socket.io/redis-streams-adapter; 1,000 official clients of a SIGKILLed node recovering on the survivors)
 # and the socket.io Redis emitter (one message published as @socket.io/redis-emitter does, until the last of 10,000
-# sockets on 4 nodes has it; messages per second into a room of 100, none lost);
-# and, for ours only, handshakes per second by auth kind (claim, jwt, credentials), the users query on a
+# sockets on 4 nodes has it; messages per second into a room of 100, none lost); handshakes per second for
+# claim and jwt (the Node reference's JWT middleware with jsonwebtoken);
+# and, for ours only, credentials (bcrypt) handshakes per second, the users query on a
 # namespace with 3 rooms per socket, and the admin UI (query and fan-out without and with [admin], nobody logged
 # in; an admin login's all_sockets of 10,000 sockets).
 #   scripts/bench.sh                 the full run (about 15 minutes on 2 cores, the tenancy phases ~30 s of it,

@@ -50,9 +50,10 @@ if [ ! -d "$root/tests/js/node_modules/socket.io-client" ] || [ ! -d "$root/test
   npm ci --prefix "$root/tests/js" --no-audit --no-fund --loglevel=error
 fi
 # The Node reference the benchmark compares against (bench/node-reference/), with its Redis Streams adapter
-# (connection state recovery) and the official client its recovery phase drives.
+# (connection state recovery), the official client its recovery phase drives and jsonwebtoken (its JWT handshakes).
 if [ ! -d "$root/bench/node-reference/node_modules/socket.io" ] ||
   [ ! -d "$root/bench/node-reference/node_modules/@socket.io/redis-streams-adapter" ] ||
+  [ ! -d "$root/bench/node-reference/node_modules/jsonwebtoken" ] ||
   [ ! -d "$root/bench/node-reference/node_modules/socket.io-client" ]; then
   npm ci --prefix "$root/bench/node-reference" --no-audit --no-fund --loglevel=error
 fi

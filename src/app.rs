@@ -181,7 +181,7 @@ pub async fn run(
         namespaces: namespaces.clone(),
         cluster: Arc::default(),
         event_rate: std::num::NonZeroU32::new(config.socket_event_rate)
-            .map(governor::Quota::per_second),
+            .map(crate::realtime::node::EventQuota::per_second),
         handshakes: Arc::default(),
         delivery: Arc::default(),
         observer: Arc::default(),

@@ -10,12 +10,17 @@
 // Client events as RPC (docs/rpc.md), what a Node team writes for it: RPC_NAMESPACE (unset: none) with the same
 // handshake, whose events named in RPC_EVENTS (comma-separated) are POSTed with fetch to RPC_URL, signed with
 // RPC_SECRET (`whsec_...`) as Standard Webhooks says, and acked with the JSON answer.
+// The bench's handshake phase, as its config gives our server (`rooms = ["handshake", "user"]`): CLAIM_NAMESPACE
+// (unset: none) with the same handshake, and JWT_NAMESPACE (unset: none) whose middleware verifies an HS256 token
+// signed with JWT_SECRET (from `auth.token` or `?token=`, with `jsonwebtoken`, `exp` required, 30 s of leeway) and
+// takes the user from its `sub`; both join the handshake room and `user.{id_user}`.
 import { createHmac, randomUUID } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { createServer } from "node:https";
 import { fileURLToPath } from "node:url";
 import { createAdapter } from "@socket.io/redis-adapter";
 import { createAdapter as createStreamsAdapter } from "@socket.io/redis-streams-adapter";
+import jwt from "jsonwebtoken";
 import { createClient } from "redis";
 import { Server } from "socket.io";
 
@@ -40,6 +45,9 @@ const RPC_EVENTS = new Set((env.RPC_EVENTS ?? "").split(",").filter((e) => e !==
 const RPC_KEY = Buffer.from((env.RPC_SECRET ?? "").replace(/^whsec_/, ""), "base64");
 // As the Rust server: 5 s for a call's answer.
 const RPC_TIMEOUT_MS = 5000;
+const CLAIM_NAMESPACE = env.CLAIM_NAMESPACE;
+const JWT_NAMESPACE = env.JWT_NAMESPACE;
+const JWT_SECRET = env.JWT_SECRET;
 
 const json = (res, status, body) => {
   const text = JSON.stringify(body);
@@ -128,10 +136,18 @@ function handshake(socket, next) {
   next();
 }
 
-function onConnection(socket) {
+// `rooms`: every room the socket joins, its handshake room first.
+function onConnection(socket, rooms = [socket.data.room]) {
   const { room } = socket.data;
-  socket.join(room);
-  socket.emit("handshake", { node: NODE_ID, id_socket: socket.id, id_user: socket.data.id_user, room });
+  socket.join(rooms);
+  socket.emit("handshake", {
+    node: NODE_ID,
+    id_socket: socket.id,
+    id_user: socket.data.id_user,
+    namespace: socket.nsp.name,
+    room,
+    rooms,
+  });
   if (PRESENCE) {
     socket.to(room).emit("socket-connected", { id_socket: socket.id, id_user: socket.data.id_user });
     socket.on("disconnect", () => {
@@ -175,6 +191,43 @@ if (rpc) {
       });
     }
   });
+}
+
+// The handshake phase's namespaces: the socket also joins its user room, as ours does with `rooms = ["handshake",
+// "user"]`.
+const withUserRoom = (socket) => onConnection(socket, [socket.data.room, `user.${socket.data.id_user}`]);
+if (CLAIM_NAMESPACE) {
+  const claim = io.of(CLAIM_NAMESPACE);
+  claim.use(handshake);
+  claim.on("connection", withUserRoom);
+}
+if (JWT_NAMESPACE && JWT_SECRET) {
+  const verified = io.of(JWT_NAMESPACE);
+  verified.use(jwtHandshake);
+  verified.on("connection", withUserRoom);
+}
+
+// A JWT middleware as a Node team writes it with `jsonwebtoken`: the token from auth, then the query string; the
+// user from `sub` (a number written out); the room from the handshake, not another user's room.
+function jwtHandshake(socket, next) {
+  const { auth, query } = socket.handshake;
+  const token = auth?.token ?? query.token;
+  if (typeof token !== "string") return next(new Error("no token"));
+  let claims;
+  try {
+    claims = jwt.verify(token, JWT_SECRET, { algorithms: ["HS256"], clockTolerance: 30 });
+  } catch (e) {
+    return next(new Error(e.name === "TokenExpiredError" ? "token expired" : "invalid token"));
+  }
+  if (typeof claims.exp !== "number") return next(new Error("the token has no exp claim"));
+  const idUser = typeof claims.sub === "number" ? String(claims.sub) : claims.sub;
+  const room = auth?.room ?? query.room;
+  if (room === undefined) return next(new Error("room is required"));
+  const bad = checkUser(idUser) ?? checkRoom(room);
+  if (bad) return next(new Error(bad));
+  if (room.startsWith("user.") && room !== `user.${idUser}`) return next(new Error(`room ${room} is private`));
+  Object.assign(socket.data, { id_user: idUser, room, node: NODE_ID, claims });
+  next();
 }
 
 async function call(socket, event, args) {

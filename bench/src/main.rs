@@ -9,8 +9,8 @@
 //! 4. how the query scales with the number of nodes;
 //! 5. (`send.rs`) `POST /send`: pushes per second to a room on one node, the time until the last socket of a
 //!    large room on K nodes has a push, and reliable delivery (store, emit, ack) to user rooms per second;
-//! 6. (ours only, `tenancy.rs`) handshakes per second by auth kind (`claim`, `jwt`, `credentials`) on one node,
-//!    and the users query on a namespace where every socket is in 3 rooms, on K nodes;
+//! 6. (`tenancy.rs`) handshakes per second by auth kind (`claim`, `jwt`; ours also `credentials`) on one node,
+//!    and (ours only) the users query on a namespace where every socket is in 3 rooms, on K nodes;
 //! 7. (ours only, `admin.rs`) the admin UI: 1 and 3 without and with `[admin]` (no admin UI connected), and
 //!    the time until an admin UI that logs in has `all_sockets` with every socket of the cluster.
 //! 8. (ours only, `gateway.rs`) the event-bus gateway: a message's round trip through Redis Streams and a backend
@@ -117,11 +117,11 @@ struct Args {
     /// Handshakes in flight at once while connecting.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
-    /// Handshakes per second, ours only: handshakes measured for `auth = "claim"` and for `auth = "jwt"`, each
-    /// on one node (0 skips both).
+    /// Handshakes per second: handshakes measured for `auth = "claim"` and for `auth = "jwt"`, each on one node
+    /// (both targets: the Node reference verifies the JWTs with `jsonwebtoken`; 0 skips both).
     #[arg(long, default_value_t = 2000)]
     handshakes: usize,
-    /// Handshakes measured for `auth = "credentials"` (bcrypt, `--bcrypt-cost`); 0 skips them.
+    /// Handshakes measured for `auth = "credentials"` (bcrypt, `--bcrypt-cost`), ours only; 0 skips them.
     #[arg(long, default_value_t = 200)]
     credential_handshakes: usize,
     /// Handshakes in flight at once for `claim` and `jwt`.
@@ -555,11 +555,11 @@ impl Bench {
         self.emitter_phases(target, &mut report).await;
         self.rpc_phase(target, &mut report).await;
         self.big_phase(target, &mut report).await;
-        // The Node reference has one namespace, no auth kinds and no admin UI: these phases are ours only.
+        if let Err(e) = self.handshakes(target, &mut report).await {
+            report.errors.push(format!("handshakes: {e:#}"));
+        }
+        // The Node reference has no namespace of 3 rooms per socket and no admin UI: these phases are ours only.
         if target.name == "ours" {
-            if let Err(e) = self.handshakes(target, &mut report).await {
-                report.errors.push(format!("handshakes: {e:#}"));
-            }
             if self.args.ns_size > 0 {
                 match self.namespace_query(target).await {
                     Ok(q) => report.namespace_query = Some(q),
@@ -1075,6 +1075,7 @@ fn print_ratios(ours: &Report, node: &Report) {
     recovery::ratios(ours, node, &row);
     emitter::ratios(ours, node, &row);
     rpc::ratios(ours, node, &row);
+    tenancy::ratios(ours, node, &row);
     if let (Some(a), Some(b)) = (&ours.big, &node.big) {
         let name = format!("{} connections, room of {}", a.conns, a.room);
         row(format!("{name}: query p50"), a.query.p50, b.query.p50, "ms");

@@ -1,13 +1,17 @@
-//! The tenancy phases, ours only (the Node reference serves one namespace and has no auth kinds):
+//! The tenancy phases:
 //!
-//! 1. **Handshakes by auth kind.** One node, started with a config file the bench writes into the phase's log
-//!    directory (`config.toml`, and `credentials.json` with bcrypt hashes), serving one namespace per kind:
-//!    `/bench-claim`, `/bench-jwt` (HS256 tokens the bench signs), `/bench-credentials`. Each has
-//!    `rooms = ["handshake", "user"]`, so the kinds differ only in how the client is verified. The kinds are
-//!    measured one after another, the sockets of one closed (and gone from the node) before the next starts:
-//!    M full handshakes (TCP, TLS, websocket upgrade, Engine.IO open, Socket.IO `CONNECT` to the namespace with
-//!    the kind's credentials, until `40{sid}`), with bounded concurrency. Refused handshakes are errors.
-//! 2. **The users query on a namespace, 3 rooms per socket.** K nodes serving `/bench-rooms`
+//! 1. **Handshakes by auth kind** (`claim` and `jwt` both targets, `credentials` ours only). One node serving one
+//!    namespace per kind: ours from a config file the bench writes into the phase's log directory
+//!    (`config.toml`, and `credentials.json` with bcrypt hashes), `/bench-claim`, `/bench-jwt` (HS256 tokens the
+//!    bench signs), `/bench-credentials`, each with `rooms = ["handshake", "user"]`, so the kinds differ only in
+//!    how the client is verified; the Node reference from its environment (`CLAIM_NAMESPACE`, `JWT_NAMESPACE`,
+//!    `JWT_SECRET`: the same handshake, and a middleware verifying the same tokens with `jsonwebtoken`, both
+//!    joining the handshake room and `user.{id}`). The kinds are measured one after another, the sockets of one
+//!    closed (and gone from the node) before the next starts: M full handshakes (TCP, TLS, websocket upgrade,
+//!    Engine.IO open, Socket.IO `CONNECT` to the namespace with the kind's credentials, until `40{sid}`), with
+//!    bounded concurrency, after M/10 of them not counted (a warm server: Node has compiled its hot paths).
+//!    Refused handshakes are errors.
+//! 2. **The users query on a namespace, 3 rooms per socket** (ours only). K nodes serving `/bench-rooms`
 //!    (`auth = "claim"`, `rooms = ["handshake", "user", "session"]`): N sockets, socket `i` on node `i mod K`,
 //!    all in the handshake room `big` and each in its own `user.u{i}` and `session.s{i}`; then sequential
 //!    `GET /big/users?namespace=/bench-rooms`, each answer checked to list every socket exactly once.
@@ -25,7 +29,7 @@ use serde_json::json;
 use crate::{
     Bench, Report, Summary, clamp_to_fd_limit,
     client::{FanoutProbe, Login},
-    procs::{self, Target},
+    procs::{self, Node, Redis, Target},
 };
 
 /// The HS256 secret of `/bench-jwt` (the config file needs at least 16 bytes).
@@ -172,19 +176,20 @@ pub(crate) fn write_config(dir: &Path, text: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl Bench {
-    /// Handshakes per second for each auth kind, on one node.
+    /// Handshakes per second for each auth kind, on one node (the Node reference: `claim` and `jwt`).
     pub(crate) async fn handshakes(
         &self,
         target: &Target,
         report: &mut Report,
     ) -> anyhow::Result<()> {
         let a = &self.args;
+        let ours = target.name == "ours";
         let kinds: Vec<(Kind, usize, usize)> = [
             (Kind::Claim, a.handshakes, a.handshake_concurrency),
             (Kind::Jwt, a.handshakes, a.handshake_concurrency),
             (
                 Kind::Credentials,
-                a.credential_handshakes,
+                if ours { a.credential_handshakes } else { 0 },
                 a.credential_concurrency,
             ),
         ]
@@ -194,14 +199,22 @@ impl Bench {
         if kinds.is_empty() {
             return Ok(());
         }
-        let logs = self.logs(target, "handshakes")?;
-        let config = write_handshake_config(&logs, a.credential_handshakes, a.bcrypt_cost)?;
-        let (_redis, nodes) = self.cluster_in(target, 1, &logs, Some(&config)).await?;
+        let (_redis, nodes) = self.handshake_node(target).await?;
         let node = &nodes[0];
         let probe = Arc::new(FanoutProbe::default());
         let exp = jsonwebtoken::get_current_timestamp() + 3600;
         for (kind, m, concurrency) in kinds {
             let m = clamp_to_fd_limit(m);
+            // A tenth of them first, not counted (failures neither): Node's JIT compiles the handshake's hot paths
+            // and both targets' allocators grow, so the measurement is of a warm server.
+            let warm = (0..m / 10)
+                .map(|i| kind.login(i, exp))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            drop(
+                self.open(&[node.addr], warm.into_iter(), concurrency, &probe)
+                    .await,
+            );
+            self.drained(&nodes).await?;
             let logins = (0..m)
                 .map(|i| kind.login(i, exp))
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -240,6 +253,23 @@ impl Bench {
             self.drained(&nodes).await?;
         }
         Ok(())
+    }
+
+    /// One node serving a namespace per auth kind: ours from a config file, the Node reference (no credentials
+    /// kind) from its environment.
+    async fn handshake_node(&self, target: &Target) -> anyhow::Result<(Redis, Vec<Node>)> {
+        let a = &self.args;
+        let logs = self.logs(target, "handshakes")?;
+        if target.name == "ours" {
+            let config = write_handshake_config(&logs, a.credential_handshakes, a.bcrypt_cost)?;
+            return self.cluster_in(target, 1, &logs, Some(&config)).await;
+        }
+        let env = [
+            ("CLAIM_NAMESPACE", Kind::Claim.namespace()),
+            ("JWT_NAMESPACE", Kind::Jwt.namespace()),
+            ("JWT_SECRET", JWT_SECRET.to_owned()),
+        ];
+        self.cluster_env(target, 1, &logs, None, &env).await
     }
 
     /// The users query on a namespace where every socket is in 3 rooms, on `--nodes` nodes.
@@ -367,6 +397,33 @@ impl Bench {
             samples.push(took);
         }
         (Summary::of(samples), wrong)
+    }
+}
+
+/// Ours against Node's handshakes, kind by kind: wall time per 1,000 handshakes (the inverse of the rate, so that
+/// lower is better as in every row) and node CPU per handshake.
+pub fn ratios(ours: &Report, node: &Report, row: &dyn Fn(String, f64, f64, &str)) {
+    for a in &ours.handshakes {
+        let Some(b) = node.handshakes.iter().find(|b| b.auth == a.auth) else {
+            continue;
+        };
+        let per_1000 = |h: &HandshakeResult| match h.per_sec > 0.0 {
+            true => 1000.0 / h.per_sec,
+            false => f64::NAN,
+        };
+        let name = format!("{} handshakes, {} in flight", a.auth, a.concurrency);
+        row(
+            format!("{name}: s per 1,000"),
+            per_1000(a),
+            per_1000(b),
+            "s",
+        );
+        row(
+            format!("{name}: node CPU per handshake"),
+            a.server_cpu_ms,
+            b.server_cpu_ms,
+            "ms",
+        );
     }
 }
 

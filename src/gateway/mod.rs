@@ -68,7 +68,7 @@ pub struct Gateway {
     /// The node's socket cap, handshake rate and origins apply to plain WebSocket clients too.
     admission: Arc<Admission>,
     /// `SOCKET_EVENT_RATE`, per plain WebSocket client as per Socket.IO socket; `None`: no limit.
-    event_rate: Option<governor::Quota>,
+    event_rate: Option<crate::realtime::node::EventQuota>,
     hub: Mutex<Hub>,
     publisher: Redis,
     metrics: Arc<Metrics>,
@@ -146,7 +146,7 @@ impl Gateway {
             jwt,
             namespaces: info.namespaces.clone(),
             admission: info.admission.clone(),
-            event_rate: info.event_rate,
+            event_rate: info.event_rate.clone(),
             hub: Mutex::default(),
             publisher,
             metrics: info.metrics.clone(),

@@ -199,7 +199,7 @@ async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _sl
     client.sink = tx;
     let (namespace, id) = (client.namespace.clone(), client.socket.clone());
     gateway.open(client).await;
-    let rate = gateway.event_rate.map(governor::RateLimiter::direct);
+    let rate = gateway.event_rate.as_ref().map(|q| q.limiter());
     let (mut out, mut inbound) = socket.split();
     let every = gateway.config.ping_interval();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -218,7 +218,7 @@ async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _sl
                     Some(Ok(_)) if rate.as_ref().is_some_and(|r| r.check().is_err()) => {
                         gateway.metrics.sockets_rate_limited.inc();
                         tracing::warn!(socket = id, namespace, "gateway client over its event rate, closed");
-                        let per_second = gateway.event_rate.map_or(0, |q| q.burst_size().get());
+                        let per_second = gateway.event_rate.as_ref().map_or(0, |q| q.events());
                         let why = format!("too many messages: at most {per_second} per second; closing");
                         let _ = out.send(text(&Frame::error(why))).await;
                         let close = CloseFrame { code: CLOSE_POLICY, reason: "rate limited".into() };

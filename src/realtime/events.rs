@@ -96,9 +96,9 @@ impl NewValue {
 
 /// Sets up the socket's event handlers for its namespace.
 pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace, me: &Identity) {
-    if let Some(quota) = node.event_rate {
+    if let Some(quota) = &node.event_rate {
         socket.extensions.insert(Arc::new(EventRate {
-            limiter: governor::RateLimiter::direct(quota),
+            limiter: quota.limiter(),
             over: Default::default(),
         }));
     }
@@ -155,7 +155,7 @@ fn within_rate<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo) -> bool {
     if rate.over.swap(true, std::sync::atomic::Ordering::Relaxed) {
         return false;
     }
-    let per_second = node.event_rate.map_or(0, |q| q.burst_size().get());
+    let per_second = node.event_rate.as_ref().map_or(0, |q| q.events());
     tracing::warn!(id_socket = %socket.id, ns = socket.ns(), "socket over its event rate, disconnected");
     node.metrics.sockets_rate_limited.inc();
     let _ = socket.emit(

@@ -27,7 +27,7 @@ pub struct NodeInfo {
     /// The cluster protocol, once joined; unset on a single node.
     pub cluster: Arc<OnceLock<Arc<Cluster>>>,
     /// Client events per second per socket ([`crate::Config::socket_event_rate`]); `None`: no limit.
-    pub event_rate: Option<governor::Quota>,
+    pub event_rate: Option<EventQuota>,
     /// Handshakes in progress, by namespace.
     pub handshakes: Arc<InProgress>,
     /// The store of reliable delivery (Redis in a cluster, memory on a single node), set before serving.
@@ -44,6 +44,33 @@ pub struct NodeInfo {
     pub rpc_in_flight: Arc<tokio::sync::Semaphore>,
     /// Lifecycle webhooks' counting of this node's sockets, when the file has `[[webhook]]` (set before serving).
     pub webhooks: Arc<OnceLock<Arc<crate::webhooks::tracker::Tracker>>>,
+}
+
+/// A socket's event rate, and the one clock every socket's limiter reads. `RateLimiter::direct` would build a clock
+/// per socket, and building one runs `cpuid`, which a virtual machine traps: ~5% of a node's CPU per handshake.
+#[derive(Debug, Clone)]
+pub struct EventQuota {
+    quota: governor::Quota,
+    clock: governor::clock::DefaultClock,
+}
+
+impl EventQuota {
+    pub fn per_second(events: std::num::NonZeroU32) -> Self {
+        Self {
+            quota: governor::Quota::per_second(events),
+            clock: governor::clock::DefaultClock::default(),
+        }
+    }
+
+    /// A new socket's limiter.
+    pub fn limiter(&self) -> governor::DefaultDirectRateLimiter {
+        governor::RateLimiter::direct_with_clock(self.quota, self.clock.clone())
+    }
+
+    /// Events a socket may send per second.
+    pub fn events(&self) -> u32 {
+        self.quota.burst_size().get()
+    }
 }
 
 /// Handshakes in progress per namespace path, from the connect middleware until the socket is in its namespace:

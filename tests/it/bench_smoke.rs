@@ -1,7 +1,7 @@
 //! A tiny run of the benchmark (`scripts/bench.sh`), so it cannot rot: both targets, every phase (the
-//! `POST /send` phases: pushes to a room, a push's fan-out, reliable delivery to user rooms with acks; with ours,
-//! the tenancy phases: handshakes per auth kind from a config file, the users query on a namespace with 3
-//! rooms per socket; the admin UI phases: query and fan-out without and with `[admin]`, an admin login's
+//! `POST /send` phases: pushes to a room, a push's fan-out, reliable delivery to user rooms with acks; handshakes
+//! per auth kind, `claim` and `jwt` for both (ours from a config file, the Node reference's JWT middleware with
+//! `jsonwebtoken`); with ours, `credentials` handshakes and the users query on a namespace with 3 rooms per socket; the admin UI phases: query and fan-out without and with `[admin]`, an admin login's
 //! `all_sockets`), and `--check`, which fails on any refused connection or handshake, wrong room count,
 //! lost fan-out event, failed push, lost or unacknowledged push, message left in the store, refused admin
 //! login or `all_sockets` that does not list exactly the clients' sockets (a second, tiny run logs the admin in
@@ -46,11 +46,12 @@ fn bench() -> PathBuf {
 
 #[test]
 fn bench_smoke_run_is_correct() {
-    // The reference, its streams adapter and the recovery phase's official client.
+    // The reference, its streams adapter, the recovery phase's official client and the JWT middleware's library.
     for package in [
         "socket.io",
         "@socket.io/redis-streams-adapter",
         "socket.io-client",
+        "jsonwebtoken",
     ] {
         let path = root()
             .join("bench/node-reference/node_modules")
@@ -211,10 +212,19 @@ fn bench_smoke_run_is_correct() {
             "{cells:?}"
         );
     }
-    // The tenancy phases ran for ours (only): every kind, and the 3-room namespace with each socket listed once.
+    // The handshake phase ran for both, `claim` and `jwt` (the Node reference's JWTs verified by `jsonwebtoken`),
+    // none refused (`--check`), and their comparison was printed.
+    for row in ["| claim | 20 |", "| jwt | 20 |"] {
+        assert_eq!(stdout.matches(row).count(), 2, "{row:?} in:\n{stdout}");
+    }
     for row in [
-        "| claim | 20 |",
-        "| jwt | 20 |",
+        "| claim handshakes, 32 in flight: s per 1,000 |",
+        "| jwt handshakes, 32 in flight: node CPU per handshake |",
+    ] {
+        assert_eq!(stdout.matches(row).count(), 1, "{row:?} in:\n{stdout}");
+    }
+    // The tenancy phases ran for ours (only): credentials, and the 3-room namespace with each socket listed once.
+    for row in [
         "| credentials | 20 |",
         "| 50 (/bench-rooms, 3.0) | 2 |",
         // The admin phases, ours only: both clusters, and 2 admin logins each listing the 45 sockets.
