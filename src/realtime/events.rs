@@ -125,7 +125,37 @@ pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace
     }
     rpc::attach(socket, ns);
     socket.on_fallback(on_other::<A>);
+    socket.extensions.insert(Arc::new(Departure::default()));
     socket.on_disconnect(on_disconnect::<A>);
+}
+
+/// Whether a socket's departure was handled. socketioxide calls a disconnect handler only if it was set before the
+/// socket closed, and a client may leave while its connect handler still runs: then that handler handles the
+/// departure itself ([`left_while_connecting`]). Whichever comes first does it, once.
+#[derive(Default)]
+pub struct Departure(std::sync::atomic::AtomicBool);
+
+impl Departure {
+    /// True the first time only.
+    fn first<A: Adapter>(socket: &SocketRef<A>) -> bool {
+        socket
+            .extensions
+            .get::<Arc<Departure>>()
+            .is_none_or(|d| !d.0.swap(true, std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// For a socket found closed at the end of its connect handler: what its disconnect handler would have done
+/// (its rooms, users and sessions counted out, its namespace removed if dynamic and empty), unless it ran.
+pub async fn left_while_connecting<A: Adapter>(
+    socket: &SocketRef<A>,
+    io: SocketIo<A>,
+    node: NodeInfo,
+    me: &Identity,
+) {
+    // The true reason is not known any more: the transport went away, as when a client closes its connection.
+    disconnected(socket, &io, &node, me, DisconnectReason::TransportClose).await;
+    forget_namespace_when_gone(io, node, socket);
 }
 
 /// A handler that answers every call with `{"error": why}` (and counts against the rate).
@@ -441,6 +471,9 @@ async fn disconnected<A: Adapter>(
     me: &Identity,
     reason: DisconnectReason,
 ) {
+    if !Departure::first(socket) {
+        return;
+    }
     tracing::debug!(id_socket = %socket.id, ?reason, "socket disconnected");
     if let Some(tracker) = node.webhooks.get() {
         tracker.disconnected(&socket.id.to_string());

@@ -370,10 +370,11 @@ pub async fn on_connect<A: Adapter>(
     if ns.views && me.role == Role::View {
         events::to_namespace(&io, socket.ns(), "__connect__", &Args::default()).await;
     }
-    // Gone before `attach` set the disconnect handler (a client leaving at once): nothing else would remove a
-    // dynamic namespace it was the last socket of.
+    // Gone before `attach` set the disconnect handler (a client leaving at once): socketioxide will not call it,
+    // so its rooms would stay counted (webhooks, presence) and a dynamic namespace it was the last socket of
+    // would stay.
     if !socket.connected() {
-        events::forget_namespace_when_gone(io, node, &socket);
+        events::left_while_connecting(&socket, io, node, &me).await;
     }
 }
 

@@ -498,3 +498,77 @@ async fn a_paused_node_counts_its_sockets_again_when_it_comes_back() {
         "b did not log it"
     );
 }
+
+/// Clients that leave the moment they have their CONNECT answer, all at once: the node may not have set their
+/// disconnect handler yet (socketioxide then never calls it), yet every room they occupied is vacated and every
+/// member removed, once.
+#[tokio::test]
+async fn sockets_leaving_as_they_connect_are_counted_out() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const N: usize = 80;
+    let receiver = Receiver::start(SECRET).await;
+    let (_dir, _redis, nodes) =
+        cluster_with_config("webhooks_hasty", 1, &config(receiver.base(), "")).await;
+    let port = nodes[0].port;
+    let mut hasty = tokio::task::JoinSet::new();
+    for i in 0..N {
+        hasty.spawn(async move {
+            let url = format!(
+                "wss://localhost:{port}/socket.io/?EIO=4&transport=websocket&id_user=u{i}&room=R{i}"
+            );
+            let stream = crate::harness::tls(port).await;
+            let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+            let open = ws.next().await.unwrap().unwrap();
+            assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+            ws.send(Message::text("40/chat,")).await.unwrap();
+            // Half of them leave before their CONNECT answer comes, half as it comes: gone without a word.
+            if i % 2 == 0 {
+                return;
+            }
+            loop {
+                let m = ws.next().await.unwrap().unwrap();
+                if m.to_text().unwrap_or_default().starts_with("40/chat,") {
+                    break;
+                }
+            }
+        });
+    }
+    while let Some(done) = hasty.join_next().await {
+        done.unwrap();
+    }
+    // A room's events: none (its socket left before it was in), or all four in order.
+    let whole = |got: &[(String, String, String)], i: usize| {
+        let (room, user) = (format!("R{i}"), format!("u{i}"));
+        let of_room: Vec<_> = got.iter().filter(|(_, r, _)| *r == room).cloned().collect();
+        let all = [
+            ev("room.occupied", &room, ""),
+            ev("member.added", &room, &user),
+            ev("member.removed", &room, &user),
+            ev("room.vacated", &room, ""),
+        ];
+        (of_room.is_empty() || of_room == all, of_room)
+    };
+    // Their connects and leaves are counted within milliseconds: none is still on its way after this.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    eventually(
+        Duration::from_secs(15),
+        "every occupied room vacated",
+        async || {
+            let got = summary(&received(&receiver).await);
+            (0..N).all(|i| whole(&got, i).0).then_some(())
+        },
+    )
+    .await;
+    // Anything sent twice would come now.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = summary(&received(&receiver).await);
+    for i in 0..N {
+        let (ok, of_room) = whole(&got, i);
+        assert!(ok, "room R{i}: {of_room:?}");
+    }
+    // Those that waited for their answer were in.
+    let occupied = got.iter().filter(|(t, ..)| t == "room.occupied").count();
+    assert!(occupied >= N / 2, "{occupied} rooms occupied");
+}
