@@ -105,6 +105,11 @@ struct Args {
     /// skips it.
     #[arg(long, default_value_t = 20_000)]
     memory_conns: usize,
+    /// Sockets per room in the memory measurement. With `--presence`, one room of all of them is a burst
+    /// (`socket-connected` to the room at each join, N²/2 deliveries): the RSS measured after it says whether the
+    /// buffers it grew came back.
+    #[arg(long, default_value_t = 10)]
+    memory_room: usize,
     /// Node counts for the scaling measurement (room of `--scale-size`); `--scale-nodes` alone skips it.
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,2,4,8")]
     scale_nodes: Vec<usize>,
@@ -866,9 +871,15 @@ impl Bench {
         let rss_before = node.rss()?;
         let probe = Arc::new(FanoutProbe::default());
         let started = Instant::now();
-        // Rooms of 10: idle means idle, not a room-wide `socket-connected` storm at every join.
+        // Rooms of 10 by default: idle means idle, not a room-wide `socket-connected` storm at every join.
+        let room = self.args.memory_room.max(1);
         let (clients, connect_errors) = self
-            .connect(&[node.addr], conns, |i| format!("idle-{}", i / 10), &probe)
+            .connect(
+                &[node.addr],
+                conns,
+                |i| format!("idle-{}", i / room),
+                &probe,
+            )
             .await;
         let connect_secs = started.elapsed().as_secs_f64();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -893,6 +904,19 @@ impl Bench {
             m.rss_after as f64 / 1048576.0,
             m.bytes_per_conn / 1024.0
         );
+        if room > 10 {
+            // A burst: whether what it grew came back once the sockets are idle again.
+            for after in [10u64, 30] {
+                tokio::time::sleep_until((started + Duration::from_secs(after)).into()).await;
+                let rss = node.rss()?;
+                println!(
+                    "  memory: {after} s after the first connect: RSS {:.1} MiB, {:.1} KiB per connection",
+                    rss as f64 / 1048576.0,
+                    rss.saturating_sub(rss_before) as f64 / held as f64 / 1024.0
+                );
+            }
+        }
+        drop(clients);
         Ok(m)
     }
 
