@@ -14,8 +14,8 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v curl >/dev/null || missing+=(curl)
-# tests/it/vendor.rs rebuilds vendor/socketioxide and vendor/engineioxide with scripts/vendor.sh --check (patch
-# applies vendor/patches; curl downloads the published crates, which cargo never does for a patched-in copy).
+# tests/it/vendor.rs rebuilds vendor/socketioxide, vendor/engineioxide and vendor/tungstenite with
+# scripts/vendor.sh --check (patch applies vendor/patches; curl downloads the published crates, which cargo never does for a patched-in copy).
 command -v patch >/dev/null || missing+=(patch)
 # Tests and the bench signal the processes they started with /usr/bin/kill (not the shell builtin).
 [ -x /usr/bin/kill ] || [ -x /bin/kill ] || missing+=(procps)
