@@ -431,6 +431,17 @@ impl Script {
     }
 }
 
+/// A lease one node holds at a time (the webhook dispatcher of a namespace, the gateway's router), expiring unless
+/// renewed: taken when free, renewed by its holder; the reply is 1 when `ARGV[1]` holds it for `ARGV[2]` ms.
+pub fn lease_script(name: &'static str) -> Script {
+    Script::new(name, include_str!("redis/lease.lua"))
+}
+
+/// Gives up a lease held by `ARGV[1]` (a graceful stop: the next holder need not wait for it to expire).
+pub fn release_script(name: &'static str) -> Script {
+    Script::new(name, include_str!("redis/release.lua"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::{Endpoint, numsub_counts, redact};

@@ -97,6 +97,19 @@ impl Hub {
             .collect()
     }
 
+    /// Whether a client of `username` in `namespace` is here.
+    pub fn has_user(&self, namespace: &str, username: &str) -> bool {
+        self.by_user
+            .contains_key(&(namespace.to_owned(), username.to_owned()))
+    }
+
+    /// Every (namespace, username) with a client here.
+    pub fn users(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.by_user
+            .keys()
+            .map(|(ns, user)| (ns.as_str(), user.as_str()))
+    }
+
     /// Every client, or every client of `namespace`.
     pub fn all(&self, namespace: Option<&str>) -> Vec<Arc<Client>> {
         self.clients

@@ -4,10 +4,13 @@
 //!
 //! * [`wire`]: frames and stream entries (untrusted, checked).
 //! * [`hub`]: this node's clients and the replies they wait for.
+//! * [`route`], [`router`]: `send` entries routed to the nodes holding their user (the bookkeeping; the tasks).
 //! * [`streams`]: the Redis commands.
 //! * [`ws`]: the plain WebSocket endpoint. Socket.IO clients come through [`crate::realtime::bus`].
 
 pub mod hub;
+pub mod route;
+pub mod router;
 pub mod streams;
 pub mod wire;
 pub mod ws;
@@ -70,6 +73,8 @@ pub struct Gateway {
     /// `SOCKET_EVENT_RATE`, per plain WebSocket client as per Socket.IO socket; `None`: no limit.
     event_rate: Option<crate::realtime::node::EventQuota>,
     hub: Mutex<Hub>,
+    /// Where this node's users are written for the router, and the routing's keys.
+    routing: router::Routing,
     publisher: Redis,
     metrics: Arc<Metrics>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -125,10 +130,11 @@ impl Gateway {
         let reader_timeout =
             Duration::from_millis(streams::BLOCK_MS) + timeout + Duration::from_secs(5);
         let publisher = redis::connect_client(endpoint, timeout).await?;
-        // Blocking reads hold their connection: one reader for the replies and one per bus stream (one stream per
-        // read, as a Redis Cluster may keep them on different shards).
+        // Blocking reads hold their connection: one reader for the replies, one for the `send` stream (read while
+        // this node routes), one for this node's inbox and one for the `broadcast` stream (one stream per read, as a
+        // Redis Cluster may keep them on different shards).
         let mut readers = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             match redis::connect_client(endpoint, reader_timeout).await {
                 Ok(c) => readers.push(c),
                 Err(e) => {
@@ -139,10 +145,12 @@ impl Gateway {
                 }
             }
         }
+        let (routing, directory) = router::Routing::new(&config.stream_prefix);
         let gateway = Arc::new(Self {
             config,
             node,
             keys,
+            routing,
             jwt,
             namespaces: info.namespaces.clone(),
             admission: info.admission.clone(),
@@ -153,28 +161,50 @@ impl Gateway {
             tasks: Mutex::default(),
             readers: readers.clone(),
         });
-        let bus: Vec<String> = [&gateway.keys.send, &gateway.keys.broadcast]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        for stream in &bus {
-            if let Err(e) =
-                streams::ensure_group(&gateway.publisher, stream, &gateway.group()).await
-            {
-                gateway.stop().await;
-                return Err(redis::connect_err(endpoint, e).into());
-            }
-        }
         let mut tasks = vec![
             tokio::spawn(read_replies(gateway.clone(), readers[0].clone())),
             tokio::spawn(housekeeping(gateway.clone())),
         ];
-        for (stream, reader) in bus.into_iter().zip(&readers[1..]) {
-            tasks.push(tokio::spawn(read_bus(
+        if let Some(send) = gateway.keys.send.clone() {
+            let inbox = gateway.routing.inbox(&gateway.node);
+            // Read from the inbox's end now, before any client can be routed to it.
+            let joined = match gateway.join_routing(&send).await {
+                Ok(()) => streams::last_id(&gateway.publisher, &inbox).await,
+                Err(e) => Err(e),
+            };
+            let after = match joined {
+                Ok(after) => after,
+                Err(e) => {
+                    gateway.stop().await;
+                    return Err(redis::connect_err(endpoint, e).into());
+                }
+            };
+            tasks.push(tokio::spawn(router::write_directory(
                 gateway.clone(),
-                reader.clone(),
-                stream,
+                directory,
+            )));
+            tasks.push(tokio::spawn(router::route(
+                gateway.clone(),
+                readers[1].clone(),
+                send,
+            )));
+            tasks.push(tokio::spawn(router::read_inbox(
+                gateway.clone(),
+                readers[2].clone(),
+                after,
+            )));
+        }
+        if let Some(broadcast) = gateway.keys.broadcast.clone() {
+            if let Err(e) =
+                streams::ensure_group(&gateway.publisher, &broadcast, &gateway.group()).await
+            {
+                gateway.stop().await;
+                return Err(redis::connect_err(endpoint, e).into());
+            }
+            tasks.push(tokio::spawn(read_broadcasts(
+                gateway.clone(),
+                readers[3].clone(),
+                broadcast,
             )));
         }
         gateway.tasks.lock().unwrap().extend(tasks);
@@ -184,8 +214,12 @@ impl Gateway {
 
     /// Stops reading and closes the Redis connections.
     pub async fn stop(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
+        let tasks: Vec<_> = self.tasks.lock().unwrap().drain(..).collect();
+        for task in &tasks {
             task.abort();
+        }
+        if !tasks.is_empty() && self.keys.send.is_some() {
+            self.leave_routing().await;
         }
         for c in self.readers.iter().chain([&self.publisher]) {
             let _ = c.quit().await;
@@ -196,7 +230,7 @@ impl Gateway {
         &self.config.path
     }
 
-    /// This node's consumer group on the `send` and `broadcast` streams.
+    /// This node's consumer group on the `broadcast` stream (and on the `send` stream before routing).
     fn group(&self) -> String {
         format!("gateway:{}", self.node)
     }
@@ -339,7 +373,22 @@ impl Bus for Gateway {
     fn open(&self, client: Client) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let client = Arc::new(client);
-            self.hub.lock().unwrap().add(client.clone());
+            let listed = {
+                let mut hub = self.hub.lock().unwrap();
+                let first = !hub.has_user(&client.namespace, &client.username);
+                hub.add(client.clone());
+                // Queued under the lock: the set of held users is written in the order clients come and go.
+                (first && self.keys.send.is_some()).then(|| {
+                    let (done, listed) = tokio::sync::oneshot::channel();
+                    let tag = route::tag(&client.namespace, &client.username);
+                    self.routing.queue(router::Op::Add(tag, done));
+                    listed
+                })
+            };
+            // The backend hears of the client once entries for its user are routed here.
+            if let Some(listed) = listed {
+                let _ = listed.await;
+            }
             if let Some(stream) = &self.keys.onconnect {
                 self.publish(
                     stream,
@@ -422,8 +471,16 @@ impl Bus for Gateway {
         reason: String,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let Some(client) = self.hub.lock().unwrap().remove(namespace, socket) else {
-                return;
+            let client = {
+                let mut hub = self.hub.lock().unwrap();
+                let Some(client) = hub.remove(namespace, socket) else {
+                    return;
+                };
+                if self.keys.send.is_some() && !hub.has_user(namespace, &client.username) {
+                    let tag = route::tag(namespace, &client.username);
+                    self.routing.queue(router::Op::Remove(tag));
+                }
+                client
             };
             if let Some(stream) = &self.keys.onclose {
                 let payload = serde_json::json!({ "reason": reason });
@@ -442,7 +499,7 @@ async fn read_replies(gateway: Arc<Gateway>, reader: Redis) {
             Ok(entries) => {
                 for entry in entries {
                     after = entry.id.clone();
-                    match Reply::parse(entry.data.as_deref()) {
+                    match Reply::parse(entry.data()) {
                         Ok(reply) => gateway.replied(reply),
                         Err(why) => gateway.malformed(&entry.stream, &entry.id, &why),
                     }
@@ -458,10 +515,10 @@ async fn read_replies(gateway: Arc<Gateway>, reader: Redis) {
     }
 }
 
-/// The `send` or the `broadcast` stream through this node's consumer group: first what this node read before but
-/// did not acknowledge (it stopped half-way), then new entries. Each entry is acknowledged once delivered to this
-/// node's clients, valid or not.
-async fn read_bus(gateway: Arc<Gateway>, reader: Redis, stream: String) {
+/// The `broadcast` stream through this node's consumer group: first what this node read before but did not
+/// acknowledge (it stopped half-way), then new entries. Each entry is acknowledged once delivered to this node's
+/// clients, valid or not.
+async fn read_broadcasts(gateway: Arc<Gateway>, reader: Redis, stream: String) {
     let group = gateway.group();
     let consumer = gateway.node.to_string();
     let mut backlog = true;
@@ -474,7 +531,7 @@ async fn read_bus(gateway: Arc<Gateway>, reader: Redis, stream: String) {
             match streams::read_group(&reader, &group, &consumer, &stream, id, block).await {
                 Ok(entries) => entries,
                 Err(e) => {
-                    tracing::debug!(error = %e, "gateway bus not read");
+                    tracing::debug!(error = %e, "gateway broadcast stream not read");
                     if e.details().contains("NOGROUP") {
                         // The stream (and its group) was deleted: make them again, from the end.
                         let _ = streams::ensure_group(&gateway.publisher, &stream, &group).await;
@@ -487,14 +544,9 @@ async fn read_bus(gateway: Arc<Gateway>, reader: Redis, stream: String) {
             backlog = false;
             continue;
         }
-        let is_send = Some(&stream) == gateway.keys.send.as_ref();
         let mut acks = Vec::with_capacity(entries.len());
         for entry in entries {
-            let handled = match is_send {
-                true => SendEntry::parse(entry.data.as_deref()).map(|s| gateway.send(s)),
-                false => BroadcastEntry::parse(entry.data.as_deref()).map(|b| gateway.broadcast(b)),
-            };
-            if let Err(why) = handled {
+            if let Err(why) = BroadcastEntry::parse(entry.data()).map(|b| gateway.broadcast(b)) {
                 gateway.malformed(&entry.stream, &entry.id, &why);
             }
             acks.push(entry.id);
@@ -524,6 +576,11 @@ async fn housekeeping(gateway: Arc<Gateway>) {
         );
         if let Err(e) = expiry.await {
             tracing::debug!(error = %e, "gateway reply stream expiry not set");
+        }
+        if gateway.keys.send.is_some()
+            && let Err(e) = gateway.keep_routing().await
+        {
+            tracing::debug!(error = %e, "gateway routing not renewed");
         }
         let maxlen = gateway.config.stream_maxlen();
         for key in [

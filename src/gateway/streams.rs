@@ -16,12 +16,22 @@ pub const READ_COUNT: u64 = 512;
 /// How long a read blocks before it loops (and sees a shutdown).
 pub const BLOCK_MS: u64 = 2_000;
 
-/// One entry read from a stream: its stream, its id and its `data` field (if any).
+/// One entry read from a stream: its stream, its id and its fields, in order (none when it was deleted).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub stream: String,
     pub id: String,
-    pub data: Option<Vec<u8>>,
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    /// The `data` field, the one field of the backend's entries.
+    pub fn data(&self) -> Option<&[u8]> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == b"data")
+            .map(|(_, v)| v.as_slice())
+    }
 }
 
 /// `XADD key * data <json>` then `XTRIM key MAXLEN ~ maxlen`, in one round trip: how many entries the trim
@@ -119,6 +129,49 @@ pub async fn ack(
         .map(|_| ())
 }
 
+/// `XADD key MAXLEN ~ maxlen * <k> <v> ...`: one entry of many fields (the router's batch for one node).
+pub async fn add_fields(
+    client: &(impl StreamsInterface + Sync),
+    key: &str,
+    maxlen: u64,
+    fields: Vec<(String, Vec<u8>)>,
+) -> Result<(), fred::error::Error> {
+    client
+        .xadd::<Value, _, _, _, _>(key, false, cap(maxlen), "*", fields)
+        .await
+        .map(|_| ())
+}
+
+/// The id of the last entry of `key`, `0-0` when it has none: where a reader starts so that it misses nothing
+/// added after it started.
+pub async fn last_id(client: &Client, key: &str) -> Result<String, fred::error::Error> {
+    let raw: Value = client.xrevrange(key, "+", "-", Some(1)).await?;
+    Ok(match raw {
+        Value::Array(list) => list
+            .into_iter()
+            .next()
+            .and_then(|entry| match entry {
+                Value::Array(mut parts) if !parts.is_empty() => parts.swap_remove(0).as_string(),
+                _ => None,
+            })
+            .unwrap_or_else(|| "0-0".to_owned()),
+        _ => "0-0".to_owned(),
+    })
+}
+
+/// `XGROUP DESTROY`: a group nobody reads any more; a missing stream or group is not an error.
+pub async fn destroy_group(
+    client: &Client,
+    stream: &str,
+    group: &str,
+) -> Result<(), fred::error::Error> {
+    match client.xgroup_destroy::<Value, _, _>(stream, group).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.details().contains("no such key") || e.details().contains("NOGROUP") => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The entries of an `XREAD`/`XREADGROUP` answer, read by hand rather than converted: the answer to a read that
 /// timed out is nil, an entry deleted since it was read (in a consumer's pending list) has nil fields, and field
 /// names and values may be any bytes. RESP2 (`[[stream, [[id, [k, v, ...]], ...]], ...]`) and RESP3 (a map of
@@ -161,35 +214,36 @@ fn entries(raw: Value) -> Vec<Entry> {
             out.push(Entry {
                 stream: stream.clone(),
                 id,
-                data: data_field(fields),
+                fields: pairs(fields),
             });
         }
     }
     out
 }
 
-/// The `data` field of an entry's fields (`[k, v, ...]` or a map); none when it has none, or was deleted.
-fn data_field(fields: Value) -> Option<Vec<u8>> {
-    let pairs: Vec<(Option<Vec<u8>>, Value)> = match fields {
+/// An entry's fields (`[k, v, ...]` or a map) as byte pairs; none when it was deleted. A field or value that is
+/// not a string is left out.
+fn pairs(fields: Value) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let pairs: Vec<(Value, Value)> = match fields {
         Value::Array(list) => {
             let mut it = list.into_iter();
             let mut pairs = Vec::new();
             while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                pairs.push((k.as_bytes().map(<[u8]>::to_vec), v));
+                pairs.push((k, v));
             }
             pairs
         }
         Value::Map(map) => map
             .inner()
             .into_iter()
-            .map(|(k, v)| (Some(k.as_bytes().to_vec()), v))
+            .map(|(k, v)| (Value::Bytes(k.as_bytes().to_vec().into()), v))
             .collect(),
         _ => Vec::new(),
     };
     pairs
         .into_iter()
-        .find(|(k, _)| k.as_deref() == Some(b"data"))
-        .and_then(|(_, v)| v.as_bytes().map(<[u8]>::to_vec))
+        .filter_map(|(k, v)| Some((k.as_bytes()?.to_vec(), v.as_bytes()?.to_vec())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -221,10 +275,8 @@ mod tests {
             ]),
         ])]);
         let got = entries(resp2);
-        let summary: Vec<(&str, Option<&[u8]>)> = got
-            .iter()
-            .map(|e| (e.id.as_str(), e.data.as_deref()))
-            .collect();
+        let summary: Vec<(&str, Option<&[u8]>)> =
+            got.iter().map(|e| (e.id.as_str(), e.data())).collect();
         assert_eq!(
             summary,
             [
@@ -246,11 +298,7 @@ mod tests {
         let resp3 = Value::Map(fred::types::Map::try_from(map).unwrap());
         let got = entries(resp3);
         assert_eq!(
-            (
-                got[0].stream.as_str(),
-                got[0].id.as_str(),
-                got[0].data.as_deref()
-            ),
+            (got[0].stream.as_str(), got[0].id.as_str(), got[0].data()),
             ("r", "5-1", Some(&b"[1]"[..]))
         );
         assert!(entries(Value::Integer(3)).is_empty());

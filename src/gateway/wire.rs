@@ -185,6 +185,31 @@ impl SendEntry {
     }
 }
 
+/// Who a `send` entry is for, (namespace, username), read without its payload: all the router needs. The node it
+/// reaches parses it whole ([`SendEntry::parse`]), and counts it there if the rest is not valid.
+pub fn send_target(data: Option<&[u8]>) -> Result<(String, String), String> {
+    #[derive(Deserialize)]
+    struct Target<'a> {
+        #[serde(borrow, default)]
+        username: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow, default)]
+        namespace: Option<std::borrow::Cow<'a, str>>,
+    }
+    let data = data.ok_or("no `data` field")?;
+    if data.len() > MAX_ENTRY_BYTES {
+        return Err(format!("`data` over {MAX_ENTRY_BYTES} bytes"));
+    }
+    // A derived struct would also take an array.
+    if data.trim_ascii_start().first() != Some(&b'{') {
+        return Err("`data` is not a JSON object".into());
+    }
+    let target: Target =
+        serde_json::from_slice(data).map_err(|e| format!("`data` is not a send entry: {e}"))?;
+    let username = target.username.ok_or("no `username`")?.into_owned();
+    validate::id_user(&username).map_err(|e| format!("username: {e}"))?;
+    Ok((namespace(target.namespace.as_deref())?, username))
+}
+
 impl BroadcastEntry {
     pub fn parse(data: Option<&[u8]>) -> Result<Self, String> {
         let mut map = object(data)?;
@@ -353,5 +378,34 @@ mod tests {
             None
         );
         assert!(BroadcastEntry::parse(Some(&bytes(json!({"payload": 1})))).is_err());
+    }
+
+    /// The router reads only whom an entry is for, with the same rules as the whole parse; an escaped name is
+    /// read as the whole parse reads it.
+    #[test]
+    fn a_send_entrys_target_is_read_without_its_payload() {
+        let target = |v: Value| send_target(Some(&bytes(v)));
+        assert_eq!(
+            target(
+                json!({"payload": {"deep": [1, 2]}, "namespace": "alex", "username": "alex", "type": "t"})
+            ),
+            Ok(("/alex".to_owned(), "alex".to_owned()))
+        );
+        assert_eq!(
+            send_target(Some(br#"{"username": "al\u00e9x", "type": "t"}"#)),
+            Ok(("/".to_owned(), "al\u{e9}x".to_owned()))
+        );
+        assert!(send_target(Some(br#"{"username": "al\nx", "type": "t"}"#)).is_err());
+        for bad in [
+            json!({"namespace": "/a", "type": "t"}),
+            json!({"username": "", "type": "t"}),
+            json!({"username": 1, "type": "t"}),
+            json!({"username": "u", "namespace": "/a b", "type": "t"}),
+            json!(["u"]),
+        ] {
+            assert!(target(bad.clone()).is_err(), "{bad}");
+        }
+        assert!(send_target(None).is_err());
+        assert!(send_target(Some(b"{nope")).is_err());
     }
 }

@@ -87,6 +87,12 @@ pub struct Metrics {
     pub gateway_dropped: Counter,
     /// Entries `MAXLEN ~ stream_maxlen` removed from the gateway's streams, read or not: the oldest go first.
     pub gateway_trimmed: Counter,
+    /// `send` entries the router forwarded to the nodes holding their user (one per node it went to).
+    pub gateway_routed: Counter,
+    /// Forwarded `send` entries a node skipped because it had them already (a router forwarded a batch again).
+    pub gateway_routed_twice: Counter,
+    /// 1 while this node routes the gateway's `send` entries (one node of the cluster at a time).
+    pub gateway_router: Gauge,
     /// Messages of the socket.io Redis emitter protocol this node read, by kind and outcome.
     pub emitter_messages: Family<EmitterMessage, Counter>,
     /// This node's broadcasts for `@socket.io/redis-adapter` servers (`NODE_ADAPTER_COMPAT`), by outcome:
@@ -292,6 +298,9 @@ impl Metrics {
         let gateway_malformed_entries = Counter::default();
         let gateway_dropped = Counter::default();
         let gateway_trimmed = Counter::default();
+        let gateway_routed = Counter::default();
+        let gateway_routed_twice = Counter::default();
+        let gateway_router = Gauge::default();
 
         let mut r = Registry::with_prefix("socket_identity");
         r.register(
@@ -424,6 +433,21 @@ impl Metrics {
             "Entries stream_maxlen trimmed from the gateway's streams, whether anyone had read them or not",
             gateway_trimmed.clone(),
         );
+        r.register(
+            "gateway_routed",
+            "send entries the gateway's router forwarded to the nodes holding their user (one per node)",
+            gateway_routed.clone(),
+        );
+        r.register(
+            "gateway_routed_twice",
+            "Forwarded send entries this node skipped because it had them already (a batch forwarded again)",
+            gateway_routed_twice.clone(),
+        );
+        r.register(
+            "gateway_router",
+            "1 while this node routes the gateway's send entries (one node of the cluster at a time)",
+            gateway_router.clone(),
+        );
         let emitter_messages = Family::<EmitterMessage, Counter>::default();
         r.register(
             "emitter_messages",
@@ -464,6 +488,9 @@ impl Metrics {
             gateway_malformed_entries,
             gateway_dropped,
             gateway_trimmed,
+            gateway_routed,
+            gateway_routed_twice,
+            gateway_router,
             emitter_messages,
             node_adapter_broadcasts,
             recovery,

@@ -61,7 +61,7 @@ impl RedisStore {
             change: Script::new("webhook_change", counting!("lua/change.lua")),
             restore: Script::new("webhook_restore", counting!("lua/restore.lua")),
             reap: Script::new("webhook_reap", counting!("lua/reap.lua")),
-            lease: Script::new("webhook_lease", include_str!("lua/lease.lua")),
+            lease: crate::redis::lease_script("webhook_lease"),
             advance: Script::new("webhook_advance", include_str!("lua/advance.lua")),
         }
     }

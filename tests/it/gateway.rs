@@ -1275,30 +1275,43 @@ async fn broadcast_reaches_every_gateway_client_or_one_namespace() {
     );
 }
 
-/// A node stopped (SIGSTOP) while entries are added delivers them to its sockets when it runs again, once; each
-/// node reads through its own group `gateway:<node id>` and acknowledges what it delivered.
+/// The node routing `send` entries (it holds `gateway:router`) while it is paused (SIGSTOP): another node takes the
+/// lease and routes, the other node's client has every entry, and the paused node's client gets what was added
+/// meanwhile once the node runs again, once (its inbox kept it; it skips what the two routers both forwarded).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_delivers_what_was_added_meanwhile_once() {
     let (_dir, redis, nodes) = cluster_with_config("gateway_paused", 3, &config("")).await;
-    let (a, b) = (&nodes[0], &nodes[1]);
+    let router = router_of(&redis).await;
+    let b = nodes.iter().find(|n| n.id == router).unwrap();
+    let a = nodes.iter().find(|n| n.id != router).unwrap();
     let mut on_a = Ws::user("alex-a", a, "alex", "alex").await;
     let mut on_b = Ws::user("alex-b", b, "alex", "alex").await;
     until_len(&redis, CONNECTION, 2).await;
 
-    // Warm up: every node reads both streams.
+    // Warm up: both streams reach both.
     xadd(&redis, BROADCAST, &json!({"type": "warm", "payload": 0}));
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": "warm-send", "payload": 0}),
+    );
     for ws in [&mut on_a, &mut on_b] {
         assert_eq!(ws.recv().await, json!({"type": "warm", "payload": 0}));
+        assert_eq!(ws.recv().await, json!({"type": "warm-send", "payload": 0}));
     }
-    for stream in [SEND, BROADCAST] {
-        let g = groups(&redis, stream);
-        for id in ["a", "b", "c"] {
-            assert!(
-                g.contains_key(&format!("gateway:{id}")),
-                "{stream}: no group gateway:{id}: {g:?}"
-            );
-        }
+    let g = groups(&redis, BROADCAST);
+    for id in ["a", "b", "c"] {
+        assert!(
+            g.contains_key(&format!("gateway:{id}")),
+            "{BROADCAST}: no group gateway:{id}: {g:?}"
+        );
     }
+    let g = groups(&redis, SEND);
+    assert_eq!(
+        g.keys().collect::<Vec<_>>(),
+        ["gateway:router"],
+        "one group reads {SEND}, the router's"
+    );
 
     b.pause();
     xadd(
@@ -1315,7 +1328,12 @@ async fn a_paused_node_delivers_what_was_added_meanwhile_once() {
         on_a.recv().await,
         json!({"type": "while-paused", "payload": 1})
     );
-    assert_eq!(on_a.recv().await, json!({"type": "for-alex", "payload": 2}));
+    assert_eq!(
+        on_a.recv().await,
+        json!({"type": "for-alex", "payload": 2}),
+        "another node took the lease and routed"
+    );
+    assert_ne!(router_of(&redis).await, router);
     tokio::time::sleep(Duration::from_millis(500)).await;
     on_b.assert_nothing();
     b.signal("CONT");
@@ -1332,34 +1350,64 @@ async fn a_paused_node_delivers_what_was_added_meanwhile_once() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     on_a.assert_nothing();
     on_b.assert_nothing();
-    for stream in [SEND, BROADCAST] {
-        eventually(
-            Duration::from_secs(10),
-            &format!("every group of {stream} caught up and acknowledged"),
-            async || {
-                let g = groups(&redis, stream);
-                let last = last_id(&redis, stream);
-                ["a", "b", "c"]
-                    .iter()
-                    .all(|id| {
-                        let g = &g[&format!("gateway:{id}")];
-                        g["pending"] == 0 && g["last-delivered-id"] == last.as_str()
-                    })
-                    .then_some(())
-            },
-        )
-        .await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        &format!("every group of {BROADCAST} caught up and acknowledged"),
+        async || {
+            let g = groups(&redis, BROADCAST);
+            let last = last_id(&redis, BROADCAST);
+            ["a", "b", "c"]
+                .iter()
+                .all(|id| {
+                    let g = &g[&format!("gateway:{id}")];
+                    g["pending"] == 0 && g["last-delivered-id"] == last.as_str()
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    routed_all(&redis).await;
 }
 
-/// A node killed (SIGKILL) while entries are added reads them when it is back with the same id (its group
-/// remembers where it was), acknowledges them, and gives nothing old to a socket connected after the restart.
+/// The node holding `gateway:router`, once one does.
+async fn router_of(redis: &Redis) -> String {
+    eventually(
+        Duration::from_secs(10),
+        "a node holds gateway:router",
+        async || {
+            let holder = redis.cli(&["GET", "gateway:router"]).trim().to_owned();
+            (!holder.is_empty()).then_some(holder)
+        },
+    )
+    .await
+}
+
+/// The router's group read and acknowledged every `send` entry.
+async fn routed_all(redis: &Redis) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("gateway:router caught up on {SEND} and acknowledged"),
+        async || {
+            let g = groups(redis, SEND);
+            let g = g.get("gateway:router")?;
+            (g["pending"] == 0 && g["last-delivered-id"] == last_id(redis, SEND).as_str())
+                .then_some(())
+        },
+    )
+    .await
+}
+
+/// The router killed (SIGKILL) while entries are added: another node routes them, and back with the same id it
+/// gives nothing old to a socket connected after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_catches_up_on_restart_and_redelivers_nothing() {
+async fn a_killed_router_is_replaced_and_redelivers_nothing_on_restart() {
     let test = "gateway_killed";
     let (dir, redis, mut nodes) = cluster_with_config(test, 3, &config("")).await;
+    let router = router_of(&redis).await;
+    let at = nodes.iter().position(|n| n.id == router).unwrap();
+    let b = nodes.remove(at);
     let mut on_a = Ws::user("alex-a", &nodes[0], "alex", "alex").await;
-    let mut on_b = Ws::user("alex-b", &nodes[1], "alex", "alex").await;
+    let mut on_b = Ws::user("alex-b", &b, "alex", "alex").await;
     until_len(&redis, CONNECTION, 2).await;
     xadd(
         &redis,
@@ -1369,22 +1417,8 @@ async fn a_killed_node_catches_up_on_restart_and_redelivers_nothing() {
     for ws in [&mut on_a, &mut on_b] {
         assert_eq!(ws.recv().await, json!({"type": "before", "payload": 0}));
     }
-    let caught_up = async |redis: &Redis, id: &str| {
-        eventually(
-            Duration::from_secs(15),
-            &format!("gateway:{id} caught up on {SEND} and acknowledged"),
-            async || {
-                let g = groups(redis, SEND);
-                let g = g.get(&format!("gateway:{id}"))?;
-                (g["pending"] == 0 && g["last-delivered-id"] == last_id(redis, SEND).as_str())
-                    .then_some(())
-            },
-        )
-        .await
-    };
-    caught_up(&redis, "b").await;
+    routed_all(&redis).await;
 
-    let b = nodes.remove(1);
     let port = b.port;
     b.signal("KILL");
     drop(b);
@@ -1404,18 +1438,10 @@ async fn a_killed_node_catches_up_on_restart_and_redelivers_nothing() {
             json!({"type": "while-down", "payload": n})
         );
     }
-    let last = last_id(&redis, SEND);
-    let g = groups(&redis, SEND);
-    let gb = &g["gateway:b"];
-    assert_ne!(
-        gb["last-delivered-id"],
-        last.as_str(),
-        "b was down: its group has not read the new entries: {g:?}"
-    );
-    println!("gateway:b while b is down: {gb}");
+    assert_ne!(router_of(&redis).await, router, "another node routes");
+    routed_all(&redis).await;
 
-    let b = restart(&dir, &redis, test, "b", port).await;
-    caught_up(&redis, "b").await;
+    let b = restart(&dir, &redis, test, &router, port).await;
     let mut again = Ws::user("alex-b-again", &b, "alex", "alex").await;
     until_len(&redis, CONNECTION, 3).await;
     xadd(
@@ -1432,8 +1458,109 @@ async fn a_killed_node_catches_up_on_restart_and_redelivers_nothing() {
     tokio::time::sleep(QUIET).await;
     again.assert_nothing();
     on_a.assert_nothing();
-    caught_up(&redis, "b").await;
-    caught_up(&redis, "a").await;
+    routed_all(&redis).await;
+}
+
+/// `send` entries added steadily while the router is killed, restarted with its id, then stopped gracefully: every
+/// socket of the surviving nodes has each of its user's entries once, in order, and the entries went only to the
+/// nodes holding their user (counted by `gateway_routed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_entries_reach_each_user_once_in_order_while_the_router_restarts() {
+    let test = "gateway_router_restarts";
+    let (dir, redis, mut nodes) = cluster_with_config(test, 3, &config("")).await;
+    let router = router_of(&redis).await;
+    let at = nodes.iter().position(|n| n.id == router).unwrap();
+    let first_router = nodes.remove(at);
+    let port = first_router.port;
+    // Two users per surviving node, one user on both; nobody on the router.
+    let mut sockets = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for user in [format!("u{i}"), "both".to_owned()] {
+            let name = format!("{user}@{}", node.id);
+            sockets.push((user.clone(), Ws::user(&name, node, "alex", &user).await));
+        }
+    }
+    until_len(&redis, CONNECTION, sockets.len()).await;
+    let users = ["u0", "u1", "both", "nobody"];
+    let total = 240;
+    let mut first_router = Some(first_router);
+    let mut restarted = None;
+    for n in 0..total {
+        match n {
+            60 => first_router.take().unwrap().signal("KILL"),
+            120 => restarted = Some(restart(&dir, &redis, test, &router, port).await),
+            // Whoever routes now stops gracefully (SIGTERM), unless it is a node with sockets of the test.
+            180 => {
+                let restarted = restarted.as_ref().unwrap();
+                if router_of(&redis).await == restarted.id {
+                    restarted.signal("TERM");
+                }
+            }
+            _ => {}
+        }
+        let user = users[n % users.len()];
+        xadd(
+            &redis,
+            SEND,
+            &json!({"username": user, "namespace": "/alex", "type": "n", "payload": n}),
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for (user, ws) in &mut sockets {
+        let want: Vec<Value> = (0..total)
+            .filter(|n| users[n % users.len()] == user.as_str())
+            .map(|n| json!({"type": "n", "payload": n}))
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            got.push(ws.recv().await);
+        }
+        assert_eq!(got, want, "{}: every entry once, in order", ws.name);
+    }
+    tokio::time::sleep(QUIET).await;
+    for (_, ws) in &mut sockets {
+        ws.assert_nothing();
+    }
+    routed_all(&redis).await;
+
+    // Each surviving node's inbox holds entries of its own users only, `nobody`'s in none.
+    let user_of: HashMap<String, String> = redis
+        .json(&["XRANGE", SEND, "-", "+"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let id = e[0].as_str().unwrap().to_owned();
+            (id, data_of(&e[1])["username"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    for (i, node) in nodes.iter().enumerate() {
+        let inbox = redis.json(&["XRANGE", &format!("gateway:inbox:{}", node.id), "-", "+"]);
+        let mut routed_to: Vec<&str> = inbox
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|e| {
+                e[1].as_array()
+                    .unwrap()
+                    .chunks(2)
+                    .map(|kv| kv[0].as_str().unwrap())
+            })
+            .map(|id| user_of[id].as_str())
+            .collect();
+        routed_to.sort_unstable();
+        routed_to.dedup();
+        assert_eq!(
+            routed_to,
+            {
+                let mut own = vec![format!("u{i}"), "both".to_owned()];
+                own.sort_unstable();
+                own
+            },
+            "{}'s inbox: its users' entries only",
+            node.id
+        );
+    }
 }
 
 /// A frame that is not a JSON text frame with a string `type` (binary, not JSON, no or a non-string `type`, over
@@ -1491,8 +1618,9 @@ async fn bad_frames_get_an_error_and_the_connection_stays() {
 }
 
 /// Entries of the `send` and `broadcast` streams that are not valid are counted in
-/// `gateway_malformed_entries_total` by every node (each reads every entry through its own group), acknowledged,
-/// and skipped: the valid entries after them are delivered.
+/// `gateway_malformed_entries_total`, acknowledged, and skipped: the valid entries after them are delivered. A
+/// `broadcast` entry is counted by every node (each reads every entry through its own group); a `send` entry that
+/// does not say whom it is for by the router, one whose user holds but the rest not by each node holding the user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_entries_are_counted_and_skipped() {
     let (_dir, redis, nodes) = cluster_with_config("gateway_bad_entries", 3, &config("")).await;
@@ -1529,7 +1657,9 @@ async fn malformed_entries_are_counted_and_skipped() {
     xadd(&redis, SEND, &json!(["not", "an", "object"]));
     redis.cli(&["XADD", BROADCAST, "*", "data", "{broken"]);
     xadd(&redis, BROADCAST, &json!({"payload": "no type"}));
-    let bad = 7.0;
+    let router = router_of(&redis).await;
+    // Per node: two broadcast entries and the two send entries for alex; the router also the three others.
+    let bad = |node: &Node| if node.id == router { 7.0 } else { 4.0 };
 
     xadd(
         &redis,
@@ -1555,6 +1685,7 @@ async fn malformed_entries_are_counted_and_skipped() {
         );
     }
     for (node, before) in nodes.iter().zip(before) {
+        let bad = bad(node);
         eventually(
             Duration::from_secs(10),
             &format!("node {} counting {bad} malformed entries", node.id),
@@ -1574,16 +1705,15 @@ async fn malformed_entries_are_counted_and_skipped() {
     for ws in &mut clients {
         ws.assert_nothing();
     }
-    for stream in [SEND, BROADCAST] {
-        let g = groups(&redis, stream);
-        for id in ["a", "b", "c"] {
-            assert_eq!(
-                g[&format!("gateway:{id}")]["pending"],
-                0,
-                "{stream}: bad entries are acknowledged too: {g:?}"
-            );
-        }
+    let g = groups(&redis, BROADCAST);
+    for id in ["a", "b", "c"] {
+        assert_eq!(
+            g[&format!("gateway:{id}")]["pending"],
+            0,
+            "{BROADCAST}: bad entries are acknowledged too: {g:?}"
+        );
     }
+    routed_all(&redis).await;
 }
 
 /// The username and namespace come from the token and the connection only: a message cannot change them.

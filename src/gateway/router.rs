@@ -1,0 +1,443 @@
+//! `send` entries routed to the nodes that hold their user, rather than read by every node (docs/gateway.md
+//! "Delivery"). One node at a time, the *router* (it holds a lease), reads the `send` stream through the group
+//! `gateway:router`, asks each present node's set of held users which of the batch's users it holds, and adds to
+//! each node's *inbox* stream one entry with that node's entries, each field named by the entry's id. Every node
+//! reads its own inbox and delivers, skipping an id it delivered lately: a router that stopped after forwarding a
+//! batch but before acknowledging it leaves the batch pending, and the next router forwards it again.
+//!
+//! A node's set of held users is written in the order its clients come and go (one task, one queue), and a client
+//! is announced to the backend (`onconnect`) only once its user is in the set, so an entry the backend adds after
+//! hearing of a client is routed to it.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use fred::{
+    clients::Client as Redis,
+    interfaces::{HashesInterface, KeysInterface, SetsInterface},
+    types::Value,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Gateway, READ_RETRY,
+    route::{self, Recent, Tags},
+    streams::{self, Entry},
+    wire::{self, SendEntry},
+};
+use crate::redis::Script;
+
+/// How long the router's lease lasts unless renewed: a router that died is replaced after at most this.
+const LEASE: Duration = Duration::from_secs(5);
+/// How often the router renews its lease, and how often the other nodes try to take it.
+const LEASE_EVERY: Duration = Duration::from_secs(1);
+/// How long a node stays present (in `gateway:nodes`) and its set of held users lives, unless renewed (every
+/// [`super::HOUSEKEEPING`]): a node that died stops getting entries after at most this.
+const PRESENCE: Duration = Duration::from_secs(60);
+/// How many forwarded ids a node remembers, to skip those forwarded twice (a few batches' worth).
+const RECENT_IDS: usize = 64 * streams::READ_COUNT as usize;
+/// Writes to the set of held users sent in one round trip.
+const DIRECTORY_BATCH: usize = 1024;
+/// The router's consumer group on the `send` stream, and its one consumer name: whichever node routes reads the
+/// entries the previous router read but did not acknowledge.
+const GROUP: &str = "gateway:router";
+const CONSUMER: &str = "router";
+
+/// The routing's keys (with `stream_prefix`) and scripts.
+#[derive(Debug)]
+pub struct Routing {
+    /// Hash: node id -> when it stops being present (ms since the epoch).
+    nodes: String,
+    /// String: the router's node id, expiring.
+    lease: String,
+    prefix: String,
+    /// This node's queue of writes to its set of held users.
+    ops: mpsc::UnboundedSender<Op>,
+    scripts: Scripts,
+}
+
+struct Scripts {
+    lease: Script,
+    release: Script,
+    holds: Script,
+}
+
+impl std::fmt::Debug for Scripts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scripts")
+    }
+}
+
+/// A write to this node's set of held users.
+#[derive(Debug)]
+pub enum Op {
+    /// A user's first client here; told once the set has it.
+    Add(String, oneshot::Sender<()>),
+    /// A user's last client here left.
+    Remove(String),
+    /// The whole set, after Redis lost it.
+    Rewrite(Vec<String>),
+}
+
+impl Routing {
+    /// The keys under `prefix`, and the receiving end of the queue of writes to this node's set of held users.
+    pub fn new(prefix: &str) -> (Self, mpsc::UnboundedReceiver<Op>) {
+        let (ops, queue) = mpsc::unbounded_channel();
+        let routing = Self {
+            nodes: format!("{prefix}gateway:nodes"),
+            lease: format!("{prefix}gateway:router"),
+            prefix: prefix.to_owned(),
+            ops,
+            scripts: Scripts {
+                lease: crate::redis::lease_script("gateway_lease"),
+                release: crate::redis::release_script("gateway_release"),
+                holds: Script::new("gateway_holds", include_str!("lua/holds.lua")),
+            },
+        };
+        (routing, queue)
+    }
+
+    pub fn holds(&self, node: &str) -> String {
+        format!("{}gateway:holds:{node}", self.prefix)
+    }
+
+    pub fn inbox(&self, node: &str) -> String {
+        format!("{}gateway:inbox:{node}", self.prefix)
+    }
+
+    /// Queues a write (called under the hub's lock, so that writes keep the order of arrivals and departures).
+    pub fn queue(&self, op: Op) {
+        // The writer lives as long as the gateway; after it stopped nothing needs the set.
+        let _ = self.ops.send(op);
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Gateway {
+    /// At start: this node is present, its set of held users is empty (a restart with the same `NODE_ID` had one),
+    /// and the router's group exists. The group each node read the `send` stream with before routing is removed.
+    pub(super) async fn join_routing(&self, send: &str) -> Result<(), fred::error::Error> {
+        let r = &self.routing;
+        let _: Value = self
+            .publisher
+            .hset(&r.nodes, (self.node.to_string(), now_ms() + ms(PRESENCE)))
+            .await?;
+        let _: Value = self.publisher.del(r.holds(&self.node)).await?;
+        streams::ensure_group(&self.publisher, send, GROUP).await?;
+        streams::destroy_group(&self.publisher, send, &self.group()).await
+    }
+
+    /// At a graceful stop: not present any more, and the lease given up so that another node routes at once.
+    pub(super) async fn leave_routing(&self) {
+        let r = &self.routing;
+        let me = self.node.to_string();
+        let _ = self.publisher.hdel::<Value, _, _>(&r.nodes, &me).await;
+        let _ = self.publisher.del::<Value, _>(r.holds(&me)).await;
+        let _ = r
+            .scripts
+            .release
+            .run(&self.publisher, vec![r.lease.clone()], vec![me.into()])
+            .await;
+    }
+
+    /// Every [`super::HOUSEKEEPING`]: still present, the set of held users kept from expiring (rewritten if Redis
+    /// lost it), nodes gone for longer than [`PRESENCE`] forgotten, and the inbox expiring an hour after its node.
+    pub(super) async fn keep_routing(&self) -> Result<(), fred::error::Error> {
+        let r = &self.routing;
+        let me = self.node.to_string();
+        let now = now_ms();
+        let _: Value = self
+            .publisher
+            .hset(&r.nodes, (me.clone(), now + ms(PRESENCE)))
+            .await?;
+        let kept: i64 = self
+            .publisher
+            .pexpire(r.holds(&me), ms(PRESENCE), None)
+            .await?;
+        if kept == 0 {
+            let hub = self.hub.lock().unwrap();
+            let users: Vec<String> = hub.users().map(|(ns, user)| route::tag(ns, user)).collect();
+            if !users.is_empty() {
+                tracing::info!(
+                    users = users.len(),
+                    "gateway: the set of held users was gone from Redis; written again"
+                );
+                r.queue(Op::Rewrite(users));
+            }
+        }
+        let _: Value = self
+            .publisher
+            .expire(r.inbox(&me), ms(super::REPLIES_TTL) / 1000, None)
+            .await?;
+        let nodes: HashMap<String, i64> = self.publisher.hgetall(&r.nodes).await?;
+        let gone: Vec<String> = nodes
+            .into_iter()
+            .filter(|(_, until)| *until < now)
+            .map(|(node, _)| node)
+            .collect();
+        if !gone.is_empty() {
+            let _: Value = self.publisher.hdel(&r.nodes, gone).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes or renews the router's lease: whether this node routes.
+    async fn lease(&self) -> Result<bool, fred::error::Error> {
+        let r = &self.routing;
+        let reply = r
+            .scripts
+            .lease
+            .run(
+                &self.publisher,
+                vec![r.lease.clone()],
+                vec![self.node.to_string().into(), ms(LEASE).to_string().into()],
+            )
+            .await?;
+        Ok(reply.as_i64() == Some(1))
+    }
+
+    /// Routes one batch read from the `send` stream, then acknowledges it. An entry that does not say whom it is for
+    /// is counted and acknowledged; one for a user nobody holds is acknowledged. On an error nothing is
+    /// acknowledged: the batch is forwarded again (the nodes skip what they already had).
+    async fn forward(&self, stream: &str, entries: Vec<Entry>) -> Result<(), fred::error::Error> {
+        let mut tags = Tags::default();
+        // (entry, its tag's index) of the entries to route.
+        let mut routed: Vec<(&Entry, usize)> = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            match wire::send_target(entry.data()) {
+                Ok((namespace, username)) => {
+                    routed.push((entry, tags.index(route::tag(&namespace, &username))))
+                }
+                Err(why) => self.malformed(&entry.stream, &entry.id, &why),
+            }
+        }
+        if !routed.is_empty() {
+            let nodes = self.present().await?;
+            let held = self.held(&nodes, tags.list()).await?;
+            let of_entries: Vec<usize> = routed.iter().map(|(_, t)| *t).collect();
+            let pipeline = self.publisher.pipeline();
+            let mut sent = 0;
+            for (node, picked) in nodes.iter().zip(route::plan(&of_entries, &held)) {
+                if picked.is_empty() {
+                    continue;
+                }
+                let fields: Vec<(String, Vec<u8>)> = picked
+                    .iter()
+                    .filter_map(|&i| {
+                        let entry = routed[i].0;
+                        Some((entry.id.clone(), entry.data()?.to_vec()))
+                    })
+                    .collect();
+                sent += fields.len();
+                let key = self.routing.inbox(node);
+                let maxlen = self.config.stream_maxlen();
+                streams::add_fields(&pipeline, &key, maxlen, fields).await?;
+            }
+            for reply in pipeline.try_all::<Value>().await {
+                reply?;
+            }
+            self.metrics.gateway_routed.inc_by(sent as u64);
+        }
+        let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+        streams::ack(&self.publisher, stream, GROUP, ids).await
+    }
+
+    /// The nodes present now, this one included.
+    async fn present(&self) -> Result<Vec<String>, fred::error::Error> {
+        let nodes: HashMap<String, i64> = self.publisher.hgetall(&self.routing.nodes).await?;
+        let now = now_ms();
+        let mut present: Vec<String> = nodes
+            .into_iter()
+            .filter(|(_, until)| *until >= now)
+            .map(|(node, _)| node)
+            .collect();
+        if !present.iter().any(|n| **n == *self.node) {
+            present.push(self.node.to_string());
+        }
+        Ok(present)
+    }
+
+    /// For each node, which of `tags` it holds (`SMISMEMBER`, one round trip for all nodes).
+    async fn held(
+        &self,
+        nodes: &[String],
+        tags: &[String],
+    ) -> Result<Vec<Vec<bool>>, fred::error::Error> {
+        let pipeline = self.publisher.pipeline();
+        for node in nodes {
+            pipeline
+                .smismember::<(), _, _>(self.routing.holds(node), tags.to_vec())
+                .await?;
+        }
+        pipeline
+            .try_all::<Value>()
+            .await
+            .into_iter()
+            .map(|reply| {
+                Ok(match reply? {
+                    Value::Array(list) => list.iter().map(|v| v.as_i64() == Some(1)).collect(),
+                    _ => Vec::new(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Routes while this node holds the lease, and tries to take it every [`LEASE_EVERY`] otherwise.
+pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
+    let mut leading = false;
+    let mut backlog = true;
+    let mut renewed: Option<Instant> = None;
+    loop {
+        if renewed.is_none_or(|at| at.elapsed() >= LEASE_EVERY) {
+            let held = match gateway.lease().await {
+                Ok(held) => held,
+                Err(e) => {
+                    tracing::debug!(error = %e, "gateway router lease not renewed");
+                    false
+                }
+            };
+            renewed = Some(Instant::now());
+            if held != leading {
+                tracing::info!(routing = held, "gateway router");
+                gateway.metrics.gateway_router.set(i64::from(held));
+                // A new router first reads what the previous one left unacknowledged.
+                backlog = true;
+            }
+            leading = held;
+        }
+        if !leading {
+            tokio::time::sleep(LEASE_EVERY).await;
+            continue;
+        }
+        let (id, block) = match backlog {
+            true => ("0", None),
+            // Shorter than the lease, so that it is renewed in time.
+            false => (">", Some(streams::BLOCK_MS)),
+        };
+        let entries = match streams::read_group(&reader, GROUP, CONSUMER, &stream, id, block).await
+        {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::debug!(error = %e, "gateway send stream not read");
+                if e.details().contains("NOGROUP") {
+                    // The stream (and its group) was deleted: make them again, from the end.
+                    let _ = streams::ensure_group(&gateway.publisher, &stream, GROUP).await;
+                }
+                tokio::time::sleep(READ_RETRY).await;
+                continue;
+            }
+        };
+        if backlog && entries.is_empty() {
+            backlog = false;
+            continue;
+        }
+        if let Err(e) = gateway.forward(&stream, entries).await {
+            tracing::warn!(stream, error = %e, "gateway send entries not routed: they will be again");
+            backlog = true;
+            tokio::time::sleep(READ_RETRY).await;
+        }
+    }
+}
+
+/// Writes this node's set of held users in the order of the queue, many writes per round trip.
+pub async fn write_directory(gateway: Arc<Gateway>, mut queue: mpsc::UnboundedReceiver<Op>) {
+    let key = gateway.routing.holds(&gateway.node);
+    while let Some(first) = queue.recv().await {
+        let mut ops = vec![first];
+        while ops.len() < DIRECTORY_BATCH
+            && let Ok(op) = queue.try_recv()
+        {
+            ops.push(op);
+        }
+        let pipeline = gateway.publisher.pipeline();
+        let mut told = Vec::new();
+        for op in ops {
+            let queued = match op {
+                Op::Add(tag, done) => {
+                    told.push(done);
+                    pipeline.sadd::<(), _, _>(&key, tag).await
+                }
+                Op::Remove(tag) => pipeline.srem::<(), _, _>(&key, tag).await,
+                Op::Rewrite(tags) => {
+                    // A script is not pipelined: what was queued before goes first.
+                    flush(&pipeline, &mut told).await;
+                    let mut args: Vec<Value> = vec![ms(PRESENCE).to_string().into()];
+                    args.extend(tags.into_iter().map(Value::from));
+                    let scripts = &gateway.routing.scripts;
+                    if let Err(e) = scripts
+                        .holds
+                        .run(&gateway.publisher, vec![key.clone()], args)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "gateway set of held users not rewritten");
+                    }
+                    Ok(())
+                }
+            };
+            if let Err(e) = queued {
+                tracing::warn!(error = %e, "gateway set of held users not written");
+            }
+        }
+        let _ = pipeline.pexpire::<(), _>(&key, ms(PRESENCE), None).await;
+        flush(&pipeline, &mut told).await;
+    }
+}
+
+/// Sends what `pipeline` holds and tells the clients waiting for it (whether it worked or not: a client is not
+/// kept waiting for Redis; the set is rewritten when Redis lost it).
+async fn flush(pipeline: &fred::clients::Pipeline<Redis>, told: &mut Vec<oneshot::Sender<()>>) {
+    for reply in pipeline.try_all::<Value>().await {
+        if let Err(e) = reply {
+            tracing::warn!(error = %e, "gateway set of held users not written");
+        }
+    }
+    for done in told.drain(..) {
+        let _ = done.send(());
+    }
+}
+
+/// This node's inbox: the `send` entries routed to it, each delivered once to this node's clients of its user.
+pub async fn read_inbox(gateway: Arc<Gateway>, reader: Redis, mut after: String) {
+    let key = gateway.routing.inbox(&gateway.node);
+    let mut recent = Recent::new(RECENT_IDS);
+    loop {
+        match streams::read(&reader, &key, &after).await {
+            Ok(entries) => {
+                for entry in entries {
+                    after = entry.id.clone();
+                    for (id, data) in &entry.fields {
+                        let id = String::from_utf8_lossy(id);
+                        if !recent.first(&id) {
+                            gateway.metrics.gateway_routed_twice.inc();
+                            continue;
+                        }
+                        match SendEntry::parse(Some(data)) {
+                            Ok(send) => gateway.send(send),
+                            Err(why) => gateway.malformed(&key, &id, &why),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Ids are times: after Redis restarted empty, new ones are still larger, so reading on from
+                // `after` misses nothing.
+                tracing::debug!(error = %e, "gateway inbox not read");
+                tokio::time::sleep(READ_RETRY).await;
+            }
+        }
+    }
+}
