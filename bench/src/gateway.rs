@@ -17,6 +17,8 @@
 //! 2. **`send` to many users.** `--gateway-send-users` clients, each its own user; per round the backend adds one
 //!    `socket:send` entry per user (`{username, namespace, type, payload: {"round": r}}`, one pipeline), timed
 //!    from before the first `XADD` until every client has its frame. Every client must get each round once.
+//!    Then as many rounds of one `socket:broadcast` entry to the same clients: the same frames delivered, without
+//!    reading one entry per user, so its CPU is the floor of what delivering a round costs.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -58,6 +60,9 @@ const GW_SECRET: &str = "bench-gateway-secret-0123456789abcdef";
 /// `onmessage.publish` and `send.subscribe`.
 const GENERAL: &str = "socket:generalMessage";
 const SEND_STREAM: &str = "socket:send";
+const BROADCAST_STREAM: &str = "socket:broadcast";
+/// Broadcast rounds are numbered from here, apart from `send` rounds.
+const BROADCAST_ROUNDS_FROM: u64 = 1_000_000;
 /// The backend's consumer group on `socket:generalMessage`.
 const BACKEND_GROUP: &str = "bench-backend";
 /// The type of the bench's messages, and of its `send` frames.
@@ -124,6 +129,17 @@ pub struct GatewaySendResult {
     pub cpu_servers_ms: f64,
     pub cpu_bench_ms: f64,
     pub cpu_redis_ms: f64,
+    /// The same clients, one `broadcast` entry per round: the delivery alone.
+    pub broadcast: BroadcastFloor,
+}
+
+/// Rounds of one `broadcast` entry to every client of the `send` phase.
+#[derive(Debug, Default, Serialize)]
+pub struct BroadcastFloor {
+    pub delivered: Summary,
+    pub lost_rounds: usize,
+    pub cpu_servers_ms: f64,
+    pub cpu_redis_ms: f64,
 }
 
 impl GatewayRateResult {
@@ -134,7 +150,11 @@ impl GatewayRateResult {
 
 impl GatewaySendResult {
     fn errors(&self) -> usize {
-        self.connect_errors + self.lost_rounds + self.missing + self.duplicates
+        self.connect_errors
+            + self.lost_rounds
+            + self.missing
+            + self.duplicates
+            + self.broadcast.lost_rounds
     }
 }
 
@@ -155,6 +175,7 @@ fn write_gateway_config(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
 path = "/connect"
 onmessage = {{ publish = "{GENERAL}" }}
 send = {{ subscribe = "{SEND_STREAM}" }}
+broadcast = {{ subscribe = "{BROADCAST_STREAM}" }}
 jwt_secret = "{GW_SECRET}"
 
 [[namespace]]
@@ -563,6 +584,53 @@ fn data_field(fields: Value) -> Option<Vec<u8>> {
 }
 
 /// Adds one `send` entry per user `u0..u{users}` for round `round`, in one pipeline.
+/// `rounds` rounds of one `broadcast` entry to every client (the probe counts it as a push), timed and costed
+/// like the `send` rounds.
+async fn broadcast_rounds(
+    backend: &Redis,
+    probe: &GwProbe,
+    pids: &[u32],
+    redis_pid: u32,
+    rounds: usize,
+) -> anyhow::Result<BroadcastFloor> {
+    let (servers_before, redis_before) = (cpu(pids), cpu(&[redis_pid]));
+    let (mut delivered, mut lost_rounds) = (Vec::new(), 0);
+    let target = probe.target.load(Ordering::SeqCst);
+    for r in 1..=rounds as u64 {
+        let round = BROADCAST_ROUNDS_FROM + r;
+        probe.arm(round, target);
+        let started = Instant::now();
+        let data = json!({"namespace": GW_NS, "type": PUSH_TYPE, "payload": {"round": round}});
+        backend
+            .xadd::<Value, _, _, _, _>(
+                BROADCAST_STREAM,
+                false,
+                None::<()>,
+                "*",
+                vec![("data", data.to_string())],
+            )
+            .await?;
+        match probe.wait(SETTLE_LIMIT).await {
+            Some(last) => delivered.push(last.duration_since(started)),
+            None => {
+                lost_rounds += 1;
+                eprintln!(
+                    "  gateway broadcast round {r}: {} of {target} clients got it within {SETTLE_LIMIT:?}",
+                    probe.arrived.load(Ordering::SeqCst),
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let per_round = |d: Duration| d.as_secs_f64() * 1e3 / rounds.max(1) as f64;
+    Ok(BroadcastFloor {
+        delivered: Summary::of(delivered),
+        lost_rounds,
+        cpu_servers_ms: per_round(cpu(pids).saturating_sub(servers_before)),
+        cpu_redis_ms: per_round(cpu(&[redis_pid]).saturating_sub(redis_before)),
+    })
+}
+
 async fn push_round(client: &Redis, users: usize, round: u64) -> anyhow::Result<()> {
     let pipeline = client.pipeline();
     for i in 0..users {
@@ -808,10 +876,11 @@ impl Bench {
         let cpu_servers_ms = per_round(cpu(&pids).saturating_sub(servers_before));
         let cpu_bench_ms = per_round(cpu(&me).saturating_sub(bench_before));
         let cpu_redis_ms = per_round(cpu(&[redis.pid()]).saturating_sub(redis_before));
+        let broadcast = broadcast_rounds(&backend, &probe, &pids, redis.pid(), rounds).await?;
         tokio::time::sleep(QUIET).await;
         let missing = clients
             .iter()
-            .map(|c| rounds.saturating_sub(c.pushes.load(Ordering::SeqCst)))
+            .map(|c| (2 * rounds).saturating_sub(c.pushes.load(Ordering::SeqCst)))
             .sum();
         let _ = backend.quit().await;
         let delivered = Summary::of(delivered);
@@ -830,11 +899,13 @@ impl Bench {
             cpu_servers_ms,
             cpu_bench_ms,
             cpu_redis_ms,
+            broadcast,
         };
         println!(
             "  gateway send: {} users on {} nodes, {} rounds: connect {:.2}s ({} errors), XADDs answered p50 \
              {:.1} ms, last client p50 {:.1} ms p99 {:.1} ms = {:.0} entries/s ({} lost rounds, {} missing, {} \
-             twice; CPU per round: servers {:.0} ms, bench {:.0} ms)",
+             twice; CPU per round: servers {:.0} ms, bench {:.0} ms); one broadcast entry to them: last client p50 \
+             {:.1} ms, CPU per round: servers {:.0} ms ({} lost rounds)",
             r.users,
             r.k,
             r.rounds,
@@ -848,7 +919,10 @@ impl Bench {
             r.missing,
             r.duplicates,
             r.cpu_servers_ms,
-            r.cpu_bench_ms
+            r.cpu_bench_ms,
+            r.broadcast.delivered.p50,
+            r.broadcast.cpu_servers_ms,
+            r.broadcast.lost_rounds
         );
         Ok(r)
     }
@@ -921,11 +995,13 @@ pub fn print(r: &Report) {
     if let Some(s) = &r.gateway_send {
         println!(
             "\n| gateway send: users | K | rounds | connect (s) | XADDs answered p50 (ms) | last client p50 | p90 \
-             | p99 | max (ms) | entries/s | lost rounds | missing | twice | CPU/round servers (of it Redis), bench (ms) |"
+             | p99 | max (ms) | entries/s | lost rounds | missing | twice | CPU/round servers (of it Redis), bench (ms) \
+             | one broadcast entry instead: last client p50 (ms) | its CPU/round servers (of it Redis) (ms) |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         println!(
-            "| {} users | {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {:.0} ({:.0}), {:.0} |",
+            "| {} users | {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {} | {} | {} | {:.0} ({:.0}), {:.0} \
+             | {:.1} | {:.0} ({:.0}) |",
             s.users,
             s.k,
             s.rounds,
@@ -941,7 +1017,10 @@ pub fn print(r: &Report) {
             s.duplicates,
             s.cpu_servers_ms,
             s.cpu_redis_ms,
-            s.cpu_bench_ms
+            s.cpu_bench_ms,
+            s.broadcast.delivered.p50,
+            s.broadcast.cpu_servers_ms,
+            s.broadcast.cpu_redis_ms
         );
     }
 }

@@ -16,6 +16,7 @@ use std::{
 };
 
 use fred::{
+    bytes::Bytes,
     clients::Client as Redis,
     interfaces::{HashesInterface, KeysInterface, SetsInterface},
     types::Value,
@@ -234,11 +235,12 @@ impl Gateway {
                 if picked.is_empty() {
                     continue;
                 }
-                let fields: Vec<(String, Vec<u8>)> = picked
+                let fields: Vec<(Bytes, Bytes)> = picked
                     .iter()
                     .filter_map(|&i| {
                         let entry = routed[i].0;
-                        Some((entry.id.clone(), entry.data()?.to_vec()))
+                        let data = entry.fields.iter().find(|(k, _)| k.as_ref() == b"data")?;
+                        Some((Bytes::from(entry.id.clone()), data.1.clone()))
                     })
                     .collect();
                 sent += fields.len();
@@ -425,7 +427,7 @@ pub async fn read_inbox(gateway: Arc<Gateway>, reader: Redis, mut after: String)
                             gateway.metrics.gateway_routed_twice.inc();
                             continue;
                         }
-                        match SendEntry::parse(Some(data)) {
+                        match SendEntry::parse(Some(data.as_ref())) {
                             Ok(send) => gateway.send(send),
                             Err(why) => gateway.malformed(&key, &id, &why),
                         }

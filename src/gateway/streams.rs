@@ -3,6 +3,7 @@
 //! else); adds share one.
 
 use fred::{
+    bytes::Bytes,
     clients::Client,
     interfaces::StreamsInterface,
     types::{
@@ -21,7 +22,8 @@ pub const BLOCK_MS: u64 = 2_000;
 pub struct Entry {
     pub stream: String,
     pub id: String,
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Shared with the reply they were read from (not copied): the router forwards them as they are.
+    pub fields: Vec<(Bytes, Bytes)>,
 }
 
 impl Entry {
@@ -29,8 +31,8 @@ impl Entry {
     pub fn data(&self) -> Option<&[u8]> {
         self.fields
             .iter()
-            .find(|(k, _)| k == b"data")
-            .map(|(_, v)| v.as_slice())
+            .find(|(k, _)| k.as_ref() == b"data")
+            .map(|(_, v)| v.as_ref())
     }
 }
 
@@ -134,7 +136,7 @@ pub async fn add_fields(
     client: &(impl StreamsInterface + Sync),
     key: &str,
     maxlen: u64,
-    fields: Vec<(String, Vec<u8>)>,
+    fields: Vec<(Bytes, Bytes)>,
 ) -> Result<(), fred::error::Error> {
     client
         .xadd::<Value, _, _, _, _>(key, false, cap(maxlen), "*", fields)
@@ -223,7 +225,7 @@ fn entries(raw: Value) -> Vec<Entry> {
 
 /// An entry's fields (`[k, v, ...]` or a map) as byte pairs; none when it was deleted. A field or value that is
 /// not a string is left out.
-fn pairs(fields: Value) -> Vec<(Vec<u8>, Vec<u8>)> {
+fn pairs(fields: Value) -> Vec<(Bytes, Bytes)> {
     let pairs: Vec<(Value, Value)> = match fields {
         Value::Array(list) => {
             let mut it = list.into_iter();
@@ -236,14 +238,23 @@ fn pairs(fields: Value) -> Vec<(Vec<u8>, Vec<u8>)> {
         Value::Map(map) => map
             .inner()
             .into_iter()
-            .map(|(k, v)| (Value::Bytes(k.as_bytes().to_vec().into()), v))
+            .map(|(k, v)| (Value::Bytes(k.into_bytes()), v))
             .collect(),
         _ => Vec::new(),
     };
     pairs
         .into_iter()
-        .filter_map(|(k, v)| Some((k.as_bytes()?.to_vec(), v.as_bytes()?.to_vec())))
+        .filter_map(|(k, v)| Some((bytes(k)?, bytes(v)?)))
         .collect()
+}
+
+/// A string or bytes value's bytes, without copying them.
+fn bytes(value: Value) -> Option<Bytes> {
+    match value {
+        Value::Bytes(b) => Some(b),
+        Value::String(s) => Some(s.into_inner()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
