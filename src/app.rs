@@ -191,6 +191,7 @@ pub async fn run(
             config.rpc_max_in_flight.try_into().unwrap_or(1024),
         )),
         webhooks: Arc::default(),
+        directory: Arc::default(),
         gateway_events: gateway_config
             .as_ref()
             .map(|g| g.reply_events())
@@ -525,6 +526,7 @@ fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> 
             io: io.clone(),
             observer: info.observer.clone(),
             webhooks: info.webhooks.clone(),
+            directory: info.directory.clone(),
         })),
         store: Some(Arc::new(MemoryStore::new())),
         recovery: keep_alive(recovery, &io, info),
@@ -740,6 +742,7 @@ async fn join_cluster(
         io: io.clone(),
         observer: info.observer.clone(),
         webhooks: info.webhooks.clone(),
+        directory: info.directory.clone(),
     });
     node.local = Some(local.clone());
     for init in

@@ -336,6 +336,8 @@ async fn switch_room<A: Adapter>(
             tracker.moved(&id, true, std::slice::from_ref(new));
         }
     }
+    node.directory
+        .update(socket.ns(), socket.id, updated.id_user.clone());
     socket.extensions.insert(Arc::new(updated));
     Recoverable::rooms_changed(socket);
     let _ = ack.send(reply);

@@ -178,6 +178,10 @@ pub async fn handshake<A: Adapter>(
     // These go with the socket: dropped with it, they free its places (under MAX_SOCKETS, in its session).
     socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(Arc::new(seat));
+    let listed = node
+        .directory
+        .list(socket.ns(), socket.id, identity.id_user.clone());
+    socket.extensions.insert(Arc::new(listed));
     socket.extensions.insert(Arc::new(identity));
     // Still in progress until the socket is in its namespace (`on_connect` lets go of it).
     socket.extensions.insert(Arc::new(entered));

@@ -30,6 +30,8 @@ pub struct Local<A: Adapter> {
     pub observer: Arc<Observer>,
     /// Told of the admin commands' joins and leaves, for the webhooks' counts.
     pub webhooks: Arc<std::sync::OnceLock<Arc<crate::webhooks::tracker::Tracker>>>,
+    /// Every socket's `id_user` ([`NodeInfo::directory`](super::NodeInfo)).
+    pub directory: Arc<crate::realtime::identity::Directory>,
 }
 
 impl<A: Adapter> LocalRooms for Local<A> {
@@ -47,21 +49,35 @@ impl<A: Adapter> LocalRooms for Local<A> {
             return Reply::empty(query);
         };
         match query {
-            Query::Users { room } => Reply::Users {
-                members: ops
-                    .local()
-                    .to(room.clone())
-                    .sockets()
-                    .into_iter()
-                    .map(|s| Member {
-                        id_user: s
-                            .extensions
-                            .get::<Arc<Identity>>()
-                            .and_then(|id| id.id_user.as_deref().map(str::to_owned)),
-                        id_socket: s.id.to_string(),
+            Query::Users { room } => {
+                let ids = ops.clone().local().to(room.clone()).socket_ids();
+                let mut unlisted = Vec::new();
+                let mut members: Vec<Member> = self.directory.read(ns, |users| {
+                    ids.iter()
+                        .filter_map(|&sid| match users.of(sid) {
+                            Some(id_user) => Some(Member {
+                                id_user: id_user.map(str::to_owned),
+                                id_socket: sid.to_string(),
+                            }),
+                            None => {
+                                unlisted.push(sid);
+                                None
+                            }
+                        })
+                        .collect()
+                });
+                // Not listed (yet, or any more): the socket itself says, if it is still here. Outside the
+                // directory's lock, which a socket's drop takes.
+                members.extend(unlisted.into_iter().filter_map(|sid| {
+                    let socket = ops.get_socket(sid)?;
+                    let identity = socket.extensions.get::<Arc<Identity>>();
+                    Some(Member {
+                        id_user: identity.and_then(|id| id.id_user.as_deref().map(str::to_owned)),
+                        id_socket: sid.to_string(),
                     })
-                    .collect(),
-            },
+                }));
+                Reply::Users { members }
+            }
             Query::Rooms => {
                 let mut rooms: BTreeMap<String, (u64, BTreeSet<Arc<str>>)> = BTreeMap::new();
                 for s in ops.local().sockets() {

@@ -44,6 +44,8 @@ pub struct NodeInfo {
     pub rpc_in_flight: Arc<tokio::sync::Semaphore>,
     /// Lifecycle webhooks' counting of this node's sockets, when the file has `[[webhook]]` (set before serving).
     pub webhooks: Arc<OnceLock<Arc<crate::webhooks::tracker::Tracker>>>,
+    /// Every socket's `id_user`, for the users query.
+    pub directory: Arc<super::identity::Directory>,
 }
 
 /// A socket's event rate, and the one clock every socket's limiter reads. `RateLimiter::direct` would build a clock
@@ -148,6 +150,7 @@ impl NodeInfo {
                     io: io.clone(),
                     observer: self.observer.clone(),
                     webhooks: self.webhooks.clone(),
+                    directory: self.directory.clone(),
                 };
                 Answer::local(self.id.clone(), local.answer(ns, &query))
             }
