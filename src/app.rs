@@ -525,6 +525,7 @@ fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> 
             io: io.clone(),
             observer: info.observer.clone(),
             webhooks: info.webhooks.clone(),
+            delivery: info.delivery.clone(),
         })),
         store: Some(Arc::new(MemoryStore::new())),
         recovery: keep_alive(recovery, &io, info),
@@ -740,6 +741,7 @@ async fn join_cluster(
         io: io.clone(),
         observer: info.observer.clone(),
         webhooks: info.webhooks.clone(),
+        delivery: info.delivery.clone(),
     });
     node.local = Some(local.clone());
     for init in

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::cluster::{
     LocalRooms,
-    protocol::{Action, Member, Query, Reply, RoomCount},
+    protocol::{Action, Live, Member, Query, Reply, RoomCount},
 };
 
 /// How long an admin UI's `all_sockets` request makes this node report details, before the admin module's
@@ -30,6 +30,8 @@ pub struct Local<A: Adapter> {
     pub observer: Arc<Observer>,
     /// Told of the admin commands' joins and leaves, for the webhooks' counts.
     pub webhooks: Arc<std::sync::OnceLock<Arc<crate::webhooks::tracker::Tracker>>>,
+    /// The store of reliable delivery, for the acks of other nodes' live messages ([`LocalRooms::live`]).
+    pub delivery: Arc<std::sync::OnceLock<Arc<dyn crate::delivery::Store>>>,
 }
 
 impl<A: Adapter> LocalRooms for Local<A> {
@@ -122,6 +124,15 @@ impl<A: Adapter> LocalRooms for Local<A> {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(SocketIo::close(&self.io))
+    }
+
+    fn live(&self, msg: Live) {
+        // Not serving the namespace here: none of its sockets to send it to (a dynamic one comes and goes).
+        let (Some(store), true) = (self.delivery.get(), self.io.of(&msg.ns).is_some()) else {
+            return;
+        };
+        let push: Arc<dyn super::push::Push> = Arc::new(self.io.clone());
+        super::deliver::live_from_another_node(push, store.clone(), msg);
     }
 }
 

@@ -148,6 +148,7 @@ impl NodeInfo {
                     io: io.clone(),
                     observer: self.observer.clone(),
                     webhooks: self.webhooks.clone(),
+                    delivery: self.delivery.clone(),
                 };
                 Answer::local(self.id.clone(), local.answer(ns, &query))
             }
