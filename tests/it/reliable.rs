@@ -556,7 +556,6 @@ async fn concurrent_pushes_to_many_rooms_are_delivered_once_and_acked() {
         until_pending(&redis, test, room, 0).await;
     }
     // Nothing comes back: every message was removed once, none is left for a batch.
-    leave(&mut io, &redis, test, "m1", "user_m").await;
     join(&mut io, "m3", &nodes[2], "user_m", json!(true)).await;
     io.expect_none("m3", "batch", Duration::from_millis(300))
         .await;
