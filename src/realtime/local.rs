@@ -127,10 +127,15 @@ impl<A: Adapter> LocalRooms for Local<A> {
     }
 
     fn live(&self, msg: Live) {
-        // Not serving the namespace here: none of its sockets to send it to (a dynamic one comes and goes).
-        let (Some(store), true) = (self.delivery.get(), self.io.of(&msg.ns).is_some()) else {
+        // Not serving the namespace here (a dynamic one comes and goes), or none of the room's sockets here (most
+        // nodes, for a user room): nothing to send, and no ack to wait for. A socket joining after this check
+        // reads the room's pending messages, this one included (it was stored before it was published).
+        let (Some(store), Some(ops)) = (self.delivery.get(), self.io.of(&msg.ns)) else {
             return;
         };
+        if ops.local().to(msg.room.clone()).sockets().is_empty() {
+            return;
+        }
         let push: Arc<dyn super::push::Push> = Arc::new(self.io.clone());
         super::deliver::live_from_another_node(push, store.clone(), msg);
     }
