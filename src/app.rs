@@ -527,6 +527,7 @@ fn start_single(parts: &Parts<'_>) -> Result<(Node, SocketIoParts), StartError> 
             observer: info.observer.clone(),
             webhooks: info.webhooks.clone(),
             directory: info.directory.clone(),
+            delivery: info.delivery.clone(),
         })),
         store: Some(Arc::new(MemoryStore::new())),
         recovery: keep_alive(recovery, &io, info),
@@ -743,6 +744,7 @@ async fn join_cluster(
         observer: info.observer.clone(),
         webhooks: info.webhooks.clone(),
         directory: info.directory.clone(),
+        delivery: info.delivery.clone(),
     });
     node.local = Some(local.clone());
     for init in

@@ -43,7 +43,7 @@ pub use query::Answer;
 
 use crate::{
     cluster::membership::{Change, Membership, Seen},
-    cluster::protocol::{Heartbeat, Query, Request, Response},
+    cluster::protocol::{Heartbeat, Live, Query, Request, Response},
     cluster::seal::{Freshness, Once, RejectionLog, Seal, SealError},
     redis::{self, RedisError, Subscriber},
     telemetry::metrics::{Metrics, Outcome, RedisWatch},
@@ -160,6 +160,7 @@ impl Cluster {
         let reply_prefix = format!("{prefix}:users#reply#");
         let reply_channel = format!("{reply_prefix}{node}");
         let nodes_channel = format!("{prefix}:nodes");
+        let live_channel = format!("{prefix}:delivery#live");
         let pending = Arc::new(Pending::default());
         let membership = Arc::new(Membership::new(node.clone(), heartbeat));
         let (changes, _) = broadcast::channel(CHANGES_BUFFER);
@@ -177,6 +178,7 @@ impl Cluster {
                 request_channel: request_channel.clone(),
                 reply_channel: reply_channel.clone(),
                 nodes_channel: nodes_channel.clone(),
+                live_channel: live_channel.clone(),
                 reply_prefix: reply_prefix.clone(),
                 publisher: publisher.clone(),
                 pending: pending.clone(),
@@ -199,7 +201,12 @@ impl Cluster {
             // Sharded channels (Redis 7): in a Redis Cluster each lives on the shard of its hash slot, so a
             // message costs that shard alone, and the subscriber counts SPUBLISH and SHARDNUMSUB answer are the
             // whole cluster's. One SSUBSCRIBE per channel: they hash to different slots.
-            for channel in [&request_channel, &reply_channel, &nodes_channel] {
+            for channel in [
+                &request_channel,
+                &reply_channel,
+                &nodes_channel,
+                &live_channel,
+            ] {
                 subscriber
                     .client
                     .ssubscribe(channel.as_str())
@@ -243,6 +250,7 @@ impl Cluster {
             transport: RedisTransport {
                 publisher,
                 request_channel,
+                live_channel,
                 reply_prefix,
                 seal,
                 disturbance,
@@ -342,6 +350,21 @@ impl Cluster {
         asker.gather(&request, mine, &mut rx, deadline).await
     }
 
+    /// Publishes a stored message of a user room to the other nodes, for their sockets of the room
+    /// ([`LocalRooms::live`]); this node emits to its own. Fire and forget: nobody answers, and a node that misses
+    /// it has the message in the room's next `batch` (it is stored).
+    pub async fn live(&self, mut live: Live) -> Result<(), fred::error::Error> {
+        live.v = protocol::VERSION;
+        live.id = Uuid::new_v4();
+        live.from = self.node.to_string();
+        let t = &self.transport;
+        let message = t.seal.seal(&t.live_channel, protocol::encode(&live));
+        t.publisher
+            .spublish::<i64, _, _>(&t.live_channel, message)
+            .await?;
+        Ok(())
+    }
+
     /// Says goodbye (so the others stop waiting for us at once), stops answering and leaves the channels.
     pub async fn stop(&self) {
         self.heartbeat.abort();
@@ -361,6 +384,8 @@ impl Cluster {
 struct RedisTransport {
     publisher: Client,
     request_channel: String,
+    /// Where stored messages of user rooms go to every node ([`Cluster::live`]).
+    live_channel: String,
     /// A node's reply channel is this followed by its id.
     reply_prefix: String,
     seal: Seal,
@@ -485,6 +510,7 @@ struct Handler {
     request_channel: String,
     reply_channel: String,
     nodes_channel: String,
+    live_channel: String,
     reply_prefix: String,
     publisher: Client,
     pending: Arc<Pending>,
@@ -549,6 +575,18 @@ impl Handler {
                 Ok(resp) => self.pending.deliver(resp.id, resp),
                 Err(e) => {
                     tracing::warn!(error = %e, "bad cluster reply ignored");
+                    self.metrics.cluster_messages_rejected.inc();
+                }
+            }
+        } else if *msg.channel == *self.live_channel {
+            match protocol::decode_live(bytes) {
+                Ok(live) if *live.from == *self.node => {}
+                Ok(live) => match sealed_at.map_or(Ok(()), |ts| self.requests.first(live.id, ts)) {
+                    Err(e) => self.refuse(&msg.channel, &e),
+                    Ok(()) => self.local.live(live),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad live message ignored");
                     self.metrics.cluster_messages_rejected.inc();
                 }
             }

@@ -250,6 +250,7 @@ impl<A: Adapter> Applier<A> {
             push: self.push.clone(),
             store: self.info.delivery().cloned(),
             metrics: self.info.metrics.clone(),
+            relay: self.info.cluster.get().cloned(),
         };
         match self.once("broadcast", &b.namespace, payload, here).await {
             Ok(Turn::Now) => {}

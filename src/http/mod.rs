@@ -154,6 +154,7 @@ mod tests {
             _: &'a str,
             _: &'a crate::realtime::args::Args,
             _: std::time::Duration,
+            _: bool,
         ) -> futures_util::future::BoxFuture<
             'a,
             Result<

@@ -122,6 +122,7 @@ pub(super) async fn send(
         push: s.push.clone(),
         store: s.delivery.get().cloned(),
         metrics: s.metrics.clone(),
+        relay: s.cluster.clone(),
     };
     let args = Relayed::from(&push.args);
     let out = Outgoing {

@@ -3,7 +3,9 @@
 //!
 //! Each reliable user room's message is stored, then emitted to the room on every node with an ack callback: the
 //! first ack removes it (or, pushed with resync and out of order, clears the room and sends it `resync`); an
-//! unacknowledged one comes back in the room's next `batch` ([`super::reliable`]). The other rooms get the event
+//! unacknowledged one comes back in the room's next `batch` ([`super::reliable`]). In a cluster the message goes
+//! to the other nodes on the cluster's live channel, and each node applies its own sockets' first ack to the store
+//! (not socketioxide's emit with ack across nodes, whose counts and relayed acks were most of a delivery's CPU). The other rooms get the event
 //! once, except the sockets in those user rooms, which have it from there with its callback: no socket gets it
 //! twice. In a namespace with connection state recovery the emit to the other rooms is recorded for replay (the
 //! recording adapter sees a room broadcast); the user rooms' emits carry an ack, so they are not.
@@ -16,6 +18,7 @@ use super::{
     push::{Push, PushError},
 };
 use crate::{
+    cluster::{Cluster, protocol::Live},
     delivery::{Acked, MessageId, Pushed, RoomKey, Store, StoreError, with_id},
     telemetry::metrics::Metrics,
 };
@@ -31,6 +34,9 @@ pub struct Deliver {
     pub push: Arc<dyn Push>,
     pub store: Option<Arc<dyn Store>>,
     pub metrics: Arc<Metrics>,
+    /// The cluster, which carries stored messages to the other nodes (`None` on a single node: the emit is
+    /// local).
+    pub relay: Option<Arc<Cluster>>,
 }
 
 /// One push: an event to `rooms` of namespace `ns` (every socket of it when empty), except the sockets in any of
@@ -145,10 +151,10 @@ impl Deliver {
         Ok(stored)
     }
 
-    /// Emits a stored message to its user room with an ack callback, on every node. The first ack (in a task of
-    /// its own: the caller does not wait for clients) removes it from the store, or, pushed with resync and out of
-    /// order, clears the room and sends it `resync`. A failed emit is only logged: the message is stored and comes
-    /// back in the room's next `batch`.
+    /// Emits a stored message to its user room with an ack callback, on every node. In a cluster it is published
+    /// once to the other nodes ([`Cluster::live`]), each of which emits to its own sockets and applies their first
+    /// ack itself ([`acked_here`]); this node does the same for its sockets. A failed publish or emit is only
+    /// logged: the message is stored and comes back in the room's next `batch`.
     async fn live_with_ack(
         &self,
         store: &Arc<dyn Store>,
@@ -157,40 +163,101 @@ impl Deliver {
         out: &Outgoing<'_>,
         args: &Args,
     ) {
-        let ns = key.namespace().to_owned();
-        let room = key.room().to_owned();
+        if let Some(cluster) = &self.relay {
+            let live = Live {
+                v: 0,
+                id: uuid::Uuid::nil(),
+                from: String::new(),
+                ns: key.namespace().to_owned(),
+                room: key.room().to_owned(),
+                except: out.except.to_vec(),
+                event: out.event.to_owned(),
+                args: args.0.clone(),
+                message: id.to_string(),
+            };
+            if let Err(e) = cluster.live(live).await {
+                tracing::warn!(namespace = key.namespace(), room = key.room(), error = %e,
+                    "stored message not sent to the other nodes: it comes in their sockets' next batch");
+            }
+        }
+        let here_only = self.relay.is_some();
         let sent = self.push.emit_with_ack(
-            &ns,
-            room.clone(),
+            key.namespace(),
+            key.room().to_owned(),
             out.except.to_vec(),
             out.event,
             args,
             ACK_TIMEOUT,
+            here_only,
         );
-        let acked = match sent.await {
-            Ok(acked) => acked,
+        match sent.await {
+            Ok(acked) => acked_here(acked, store.clone(), self.push.clone(), key.clone(), id),
             Err(e) => {
-                tracing::warn!(namespace = ns, room, error = %e, "stored message not emitted live");
-                return;
+                tracing::warn!(namespace = key.namespace(), room = key.room(), error = %e,
+                    "stored message not emitted live");
             }
-        };
-        let (store, push, key) = (store.clone(), self.push.clone(), key.clone());
-        tokio::spawn(async move {
-            if !acked.await {
-                return;
-            }
-            match store.ack_one_with_resync(&key, id).await {
-                Ok(Acked::Resync { cleared }) => {
-                    tracing::debug!(namespace = ns, room, cleared, "out-of-order ack: resync");
-                    resync(&*push, &ns, room).await;
-                }
-                Ok(Acked::Removed | Acked::Gone) => {}
-                Err(e) => {
-                    tracing::warn!(namespace = ns, room, error = %e, "ack not stored: the message will come again")
-                }
-            }
-        });
+        }
     }
+}
+
+/// Emits another node's stored message ([`Live`]) to this node's sockets of its room, and applies their first ack
+/// ([`crate::cluster::LocalRooms::live`]). A message that is not for a user room, or whose id does not parse, is
+/// dropped (what the storing node sends is checked, but comes from Redis).
+pub(super) fn live_from_another_node(push: Arc<dyn Push>, store: Arc<dyn Store>, live: Live) {
+    let (Ok(key), Ok(id)) = (RoomKey::new(&live.ns, &live.room), live.message.parse()) else {
+        tracing::warn!(
+            namespace = live.ns,
+            room = live.room,
+            "live message with a bad room or id ignored"
+        );
+        return;
+    };
+    tokio::spawn(async move {
+        let args = Args(live.args);
+        let sent = push.emit_with_ack(
+            &live.ns,
+            live.room.clone(),
+            live.except,
+            &live.event,
+            &args,
+            ACK_TIMEOUT,
+            true,
+        );
+        match sent.await {
+            Ok(acked) => acked_here(acked, store, push.clone(), key, id),
+            // This node no longer serves the namespace (its last socket left a dynamic one): nobody to send it to.
+            Err(e) => tracing::debug!(namespace = live.ns, error = %e, "live message not emitted"),
+        }
+    });
+}
+
+/// Waits (in a task of its own: the caller does not wait for clients) for the first ack of this node's sockets,
+/// and applies it: it removes the message from the store, or, pushed with resync and out of order, clears the
+/// room and sends it `resync`. Sockets of the room on other nodes ack on their node: the first ack in the
+/// cluster removes it, the others find it gone.
+fn acked_here(
+    acked: futures_util::future::BoxFuture<'static, bool>,
+    store: Arc<dyn Store>,
+    push: Arc<dyn Push>,
+    key: RoomKey,
+    id: MessageId,
+) {
+    tokio::spawn(async move {
+        if !acked.await {
+            return;
+        }
+        let (ns, room) = (key.namespace(), key.room().to_owned());
+        match store.ack_one_with_resync(&key, id).await {
+            Ok(Acked::Resync { cleared }) => {
+                tracing::debug!(namespace = ns, room, cleared, "out-of-order ack: resync");
+                resync(&*push, ns, room).await;
+            }
+            Ok(Acked::Removed | Acked::Gone) => {}
+            Err(e) => {
+                tracing::warn!(namespace = ns, room, error = %e, "ack not stored: the message will come again")
+            }
+        }
+    });
 }
 
 /// Tells the sockets of a user room that its queue was cleared.
@@ -241,6 +308,7 @@ mod tests {
             event: &'a str,
             args: &'a Args,
             _: Duration,
+            _: bool,
         ) -> BoxFuture<'a, Result<BoxFuture<'static, bool>, PushError>> {
             let line = format!("ack {ns} {event} to {room} except {except:?} {:?}", args.0);
             self.0.lock().unwrap().push(line);
@@ -255,6 +323,7 @@ mod tests {
             push: push.clone(),
             store: Some(store.clone()),
             metrics: Arc::default(),
+            relay: None,
         };
         let reliable = Reliable {
             prefix: "user.".into(),

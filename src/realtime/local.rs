@@ -16,7 +16,7 @@ use super::{
 };
 use crate::cluster::{
     LocalRooms,
-    protocol::{Action, Member, Query, Reply, RoomCount},
+    protocol::{Action, Live, Member, Query, Reply, RoomCount},
 };
 
 /// How long an admin UI's `all_sockets` request makes this node report details, before the admin module's
@@ -32,6 +32,8 @@ pub struct Local<A: Adapter> {
     pub webhooks: Arc<std::sync::OnceLock<Arc<crate::webhooks::tracker::Tracker>>>,
     /// Every socket's `id_user` ([`NodeInfo::directory`](super::NodeInfo)).
     pub directory: Arc<crate::realtime::identity::Directory>,
+    /// The store of reliable delivery, for the acks of other nodes' live messages ([`LocalRooms::live`]).
+    pub delivery: Arc<std::sync::OnceLock<Arc<dyn crate::delivery::Store>>>,
 }
 
 impl<A: Adapter> LocalRooms for Local<A> {
@@ -138,6 +140,20 @@ impl<A: Adapter> LocalRooms for Local<A> {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(SocketIo::close(&self.io))
+    }
+
+    fn live(&self, msg: Live) {
+        // Not serving the namespace here (a dynamic one comes and goes), or none of the room's sockets here (most
+        // nodes, for a user room): nothing to send, and no ack to wait for. A socket joining after this check
+        // reads the room's pending messages, this one included (it was stored before it was published).
+        let (Some(store), Some(ops)) = (self.delivery.get(), self.io.of(&msg.ns)) else {
+            return;
+        };
+        if ops.local().to(msg.room.clone()).socket_ids().is_empty() {
+            return;
+        }
+        let push: Arc<dyn super::push::Push> = Arc::new(self.io.clone());
+        super::deliver::live_from_another_node(push, store.clone(), msg);
     }
 }
 

@@ -151,6 +151,7 @@ impl NodeInfo {
                     observer: self.observer.clone(),
                     webhooks: self.webhooks.clone(),
                     directory: self.directory.clone(),
+                    delivery: self.delivery.clone(),
                 };
                 Answer::local(self.id.clone(), local.answer(ns, &query))
             }

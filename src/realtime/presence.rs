@@ -141,6 +141,7 @@ mod tests {
             _: &'a str,
             _: &'a Args,
             _: Duration,
+            _: bool,
         ) -> BoxFuture<'a, Result<BoxFuture<'static, bool>, PushError>> {
             unreachable!("presence never asks for acks")
         }

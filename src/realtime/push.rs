@@ -34,8 +34,10 @@ pub trait Push: Send + Sync + 'static {
         args: &'a Relayed,
     ) -> BoxFuture<'a, Result<(), PushError>>;
 
-    /// Emits `event` to one room's sockets that are in none of `except`, on every node, with an ack callback. Once it is sent, the returned future
-    /// resolves to whether any socket (on any node) acknowledged it within `timeout`: it resolves at the first ack.
+    /// Emits `event` to one room's sockets that are in none of `except`, on every node (on this node alone when
+    /// `here_only`), with an ack callback. Once it is sent, the returned future resolves to whether any socket
+    /// acknowledged it within `timeout`: it resolves at the first ack.
+    #[allow(clippy::too_many_arguments)]
     fn emit_with_ack<'a>(
         &'a self,
         ns: &'a str,
@@ -44,6 +46,7 @@ pub trait Push: Send + Sync + 'static {
         event: &'a str,
         args: &'a Args,
         timeout: Duration,
+        here_only: bool,
     ) -> BoxFuture<'a, Result<BoxFuture<'static, bool>, PushError>>;
 }
 
@@ -86,11 +89,16 @@ impl<A: Adapter> Push for SocketIo<A> {
         event: &'a str,
         args: &'a Args,
         timeout: Duration,
+        here_only: bool,
     ) -> BoxFuture<'a, Result<BoxFuture<'static, bool>, PushError>> {
         Box::pin(async move {
             let ops = self
                 .of(ns)
                 .ok_or_else(|| PushError::Namespace(ns.to_owned()))?;
+            let ops = match here_only {
+                true => ops.local(),
+                false => ops,
+            };
             let ops = match except.is_empty() {
                 true => ops.to(room),
                 false => ops.to(room).except(except),

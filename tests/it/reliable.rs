@@ -504,6 +504,65 @@ async fn a_new_identity_brings_its_user_room_batch() {
     .await;
 }
 
+/// Concurrent pushes, each to many user rooms spread over the nodes (the nodes relay stored messages to each other
+/// and each applies its own sockets' acks): every socket gets every message once, and the store is empty after
+/// the acks. A user with sockets on two nodes gets each message on both; the first ack removes it, the second
+/// finds it gone, and neither socket gets it again in a `batch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pushes_to_many_rooms_are_delivered_once_and_acked() {
+    let test = "reliable_many";
+    let (_dir, redis, nodes) = start(test).await;
+    let mut io = Clients::start();
+    let http = Http::new();
+    let users: Vec<String> = (0..9).map(|i| format!("c{i}")).collect();
+    for (i, id) in users.iter().enumerate() {
+        join(
+            &mut io,
+            id,
+            &nodes[i % 3],
+            &format!("user_{id}"),
+            json!(true),
+        )
+        .await;
+    }
+    join(&mut io, "m1", &nodes[0], "user_m", json!(true)).await;
+    join(&mut io, "m2", &nodes[1], "user_m", json!(true)).await;
+    let mut rooms: Vec<String> = users.iter().map(|id| format!("user_{id}")).collect();
+    rooms.push("user_m".into());
+
+    const ROUNDS: usize = 6;
+    let posts = (0..ROUNDS).map(|n| {
+        let (http, node, rooms) = (&http, &nodes[n % 3], json!(rooms));
+        async move { send(http, node, "", rooms, "burst", json!([n])).await }
+    });
+    for (status, answer) in futures_util::future::join_all(posts).await {
+        assert_eq!(status, 200, "{answer}");
+    }
+    let mut sockets: Vec<&str> = users.iter().map(String::as_str).collect();
+    sockets.extend(["m1", "m2"]);
+    for id in sockets {
+        let mut got = Vec::new();
+        for _ in 0..ROUNDS {
+            let ev = io.expect(id, "burst").await;
+            assert_eq!(ev["acked"], true, "{ev}");
+            got.push(ev["args"][0].as_u64().unwrap());
+        }
+        got.sort();
+        assert_eq!(got, (0..ROUNDS as u64).collect::<Vec<_>>(), "{id}");
+        io.expect_none(id, "burst", Duration::from_millis(100))
+            .await;
+    }
+    for room in &rooms {
+        until_pending(&redis, test, room, 0).await;
+    }
+    // Nothing comes back: every message was removed once, none is left for a batch.
+    join(&mut io, "m3", &nodes[2], "user_m", json!(true)).await;
+    io.expect_none("m3", "batch", Duration::from_millis(300))
+        .await;
+    io.expect_none("m2", "burst", Duration::from_millis(0))
+        .await;
+}
+
 /// SIGKILL of the node holding the socket mid-stream loses nothing: what was sent meanwhile comes in the batch on
 /// another node; the killed node, started again, forgets the holder its earlier life left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
