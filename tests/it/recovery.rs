@@ -322,7 +322,7 @@ async fn a_kicked_socket_is_not_resumed() {
 /// server ever sees of a reconnection); once that socket is ended on purpose (`end`), presenting them again gets
 /// a new socket and nothing sent since.
 async fn an_ended_session_is_not_resumed(test: &str, end: End) {
-    let (_dir, _redis, nodes) = start(test).await;
+    let (_dir, redis, nodes) = start(test).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let http = Http::new();
     let proxy = Proxy::start(a.port).await;
@@ -346,6 +346,8 @@ async fn an_ended_session_is_not_resumed(test: &str, end: End) {
     assert_eq!(c2.sid, first.sid, "a cut session was not resumed");
     assert_eq!(c2.pid.as_deref(), Some(pid.as_str()));
     let o1 = news(&mut io, "c2", &[1], o0).await;
+    let session = format!("{test}:recovery:{{/live}}:s:{pid}");
+    assert_eq!(redis.cli(&["EXISTS", &session]).trim(), "1", "{session}: the live session");
 
     let reason = match end {
         End::ByClient => {
@@ -364,6 +366,14 @@ async fn an_ended_session_is_not_resumed(test: &str, end: End) {
     let ev = io.expect("c2", "disconnect").await;
     assert_eq!(ev["reason"], reason, "{ev}");
     gone(&http, a, "/live", "R", &first.sid).await;
+    // The disconnect handler removes the session after the socket left its rooms (a Redis call of its own): a
+    // client presenting the pid before that would still resume, so wait for it.
+    eventually(
+        Duration::from_secs(5),
+        "the ended session removed from Redis",
+        async || (redis.cli(&["EXISTS", &session]).trim() == "0").then_some(()),
+    )
+    .await;
     for n in 2..=3 {
         send(&http, a, "/live", "R", n).await;
     }
