@@ -347,7 +347,11 @@ async fn an_ended_session_is_not_resumed(test: &str, end: End) {
     assert_eq!(c2.pid.as_deref(), Some(pid.as_str()));
     let o1 = news(&mut io, "c2", &[1], o0).await;
     let session = format!("{test}:recovery:{{/live}}:s:{pid}");
-    assert_eq!(redis.cli(&["EXISTS", &session]).trim(), "1", "{session}: the live session");
+    assert_eq!(
+        redis.cli(&["EXISTS", &session]).trim(),
+        "1",
+        "{session}: the live session"
+    );
 
     let reason = match end {
         End::ByClient => {
