@@ -130,11 +130,13 @@ impl Gateway {
         let reader_timeout =
             Duration::from_millis(streams::BLOCK_MS) + timeout + Duration::from_secs(5);
         let publisher = redis::connect_client(endpoint, timeout).await?;
-        // Blocking reads hold their connection: one reader for the replies, one for the `send` stream (read while
-        // this node routes), one for this node's inbox and one for the `broadcast` stream (one stream per read, as a
-        // Redis Cluster may keep them on different shards).
+        // Blocking reads hold their connection: one reader for the replies; with `send`, one for the `send` stream
+        // (read while this node routes) and one for this node's inbox; with `broadcast`, one for it (one stream per
+        // read, as a Redis Cluster may keep them on different shards).
+        let wanted =
+            1 + 2 * usize::from(keys.send.is_some()) + usize::from(keys.broadcast.is_some());
         let mut readers = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..wanted {
             match redis::connect_client(endpoint, reader_timeout).await {
                 Ok(c) => readers.push(c),
                 Err(e) => {
@@ -161,49 +163,56 @@ impl Gateway {
             tasks: Mutex::default(),
             readers: readers.clone(),
         });
-        let mut tasks = vec![
-            tokio::spawn(read_replies(gateway.clone(), readers[0].clone())),
-            tokio::spawn(housekeeping(gateway.clone())),
-        ];
-        if let Some(send) = gateway.keys.send.clone() {
-            let inbox = gateway.routing.inbox(&gateway.node);
-            // Read from the inbox's end now, before any client can be routed to it.
-            let joined = match gateway.join_routing(&send).await {
-                Ok(()) => streams::last_id(&gateway.publisher, &inbox).await,
-                Err(e) => Err(e),
-            };
-            let after = match joined {
-                Ok(after) => after,
-                Err(e) => {
-                    gateway.stop().await;
-                    return Err(redis::connect_err(endpoint, e).into());
+        // Everything that can fail comes before any task is started.
+        let inbox_from = match gateway.keys.send.clone() {
+            Some(send) => {
+                let inbox = gateway.routing.inbox(&gateway.node);
+                // Read from the inbox's end now, before any client can be routed to it.
+                let joined = match gateway.join_routing(&send).await {
+                    Ok(()) => streams::last_id(&gateway.publisher, &inbox).await,
+                    Err(e) => Err(e),
+                };
+                match joined {
+                    Ok(after) => Some((send, after)),
+                    Err(e) => {
+                        gateway.stop().await;
+                        return Err(redis::connect_err(endpoint, e).into());
+                    }
                 }
-            };
+            }
+            None => None,
+        };
+        if let Some(broadcast) = &gateway.keys.broadcast
+            && let Err(e) =
+                streams::ensure_group(&gateway.publisher, broadcast, &gateway.group()).await
+        {
+            gateway.stop().await;
+            return Err(redis::connect_err(endpoint, e).into());
+        }
+        let mut readers = readers.into_iter();
+        let mut tasks = Vec::new();
+        if let Some(reader) = readers.next() {
+            tasks.push(tokio::spawn(read_replies(gateway.clone(), reader)));
+        }
+        tasks.push(tokio::spawn(housekeeping(gateway.clone())));
+        if let (Some((send, after)), Some(router), Some(inbox)) =
+            (inbox_from, readers.next(), readers.next())
+        {
             tasks.push(tokio::spawn(router::write_directory(
                 gateway.clone(),
                 directory,
             )));
-            tasks.push(tokio::spawn(router::route(
-                gateway.clone(),
-                readers[1].clone(),
-                send,
-            )));
+            tasks.push(tokio::spawn(router::route(gateway.clone(), router, send)));
             tasks.push(tokio::spawn(router::read_inbox(
                 gateway.clone(),
-                readers[2].clone(),
+                inbox,
                 after,
             )));
         }
-        if let Some(broadcast) = gateway.keys.broadcast.clone() {
-            if let Err(e) =
-                streams::ensure_group(&gateway.publisher, &broadcast, &gateway.group()).await
-            {
-                gateway.stop().await;
-                return Err(redis::connect_err(endpoint, e).into());
-            }
+        if let (Some(broadcast), Some(reader)) = (gateway.keys.broadcast.clone(), readers.next()) {
             tasks.push(tokio::spawn(read_broadcasts(
                 gateway.clone(),
-                readers[3].clone(),
+                reader,
                 broadcast,
             )));
         }
@@ -218,12 +227,15 @@ impl Gateway {
         for task in &tasks {
             task.abort();
         }
+        // The readers first: a blocking read still waiting in Redis would take entries after the lease is given
+        // up (Redis answers QUIT once that read ends), and the next router must find them pending.
+        for c in &self.readers {
+            let _ = c.quit().await;
+        }
         if !tasks.is_empty() && self.keys.send.is_some() {
             self.leave_routing().await;
         }
-        for c in self.readers.iter().chain([&self.publisher]) {
-            let _ = c.quit().await;
-        }
+        let _ = self.publisher.quit().await;
     }
 
     pub fn path(&self) -> &str {

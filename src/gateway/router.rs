@@ -38,6 +38,8 @@ const LEASE_EVERY: Duration = Duration::from_secs(1);
 /// How long a node stays present (in `gateway:nodes`) and its set of held users lives, unless renewed (every
 /// [`super::HOUSEKEEPING`]): a node that died stops getting entries after at most this.
 const PRESENCE: Duration = Duration::from_secs(60);
+/// How often a node trims the entries of its inbox it has read (`XTRIM MINID ~`).
+const INBOX_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// How many forwarded ids a node remembers, to skip those forwarded twice (a few batches' worth).
 const RECENT_IDS: usize = 64 * streams::READ_COUNT as usize;
 /// Writes to the set of held users sent in one round trip.
@@ -138,7 +140,12 @@ impl Gateway {
             .await?;
         let _: Value = self.publisher.del(r.holds(&self.node)).await?;
         streams::ensure_group(&self.publisher, send, GROUP).await?;
-        streams::destroy_group(&self.publisher, send, &self.group()).await
+        // Housekeeping only: a Redis user without the right to it still starts.
+        if let Err(e) = streams::destroy_group(&self.publisher, send, &self.group()).await {
+            tracing::warn!(stream = send, group = self.group(), error = %e,
+                "the group this node read the send stream with before routing was not removed");
+        }
+        Ok(())
     }
 
     /// At a graceful stop: not present any more, and the lease given up so that another node routes at once.
@@ -303,7 +310,13 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
     let mut leading = false;
     let mut backlog = true;
     let mut renewed: Option<Instant> = None;
+    let mut backlog_read = Instant::now();
     loop {
+        // A router that lost the lease while its blocking read waited in Redis may have been given entries after the
+        // next router read what was pending: they are pending still, so look again now and then (late, not lost).
+        if backlog_read.elapsed() >= LEASE {
+            backlog = true;
+        }
         if renewed.is_none_or(|at| at.elapsed() >= LEASE_EVERY) {
             let held = match gateway.lease().await {
                 Ok(held) => held,
@@ -345,6 +358,7 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
         };
         if backlog && entries.is_empty() {
             backlog = false;
+            backlog_read = Instant::now();
             continue;
         }
         if let Err(e) = gateway.forward(&stream, entries).await {
@@ -416,7 +430,16 @@ async fn flush(pipeline: &fred::clients::Pipeline<Redis>, told: &mut Vec<oneshot
 pub async fn read_inbox(gateway: Arc<Gateway>, reader: Redis, mut after: String) {
     let key = gateway.routing.inbox(&gateway.node);
     let mut recent = Recent::new(RECENT_IDS);
+    let mut trimmed = Instant::now();
     loop {
+        // What was read goes: an inbox holds what its node has not read yet (a paused node's backlog), not a
+        // history (the router's `MAXLEN` is only a backstop).
+        if trimmed.elapsed() >= INBOX_TRIM_EVERY {
+            trimmed = Instant::now();
+            if let Err(e) = streams::trim_before(&gateway.publisher, &key, &after).await {
+                tracing::debug!(error = %e, "gateway inbox not trimmed");
+            }
+        }
         match streams::read(&reader, &key, &after).await {
             Ok(entries) => {
                 for entry in entries {

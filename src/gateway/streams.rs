@@ -69,6 +69,14 @@ pub async fn trim(client: &Client, key: &str, maxlen: u64) -> Result<u64, fred::
     trimmed(client.xtrim::<Value, _, _>(key, cap(maxlen)).await?)
 }
 
+/// `XTRIM key MINID ~ id`: the entries before `id` (those read), by whole listpack nodes.
+pub async fn trim_before(client: &Client, key: &str, id: &str) -> Result<(), fred::error::Error> {
+    client
+        .xtrim::<Value, _, _>(key, (XCapKind::MinID, XCapTrim::AlmostExact, id, None))
+        .await
+        .map(|_| ())
+}
+
 /// `XTRIM`'s answer: the number of entries removed.
 fn trimmed(answer: Value) -> Result<u64, fred::error::Error> {
     answer.convert::<u64>()
