@@ -246,8 +246,7 @@ impl Gateway {
                     .iter()
                     .filter_map(|&i| {
                         let entry = routed[i].0;
-                        let data = entry.fields.iter().find(|(k, _)| k.as_ref() == b"data")?;
-                        Some((Bytes::from(entry.id.clone()), data.1.clone()))
+                        Some((Bytes::from(entry.id.clone()), entry.data_bytes()?.clone()))
                     })
                     .collect();
                 sent += fields.len();

@@ -29,10 +29,15 @@ pub struct Entry {
 impl Entry {
     /// The `data` field, the one field of the backend's entries.
     pub fn data(&self) -> Option<&[u8]> {
+        self.data_bytes().map(|v| v.as_ref())
+    }
+
+    /// The `data` field as it was read (shared, not copied).
+    pub fn data_bytes(&self) -> Option<&Bytes> {
         self.fields
             .iter()
             .find(|(k, _)| k.as_ref() == b"data")
-            .map(|(_, v)| v.as_ref())
+            .map(|(_, v)| v)
     }
 }
 

@@ -1382,6 +1382,13 @@ async fn router_of(redis: &Redis) -> String {
     .await
 }
 
+/// The node routing `send` entries, taken out of `nodes`, with its id.
+async fn take_router(redis: &Redis, nodes: &mut Vec<Node>) -> (String, Node) {
+    let router = router_of(redis).await;
+    let at = nodes.iter().position(|n| n.id == router).unwrap();
+    (router, nodes.remove(at))
+}
+
 /// The router's group read and acknowledged every `send` entry.
 async fn routed_all(redis: &Redis) {
     eventually(
@@ -1403,9 +1410,7 @@ async fn routed_all(redis: &Redis) {
 async fn a_killed_router_is_replaced_and_redelivers_nothing_on_restart() {
     let test = "gateway_killed";
     let (dir, redis, mut nodes) = cluster_with_config(test, 3, &config("")).await;
-    let router = router_of(&redis).await;
-    let at = nodes.iter().position(|n| n.id == router).unwrap();
-    let b = nodes.remove(at);
+    let (router, b) = take_router(&redis, &mut nodes).await;
     let mut on_a = Ws::user("alex-a", &nodes[0], "alex", "alex").await;
     let mut on_b = Ws::user("alex-b", &b, "alex", "alex").await;
     until_len(&redis, CONNECTION, 2).await;
@@ -1463,14 +1468,12 @@ async fn a_killed_router_is_replaced_and_redelivers_nothing_on_restart() {
 
 /// `send` entries added steadily while the router is killed, restarted with its id, then stopped gracefully: every
 /// socket of the surviving nodes has each of its user's entries once, in order, and the entries went only to the
-/// nodes holding their user (counted by `gateway_routed`).
+/// nodes holding their user (each node's inbox holds its users' entries only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_entries_reach_each_user_once_in_order_while_the_router_restarts() {
     let test = "gateway_router_restarts";
     let (dir, redis, mut nodes) = cluster_with_config(test, 3, &config("")).await;
-    let router = router_of(&redis).await;
-    let at = nodes.iter().position(|n| n.id == router).unwrap();
-    let first_router = nodes.remove(at);
+    let (router, first_router) = take_router(&redis, &mut nodes).await;
     let port = first_router.port;
     // Two users per surviving node, one user on both; nobody on the router.
     let mut sockets = Vec::new();
