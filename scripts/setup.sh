@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs), Redis 7+, Node.js
+# Installs what building and testing need, only what is missing: a C compiler (aws-lc-rs) and make (jemalloc), Redis 7+, Node.js
 # and npm, Chromium, openssl, systemd-analyze, nginx, Python 3.11+ with venv; then from the npm registry the socket.io
 # browser bundle, the test clients (socket.io-client 4.x and 2.x) and PM2 (tests/js), and the benchmark's Node reference; from PyPI the API fuzzer
 # schemathesis (tests/it/openapi.rs), in a virtualenv under target/.
@@ -9,6 +9,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 
 missing=()
 command -v cc >/dev/null || missing+=(build-essential)
+# tikv-jemalloc-sys builds jemalloc with its configure script and make.
+command -v make >/dev/null || missing+=(make)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)

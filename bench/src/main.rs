@@ -906,7 +906,7 @@ impl Bench {
         );
         if room > 10 {
             // A burst: whether what it grew came back once the sockets are idle again.
-            for after in [10u64, 30] {
+            for after in [10u64, 30, 60] {
                 tokio::time::sleep_until((started + Duration::from_secs(after)).into()).await;
                 let rss = node.rss()?;
                 println!(
