@@ -1,5 +1,6 @@
-//! Running well: readiness and metrics that follow Redis, JSON logs, waiting for Redis at start-up, refusing a bad
-//! Redis URL or password, Redis over TLS with a password, and a graceful restart under query load.
+//! Running well: readiness and metrics that follow Redis, JSON logs, freed memory purged while idle, waiting for
+//! Redis at start-up, refusing a bad Redis URL or password, Redis over TLS with a password, and a graceful restart
+//! under query load.
 
 use std::{
     collections::BTreeSet,
@@ -167,6 +168,29 @@ async fn logs_are_json_lines_naming_the_node() {
         );
     }
     assert!(lines.iter().any(|l| l["message"] == "stopped"), "{text}");
+}
+
+/// The node frees what a burst grew back to the system without traffic: it runs jemalloc's background purging
+/// thread (an idle node would otherwise keep the pages; BENCHMARKS.md, "After a burst").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_purges_freed_memory_in_the_background() {
+    let dir = log_dir("an_idle_node_purges_freed_memory_in_the_background");
+    let node = Node::start(&dir, NodeOpts::default()).await;
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", node.pid()))
+        .unwrap()
+        .map(|task| {
+            let comm = task.unwrap().path().join("comm");
+            std::fs::read_to_string(comm)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert!(
+        threads.iter().any(|t| t == "jemalloc_bg_thd"),
+        "no jemalloc background thread among {threads:?}"
+    );
+    assert!(node.terminate().await.success());
 }
 
 /// Started before Redis, a node retries with back-off, then joins and serves as soon as Redis is up.
