@@ -6,7 +6,7 @@ use clap::Parser;
 use socket_identity::{Config, net::shutdown, run, telemetry::logging};
 
 /// jemalloc rather than glibc's malloc: after a burst (a room of 5,000 filled with presence events on) glibc kept
-/// about 28 KiB per socket of freed memory for good; jemalloc returns unused pages within its decay time (10 s).
+/// about 28 KiB per socket of freed memory for good; jemalloc returns unused pages within its decay time (~20 s).
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

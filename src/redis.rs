@@ -170,7 +170,7 @@ fn trusting(ca_file: &Path) -> Result<fred::types::config::TlsConfig, String> {
 /// up front; fred's default (32) drops messages under a burst of broadcasts.
 const SUBSCRIBER_RING: usize = 8_192;
 
-/// `ring`: the capacity of the client's event rings. fred gives every client nine rings, all of this capacity, so a
+/// `ring`: the capacity of the client's event rings (`None`: fred's default). fred gives every client nine rings, so a
 /// subscriber's 8,192 slots on a command client (which gets no messages) cost ~5.6 MB of memory for nothing: a node's
 /// RSS at start went from 52.5 to 41.3 MiB (the bench's memory phase) once its command clients kept fred's default.
 fn builder(endpoint: &Endpoint, command_timeout: Duration, ring: Option<usize>) -> Builder {
