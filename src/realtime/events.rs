@@ -24,6 +24,7 @@ use socketioxide::{
 };
 
 use super::{
+    admission::Seat,
     args::Relayed,
     auth::checked_session,
     bus::Frame,
@@ -434,6 +435,9 @@ async fn on_disconnect<A: Adapter>(
     State(node): State<NodeInfo>,
     reason: DisconnectReason,
 ) {
+    // The namespace is left: its place on the connection is free now, for the client's next namespace, not only
+    // once the socket is dropped (after the Redis work below, and after socketioxide takes it out).
+    drop(socket.extensions.remove::<Arc<Seat>>());
     if let Some(me) = socket.extensions.get::<Arc<Identity>>() {
         disconnected(&socket, &io, &node, &me, reason).await;
     }

@@ -175,7 +175,8 @@ pub async fn handshake<A: Adapter>(
             return Err(e);
         }
     };
-    // These go with the socket: dropped with it, they free its places (under MAX_SOCKETS, in its session).
+    // These go with the socket: dropped with it, they free its places (under MAX_SOCKETS, in its session). The
+    // seat goes as soon as the socket disconnects too (`events::on_disconnect`).
     socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(Arc::new(seat));
     let listed = node
