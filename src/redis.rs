@@ -188,6 +188,10 @@ fn builder(endpoint: &Endpoint, command_timeout: Duration, ring: Option<usize>) 
         })
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(5);
+            // fred leaves Nagle's algorithm on: the tail of a large write (a node's reply to a room query, ~175 KB
+            // at 2,500 sockets) could then wait for Redis's delayed ACK. node-redis (the Node reference's client)
+            // sets TCP_NODELAY by default; our writes are whole commands.
+            c.tcp.nodelay = Some(true);
         });
     builder
 }

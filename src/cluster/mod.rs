@@ -333,7 +333,6 @@ impl Cluster {
 
     async fn query(&self, ns: &str, query: Query) -> Answer {
         let deadline = Instant::now() + self.timeout;
-        let mine = Answer::local(self.node.clone(), self.local.answer(ns, &query));
         let request = Request::new(&self.node, ns, query);
         let (tx, mut rx) = mpsc::channel(REPLY_BUFFER);
         self.pending.0.lock().unwrap().insert(request.id, tx);
@@ -347,6 +346,7 @@ impl Cluster {
             rejected: &self.metrics.cluster_messages_rejected,
             in_flight: &self.queries,
         };
+        let mine = || Answer::local(self.node.clone(), self.local.answer(ns, &request.query));
         asker.gather(&request, mine, &mut rx, deadline).await
     }
 

@@ -96,18 +96,19 @@ pub struct Asker<'a, T> {
 
 impl<T: Transport> Asker<'_, T> {
     /// Publishes `request` and collects the replies arriving on `replies` until every node waited for has
-    /// answered, or `deadline`. `mine` is this node's own answer.
+    /// answered, or `deadline`. `mine` makes this node's own answer: once the request is out, so that it is built
+    /// while the other nodes build theirs (at 10,000 sockets it is a few hundred microseconds of the query).
     pub async fn gather(
         &self,
         request: &Request,
-        mut answer: Answer,
+        mine: impl FnOnce() -> Answer,
         replies: &mut mpsc::Receiver<Response>,
         deadline: Instant,
     ) -> Answer {
         let membership = self.membership;
         let Ok(Ok(_place)) = tokio::time::timeout_at(deadline, self.in_flight.acquire()).await
         else {
-            return answer.failed("too many cluster queries in flight on this node".into());
+            return mine().failed("too many cluster queries in flight on this node".into());
         };
         // Whom to wait for is decided before the request goes out: a node heard of later may have subscribed
         // after our SPUBLISH and never see the request (if it answers all the same, it is counted below).
@@ -123,14 +124,15 @@ impl<T: Transport> Asker<'_, T> {
                 // way), so nobody can say who else is there.
                 Ok(Ok(_)) => "not subscribed to the cluster channels yet".to_owned(),
                 Ok(Err(e)) => e,
-                Err(_) => return answer.failed("redis: publish timed out".into()),
+                Err(_) => return mine().failed("redis: publish timed out".into()),
             };
             // Just after a reconnect, failover or slot move, Redis may take the request a moment later.
             if self.transport.settled() || Instant::now() + RESEND >= deadline {
-                return answer.failed(failure);
+                return mine().failed(failure);
             }
             tokio::time::sleep(RESEND).await;
         };
+        let mut answer = mine();
         waiting.retain(|n| membership.contains(n));
         // Fewer subscribers than live nodes: some node's connection to Redis is gone (killed, not hung): ask
         // Redis which, rather than wait for its heartbeats to stop. Not while Redis is unsettled: a node whose
@@ -360,7 +362,7 @@ mod tests {
             let started = Instant::now();
             let mine = Answer::local("a".into(), Reply::empty(&self.request.query));
             let answer = asker
-                .gather(&self.request, mine, &mut self.rx, started + TIMEOUT)
+                .gather(&self.request, || mine, &mut self.rx, started + TIMEOUT)
                 .await;
             (answer, started.elapsed())
         }
@@ -441,7 +443,7 @@ mod tests {
         let started = Instant::now();
         let mine = Answer::local("a".into(), Reply::empty(&run.request.query));
         let answer = asker
-            .gather(&run.request, mine, &mut run.rx, started + 5 * TIMEOUT)
+            .gather(&run.request, || mine, &mut run.rx, started + 5 * TIMEOUT)
             .await;
         assert_eq!(started.elapsed(), 3 * HEARTBEAT);
         assert_eq!((answer.answered, answer.expected), (1, Some(1)));
@@ -552,6 +554,36 @@ mod tests {
         let (answer, took) = run.gather(&transport, &membership).await;
         assert_eq!(took, TIMEOUT);
         assert_eq!(answer.error.as_deref(), Some("redis: publish timed out"));
+    }
+
+    /// This node's own answer is built once the request is out, while the other nodes build theirs.
+    #[tokio::test(start_paused = true)]
+    async fn the_own_answer_is_built_after_the_request_is_published() {
+        let membership = members(&["b"]);
+        let run = Run::new(users());
+        run.send_after(Duration::from_millis(10), reply(&run.request, "b"));
+        let transport = Fake::delivering(2);
+        let asker = Asker {
+            transport: &transport,
+            membership: &membership,
+            rejected: &run.rejected,
+            in_flight: &run.in_flight,
+        };
+        let mut rx = run.rx;
+        let published_before_mine = std::cell::Cell::new(None);
+        let mine = || {
+            published_before_mine.set(Some(
+                transport
+                    .published
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ));
+            Answer::local("a".into(), Reply::empty(&run.request.query))
+        };
+        let answer = asker
+            .gather(&run.request, mine, &mut rx, Instant::now() + TIMEOUT)
+            .await;
+        assert_eq!(published_before_mine.get(), Some(1));
+        assert_eq!(answered_by(&answer), ["a", "b"]);
     }
 
     /// Past the queries a node may have in flight, a query waits for a place, and fails at its deadline if none
