@@ -14,6 +14,7 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use axum::http::{HeaderMap, header};
@@ -24,6 +25,7 @@ use governor::{
     state::{InMemoryState, NotKeyed},
 };
 use socketioxide::socket::Sid;
+use tokio::sync::Notify;
 
 /// Why a handshake was refused by a limit (bad fields are [`crate::domain::validate::Invalid`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +63,10 @@ const DEFAULT_MAX_VERIFYING: usize = 1024;
 /// must not ask for hundreds.
 pub const MAX_NAMESPACES_PER_SESSION: usize = 16;
 
+/// How long a namespace's handshake waits, at the bound, for a namespace its client has just left to give its
+/// place back ([`Admission::seat`]).
+const SEAT_WAIT: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub struct Admission {
     max_sockets: usize,
@@ -69,6 +75,8 @@ pub struct Admission {
     verifying: Arc<AtomicUsize>,
     /// Namespaces per Engine.IO session (socketioxide gives a socket its session's id in every namespace).
     sessions: Arc<Mutex<HashMap<Sid, usize>>>,
+    /// Told whenever a [`Seat`] is given back.
+    seat_freed: Arc<Notify>,
     /// `None`: no limit.
     rate: Option<governor::DefaultDirectRateLimiter>,
     /// `None`: any origin (and none).
@@ -100,6 +108,7 @@ impl Drop for Verifying {
 pub struct Seat {
     sessions: Arc<Mutex<HashMap<Sid, usize>>>,
     session: Sid,
+    freed: Arc<Notify>,
 }
 
 impl Drop for Seat {
@@ -111,6 +120,8 @@ impl Drop for Seat {
                 sessions.remove(&self.session);
             }
         }
+        drop(sessions);
+        self.freed.notify_waiters();
     }
 }
 
@@ -143,6 +154,7 @@ impl Admission {
             max_verifying,
             verifying: Arc::default(),
             sessions: Arc::default(),
+            seat_freed: Arc::default(),
             rate: limiter(rate, DefaultClock::default()),
             origins: (!origins.is_empty()).then_some(origins),
         }
@@ -187,16 +199,39 @@ impl Admission {
     }
 
     /// A place among the namespaces of Engine.IO session `session`.
-    pub fn seat(&self, session: Sid) -> Result<Seat, Refused> {
+    ///
+    /// At the bound, `leaving` says whether one of the session's namespaces is being left: socketioxide marks a
+    /// socket disconnected as soon as its client's `DISCONNECT` arrives, but runs the disconnect handler (which
+    /// gives the place back) in a task of its own, so a client leaving a namespace and opening another at once
+    /// would otherwise find its places still taken. Then this waits for a place to come back, at most
+    /// [`SEAT_WAIT`]; a session with all its namespaces open is refused at once.
+    pub async fn seat(&self, session: Sid, leaving: impl Fn() -> bool) -> Result<Seat, Refused> {
+        let deadline = tokio::time::Instant::now() + SEAT_WAIT;
+        loop {
+            // Listening before looking, so a place given back in between is not missed.
+            let freed = self.seat_freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(seat) = self.try_seat(session) {
+                return Ok(seat);
+            }
+            if !leaving() || tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(Refused::Namespaces(MAX_NAMESPACES_PER_SESSION));
+            }
+        }
+    }
+
+    fn try_seat(&self, session: Sid) -> Option<Seat> {
         let mut sessions = self.sessions.lock().unwrap();
         let n = sessions.entry(session).or_default();
         if *n >= MAX_NAMESPACES_PER_SESSION {
-            return Err(Refused::Namespaces(MAX_NAMESPACES_PER_SESSION));
+            return None;
         }
         *n += 1;
-        Ok(Seat {
+        Some(Seat {
             sessions: self.sessions.clone(),
             session,
+            freed: self.seat_freed.clone(),
         })
     }
 
@@ -272,24 +307,57 @@ mod tests {
         assert_eq!(a.sockets(), 0);
     }
 
-    #[test]
-    fn bounds_the_namespaces_of_one_session() {
+    #[tokio::test(start_paused = true)]
+    async fn bounds_the_namespaces_of_one_session() {
         let a = Admission::new(100, 0, vec![]);
         let (s1, s2) = (Sid::new(), Sid::new());
-        let seats: Vec<_> = (0..MAX_NAMESPACES_PER_SESSION)
-            .map(|_| a.seat(s1).unwrap())
-            .collect();
+        let mut seats = Vec::new();
+        for _ in 0..MAX_NAMESPACES_PER_SESSION {
+            seats.push(a.seat(s1, || false).await.unwrap());
+        }
+        let started = tokio::time::Instant::now();
         assert_eq!(
-            a.seat(s1).unwrap_err(),
+            a.seat(s1, || false).await.unwrap_err(),
             Refused::Namespaces(MAX_NAMESPACES_PER_SESSION)
         );
-        assert!(a.seat(s2).is_ok(), "another session is not affected");
+        assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
+        assert!(
+            a.seat(s2, || false).await.is_ok(),
+            "another session is not affected"
+        );
         drop(seats);
-        assert!(a.seat(s1).is_ok());
+        assert!(a.seat(s1, || false).await.is_ok());
         assert!(
             a.sessions.lock().unwrap().is_empty(),
             "nothing kept per session"
         );
+    }
+
+    /// A namespace being left gives its place to the one opened right after it, once its disconnect handler runs.
+    #[tokio::test(start_paused = true)]
+    async fn at_the_bound_a_namespace_being_left_is_waited_for() {
+        let a = Arc::new(Admission::new(100, 0, vec![]));
+        let s1 = Sid::new();
+        let mut seats = Vec::new();
+        for _ in 0..MAX_NAMESPACES_PER_SESSION {
+            seats.push(a.seat(s1, || false).await.unwrap());
+        }
+        let left = seats.pop().unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            drop(left);
+        });
+        let started = tokio::time::Instant::now();
+        let seat = a.seat(s1, || true).await;
+        assert!(seat.is_ok());
+        assert_eq!(started.elapsed(), Duration::from_millis(30));
+        // Nothing given back: refused after the wait, still bounded.
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            a.seat(s1, || true).await.unwrap_err(),
+            Refused::Namespaces(MAX_NAMESPACES_PER_SESSION)
+        );
+        assert_eq!(started.elapsed(), SEAT_WAIT);
     }
 
     #[test]

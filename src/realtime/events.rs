@@ -436,7 +436,8 @@ async fn on_disconnect<A: Adapter>(
     reason: DisconnectReason,
 ) {
     // The namespace is left: its place on the connection is free now, for the client's next namespace, not only
-    // once the socket is dropped (after the Redis work below, and after socketioxide takes it out).
+    // once the socket is dropped (after the Redis work below, and after socketioxide takes it out). A handshake
+    // that came first waits for this (`Admission::seat`).
     drop(socket.extensions.remove::<Arc<Seat>>());
     if let Some(me) = socket.extensions.get::<Arc<Identity>>() {
         disconnected(&socket, &io, &node, &me, reason).await;

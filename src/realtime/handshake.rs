@@ -15,6 +15,7 @@ use socketioxide::{
     adapter::Adapter,
     extract::{Extension, SocketRef, State, TryData},
     handler::ConnectHandler,
+    socket::Sid,
 };
 use socketioxide_core::adapter::DefinedAdapter;
 
@@ -153,7 +154,7 @@ pub async fn handshake<A: Adapter>(
     let recovery = node.recovery.get().filter(|_| window.is_some());
     let mut pending = recovery.and_then(|r| r.take(&socket));
     let verified = pending.as_mut().and_then(|p| p.verified.take());
-    let admitted = admit(&socket, auth.ok(), &node, verified).await;
+    let admitted = admit(&socket, &io, auth.ok(), &node, verified).await;
     let admitted = match admitted {
         // Removed by a refused handshake or a last socket leaving meanwhile: this socket would be in a dead
         // namespace.
@@ -196,6 +197,15 @@ pub async fn handshake<A: Adapter>(
     Ok(())
 }
 
+/// Whether a socket of Engine.IO session `session` is leaving its namespace: its client said so (socketioxide
+/// marked it disconnected) and its disconnect handler, which gives its place back, has not finished.
+fn leaving_a_namespace<A: Adapter>(io: &SocketIo<A>, session: Sid) -> bool {
+    io.nsps()
+        .into_iter()
+        .filter_map(|ns| ns.get_socket(session))
+        .any(|socket| !socket.connected())
+}
+
 /// What a handshake that passed holds for its socket.
 struct Admitted {
     seat: Seat,
@@ -206,6 +216,7 @@ struct Admitted {
 /// `verified`: the session hook's verification of this very handshake, not done again.
 async fn admit<A: Adapter>(
     socket: &SocketRef<A>,
+    io: &SocketIo<A>,
     auth: Option<Value>,
     node: &NodeInfo,
     verified: Option<Result<Verified, AuthError>>,
@@ -216,7 +227,10 @@ async fn admit<A: Adapter>(
         .get(axum::http::header::ORIGIN)
         .and_then(|o| o.to_str().ok());
     node.admission.origin(origin)?;
-    let seat = node.admission.seat(socket.id)?;
+    let seat = node
+        .admission
+        .seat(socket.id, || leaving_a_namespace(io, socket.id))
+        .await?;
     let ns = node
         .namespaces
         .find(socket.ns())
