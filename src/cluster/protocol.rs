@@ -210,6 +210,13 @@ pub struct Member {
     pub id_user: Option<String>,
 }
 
+impl Member {
+    /// The order of `GET /{room}/users`: by `id_user` (sockets without one first), then by socket id.
+    pub fn listing_key(&self) -> (Option<&str>, &str) {
+        (self.id_user.as_deref(), &self.id_socket)
+    }
+}
+
 /// A room of a namespace on one node, and how many of that node's sockets are in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RoomCount {
@@ -417,6 +424,20 @@ mod tests {
             id_socket: id_socket.into(),
             id_user: id_user.map(Into::into),
         }
+    }
+
+    #[test]
+    fn members_are_listed_without_a_user_first_then_by_user_then_by_socket() {
+        let mut members = [
+            member("b", Some("foo")),
+            member("z", None),
+            member("a", Some("foo")),
+            member("c", Some("bar")),
+            member("y", None),
+        ];
+        members.sort_by(|a, b| a.listing_key().cmp(&b.listing_key()));
+        let order: Vec<&str> = members.iter().map(|m| m.id_socket.as_str()).collect();
+        assert_eq!(order, ["y", "z", "c", "a", "b"]);
     }
 
     fn response() -> Response {

@@ -41,6 +41,8 @@ async fn every_node_lists_the_whole_room() {
         let users = http.users(node, "Maths").await;
         assert_eq!(users.status, 200);
         assert_eq!(users.set(), maths, "node {}", node.id);
+        // Each node's members come sorted and the asker merges them: the whole list is in order.
+        assert!(users.in_listing_order(), "node {}: {}", node.id, users.body);
         assert_eq!(users.nodes, "3/3", "node {}", node.id);
         assert_eq!(users.partial, "false");
         // Each entry says which node holds the socket.

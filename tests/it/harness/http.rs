@@ -50,6 +50,18 @@ pub struct Users {
 }
 
 impl Users {
+    /// Whether the entries are in the documented order: by `id_user` (none first), then `id_socket`.
+    pub fn in_listing_order(&self) -> bool {
+        let keys: Vec<(Option<&str>, &str)> = self
+            .body
+            .as_array()
+            .unwrap_or_else(|| panic!("not an array: {}", self.body))
+            .iter()
+            .map(|u| (u["id_user"].as_str(), u["id_socket"].as_str().unwrap()))
+            .collect();
+        keys.is_sorted()
+    }
+
     /// `(id_socket, id_user)` pairs, as a set.
     pub fn set(&self) -> BTreeSet<(String, String)> {
         self.body
