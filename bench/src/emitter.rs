@@ -11,8 +11,9 @@
 //! 2. **Messages per second.** `--emitter-rate-room` sockets in the room `staff` on `--nodes` nodes; for
 //!    `--emitter-rate-seconds` the bench publishes as fast as the sockets keep up: at most `--emitter-window`
 //!    messages unfinished (published, not yet at every socket of the room), the next published as soon as one
-//!    completes, its `PUBLISH` pipelined behind those not yet answered. The rate is complete messages per second; the latency is from the `PUBLISH` until the last
-//!    socket had it. Every socket must have every message exactly once.
+//!    completes, its `PUBLISH` pipelined behind those not yet answered. The rate is complete messages per
+//!    second; the latency is from the `PUBLISH` until the last socket had it. Every socket must have every
+//!    message exactly once.
 
 use std::{
     sync::Arc,

@@ -129,8 +129,8 @@ pub(super) async fn users(
             })
         })
         .collect();
-    // Each node's members come sorted by the same key ([`crate::cluster::protocol::Member::listing_key`]): the stable sort finds those runs
-    // and merges them (a node of an older version sends its members unsorted, which this sorts all the same).
+    // Each node's members come sorted by the same key (`Member::listing_key`): the stable sort finds those
+    // runs and merges them (a node of an older version sends its members unsorted, which this sorts all the same).
     list.sort_by(|a, b| (a.id_user, a.id_socket).cmp(&(b.id_user, b.id_socket)));
     Ok((cluster_headers(&answer), Json(list)).into_response())
 }
