@@ -145,6 +145,24 @@ pub fn room(value: &str) -> Result<(), Invalid> {
 
 /// Checks a user id.
 pub fn id_user(value: &str) -> Result<(), Invalid> {
+    // Most ids are printable ASCII: one pass over the bytes decides those, with the outcome of the rules below
+    // (no control character, as many chars as bytes, and the space is the only whitespace). A users query's asker
+    // checks every id its peers send, thousands per query.
+    if !value.is_empty()
+        && value.len() <= MAX_USER_CHARS
+        && value.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
+        return if value.starts_with(' ') || value.ends_with(' ') {
+            Err(Invalid::Whitespace("id_user"))
+        } else {
+            Ok(())
+        };
+    }
+    id_user_rules(value)
+}
+
+/// [`id_user`]'s rules, for any string.
+fn id_user_rules(value: &str) -> Result<(), Invalid> {
     check_len("id_user", value, MAX_USER_CHARS)?;
     if value.chars().any(char::is_control) {
         return Err(Invalid::BadChar("id_user"));
@@ -185,6 +203,44 @@ pub fn node_id(value: &str) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_shortcut_of_id_user_decides_as_the_rules_do() {
+        let long = "u".repeat(MAX_USER_CHARS);
+        let longer = "u".repeat(MAX_USER_CHARS + 1);
+        let wide = "é".repeat(MAX_USER_CHARS);
+        for value in [
+            "",
+            "a",
+            "bob",
+            " bob",
+            "bob ",
+            "b o b",
+            "bob\t",
+            "\tbob",
+            "b\u{7f}",
+            "b\u{1f}",
+            "~!@#$%^&*()",
+            "\"<b>\"",
+            "bär",
+            " bär",
+            "bär\u{a0}",
+            "\u{2003}bob",
+            "b\u{85}",
+            "日本",
+            &long,
+            &longer,
+            &wide,
+        ] {
+            assert_eq!(id_user(value), id_user_rules(value), "{value:?}");
+        }
+        assert_eq!(id_user(" bob"), Err(Invalid::Whitespace("id_user")));
+        assert_eq!(
+            id_user(&longer),
+            Err(Invalid::TooLong("id_user", MAX_USER_CHARS))
+        );
+        assert_eq!(id_user(&wide), Ok(()));
+    }
 
     #[test]
     fn rooms() {
