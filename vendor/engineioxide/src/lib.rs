@@ -25,3 +25,4 @@ mod body;
 mod engine;
 mod errors;
 mod transport;
+mod ws_out;

@@ -64,7 +64,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{config::EngineIoConfig, errors::Error};
+use crate::{config::EngineIoConfig, errors::Error, ws_out::WsOut};
 use bytes::Bytes;
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion, Str, TransportType};
 use futures_util::FutureExt;
@@ -124,17 +124,28 @@ pub(crate) type QueuedPackets = Box<PacketBuf>;
 /// A permit holds a place in the internal channel to send one packet to the client.
 pub struct Permit<'a> {
     inner: mpsc::Permit<'a, QueuedPackets>,
+    ws_out: &'a WsOut,
 }
 impl Permit<'_> {
     /// Consume the permit and emit a message to the client.
     #[inline]
     pub fn emit(self, msg: Str) {
-        self.inner.send(Box::new(smallvec![Packet::Message(msg)]));
+        self.send(smallvec![Packet::Message(msg)]);
     }
     /// Consume the permit and emit a binary message to the client.
     #[inline]
     pub fn emit_binary(self, data: Bytes) {
-        self.inner.send(Box::new(smallvec![Packet::Binary(data)]));
+        self.send(smallvec![Packet::Binary(data)]);
+    }
+
+    /// Written at once when the websocket can take them, else queued in the place this permit holds.
+    fn send(self, packets: PacketBuf) {
+        let inner = self.inner;
+        let queued = self.ws_out.write_or_queue(packets, |packets| {
+            inner.send(packets);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let Ok(()) = queued;
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -146,7 +157,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.send(packets);
     }
 
     /// Consume the permit and emit a message with multiple binary data to the client.
@@ -158,7 +169,7 @@ impl Permit<'_> {
         for d in data {
             packets.push(Packet::Binary(d));
         }
-        self.inner.send(Box::new(packets));
+        self.send(packets);
     }
 }
 
@@ -224,6 +235,9 @@ where
     /// Channel to send [PacketBuf] to the internal connection
     pub(crate) internal_tx: mpsc::Sender<QueuedPackets>,
 
+    /// A websocket's sink, for packets written by their sender when nothing is queued before them.
+    pub(crate) ws_out: WsOut,
+
     /// Channel to send volatile [PacketBuf]s that bypass the internal buffer.
     /// Uses a [`watch`](tokio::sync::watch) channel so only the latest volatile
     /// message is retained; subsequent volatile sends overwrite the previous one.
@@ -275,6 +289,7 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            ws_out: WsOut::default(),
 
             volatile_tx,
 
@@ -296,14 +311,18 @@ where
         #[cfg(feature = "tracing")]
         tracing::debug!(?packet, "sending packet");
 
-        self.internal_tx
-            .try_send(Box::new(smallvec![packet]))
-            .map_err(|p| match p {
-                TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
-                TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
-            })?;
+        self.send_packets(smallvec![packet]).map_err(|p| match p {
+            TrySendError::Full(mut p) => TrySendError::Full(p.pop().unwrap()),
+            TrySendError::Closed(mut p) => TrySendError::Closed(p.pop().unwrap()),
+        })?;
         Ok(())
     }
+    /// Written at once when the websocket can take them, else queued.
+    fn send_packets(&self, packets: PacketBuf) -> Result<(), TrySendError<QueuedPackets>> {
+        self.ws_out
+            .write_or_queue(packets, |packets| self.internal_tx.try_send(packets))
+    }
+
     pub(crate) fn is_upgrading(&self) -> bool {
         self.upgrading.load(Ordering::Relaxed)
     }
@@ -378,8 +397,7 @@ where
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "emitting ping");
 
-            self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Ping]))
+            self.send_packets(smallvec![Packet::Ping])
                 .map_err(|_| Error::HeartbeatTimeout)?;
 
             #[cfg(feature = "tracing")]
@@ -415,8 +433,7 @@ where
 
             #[cfg(feature = "tracing")]
             tracing::trace!(sid = ?self.id, "ping received, sending pong");
-            self.internal_tx
-                .try_send(Box::new(smallvec![Packet::Pong]))
+            self.send_packets(smallvec![Packet::Pong])
                 .map_err(|_| Error::HeartbeatTimeout)?;
         }
     }
@@ -451,7 +468,10 @@ where
     #[inline]
     pub fn reserve(&self) -> Result<Permit<'_>, TrySendError<()>> {
         let permit = self.internal_tx.try_reserve()?;
-        Ok(Permit { inner: permit })
+        Ok(Permit {
+            inner: permit,
+            ws_out: &self.ws_out,
+        })
     }
 
     /// Emits a message to the client.
@@ -626,6 +646,7 @@ where
 
             internal_rx: Mutex::new(InternalRx::new(internal_rx, volatile_rx)),
             internal_tx,
+            ws_out: WsOut::default(),
 
             volatile_tx,
 

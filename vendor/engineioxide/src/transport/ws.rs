@@ -4,7 +4,7 @@
 //! Other functions are used internally to handle the websocket connection through tasks and channels
 //! and to handle upgrade from polling to ws
 
-use std::sync::Arc;
+use std::{sync::Arc, task::Poll};
 
 use futures_util::{
     SinkExt, StreamExt, TryStreamExt,
@@ -266,12 +266,11 @@ where
     Ok(())
 }
 
-/// Forwards all packets waiting to be sent to the websocket
-///
-/// The websocket stream is flushed only when the internal channel is drained
+/// Hands the websocket to the socket's senders, and writes for them what they could not: packets queued
+/// while the websocket was busy, flushes it could not finish, volatile packets.
 async fn forward_to_socket<H: EngineIoHandler, S>(
     socket: Arc<Socket<H::Data>>,
-    mut tx: SplitSink<WebSocketStream<S>, Message>,
+    tx: SplitSink<WebSocketStream<S>, Message>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -291,81 +290,32 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         ..
     } = &mut *internal_rx;
 
-    // map a packet to a websocket message
-    // It is declared as a macro rather than a closure to avoid ownership issues
-    macro_rules! map_fn {
-            ($item:ident) => {
-                let res = match $item {
-                    Packet::Binary(bin) | Packet::BinaryV3(bin) => {
-                        if socket.protocol == ProtocolVersion::V3 {
-                            // v3 protocol requires packet type as the first byte.
-                            // This requires a new buffer. This is OK as it is only for the V3 protocol.
-                            let mut buff = Vec::with_capacity(bin.len() + 1);
-                            buff.push(0x04);
-                            buff.extend(bin);
-                            tx.feed(Message::Binary(buff.into())).await
-                        } else {
-                            tx.feed(Message::Binary(bin)).await
-                        }
-                    }
-                    // A Noop Packet maybe sent by the server to upgrade from a polling connection
-                    // In the case that the packet was not poll in time it will remain in the buffer and therefore
-                    // it should be discarded here
-                    Packet::Noop => Ok(()),
-                    _ => {
-                        let packet: String = $item.try_into().unwrap();
-                        tx.feed(Message::Text(packet.into())).await
-                    }
-                };
-                if let Err(_e) = res {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!("[sid={}] error sending packet: {}", socket.id, _e);
-                }
-            };
-        }
+    let waker = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+    let ws_out = &socket.ws_out;
+    ws_out.start(Box::pin(tx), socket.protocol, waker, buffered_rx);
 
-    // Forward buffered packets until the channel is closed or the session is cancelled.
+    // Until the channel is closed or the session is cancelled.
     loop {
         tokio::select! {
             biased;
-            items = buffered_rx.recv() => {
-                match items {
-                    Some(packets) => {
-                        for item in *packets {
-                            map_fn!(item);
-                        }
-                        while let Ok(packets) = buffered_rx.try_recv() {
-                            for item in *packets {
-                                map_fn!(item);
-                            }
-                        }
-                    }
-                    None => break
-                }
-            }
+            () = std::future::poll_fn(|cx| ws_out.poll_writer(buffered_rx, cx)) => break,
             _ = socket.cancellation_token.cancelled() => break,
             Ok(()) = volatile_rx.changed() => {
                 let val = volatile_rx.borrow_and_update().clone();
                 if let Some(packets) = val {
                     #[cfg(feature = "tracing")]
                     tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    for item in *packets {
-                        map_fn!(item);
-                    }
+                    ws_out.hold(*packets);
                 }
             },
         }
-
-        #[cfg(feature = "tracing")]
-        tracing::trace!(sid = %socket.id, "ws flush");
-        tx.flush().await.ok();
     }
 
     #[cfg(feature = "tracing")]
     tracing::trace!(sid = %socket.id, "ws closing flush");
-
-    tx.flush().await.ok();
-    tx.close().await.ok();
+    if let Some(writer) = ws_out.stop() {
+        writer.close().await;
+    }
 }
 /// Send a Engine.IO [`OpenPacket`] to initiate a websocket connection
 async fn init_handshake<S>(
@@ -521,6 +471,164 @@ mod tests {
             WebSocketStream::from_raw_socket(server, Role::Server, None).await,
             WebSocketStream::from_raw_socket(client, Role::Client, None).await,
         )
+    }
+
+    /// A server websocket that can hold only a few bytes in flight, and writes each frame at once: its
+    /// sink says "not now" as soon as the client stops reading.
+    async fn busy_ws_pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+        let (server, client) = tokio::io::duplex(64);
+        let config = WebSocketConfig::default().write_buffer_size(0);
+        (
+            WebSocketStream::from_raw_socket(server, Role::Server, Some(config)).await,
+            WebSocketStream::from_raw_socket(client, Role::Client, None).await,
+        )
+    }
+
+    async fn next(client: &mut WebSocketStream<DuplexStream>) -> Message {
+        tokio::time::timeout(TIMEOUT, client.next())
+            .await
+            .expect("the packet should arrive")
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn packets_queued_before_the_writer_starts_go_first() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let (tx, _rx) = server.split();
+
+        socket.emit(Str::from("queued")).unwrap();
+        tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        tokio::task::yield_now().await;
+        socket.emit(Str::from("written")).unwrap();
+
+        assert_eq!(next(&mut client).await, Message::text("4queued"));
+        assert_eq!(next(&mut client).await, Message::text("4written"));
+    }
+
+    /// While the client reads nothing, packets wait (in the sink, then in the channel) and go out in the
+    /// order they were sent; a packet with attachments stays whole. One sent as the client starts to read,
+    /// when the websocket could take it again, still waits behind those in the channel.
+    #[tokio::test]
+    async fn packets_keep_their_order_while_the_websocket_is_busy() {
+        let socket = socket();
+        let (server, mut client) = busy_ws_pair().await;
+        let (tx, _rx) = server.split();
+        tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        tokio::task::yield_now().await;
+
+        let send = |i: usize| {
+            let permit = socket.reserve().expect("the channel has room");
+            if i.is_multiple_of(3) {
+                let data = [
+                    Bytes::from(vec![i as u8; 40]),
+                    Bytes::from(vec![i as u8; 3]),
+                ];
+                permit.emit_many(Str::from(format!("{i:02}")), data.into());
+            } else {
+                permit.emit(Str::from(format!("{i:02}-{}", "x".repeat(40))));
+            }
+        };
+        let expect = async |client: &mut WebSocketStream<DuplexStream>, i: usize| {
+            if i.is_multiple_of(3) {
+                assert_eq!(next(client).await, Message::text(format!("4{i:02}")));
+                assert_eq!(next(client).await, Message::binary(vec![i as u8; 40]));
+                assert_eq!(next(client).await, Message::binary(vec![i as u8; 3]));
+            } else {
+                let text = format!("4{i:02}-{}", "x".repeat(40));
+                assert_eq!(next(client).await, Message::text(text));
+            }
+        };
+        for i in 0..60 {
+            send(i);
+        }
+        assert!(
+            socket.ws_out.queued().is_some_and(|queued| queued > 0),
+            "some packets should have waited in the channel"
+        );
+        // The writer task does not run before this task waits: the channel still holds packets.
+        expect(&mut client, 0).await;
+        send(60);
+        for i in 1..=60 {
+            expect(&mut client, i).await;
+        }
+    }
+
+    /// Senders on other threads, each in its own order, while the client reads: nothing lost, and each
+    /// sender's packets in the order it sent them.
+    #[tokio::test]
+    async fn concurrent_senders_each_keep_their_order() {
+        let socket = socket();
+        let (server, mut client) = busy_ws_pair().await;
+        let (tx, _rx) = server.split();
+        tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        tokio::task::yield_now().await;
+
+        let senders: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                let socket = socket.clone();
+                std::thread::spawn(move || {
+                    for i in 0..100 {
+                        // The channel holds 128 packets: wait for room rather than lose one.
+                        while socket.emit(Str::from(format!("{name}{i:03}"))).is_err() {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+
+        let mut seen = std::collections::HashMap::from([('a', 0), ('b', 0)]);
+        for _ in 0..200 {
+            let Message::Text(text) = next(&mut client).await else {
+                panic!("a text packet");
+            };
+            let name = text.chars().nth(1).unwrap();
+            let i: usize = text[2..].parse().unwrap();
+            assert_eq!(i, seen[&name], "sender {name}'s packets out of order");
+            *seen.get_mut(&name).unwrap() += 1;
+        }
+        for sender in senders {
+            sender.join().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn volatile_packets_are_written_by_the_writer() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let (tx, _rx) = server.split();
+        tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        tokio::task::yield_now().await;
+
+        socket.emit(Str::from("first")).unwrap();
+        assert!(socket.emit_volatile(Str::from("volatile")));
+        assert_eq!(next(&mut client).await, Message::text("4first"));
+        assert_eq!(next(&mut client).await, Message::text("4volatile"));
+    }
+
+    /// Once the session ends, the writer takes the websocket back from senders and closes it.
+    #[tokio::test]
+    async fn the_writer_closes_the_websocket_at_the_end_of_the_session() {
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let (tx, _rx) = server.split();
+        let writer = tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        tokio::task::yield_now().await;
+
+        socket.emit(Str::from("last")).unwrap();
+        socket.cancellation_token.cancel();
+        tokio::time::timeout(TIMEOUT, writer)
+            .await
+            .expect("the writer should stop")
+            .unwrap();
+        assert_eq!(socket.ws_out.queued(), None, "senders should queue again");
+        socket.emit(Str::from("after")).unwrap();
+
+        assert_eq!(next(&mut client).await, Message::text("4last"));
+        assert!(matches!(next(&mut client).await, Message::Close(_)));
     }
 
     /// A polling request can still hold the lock at the end of an upgrade.
