@@ -120,3 +120,47 @@ fn every_vendored_copy_is_the_crate_with_its_patches() {
         );
     }
 }
+
+/// The vendored engineioxide passes its own unit tests, ours among them (patch 0003's: packets in order while a
+/// websocket is busy, concurrent senders, the close). Run on a copy made a package of its own, with its
+/// dev-dependencies, in a target directory kept between runs.
+#[test]
+fn vendored_engineioxide_passes_its_unit_tests() {
+    let dir = root().join("target/vendored-tests");
+    let copy = dir.join("engineioxide");
+    std::fs::remove_dir_all(&copy).ok();
+    std::fs::create_dir_all(&copy).expect("create the copy's directory");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(root().join("vendor/engineioxide/."))
+        .arg(&copy)
+        .status()
+        .expect("run cp");
+    assert!(status.success(), "copy vendor/engineioxide");
+    let manifest = copy.join("Cargo.toml");
+    let mut text = std::fs::read_to_string(&manifest).expect("read the copy's Cargo.toml");
+    // Not a member of our workspace: a workspace of its own.
+    text.push_str("\n[workspace]\n");
+    std::fs::write(&manifest, text).expect("write the copy's Cargo.toml");
+    // Our lock pins the versions the server builds with; cargo adds the dev-dependencies.
+    std::fs::copy(root().join("Cargo.lock"), copy.join("Cargo.lock")).expect("copy Cargo.lock");
+
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--lib", "--target-dir"])
+        .arg(dir.join("target"))
+        .current_dir(&copy)
+        .output()
+        .expect("run cargo test on the copy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "transport::ws::tests::packets_keep_their_order_while_the_websocket_is_busy ... ok"
+        ),
+        "patch 0003's tests did not run: {stdout}"
+    );
+}
