@@ -216,6 +216,10 @@ impl<A: Adapter> Namespace<A> {
         if socket.id != sid {
             self.chosen_sids.write().unwrap().insert(sid, socket.id);
         }
+        // Connected before a disconnection can find it in the namespace: set after, it would undo the
+        // `close` of a connection lost in between (a client leaving as soon as it has its CONNECT
+        // answer), and the connect handler would then run for a socket it sees as connected for good.
+        socket.set_connected(true);
         self.sockets
             .write()
             .unwrap()
@@ -236,12 +240,12 @@ impl<A: Adapter> Namespace<A> {
             #[cfg(feature = "tracing")]
             tracing::debug!(%sid, "error sending connect packet: {_e}, closing conn");
 
+            socket.set_connected(false);
             self.remove_socket(socket.id);
             esocket.close(engineioxide::DisconnectReason::TransportError);
             return Err(ConnectFail);
         }
 
-        socket.set_connected(true);
         self.handler.call(socket, auth);
 
         Ok(())
