@@ -57,7 +57,7 @@ impl std::fmt::Debug for WsOut {
 
 impl WsOut {
     fn lock(&self) -> MutexGuard<'_, Option<Box<Writer>>> {
-        // Nothing under this lock can leave the state half-changed, so a panic elsewhere does not poison it.
+        // A sender that panicked while writing leaves at worst a packet unsent: the next one can go on.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
