@@ -658,6 +658,28 @@ fn cpu(pids: &[u32]) -> Duration {
 }
 
 /// Polls `done` every 2 ms until it holds or `limit` has passed.
+/// Whether the nodes' sets of held users (`gateway:holds:<node>`) come to hold `users` users within [`SETTLE_LIMIT`].
+async fn all_held(backend: &Redis, users: usize) -> anyhow::Result<bool> {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let keys: Vec<String> = backend
+            .custom(fred::cmd!("KEYS"), vec!["*gateway:holds:*"])
+            .await?;
+        let mut held = 0;
+        for key in keys {
+            let n: i64 = backend.custom(fred::cmd!("SCARD"), vec![key]).await?;
+            held += usize::try_from(n).unwrap_or(0);
+        }
+        if held >= users {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -847,6 +869,13 @@ impl Bench {
         let (clients, connect_errors, connect_secs) =
             self.open_gateway(&nodes, users, &probe).await?;
         let backend = redis_client(&redis.url).await?;
+        // As a backend would (it hears `onconnect` then): send once the nodes hold every user. Sooner, an entry for
+        // a user whose node has not written it yet would find nobody holding it, and be dropped.
+        anyhow::ensure!(
+            all_held(&backend, clients.len()).await?,
+            "the nodes did not hold the {} users within {SETTLE_LIMIT:?}",
+            clients.len()
+        );
         let mut pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
         pids.push(redis.pid());
         let me = [std::process::id()];

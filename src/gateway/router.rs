@@ -355,9 +355,13 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
                 continue;
             }
         };
-        if backlog && entries.is_empty() {
-            backlog = false;
-            backlog_read = Instant::now();
+        if entries.is_empty() {
+            // The backlog is read; or the blocking read timed out: nothing to route, nor to acknowledge (an
+            // `XACK` without ids is an error, which sent the router back to its backlog after every idle spell).
+            if backlog {
+                backlog = false;
+                backlog_read = Instant::now();
+            }
             continue;
         }
         if let Err(e) = gateway.forward(&stream, entries).await {
