@@ -352,3 +352,46 @@ async fn every_bad_request_gets_its_status_and_a_json_error() {
     assert_eq!(res.status(), 200);
     assert_eq!(Http::new().status(a, "/send?site=chat").await, 405);
 }
+
+/// Pushes keep their order while the client's connection upgrades from long-polling to websocket: the packets the
+/// long-polling queue still holds go out on the websocket before those written straight to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_keep_their_order_across_the_upgrade_to_websocket() {
+    const PUSHES: i64 = 150;
+    let (_dir, _redis, nodes) = start("send_upgrade").await;
+    let a = &nodes[0];
+    let mut io = Clients::start();
+    let query = json!({"id_user": "1", "room": "staff"});
+    connected(
+        io.connect(
+            Conn::to("up", a)
+                .ns("/chat")
+                .query(query)
+                .transports(&["polling", "websocket"])
+                .report_upgrade(),
+        )
+        .await,
+    );
+    // Sent at once, one after the other, while the client upgrades.
+    let http = Http::new();
+    for i in 0..PUSHES {
+        let body = json!({"rooms": ["staff"], "event": "tick", "args": [i]});
+        let (status, answer) = post(
+            &http,
+            a,
+            &format!("site=chat&apiKey={CHAT_KEY}"),
+            "application/json",
+            body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let upgrade = io.expect("up", "upgrade").await;
+    assert_eq!(upgrade["transport"], "websocket", "{upgrade}");
+    for i in 0..PUSHES {
+        let ev = io.expect("up", "tick").await;
+        assert_eq!(ev["args"], json!([i]), "push {i} out of order");
+    }
+    io.expect_none("up", "tick", Duration::from_millis(300))
+        .await;
+}

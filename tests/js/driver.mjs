@@ -59,7 +59,20 @@ function onAny(socket, client, handler) {
   };
 }
 
-function connect({ id, url, query, auth, transports, reconnect, headers, ack_server, shared, local_address, client }) {
+function connect({
+  id,
+  url,
+  query,
+  auth,
+  transports,
+  reconnect,
+  headers,
+  ack_server,
+  shared,
+  local_address,
+  client,
+  report_upgrade,
+}) {
   const socket = (client === 2 ? ioV2 : io)(url, {
     extraHeaders: headers ?? {},
     query: query ?? {},
@@ -75,6 +88,9 @@ function connect({ id, url, query, auth, transports, reconnect, headers, ack_ser
     localAddress: local_address ?? undefined,
   });
   sockets.set(id, socket);
+  if (report_upgrade) {
+    socket.io.on("open", () => socket.io.engine.on("upgrade", (t) => out({ id, event: "upgrade", transport: t.name })));
+  }
   // `_pid` is socket.io-client's own field (no public getter): a test that plays a thief needs the value.
   socket.on("connect", () =>
     out({ id, event: "connect", sid: socket.id, recovered: socket.recovered === true, pid: socket._pid ?? null }),

@@ -35,6 +35,8 @@ pub struct Conn {
     local_address: Option<String>,
     /// socket.io-client's major version: 4, or 2 (protocol v4 over Engine.IO 3).
     client: u8,
+    /// An `upgrade` event when the connection moves from long-polling to websocket.
+    report_upgrade: bool,
 }
 
 /// Where a socket connects: a node, or a server's base URL (`https://host:port`).
@@ -82,6 +84,7 @@ impl Conn {
             shared: false,
             local_address: None,
             client: 4,
+            report_upgrade: false,
         }
     }
 
@@ -154,6 +157,12 @@ impl Conn {
         self
     }
 
+    /// An event `upgrade` (`{"transport": "websocket"}`) when the connection upgrades from long-polling.
+    pub fn report_upgrade(mut self) -> Self {
+        self.report_upgrade = true;
+        self
+    }
+
     /// The driver's `connect` command.
     fn command(&self) -> Value {
         let url = match self.ns.as_str() {
@@ -163,7 +172,7 @@ impl Conn {
         json!({"op": "connect", "id": self.id, "url": url, "query": self.query, "auth": self.auth,
             "headers": self.headers, "transports": self.transports, "reconnect": self.reconnect,
             "ack_server": self.ack_server, "shared": self.shared, "local_address": self.local_address,
-            "client": self.client})
+            "client": self.client, "report_upgrade": self.report_upgrade})
     }
 }
 
