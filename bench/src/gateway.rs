@@ -657,7 +657,6 @@ fn cpu(pids: &[u32]) -> Duration {
     pids.iter().map(|&p| procs::cpu_time(p)).sum()
 }
 
-/// Polls `done` every 2 ms until it holds or `limit` has passed.
 /// Whether the nodes' sets of held users (`gateway:holds:<node>`) come to hold `users` users within [`SETTLE_LIMIT`].
 async fn all_held(backend: &Redis, users: usize) -> anyhow::Result<bool> {
     let deadline = Instant::now() + SETTLE_LIMIT;
@@ -680,6 +679,7 @@ async fn all_held(backend: &Redis, users: usize) -> anyhow::Result<bool> {
     }
 }
 
+/// Polls `done` every 2 ms until it holds or `limit` has passed.
 async fn wait_until(limit: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while !done() {
