@@ -15,6 +15,7 @@ use std::{
     pin::{Pin, pin},
     sync::{Mutex, MutexGuard, PoisonError},
     task::{Context, Poll, Waker},
+    time::{Duration, Instant},
 };
 
 use engineioxide_core::{Packet, PacketBuf, ProtocolVersion};
@@ -39,7 +40,15 @@ pub(crate) struct Writer {
     queued: usize,
     /// Packets taken from the channel (or volatile ones) that the websocket could not take yet.
     held: VecDeque<Packet>,
+    /// When a sender last wrote, and for how long after that the websocket is busy ([`BUSY`]).
+    last_write: Option<Instant>,
+    busy: Duration,
 }
+
+/// A websocket written to less than this before is busy: a sender leaves the flush to the writer task, so that
+/// packets coming faster than the task is scheduled share one TLS record and one system call (as they did when
+/// the writer task wrote every packet), while a packet to a quiet websocket is flushed at once.
+const BUSY: Duration = Duration::from_millis(1);
 
 /// Apart from the writer's other fields, so that a sender polls it with the writer task's waker as it is.
 struct Io {
@@ -101,6 +110,8 @@ impl WsOut {
             waker,
             queued: rx.len(),
             held: VecDeque::new(),
+            last_write: None,
+            busy: BUSY,
         }));
     }
 
@@ -108,6 +119,14 @@ impl WsOut {
     #[cfg(test)]
     pub(crate) fn queued(&self) -> Option<usize> {
         self.lock().as_ref().map(|writer| writer.queued)
+    }
+
+    /// How long after a write the websocket counts as busy.
+    #[cfg(test)]
+    pub(crate) fn set_busy(&self, busy: Duration) {
+        if let Some(writer) = self.lock().as_deref_mut() {
+            writer.busy = busy;
+        }
     }
 
     /// Takes the sink back from senders, for the writer task to close it.
@@ -165,13 +184,18 @@ impl Writer {
         if self.queued > 0 || !self.held.is_empty() {
             return Some(packets);
         }
+        let now = Instant::now();
+        let busy = self
+            .last_write
+            .is_some_and(|last| now.saturating_duration_since(last) < self.busy);
+        self.last_write = Some(now);
         let io = &mut self.io;
         let mut cx = Context::from_waker(&self.waker);
-        // A flush already waiting for the websocket is the writer task's to finish.
+        // A flush already waiting (for the websocket, or for the writer task) is the writer task's to finish.
         let flush = !io.unflushed;
         // The sender's task may have used up its tokio budget (a broadcast writes to many sockets in one
         // poll): the websocket would then say "not now" to every socket left and wake each writer task.
-        unconstrained(|| {
+        let rest = unconstrained(|| {
             let mut packets = packets.into_iter();
             while let Some(packet) = packets.next() {
                 if io.poll_ready(&mut cx).is_pending() {
@@ -179,11 +203,17 @@ impl Writer {
                 }
                 io.start_send(packet);
             }
-            if flush {
+            if flush && !busy {
                 io.flush(&mut cx);
             }
             None
-        })
+        });
+        if flush && busy && rest.is_none() {
+            // Flushed by the writer task once it runs, with whatever else comes until then: one record and
+            // one write for them all.
+            self.waker.wake_by_ref();
+        }
+        rest
     }
 
     /// Writes what is held, flushes and closes the websocket.

@@ -555,6 +555,37 @@ mod tests {
         }
     }
 
+    /// A packet to a quiet websocket is flushed by its sender; packets that follow it closely are left to the
+    /// writer task, which flushes them together.
+    #[tokio::test]
+    async fn packets_to_a_busy_websocket_are_flushed_together_by_the_writer() {
+        use futures_util::FutureExt;
+        let socket = socket();
+        let (server, mut client) = ws_pair().await;
+        let (tx, _rx) = server.split();
+        tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
+        tokio::task::yield_now().await;
+        socket.ws_out.set_busy(Duration::from_secs(3600));
+
+        // `now_or_never` reads what the websocket has without letting the writer task run.
+        socket.emit(Str::from("quiet")).unwrap();
+        let quiet = client.next().now_or_never().flatten().map(Result::unwrap);
+        assert_eq!(quiet, Some(Message::text("4quiet")), "flushed by the sender");
+        socket.emit(Str::from("busy 1")).unwrap();
+        socket.emit(Str::from("busy 2")).unwrap();
+        assert!(
+            client.next().now_or_never().is_none(),
+            "left to the writer task"
+        );
+        assert_eq!(next(&mut client).await, Message::text("4busy 1"));
+        assert_eq!(next(&mut client).await, Message::text("4busy 2"));
+
+        socket.ws_out.set_busy(Duration::ZERO);
+        socket.emit(Str::from("quiet again")).unwrap();
+        let quiet = client.next().now_or_never().flatten().map(Result::unwrap);
+        assert_eq!(quiet, Some(Message::text("4quiet again")));
+    }
+
     /// Senders on other threads, each in its own order, while the client reads: nothing lost, and each
     /// sender's packets in the order it sent them.
     #[tokio::test]
