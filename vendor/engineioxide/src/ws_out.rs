@@ -33,21 +33,24 @@ pub(crate) type WsSink = Pin<Box<dyn Sink<Message, Error = tungstenite::Error> +
 pub(crate) struct WsOut(Mutex<Option<Box<Writer>>>);
 
 pub(crate) struct Writer {
-    io: Io,
+    /// Taken by the writer task while it writes and flushes, so that senders wait on no system call: they
+    /// queue meanwhile.
+    io: Option<Io>,
     /// The writer task's: whatever the websocket makes a sender wait for wakes the task that finishes it.
     waker: Waker,
     /// Packets in the channel: while there are any, a sender queues behind them.
     queued: usize,
     /// Packets taken from the channel (or volatile ones) that the websocket could not take yet.
     held: VecDeque<Packet>,
-    /// When a sender last wrote, and for how long after that the websocket is busy ([`BUSY`]).
+    /// When a packet was last sent, and for how long after that the websocket is busy ([`BUSY`]).
     last_write: Option<Instant>,
     busy: Duration,
 }
 
-/// A websocket written to less than this before is busy: a sender leaves the flush to the writer task, so that
-/// packets coming faster than the task is scheduled share one TLS record and one system call (as they did when
-/// the writer task wrote every packet), while a packet to a quiet websocket is flushed at once.
+/// A websocket sent a packet less than this before is busy: its packets go through the channel to the writer
+/// task, so that packets coming faster than the task is scheduled share one TLS record and one system call (as
+/// they did when the writer task wrote every packet), while a packet to a quiet websocket is written and flushed
+/// at once.
 const BUSY: Duration = Duration::from_millis(1);
 
 /// Apart from the writer's other fields, so that a sender polls it with the writer task's waker as it is.
@@ -102,11 +105,11 @@ impl WsOut {
     ) {
         let mut guard = self.lock();
         *guard = Some(Box::new(Writer {
-            io: Io {
+            io: Some(Io {
                 sink,
                 protocol,
                 unflushed: false,
-            },
+            }),
             waker,
             queued: rx.len(),
             held: VecDeque::new(),
@@ -154,22 +157,35 @@ impl WsOut {
         if !writer.waker.will_wake(cx.waker()) {
             writer.waker = cx.waker().clone();
         }
+        let Some(mut io) = writer.io.take() else {
+            unreachable!("only the writer task takes the websocket, and gives it back before it returns");
+        };
+        let mut held = std::mem::take(&mut writer.held);
+        drop(guard);
+
+        let mut received = 0;
         let closed = loop {
-            if writer.io.write_all(&mut writer.held, cx).is_pending() {
+            if io.write_all(&mut held, cx).is_pending() {
                 break false;
             }
             match rx.poll_recv(cx) {
                 Poll::Ready(Some(packets)) => {
-                    writer.queued -= 1;
-                    writer.held.extend(*packets);
+                    received += 1;
+                    held.extend(*packets);
                 }
                 Poll::Ready(None) => break true,
                 Poll::Pending => break false,
             }
         };
-        if writer.io.unflushed {
-            writer.io.flush(cx);
+        if io.unflushed {
+            io.flush(cx);
         }
+
+        let mut guard = self.lock();
+        let writer = guard.as_deref_mut().expect("only the writer task stops the writer");
+        writer.io = Some(io);
+        writer.held = held;
+        writer.queued -= received;
         if closed {
             Poll::Ready(())
         } else {
@@ -181,21 +197,21 @@ impl WsOut {
 impl Writer {
     /// `None` when every packet was written; else the packets from the first the websocket could not take.
     fn write_now(&mut self, packets: PacketBuf) -> Option<PacketBuf> {
-        if self.queued > 0 || !self.held.is_empty() {
-            return Some(packets);
-        }
         let now = Instant::now();
         let busy = self
             .last_write
             .is_some_and(|last| now.saturating_duration_since(last) < self.busy);
         self.last_write = Some(now);
-        let io = &mut self.io;
+        let waiting = busy || self.queued > 0 || !self.held.is_empty();
+        let Some(io) = self.io.as_mut().filter(|_| !waiting) else {
+            return Some(packets);
+        };
         let mut cx = Context::from_waker(&self.waker);
-        // A flush already waiting (for the websocket, or for the writer task) is the writer task's to finish.
+        // A flush already waiting for the websocket is the writer task's to finish.
         let flush = !io.unflushed;
         // The sender's task may have used up its tokio budget (a broadcast writes to many sockets in one
         // poll): the websocket would then say "not now" to every socket left and wake each writer task.
-        let rest = unconstrained(|| {
+        unconstrained(|| {
             let mut packets = packets.into_iter();
             while let Some(packet) = packets.next() {
                 if io.poll_ready(&mut cx).is_pending() {
@@ -203,22 +219,19 @@ impl Writer {
                 }
                 io.start_send(packet);
             }
-            if flush && !busy {
+            if flush {
                 io.flush(&mut cx);
             }
             None
-        });
-        if flush && busy && rest.is_none() {
-            // Flushed by the writer task once it runs, with whatever else comes until then: one record and
-            // one write for them all.
-            self.waker.wake_by_ref();
-        }
-        rest
+        })
     }
 
     /// Writes what is held, flushes and closes the websocket.
     pub(crate) async fn close(mut self: Box<Self>) {
         let Writer { io, held, .. } = &mut *self;
+        let Some(io) = io else {
+            return;
+        };
         std::future::poll_fn(|cx| io.write_all(held, cx)).await;
         io.sink.flush().await.ok();
         io.sink.close().await.ok();

@@ -517,6 +517,8 @@ mod tests {
         let (tx, _rx) = server.split();
         tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
         tokio::task::yield_now().await;
+        // Every packet tries the websocket first, however close they follow each other.
+        socket.ws_out.set_busy(Duration::ZERO);
 
         let send = |i: usize| {
             let permit = socket.reserve().expect("the channel has room");
@@ -555,8 +557,8 @@ mod tests {
         }
     }
 
-    /// A packet to a quiet websocket is flushed by its sender; packets that follow it closely are left to the
-    /// writer task, which flushes them together.
+    /// A packet to a quiet websocket is written and flushed by its sender; packets that follow it closely go
+    /// through the channel to the writer task, which flushes them together.
     #[tokio::test]
     async fn packets_to_a_busy_websocket_are_flushed_together_by_the_writer() {
         use futures_util::FutureExt;
@@ -577,6 +579,7 @@ mod tests {
             client.next().now_or_never().is_none(),
             "left to the writer task"
         );
+        assert_eq!(socket.ws_out.queued(), Some(2), "in the channel");
         assert_eq!(next(&mut client).await, Message::text("4busy 1"));
         assert_eq!(next(&mut client).await, Message::text("4busy 2"));
 
@@ -595,6 +598,8 @@ mod tests {
         let (tx, _rx) = server.split();
         tokio::spawn(forward_to_socket::<StubHandler, _>(socket.clone(), tx));
         tokio::task::yield_now().await;
+        // Every packet tries the websocket first, however close they follow each other.
+        socket.ws_out.set_busy(Duration::ZERO);
 
         let senders: Vec<_> = ["a", "b"]
             .into_iter()
