@@ -180,6 +180,10 @@ pub async fn handshake<A: Adapter>(
     // seat goes as soon as the socket disconnects too (`events::on_disconnect`).
     socket.extensions.insert(Arc::new(slot));
     socket.extensions.insert(Arc::new(seat));
+    let rooms = node
+        .namespaces
+        .find(socket.ns())
+        .map(|ns| identity.rooms(&ns.rooms));
     let listed = node
         .directory
         .list(socket.ns(), socket.id, identity.id_user.clone());
@@ -193,6 +197,16 @@ pub async fn handshake<A: Adapter>(
         if let Some(restored) = restored {
             socket.extensions.insert(Arc::new(restored));
         }
+    }
+    // A fresh socket is in its rooms before its client can have the CONNECT answer, which the engine writes as
+    // soon as socketioxide sends it, before the connect handler runs: a client that asks who is in its room once
+    // connected finds itself there (with Node's socket.io, the connection handler runs before the server reads
+    // anything more). A refused or failed CONNECT takes them back (socketioxide's `remove_socket`); a restored
+    // socket's rooms come back in `on_connect`, after what it missed.
+    if socket.extensions.get::<Arc<Restored>>().is_none()
+        && let Some(rooms) = rooms
+    {
+        socket.join(rooms);
     }
     Ok(())
 }
@@ -331,11 +345,8 @@ pub async fn on_connect<A: Adapter>(
     let restored = socket.extensions.remove::<Arc<Restored>>();
     let rooms = match &restored {
         Some(restored) => restored.session.rooms.clone(),
-        None => {
-            let rooms = me.rooms(&ns.rooms);
-            socket.join(rooms.clone());
-            rooms
-        }
+        // Joined by the `handshake` middleware.
+        None => me.rooms(&ns.rooms),
     };
     socket.extensions.insert(observe::Issued::now());
     node.observer.connected(&socket);
