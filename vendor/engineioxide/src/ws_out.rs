@@ -42,15 +42,15 @@ pub(crate) struct Writer {
     queued: usize,
     /// Packets taken from the channel (or volatile ones) that the websocket could not take yet.
     held: VecDeque<Packet>,
-    /// When a packet was last sent, and for how long after that the websocket is busy ([`BUSY`]).
+    /// When the websocket was last written to or found quiet, and for how long after that it is busy ([`BUSY`]).
     last_write: Option<Instant>,
     busy: Duration,
 }
 
-/// A websocket sent a packet less than this before is busy: its packets go through the channel to the writer
-/// task, so that packets coming faster than the task is scheduled share one TLS record and one system call (as
-/// they did when the writer task wrote every packet), while a packet to a quiet websocket is written and flushed
-/// at once.
+/// A websocket written to (or sent a packet) less than this before is busy: its packets go through the channel
+/// to the writer task, so that packets coming faster than the task is scheduled share one TLS record and one
+/// system call (as they did when the writer task wrote every packet), while a packet to a quiet websocket is
+/// written and flushed at once.
 const BUSY: Duration = Duration::from_millis(1);
 
 /// Apart from the writer's other fields, so that a sender polls it with the writer task's waker as it is.
@@ -161,6 +161,7 @@ impl WsOut {
             unreachable!("only the writer task takes the websocket, and gives it back before it returns");
         };
         let mut held = std::mem::take(&mut writer.held);
+        let writer_had_held = !held.is_empty();
         drop(guard);
 
         let mut received = 0;
@@ -181,8 +182,12 @@ impl WsOut {
             io.flush(cx);
         }
 
+        let wrote = received > 0 || writer_had_held;
         let mut guard = self.lock();
         let writer = guard.as_deref_mut().expect("only the writer task stops the writer");
+        if wrote {
+            writer.last_write = Some(Instant::now());
+        }
         writer.io = Some(io);
         writer.held = held;
         writer.queued -= received;
@@ -197,13 +202,16 @@ impl WsOut {
 impl Writer {
     /// `None` when every packet was written; else the packets from the first the websocket could not take.
     fn write_now(&mut self, packets: PacketBuf) -> Option<PacketBuf> {
+        if self.io.is_none() || self.queued > 0 || !self.held.is_empty() {
+            return Some(packets);
+        }
+        // Read only when nothing else makes the packet wait: the clock costs as much as a packet's queueing.
         let now = Instant::now();
         let busy = self
             .last_write
             .is_some_and(|last| now.saturating_duration_since(last) < self.busy);
         self.last_write = Some(now);
-        let waiting = busy || self.queued > 0 || !self.held.is_empty();
-        let Some(io) = self.io.as_mut().filter(|_| !waiting) else {
+        let Some(io) = self.io.as_mut().filter(|_| !busy) else {
             return Some(packets);
         };
         let mut cx = Context::from_waker(&self.waker);
