@@ -6,6 +6,9 @@
 //! sender writes it itself. The channel and the writer task stay for everything else: a websocket that
 //! cannot take more yet, a flush to finish, volatile packets, the polling transport.
 //!
+//! A websocket sent a packet less than [`BUSY`] before takes the next through the channel too, so that the writer
+//! task writes packets that come faster than it is scheduled in one TLS record and one system call.
+//!
 //! Order is kept by one rule: a packet goes straight to the websocket only when nothing is waiting
 //! before it, and everything (sends, the writer's work, the start) happens under one lock.
 
