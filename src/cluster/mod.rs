@@ -399,6 +399,10 @@ impl query::Transport for RedisTransport {
         self.disturbance.settled(self.settle)
     }
 
+    fn disturbances(&self) -> u64 {
+        self.disturbance.count()
+    }
+
     async fn publish(&self, request: &Request) -> Result<usize, String> {
         let subscribers: i64 = self
             .publisher
@@ -431,20 +435,27 @@ impl query::Transport for RedisTransport {
 
 /// When this node last saw Redis disturbed: a connection re-established (Redis restarted, a failover, a network
 /// cut) or, in a Redis Cluster, its slots reassigned. For a while after that, subscriptions may still be being
-/// restored everywhere, so a channel without subscribers proves nothing.
+/// restored everywhere, so a channel without subscribers proves nothing; and what was published just before may
+/// have been lost with the server that took it, so a query waiting then sends its request again.
 #[derive(Default)]
-struct Disturbance(std::sync::Mutex<Option<Instant>>);
+struct Disturbance(std::sync::Mutex<(Option<Instant>, u64)>);
 
 impl Disturbance {
     fn now(&self) {
-        *self.0.lock().unwrap() = Some(Instant::now());
+        let mut seen = self.0.lock().unwrap();
+        *seen = (Some(Instant::now()), seen.1 + 1);
     }
 
     fn settled(&self, after: Duration) -> bool {
         self.0
             .lock()
             .unwrap()
+            .0
             .is_none_or(|at| at.elapsed() >= after)
+    }
+
+    fn count(&self) -> u64 {
+        self.0.lock().unwrap().1
     }
 }
 

@@ -44,6 +44,10 @@ pub trait Transport: Sync {
     /// reply channel without subscribers prove its node gone (its process died and Redis dropped its
     /// connections); just after a disturbance it may only not be subscribed again yet.
     fn settled(&self) -> bool;
+
+    /// How many disturbances (reconnects, failovers, slot moves) this node has seen: one after a request was
+    /// published means the request, or the replies to it, may have been lost with the server that took them.
+    fn disturbances(&self) -> u64;
 }
 
 /// The result of a query across the cluster.
@@ -115,6 +119,8 @@ impl<T: Transport> Asker<'_, T> {
         let mut departures = membership.departures();
         let mut waiting: HashSet<Arc<str>> = membership.others().into_iter().collect();
 
+        // Counted before each publish: a disturbance during it may have lost the request too.
+        let mut disturbances = self.transport.disturbances();
         let subscribers = loop {
             let published =
                 tokio::time::timeout_at(deadline, self.transport.publish(request)).await;
@@ -131,6 +137,7 @@ impl<T: Transport> Asker<'_, T> {
                 return mine().failed(failure);
             }
             tokio::time::sleep(RESEND).await;
+            disturbances = self.transport.disturbances();
         };
         let mut answer = mine();
         waiting.retain(|n| membership.contains(n));
@@ -145,16 +152,26 @@ impl<T: Transport> Asker<'_, T> {
         let mut expected = 1 + waiting.len();
         // While Redis is unsettled, a node whose subscription was not restored yet missed the request: send it
         // again until as many nodes have it as are waited for (replies to a copy answered before are ignored).
+        // Redis disturbed since the last copy went out (a master killed just after it took the request, or the
+        // replies): that copy, or the replies to it, may be lost, so it is sent again too.
         let mut short = subscribers < expected;
         let mut resent = false;
         let mut resend = tokio::time::interval_at(Instant::now() + RESEND, RESEND);
+        // A publish that waited for Redis to come back is not followed by a burst of the ticks it missed.
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !waiting.is_empty() {
             tokio::select! {
-                _ = resend.tick(), if short && !self.transport.settled() => {
+                // Checked at each tick: a disturbance comes while the query waits for nothing else.
+                _ = resend.tick() => {
+                    let before = self.transport.disturbances();
+                    if !(short || before != disturbances) || self.transport.settled() {
+                        continue;
+                    }
                     let published = tokio::time::timeout_at(deadline, self.transport.publish(request)).await;
                     if let Ok(Ok(n)) = published {
                         resent = true;
                         short = n < expected;
+                        disturbances = before;
                     }
                 }
                 reply = replies.recv() => {
@@ -248,6 +265,8 @@ mod tests {
         settled: bool,
         /// How many times `publish` was called.
         published: std::sync::atomic::AtomicUsize,
+        /// What `disturbances` answers.
+        disturbances: Arc<std::sync::atomic::AtomicU64>,
     }
 
     impl Fake {
@@ -259,6 +278,7 @@ mod tests {
                 asked: Mutex::default(),
                 settled: true,
                 published: Default::default(),
+                disturbances: Default::default(),
             }
         }
     }
@@ -286,6 +306,10 @@ mod tests {
 
         fn settled(&self) -> bool {
             self.settled
+        }
+
+        fn disturbances(&self) -> u64 {
+            self.disturbances.load(std::sync::atomic::Ordering::Relaxed)
         }
     }
 
@@ -702,6 +726,44 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             5
         );
+    }
+
+    /// A request every node subscribed to took, then Redis disturbed (the master that took it killed before it
+    /// passed it on, or the one holding our reply channel killed as the replies came): no reply will come for that
+    /// copy, so it is sent again once Redis takes it, and the nodes answer the copy. Undisturbed, a request that
+    /// reached every node is sent once, however long the replies take.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_sent_before_redis_was_disturbed_is_sent_again() {
+        let membership = members(&["b", "c"]);
+        let mut run = Run::new(users());
+        let transport = Fake {
+            settled: false,
+            ..Fake::delivering(3)
+        };
+        let disturbances = transport.disturbances.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            disturbances.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        });
+        // The copy sent at the 400 ms tick is answered.
+        run.send_after(Duration::from_millis(410), reply(&run.request, "b"));
+        run.send_after(Duration::from_millis(420), reply(&run.request, "c"));
+        let (answer, took) = run.gather(&transport, &membership).await;
+        assert_eq!(took, Duration::from_millis(420));
+        assert_eq!((answer.answered, answer.expected), (3, Some(3)));
+        let published = |t: &Fake| t.published.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(published(&transport), 2);
+
+        let transport = Fake {
+            settled: false,
+            ..Fake::delivering(3)
+        };
+        let mut run = Run::new(users());
+        run.send_after(Duration::from_millis(900), reply(&run.request, "b"));
+        run.send_after(Duration::from_millis(900), reply(&run.request, "c"));
+        let (answer, _) = run.gather(&transport, &membership).await;
+        assert_eq!((answer.answered, answer.expected), (3, Some(3)));
+        assert_eq!(published(&transport), 1);
     }
 
     #[tokio::test(start_paused = true)]
