@@ -1,0 +1,254 @@
+//! The floor under the fan-out's server CPU on this machine: the fan-out's websocket frame written as one TLS
+//! record to each of `--sockets` sockets by plain tokio and rustls (the server's stack, same provider), with
+//! nothing of Socket.IO, Engine.IO, rooms or channels. Each of `--servers` threads (a node) owns its share of the
+//! sockets on a current-thread runtime and writes and flushes them one after the other; the clients, on their
+//! own runtime, read each frame. The servers' CPU per round is their threads' run time (`schedstat`), which, as
+//! for the real nodes, includes the loopback's receiving side the kernel runs in the sender's context.
+//!
+//! ```sh
+//! cargo build --release -p bench --bin tls-floor && target/release/tls-floor   # from the repository root
+//! ```
+//!
+//! BENCHMARKS.md ("Fan-out CPU per delivered message: where the floor is") compares it with the fan-out phase.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Parser;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{Notify, mpsc},
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+#[derive(Parser)]
+#[command(
+    about = "One TLS record per socket, by tokio and rustls alone: the fan-out's floor on this machine"
+)]
+struct Args {
+    /// Sockets written to per round, spread over the servers.
+    #[arg(long, default_value_t = 10_000)]
+    sockets: usize,
+    /// Server threads, each with its own runtime and share of the sockets (the fan-out phase's nodes).
+    #[arg(long, default_value_t = 4)]
+    servers: usize,
+    /// Rounds, one frame per socket each (at most 99: the frame's length stays the same).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..100))]
+    rounds: u64,
+    /// Where `cert.pem`, `key.pem` and `ca.pem` are.
+    #[arg(long, default_value = "certs-dev")]
+    certs: PathBuf,
+    /// Internal: run as the clients' process, connecting `--sockets` / servers sockets to each of these addresses
+    /// (a process of its own: both ends in one would need twice the open-files limit).
+    #[arg(long, hide = true, value_delimiter = ',')]
+    clients: Vec<std::net::SocketAddr>,
+}
+
+/// The frame the fan-out phase's nodes send each socket per round: the relayed `identity-change`, as a websocket
+/// text frame (server frames are not masked).
+fn frame(round: u64) -> Vec<u8> {
+    let payload = format!("42[\"identity-change\",{{\"id_user\":\"fanout-{round:02}\"}}]");
+    let mut frame = vec![0x81, u8::try_from(payload.len()).expect("a short frame")];
+    frame.extend_from_slice(payload.as_bytes());
+    frame
+}
+
+/// Run time of this thread so far, for [`run_time`].
+fn thread_id() -> String {
+    let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    link.to_string_lossy()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// A thread's CPU time so far, to the nanosecond (`/proc/self/task/<tid>/schedstat`).
+fn run_time(tid: &str) -> Duration {
+    let stat =
+        std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).unwrap_or_default();
+    Duration::from_nanos(
+        stat.split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+/// One server thread: accepts `sockets` TLS connections, then writes each round's frame to all of them.
+struct Server {
+    addr: std::net::SocketAddr,
+    tid: String,
+    rounds: mpsc::UnboundedSender<Vec<u8>>,
+}
+
+fn start_server(acceptor: TlsAcceptor, sockets: usize) -> anyhow::Result<Server> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (rounds, mut rounds_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+            let addr = listener.local_addr().expect("its address");
+            ready_tx.send((addr, thread_id())).unwrap();
+            let mut streams = Vec::with_capacity(sockets);
+            while streams.len() < sockets {
+                let (tcp, _) = listener.accept().await.expect("accept");
+                tcp.set_nodelay(true).expect("nodelay");
+                streams.push(acceptor.accept(tcp).await.expect("a TLS handshake"));
+            }
+            while let Some(frame) = rounds_rx.recv().await {
+                for stream in &mut streams {
+                    stream.write_all(&frame).await.expect("write");
+                    stream.flush().await.expect("flush");
+                }
+            }
+        });
+    });
+    let (addr, tid) = ready_rx.recv()?;
+    Ok(Server { addr, tid, rounds })
+}
+
+fn tls(certs: &std::path::Path) -> anyhow::Result<(TlsAcceptor, TlsConnector)> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = CertificateDer::pem_file_iter(certs.join("cert.pem"))
+        .context("cert.pem (run from the repository root)")?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(certs.join("key.pem"))?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(certs.join("ca.pem"))? {
+        roots.add(cert?)?;
+    }
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((
+        TlsAcceptor::from(Arc::new(server)),
+        TlsConnector::from(Arc::new(client)),
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.servers > 0 && args.sockets >= args.servers,
+        "sockets >= servers > 0"
+    );
+    let (acceptor, connector) = tls(&args.certs)?;
+    let per = args.sockets / args.servers;
+    if !args.clients.is_empty() {
+        return clients(connector, &args.clients, per);
+    }
+    let servers = (0..args.servers)
+        .map(|_| start_server(acceptor.clone(), per))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sockets = per * args.servers;
+    let addrs: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["--sockets", &args.sockets.to_string()])
+        .args(["--servers", &args.servers.to_string()])
+        .arg("--certs")
+        .arg(&args.certs)
+        .args(["--clients", &addrs.join(",")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let mut lines =
+        std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("piped")));
+    let mut next = move || -> anyhow::Result<String> {
+        Ok(lines.next().context("the clients' process ended")??)
+    };
+    anyhow::ensure!(next()? == "ready", "the clients did not connect");
+
+    let cpu = || servers.iter().map(|s| run_time(&s.tid)).sum::<Duration>();
+    let before = cpu();
+    let mut times = Vec::new();
+    for round in 1..=args.rounds {
+        let started = Instant::now();
+        for server in &servers {
+            server.rounds.send(frame(round))?;
+        }
+        anyhow::ensure!(next()? == round.to_string(), "round {round} out of step");
+        times.push(started.elapsed());
+    }
+    let per_round = (cpu() - before).as_secs_f64() * 1e3 / args.rounds as f64;
+    let _ = child.kill();
+    let _ = child.wait();
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "tls floor: {sockets} sockets on {} server threads, {} rounds: last socket p50 {:.2} ms max {:.2} ms; \
+         servers' CPU per round {per_round:.1} ms ({:.2} µs per socket)",
+        args.servers,
+        args.rounds,
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+        per_round * 1e3 / sockets as f64,
+    );
+    Ok(())
+}
+
+/// The clients' process: `per` TLS connections to each server, each reading its frames; prints `ready` once all
+/// are connected, then the number of each round once every socket has read its frame.
+fn clients(
+    connector: TlsConnector,
+    addrs: &[std::net::SocketAddr],
+    per: usize,
+) -> anyhow::Result<()> {
+    let sockets = per * addrs.len();
+    let frame_len = frame(1).len();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let received = Arc::new(AtomicUsize::new(0));
+        let all = Arc::new(Notify::new());
+        for (i, addr) in addrs.iter().enumerate() {
+            for _ in 0..per {
+                let tcp = TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                let mut stream = connector
+                    .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+                    .await
+                    .with_context(|| format!("a TLS connection to server {i}"))?;
+                let (received, all) = (received.clone(), all.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0; frame_len];
+                    while stream.read_exact(&mut buf).await.is_ok() {
+                        if received.fetch_add(1, Ordering::AcqRel) + 1 == sockets {
+                            received.store(0, Ordering::Release);
+                            all.notify_one();
+                        }
+                    }
+                });
+            }
+        }
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        writeln!(out, "ready")?;
+        out.flush()?;
+        for round in 1u64.. {
+            all.notified().await;
+            writeln!(out, "{round}")?;
+            out.flush()?;
+        }
+        anyhow::Ok(())
+    })
+}
