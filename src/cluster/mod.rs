@@ -438,24 +438,31 @@ impl query::Transport for RedisTransport {
 /// restored everywhere, so a channel without subscribers proves nothing; and what was published just before may
 /// have been lost with the server that took it, so a query waiting then sends its request again.
 #[derive(Default)]
-struct Disturbance(std::sync::Mutex<(Option<Instant>, u64)>);
+struct Disturbance(std::sync::Mutex<Disturbed>);
+
+#[derive(Default)]
+struct Disturbed {
+    last: Option<Instant>,
+    count: u64,
+}
 
 impl Disturbance {
     fn now(&self) {
         let mut seen = self.0.lock().unwrap();
-        *seen = (Some(Instant::now()), seen.1 + 1);
+        seen.last = Some(Instant::now());
+        seen.count += 1;
     }
 
     fn settled(&self, after: Duration) -> bool {
         self.0
             .lock()
             .unwrap()
-            .0
+            .last
             .is_none_or(|at| at.elapsed() >= after)
     }
 
     fn count(&self) -> u64 {
-        self.0.lock().unwrap().1
+        self.0.lock().unwrap().count
     }
 }
 

@@ -62,7 +62,7 @@ fn frame(round: u64) -> Vec<u8> {
     frame
 }
 
-/// Run time of this thread so far, for [`run_time`].
+/// This thread's id, for [`run_time`].
 fn thread_id() -> String {
     let link = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
     link.to_string_lossy()
