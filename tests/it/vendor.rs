@@ -1,5 +1,6 @@
-//! The vendored crates (vendor/: socketioxide, engineioxide, tungstenite): the build uses them, each is the exact version its
-//! vendor/<crate>.source names, and each is that crate with our patches and nothing else.
+//! The vendored crates (vendor/: socketioxide, socketioxide-core, engineioxide, tungstenite): the build uses them,
+//! each is the exact version its vendor/<crate>.source names, and each is that crate with our patches and nothing
+//! else.
 
 use crate::harness::root;
 

@@ -44,6 +44,10 @@ struct Args {
     /// Rounds, one frame per socket each (at most 99: the frame's length stays the same).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..100))]
     rounds: u64,
+    /// Write the sockets in a shuffled order rather than the order they were accepted (allocated) in, as a
+    /// room's hash set of socket ids does.
+    #[arg(long)]
+    shuffled: bool,
     /// Where `cert.pem`, `key.pem` and `ca.pem` are.
     #[arg(long, default_value = "certs-dev")]
     certs: PathBuf,
@@ -91,7 +95,7 @@ struct Server {
     rounds: mpsc::UnboundedSender<Vec<u8>>,
 }
 
-fn start_server(acceptor: TlsAcceptor, sockets: usize) -> anyhow::Result<Server> {
+fn start_server(acceptor: TlsAcceptor, sockets: usize, shuffled: bool) -> anyhow::Result<Server> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (rounds, mut rounds_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     std::thread::spawn(move || {
@@ -108,6 +112,16 @@ fn start_server(acceptor: TlsAcceptor, sockets: usize) -> anyhow::Result<Server>
                 let (tcp, _) = listener.accept().await.expect("accept");
                 tcp.set_nodelay(true).expect("nodelay");
                 streams.push(acceptor.accept(tcp).await.expect("a TLS handshake"));
+            }
+            if shuffled {
+                // Fisher-Yates with a fixed linear congruential sequence: the same order every round.
+                let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+                for i in (1..streams.len()).rev() {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    streams.swap(i, (x >> 33) as usize % (i + 1));
+                }
             }
             while let Some(frame) = rounds_rx.recv().await {
                 for stream in &mut streams {
@@ -157,7 +171,7 @@ fn main() -> anyhow::Result<()> {
         return clients(connector, &args.clients, per);
     }
     let servers = (0..args.servers)
-        .map(|_| start_server(acceptor.clone(), per))
+        .map(|_| start_server(acceptor.clone(), per, args.shuffled))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let sockets = per * args.servers;
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
