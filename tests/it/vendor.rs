@@ -123,21 +123,38 @@ fn every_vendored_copy_is_the_crate_with_its_patches() {
 }
 
 /// The vendored engineioxide passes its own unit tests, ours among them (patch 0003's: packets in order while a
-/// websocket is busy, concurrent senders, the close). Run on a copy made a package of its own, with its
-/// dev-dependencies, in a target directory kept between runs.
+/// websocket is busy, concurrent senders, the close).
 #[test]
 fn vendored_engineioxide_passes_its_unit_tests() {
+    passes_its_unit_tests(
+        "engineioxide",
+        "transport::ws::tests::packets_keep_their_order_while_the_websocket_is_busy",
+    );
+}
+
+/// The vendored socketioxide-core passes its own unit tests, patch 0001's among them (a room walked in join order).
+#[test]
+fn vendored_socketioxide_core_passes_its_unit_tests() {
+    passes_its_unit_tests(
+        "socketioxide-core",
+        "adapter::test::a_room_is_walked_in_join_order",
+    );
+}
+
+/// Runs `cargo test --lib` on a copy of vendor/<krate> made a package of its own, with its dev-dependencies, in a
+/// target directory kept between runs; `ours` is one of our patches' tests, which must have run and passed.
+fn passes_its_unit_tests(krate: &str, ours: &str) {
     let dir = root().join("target/vendored-tests");
-    let copy = dir.join("engineioxide");
+    let copy = dir.join(krate);
     std::fs::remove_dir_all(&copy).ok();
     std::fs::create_dir_all(&copy).expect("create the copy's directory");
     let status = std::process::Command::new("cp")
         .arg("-r")
-        .arg(root().join("vendor/engineioxide/."))
+        .arg(root().join(format!("vendor/{krate}/.")))
         .arg(&copy)
         .status()
         .expect("run cp");
-    assert!(status.success(), "copy vendor/engineioxide");
+    assert!(status.success(), "copy vendor/{krate}");
     let manifest = copy.join("Cargo.toml");
     let mut text = std::fs::read_to_string(&manifest).expect("read the copy's Cargo.toml");
     // Not a member of our workspace: a workspace of its own.
@@ -159,9 +176,7 @@ fn vendored_engineioxide_passes_its_unit_tests() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains(
-            "transport::ws::tests::packets_keep_their_order_while_the_websocket_is_busy ... ok"
-        ),
-        "patch 0003's tests did not run: {stdout}"
+        stdout.contains(&format!("{ours} ... ok")),
+        "{krate}: our patch's test did not run: {stdout}"
     );
 }
