@@ -181,6 +181,7 @@ fn main() -> anyhow::Result<()> {
         .arg("--certs")
         .arg(&args.certs)
         .args(["--clients", &addrs.join(",")])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let mut lines =
@@ -227,6 +228,11 @@ fn clients(
 ) -> anyhow::Result<()> {
     let sockets = per * addrs.len();
     let frame_len = frame(1).len();
+    // Ends with the servers' process, whatever happens to it: its end of our stdin closes.
+    std::thread::spawn(|| {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+        std::process::exit(0);
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
