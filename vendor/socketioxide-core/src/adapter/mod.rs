@@ -661,7 +661,7 @@ fn get_except_sids(except: &[Room], rooms: &HashMap<Room, Members>) -> HashSet<S
     except_sids
 }
 
-/// Remove a field from a HashSet value and remove it if empty.
+/// Remove a socket from a room's members and remove the room if empty.
 /// Call `cleanup` fn if the entry exists
 #[inline]
 fn remove_and_clean_entry<K>(
@@ -683,6 +683,8 @@ fn remove_and_clean_entry<K>(
     }
 }
 
+/// Remove a field from a HashSet value and remove it if empty.
+/// Call `cleanup` fn if the entry exists
 #[inline]
 fn remove_and_clean_set<K, T: Hash + Eq>(
     entry: hash_map::Entry<'_, K, HashSet<T>>,
