@@ -555,14 +555,14 @@ async fn a_single_node_recovers_from_memory_and_counts_it() {
     let metric = async |sample: &str| http.metric(&node, sample).await;
     // The client has its CONNECT answer before the node has replayed what it missed and given its rooms back
     // (counted as succeeded then): a push sent before that is missed live and replayed, so push 4 waits for it.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while metric("socket_identity_recovery_succeeded_total").await != Some(1.0) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the recovery never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        "the recovery to finish",
+        async || {
+            (metric("socket_identity_recovery_succeeded_total").await == Some(1.0)).then_some(())
+        },
+    )
+    .await;
     send(&http, &node, "/live", "R", 4).await;
     news(&mut io, "c", &[1, 2, 3, 4], seen).await;
     no_more_news(&mut io, "c").await;
