@@ -187,7 +187,7 @@ mod tests {
             claims: Arc::default(),
             verified: true,
             params: Arc::default(),
-            sink: mpsc::channel(1).0,
+            sink: Box::new(mpsc::channel(1).0),
         })
     }
 

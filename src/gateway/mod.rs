@@ -6,13 +6,14 @@
 //! * [`hub`]: this node's clients and the replies they wait for.
 //! * [`route`], [`router`]: `send` entries routed to the nodes holding their user (the bookkeeping; the tasks).
 //! * [`streams`]: the Redis commands.
-//! * [`ws`]: the plain WebSocket endpoint. Socket.IO clients come through [`crate::realtime::bus`].
+//! * [`ws`]: the plain WebSocket endpoint; [`writer`]: its clients' frames, written by their sender. Socket.IO clients come through [`crate::realtime::bus`].
 
 pub mod hub;
 pub mod route;
 pub mod router;
 pub mod streams;
 pub mod wire;
+pub mod writer;
 pub mod ws;
 
 use std::{
@@ -31,7 +32,7 @@ use crate::{
         Namespaces, NodeInfo,
         admission::Admission,
         auth::jwt::{Jwt, JwtKeys},
-        bus::{Bus, Client, Frame, Outgoing},
+        bus::{Bus, Client, Delivery, Frame, Outgoing},
     },
     redis::{self, Endpoint},
     telemetry::metrics::Metrics,
@@ -309,18 +310,18 @@ impl Gateway {
 
     /// Hands `out` to a client without waiting: a client whose queue is full loses it (counted).
     fn deliver(&self, client: &Client, out: Outgoing) {
-        match client.sink.try_send(out) {
-            Ok(()) => {
+        match client.sink.deliver(out) {
+            Delivery::Taken => {
                 self.metrics.gateway_delivered.inc();
             }
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            Delivery::Full => {
                 self.metrics.gateway_dropped.inc();
                 tracing::debug!(
                     socket = client.socket,
                     "gateway client not reading: frame dropped"
                 );
             }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {}
+            Delivery::Closed => {}
         }
     }
 
@@ -469,7 +470,7 @@ impl Bus for Gateway {
                 claims: Arc::default(),
                 verified: false,
                 params: Arc::new(crate::realtime::bus::params(None, namespace)),
-                sink,
+                sink: Box::new(sink),
             };
             self.publish(stream, &client, event, Value::Array(args), None)
                 .await

@@ -19,21 +19,26 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use futures_util::{StreamExt, stream::SplitSink};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Gateway,
     wire::{self, Frame},
+    writer::Writer,
 };
 use crate::realtime::{
     admission::{Refused, Slot},
     auth::{AuthError, Handshake, Verifier},
-    bus::{Bus, Client, Outgoing},
+    bus::{Bus, Client, Delivery, Outgoing, Sink},
 };
 
 /// Frames waiting to be written to one client; beyond it, new ones are dropped for it (it is not reading).
 const CLIENT_QUEUE: usize = 256;
+/// A client written to less than this before is busy: its frames wait for its serving task, which writes them
+/// together ([`Writer`]).
+const BUSY: Duration = Duration::from_millis(1);
 /// Largest message the WebSocket layer takes; [`wire::MAX_FRAME_BYTES`] is checked after, with an error frame.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// tungstenite zeroes its whole read buffer (128 KiB by default) before every read, including the reads that
@@ -142,8 +147,8 @@ async fn connect(
         verified: true,
         params,
 
-        // Replaced in `serve`, which owns the receiving end.
-        sink: mpsc::channel(1).0,
+        // Replaced in `serve`, which owns the websocket.
+        sink: Box::new(mpsc::channel(1).0),
     };
     upgrade
         .max_message_size(MAX_MESSAGE_BYTES)
@@ -193,18 +198,51 @@ fn basic_auth(headers: &HeaderMap) -> Option<serde_json::Value> {
     Some(serde_json::json!({ "username": username, "password": password }))
 }
 
+/// A plain WebSocket client as the gateway's [`Sink`]: frames are written by whoever delivers them.
+#[derive(Debug)]
+struct WsSink {
+    writer: Arc<Writer<SplitSink<WebSocket, Message>, Message>>,
+    /// Taken by the first `Close`: the serving task sends the close frame and ends.
+    close: std::sync::Mutex<Option<oneshot::Sender<Value>>>,
+}
+
+impl Sink for WsSink {
+    fn deliver(&self, out: Outgoing) -> Delivery {
+        match out {
+            Outgoing::Frame(frame) => self.writer.send(text(&frame)),
+            Outgoing::Close(error) => match self.close.lock().unwrap().take() {
+                Some(close) => {
+                    self.writer.shut();
+                    let _ = close.send(error);
+                    Delivery::Taken
+                }
+                None => Delivery::Closed,
+            },
+        }
+    }
+}
+
+fn text(frame: &Frame) -> Message {
+    Message::text(serde_json::to_string(frame).expect("plain types"))
+}
+
 /// One client, until it or the gateway closes.
 async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _slot: Slot) {
-    let (tx, mut rx) = mpsc::channel(CLIENT_QUEUE);
-    client.sink = tx;
+    let (out, mut inbound) = socket.split();
+    let writer = Arc::new(Writer::new(out, CLIENT_QUEUE, BUSY));
+    let (close, mut closed) = oneshot::channel();
+    client.sink = Box::new(WsSink {
+        writer: writer.clone(),
+        close: std::sync::Mutex::new(Some(close)),
+    });
     let (namespace, id) = (client.namespace.clone(), client.socket.clone());
     gateway.open(client).await;
     let rate = gateway.event_rate.as_ref().map(|q| q.limiter());
-    let (mut out, mut inbound) = socket.split();
     let every = gateway.config.ping_interval();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut heard = Instant::now();
-    let text = |frame: &Frame| Message::text(serde_json::to_string(frame).expect("plain types"));
+    // The frame the connection ends with, if any.
+    let mut last = None;
     let reason = loop {
         tokio::select! {
             msg = inbound.next() => {
@@ -220,9 +258,8 @@ async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _sl
                         tracing::warn!(socket = id, namespace, "gateway client over its event rate, closed");
                         let per_second = gateway.event_rate.as_ref().map_or(0, |q| q.events());
                         let why = format!("too many messages: at most {per_second} per second; closing");
-                        let _ = out.send(text(&Frame::error(why))).await;
-                        let close = CloseFrame { code: CLOSE_POLICY, reason: "rate limited".into() };
-                        let _ = out.send(Message::Close(Some(close))).await;
+                        writer.send(text(&Frame::error(why)));
+                        last = Some(Message::Close(Some(CloseFrame { code: CLOSE_POLICY, reason: "rate limited".into() })));
                         break "rate limited";
                     }
                     Some(Ok(Message::Binary(_))) => Frame::error("binary frames are not accepted: send JSON text"),
@@ -234,34 +271,22 @@ async fn serve(gateway: Arc<Gateway>, socket: WebSocket, mut client: Client, _sl
                         Err(why) => Frame::error(why),
                     },
                 };
-                if out.send(text(&reply)).await.is_err() {
-                    break "transport error";
-                }
+                writer.send(text(&reply));
             }
-            next = rx.recv() => match next {
-                Some(Outgoing::Frame(frame)) => {
-                    if out.send(text(&frame)).await.is_err() {
-                        break "transport error";
-                    }
-                }
-                Some(Outgoing::Close(error)) => {
-                    let reason = super::close_reason(&error);
-                    let close = CloseFrame { code: CLOSE_REFUSED, reason: reason.into() };
-                    let _ = out.send(Message::Close(Some(close))).await;
-                    break "onconnect failed";
-                }
-                None => break "server close",
-            },
+            () = std::future::poll_fn(|cx| writer.poll_write(cx)) => break "transport error",
+            Ok(error) = &mut closed => {
+                let reason = super::close_reason(&error);
+                last = Some(Message::Close(Some(CloseFrame { code: CLOSE_REFUSED, reason: reason.into() })));
+                break "onconnect failed";
+            }
             _ = ping.tick() => {
                 if heard.elapsed() > every * 2 {
                     break "ping timeout";
                 }
-                if out.send(Message::Ping(Default::default())).await.is_err() {
-                    break "transport error";
-                }
+                writer.send(Message::Ping(Default::default()));
             }
         }
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), out.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer.close(last)).await;
     gateway.close(&namespace, &id, reason.to_owned()).await;
 }

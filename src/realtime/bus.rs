@@ -2,7 +2,13 @@
 //! [`Bus`]): a socket of a `gateway = true` namespace opens, sends messages, and closes through it, and gets
 //! [`Outgoing`] frames back. Defined here so that the socket handlers need not know the gateway.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -42,7 +48,36 @@ pub struct Client {
     pub verified: bool,
     /// The query parameters it connected with ([`params`]): the envelopes' `context.params`.
     pub params: Arc<BTreeMap<String, String>>,
-    pub sink: mpsc::Sender<Outgoing>,
+    pub sink: Box<dyn Sink>,
+}
+
+/// Where a client's frames go. Called by the task that has the frame (the one that read a `send` entry, a
+/// broadcast, a reply), without waiting: a client is written to by its sender, not through a task of its own, so
+/// that a broadcast to N clients is not N task wake-ups on top of N writes.
+pub trait Sink: Send + Sync + std::fmt::Debug {
+    fn deliver(&self, out: Outgoing) -> Delivery;
+}
+
+/// What became of a frame handed to a [`Sink`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Written, or queued behind what the client has not taken yet.
+    Taken,
+    /// The client is not reading and its queue is full: the frame is dropped.
+    Full,
+    /// The client is gone or closing.
+    Closed,
+}
+
+/// A queue's sending end as a sink (tests; a client served by a task of its own).
+impl Sink for mpsc::Sender<Outgoing> {
+    fn deliver(&self, out: Outgoing) -> Delivery {
+        match self.try_send(out) {
+            Ok(()) => Delivery::Taken,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
 }
 
 /// Query parameters that are not the application's: Engine.IO's own, and credentials (a token in the query is
@@ -106,19 +141,15 @@ pub trait Bus: Send + Sync + 'static {
     ) -> BoxFuture<'a, ()>;
 }
 
-/// Frames waiting for one Socket.IO client of the gateway; beyond it, new ones are dropped for it.
-const SOCKET_QUEUE: usize = 256;
-
 /// A socket of a `gateway = true` namespace connected: it is opened on the bus, and what the bus sends it becomes
-/// events (`type` as the name, `payload` as the argument); a failed `onconnect` is an `error` event, then a
-/// disconnection. `verified`: the namespace's auth verifies identities (not `claim` or `none`).
+/// events (`type` as the name, `payload` as the argument), emitted by the sender; a failed `onconnect` is an `error`
+/// event, then a disconnection. `verified`: the namespace's auth verifies identities (not `claim` or `none`).
 pub async fn opened<A: socketioxide::adapter::Adapter>(
     socket: &socketioxide::extract::SocketRef<A>,
     bus: &Arc<dyn Bus>,
     me: &Identity,
     verified: bool,
 ) {
-    let (sink, mut queue) = mpsc::channel(SOCKET_QUEUE);
     let client = Client {
         socket: socket.id.to_string(),
         namespace: socket.ns().to_owned(),
@@ -127,24 +158,56 @@ pub async fn opened<A: socketioxide::adapter::Adapter>(
         claims: me.claims.clone().unwrap_or_default(),
         verified,
         params: Arc::new(params(socket.req_parts().uri.query(), socket.ns())),
-        sink,
+        sink: Box::new(SocketSink {
+            socket: socket.clone(),
+            closing: AtomicBool::new(false),
+        }),
     };
-    let socket_ = socket.clone();
-    tokio::spawn(async move {
-        while let Some(out) = queue.recv().await {
-            match out {
-                Outgoing::Frame(frame) => {
-                    let _ = socket_.emit(frame.kind, &frame.payload);
+    bus.open(client).await;
+}
+
+/// A Socket.IO socket as a [`Sink`]: frames are emitted at once (the engine queues what the websocket cannot take
+/// yet, up to its buffer, then refuses).
+struct SocketSink<A: socketioxide::adapter::Adapter> {
+    socket: socketioxide::extract::SocketRef<A>,
+    /// Set by the first `Close`: nothing is emitted after it.
+    closing: AtomicBool,
+}
+
+impl<A: socketioxide::adapter::Adapter> std::fmt::Debug for SocketSink<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketSink")
+            .field("socket", &self.socket.id)
+            .finish()
+    }
+}
+
+impl<A: socketioxide::adapter::Adapter> Sink for SocketSink<A> {
+    fn deliver(&self, out: Outgoing) -> Delivery {
+        use socketioxide::{SendError, SocketError};
+        if self.closing.load(Ordering::Acquire) {
+            return Delivery::Closed;
+        }
+        match out {
+            Outgoing::Frame(frame) => match self.socket.emit(frame.kind, &frame.payload) {
+                Ok(()) => Delivery::Taken,
+                Err(SendError::Socket(SocketError::InternalChannelFull)) => Delivery::Full,
+                Err(_) => Delivery::Closed,
+            },
+            Outgoing::Close(error) => {
+                if self.closing.swap(true, Ordering::AcqRel) {
+                    return Delivery::Closed;
                 }
-                Outgoing::Close(error) => {
-                    let _ = socket_.emit("error", &error);
-                    let _ = socket_.disconnect();
-                    return;
-                }
+                let _ = self.socket.emit("error", &error);
+                // Not from the sender's task: a disconnection runs the socket's handlers, which call the bus.
+                let socket = self.socket.clone();
+                tokio::spawn(async move {
+                    let _ = socket.disconnect();
+                });
+                Delivery::Taken
             }
         }
-    });
-    bus.open(client).await;
+    }
 }
 
 #[cfg(test)]
