@@ -2420,3 +2420,82 @@ async fn a_claimed_identity_is_marked_unverified_in_the_envelope() {
         );
     }
 }
+
+/// A plain WebSocket client that stops reading: the node writes its frames until its connection takes no more, then
+/// queues them in order up to the queue's bound, then drops and counts them; a client that reads has every frame,
+/// in order, meanwhile. Once the stalled client reads again, what it gets is in order, starts at the first frame,
+/// and with the dropped ones makes every frame: none lost uncounted, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_only_counted_frames_and_delays_no_other() {
+    const FRAMES: usize = 600;
+    // 600 frames of ~60 KB (36 MB): more than the loopback connection's buffers and the queue (256) together.
+    const PAD: usize = 60_000;
+    let (redis, a) = one_node("gateway_stalled_client", "", "100").await;
+    let mut reader = Ws::user("reader", &a, "alex", "alex").await;
+    let cookie = cookie(&token("bob"));
+    let mut stalled = open_raw(&a, "namespace=bob", &[("cookie", &cookie)])
+        .await
+        .expect("the stalled client connects");
+    until_len(&redis, CONNECTION, 2).await;
+
+    // One call adds them all, so that the node reads them as fast as it can.
+    let script = r#"
+        local pad = string.rep('x', tonumber(ARGV[2]))
+        for i = 1, tonumber(ARGV[1]) do
+            redis.call('XADD', KEYS[1], '*', 'data',
+                '{"type":"big","payload":{"seq":' .. i .. ',"pad":"' .. pad .. '"}}')
+        end
+        return 1
+    "#;
+    redis.cli(&[
+        "EVAL",
+        script,
+        "1",
+        BROADCAST,
+        &FRAMES.to_string(),
+        &PAD.to_string(),
+    ]);
+    for seq in 1..=FRAMES {
+        let frame = reader.recv().await;
+        assert_eq!(frame["type"], "big");
+        assert_eq!(
+            frame["payload"]["seq"], seq,
+            "the reading client has every frame in order"
+        );
+    }
+
+    let dropped = metric_sum(&Http::new(), &a, "socket_identity_gateway_dropped_total").await;
+    assert!(
+        dropped > 0.0,
+        "the stalled client's queue overflowed: {dropped}"
+    );
+    let mut got = Vec::new();
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(2), stalled.next()).await;
+        match next {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let frame: Value = serde_json::from_str(t.as_str()).unwrap();
+                got.push(frame["payload"]["seq"].as_u64().unwrap() as usize);
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("the stalled client's connection ended: {other:?}"),
+            Err(_) => break,
+        }
+    }
+    eprintln!(
+        "the stalled client got {} frames, {dropped} dropped",
+        got.len()
+    );
+    assert_eq!(got.first(), Some(&1), "from the first frame");
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice: {got:?}"
+    );
+    assert_eq!(
+        got.len() + dropped as usize,
+        FRAMES,
+        "every frame either reached the stalled client or was counted as dropped ({} got)",
+        got.len()
+    );
+    reader.close().await;
+}
