@@ -6,7 +6,8 @@
 //! * [`hub`]: this node's clients and the replies they wait for.
 //! * [`route`], [`router`]: `send` entries routed to the nodes holding their user (the bookkeeping; the tasks).
 //! * [`streams`]: the Redis commands.
-//! * [`ws`]: the plain WebSocket endpoint; [`writer`]: its clients' frames, written by their sender. Socket.IO clients come through [`crate::realtime::bus`].
+//! * [`ws`]: the plain WebSocket endpoint; [`writer`]: its clients' frames, written by their sender. Socket.IO
+//!   clients come through [`crate::realtime::bus`].
 
 pub mod hub;
 pub mod route;
