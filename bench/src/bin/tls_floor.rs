@@ -7,12 +7,14 @@
 //!
 //! ```sh
 //! cargo build --release -p bench --bin tls-floor && target/release/tls-floor   # from the repository root
+//! target/release/tls-floor --layers split   # the same frames through a websocket's sending half
 //! ```
 //!
 //! BENCHMARKS.md ("Fan-out CPU per delivered message: where the floor is") compares it with the fan-out phase.
 
 use std::{
     path::PathBuf,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -21,7 +23,8 @@ use std::{
 };
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -29,6 +32,10 @@ use tokio::{
     sync::{Notify, mpsc},
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{Error as WsError, Message, Utf8Bytes, protocol::Role},
+};
 
 #[derive(Parser)]
 #[command(
@@ -48,6 +55,10 @@ struct Args {
     /// room's hash set of socket ids does.
     #[arg(long)]
     shuffled: bool,
+    /// What the servers write each frame through, to measure what a layer of the server's own stack costs on
+    /// top of the floor.
+    #[arg(long, value_enum, default_value_t = Layers::Tls)]
+    layers: Layers,
     /// Where `cert.pem`, `key.pem` and `ca.pem` are.
     #[arg(long, default_value = "certs-dev")]
     certs: PathBuf,
@@ -55,6 +66,22 @@ struct Args {
     /// (a process of its own: both ends in one would need twice the open-files limit).
     #[arg(long, hide = true, value_delimiter = ',')]
     clients: Vec<std::net::SocketAddr>,
+}
+
+/// What a server writes through ([`Args::layers`]); each is the one before with one more layer of the server's
+/// stack. The bytes on the wire are the same: one unmasked text frame in one TLS record.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Layers {
+    /// The frame's bytes written to the TLS stream and flushed.
+    Tls,
+    /// A websocket over the TLS stream (tokio-tungstenite, as the server's engine uses): `Sink::send` of a text
+    /// message.
+    Ws,
+    /// The websocket's sending half (`SplitSink`, the `BiLock` it shares with the reading half).
+    Split,
+    /// The websocket over a boxed stream (`dyn AsyncRead + AsyncWrite`, as hyper's upgraded connection holds its
+    /// stream) and its sending half boxed as a `dyn Sink` (as engineioxide holds it).
+    Boxed,
 }
 
 /// The frame the fan-out phase's nodes send each socket per round: the relayed `identity-change`, as a websocket
@@ -95,7 +122,32 @@ struct Server {
     rounds: mpsc::UnboundedSender<Vec<u8>>,
 }
 
-fn start_server(acceptor: TlsAcceptor, sockets: usize, shuffled: bool) -> anyhow::Result<Server> {
+/// A boxed connection, as hyper's upgraded one.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send> Io for T {}
+
+/// Each round's frame as a text message to every sink, one after the other (send: ready, start, flush).
+async fn send_rounds<S>(mut sinks: Vec<S>, mut rounds: mpsc::UnboundedReceiver<Vec<u8>>)
+where
+    S: futures_util::Sink<Message, Error = WsError> + Unpin,
+{
+    while let Some(frame) = rounds.recv().await {
+        let text = std::str::from_utf8(&frame[2..])
+            .expect("a text frame")
+            .to_owned();
+        let text = Utf8Bytes::from(text);
+        for sink in &mut sinks {
+            sink.send(Message::Text(text.clone())).await.expect("send");
+        }
+    }
+}
+
+fn start_server(
+    acceptor: TlsAcceptor,
+    sockets: usize,
+    shuffled: bool,
+    layers: Layers,
+) -> anyhow::Result<Server> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (rounds, mut rounds_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     std::thread::spawn(move || {
@@ -123,10 +175,52 @@ fn start_server(acceptor: TlsAcceptor, sockets: usize, shuffled: bool) -> anyhow
                     streams.swap(i, (x >> 33) as usize % (i + 1));
                 }
             }
-            while let Some(frame) = rounds_rx.recv().await {
-                for stream in &mut streams {
-                    stream.write_all(&frame).await.expect("write");
-                    stream.flush().await.expect("flush");
+            match layers {
+                Layers::Tls => {
+                    while let Some(frame) = rounds_rx.recv().await {
+                        for stream in &mut streams {
+                            stream.write_all(&frame).await.expect("write");
+                            stream.flush().await.expect("flush");
+                        }
+                    }
+                }
+                Layers::Ws => {
+                    let mut sinks = Vec::with_capacity(streams.len());
+                    for stream in streams {
+                        sinks.push(
+                            WebSocketStream::from_raw_socket(stream, Role::Server, None).await,
+                        );
+                    }
+                    send_rounds(sinks, rounds_rx).await;
+                }
+                Layers::Split => {
+                    let mut halves = Vec::with_capacity(streams.len());
+                    for stream in streams {
+                        halves.push(
+                            WebSocketStream::from_raw_socket(stream, Role::Server, None)
+                                .await
+                                .split(),
+                        );
+                    }
+                    // The reading halves stay alive (unread), as the engine's reader holds its half.
+                    let (sinks, _streams): (Vec<_>, Vec<_>) = halves.into_iter().unzip();
+                    send_rounds(sinks, rounds_rx).await;
+                }
+                Layers::Boxed => {
+                    let mut halves = Vec::with_capacity(streams.len());
+                    for stream in streams {
+                        let io: Pin<Box<dyn Io>> = Box::pin(stream);
+                        let (sink, stream) =
+                            WebSocketStream::from_raw_socket(io, Role::Server, None)
+                                .await
+                                .split();
+                        let sink: Pin<
+                            Box<dyn futures_util::Sink<Message, Error = WsError> + Send>,
+                        > = Box::pin(sink);
+                        halves.push((sink, stream));
+                    }
+                    let (sinks, _streams): (Vec<_>, Vec<_>) = halves.into_iter().unzip();
+                    send_rounds(sinks, rounds_rx).await;
                 }
             }
         });
@@ -171,7 +265,7 @@ fn main() -> anyhow::Result<()> {
         return clients(connector, &args.clients, per);
     }
     let servers = (0..args.servers)
-        .map(|_| start_server(acceptor.clone(), per, args.shuffled))
+        .map(|_| start_server(acceptor.clone(), per, args.shuffled, args.layers))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let sockets = per * args.servers;
     let addrs: Vec<String> = servers.iter().map(|s| s.addr.to_string()).collect();
@@ -208,8 +302,11 @@ fn main() -> anyhow::Result<()> {
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "tls floor: {sockets} sockets on {} server threads, {} rounds: last socket p50 {:.2} ms max {:.2} ms; \
+        "tls floor ({}): {sockets} sockets on {} server threads, {} rounds: last socket p50 {:.2} ms max {:.2} ms; \
          servers' CPU per round {per_round:.1} ms ({:.2} µs per socket)",
+        args.layers
+            .to_possible_value()
+            .map_or(String::new(), |v| v.get_name().to_owned()),
         args.servers,
         args.rounds,
         ms(times[times.len() / 2]),
