@@ -304,44 +304,59 @@ mod tests {
         }
     }
 
-    fn serving() -> (Arc<Counting>, Waker) {
-        let count = Arc::new(Counting(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
+    /// A writer (queue of 4) over a fake websocket, with its serving task's waker registered, as `serve` has it
+    /// before any frame.
+    struct Case {
+        sink: Fake,
+        w: Writer<Fake, u32>,
+        wakes: Arc<Counting>,
+        waker: Waker,
     }
 
-    fn writer(sink: &Fake, busy: Duration) -> Writer<Fake, u32> {
-        Writer::new(sink.clone(), 4, busy)
+    impl Case {
+        fn new(busy: Duration) -> Self {
+            let sink = Fake::default();
+            let wakes = Arc::new(Counting(AtomicUsize::new(0)));
+            let case = Self {
+                w: Writer::new(sink.clone(), 4, busy),
+                sink,
+                waker: Waker::from(wakes.clone()),
+                wakes,
+            };
+            assert!(case.poll().is_pending());
+            case
+        }
+
+        /// The serving task's poll.
+        fn poll(&self) -> Poll<()> {
+            self.w.poll_write(&mut Context::from_waker(&self.waker))
+        }
+
+        fn wakes(&self) -> usize {
+            self.wakes.0.load(Ordering::SeqCst)
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_frame_to_a_quiet_websocket_is_written_and_flushed_by_its_sender() {
-        let sink = Fake::default();
-        let w = writer(&sink, Duration::from_millis(1));
-        let (wakes, waker) = serving();
-        assert!(w.poll_write(&mut Context::from_waker(&waker)).is_pending());
+        let case = &Case::new(Duration::from_millis(1));
+        let (sink, w) = (&case.sink, &case.w);
         assert_eq!(w.send(1), Delivery::Taken);
         assert_eq!((sink.taken(), sink.flushed()), (vec![1], 1));
-        assert_eq!(
-            wakes.0.load(Ordering::SeqCst),
-            0,
-            "nothing left to the serving task"
-        );
+        assert_eq!(case.wakes(), 0, "nothing left to the serving task");
     }
 
     #[tokio::test(start_paused = true)]
     async fn frames_to_a_busy_websocket_wait_for_the_serving_task_and_keep_their_order() {
-        let sink = Fake::default();
-        let w = writer(&sink, Duration::from_millis(1));
-        let (wakes, waker) = serving();
-        let mut cx = Context::from_waker(&waker);
-        assert!(w.poll_write(&mut cx).is_pending());
+        let case = &Case::new(Duration::from_millis(1));
+        let (sink, w) = (&case.sink, &case.w);
         assert_eq!(w.send(1), Delivery::Taken);
         // Within the busy time: queued, the serving task woken, written together by it.
         assert_eq!(w.send(2), Delivery::Taken);
         assert_eq!(w.send(3), Delivery::Taken);
         assert_eq!(sink.taken(), vec![1]);
-        assert!(wakes.0.load(Ordering::SeqCst) >= 1);
-        assert!(w.poll_write(&mut cx).is_pending());
+        assert!(case.wakes() >= 1);
+        assert!(case.poll().is_pending());
         assert_eq!((sink.taken(), sink.flushed()), (vec![1, 2, 3], 3));
         // Quiet again: written by the sender.
         tokio::time::advance(Duration::from_millis(2)).await;
@@ -352,24 +367,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_websocket_that_cannot_take_more_is_written_by_the_serving_task_in_order_and_bounded()
     {
-        let sink = Fake::default();
-        let w = writer(&sink, Duration::ZERO);
-        let (wakes, waker) = serving();
-        let mut cx = Context::from_waker(&waker);
-        assert!(w.poll_write(&mut cx).is_pending());
+        let case = &Case::new(Duration::ZERO);
+        let (sink, w) = (&case.sink, &case.w);
         sink.stuck(true);
         for i in 1..=4 {
             assert_eq!(w.send(i), Delivery::Taken);
         }
         assert_eq!(w.send(5), Delivery::Full, "the queue is bounded");
         assert!(sink.taken().is_empty());
-        assert!(wakes.0.load(Ordering::SeqCst) >= 1);
-        assert!(w.poll_write(&mut cx).is_pending());
+        assert!(case.wakes() >= 1);
+        assert!(case.poll().is_pending());
         assert!(sink.taken().is_empty());
         sink.stuck(false);
         // Nothing jumps the queue, even a frame sent when the websocket can take it.
         assert_eq!(w.send(6), Delivery::Full);
-        assert!(w.poll_write(&mut cx).is_pending());
+        assert!(case.poll().is_pending());
         assert_eq!((sink.taken(), sink.flushed()), (vec![1, 2, 3, 4], 4));
         assert_eq!(w.send(7), Delivery::Taken);
         assert_eq!(sink.taken(), vec![1, 2, 3, 4, 7]);
@@ -377,46 +389,37 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unfinished_flush_is_the_serving_task_s_and_later_frames_wait_behind_it() {
-        let sink = Fake::default();
-        let w = writer(&sink, Duration::ZERO);
-        let (wakes, waker) = serving();
-        let mut cx = Context::from_waker(&waker);
-        assert!(w.poll_write(&mut cx).is_pending());
+        let case = &Case::new(Duration::ZERO);
+        let (sink, w) = (&case.sink, &case.w);
         // The websocket takes the frame; its flush cannot finish now.
         sink.0.flush_stuck.store(true, Ordering::SeqCst);
         assert_eq!(w.send(1), Delivery::Taken);
         assert_eq!((sink.taken(), sink.flushed()), (vec![1], 0));
-        assert!(
-            wakes.0.load(Ordering::SeqCst) >= 1,
-            "the flush is left to the serving task"
-        );
+        assert!(case.wakes() >= 1, "the flush is left to the serving task");
         assert_eq!(w.send(2), Delivery::Taken);
         assert_eq!(sink.taken(), vec![1], "behind the unfinished flush");
-        assert!(w.poll_write(&mut cx).is_pending());
+        assert!(case.poll().is_pending());
         assert_eq!(sink.taken(), vec![1, 2]);
         sink.0.flush_stuck.store(false, Ordering::SeqCst);
-        assert!(w.poll_write(&mut cx).is_pending());
+        assert!(case.poll().is_pending());
         assert_eq!((sink.taken(), sink.flushed()), (vec![1, 2], 2));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_websocket_refuses_frames_and_ends_the_serving_task() {
-        let sink = Fake::default();
-        let w = writer(&sink, Duration::ZERO);
-        let (wakes, waker) = serving();
-        let mut cx = Context::from_waker(&waker);
-        assert!(w.poll_write(&mut cx).is_pending());
+        let case = &Case::new(Duration::ZERO);
+        let (sink, w) = (&case.sink, &case.w);
         sink.0.broken.store(true, Ordering::SeqCst);
         assert_eq!(w.send(1), Delivery::Closed);
-        assert!(wakes.0.load(Ordering::SeqCst) >= 1);
-        assert!(w.poll_write(&mut cx).is_ready());
+        assert!(case.wakes() >= 1);
+        assert!(case.poll().is_ready());
         assert_eq!(w.send(2), Delivery::Closed);
     }
 
     #[tokio::test(start_paused = true)]
     async fn closing_writes_what_waits_then_the_last_frame_and_refuses_the_rest() {
-        let sink = Fake::default();
-        let w = writer(&sink, Duration::ZERO);
+        let case = &Case::new(Duration::ZERO);
+        let (sink, w) = (&case.sink, &case.w);
         sink.stuck(true);
         assert_eq!(w.send(1), Delivery::Taken);
         w.shut();
