@@ -329,6 +329,10 @@ where
     pub(crate) fn start_upgrade(&self) {
         self.upgrading.store(true, Ordering::Relaxed);
     }
+    /// An upgrade that failed: polling requests carry packets again.
+    pub(crate) fn cancel_upgrade(&self) {
+        self.upgrading.store(false, Ordering::Relaxed);
+    }
 
     /// Spawn the heartbeat job
     ///

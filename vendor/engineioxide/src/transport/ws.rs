@@ -372,7 +372,25 @@ where
     // The socket is upgrading, from now on all polling
     // request will return a `Packet::Noop`
     socket.start_upgrade();
+    let res = probe::<H, S>(socket, ws).await;
+    if res.is_err() {
+        // The client gave up the probe (or sent something else): it goes on polling, and polling requests must
+        // carry its packets again rather than a `Noop` each, for good.
+        #[cfg(feature = "tracing")]
+        tracing::debug!("ws upgrade failed, the session stays on polling");
+        socket.cancel_upgrade();
+    }
+    res
+}
 
+/// The probe of [`upgrade_handshake`], once polling requests are answered with a `Noop`.
+async fn probe<H: EngineIoHandler, S>(
+    socket: &Arc<Socket<H::Data>>,
+    ws: &mut WebSocketStream<S>,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // We send a last Noop request to close a potential waiting polling request.
     socket
         .internal_tx
@@ -436,7 +454,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use futures_util::StreamExt;
+    use futures_util::{SinkExt, StreamExt};
     use http::Request;
     use tokio::io::DuplexStream;
 
@@ -490,6 +508,32 @@ mod tests {
             .expect("the packet should arrive")
             .unwrap()
             .unwrap()
+    }
+
+    /// A client that gives up the probe (here: its first packet on the websocket is not `2probe`) goes on
+    /// polling: the session is not left upgrading, where every polling request would get a `Noop` and never the
+    /// packets waiting for it.
+    #[tokio::test]
+    async fn a_failed_upgrade_leaves_the_session_polling() {
+        let socket = Arc::new(Socket::new(
+            ProtocolVersion::V4,
+            TransportType::Polling,
+            &EngineIoConfig::default(),
+            Request::<()>::default().into_parts().0,
+            Box::new(|_, _| ()),
+            false,
+        ));
+        let (mut server, mut client) = ws_pair().await;
+        client.send(Message::text("2ping")).await.unwrap();
+        let res = tokio::time::timeout(
+            TIMEOUT,
+            upgrade_handshake::<StubHandler, _>(&socket, &mut server),
+        )
+        .await
+        .expect("the handshake ends");
+        assert!(res.is_err(), "not a probe");
+        assert!(!socket.is_upgrading(), "polling requests carry packets again");
+        assert!(socket.is_http());
     }
 
     #[tokio::test]
