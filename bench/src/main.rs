@@ -101,6 +101,10 @@ struct Args {
     /// Fan-out rounds per room size.
     #[arg(long, default_value_t = 30)]
     fanout_rounds: usize,
+    /// Print each fan-out round's time to the last client and the servers' CPU it took (to tell a first
+    /// round's warm-up from the steady cost).
+    #[arg(long)]
+    fanout_per_round: bool,
     /// Idle connections opened on one node for the memory measurement (clamped to the open-files limit); 0
     /// skips it.
     #[arg(long, default_value_t = 20_000)]
@@ -665,7 +669,7 @@ impl Bench {
         let cpu = |pids: &[u32]| pids.iter().map(|&p| procs::cpu_time(p)).sum::<Duration>();
         let me = [std::process::id()];
         let (servers_before, client_before) = (cpu(&server_pids), cpu(&me));
-        let (fanout, fanout_lost_rounds) = self.fanout(&clients, &probe).await;
+        let (fanout, fanout_lost_rounds) = self.fanout(&clients, &probe, &server_pids).await;
         let rounds = self.args.fanout_rounds.max(1) as f64;
         let per_round = |after: Duration, before: Duration| {
             after.saturating_sub(before).as_secs_f64() * 1e3 / rounds
@@ -819,7 +823,18 @@ impl Bench {
     }
 
     /// Client 0 sends `identity-change`; the round ends when the other N-1 have it relayed.
-    async fn fanout(&self, clients: &[Client], probe: &FanoutProbe) -> (Vec<Duration>, usize) {
+    async fn fanout(
+        &self,
+        clients: &[Client],
+        probe: &FanoutProbe,
+        server_pids: &[u32],
+    ) -> (Vec<Duration>, usize) {
+        let servers_cpu = || {
+            server_pids
+                .iter()
+                .map(|&p| procs::cpu_time_precise(p))
+                .sum::<Duration>()
+        };
         let Some(emitter) = clients.first() else {
             return (Vec::new(), 0);
         };
@@ -827,10 +842,15 @@ impl Bench {
         let mut lost = 0;
         for round in 1..=self.args.fanout_rounds as u64 {
             probe.arm(round, clients.len() - 1);
+            let cpu_before = self.args.fanout_per_round.then(servers_cpu);
+            let mut took = None;
             let started = Instant::now();
             emitter.emit_fanout(round).await;
             match probe.wait(Duration::from_secs(10)).await {
-                Some(last) => samples.push(last.duration_since(started)),
+                Some(last) => {
+                    took = Some(last.duration_since(started));
+                    samples.push(last.duration_since(started));
+                }
                 None => {
                     lost += 1;
                     eprintln!(
@@ -841,6 +861,15 @@ impl Bench {
                 }
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+            if let Some(before) = cpu_before {
+                // Read after the pause: what the round left to do (acks, buffers freed) is counted too.
+                let cpu = servers_cpu().saturating_sub(before);
+                let took = took.map_or(f64::NAN, |d: Duration| d.as_secs_f64() * 1e3);
+                println!(
+                    "    fan-out round {round}: last client {took:.1} ms, servers' CPU {:.1} ms",
+                    cpu.as_secs_f64() * 1e3
+                );
+            }
         }
         (samples, lost)
     }

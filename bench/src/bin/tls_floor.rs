@@ -55,6 +55,10 @@ struct Args {
     /// room's hash set of socket ids does.
     #[arg(long)]
     shuffled: bool,
+    /// Print each round's time to the last socket and the servers' CPU it took (the first rounds cost more:
+    /// the kernel's TCP state of each connection warms up).
+    #[arg(long)]
+    per_round: bool,
     /// What the servers write each frame through, to measure what a layer of the server's own stack costs on
     /// top of the floor.
     #[arg(long, value_enum, default_value_t = Layers::Tls)]
@@ -290,11 +294,19 @@ fn main() -> anyhow::Result<()> {
     let mut times = Vec::new();
     for round in 1..=args.rounds {
         let started = Instant::now();
+        let cpu_before = cpu();
         for server in &servers {
             server.rounds.send(frame(round))?;
         }
         anyhow::ensure!(next()? == round.to_string(), "round {round} out of step");
         times.push(started.elapsed());
+        if args.per_round {
+            println!(
+                "  round {round}: last socket {:.1} ms, servers' CPU {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3,
+                (cpu() - cpu_before).as_secs_f64() * 1e3
+            );
+        }
     }
     let per_round = (cpu() - before).as_secs_f64() * 1e3 / args.rounds as f64;
     let _ = child.kill();
