@@ -95,8 +95,14 @@ impl NewValue {
     }
 }
 
-/// Sets up the socket's event handlers for its namespace.
-pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace, me: &Identity) {
+/// Sets up the socket's event handlers for its namespace. Called by the handshake middleware once the socket is
+/// admitted, before socketioxide writes the CONNECT answer: set by the connect handler, which socketioxide runs
+/// after writing it, they could come after an event the client sent the moment it had its answer, read meanwhile
+/// on another worker thread, and that event was dropped. What an event does may depend on the connect handler's
+/// bookkeeping (the socket counted in by webhooks and the admin UI), so each async handler first waits for it
+/// ([`Greeted`]).
+pub fn listen<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace, me: &Identity) {
+    socket.extensions.insert(Arc::new(Greeted::default()));
     if let Some(quota) = &node.event_rate {
         socket.extensions.insert(Arc::new(EventRate {
             limiter: quota.limiter(),
@@ -126,8 +132,64 @@ pub fn attach<A: Adapter>(socket: &SocketRef<A>, node: &NodeInfo, ns: &Namespace
     }
     rpc::attach(socket, ns);
     socket.on_fallback(on_other::<A>);
+}
+
+/// Sets up what the socket's departure does; by the connect handler, once the socket is in its namespace and counted
+/// in (so a departure is counted out after it was counted in).
+pub fn on_departure<A: Adapter>(socket: &SocketRef<A>) {
     socket.extensions.insert(Arc::new(Departure::default()));
     socket.on_disconnect(on_disconnect::<A>);
+}
+
+/// Opened by the connect handler once it has counted the socket in and greeted it: until then its events wait.
+#[derive(Debug, Default)]
+pub struct Greeted {
+    open: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl Greeted {
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Release);
+        self.opened.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        if self.open.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let opened = self.opened.notified();
+        let mut opened = std::pin::pin!(opened);
+        // Registered before the flag is read: an `open` in between still wakes us.
+        opened.as_mut().enable();
+        if !self.open.load(std::sync::atomic::Ordering::Acquire) {
+            opened.await;
+        }
+    }
+}
+
+/// Opens the socket's [`Greeted`] when dropped: the connect handler opens it at the latest when it returns.
+pub struct OpenOnDrop(Option<Arc<Greeted>>);
+
+impl OpenOnDrop {
+    pub fn of<A: Adapter>(socket: &SocketRef<A>) -> Self {
+        Self(socket.extensions.get::<Arc<Greeted>>())
+    }
+}
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        if let Some(greeted) = &self.0 {
+            greeted.open();
+        }
+    }
+}
+
+/// Waits until the connect handler has greeted the socket (at once, nearly always).
+async fn greeted<A: Adapter>(socket: &SocketRef<A>) {
+    if let Some(greeted) = socket.extensions.get::<Arc<Greeted>>() {
+        greeted.wait().await;
+    }
 }
 
 /// Whether a socket's departure was handled. socketioxide calls a disconnect handler only if it was set before the
@@ -221,6 +283,7 @@ async fn on_identity_change<A: Adapter>(
     TryData(data): TryData<NewValue>,
     ack: AckSender<A>,
 ) {
+    greeted(&socket).await;
     if !within_rate(&socket, &node) {
         return;
     }
@@ -271,6 +334,7 @@ async fn on_session_id<A: Adapter>(
     TryData(data): TryData<NewValue>,
     ack: AckSender<A>,
 ) {
+    greeted(&socket).await;
     if !within_rate(&socket, &node) {
         return;
     }
@@ -354,6 +418,7 @@ async fn on_count<A: Adapter>(
     State(node): State<NodeInfo>,
     ack: AckSender<A>,
 ) {
+    greeted(&socket).await;
     if !within_rate(&socket, &node) {
         return;
     }
@@ -382,6 +447,7 @@ async fn on_other<A: Adapter>(
     TryData(relayed): TryData<Relayed>,
     ack: AckSender<A>,
 ) {
+    greeted(&socket).await;
     if !within_rate(&socket, &node) {
         return;
     }
@@ -547,6 +613,28 @@ pub async fn to_namespace<A: Adapter, T: Serialize + ?Sized>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[tokio::test]
+    async fn events_wait_until_the_socket_is_greeted() {
+        let greeted = Arc::new(Greeted::default());
+        let waiting = tokio::spawn({
+            let greeted = greeted.clone();
+            async move { greeted.wait().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "an event waits while the socket is not greeted"
+        );
+        drop(OpenOnDrop(Some(greeted.clone())));
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("opening wakes a waiting event")
+            .unwrap();
+        // Once open, later events do not wait at all.
+        let later = std::pin::pin!(greeted.wait());
+        assert!(futures_util::poll!(later).is_ready());
+    }
 
     #[test]
     fn new_values() {

@@ -188,6 +188,9 @@ pub async fn handshake<A: Adapter>(
         .directory
         .list(socket.ns(), socket.id, identity.id_user.clone());
     socket.extensions.insert(Arc::new(listed));
+    if let Some(ns) = node.namespaces.find(socket.ns()) {
+        events::listen(&socket, &node, ns, &identity);
+    }
     socket.extensions.insert(Arc::new(identity));
     // Still in progress until the socket is in its namespace (`on_connect` lets go of it).
     socket.extensions.insert(Arc::new(entered));
@@ -324,6 +327,8 @@ pub async fn on_connect<A: Adapter>(
     State(node): State<NodeInfo>,
     Extension(me): Extension<Arc<Identity>>,
 ) {
+    // Its events, which may have come as soon as it had its CONNECT answer, wait for what follows up to here.
+    let greeted = events::OpenOnDrop::of(&socket);
     // In its namespace now: a last socket leaving may remove the namespace again.
     socket.extensions.remove::<Arc<Entered>>();
     let Some(ns) = node.namespaces.find(socket.ns()) else {
@@ -371,8 +376,8 @@ pub async fn on_connect<A: Adapter>(
     };
     let _ = socket.emit("handshake", &greeting);
     node.observer.sent(&socket, "handshake", &greeting);
-    events::attach(&socket, &node, ns, &me);
-    // Only now that its handlers are set: the client may send events as soon as it has its CONNECT answer.
+    events::on_departure(&socket);
+    drop(greeted);
     if let Some((rec, recovery)) = recovering {
         match restored {
             Some(restored) => recovery.restore(&socket, &rec, (*restored).clone()).await,
@@ -400,7 +405,7 @@ pub async fn on_connect<A: Adapter>(
     if ns.views && me.role == Role::View {
         events::to_namespace(&io, socket.ns(), "__connect__", &Args::default()).await;
     }
-    // Gone before `attach` set the disconnect handler (a client leaving at once): socketioxide will not call it,
+    // Gone before `on_departure` set the disconnect handler (a client leaving at once): socketioxide will not call it,
     // so its rooms would stay counted (webhooks, presence) and a dynamic namespace it was the last socket of
     // would stay.
     if !socket.connected() {

@@ -485,3 +485,65 @@ async fn the_cluster_recovers_after_a_redis_restart() {
         );
     }
 }
+
+/// Clients that send an event the moment they have their CONNECT answer, many at once: socketioxide writes that
+/// answer before it runs the connect handler, so a handler set there could come too late for an event read in
+/// between (on another worker thread) and the event was dropped: no ack, for ever. Every event is handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_sent_as_soon_as_connected_are_handled() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const N: usize = 200;
+    let (_dir, _redis, nodes) = cluster("events_as_soon_as_connected", 1, 1000).await;
+    let port = nodes[0].port;
+    let mut eager = tokio::task::JoinSet::new();
+    for i in 0..N {
+        eager.spawn(async move {
+            let url = format!(
+                "wss://localhost:{port}/socket.io/?EIO=4&transport=websocket&id_user=u{i}&room=R{i}"
+            );
+            let stream = crate::harness::tls(port).await;
+            let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+            let open = ws.next().await.unwrap().unwrap();
+            assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+            ws.send(Message::text("40")).await.unwrap();
+            loop {
+                let m = ws.next().await.unwrap().unwrap();
+                let text = m.to_text().unwrap_or_default();
+                assert!(!text.starts_with("44"), "u{i} refused: {text}");
+                if text.starts_with("40") {
+                    break;
+                }
+            }
+            // At once, as socket.io-client does when an application emits in its `connect` listener.
+            let event = format!(r#"421["identity-change",{{"id_user":"v{i}"}}]"#);
+            ws.send(Message::text(event)).await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let m = tokio::time::timeout_at(deadline, ws.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("u{i}: no ack within 10 s"))
+                    .unwrap()
+                    .unwrap();
+                let text = m.to_text().unwrap_or_default().to_owned();
+                if let Some(ack) = text.strip_prefix("431") {
+                    let ack: Value = serde_json::from_str(ack).unwrap();
+                    assert_eq!(
+                        ack,
+                        json!([{"ok": true, "id_user": format!("v{i}")}]),
+                        "u{i}"
+                    );
+                    return;
+                }
+            }
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(done) = eager.join_next().await {
+        if let Err(e) = done {
+            failed.push(e.to_string());
+        }
+    }
+    assert!(failed.is_empty(), "{} of {N}: {failed:?}", failed.len());
+}
