@@ -191,16 +191,33 @@ struct Login {
     session_id: Option<String>,
 }
 
-/// The connect middleware: a known session, or the username and password (bcrypt, on the blocking pool).
+/// The connect middleware: a known session, or the username and password (bcrypt, on the blocking pool). The UI's
+/// events are listened to from here, before socketioxide writes the CONNECT answer (it runs the connect handler
+/// after): set in the connect handler, they could come after an event the UI sent the moment it was connected, read
+/// meanwhile on another worker thread, and that event was dropped.
 async fn login<A: Adapter>(
     socket: SocketRef<A>,
     State(admin): State<Arc<Admin>>,
     TryData(auth): TryData<Login>,
 ) -> Result<(), AdminError> {
+    check_login(&socket, &admin, auth.unwrap_or_default()).await?;
+    if !admin.config.readonly {
+        socket.on("join", on_join::<A>);
+        socket.on("leave", on_leave::<A>);
+        socket.on("_disconnect", on_disconnect::<A>);
+        socket.on("emit", on_emit::<A>);
+    }
+    Ok(())
+}
+
+async fn check_login<A: Adapter>(
+    socket: &SocketRef<A>,
+    admin: &Admin,
+    auth: Login,
+) -> Result<(), AdminError> {
     if !admin.config.auth {
         return Ok(());
     }
-    let auth = auth.unwrap_or_default();
     if let Some(id) = auth.session_id.filter(|id| sessions::well_formed(id))
         && admin
             .sessions()
@@ -273,12 +290,6 @@ async fn on_connect<A: Adapter>(
         "config",
         &serde_json::json!({ "supportedFeatures": admin.features() }),
     );
-    if !admin.config.readonly {
-        socket.on("join", on_join::<A>);
-        socket.on("leave", on_leave::<A>);
-        socket.on("_disconnect", on_disconnect::<A>);
-        socket.on("emit", on_emit::<A>);
-    }
     if admin.development() {
         admin.node.observer.watched_for(WATCH_LEASE);
         if let Err(e) = admin.sessions().mark_watched(WATCH_LEASE).await {

@@ -678,3 +678,57 @@ async fn a_replayed_admin_command_is_refused() {
     let ev = io.expect("u2", "disconnect").await;
     assert_eq!(ev["reason"], "io server disconnect", "{ev}");
 }
+
+/// Admin UIs that send a command the moment they have their CONNECT answer, several at once: the commands' handlers
+/// are set before that answer is written (by the login middleware), so none is dropped for having come before them.
+/// Set in the connect handler, they lost every command with the handler stalled 50 ms (as a preempted thread would);
+/// unstalled, the race is rare, so this fails only now and then on such a regression.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_sent_as_soon_as_connected_are_obeyed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const ADMINS: usize = 20;
+    let (_dir, _redis, nodes) = cluster_with_config("admin_eager", 1, &config("")).await;
+    let port = nodes[0].port;
+    let mut io = Clients::start();
+    let target = io.join(Conn::to("target", &nodes[0]).user("t", "R")).await;
+    let mut eager = tokio::task::JoinSet::new();
+    for i in 0..ADMINS {
+        let target = target.clone();
+        eager.spawn(async move {
+            let url = format!("wss://localhost:{port}/socket.io/?EIO=4&transport=websocket");
+            let stream = crate::harness::tls(port).await;
+            let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
+            let open = ws.next().await.unwrap().unwrap();
+            assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+            ws.send(Message::text(format!("40/admin,{}", login())))
+                .await
+                .unwrap();
+            loop {
+                let m = ws.next().await.unwrap().unwrap();
+                let text = m.to_text().unwrap_or_default();
+                assert!(!text.starts_with("44"), "admin {i} refused: {text}");
+                if text.starts_with("40/admin,") {
+                    break;
+                }
+            }
+            let command = json!(["emit", "/", target, "notice", i]);
+            ws.send(Message::text(format!("42/admin,{command}")))
+                .await
+                .unwrap();
+            // Kept open until the command had time to be read.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        });
+    }
+    while let Some(done) = eager.join_next().await {
+        done.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..ADMINS {
+        let ev = io.expect("target", "notice").await;
+        got.push(ev["args"][0].as_u64().unwrap());
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..ADMINS as u64).collect::<Vec<_>>());
+}

@@ -488,7 +488,9 @@ async fn the_cluster_recovers_after_a_redis_restart() {
 
 /// Clients that send an event the moment they have their CONNECT answer, many at once: socketioxide writes that
 /// answer before it runs the connect handler, so a handler set there could come too late for an event read in
-/// between (on another worker thread) and the event was dropped: no ack, for ever. Every event is handled.
+/// between (on another worker thread) and the event was dropped: no ack, for ever. Every event is handled. With the
+/// connect handler stalled 3 ms before it set them (as a preempted thread would), 3 of 200 acks never came;
+/// unstalled, the race is rare, so this fails only now and then on such a regression.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_sent_as_soon_as_connected_are_handled() {
     use futures_util::{SinkExt, StreamExt};
