@@ -256,7 +256,7 @@ async fn check_login<A: Adapter>(
     .await
     .unwrap_or(false);
     if !ok {
-        tracing::warn!(address = %peer(&socket), "admin login refused");
+        tracing::warn!(address = %peer(socket), "admin login refused");
         return Err(AdminError::InvalidCredentials);
     }
     let id = sessions::new_id();
