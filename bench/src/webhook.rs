@@ -419,8 +419,21 @@ batch_ms = {batch_ms}
             receiver.received()
         );
         receiver.reset();
-
-        let server_before = self.server_counts(&nodes).await?;
+        // The receiver records a request before it answers, and a node counts the request's events delivered once it
+        // has the answer: wait for that too, or the warm-up's 4 could be counted as the churn's.
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        let server_before = loop {
+            let counts = self.server_counts(&nodes).await?;
+            if counts.delivered >= 4 {
+                break counts;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "warm-up: the nodes counted {} of its 4 events delivered within {SETTLE_LIMIT:?}",
+                counts.delivered
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
         let node_pids: Vec<u32> = nodes.iter().map(Node::pid).collect();
         let me = [std::process::id()];
         let cpu_before = (cpu(&node_pids), cpu(&[redis.pid()]), cpu(&me));

@@ -697,11 +697,7 @@ async fn commands_sent_as_soon_as_connected_are_obeyed() {
     for i in 0..ADMINS {
         let target = target.clone();
         eager.spawn(async move {
-            let url = format!("wss://localhost:{port}/socket.io/?EIO=4&transport=websocket");
-            let stream = crate::harness::tls(port).await;
-            let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-            let open = ws.next().await.unwrap().unwrap();
-            assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+            let mut ws = engine_websocket(port, "").await;
             ws.send(Message::text(format!("40/admin,{}", login())))
                 .await
                 .unwrap();

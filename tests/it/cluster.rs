@@ -502,13 +502,7 @@ async fn events_sent_as_soon_as_connected_are_handled() {
     let mut eager = tokio::task::JoinSet::new();
     for i in 0..N {
         eager.spawn(async move {
-            let url = format!(
-                "wss://localhost:{port}/socket.io/?EIO=4&transport=websocket&id_user=u{i}&room=R{i}"
-            );
-            let stream = crate::harness::tls(port).await;
-            let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-            let open = ws.next().await.unwrap().unwrap();
-            assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+            let mut ws = engine_websocket(port, &format!("&id_user=u{i}&room=R{i}")).await;
             ws.send(Message::text("40")).await.unwrap();
             loop {
                 let m = ws.next().await.unwrap().unwrap();

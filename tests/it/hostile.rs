@@ -28,11 +28,7 @@ fn rss_kib(pid: u32) -> u64 {
 /// Opens a raw websocket Engine.IO session, sends `frame` after the open packet, and says what happened within
 /// 3 s: `"closed"`, or the texts the server sent back.
 async fn send_raw(port: u16, query: &str, frame: Message) -> String {
-    let stream = tls(port).await;
-    let url = format!("wss://localhost:{port}/socket.io/?EIO=4&transport=websocket{query}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let open = ws.next().await.unwrap().unwrap();
-    assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+    let mut ws = engine_websocket(port, query).await;
     if ws.send(frame).await.is_err() {
         return "closed while we were sending".into();
     }

@@ -515,13 +515,8 @@ async fn sockets_leaving_as_they_connect_are_counted_out() {
     let mut hasty = tokio::task::JoinSet::new();
     for i in 0..N {
         hasty.spawn(async move {
-            let url = format!(
-                "wss://localhost:{port}/socket.io/?EIO=4&transport=websocket&id_user=u{i}&room=R{i}"
-            );
-            let stream = crate::harness::tls(port).await;
-            let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-            let open = ws.next().await.unwrap().unwrap();
-            assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+            let mut ws =
+                crate::harness::engine_websocket(port, &format!("&id_user=u{i}&room=R{i}")).await;
             ws.send(Message::text("40/chat,")).await.unwrap();
             // Half of them leave before their CONNECT answer comes, half as it comes: gone without a word.
             if i % 2 == 0 {

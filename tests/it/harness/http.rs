@@ -40,6 +40,22 @@ pub async fn tls(port: u16) -> tokio_rustls::client::TlsStream<tokio::net::TcpSt
         .unwrap()
 }
 
+/// A raw Engine.IO websocket session (`EIO=4`, no polling first) to `localhost:{port}`, `query` appended to the URL
+/// (`&id_user=u1`), its open packet read.
+pub async fn engine_websocket(
+    port: u16,
+    query: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    use futures_util::StreamExt;
+    let url = format!("wss://localhost:{port}/socket.io/?EIO=4&transport=websocket{query}");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tls(port).await)
+        .await
+        .unwrap();
+    let open = ws.next().await.unwrap().unwrap();
+    assert!(open.to_text().unwrap().starts_with("0{"), "{open:?}");
+    ws
+}
+
 /// A `GET /{room}/users` answer.
 #[derive(Debug)]
 pub struct Users {
