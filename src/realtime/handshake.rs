@@ -327,7 +327,8 @@ pub async fn on_connect<A: Adapter>(
     State(node): State<NodeInfo>,
     Extension(me): Extension<Arc<Identity>>,
 ) {
-    // Its events, which may have come as soon as it had its CONNECT answer, wait for what follows up to here.
+    // Its events (the client may send them as soon as it has its CONNECT answer) wait until this is dropped, once
+    // the socket is counted in and greeted below, or at an early return.
     let greeted = events::OpenOnDrop::of(&socket);
     // In its namespace now: a last socket leaving may remove the namespace again.
     socket.extensions.remove::<Arc<Entered>>();
