@@ -378,6 +378,10 @@ pub async fn on_connect<A: Adapter>(
     let _ = socket.emit("handshake", &greeting);
     node.observer.sent(&socket, "handshake", &greeting);
     events::on_departure(&socket);
+    // Gone before the disconnect handler was set: socketioxide will not call it, so this handler counts the
+    // departure (below). Gone later, socketioxide calls it with the true reason (a kick's deliberate one removes a
+    // recovery session; counted here as a lost transport, it was kept).
+    let gone_before_departure = !socket.connected();
     drop(greeted);
     if let Some((rec, recovery)) = recovering {
         match restored {
@@ -409,7 +413,7 @@ pub async fn on_connect<A: Adapter>(
     // Gone before `on_departure` set the disconnect handler (a client leaving at once): socketioxide will not call it,
     // so its rooms would stay counted (webhooks, presence) and a dynamic namespace it was the last socket of
     // would stay.
-    if !socket.connected() {
+    if gone_before_departure {
         events::left_while_connecting(&socket, io, node, &me).await;
     }
 }

@@ -123,6 +123,9 @@ pub struct Recoverable {
     start: Mutex<Offset>,
     /// A recovery on this node took the session: this socket leaves without touching it.
     replaced: AtomicBool,
+    /// The session's writes, one at a time: a save still on its way when the socket leaves (the connect handler's,
+    /// a room change's) must not land after the departure's removal and bring the session back.
+    writes: tokio::sync::Mutex<()>,
     recovery: Arc<Recovery>,
 }
 
@@ -196,6 +199,7 @@ impl Recovery {
             window,
             start: Mutex::new(start),
             replaced: AtomicBool::new(false),
+            writes: tokio::sync::Mutex::new(()),
             recovery: self.clone(),
         };
         (Arc::new(recoverable), pending.restored)
@@ -285,6 +289,11 @@ impl Recovery {
         rec: &Recoverable,
         taking_over: Option<&Holder>,
     ) {
+        let _one = rec.writes.lock().await;
+        // Gone: its departure writes (or wrote) the session's last state.
+        if !socket.connected() {
+            return;
+        }
         let session = self.session_of(socket, rec);
         let ttl = Self::live_ttl(rec.window);
         match self
@@ -440,6 +449,7 @@ impl Recoverable {
         );
         let sessions = &rec.recovery.sessions;
         let ns = socket.ns();
+        let _one = rec.writes.lock().await;
         let done = match deliberate {
             true => sessions.remove(ns, &rec.pid, &rec.holder).await.map(|_| ()),
             false => {
