@@ -161,6 +161,8 @@ impl Cluster {
         let reply_channel = format!("{reply_prefix}{node}");
         let nodes_channel = format!("{prefix}:nodes");
         let live_channel = format!("{prefix}:delivery#live");
+        let live_prefix = format!("{live_channel}#");
+        let own_live_channel = format!("{live_prefix}{node}");
         let pending = Arc::new(Pending::default());
         let membership = Arc::new(Membership::new(node.clone(), heartbeat));
         let (changes, _) = broadcast::channel(CHANGES_BUFFER);
@@ -179,6 +181,7 @@ impl Cluster {
                 reply_channel: reply_channel.clone(),
                 nodes_channel: nodes_channel.clone(),
                 live_channel: live_channel.clone(),
+                own_live_channel: own_live_channel.clone(),
                 reply_prefix: reply_prefix.clone(),
                 publisher: publisher.clone(),
                 pending: pending.clone(),
@@ -206,6 +209,7 @@ impl Cluster {
                 &reply_channel,
                 &nodes_channel,
                 &live_channel,
+                &own_live_channel,
             ] {
                 subscriber
                     .client
@@ -250,7 +254,7 @@ impl Cluster {
             transport: RedisTransport {
                 publisher,
                 request_channel,
-                live_channel,
+                live_prefix,
                 reply_prefix,
                 seal,
                 disturbance,
@@ -272,6 +276,10 @@ impl Cluster {
     }
 
     /// Live nodes, this one included.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     pub fn size(&self) -> usize {
         self.membership.size()
     }
@@ -350,18 +358,26 @@ impl Cluster {
         asker.gather(&request, mine, &mut rx, deadline).await
     }
 
-    /// Publishes a stored message of a user room to the other nodes, for their sockets of the room
+    /// Publishes a stored message of a user room to the other nodes of `nodes` (those holding the room as it was
+    /// stored, [`crate::delivery::Pushed::nodes`]), each on its own live channel, for their sockets of the room
     /// ([`LocalRooms::live`]); this node emits to its own. Fire and forget: nobody answers, and a node that misses
     /// it has the message in the room's next `batch` (it is stored).
-    pub async fn live(&self, mut live: Live) -> Result<(), fred::error::Error> {
+    pub async fn live(&self, mut live: Live, nodes: &[String]) -> Result<(), fred::error::Error> {
+        let others: Vec<&String> = nodes.iter().filter(|n| **n != *self.node).collect();
+        if others.is_empty() {
+            return Ok(());
+        }
         live.v = protocol::VERSION;
         live.id = Uuid::new_v4();
         live.from = self.node.to_string();
         let t = &self.transport;
-        let message = t.seal.seal(&t.live_channel, protocol::encode(&live));
-        t.publisher
-            .spublish::<i64, _, _>(&t.live_channel, message)
-            .await?;
+        let encoded = protocol::encode(&live);
+        let sends = others.into_iter().map(|node| {
+            let channel = format!("{}{node}", t.live_prefix);
+            let message = t.seal.seal(&channel, encoded.clone());
+            t.publisher.spublish::<i64, _, _>(channel, message)
+        });
+        futures_util::future::try_join_all(sends).await?;
         Ok(())
     }
 
@@ -384,8 +400,8 @@ impl Cluster {
 struct RedisTransport {
     publisher: Client,
     request_channel: String,
-    /// Where stored messages of user rooms go to every node ([`Cluster::live`]).
-    live_channel: String,
+    /// A node's live channel is this followed by its id ([`Cluster::live`]).
+    live_prefix: String,
     /// A node's reply channel is this followed by its id.
     reply_prefix: String,
     seal: Seal,
@@ -528,7 +544,10 @@ struct Handler {
     request_channel: String,
     reply_channel: String,
     nodes_channel: String,
+    /// Stored messages to every node, from nodes of before 2026-12-04 (this node no longer publishes there).
     live_channel: String,
+    /// Stored messages to this node alone.
+    own_live_channel: String,
     reply_prefix: String,
     publisher: Client,
     pending: Arc<Pending>,
@@ -596,7 +615,7 @@ impl Handler {
                     self.metrics.cluster_messages_rejected.inc();
                 }
             }
-        } else if *msg.channel == *self.live_channel {
+        } else if *msg.channel == *self.own_live_channel || *msg.channel == *self.live_channel {
             match protocol::decode_live(bytes) {
                 Ok(live) if *live.from == *self.node => {}
                 Ok(live) => match sealed_at.map_or(Ok(()), |ts| self.requests.first(live.id, ts)) {

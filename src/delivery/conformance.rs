@@ -56,6 +56,7 @@ pub async fn check_store(store: impl Store) {
         pushes_never_extend_a_running_clock(s),
         forgetting_a_dead_node_releases_its_rooms(s),
         ids_keep_growing_after_the_queue_empties(s),
+        a_push_names_the_nodes_holding_the_room(s),
     );
 }
 
@@ -444,4 +445,44 @@ async fn ids_keep_growing_after_the_queue_empties(store: &impl Store) {
         last = push(store, &r, "e", json!([]), p).await.id;
         assert!(last > extra, "round {round}: {last} after {extra}");
     }
+}
+
+/// A push says which nodes hold the room as it is stored, each once and sorted: the nodes it is sent to live.
+async fn a_push_names_the_nodes_holding_the_room(store: &impl Store) {
+    let r = room("user_nodes");
+    let nodes = |p: super::Pushed| p.nodes;
+    assert!(
+        nodes(push(store, &r, "e", json!([]), expiring()).await).is_empty(),
+        "held by nobody"
+    );
+    let (b1, b2, a) = (
+        holder("n-nodes-b", "s1"),
+        holder("n-nodes-b", "s2"),
+        holder("n-nodes-a", "s3"),
+    );
+    for h in [&b1, &b2, &a] {
+        store.occupied(&r, h).await.unwrap();
+    }
+    assert_eq!(
+        nodes(push(store, &r, "e", json!([]), expiring()).await),
+        ["n-nodes-a", "n-nodes-b"],
+        "two sockets on one node are one node"
+    );
+    store.vacated(&r, &a, Ttl::After(TTL)).await.unwrap();
+    store.vacated(&r, &b1, Ttl::After(TTL)).await.unwrap();
+    assert_eq!(
+        nodes(push(store, &r, "e", json!([]), expiring()).await),
+        ["n-nodes-b"]
+    );
+    assert_eq!(
+        store
+            .forget_node("n-nodes-b", &|_: &RoomKey| Ttl::After(TTL))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        nodes(push(store, &r, "e", json!([]), expiring()).await).is_empty(),
+        "its node forgotten"
+    );
 }

@@ -186,10 +186,14 @@ impl State {
             (true, _, Some(at)) => Some(at),
             (true, _, None) => expiry,
         };
+        let mut nodes: Vec<String> = room.holders.iter().map(|h| h.node().to_owned()).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
         self.set_deadline(key, deadline);
         Pushed {
             id,
             dropped: dropped as u64,
+            nodes,
         }
     }
 

@@ -117,12 +117,16 @@ impl Policy {
 }
 
 /// What a push did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pushed {
     /// The new message's id: emit it with the message, ack it with [`Store::ack_one_with_resync`].
     pub id: MessageId,
     /// How many of the oldest messages the cap dropped to make room (0 or 1 unless the cap was lowered).
     pub dropped: u64,
+    /// The nodes holding the room when the message was stored, sorted, each once: the only ones with sockets to
+    /// send it to live. A node that starts holding the room later reads the message in its socket's `batch`
+    /// (holders are written before the batch is read).
+    pub nodes: Vec<String>,
 }
 
 /// What acknowledging one live message did.
@@ -167,7 +171,8 @@ pub enum StoreError {
 /// Object-safe (boxed futures), so the application holds an `Arc<dyn Store>` chosen at start-up.
 pub trait Store: Send + Sync + 'static {
     /// Stores a message **before** it is emitted (so it cannot be lost), after the room's other messages, and
-    /// enforces the cap. A room nobody holds starts its expiry clock (if not running) with `policy.ttl`.
+    /// enforces the cap. A room nobody holds starts its expiry clock (if not running) with `policy.ttl`. Says
+    /// which nodes hold the room at that moment, atomically with the store ([`Pushed::nodes`]).
     fn push<'a>(
         &'a self,
         room: &'a RoomKey,

@@ -215,6 +215,25 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// The push script's list of the room's holder nodes, sorted and each once. A name that is not a node id (the set
+/// is Redis's, so untrusted) is left out: nothing could be published to it.
+fn node_ids(v: &Value) -> Option<Vec<String>> {
+    // An empty Lua table comes back as an empty array (RESP2) or as nil in some conversions.
+    let items = match v {
+        Value::Array(items) => items.as_slice(),
+        Value::Null => &[],
+        _ => return None,
+    };
+    let mut nodes: Vec<String> = items
+        .iter()
+        .filter_map(text)
+        .filter(|node| crate::domain::validate::node_id(node).is_ok())
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    Some(nodes)
+}
+
 fn unexpected(command: &'static str, reply: &Value) -> StoreError {
     StoreError::Reply {
         command,
@@ -263,13 +282,14 @@ impl Store for RedisStore {
             ];
             let reply = self.run(script, room, argv).await?;
             let parsed = match &reply {
-                Value::Array(items) if items.len() == 2 => text(&items[0])
+                Value::Array(items) if items.len() == 3 => text(&items[0])
                     .and_then(|id| id.parse::<MessageId>().ok())
-                    .zip(items[1].as_i64().and_then(|n| u64::try_from(n).ok())),
+                    .zip(items[1].as_i64().and_then(|n| u64::try_from(n).ok()))
+                    .zip(node_ids(&items[2])),
                 _ => None,
             };
-            let (id, dropped) = parsed.ok_or_else(|| unexpected(script.name, &reply))?;
-            Ok(Pushed { id, dropped })
+            let ((id, dropped), nodes) = parsed.ok_or_else(|| unexpected(script.name, &reply))?;
+            Ok(Pushed { id, dropped, nodes })
         })
     }
 
@@ -537,5 +557,24 @@ mod tests {
             [1, 2]
         );
         assert!(count(script, &Value::Null, -1).is_err());
+    }
+
+    #[test]
+    fn holder_nodes_are_read_as_untrusted() {
+        let reply = Value::Array(vec![
+            "n2".into(),
+            "n1".into(),
+            "n2".into(),
+            "bad/node".into(),
+            "".into(),
+            7.into(),
+        ]);
+        assert_eq!(node_ids(&reply).unwrap(), ["n1", "n2"]);
+        assert_eq!(
+            node_ids(&Value::Array(Vec::new())).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(node_ids(&Value::Null).unwrap(), Vec::<String>::new());
+        assert!(node_ids(&"n1".into()).is_none(), "not a list");
     }
 }

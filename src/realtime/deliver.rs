@@ -131,7 +131,7 @@ impl Deliver {
                     true => Args(with_id(&json.0, pushed.id)),
                     false => json.clone(),
                 };
-                async move { self.live_with_ack(store, key, pushed.id, &out, &args).await }
+                async move { self.live_with_ack(store, key, pushed, &out, &args).await }
             });
             futures_util::future::join_all(emits).await;
         }
@@ -151,34 +151,45 @@ impl Deliver {
         Ok(stored)
     }
 
-    /// Emits a stored message to its user room with an ack callback, on every node. In a cluster it is published
-    /// once to the other nodes ([`Cluster::live`]), each of which emits to its own sockets and applies their first
-    /// ack itself ([`acked_here`]); this node does the same for its sockets. A failed publish or emit is only
-    /// logged: the message is stored and comes back in the room's next `batch`.
+    /// Emits a stored message to its user room with an ack callback, on every node holding the room. In a
+    /// cluster it is published to each other node holding it as it was stored ([`Cluster::live`]), each of which
+    /// emits to its own sockets and applies their first ack itself ([`acked_here`]); this node does the same for
+    /// its sockets if it holds the room. A failed publish or emit is only logged: the message is stored and comes back in the room's
+    /// next `batch`.
     async fn live_with_ack(
         &self,
         store: &Arc<dyn Store>,
         key: &RoomKey,
-        id: MessageId,
+        pushed: &Pushed,
         out: &Outgoing<'_>,
         args: &Args,
     ) {
+        let id = pushed.id;
+        // In a cluster, this node's sockets of the room get it only if the store counted this node among the room's
+        // holders: a socket whose holder was not written yet reads the message in its `batch` instead.
+        let mut here = true;
         if let Some(cluster) = &self.relay {
-            let live = Live {
-                v: 0,
-                id: uuid::Uuid::nil(),
-                from: String::new(),
-                ns: key.namespace().to_owned(),
-                room: key.room().to_owned(),
-                except: out.except.to_vec(),
-                event: out.event.to_owned(),
-                args: args.0.clone(),
-                message: id.to_string(),
-            };
-            if let Err(e) = cluster.live(live).await {
-                tracing::warn!(namespace = key.namespace(), room = key.room(), error = %e,
-                    "stored message not sent to the other nodes: it comes in their sockets' next batch");
+            here = pushed.nodes.iter().any(|n| n == cluster.node());
+            if pushed.nodes.iter().any(|n| n != cluster.node()) {
+                let live = Live {
+                    v: 0,
+                    id: uuid::Uuid::nil(),
+                    from: String::new(),
+                    ns: key.namespace().to_owned(),
+                    room: key.room().to_owned(),
+                    except: out.except.to_vec(),
+                    event: out.event.to_owned(),
+                    args: args.0.clone(),
+                    message: id.to_string(),
+                };
+                if let Err(e) = cluster.live(live, &pushed.nodes).await {
+                    tracing::warn!(namespace = key.namespace(), room = key.room(), error = %e,
+                        "stored message not sent to the other nodes: it comes in their sockets' next batch");
+                }
             }
+        }
+        if !here {
+            return;
         }
         let here_only = self.relay.is_some();
         let sent = self.push.emit_with_ack(

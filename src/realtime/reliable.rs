@@ -88,44 +88,57 @@ pub async fn joined<A: Adapter>(
         return;
     }
     for key in keys {
-        let pending = match store.pending(&key).await {
-            Ok(pending) => pending,
-            Err(e) => {
-                tracing::warn!(room = key.room(), error = %e, "pending messages not read");
-                continue;
-            }
-        };
-        if pending.is_empty() {
-            continue;
-        }
-        let batch = match reliable.message_ids {
-            true => Batch::with_ids(&pending),
-            false => Batch::of(&pending),
-        };
-        let ids = ids(&pending);
-        let ack = match socket
-            .timeout(BATCH_ACK_TIMEOUT)
-            .emit_with_ack::<_, Value>("batch", &batch)
-        {
-            Ok(ack) => {
-                node.observer.sent(socket, "batch", &batch);
-                ack
-            }
-            Err(e) => {
-                tracing::debug!(room = key.room(), error = %e, "batch not sent");
-                continue;
-            }
-        };
-        let store = store.clone();
-        tokio::spawn(async move {
-            if !matches!(ack.await, Ok(_) | Err(AckError::Decode(_))) {
-                return;
-            }
-            if let Err(e) = store.ack(&key, &ids).await {
-                tracing::warn!(room = key.room(), error = %e, "batch ack not stored: it will come again");
-            }
-        });
+        send_pending(socket, node, reliable, key).await;
     }
+}
+
+/// Sends the room's pending messages to the socket as one `batch`, and removes them from the store when it acks.
+async fn send_pending<A: Adapter>(
+    socket: &SocketRef<A>,
+    node: &NodeInfo,
+    reliable: &Reliable,
+    key: RoomKey,
+) {
+    let Some(store) = node.delivery() else {
+        return;
+    };
+    let pending = match store.pending(&key).await {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::warn!(room = key.room(), error = %e, "pending messages not read");
+            return;
+        }
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let batch = match reliable.message_ids {
+        true => Batch::with_ids(&pending),
+        false => Batch::of(&pending),
+    };
+    let ids = ids(&pending);
+    let ack = match socket
+        .timeout(BATCH_ACK_TIMEOUT)
+        .emit_with_ack::<_, Value>("batch", &batch)
+    {
+        Ok(ack) => {
+            node.observer.sent(socket, "batch", &batch);
+            ack
+        }
+        Err(e) => {
+            tracing::debug!(room = key.room(), error = %e, "batch not sent");
+            return;
+        }
+    };
+    let store = store.clone();
+    tokio::spawn(async move {
+        if !matches!(ack.await, Ok(_) | Err(AckError::Decode(_))) {
+            return;
+        }
+        if let Err(e) = store.ack(&key, &ids).await {
+            tracing::warn!(room = key.room(), error = %e, "batch ack not stored: it will come again");
+        }
+    });
 }
 
 /// The socket left `room` (a new `id_user` or session) and joined `joined`: it lets the old room go if it was a
@@ -182,7 +195,8 @@ async fn vacate(node: &NodeInfo, holder: &Holder, rooms: &[RoomKey]) {
     }
 }
 
-/// Holds again every user room of every socket of this node; returns how many holders were written.
+/// Holds again every user room of every socket of this node, and sends each socket the pending messages of the
+/// rooms it holds again as a `batch`; returns how many holders were written.
 ///
 /// For when this node comes back from being cut off from the cluster (paused, stalled, or away from Redis) long
 /// enough for the others to declare it down: they forgot its holders ([`crate::delivery::Store::forget_node`])
@@ -198,16 +212,28 @@ pub async fn hold_again<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo) -> u64 {
             let Some(held) = socket.extensions.get::<Arc<Held>>() else {
                 continue;
             };
+            let reliable = node
+                .namespaces
+                .find(socket.ns())
+                .and_then(|ns| ns.reliable.as_ref());
             for key in held.rooms() {
-                match store.occupied(&key, &held.holder).await {
-                    Ok(()) => written += 1,
+                let held_again = match store.occupied(&key, &held.holder).await {
+                    Ok(()) => {
+                        written += 1;
+                        true
+                    }
                     Err(e) => {
                         tracing::warn!(room = key.room(), error = %e, "user room not held again: its messages may expire");
+                        false
                     }
-                }
+                };
                 // Left meanwhile (disconnected, or another user room): its leave may have come before our write.
                 if !socket.connected() || !held.holds(&key) {
                     vacate(node, &held.holder, &[key]).await;
+                } else if let Some(reliable) = reliable.filter(|_| held_again) {
+                    // Messages stored while the room was not held here were sent live to the nodes holding it
+                    // then, not to this one: the socket gets them now.
+                    send_pending(&socket, node, reliable, key).await;
                 }
             }
         }

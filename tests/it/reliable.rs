@@ -563,6 +563,80 @@ async fn concurrent_pushes_to_many_rooms_are_delivered_once_and_acked() {
         .await;
 }
 
+/// A stored message is published to the other nodes holding its room, each on its own channel, and to no other:
+/// a node without sockets of the room neither reads nor parses it, and a room held only by the storing node, or
+/// by nobody, costs no publish at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
+    use fred::prelude::{Builder, ClientLike, Config, EventInterface, PubsubInterface};
+    let test = "reliable_targeted";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "x", b, "user_x", json!(true)).await;
+    join(&mut io, "y1", a, "user_y", json!(true)).await;
+    join(&mut io, "y2", c, "user_y", json!(true)).await;
+
+    // A spy on every live channel: the one every node listens to, and each node's own.
+    let spy = Builder::from_config(Config::from_url(&redis.url()).unwrap())
+        .build_subscriber_client()
+        .unwrap();
+    spy.init().await.unwrap();
+    let mut heard = spy.message_rx();
+    let shared = format!("{test}:delivery#live");
+    let channels = [
+        shared.clone(),
+        format!("{shared}#a"),
+        format!("{shared}#b"),
+        format!("{shared}#c"),
+    ];
+    for channel in &channels {
+        spy.ssubscribe(channel.as_str()).await.unwrap();
+    }
+    let mut published = async |rooms: Value, event: &str| -> Vec<String> {
+        let (status, answer) = send(&http, a, "", rooms, event, json!([1])).await;
+        assert_eq!(status, 200, "{answer}");
+        // Published before the answer: whatever is coming is in Redis's output buffer by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut got = Vec::new();
+        while let Ok(msg) = heard.try_recv() {
+            got.push(msg.channel.to_string());
+        }
+        got
+    };
+
+    assert_eq!(
+        published(json!(["user_x"]), "to_x").await,
+        [format!("{shared}#b")]
+    );
+    assert_eq!(io.expect("x", "to_x").await["acked"], true);
+    // Held on a (the storing node: emitted there) and on c.
+    assert_eq!(
+        published(json!(["user_y"]), "to_y").await,
+        [format!("{shared}#c")]
+    );
+    for id in ["y1", "y2"] {
+        assert_eq!(io.expect(id, "to_y").await["acked"], true);
+    }
+    // Held by nobody: stored, published nowhere.
+    assert!(published(json!(["user_z"]), "to_z").await.is_empty());
+    // Held on a alone.
+    io.disconnect("y2").await;
+    io.expect("y2", "disconnect").await;
+    eventually(Duration::from_secs(5), "c to let user_y go", async || {
+        let holders = format!("{test}:delivery:{{/claim|user_y}}:holders");
+        (redis.cli(&["SCARD", &holders]).trim() == "1").then_some(())
+    })
+    .await;
+    assert!(published(json!(["user_y"]), "again").await.is_empty());
+    assert_eq!(io.expect("y1", "again").await["acked"], true);
+    for room in ["user_x", "user_y"] {
+        until_pending(&redis, test, room, 0).await;
+    }
+    assert_eq!(pending(&redis, test, "user_z"), 1);
+}
+
 /// SIGKILL of the node holding the socket mid-stream loses nothing: what was sent meanwhile comes in the batch on
 /// another node; the killed node, started again, forgets the holder its earlier life left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
