@@ -275,11 +275,12 @@ impl Cluster {
         }))
     }
 
-    /// Live nodes, this one included.
+    /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
     }
 
+    /// Live nodes, this one included.
     pub fn size(&self) -> usize {
         self.membership.size()
     }

@@ -154,8 +154,8 @@ impl Deliver {
     /// Emits a stored message to its user room with an ack callback, on every node holding the room. In a
     /// cluster it is published to each other node holding it as it was stored ([`Cluster::live`]), each of which
     /// emits to its own sockets and applies their first ack itself ([`acked_here`]); this node does the same for
-    /// its sockets if it holds the room. A failed publish or emit is only logged: the message is stored and comes back in the room's
-    /// next `batch`.
+    /// its sockets if it holds the room. A failed publish or emit is only logged: the message is stored and comes
+    /// back in the room's next `batch`.
     async fn live_with_ack(
         &self,
         store: &Arc<dyn Store>,
