@@ -254,6 +254,7 @@ impl Cluster {
             transport: RedisTransport {
                 publisher,
                 request_channel,
+                live_channel,
                 live_prefix,
                 reply_prefix,
                 seal,
@@ -363,6 +364,9 @@ impl Cluster {
     /// stored, [`crate::delivery::Pushed::nodes`]), each on its own live channel, for their sockets of the room
     /// ([`LocalRooms::live`]); this node emits to its own. Fire and forget: nobody answers, and a node that misses
     /// it has the message in the room's next `batch` (it is stored).
+    ///
+    /// A node nobody listens for on its own channel is of a version before those channels (during an upgrade), or
+    /// gone: the message goes to it on the channel every node hears, marked for it alone ([`Live::to`]).
     pub async fn live(&self, mut live: Live, nodes: &[String]) -> Result<(), fred::error::Error> {
         let others: Vec<&String> = nodes.iter().filter(|n| **n != *self.node).collect();
         if others.is_empty() {
@@ -373,12 +377,24 @@ impl Cluster {
         live.from = self.node.to_string();
         let t = &self.transport;
         let encoded = protocol::encode(&live);
-        let sends = others.into_iter().map(|node| {
+        let sends = others.iter().map(|node| {
             let channel = format!("{}{node}", t.live_prefix);
             let message = t.seal.seal(&channel, encoded.clone());
             t.publisher.spublish::<i64, _, _>(channel, message)
         });
-        futures_util::future::try_join_all(sends).await?;
+        let heard = futures_util::future::try_join_all(sends).await?;
+        live.to = others
+            .into_iter()
+            .zip(heard)
+            .filter(|(_, n)| *n == 0)
+            .map(|(node, _)| node.clone())
+            .collect();
+        if !live.to.is_empty() {
+            let message = t.seal.seal(&t.live_channel, protocol::encode(&live));
+            t.publisher
+                .spublish::<i64, _, _>(&t.live_channel, message)
+                .await?;
+        }
         Ok(())
     }
 
@@ -401,6 +417,8 @@ impl Cluster {
 struct RedisTransport {
     publisher: Client,
     request_channel: String,
+    /// Where stored messages go to nodes of before the nodes' own live channels ([`Cluster::live`]).
+    live_channel: String,
     /// A node's live channel is this followed by its id ([`Cluster::live`]).
     live_prefix: String,
     /// A node's reply channel is this followed by its id.
@@ -545,7 +563,7 @@ struct Handler {
     request_channel: String,
     reply_channel: String,
     nodes_channel: String,
-    /// Stored messages to every node, from nodes of before 2026-12-04 (this node no longer publishes there).
+    /// Stored messages to every node, from nodes of before 2026-12-04, or for the nodes named in them.
     live_channel: String,
     /// Stored messages to this node alone.
     own_live_channel: String,
@@ -619,6 +637,8 @@ impl Handler {
         } else if *msg.channel == *self.own_live_channel || *msg.channel == *self.live_channel {
             match protocol::decode_live(bytes) {
                 Ok(live) if *live.from == *self.node => {}
+                // On the channel every node hears, for other nodes: this one had its copy on its own.
+                Ok(live) if !live.to.is_empty() && !live.to.iter().any(|n| **n == *self.node) => {}
                 Ok(live) => match sealed_at.map_or(Ok(()), |ts| self.requests.first(live.id, ts)) {
                     Err(e) => self.refuse(&msg.channel, &e),
                     Ok(()) => self.local.live(live),

@@ -179,9 +179,9 @@ pub struct Heartbeat {
     pub leaving: bool,
 }
 
-/// A stored message of a user room, published once by the node that stored it, on the live channel, to every
-/// node: each emits it to its own sockets of the room with an ack callback and applies the first ack to the store
-/// itself. (Through socketioxide's adapter, an emit with ack cost a `PUBSUB SHARDNUMSUB`, an ack count published
+/// A stored message of a user room, published by the node that stored it to each other node holding the room, on
+/// that node's own live channel: each emits it to its own sockets of the room with an ack callback and applies the
+/// first ack to the store itself. (Through socketioxide's adapter, an emit with ack cost a `PUBSUB SHARDNUMSUB`, an ack count published
 /// by every other node and the ack published back to the storing node: 11 Redis messages more per delivery on 4
 /// nodes, which was most of its CPU.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +201,10 @@ pub struct Live {
     pub args: Vec<serde_json::Value>,
     /// The store's id of the message (`<ms>-<seq>`), which the ack removes.
     pub message: String,
+    /// Only on the live channel every node hears: the nodes this copy is for, those that did not take it on their
+    /// own channel (nodes of before 2026-12-04 listen only there). Empty: for every node (sent by such a node).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
 }
 
 /// A socket in a room, with the user id stored on it at handshake (none in namespaces without identity).
@@ -344,6 +348,9 @@ pub fn decode_live(bytes: &[u8]) -> Result<Live, DecodeError> {
     for room in &live.except {
         validate::room(room)?;
     }
+    for node in &live.to {
+        validate::node_id(node)?;
+    }
     if !is_event_name(&live.event) {
         return Err(DecodeError::EventName);
     }
@@ -479,8 +486,12 @@ mod tests {
             event: "news".into(),
             args: vec![serde_json::json!({"n": 1})],
             message: "1-0".into(),
+            to: vec!["node-b".into()],
         };
         assert_eq!(decode_live(&encode(&live)).unwrap(), live);
+        // A message of a node of before: no `to`, for every node.
+        let old = br#"{"v":2,"id":"00000000-0000-0000-0000-000000000000","from":"n1","ns":"/chat","room":"user_1","event":"news","args":[],"message":"1-0"}"#;
+        assert!(decode_live(old).unwrap().to.is_empty());
         let bad = |f: fn(&mut Live)| {
             let mut l = live.clone();
             f(&mut l);
@@ -490,6 +501,7 @@ mod tests {
         assert!(bad(|l| l.except = vec!["a/b".into()]));
         assert!(bad(|l| l.event = String::new()));
         assert!(bad(|l| l.from = String::new()));
+        assert!(bad(|l| l.to = vec!["a/b".into()]));
         assert!(bad(|l| l.v = VERSION + 1));
     }
 

@@ -181,6 +181,7 @@ impl Deliver {
                     event: out.event.to_owned(),
                     args: args.0.clone(),
                     message: id.to_string(),
+                    to: Vec::new(),
                 };
                 if let Err(e) = cluster.live(live, &pushed.nodes).await {
                     tracing::warn!(namespace = key.namespace(), room = key.room(), error = %e,

@@ -637,6 +637,47 @@ async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
     assert_eq!(pending(&redis, test, "user_z"), 1);
 }
 
+/// A node of a version before the nodes' own live channels listens only on the channel every node hears: a stored
+/// message for a room it holds goes there too, marked for it alone, and the nodes that had their copy on their own
+/// channel ignore it there (no socket gets it twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_of_before_gets_stored_messages_on_the_channel_every_node_hears() {
+    use fred::prelude::{Builder, ClientLike, Config, EventInterface, PubsubInterface};
+    let test = "reliable_older_node";
+    let (_dir, redis, nodes) = start(test).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "x", b, "user_x", json!(true)).await;
+    // An older node holding the room too: its holder, and a subscriber on the shared channel alone.
+    let holders = format!("{test}:delivery:{{/claim|user_x}}:holders");
+    redis.cli(&["SADD", &holders, "old/sock-1"]);
+    let old = Builder::from_config(Config::from_url(&redis.url()).unwrap())
+        .build_subscriber_client()
+        .unwrap();
+    old.init().await.unwrap();
+    let mut heard = old.message_rx();
+    let shared = format!("{test}:delivery#live");
+    old.ssubscribe(shared.as_str()).await.unwrap();
+
+    let (status, answer) = send(&http, a, "", json!(["user_x"]), "to_x", json!([1])).await;
+    assert_eq!(status, 200, "{answer}");
+    let msg = tokio::time::timeout(Duration::from_secs(5), heard.recv())
+        .await
+        .expect("the older node heard nothing")
+        .unwrap();
+    assert_eq!(*msg.channel, *shared);
+    let live: Value = serde_json::from_slice(msg.value.as_bytes().unwrap()).unwrap();
+    assert_eq!(live["to"], json!(["old"]), "{live}");
+    assert_eq!(live["event"], "to_x", "{live}");
+    assert_eq!(live["from"], "a", "{live}");
+    // b had it on its own channel, and ignored the copy for the older node.
+    assert_eq!(io.expect("x", "to_x").await["acked"], true);
+    io.expect_none("x", "to_x", Duration::from_millis(300))
+        .await;
+    until_pending(&redis, test, "user_x", 0).await;
+}
+
 /// SIGKILL of the node holding the socket mid-stream loses nothing: what was sent meanwhile comes in the batch on
 /// another node; the killed node, started again, forgets the holder its earlier life left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
