@@ -4,9 +4,9 @@
 //! Each reliable user room's message is stored, then emitted to the room on every node with an ack callback: the
 //! first ack removes it (or, pushed with resync and out of order, clears the room and sends it `resync`); an
 //! unacknowledged one comes back in the room's next `batch` ([`super::reliable`]). In a cluster the message goes
-//! to the other nodes on the cluster's live channel, and each node applies its own sockets' first ack to the store
-//! (not socketioxide's emit with ack across nodes, whose counts and relayed acks were most of a delivery's CPU). The other rooms get the event
-//! once, except the sockets in those user rooms, which have it from there with its callback: no socket gets it
+//! to the other nodes holding the room, each on its own live channel, and each node applies its own sockets' first
+//! ack to the store (not socketioxide's emit with ack across nodes, whose counts and relayed acks were most of a
+//! delivery's CPU). The other rooms get the event once, except the sockets in those user rooms, which have it from there with its callback: no socket gets it
 //! twice. In a namespace with connection state recovery the emit to the other rooms is recorded for replay (the
 //! recording adapter sees a room broadcast); the user rooms' emits carry an ack, so they are not.
 
