@@ -678,6 +678,46 @@ async fn a_node_of_before_gets_stored_messages_on_the_channel_every_node_hears()
     until_pending(&redis, test, "user_x", 0).await;
 }
 
+/// With `CLUSTER_SECRET`, a stored message reaches the node holding its room signed for that node's own channel
+/// (and an older node on the shared one, where the others ignore it), and an unsigned one published on either
+/// channel reaches no socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_stored_messages_reach_their_node_and_forged_ones_do_not() {
+    let test = "reliable_signed";
+    let secret = ["--cluster-secret", "a-cluster-secret-for-tests"];
+    let (_dir, redis, nodes) = cluster_with_config_and(test, 3, CONFIG, &secret).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut io = Clients::start();
+    let http = Http::new();
+    join(&mut io, "x", b, "user_x", json!(true)).await;
+    let holders = format!("{test}:delivery:{{/claim|user_x}}:holders");
+    redis.cli(&["SADD", &holders, "old/sock-1"]);
+
+    let (status, answer) = send(&http, a, "", json!(["user_x"]), "signed", json!([1])).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(io.expect("x", "signed").await["acked"], true);
+    io.expect_none("x", "signed", Duration::from_millis(300))
+        .await;
+    until_pending(&redis, test, "user_x", 0).await;
+
+    let rejected = async || {
+        http.metric(b, "socket_identity_cluster_messages_rejected_total")
+            .await
+            .unwrap_or(0.0)
+    };
+    let before = rejected().await;
+    let forged = json!({"v": 2, "id": "0b7e1a36-4f0c-4b0e-9a53-6a3f3c1d2e10", "from": "a", "ns": "/claim",
+        "room": "user_x", "event": "forged", "args": [1], "message": "1-0"});
+    let mut for_b = forged.clone();
+    for_b["to"] = json!(["b"]);
+    let shared = format!("{test}:delivery#live");
+    redis.cli(&["SPUBLISH", &format!("{shared}#b"), &forged.to_string()]);
+    redis.cli(&["SPUBLISH", &shared, &for_b.to_string()]);
+    io.expect_none("x", "forged", Duration::from_millis(500))
+        .await;
+    assert!(rejected().await >= before + 2.0, "b did not refuse both");
+}
+
 /// SIGKILL of the node holding the socket mid-stream loses nothing: what was sent meanwhile comes in the batch on
 /// another node; the killed node, started again, forgets the holder its earlier life left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
