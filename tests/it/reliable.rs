@@ -105,6 +105,26 @@ async fn until_pending(redis: &Redis, prefix: &str, room: &str, n: usize) {
     .await;
 }
 
+/// A Redis client listening on `channels` (sharded), and what it hears; keep the client as long as you listen.
+async fn spy(
+    redis: &Redis,
+    channels: &[String],
+) -> (
+    fred::clients::SubscriberClient,
+    tokio::sync::broadcast::Receiver<fred::types::Message>,
+) {
+    use fred::prelude::{Builder, ClientLike, Config, EventInterface, PubsubInterface};
+    let spy = Builder::from_config(Config::from_url(&redis.url()).unwrap())
+        .build_subscriber_client()
+        .unwrap();
+    spy.init().await.unwrap();
+    let heard = spy.message_rx();
+    for channel in channels {
+        spy.ssubscribe(channel.as_str()).await.unwrap();
+    }
+    (spy, heard)
+}
+
 /// (a) A live message to a user room comes with an ack callback; acknowledged, it is not delivered again. Other
 /// rooms get no callback and queue nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,7 +588,6 @@ async fn concurrent_pushes_to_many_rooms_are_delivered_once_and_acked() {
 /// by nobody, costs no publish at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
-    use fred::prelude::{Builder, ClientLike, Config, EventInterface, PubsubInterface};
     let test = "reliable_targeted";
     let (_dir, redis, nodes) = start(test).await;
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
@@ -579,11 +598,6 @@ async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
     join(&mut io, "y2", c, "user_y", json!(true)).await;
 
     // A spy on every live channel: the one every node listens to, and each node's own.
-    let spy = Builder::from_config(Config::from_url(&redis.url()).unwrap())
-        .build_subscriber_client()
-        .unwrap();
-    spy.init().await.unwrap();
-    let mut heard = spy.message_rx();
     let shared = format!("{test}:delivery#live");
     let channels = [
         shared.clone(),
@@ -591,9 +605,7 @@ async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
         format!("{shared}#b"),
         format!("{shared}#c"),
     ];
-    for channel in &channels {
-        spy.ssubscribe(channel.as_str()).await.unwrap();
-    }
+    let (_spy, mut heard) = spy(&redis, &channels).await;
     let mut published = async |rooms: Value, event: &str| -> Vec<String> {
         let (status, answer) = send(&http, a, "", rooms, event, json!([1])).await;
         assert_eq!(status, 200, "{answer}");
@@ -642,7 +654,6 @@ async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
 /// channel ignore it there (no socket gets it twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_of_before_gets_stored_messages_on_the_channel_every_node_hears() {
-    use fred::prelude::{Builder, ClientLike, Config, EventInterface, PubsubInterface};
     let test = "reliable_older_node";
     let (_dir, redis, nodes) = start(test).await;
     let (a, b) = (&nodes[0], &nodes[1]);
@@ -652,13 +663,8 @@ async fn a_node_of_before_gets_stored_messages_on_the_channel_every_node_hears()
     // An older node holding the room too: its holder, and a subscriber on the shared channel alone.
     let holders = format!("{test}:delivery:{{/claim|user_x}}:holders");
     redis.cli(&["SADD", &holders, "old/sock-1"]);
-    let old = Builder::from_config(Config::from_url(&redis.url()).unwrap())
-        .build_subscriber_client()
-        .unwrap();
-    old.init().await.unwrap();
-    let mut heard = old.message_rx();
     let shared = format!("{test}:delivery#live");
-    old.ssubscribe(shared.as_str()).await.unwrap();
+    let (_old, mut heard) = spy(&redis, std::slice::from_ref(&shared)).await;
 
     let (status, answer) = send(&http, a, "", json!(["user_x"]), "to_x", json!([1])).await;
     assert_eq!(status, 200, "{answer}");
