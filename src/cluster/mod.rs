@@ -390,6 +390,7 @@ impl Cluster {
             .map(|(node, _)| node.clone())
             .collect();
         if !live.to.is_empty() {
+            self.metrics.delivery_live_shared.inc();
             let message = t.seal.seal(&t.live_channel, protocol::encode(&live));
             t.publisher
                 .spublish::<i64, _, _>(&t.live_channel, message)

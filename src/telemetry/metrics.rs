@@ -77,6 +77,9 @@ pub struct Metrics {
     pub delivery_holders_forgotten: Counter,
     /// Holders of this node's sockets written again after this node was cut off from the cluster.
     pub delivery_holders_restored: Counter,
+    /// Stored messages also sent on the live channel every node hears, for holder nodes nobody listened for on
+    /// their own (nodes of an older version during an upgrade, or gone).
+    pub delivery_live_shared: Counter,
     /// Envelopes the gateway added to Redis Streams (hooks).
     pub gateway_published: Counter,
     /// Frames the gateway handed to its clients (replies, send, broadcast).
@@ -293,6 +296,7 @@ impl Metrics {
         let delivery_malformed_entries = Counter::default();
         let delivery_holders_forgotten = Counter::default();
         let delivery_holders_restored = Counter::default();
+        let delivery_live_shared = Counter::default();
         let gateway_published = Counter::default();
         let gateway_delivered = Counter::default();
         let gateway_malformed_entries = Counter::default();
@@ -409,6 +413,11 @@ impl Metrics {
             delivery_holders_restored.clone(),
         );
         r.register(
+            "delivery_live_shared",
+            "Stored messages also sent on the shared live channel, for holder nodes not listening on their own (older or gone)",
+            delivery_live_shared.clone(),
+        );
+        r.register(
             "gateway_published",
             "Envelopes the gateway added to Redis Streams (hooks)",
             gateway_published.clone(),
@@ -483,6 +492,7 @@ impl Metrics {
             delivery_malformed_entries,
             delivery_holders_forgotten,
             delivery_holders_restored,
+            delivery_live_shared,
             gateway_published,
             gateway_delivered,
             gateway_malformed_entries,

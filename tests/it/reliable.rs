@@ -682,6 +682,10 @@ async fn a_node_of_before_gets_stored_messages_on_the_channel_every_node_hears()
     io.expect_none("x", "to_x", Duration::from_millis(300))
         .await;
     until_pending(&redis, test, "user_x", 0).await;
+    let counted = http
+        .metric(a, "socket_identity_delivery_live_shared_total")
+        .await;
+    assert_eq!(counted, Some(1.0), "a counts the copy for the older node");
 }
 
 /// With `CLUSTER_SECRET`, a stored message reaches the node holding its room signed for that node's own channel
