@@ -16,6 +16,9 @@ use crate::delivery::{Batch, Holder, RoomKey, ids};
 /// How long a `batch` waits for its ack; unacknowledged, its messages stay pending for the next join.
 const BATCH_ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many sockets [`hold_again`] handles at once (their Redis commands share the store's connection).
+const HOLD_AGAIN_AT_ONCE: usize = 64;
+
 /// The user rooms a socket holds in the store, in its extensions from its first user room on.
 #[derive(Debug)]
 pub struct Held {
@@ -203,19 +206,26 @@ async fn vacate(node: &NodeInfo, holder: &Holder, rooms: &[RoomKey]) {
 /// while its sockets stayed connected, so those rooms' messages would expire under connected users. `occupied` is
 /// idempotent and stops the expiry clock.
 pub async fn hold_again<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo) -> u64 {
+    use futures_util::StreamExt;
     let Some(store) = node.delivery() else {
         return 0;
     };
-    let mut written = 0;
-    for ns in io.nsps() {
-        for socket in ns.local().sockets() {
+    let sockets: Vec<_> = io
+        .nsps()
+        .into_iter()
+        .flat_map(|ns| ns.local().sockets())
+        .collect();
+    // A socket at a time would be two Redis round trips per room in a row: minutes for a large node.
+    futures_util::stream::iter(sockets)
+        .map(|socket| async move {
             let Some(held) = socket.extensions.get::<Arc<Held>>() else {
-                continue;
+                return 0;
             };
             let reliable = node
                 .namespaces
                 .find(socket.ns())
                 .and_then(|ns| ns.reliable.as_ref());
+            let mut written = 0;
             for key in held.rooms() {
                 let held_again = match store.occupied(&key, &held.holder).await {
                     Ok(()) => {
@@ -236,7 +246,9 @@ pub async fn hold_again<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo) -> u64 {
                     send_pending(&socket, node, reliable, key).await;
                 }
             }
-        }
-    }
-    written
+            written
+        })
+        .buffer_unordered(HOLD_AGAIN_AT_ONCE)
+        .fold(0, |total, written| async move { total + written })
+        .await
 }
