@@ -215,7 +215,7 @@ pub async fn hold_again<A: Adapter>(io: &SocketIo<A>, node: &NodeInfo) -> u64 {
         .into_iter()
         .flat_map(|ns| ns.local().sockets())
         .collect();
-    // A socket at a time would be two Redis round trips per room in a row: minutes for a large node.
+    // A socket at a time would be two Redis round trips per room, one after another: 40,000 for 20,000 sockets.
     futures_util::stream::iter(sockets)
         .map(|socket| async move {
             let Some(held) = socket.extensions.get::<Arc<Held>>() else {
