@@ -181,9 +181,9 @@ pub struct Heartbeat {
 
 /// A stored message of a user room, published by the node that stored it to each other node holding the room, on
 /// that node's own live channel: each emits it to its own sockets of the room with an ack callback and applies the
-/// first ack to the store itself. (Through socketioxide's adapter, an emit with ack cost a `PUBSUB SHARDNUMSUB`, an ack count published
-/// by every other node and the ack published back to the storing node: 11 Redis messages more per delivery on 4
-/// nodes, which was most of its CPU.)
+/// first ack to the store itself. (Through socketioxide's adapter, an emit with ack cost a `PUBSUB SHARDNUMSUB`,
+/// an ack count published by every other node and the ack published back to the storing node: 11 Redis messages
+/// more per delivery on 4 nodes, which was most of its CPU.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Live {
     pub v: u16,

@@ -6,8 +6,8 @@
 //! unacknowledged one comes back in the room's next `batch` ([`super::reliable`]). In a cluster the message goes
 //! to the other nodes holding the room, each on its own live channel, and each node applies its own sockets' first
 //! ack to the store (not socketioxide's emit with ack across nodes, whose counts and relayed acks were most of a
-//! delivery's CPU). The other rooms get the event once, except the sockets in those user rooms, which have it from there with its callback: no socket gets it
-//! twice. In a namespace with connection state recovery the emit to the other rooms is recorded for replay (the
+//! delivery's CPU). The other rooms get the event once, except the sockets in those user rooms, which have it
+//! from there with its callback: no socket gets it twice. In a namespace with connection state recovery the emit to the other rooms is recorded for replay (the
 //! recording adapter sees a room broadcast); the user rooms' emits carry an ack, so they are not.
 
 use std::{sync::Arc, time::Duration};
