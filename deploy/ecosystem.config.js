@@ -13,6 +13,7 @@
 //
 // Every setting comes from the environment of `pm2 start` (see deploy/socket-identity.env.example);
 // SOCKET_IDENTITY_BIN names the binary, SOCKET_IDENTITY_INSTANCES the number of instances.
+const os = require("node:os");
 const path = require("node:path");
 
 const root = path.resolve(__dirname, "..");
@@ -26,6 +27,10 @@ if (!["shared", "separate"].includes(mode)) {
 if (!(instances >= 1 && instances <= 64)) {
   throw new Error(`SOCKET_IDENTITY_INSTANCES must be 1..64, not "${env.SOCKET_IDENTITY_INSTANCES}"`);
 }
+
+// The instances share the host's cores: each runs cores / instances threads (at least 1) unless WORKER_THREADS is
+// set. With one per core each, 4 instances on 2 cores would run 8 threads that take turns and wake each other.
+const threads = env.WORKER_THREADS || String(Math.max(1, Math.floor(os.availableParallelism() / instances)));
 
 const apps = [];
 for (let i = 1; i <= instances; i++) {
@@ -43,10 +48,11 @@ for (let i = 1; i <= instances; i++) {
     exp_backoff_restart_delay: 200,
     // A stable id per instance: it appears in logs, metrics and `GET /:room/users` answers.
     env: {
-      NODE_ID: `${env.NODE_ID_PREFIX || require("node:os").hostname().replace(/[^A-Za-z0-9._-]/g, "-")}-${i}`,
+      NODE_ID: `${env.NODE_ID_PREFIX || os.hostname().replace(/[^A-Za-z0-9._-]/g, "-")}-${i}`,
       PORT: String(mode === "shared" ? basePort : basePort + i - 1),
       REUSE_PORT: String(mode === "shared"),
       REDIS_URL: env.REDIS_URL || "redis://127.0.0.1:6379",
+      WORKER_THREADS: threads,
     },
   });
 }

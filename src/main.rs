@@ -11,10 +11,36 @@ use socket_identity::{Config, net::shutdown, run, telemetry::logging};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    let mut config = Config::parse();
+fn main() -> ExitCode {
+    let config = Config::parse();
+    let runtime = match runtime(config.worker_threads) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+/// `WORKER_THREADS=1` gets tokio's single-threaded scheduler: no work stealing, no wakeups across threads.
+fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.into());
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
+}
+
+async fn serve(mut config: Config) -> ExitCode {
     logging::init(config.log_format, config.node_id());
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!("running on {threads} worker thread(s)");
     release_idle_memory();
     let listener = match socket_identity::listen(&config) {
         Ok(l) => l,

@@ -86,6 +86,11 @@ struct Args {
     /// The command that starts one node of the Node reference (split on spaces).
     #[arg(long, default_value = "node bench/node-reference/server.mjs")]
     reference: String,
+    /// Threads of each of our nodes (`WORKER_THREADS`): `share` gives each of K nodes cores / K (at least 1), as
+    /// `deploy/ecosystem.config.js` does and as Node's one thread per process amounts to; `cores` leaves it unset
+    /// (one per core in every node); or a number.
+    #[arg(long, default_value = "share", value_parser = procs::Threads::parse)]
+    worker_threads: procs::Threads,
     /// Which targets to measure: ours, node, or both.
     #[arg(long, default_value = "both")]
     only: String,
@@ -480,6 +485,7 @@ async fn main() -> anyhow::Result<()> {
         targets.push(Target {
             name: "ours",
             command: args.ours.split_whitespace().map(String::from).collect(),
+            threads: args.worker_threads,
         });
     }
     if matches!(args.only.as_str(), "both" | "node") {
@@ -490,6 +496,7 @@ async fn main() -> anyhow::Result<()> {
                 .split_whitespace()
                 .map(String::from)
                 .collect(),
+            threads: procs::Threads::Cores,
         });
     }
     anyhow::ensure!(!targets.is_empty(), "--only must be ours, node or both");
@@ -509,7 +516,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("holder: deadline")?;
     }
-    print_machine();
+    print_machine(bench.args.worker_threads);
 
     let mut reports = Vec::new();
     let run = async {
@@ -995,7 +1002,7 @@ fn clamp_to_fd_limit(wanted: usize) -> usize {
     }
 }
 
-fn print_machine() {
+fn print_machine(threads: procs::Threads) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -1006,6 +1013,12 @@ fn print_machine() {
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("machine: {cores} cores, {cpu}");
+    let threads = match threads {
+        procs::Threads::Share => "cores / nodes, at least 1".to_owned(),
+        procs::Threads::Cores => "unset (one per core)".to_owned(),
+        procs::Threads::Fixed(n) => n.to_string(),
+    };
+    println!("our nodes' WORKER_THREADS: {threads}");
 }
 
 fn print_report(r: &Report) {

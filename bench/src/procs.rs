@@ -112,6 +112,43 @@ pub struct Target {
     pub name: &'static str,
     /// Program and arguments; the node's settings come from the environment (`PORT`, `NODE_ID`, ...).
     pub command: Vec<String>,
+    /// How many threads each node runs (our server reads `WORKER_THREADS`; Node has one either way).
+    pub threads: Threads,
+}
+
+/// `--worker-threads` of the bench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// Each of K nodes gets cores / K threads, at least one.
+    Share,
+    /// `WORKER_THREADS` unset: one per core in each node.
+    Cores,
+    Fixed(u16),
+}
+
+impl Threads {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "share" => Ok(Self::Share),
+            "cores" => Ok(Self::Cores),
+            n => match n.parse::<u16>() {
+                Ok(n) if n >= 1 => Ok(Self::Fixed(n)),
+                _ => Err(format!(
+                    "`share`, `cores` or a number of threads, not {n:?}"
+                )),
+            },
+        }
+    }
+
+    /// `WORKER_THREADS` for each of `k` nodes on this machine, or none.
+    fn for_nodes(self, k: usize) -> Option<String> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self {
+            Self::Share => Some((cores / k.max(1)).max(1).to_string()),
+            Self::Cores => None,
+            Self::Fixed(n) => Some(n.to_string()),
+        }
+    }
 }
 
 /// A running node of a [`Target`].
@@ -200,6 +237,9 @@ pub async fn start_nodes(
             .stderr(std::fs::File::options().append(true).open(&log)?);
         if let Some(config) = config {
             cmd.env("CONFIG", config);
+        }
+        if let Some(threads) = target.threads.for_nodes(k) {
+            cmd.env("WORKER_THREADS", threads);
         }
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let child = Owned(

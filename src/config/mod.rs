@@ -168,6 +168,13 @@ pub struct Config {
     #[arg(long, env = "RPC_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rpc_max_in_flight: u32,
 
+    /// Threads running this node's tasks. Unset: one per core. Several nodes on one machine (PM2, systemd
+    /// instances) should share its cores, e.g. `1` for as many nodes as cores: with more threads than cores the
+    /// nodes' threads take turns and wake each other, which costs 10-20% of their CPU per message
+    /// (BENCHMARKS.md). `1` runs everything on one thread (`bcrypt`/`argon2` checks still run beside it).
+    #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Log lines as `human` text or as `json` objects (one per line). Either way each line names the node;
     /// `RUST_LOG` sets the levels.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
@@ -265,6 +272,17 @@ mod tests {
         assert_eq!(c.max_pending_connections, 1024);
         let c = Config::parse_from(["socket-identity", "--presence-events", "false"]);
         assert!(!c.presence_events);
+    }
+
+    #[test]
+    fn worker_threads_are_one_per_core_unless_set() {
+        assert_eq!(Config::parse_from(["x"]).worker_threads, None);
+        let c = Config::parse_from(["x", "--worker-threads", "1"]);
+        assert_eq!(c.worker_threads, Some(1));
+        for bad in ["0", "1025", "many"] {
+            let e = Config::try_parse_from(["x", "--worker-threads", bad]).unwrap_err();
+            assert!(e.to_string().contains("--worker-threads"), "{e}");
+        }
     }
 
     #[test]

@@ -140,6 +140,16 @@ async fn pm2_runs_four_instances_on_one_port() {
             .all(|(_, pid, status)| status == "online" && alive(*pid)),
         "{listed:?}"
     );
+    // The 4 instances share the host's cores rather than each running a thread per core.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let threads = format!("WORKER_THREADS={}", (cores / 4).max(1));
+    for (name, pid, _) in &listed {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            environ.split(|b| *b == 0).any(|v| v == threads.as_bytes()),
+            "{name} should run with {threads}"
+        );
+    }
 
     let mut clients = Clients::start();
     let mut expected = BTreeSet::new();

@@ -530,8 +530,26 @@ async fn a_new_identity_brings_its_user_room_batch() {
 /// finds it gone, and neither socket gets it again in a `batch`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_pushes_to_many_rooms_are_delivered_once_and_acked() {
-    let test = "reliable_many";
-    let (_dir, redis, nodes) = start(test).await;
+    concurrent_pushes("reliable_many", &[]).await;
+}
+
+/// The same on nodes that run on one thread each (`--worker-threads 1`, tokio's single-threaded scheduler: what
+/// several nodes on one machine should use), where a task that blocked would stall every socket of its node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_threaded_nodes_deliver_concurrent_pushes_once() {
+    let nodes = concurrent_pushes("reliable_one_thread", &["--worker-threads", "1"]).await;
+    for node in &nodes {
+        assert!(
+            node.log_text().contains("running on 1 worker thread(s)"),
+            "{}",
+            node.log_text()
+        );
+    }
+}
+
+/// Returns the nodes, still running.
+async fn concurrent_pushes(test: &str, args: &[&str]) -> Vec<Node> {
+    let (_dir, redis, nodes) = cluster_with_config_and(test, 3, CONFIG, args).await;
     let mut io = Clients::start();
     let http = Http::new();
     let users: Vec<String> = (0..9).map(|i| format!("c{i}")).collect();
@@ -581,6 +599,7 @@ async fn concurrent_pushes_to_many_rooms_are_delivered_once_and_acked() {
         .await;
     io.expect_none("m2", "burst", Duration::from_millis(0))
         .await;
+    nodes
 }
 
 /// A stored message is published to the other nodes holding its room, each on its own channel, and to no other:
