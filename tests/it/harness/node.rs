@@ -143,6 +143,13 @@ impl Node {
         if !opts.args.contains(&"--query-rate") {
             cmd.args(["--query-rate", "0"]);
         }
+        // `TEST_WORKER_THREADS=1` runs every node on tokio's single-threaded scheduler (what PM2 gives instances on a
+        // small machine), unless the test chose.
+        if let Ok(threads) = std::env::var("TEST_WORKER_THREADS")
+            && !opts.args.contains(&"--worker-threads")
+        {
+            cmd.args(["--worker-threads", &threads]);
+        }
         // Nor a limit on failed logins: tests refuse many logins from 127.0.0.1 (the admin tests set one).
         if !opts.args.contains(&"--login-failures-per-minute") {
             cmd.args(["--login-failures-per-minute", "0"]);
@@ -279,7 +286,9 @@ pub async fn two_nodes_share_a_room(nodes: &[Node]) {
     assert_eq!(ev["args"][0]["id_user"], "ub2", "{ev}");
 }
 
-/// Starts Redis and `n` cluster nodes named `a`, `b`, `c`, ...
+/// Starts Redis and `n` cluster nodes named `a`, `b`, `c`, ... Node `b` runs on one thread (`--worker-threads 1`,
+/// what PM2 gives instances on a small machine), the others on one per core, so every cluster test covers both of
+/// tokio's schedulers; `TEST_WORKER_THREADS` or a test's own `--worker-threads` sets every node alike.
 pub async fn cluster(test: &str, n: usize, timeout_ms: u64) -> (PathBuf, Redis, Vec<Node>) {
     cluster_with(test, n, timeout_ms, &[]).await
 }
@@ -330,6 +339,13 @@ async fn start_cluster(
 ) -> (PathBuf, Redis, Vec<Node>) {
     let redis = Redis::start(&dir);
     let mut nodes = Vec::new();
+    let chosen =
+        args.contains(&"--worker-threads") || std::env::var_os("TEST_WORKER_THREADS").is_some();
+    let one_thread: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--worker-threads", "1"])
+        .collect();
     for i in 0..n {
         let id = ((b'a' + i as u8) as char).to_string();
         nodes.push(
@@ -340,7 +356,11 @@ async fn start_cluster(
                     redis: Some(redis.url()),
                     prefix: test,
                     timeout_ms,
-                    args,
+                    args: if id == "b" && !chosen {
+                        &one_thread
+                    } else {
+                        args
+                    },
                     ..NodeOpts::default()
                 },
             )
