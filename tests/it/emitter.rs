@@ -396,6 +396,13 @@ async fn emits_to_user_rooms_are_stored_acknowledged_and_batched() {
     let mut clients = Clients::start();
     join_rel(&mut clients, "u1", a, "user.1", true).await;
     join_rel(&mut clients, "staff", b, "staff", true).await;
+    // The handshake goes out before the socket's holder is written: emitted earlier, the message would come in
+    // u1's next `batch`, not live.
+    let holders = format!("{test}:delivery:{{/rel|user.1}}:holders");
+    eventually(Duration::from_secs(5), "user.1 held", async || {
+        (redis.cli(&["SCARD", &holders]).trim() == "1").then_some(())
+    })
+    .await;
 
     emitter(
         &redis,

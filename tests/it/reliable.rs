@@ -63,8 +63,17 @@ async fn send(
         .await
 }
 
-/// Connects `id` to `node` in room `room` of `/claim` and waits for its `handshake`.
-async fn join(io: &mut Clients, id: &str, node: &Node, room: &str, ack: Value) {
+/// Connects `id` to `node` in room `room` of `/claim`, waits for its `handshake` and, given `held` (Redis and the
+/// key prefix), until the socket's holder of the room is written: the handshake goes out first, and a message
+/// pushed in between reaches the socket in its next `batch`, not live (nothing is missed either way).
+async fn join(
+    io: &mut Clients,
+    held: Option<(&Redis, &str)>,
+    id: &str,
+    node: &Node,
+    room: &str,
+    ack: Value,
+) {
     let ev = io
         .connect(
             Conn::to(id, &node)
@@ -75,6 +84,16 @@ async fn join(io: &mut Clients, id: &str, node: &Node, room: &str, ack: Value) {
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     io.expect(id, "handshake").await;
+    if let Some((redis, prefix)) = held {
+        let holders = format!("{prefix}:delivery:{{/claim|{room}}}:holders");
+        let member = format!("{}/{}", node.id, ev["sid"].as_str().unwrap());
+        eventually(
+            Duration::from_secs(5),
+            &format!("{id} to hold {room}"),
+            async || (redis.cli(&["SISMEMBER", &holders, &member]).trim() == "1").then_some(()),
+        )
+        .await;
+    }
 }
 
 /// Disconnects `id` and waits until the server saw it: no holder of `room` is left in Redis.
@@ -134,8 +153,17 @@ async fn acknowledged_live_messages_are_not_redelivered() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, "u1", a, "user_1", json!(true)).await;
-    join(&mut io, "staff", b, "staff", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "u1",
+        a,
+        "user_1",
+        json!(true),
+    )
+    .await;
+    // Not a user room: nothing to hold.
+    join(&mut io, None, "staff", b, "staff", json!(true)).await;
 
     let (status, answer) = send(
         &http,
@@ -167,8 +195,24 @@ async fn acknowledged_live_messages_are_not_redelivered() {
 
     // One push to several user rooms, on several nodes: each room its own queue (stored at once), each
     // message acknowledged by its own user; an offline user's stays pending.
-    join(&mut io, "u5", b, "user_5", json!(true)).await;
-    join(&mut io, "u6", c, "user_6", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "u5",
+        b,
+        "user_5",
+        json!(true),
+    )
+    .await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "u6",
+        c,
+        "user_6",
+        json!(true),
+    )
+    .await;
     let (status, answer) = send(
         &http,
         a,
@@ -197,7 +241,15 @@ async fn acknowledged_live_messages_are_not_redelivered() {
     assert_eq!(pending(&redis, test, "user_7"), 1);
 
     leave(&mut io, &redis, test, "u1", "user_1").await;
-    join(&mut io, "u1", b, "user_1", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "u1",
+        b,
+        "user_1",
+        json!(true),
+    )
+    .await;
     io.expect_none("u1", "batch", Duration::from_millis(500))
         .await;
 }
@@ -212,7 +264,15 @@ async fn an_offline_user_gets_one_batch_on_another_node() {
     let mut io = Clients::start();
     let http = Http::new();
     // Held once, then let go: the room's messages are kept (client_ttl_s = 0).
-    join(&mut io, "u2", a, "user_2", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "u2",
+        a,
+        "user_2",
+        json!(true),
+    )
+    .await;
     leave(&mut io, &redis, test, "u2", "user_2").await;
 
     for i in 0..5 {
@@ -238,7 +298,15 @@ async fn an_offline_user_gets_one_batch_on_another_node() {
         .await;
     assert_eq!(dropped, Some(0.0));
 
-    join(&mut io, "u2", b, "user_2", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "u2",
+        b,
+        "user_2",
+        json!(true),
+    )
+    .await;
     let ev = io.expect("u2", "batch").await;
     let expected: Vec<Value> = (0..5)
         .map(|i| json!([format!("e{i}"), i, {"n": i}]))
@@ -250,7 +318,15 @@ async fn an_offline_user_gets_one_batch_on_another_node() {
     until_pending(&redis, test, "user_2", 0).await;
 
     leave(&mut io, &redis, test, "u2", "user_2").await;
-    join(&mut io, "u2", c, "user_2", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "u2",
+        c,
+        "user_2",
+        json!(true),
+    )
+    .await;
     io.expect_none("u2", "batch", Duration::from_millis(500))
         .await;
 }
@@ -263,7 +339,15 @@ async fn an_unacknowledged_message_comes_back() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, "mute", a, "user_3", json!(false)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "mute",
+        a,
+        "user_3",
+        json!(false),
+    )
+    .await;
     let (status, answer) = send(&http, c, "", json!("user_3"), "update", json!(["x"])).await;
     assert_eq!(status, 200, "{answer}");
     let ev = io.expect("mute", "update").await;
@@ -273,7 +357,15 @@ async fn an_unacknowledged_message_comes_back() {
     assert_eq!(pending(&redis, test, "user_3"), 1);
     leave(&mut io, &redis, test, "mute", "user_3").await;
 
-    join(&mut io, "u3", b, "user_3", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "u3",
+        b,
+        "user_3",
+        json!(true),
+    )
+    .await;
     let ev = io.expect("u3", "batch").await;
     assert_eq!(ev["args"], json!([[["update", "x"]]]), "{ev}");
     until_pending(&redis, test, "user_3", 0).await;
@@ -289,7 +381,15 @@ async fn an_out_of_order_ack_asks_for_resync() {
     let mut io = Clients::start();
     let http = Http::new();
     // The first message stays pending: its one socket does not acknowledge.
-    join(&mut io, "mute", a, "user_4", json!(false)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "mute",
+        a,
+        "user_4",
+        json!(false),
+    )
+    .await;
     let (status, _) = send(
         &http,
         c,
@@ -302,7 +402,15 @@ async fn an_out_of_order_ack_asks_for_resync() {
     assert_eq!(status, 200);
     io.expect("mute", "update").await;
     // A socket on another node that acknowledges live `update`s but not its batch.
-    join(&mut io, "live", b, "user_4", json!(["update"])).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "live",
+        b,
+        "user_4",
+        json!(["update"]),
+    )
+    .await;
     let ev = io.expect("live", "batch").await;
     assert_eq!(ev["args"], json!([[["update", 1]]]), "{ev}");
     assert_eq!(pending(&redis, test, "user_4"), 1);
@@ -330,7 +438,15 @@ async fn an_out_of_order_ack_asks_for_resync() {
     .await;
     assert_eq!(status, 200);
     io.expect("mute", "update").await;
-    join(&mut io, "live2", b, "user_4", json!(["update"])).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "live2",
+        b,
+        "user_4",
+        json!(["update"]),
+    )
+    .await;
     let ev = io.expect("live2", "batch").await;
     assert_eq!(ev["args"], json!([[["update", 3]]]), "{ev}");
     let (status, _) = send(
@@ -366,7 +482,7 @@ async fn a_single_node_keeps_messages_in_memory() {
     let node = Node::start(&dir, opts).await;
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, "u5", &node, "user_5", json!(false)).await;
+    join(&mut io, None, "u5", &node, "user_5", json!(false)).await;
     for i in 0..2 {
         let (status, answer) = send(&http, &node, "", json!("user_5"), "e", json!([i])).await;
         assert_eq!(status, 200, "{answer}");
@@ -376,12 +492,12 @@ async fn a_single_node_keeps_messages_in_memory() {
     }
     io.disconnect("u5").await;
     io.expect("u5", "disconnect").await;
-    join(&mut io, "u5b", &node, "user_5", json!(true)).await;
+    join(&mut io, None, "u5b", &node, "user_5", json!(true)).await;
     let ev = io.expect("u5b", "batch").await;
     assert_eq!(ev["args"], json!([[["e", 0], ["e", 1]]]), "{ev}");
     // Acknowledged: the next socket of the user gets nothing.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    join(&mut io, "u5c", &node, "user_5", json!(true)).await;
+    join(&mut io, None, "u5c", &node, "user_5", json!(true)).await;
     io.expect_none("u5c", "batch", Duration::from_millis(500))
         .await;
 }
@@ -408,6 +524,12 @@ async fn pending_messages_expire_after_the_last_socket_left() {
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     io.expect("h", "handshake").await;
+    // The handshake goes out before the socket's holder is written: pushed earlier, the message would come in a
+    // `batch`.
+    eventually(Duration::from_secs(5), "the room to be held", async || {
+        (redis.cli(&["SCARD", &holders]).trim() == "1").then_some(())
+    })
+    .await;
     let res = http
         .client
         .post(b.url("/send?site=brief"))
@@ -556,6 +678,7 @@ async fn concurrent_pushes(test: &str, args: &[&str]) -> Vec<Node> {
     for (i, id) in users.iter().enumerate() {
         join(
             &mut io,
+            Some((&redis, test)),
             id,
             &nodes[i % 3],
             &format!("user_{id}"),
@@ -563,8 +686,24 @@ async fn concurrent_pushes(test: &str, args: &[&str]) -> Vec<Node> {
         )
         .await;
     }
-    join(&mut io, "m1", &nodes[0], "user_m", json!(true)).await;
-    join(&mut io, "m2", &nodes[1], "user_m", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "m1",
+        &nodes[0],
+        "user_m",
+        json!(true),
+    )
+    .await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "m2",
+        &nodes[1],
+        "user_m",
+        json!(true),
+    )
+    .await;
     let mut rooms: Vec<String> = users.iter().map(|id| format!("user_{id}")).collect();
     rooms.push("user_m".into());
 
@@ -594,7 +733,15 @@ async fn concurrent_pushes(test: &str, args: &[&str]) -> Vec<Node> {
         until_pending(&redis, test, room, 0).await;
     }
     // Nothing comes back: every message was removed once, none is left for a batch.
-    join(&mut io, "m3", &nodes[2], "user_m", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "m3",
+        &nodes[2],
+        "user_m",
+        json!(true),
+    )
+    .await;
     io.expect_none("m3", "batch", Duration::from_millis(300))
         .await;
     io.expect_none("m2", "burst", Duration::from_millis(0))
@@ -612,9 +759,25 @@ async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, "x", b, "user_x", json!(true)).await;
-    join(&mut io, "y1", a, "user_y", json!(true)).await;
-    join(&mut io, "y2", c, "user_y", json!(true)).await;
+    join(&mut io, Some((&redis, test)), "x", b, "user_x", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "y1",
+        a,
+        "user_y",
+        json!(true),
+    )
+    .await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "y2",
+        c,
+        "user_y",
+        json!(true),
+    )
+    .await;
 
     // A spy on every live channel: the one every node listens to, and each node's own.
     let shared = format!("{test}:delivery#live");
@@ -678,7 +841,7 @@ async fn a_node_of_before_gets_stored_messages_on_the_channel_every_node_hears()
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, "x", b, "user_x", json!(true)).await;
+    join(&mut io, Some((&redis, test)), "x", b, "user_x", json!(true)).await;
     // An older node holding the room too: its holder, and a subscriber on the shared channel alone.
     let holders = format!("{test}:delivery:{{/claim|user_x}}:holders");
     redis.cli(&["SADD", &holders, "old/sock-1"]);
@@ -718,7 +881,7 @@ async fn signed_stored_messages_reach_their_node_and_forged_ones_do_not() {
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, "x", b, "user_x", json!(true)).await;
+    join(&mut io, Some((&redis, test)), "x", b, "user_x", json!(true)).await;
     let holders = format!("{test}:delivery:{{/claim|user_x}}:holders");
     redis.cli(&["SADD", &holders, "old/sock-1"]);
 
@@ -755,7 +918,15 @@ async fn a_killed_node_loses_no_message() {
     let (dir, redis, mut nodes) = start(test).await;
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, "k", &nodes[0], "user_9", json!(false)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "k",
+        &nodes[0],
+        "user_9",
+        json!(false),
+    )
+    .await;
     let (status, _) = send(&http, &nodes[2], "", json!("user_9"), "e", json!([1])).await;
     assert_eq!(status, 200);
     io.expect("k", "e").await;
@@ -768,7 +939,15 @@ async fn a_killed_node_loses_no_message() {
     // The dead node's socket still holds the room (nobody said it left).
     let holders = format!("{test}:delivery:{{/claim|user_9}}:holders");
     assert_eq!(redis.cli(&["SCARD", &holders]).trim(), "1");
-    join(&mut io, "k2", &nodes[1], "user_9", json!(true)).await;
+    join(
+        &mut io,
+        Some((&redis, test)),
+        "k2",
+        &nodes[1],
+        "user_9",
+        json!(true),
+    )
+    .await;
     let ev = io.expect("k2", "batch").await;
     assert_eq!(ev["args"], json!([[["e", 1], ["e", 2], ["e", 3]]]), "{ev}");
     until_pending(&redis, test, "user_9", 0).await;

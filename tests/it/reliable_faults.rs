@@ -131,15 +131,34 @@ async fn send(http: &Http, node: &Node, site: &str, room: &str, event: &str, arg
     assert_eq!(status, 200, "{answer}");
 }
 
-/// Connects `id` as user `user` in `room` of namespace `ns` on `node`, waits for its `handshake`; returns its
-/// socket id. `ack` says which server events with an ack callback the client acknowledges.
-async fn join(io: &mut Clients, id: &str, node: &Node, ns: &str, room: &str, ack: Value) -> String {
+/// Connects `id` as user `user` in `room` of namespace `ns` on `node`, waits for its `handshake` and for its
+/// holder of `room` in Redis (keys under `prefix`); returns its socket id. `ack` says which server events with an ack callback the client acknowledges.
+async fn join(
+    io: &mut Clients,
+    (redis, prefix): (&Redis, &str),
+    id: &str,
+    node: &Node,
+    ns: &str,
+    room: &str,
+    ack: Value,
+) -> String {
     let ev = io
         .connect(Conn::to(id, &node).ns(ns).user(id, room).ack_server(ack))
         .await;
     assert_eq!(ev["event"], "connect", "{ev}");
     io.expect(id, "handshake").await;
-    ev["sid"].as_str().unwrap().to_owned()
+    let sid = ev["sid"].as_str().unwrap().to_owned();
+    // The handshake goes out before the socket's holder is written: a message pushed in between would reach it
+    // in its next `batch`, not live.
+    let holders = format!("{prefix}:delivery:{{{ns}|{room}}}:holders");
+    let member = format!("{}/{sid}", node.id);
+    eventually(
+        Duration::from_secs(5),
+        &format!("{id} to hold {room}"),
+        async || (redis.cli(&["SISMEMBER", &holders, &member]).trim() == "1").then_some(()),
+    )
+    .await;
+    sid
 }
 
 /// The sum of a counter over `nodes`.
@@ -162,7 +181,16 @@ async fn a_killed_nodes_rooms_expire_a_ttl_after_it_is_declared_down() {
     let http = Http::new();
     let room = Room::new(&redis, test, "/claim", "user_1");
     // Held on b, never acknowledged: the messages stay pending.
-    let sid = join(&mut io, "k", b, "/claim", "user_1", json!(false)).await;
+    let sid = join(
+        &mut io,
+        (&redis, test),
+        "k",
+        b,
+        "/claim",
+        "user_1",
+        json!(false),
+    )
+    .await;
     assert_eq!(room.holders(), [format!("b/{sid}")]);
     for i in 0..2 {
         send(&http, a, "claim", "user_1", "e", json!([i])).await;
@@ -235,8 +263,26 @@ async fn a_paused_node_holds_its_rooms_again_when_it_comes_back() {
     let http = Http::new();
     let room = Room::new(&redis, test, "/claim", "user_2");
     let other = Room::new(&redis, test, "/claim", "user_3");
-    let sid = join(&mut io, "p", b, "/claim", "user_2", json!(false)).await;
-    let sid_a = join(&mut io, "q", a, "/claim", "user_3", json!(false)).await;
+    let sid = join(
+        &mut io,
+        (&redis, test),
+        "p",
+        b,
+        "/claim",
+        "user_2",
+        json!(false),
+    )
+    .await;
+    let sid_a = join(
+        &mut io,
+        (&redis, test),
+        "q",
+        a,
+        "/claim",
+        "user_3",
+        json!(false),
+    )
+    .await;
     send(&http, a, "claim", "user_2", "e", json!([1])).await;
     io.expect("p", "e").await;
 
@@ -302,7 +348,16 @@ async fn a_drained_node_lets_its_rooms_go() {
     let (_dir, redis, mut nodes) = start(test, 2, &[]).await;
     let mut io = Clients::start();
     let room = Room::new(&redis, test, "/claim", "user_4");
-    join(&mut io, "d", &nodes[1], "/claim", "user_4", json!(false)).await;
+    join(
+        &mut io,
+        (&redis, test),
+        "d",
+        &nodes[1],
+        "/claim",
+        "user_4",
+        json!(false),
+    )
+    .await;
     assert_eq!(room.holders().len(), 1);
     let b = nodes.remove(1);
     assert!(b.terminate().await.success());
@@ -342,7 +397,16 @@ async fn a_redis_restart_with_aof_loses_no_pending_message() {
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
-    let sid_h = join(&mut io, "h", c, "/claim", "user_h", json!(false)).await;
+    let sid_h = join(
+        &mut io,
+        (&redis, test),
+        "h",
+        c,
+        "/claim",
+        "user_h",
+        json!(false),
+    )
+    .await;
     send(&http, a, "claim", "user_h", "e", json!([0])).await;
     io.expect("h", "e").await;
     // Nobody holds the room: the messages wait for the user.
@@ -378,7 +442,16 @@ async fn a_redis_restart_with_aof_loses_no_pending_message() {
         restarted.elapsed()
     );
 
-    join(&mut io, "r", b, "/keep", "user_r", json!(true)).await;
+    join(
+        &mut io,
+        (&redis, test),
+        "r",
+        b,
+        "/keep",
+        "user_r",
+        json!(true),
+    )
+    .await;
     let ev = io.expect("r", "batch").await;
     let expected: Vec<Value> = (0..5).map(|i| json!([format!("e{i}"), i])).collect();
     assert_eq!(ev["args"], json!([expected]), "{ev}");
@@ -386,7 +459,16 @@ async fn a_redis_restart_with_aof_loses_no_pending_message() {
     room.until_pending(0).await;
     io.disconnect("r").await;
     io.expect("r", "disconnect").await;
-    join(&mut io, "r2", b, "/keep", "user_r", json!(true)).await;
+    join(
+        &mut io,
+        (&redis, test),
+        "r2",
+        b,
+        "/keep",
+        "user_r",
+        json!(true),
+    )
+    .await;
     io.expect_none("r2", "batch", Duration::from_millis(500))
         .await;
 

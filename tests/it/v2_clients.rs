@@ -156,6 +156,13 @@ async fn a_two_x_client_gets_its_batch_on_reconnect_once() {
         };
         io.join(conn(a)).await;
         io.expect(id, "handshake").await;
+        // The handshake goes out before the socket's holder is written: pushed earlier, the message would come in
+        // its next `batch`, not live.
+        let holders = format!("{test}:delivery:{{/|{room}}}:holders");
+        eventually(Duration::from_secs(5), "the room held", async || {
+            (redis.cli(&["SCARD", &holders]).trim() == "1").then_some(())
+        })
+        .await;
         let (status, answer) = send(&http, b, "%2F", json!(room), "live", json!([0])).await;
         assert_eq!(status, 200, "{answer}");
         let ev = io.expect(id, "live").await;
