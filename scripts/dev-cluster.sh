@@ -25,10 +25,12 @@ start)
       --daemonize yes --pidfile "$(realpath "$dir")/redis.pid" --logfile "$(realpath "$dir")/redis.log"
     sleep 0.3
   fi
+  # The nodes share the machine's cores, as PM2's file has them do (WORKER_THREADS in the environment wins).
+  threads=${WORKER_THREADS:-$(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))}
   for i in $(seq 1 "$n"); do
     port=$((first_port + i - 1))
     alive "$dir/node$i.pid" && continue
-    NODE_ID="node$i" PORT="$port" REDIS_URL="redis://127.0.0.1:$redis_port" \
+    NODE_ID="node$i" PORT="$port" REDIS_URL="redis://127.0.0.1:$redis_port" WORKER_THREADS="$threads" \
       nohup "$bin" >"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
     echo "node$i: https://localhost:$port (log $dir/node$i.log)"

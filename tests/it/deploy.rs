@@ -523,10 +523,13 @@ async fn dev_cluster_script_starts_reports_and_stops() {
     .await;
     let status = script(&["status"]);
     assert!(status.contains("redis: down"), "{status}");
+    // The 2 nodes share the cores.
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let threads = format!("running on {} worker thread(s)", (cores / 2).max(1));
     for node in ["node1", "node2"] {
         let log = std::fs::read_to_string(state.join(format!("{node}.log"))).unwrap();
         assert!(
-            log.contains("socket_identity::app: stopped"),
+            log.contains("socket_identity::app: stopped") && log.contains(&threads),
             "{node}:\n{log}"
         );
     }
