@@ -170,8 +170,8 @@ pub struct Config {
 
     /// Threads running this node's tasks. Unset: one per core. Several nodes on one machine (PM2, systemd
     /// instances) should share its cores, e.g. `1` for as many nodes as cores: with more threads than cores the
-    /// nodes' threads take turns and wake each other, which costs 10-20% of their CPU per message
-    /// (BENCHMARKS.md). `1` runs everything on one thread (`bcrypt`/`argon2` checks still run beside it).
+    /// nodes' threads take turns and wake each other (4 nodes on 2 cores: 14% more CPU per reliable delivery,
+    /// BENCHMARKS.md). `1` runs everything on one thread (`bcrypt`/`argon2` checks still run beside it).
     #[arg(long, env = "WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 
