@@ -399,10 +399,7 @@ async fn emits_to_user_rooms_are_stored_acknowledged_and_batched() {
     // The handshake goes out before the socket's holder is written: emitted earlier, the message would come in
     // u1's next `batch`, not live.
     let holders = format!("{test}:delivery:{{/rel|user.1}}:holders");
-    eventually(Duration::from_secs(5), "user.1 held", async || {
-        (redis.cli(&["SCARD", &holders]).trim() == "1").then_some(())
-    })
-    .await;
+    redis.until_members(&holders, 1).await;
 
     emitter(
         &redis,
@@ -438,10 +435,7 @@ async fn emits_to_user_rooms_are_stored_acknowledged_and_batched() {
     clients.disconnect("u2").await;
     clients.expect("u2", "disconnect").await;
     let holders = format!("{test}:delivery:{{/rel|user.2}}:holders");
-    eventually(Duration::from_secs(5), "user.2 let go", async || {
-        (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(())
-    })
-    .await;
+    redis.until_members(&holders, 0).await;
     let to_u2 = |event: &str, n: u64| json!({"op": "emit", "ns": "/rel", "to": ["user.2"], "event": event, "args": [n]});
     emitter(
         &redis,

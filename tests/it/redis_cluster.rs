@@ -272,10 +272,7 @@ async fn moving_slots_between_masters_loses_no_message() {
     clients.disconnect("u9").await;
     clients.expect("u9", "disconnect").await;
     let holders = format!("{test}:delivery:{{/claim|user_9}}:holders");
-    eventually(Duration::from_secs(5), "user_9 to be let go", async || {
-        (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(())
-    })
-    .await;
+    redis.until_members(&holders, 0).await;
     send(&http, c, "e0").await;
     let slot = Migration::begin(&redis, &queue);
     slot.move_keys();

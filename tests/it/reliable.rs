@@ -87,12 +87,7 @@ async fn join(
     if let Some((redis, prefix)) = held {
         let holders = format!("{prefix}:delivery:{{/claim|{room}}}:holders");
         let member = format!("{}/{}", node.id, ev["sid"].as_str().unwrap());
-        eventually(
-            Duration::from_secs(5),
-            &format!("{id} to hold {room}"),
-            async || (redis.cli(&["SISMEMBER", &holders, &member]).trim() == "1").then_some(()),
-        )
-        .await;
+        redis.until_member(&holders, &member).await;
     }
 }
 
@@ -101,12 +96,7 @@ async fn leave(io: &mut Clients, redis: &Redis, prefix: &str, id: &str, room: &s
     io.disconnect(id).await;
     io.expect(id, "disconnect").await;
     let holders = format!("{prefix}:delivery:{{/claim|{room}}}:holders");
-    eventually(
-        Duration::from_secs(5),
-        "the room to be let go",
-        async || (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(()),
-    )
-    .await;
+    redis.until_members(&holders, 0).await;
 }
 
 /// How many messages of `room` are pending in Redis.
@@ -526,10 +516,7 @@ async fn pending_messages_expire_after_the_last_socket_left() {
     io.expect("h", "handshake").await;
     // The handshake goes out before the socket's holder is written: pushed earlier, the message would come in a
     // `batch`.
-    eventually(Duration::from_secs(5), "the room to be held", async || {
-        (redis.cli(&["SCARD", &holders]).trim() == "1").then_some(())
-    })
-    .await;
+    redis.until_members(&holders, 1).await;
     let res = http
         .client
         .post(b.url("/send?site=brief"))
@@ -546,12 +533,7 @@ async fn pending_messages_expire_after_the_last_socket_left() {
     assert_eq!(xlen(), "1");
     io.disconnect("h").await;
     io.expect("h", "disconnect").await;
-    eventually(
-        Duration::from_secs(5),
-        "the room to be let go",
-        async || (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(()),
-    )
-    .await;
+    redis.until_members(&holders, 0).await;
     eventually(
         Duration::from_secs(5),
         "the message to expire",
@@ -818,11 +800,10 @@ async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
     // Held on a alone.
     io.disconnect("y2").await;
     io.expect("y2", "disconnect").await;
-    eventually(Duration::from_secs(5), "c to let user_y go", async || {
-        let holders = format!("{test}:delivery:{{/claim|user_y}}:holders");
-        (redis.cli(&["SCARD", &holders]).trim() == "1").then_some(())
-    })
-    .await;
+    // c lets user_y go.
+    redis
+        .until_members(&format!("{test}:delivery:{{/claim|user_y}}:holders"), 1)
+        .await;
     assert!(published(json!(["user_y"]), "again").await.is_empty());
     assert_eq!(io.expect("y1", "again").await["acked"], true);
     for room in ["user_x", "user_y"] {

@@ -152,12 +152,7 @@ async fn join(
     // in its next `batch`, not live.
     let holders = format!("{prefix}:delivery:{{{ns}|{room}}}:holders");
     let member = format!("{}/{sid}", node.id);
-    eventually(
-        Duration::from_secs(5),
-        &format!("{id} to hold {room}"),
-        async || (redis.cli(&["SISMEMBER", &holders, &member]).trim() == "1").then_some(()),
-    )
-    .await;
+    redis.until_member(&holders, &member).await;
     sid
 }
 

@@ -144,12 +144,7 @@ async fn a_handshake_room_cannot_be_someone_elses_private_room() {
     connected(&ev);
     io.disconnect("alice").await;
     let holders = format!("{test}:delivery:{{/|inbox-alice}}:holders");
-    eventually(
-        Duration::from_secs(5),
-        "alice's room to be let go",
-        async || (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(()),
-    )
-    .await;
+    redis.until_members(&holders, 0).await;
     let body = json!({"rooms": ["inbox-alice"], "event": "secret", "args": ["for alice"]});
     let (status, answer) = http.push(c, &format!("site=%2F&apiKey={KEY}"), &body).await;
     assert_eq!(status, 200, "{answer}");

@@ -72,12 +72,7 @@ async fn leave(io: &mut Clients, redis: &Redis, prefix: &str, id: &str, room: &s
     io.disconnect(id).await;
     io.expect(id, "disconnect").await;
     let holders = format!("{prefix}:delivery:{{/|{room}}}:holders");
-    eventually(
-        Duration::from_secs(5),
-        "the room to be let go",
-        async || (redis.cli(&["SCARD", &holders]).trim() == "0").then_some(()),
-    )
-    .await;
+    redis.until_members(&holders, 0).await;
 }
 
 /// 2.x clients over websocket and over polling, on two nodes, with seed 001's query: both nodes list them beside
@@ -159,10 +154,7 @@ async fn a_two_x_client_gets_its_batch_on_reconnect_once() {
         // The handshake goes out before the socket's holder is written: pushed earlier, the message would come in
         // its next `batch`, not live.
         let holders = format!("{test}:delivery:{{/|{room}}}:holders");
-        eventually(Duration::from_secs(5), "the room held", async || {
-            (redis.cli(&["SCARD", &holders]).trim() == "1").then_some(())
-        })
-        .await;
+        redis.until_members(&holders, 1).await;
         let (status, answer) = send(&http, b, "%2F", json!(room), "live", json!([0])).await;
         assert_eq!(status, 200, "{answer}");
         let ev = io.expect(id, "live").await;

@@ -374,6 +374,25 @@ impl Redis {
         cli_at(self.port, args).unwrap_or_else(|e| panic!("redis-cli {args:?}: {e}"))
     }
 
+    /// Waits (5 s at most) until the set `key` has `n` members: a user room's holders, which a node writes just
+    /// after a socket's handshake and removes just after it leaves.
+    pub async fn until_members(&self, key: &str, n: usize) {
+        let what = format!("{n} members in {key}");
+        super::eventually(Duration::from_secs(5), &what, async || {
+            (self.cli(&["SCARD", key]).trim() == n.to_string()).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits (5 s at most) until `member` is in the set `key`.
+    pub async fn until_member(&self, key: &str, member: &str) {
+        let what = format!("{member} in {key}");
+        super::eventually(Duration::from_secs(5), &what, async || {
+            (self.cli(&["SISMEMBER", key, member]).trim() == "1").then_some(())
+        })
+        .await;
+    }
+
     /// Runs one command with `redis-cli -2 --json` (RESP2 replies as JSON: arrays, strings, numbers, `null`), e.g.
     /// `XRANGE`, `XREADGROUP` or `XINFO GROUPS`, and returns the reply.
     pub fn json(&self, args: &[&str]) -> Value {
