@@ -140,18 +140,11 @@ async fn spy(
 async fn acknowledged_live_messages_are_not_redelivered() {
     let test = "reliable_live";
     let (_dir, redis, nodes) = start(test).await;
+    let held = Some((&redis, test));
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "u1",
-        a,
-        "user_1",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "u1", a, "user_1", json!(true)).await;
     // Not a user room: nothing to hold.
     join(&mut io, None, "staff", b, "staff", json!(true)).await;
 
@@ -185,24 +178,8 @@ async fn acknowledged_live_messages_are_not_redelivered() {
 
     // One push to several user rooms, on several nodes: each room its own queue (stored at once), each
     // message acknowledged by its own user; an offline user's stays pending.
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "u5",
-        b,
-        "user_5",
-        json!(true),
-    )
-    .await;
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "u6",
-        c,
-        "user_6",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "u5", b, "user_5", json!(true)).await;
+    join(&mut io, held, "u6", c, "user_6", json!(true)).await;
     let (status, answer) = send(
         &http,
         a,
@@ -231,15 +208,7 @@ async fn acknowledged_live_messages_are_not_redelivered() {
     assert_eq!(pending(&redis, test, "user_7"), 1);
 
     leave(&mut io, &redis, test, "u1", "user_1").await;
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "u1",
-        b,
-        "user_1",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "u1", b, "user_1", json!(true)).await;
     io.expect_none("u1", "batch", Duration::from_millis(500))
         .await;
 }
@@ -250,19 +219,12 @@ async fn acknowledged_live_messages_are_not_redelivered() {
 async fn an_offline_user_gets_one_batch_on_another_node() {
     let test = "reliable_batch";
     let (_dir, redis, nodes) = start(test).await;
+    let held = Some((&redis, test));
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
     // Held once, then let go: the room's messages are kept (client_ttl_s = 0).
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "u2",
-        a,
-        "user_2",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "u2", a, "user_2", json!(true)).await;
     leave(&mut io, &redis, test, "u2", "user_2").await;
 
     for i in 0..5 {
@@ -288,15 +250,7 @@ async fn an_offline_user_gets_one_batch_on_another_node() {
         .await;
     assert_eq!(dropped, Some(0.0));
 
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "u2",
-        b,
-        "user_2",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "u2", b, "user_2", json!(true)).await;
     let ev = io.expect("u2", "batch").await;
     let expected: Vec<Value> = (0..5)
         .map(|i| json!([format!("e{i}"), i, {"n": i}]))
@@ -308,15 +262,7 @@ async fn an_offline_user_gets_one_batch_on_another_node() {
     until_pending(&redis, test, "user_2", 0).await;
 
     leave(&mut io, &redis, test, "u2", "user_2").await;
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "u2",
-        c,
-        "user_2",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "u2", c, "user_2", json!(true)).await;
     io.expect_none("u2", "batch", Duration::from_millis(500))
         .await;
 }
@@ -326,18 +272,11 @@ async fn an_offline_user_gets_one_batch_on_another_node() {
 async fn an_unacknowledged_message_comes_back() {
     let test = "reliable_unacked";
     let (_dir, redis, nodes) = start(test).await;
+    let held = Some((&redis, test));
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "mute",
-        a,
-        "user_3",
-        json!(false),
-    )
-    .await;
+    join(&mut io, held, "mute", a, "user_3", json!(false)).await;
     let (status, answer) = send(&http, c, "", json!("user_3"), "update", json!(["x"])).await;
     assert_eq!(status, 200, "{answer}");
     let ev = io.expect("mute", "update").await;
@@ -347,15 +286,7 @@ async fn an_unacknowledged_message_comes_back() {
     assert_eq!(pending(&redis, test, "user_3"), 1);
     leave(&mut io, &redis, test, "mute", "user_3").await;
 
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "u3",
-        b,
-        "user_3",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "u3", b, "user_3", json!(true)).await;
     let ev = io.expect("u3", "batch").await;
     assert_eq!(ev["args"], json!([[["update", "x"]]]), "{ev}");
     until_pending(&redis, test, "user_3", 0).await;
@@ -367,19 +298,12 @@ async fn an_unacknowledged_message_comes_back() {
 async fn an_out_of_order_ack_asks_for_resync() {
     let test = "reliable_resync";
     let (_dir, redis, nodes) = start(test).await;
+    let held = Some((&redis, test));
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
     // The first message stays pending: its one socket does not acknowledge.
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "mute",
-        a,
-        "user_4",
-        json!(false),
-    )
-    .await;
+    join(&mut io, held, "mute", a, "user_4", json!(false)).await;
     let (status, _) = send(
         &http,
         c,
@@ -392,15 +316,7 @@ async fn an_out_of_order_ack_asks_for_resync() {
     assert_eq!(status, 200);
     io.expect("mute", "update").await;
     // A socket on another node that acknowledges live `update`s but not its batch.
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "live",
-        b,
-        "user_4",
-        json!(["update"]),
-    )
-    .await;
+    join(&mut io, held, "live", b, "user_4", json!(["update"])).await;
     let ev = io.expect("live", "batch").await;
     assert_eq!(ev["args"], json!([[["update", 1]]]), "{ev}");
     assert_eq!(pending(&redis, test, "user_4"), 1);
@@ -428,15 +344,7 @@ async fn an_out_of_order_ack_asks_for_resync() {
     .await;
     assert_eq!(status, 200);
     io.expect("mute", "update").await;
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "live2",
-        b,
-        "user_4",
-        json!(["update"]),
-    )
-    .await;
+    join(&mut io, held, "live2", b, "user_4", json!(["update"])).await;
     let ev = io.expect("live2", "batch").await;
     assert_eq!(ev["args"], json!([[["update", 3]]]), "{ev}");
     let (status, _) = send(
@@ -654,13 +562,14 @@ async fn single_threaded_nodes_deliver_concurrent_pushes_once() {
 /// Returns the nodes, still running.
 async fn concurrent_pushes(test: &str, args: &[&str]) -> Vec<Node> {
     let (_dir, redis, nodes) = cluster_with_config_and(test, 3, CONFIG, args).await;
+    let held = Some((&redis, test));
     let mut io = Clients::start();
     let http = Http::new();
     let users: Vec<String> = (0..9).map(|i| format!("c{i}")).collect();
     for (i, id) in users.iter().enumerate() {
         join(
             &mut io,
-            Some((&redis, test)),
+            held,
             id,
             &nodes[i % 3],
             &format!("user_{id}"),
@@ -668,24 +577,8 @@ async fn concurrent_pushes(test: &str, args: &[&str]) -> Vec<Node> {
         )
         .await;
     }
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "m1",
-        &nodes[0],
-        "user_m",
-        json!(true),
-    )
-    .await;
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "m2",
-        &nodes[1],
-        "user_m",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "m1", &nodes[0], "user_m", json!(true)).await;
+    join(&mut io, held, "m2", &nodes[1], "user_m", json!(true)).await;
     let mut rooms: Vec<String> = users.iter().map(|id| format!("user_{id}")).collect();
     rooms.push("user_m".into());
 
@@ -715,15 +608,7 @@ async fn concurrent_pushes(test: &str, args: &[&str]) -> Vec<Node> {
         until_pending(&redis, test, room, 0).await;
     }
     // Nothing comes back: every message was removed once, none is left for a batch.
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "m3",
-        &nodes[2],
-        "user_m",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "m3", &nodes[2], "user_m", json!(true)).await;
     io.expect_none("m3", "batch", Duration::from_millis(300))
         .await;
     io.expect_none("m2", "burst", Duration::from_millis(0))
@@ -738,28 +623,13 @@ async fn concurrent_pushes(test: &str, args: &[&str]) -> Vec<Node> {
 async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
     let test = "reliable_targeted";
     let (_dir, redis, nodes) = start(test).await;
+    let held = Some((&redis, test));
     let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, Some((&redis, test)), "x", b, "user_x", json!(true)).await;
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "y1",
-        a,
-        "user_y",
-        json!(true),
-    )
-    .await;
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "y2",
-        c,
-        "user_y",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "x", b, "user_x", json!(true)).await;
+    join(&mut io, held, "y1", a, "user_y", json!(true)).await;
+    join(&mut io, held, "y2", c, "user_y", json!(true)).await;
 
     // A spy on every live channel: the one every node listens to, and each node's own.
     let shared = format!("{test}:delivery#live");
@@ -819,10 +689,11 @@ async fn a_stored_message_goes_only_to_the_nodes_holding_its_room() {
 async fn a_node_of_before_gets_stored_messages_on_the_channel_every_node_hears() {
     let test = "reliable_older_node";
     let (_dir, redis, nodes) = start(test).await;
+    let held = Some((&redis, test));
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, Some((&redis, test)), "x", b, "user_x", json!(true)).await;
+    join(&mut io, held, "x", b, "user_x", json!(true)).await;
     // An older node holding the room too: its holder, and a subscriber on the shared channel alone.
     let holders = format!("{test}:delivery:{{/claim|user_x}}:holders");
     redis.cli(&["SADD", &holders, "old/sock-1"]);
@@ -859,10 +730,11 @@ async fn signed_stored_messages_reach_their_node_and_forged_ones_do_not() {
     let test = "reliable_signed";
     let secret = ["--cluster-secret", "a-cluster-secret-for-tests"];
     let (_dir, redis, nodes) = cluster_with_config_and(test, 3, CONFIG, &secret).await;
+    let held = Some((&redis, test));
     let (a, b) = (&nodes[0], &nodes[1]);
     let mut io = Clients::start();
     let http = Http::new();
-    join(&mut io, Some((&redis, test)), "x", b, "user_x", json!(true)).await;
+    join(&mut io, held, "x", b, "user_x", json!(true)).await;
     let holders = format!("{test}:delivery:{{/claim|user_x}}:holders");
     redis.cli(&["SADD", &holders, "old/sock-1"]);
 
@@ -897,17 +769,10 @@ async fn signed_stored_messages_reach_their_node_and_forged_ones_do_not() {
 async fn a_killed_node_loses_no_message() {
     let test = "reliable_kill";
     let (dir, redis, mut nodes) = start(test).await;
+    let held = Some((&redis, test));
     let mut io = Clients::start();
     let http = Http::new();
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "k",
-        &nodes[0],
-        "user_9",
-        json!(false),
-    )
-    .await;
+    join(&mut io, held, "k", &nodes[0], "user_9", json!(false)).await;
     let (status, _) = send(&http, &nodes[2], "", json!("user_9"), "e", json!([1])).await;
     assert_eq!(status, 200);
     io.expect("k", "e").await;
@@ -920,15 +785,7 @@ async fn a_killed_node_loses_no_message() {
     // The dead node's socket still holds the room (nobody said it left).
     let holders = format!("{test}:delivery:{{/claim|user_9}}:holders");
     assert_eq!(redis.cli(&["SCARD", &holders]).trim(), "1");
-    join(
-        &mut io,
-        Some((&redis, test)),
-        "k2",
-        &nodes[1],
-        "user_9",
-        json!(true),
-    )
-    .await;
+    join(&mut io, held, "k2", &nodes[1], "user_9", json!(true)).await;
     let ev = io.expect("k2", "batch").await;
     assert_eq!(ev["args"], json!([[["e", 1], ["e", 2], ["e", 3]]]), "{ev}");
     until_pending(&redis, test, "user_9", 0).await;
