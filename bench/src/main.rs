@@ -1012,7 +1012,11 @@ fn print_machine(threads: procs::Threads) {
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!("machine: {cores} cores, {cpu}");
+    // The host's TCP congestion control shapes large replies over loopback: with `bbr`, ~1-2% of multi-hundred-KB
+    // replies are paced out over a delayed ACK's 40 ms (BENCHMARKS.md, "Users query against Node").
+    let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
+    println!("machine: {cores} cores, {cpu}; TCP congestion control: {cc}");
     let threads = match threads {
         procs::Threads::Share => "cores / nodes, at least 1".to_owned(),
         procs::Threads::Cores => "unset (one per core)".to_owned(),
