@@ -91,6 +91,11 @@ struct Args {
     /// (one per core in every node); or a number.
     #[arg(long, default_value = "share", value_parser = procs::Threads::parse)]
     worker_threads: procs::Threads,
+    /// Run the servers (nodes and Redis) on the first half of the cores and the load generator on the other
+    /// half, so that each target's throughput is bounded by its own CPU, not by what it leaves the load generator
+    /// (see BENCHMARKS.md, "Reliable delivery at saturation"). Off: every process shares every core.
+    #[arg(long)]
+    split_cores: bool,
     /// Which targets to measure: ours, node, or both.
     #[arg(long, default_value = "both")]
     only: String,
@@ -207,6 +212,10 @@ struct Args {
     /// Pushes per user room.
     #[arg(long, default_value_t = 5)]
     reliable_rounds: usize,
+    /// Reliable pushes in flight at once (default: `--send-concurrency`). With 16, our nodes leave part of the
+    /// cores idle (each push waits on two Redis round trips); more measures what the servers can take.
+    #[arg(long)]
+    reliable_in_flight: Option<usize>,
     /// Ours only: room sizes N for which the room query and fan-out (as for `--sizes`) are measured on two
     /// K-node clusters, without and with `[admin]` (no admin UI connected); empty or 0 skips it.
     #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1000,10000")]
@@ -517,6 +526,9 @@ async fn main() -> anyhow::Result<()> {
             .context("holder: deadline")?;
     }
     print_machine(bench.args.worker_threads);
+    if bench.args.split_cores {
+        println!("split cores: {}", procs::split_cores()?);
+    }
 
     let mut reports = Vec::new();
     let run = async {

@@ -10,6 +10,56 @@ use std::{
 
 use anyhow::{Context, bail};
 
+/// The CPUs the servers run on, as `taskset -c` takes them, when `--split-cores` put them apart from the load
+/// generator; and how many.
+static SERVER_CPUS: std::sync::OnceLock<(String, usize)> = std::sync::OnceLock::new();
+
+/// `--split-cores`: the servers (nodes and Redis) this run starts on the first half of the machine's cores, this
+/// process (the load generator: clients, backend, its threads) on the other half, so a target's throughput is what
+/// its own CPU allows rather than what it leaves the load generator. Needs 2 cores or more; `taskset` (util-linux).
+pub fn split_cores() -> anyhow::Result<String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cores < 2 {
+        bail!("--split-cores needs 2 cores or more, this machine has {cores}");
+    }
+    let half = cores / 2;
+    let servers = format!("0-{}", half - 1);
+    let client = format!("{half}-{}", cores - 1);
+    // `-a`: every thread this process has now; threads it starts later inherit the mask.
+    let status = Command::new("taskset")
+        .args(["-a", "-p", "-c", &client, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("cannot run taskset (apt-get install -y util-linux)")?;
+    if !status.success() {
+        bail!("taskset could not move the load generator to CPUs {client}: {status}");
+    }
+    let _ = SERVER_CPUS.set((servers.clone(), half));
+    Ok(format!(
+        "servers on CPUs {servers}, load generator on {client}"
+    ))
+}
+
+/// A command for a server process: on the servers' CPUs under `--split-cores`.
+fn server_command(program: &str) -> Command {
+    match SERVER_CPUS.get() {
+        Some((cpus, _)) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", cpus, program]);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The cores the servers share: all of them, or their half under `--split-cores`.
+fn server_cores() -> usize {
+    match SERVER_CPUS.get() {
+        Some((_, n)) => *n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
 /// A free loopback port (bound, then released).
 pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -83,7 +133,7 @@ impl Redis {
 
     pub fn start(logs: &Path) -> anyhow::Result<Self> {
         let port = free_port()?;
-        let child = Command::new("redis-server")
+        let child = server_command("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .stdout(std::fs::File::create(logs.join("redis.log"))?)
@@ -142,7 +192,7 @@ impl Threads {
 
     /// `WORKER_THREADS` for each of `k` nodes on this machine, or none.
     fn for_nodes(self, k: usize) -> Option<String> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = server_cores();
         match self {
             Self::Share => Some((cores / k.max(1)).max(1).to_string()),
             Self::Cores => None,
@@ -216,7 +266,7 @@ pub async fn start_nodes(
         let port = free_port()?;
         let id = format!("{}-{}", target.name, i + 1);
         let log = logs.join(format!("{id}.log"));
-        let mut cmd = Command::new(&target.command[0]);
+        let mut cmd = server_command(&target.command[0]);
         cmd.args(&target.command[1..])
             .current_dir(root)
             .env("PORT", port.to_string())

@@ -490,13 +490,14 @@ impl Bench {
             a.nodes,
             a.reliable_rounds,
         );
+        let in_flight = a.reliable_in_flight.unwrap_or(a.send_concurrency).max(1);
         let (redis, nodes) = self.send_cluster(target, k, "reliable", None).await?;
         let probe = Arc::new(FanoutProbe::default());
         // Held until the end: dropping a client closes it.
         let (_clients, connect_errors, _) = self
             .open_send(&nodes, rooms, |i| format!("{USER_ROOM_PREFIX}{i}"), &probe)
             .await;
-        let http = self.send_client(a.send_concurrency, &nodes).await?;
+        let http = self.send_client(in_flight, &nodes).await?;
         let pattern = store_pattern(target);
         anyhow::ensure!(
             pending_in_redis(&redis, pattern).await? == 0,
@@ -522,7 +523,7 @@ impl Bench {
                     (answer, sent.elapsed())
                 }
             })
-            .buffer_unordered(a.send_concurrency.max(1))
+            .buffer_unordered(in_flight)
             .collect()
             .await;
         let posted_secs = started.elapsed().as_secs_f64();
@@ -546,7 +547,7 @@ impl Bench {
             rooms,
             k,
             rounds,
-            concurrency: a.send_concurrency,
+            concurrency: in_flight,
             connect_errors,
             posts,
             failed: answers
