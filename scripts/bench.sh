@@ -42,6 +42,10 @@
 #     --gateway-clients 0 --gateway-send-users 0 --recovery-fanout-size 0 --recovery-sockets 0
 #                                    the Redis emitter phases alone (--emitter-fanout-size with --fanout-rounds;
 #                                    --emitter-rate-room, --emitter-rate-seconds, --emitter-window; 0 skips each)
+#   scripts/bench.sh --split-cores --reliable-in-flight 128
+#                                    the servers (Redis, nodes) on half of the cores and the load generator on the
+#                                    other half (taskset), reliable delivery with 128 pushes in flight: what the
+#                                    servers can take, not what they leave the load generator
 #   BENCHMARKS.md gives each of its sections' exact command.
 # Off by default (BENCHMARKS.md, "Many connections" and "How it scales", give the exact commands):
 #   --big-conns 19500 --big-room 20000   4 nodes x 19,500 idle TLS websockets (one holder process per node, each
