@@ -93,7 +93,7 @@ struct Args {
     worker_threads: procs::Threads,
     /// Run the servers (nodes and Redis) on the first half of the cores and the load generator on the other
     /// half, so that each target's throughput is bounded by its own CPU, not by what it leaves the load generator
-    /// (see BENCHMARKS.md, "Reliable delivery at saturation"). Off: every process shares every core.
+    /// (BENCHMARKS.md, "Servers on their own cores"). Off: every process shares every core.
     #[arg(long)]
     split_cores: bool,
     /// Which targets to measure: ours, node, or both.
@@ -1024,8 +1024,9 @@ fn print_machine(threads: procs::Threads) {
         })
         .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    // The host's TCP congestion control shapes large replies over loopback: with `bbr`, ~1-2% of multi-hundred-KB
-    // replies are paced out over a delayed ACK's 40 ms (BENCHMARKS.md, "Users query against Node").
+    // The host's TCP congestion control shapes large replies over loopback: with `bbr`, ~1% of multi-hundred-KB
+    // answers wait 40-120 ms in the kernel while the client delays its ACK (BENCHMARKS.md, "Users query against
+    // Node").
     let cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
         .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned());
     println!("machine: {cores} cores, {cpu}; TCP congestion control: {cc}");

@@ -14,30 +14,57 @@ use anyhow::{Context, bail};
 /// generator; and how many.
 static SERVER_CPUS: std::sync::OnceLock<(String, usize)> = std::sync::OnceLock::new();
 
-/// `--split-cores`: the servers (nodes and Redis) this run starts on the first half of the machine's cores, this
-/// process (the load generator: clients, backend, its threads) on the other half, so a target's throughput is what
-/// its own CPU allows rather than what it leaves the load generator. Needs 2 cores or more; `taskset` (util-linux).
+/// `--split-cores`: the servers (nodes and Redis) this run starts on the first half of the CPUs this process may
+/// use, this process (the load generator: clients, backend, its threads) on the other half, so a target's
+/// throughput is what its own CPU allows rather than what it leaves the load generator. Needs 2 CPUs or more;
+/// `taskset` (util-linux).
 pub fn split_cores() -> anyhow::Result<String> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores < 2 {
-        bail!("--split-cores needs 2 cores or more, this machine has {cores}");
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .and_then(cpu_list)
+        .context("no Cpus_allowed_list in /proc/self/status")?;
+    if allowed.len() < 2 {
+        bail!(
+            "--split-cores needs 2 cores or more; this process may use {}",
+            allowed.len()
+        );
     }
-    let half = cores / 2;
-    let servers = format!("0-{}", half - 1);
-    let client = format!("{half}-{}", cores - 1);
+    let (servers, client) = allowed.split_at(allowed.len() / 2);
+    let list = |cpus: &[usize]| {
+        cpus.iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (servers_list, client_list) = (list(servers), list(client));
     // `-a`: every thread this process has now; threads it starts later inherit the mask.
-    let status = Command::new("taskset")
-        .args(["-a", "-p", "-c", &client, &std::process::id().to_string()])
+    let moved = Command::new("taskset")
+        .args(["-a", "-p", "-c", &client_list])
+        .arg(std::process::id().to_string())
         .stdout(Stdio::null())
         .status()
         .context("cannot run taskset (apt-get install -y util-linux)")?;
-    if !status.success() {
-        bail!("taskset could not move the load generator to CPUs {client}: {status}");
+    if !moved.success() {
+        bail!("taskset could not move the load generator to CPUs {client_list}: {moved}");
     }
-    let _ = SERVER_CPUS.set((servers.clone(), half));
+    let _ = SERVER_CPUS.set((servers_list.clone(), servers.len()));
     Ok(format!(
-        "servers on CPUs {servers}, load generator on {client}"
+        "servers on CPUs {servers_list}, load generator on {client_list}"
     ))
+}
+
+/// The CPUs of a list as the kernel writes it (`0-3,8,10-11`), in order; `None` if it is not one.
+fn cpu_list(text: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in text.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => cpus.extend(a.parse::<usize>().ok()?..=b.parse::<usize>().ok()?),
+            None => cpus.push(part.parse().ok()?),
+        }
+    }
+    Some(cpus)
 }
 
 /// A command for a server process: on the servers' CPUs under `--split-cores`.
@@ -338,4 +365,18 @@ pub async fn local_sockets(node: &Node, http: &reqwest::Client) -> Option<u64> {
         .await
         .ok()?;
     v["sockets"].as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_read_as_the_kernel_writes_them() {
+        assert_eq!(cpu_list("0-1\n"), Some(vec![0, 1]));
+        assert_eq!(cpu_list("0-2,5,8-9"), Some(vec![0, 1, 2, 5, 8, 9]));
+        assert_eq!(cpu_list("3"), Some(vec![3]));
+        assert_eq!(cpu_list("0-x"), None);
+        assert_eq!(cpu_list(""), None);
+    }
 }
