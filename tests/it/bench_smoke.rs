@@ -246,6 +246,42 @@ fn bench_smoke_run_is_correct() {
     }
 }
 
+/// Turns off every phase on by default but the query and fan-out (`--sizes`), the admin phases and the cost phase,
+/// which each test below sets itself.
+const OTHER_PHASES_OFF: &[&str] = &[
+    "--scale-nodes",
+    "--memory-conns",
+    "0",
+    "--handshakes",
+    "0",
+    "--credential-handshakes",
+    "0",
+    "--ns-size",
+    "0",
+    "--send-requests",
+    "0",
+    "--send-fanout-size",
+    "0",
+    "--reliable-rooms",
+    "0",
+    "--gateway-clients",
+    "0",
+    "--gateway-send-users",
+    "0",
+    "--recovery-fanout-size",
+    "0",
+    "--recovery-sockets",
+    "0",
+    "--emitter-fanout-size",
+    "0",
+    "--emitter-rate-room",
+    "0",
+    "--rpc-rates",
+    "0",
+    "--webhook-churn",
+    "0",
+];
+
 /// `--split-cores` runs the servers on the first half of the cores and the load generator on the other half: the
 /// query and fan-out phase, tiny, for ours, is correct so; on a one-core machine the flag is refused by name.
 #[test]
@@ -257,20 +293,8 @@ fn bench_split_cores_runs_the_servers_apart() {
         .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
         .args(["--only", "ours", "--split-cores", "--sizes", "20"])
         .args(["--nodes", "2", "--requests", "5", "--fanout-rounds", "2"])
-        .args(["--scale-nodes", "--memory-conns", "0", "--handshakes", "0"])
-        .args(["--credential-handshakes", "0", "--ns-size", "0"])
-        .args(["--send-requests", "0", "--send-fanout-size", "0"])
-        .args([
-            "--reliable-rooms",
-            "0",
-            "--admin-overhead",
-            "--admin-sockets",
-            "0",
-        ])
-        .args(["--gateway-clients", "0", "--gateway-send-users", "0"])
-        .args(["--recovery-fanout-size", "0", "--recovery-sockets", "0"])
-        .args(["--emitter-fanout-size", "0", "--emitter-rate-room", "0"])
-        .args(["--rpc-rates", "0", "--webhook-churn", "0", "--cost-nodes"])
+        .args(OTHER_PHASES_OFF)
+        .args(["--admin-overhead", "--admin-sockets", "0", "--cost-nodes"])
         .args(["--check", "--max-minutes", "1", "--logs"])
         .arg(&logs)
         .current_dir(root())
@@ -310,35 +334,9 @@ fn bench_check_fails_on_a_refused_admin_login() {
         .arg("120")
         .arg(bench())
         .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
-        .args([
-            "--only",
-            "ours",
-            "--sizes",
-            "--scale-nodes",
-            "--memory-conns",
-            "0",
-        ])
-        .args([
-            "--handshakes",
-            "0",
-            "--credential-handshakes",
-            "0",
-            "--ns-size",
-            "0",
-        ])
-        .args([
-            "--send-requests",
-            "0",
-            "--send-fanout-size",
-            "0",
-            "--reliable-rooms",
-            "0",
-        ])
+        .args(["--only", "ours", "--sizes"])
         // The gateway and recovery phases are on by default: off, so that the refused login is the run's one error.
-        .args(["--gateway-clients", "0", "--gateway-send-users", "0"])
-        .args(["--recovery-fanout-size", "0", "--recovery-sockets", "0"])
-        .args(["--emitter-fanout-size", "0", "--emitter-rate-room", "0"])
-        .args(["--rpc-rates", "0", "--webhook-churn", "0"])
+        .args(OTHER_PHASES_OFF)
         .args(["--nodes", "2", "--admin-overhead", "--admin-sockets", "10"])
         .args(["--admin-rounds", "1", "--admin-wrong-password"])
         .args(["--check", "--max-minutes", "2", "--logs"])
