@@ -44,6 +44,16 @@ fn bench() -> PathBuf {
     bench
 }
 
+/// The bench against this build's binary, from the repository's root, killed after `seconds` at the latest.
+fn bench_command(seconds: &str) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.arg(seconds)
+        .arg(bench())
+        .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
+        .current_dir(root());
+    cmd
+}
+
 #[test]
 fn bench_smoke_run_is_correct() {
     // The reference, its streams adapter, the recovery phase's official client and the JWT middleware's library.
@@ -63,10 +73,7 @@ fn bench_smoke_run_is_correct() {
         );
     }
     let logs = log_dir("bench_smoke");
-    let out = Command::new("timeout")
-        .arg("300")
-        .arg(bench())
-        .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
+    let out = bench_command("300")
         .args(["--sizes", "50", "--nodes", "2", "--requests", "10"])
         .args(["--fanout-rounds", "3", "--memory-conns", "60"])
         .args(["--scale-nodes", "1,2", "--scale-size", "20", "--presence"])
@@ -112,7 +119,6 @@ fn bench_smoke_run_is_correct() {
         .args(["--cost-idle-secs", "1"])
         .args(["--check", "--max-minutes", "4", "--logs"])
         .arg(&logs)
-        .current_dir(root())
         .output()
         .expect("run the bench binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -287,17 +293,13 @@ const OTHER_PHASES_OFF: &[&str] = &[
 #[test]
 fn bench_split_cores_runs_the_servers_apart() {
     let logs = log_dir("bench_smoke_split_cores");
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(bench())
-        .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
+    let out = bench_command("120")
         .args(["--only", "ours", "--split-cores", "--sizes", "20"])
         .args(["--nodes", "2", "--requests", "5", "--fanout-rounds", "2"])
         .args(OTHER_PHASES_OFF)
         .args(["--admin-overhead", "--admin-sockets", "0", "--cost-nodes"])
         .args(["--check", "--max-minutes", "1", "--logs"])
         .arg(&logs)
-        .current_dir(root())
         .output()
         .expect("run the bench binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -330,10 +332,7 @@ fn bench_split_cores_runs_the_servers_apart() {
 #[test]
 fn bench_check_fails_on_a_refused_admin_login() {
     let logs = log_dir("bench_smoke_admin_refused");
-    let out = Command::new("timeout")
-        .arg("120")
-        .arg(bench())
-        .args(["--ours", env!("CARGO_BIN_EXE_socket-identity")])
+    let out = bench_command("120")
         .args(["--only", "ours", "--sizes"])
         // The gateway and recovery phases are on by default: off, so that the refused login is the run's one error.
         .args(OTHER_PHASES_OFF)
@@ -342,7 +341,6 @@ fn bench_check_fails_on_a_refused_admin_login() {
         .args(["--check", "--max-minutes", "2", "--logs"])
         .arg(&logs)
         .env("RUST_BACKTRACE", "0")
-        .current_dir(root())
         .output()
         .expect("run the bench binary");
     let stdout = String::from_utf8_lossy(&out.stdout);
