@@ -29,7 +29,8 @@
 #     --ns-size 0 --send-requests 0 --send-fanout-size 0 --reliable-rooms 0 --admin-overhead --admin-sockets 0 \
 #     --recovery-fanout-size 0 --recovery-sockets 0 --emitter-fanout-size 0 --emitter-rate-room 0
 #                                    the event-bus gateway phases alone (ours only: --gateway-clients,
-#                                    --gateway-rates, --gateway-send-users; 0 or empty skips each)
+#                                    --gateway-rates, --gateway-send-users; 0 or empty skips each;
+#                                    --gateway-send-direct: `send` entries straight to the inboxes, routing free)
 #   scripts/bench.sh --sizes --scale-nodes --memory-conns 0 --handshakes 0 --credential-handshakes 0 --ns-size 0 \
 #     --send-requests 0 --send-fanout-size 0 --reliable-rooms 0 --admin-overhead --admin-sockets 0 \
 #     --gateway-clients 0 --gateway-send-users 0 --emitter-fanout-size 0 \

@@ -649,6 +649,53 @@ async fn push_round(client: &Redis, users: usize, round: u64) -> anyhow::Result<
     Ok(())
 }
 
+/// For each user `u<i>`, the inbox of the node whose set holds it (`--gateway-send-direct`).
+async fn inboxes(backend: &Redis, users: usize) -> anyhow::Result<Vec<String>> {
+    let mut inbox = vec![String::new(); users];
+    let keys: Vec<String> = backend
+        .custom(fred::cmd!("KEYS"), vec!["*gateway:holds:*"])
+        .await?;
+    for key in keys {
+        let tags: Vec<String> = backend
+            .custom(fred::cmd!("SMEMBERS"), vec![key.clone()])
+            .await?;
+        for tag in tags {
+            let i = tag
+                .strip_prefix(&format!("{GW_NS}|u"))
+                .and_then(|i| i.parse::<usize>().ok());
+            if let Some(slot) = i.and_then(|i| inbox.get_mut(i)) {
+                *slot = key.replace("gateway:holds:", "gateway:inbox:");
+            }
+        }
+    }
+    anyhow::ensure!(
+        inbox.iter().all(|k| !k.is_empty()),
+        "a user is in no node's set of held users"
+    );
+    Ok(inbox)
+}
+
+/// One `send` round added straight to the inboxes, one entry per user as the backend adds them, each field named
+/// by an id of its own as the router names them.
+async fn push_round_direct(client: &Redis, inboxes: &[String], round: u64) -> anyhow::Result<()> {
+    let pipeline = client.pipeline();
+    for (i, inbox) in inboxes.iter().enumerate() {
+        let data = json!({
+            "username": format!("u{i}"),
+            "namespace": GW_NS,
+            "type": PUSH_TYPE,
+            "payload": { "round": round },
+        })
+        .to_string();
+        let id = format!("{round}-{i}");
+        pipeline
+            .xadd::<(), _, _, _, _>(inbox.as_str(), false, None::<()>, "*", vec![(id, data)])
+            .await?;
+    }
+    pipeline.all::<Value>().await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The phases
 
@@ -881,11 +928,18 @@ impl Bench {
         let me = [std::process::id()];
         let (servers_before, bench_before, redis_before) =
             (cpu(&pids), cpu(&me), cpu(&[redis.pid()]));
+        let inboxes = match a.gateway_send_direct {
+            true => Some(inboxes(&backend, users).await?),
+            false => None,
+        };
         let (mut delivered, mut added, mut lost_rounds) = (Vec::new(), Vec::new(), 0);
         for round in 1..=a.gateway_send_rounds as u64 {
             probe.arm(round, clients.len());
             let started = Instant::now();
-            push_round(&backend, users, round).await?;
+            match &inboxes {
+                Some(inboxes) => push_round_direct(&backend, inboxes, round).await?,
+                None => push_round(&backend, users, round).await?,
+            }
             added.push(started.elapsed());
             match probe.wait(SETTLE_LIMIT).await {
                 Some(last) => delivered.push(last.duration_since(started)),

@@ -253,6 +253,10 @@ struct Args {
     gateway_send_users: usize,
     #[arg(long, default_value_t = 5)]
     gateway_send_rounds: usize,
+    /// Adds each `send` round's entries straight to the inbox of the node that holds the user (read from the
+    /// nodes' sets of held users), as a router that cost nothing would: what any routed `send` costs at least.
+    #[arg(long)]
+    gateway_send_direct: bool,
     /// Many connections: idle TLS websockets each of `--nodes` nodes holds, opened by one holder process per
     /// node (this binary again, `--hold`), for the users query and fan-out of `--big-room` sockets among them and
     /// memory per connection; 0 skips it (the default).
