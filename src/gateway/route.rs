@@ -1,7 +1,38 @@
 //! Routing `send` entries to the nodes that hold their user, as pure bookkeeping (the Redis side is
 //! [`super::router`]): which node gets which entry, and which forwarded entries a node already delivered.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    fmt,
+};
+
+/// A stream entry's id, `<ms>-<seq>`, as its two numbers: ordered as Redis orders them, and cheap to keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    ms: u64,
+    seq: u64,
+}
+
+impl StreamId {
+    /// `<ms>-<seq>`; `<ms>` alone is `<ms>-0`, as Redis reads it.
+    pub fn parse(id: &str) -> Option<Self> {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        let number = |s: &str| match s.bytes().all(|b| b.is_ascii_digit()) {
+            true => s.parse().ok(),
+            false => None,
+        };
+        Some(Self {
+            ms: number(ms)?,
+            seq: number(seq)?,
+        })
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
 
 /// A user of a namespace as a member of a node's set of held users: `<namespace>|<username>`. A namespace name has
 /// no `|`, so the first one separates them.
@@ -51,8 +82,8 @@ pub fn plan(entries: &[usize], held: &[Vec<bool>]) -> Vec<Vec<usize>> {
 /// acknowledging it leaves the batch pending, and the next router forwards it again.
 #[derive(Debug)]
 pub struct Recent {
-    seen: HashSet<String>,
-    order: VecDeque<String>,
+    seen: HashSet<StreamId>,
+    order: VecDeque<StreamId>,
     cap: usize,
 }
 
@@ -66,8 +97,8 @@ impl Recent {
     }
 
     /// Whether `id` is new (then remembered), forgetting the oldest beyond the cap.
-    pub fn first(&mut self, id: &str) -> bool {
-        if self.seen.contains(id) {
+    pub fn first(&mut self, id: StreamId) -> bool {
+        if !self.seen.insert(id) {
             return false;
         }
         if self.order.len() == self.cap
@@ -75,8 +106,7 @@ impl Recent {
         {
             self.seen.remove(&old);
         }
-        self.seen.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
+        self.order.push_back(id);
         true
     }
 }
@@ -121,15 +151,44 @@ mod tests {
         assert!(plan(&entries, &[]).is_empty());
     }
 
+    fn id(s: &str) -> StreamId {
+        StreamId::parse(s).unwrap()
+    }
+
     #[test]
     fn an_id_counts_once_until_it_is_forgotten() {
         let mut recent = Recent::new(2);
-        assert!(recent.first("1-0"));
-        assert!(!recent.first("1-0"));
-        assert!(recent.first("2-0"));
-        assert!(!recent.first("1-0"), "still within the cap");
-        assert!(recent.first("3-0"));
-        assert!(!recent.first("2-0"));
-        assert!(recent.first("1-0"), "the oldest was forgotten");
+        assert!(recent.first(id("1-0")));
+        assert!(!recent.first(id("1-0")));
+        assert!(recent.first(id("2-0")));
+        assert!(!recent.first(id("1-0")), "still within the cap");
+        assert!(recent.first(id("3-0")));
+        assert!(!recent.first(id("2-0")));
+        assert!(recent.first(id("1-0")), "the oldest was forgotten");
+    }
+
+    #[test]
+    fn stream_ids_parse_print_and_order_as_redis_does() {
+        assert_eq!(id("1700000000000-12").to_string(), "1700000000000-12");
+        assert_eq!(id("5"), id("5-0"));
+        assert!(id("9-1") < id("10-0"), "numbers, not text");
+        assert!(id("10-2") < id("10-10"));
+        assert_eq!(
+            id("18446744073709551615-18446744073709551615").to_string(),
+            "18446744073709551615-18446744073709551615"
+        );
+        for bad in [
+            "",
+            "-",
+            "1-",
+            "-1",
+            "a-1",
+            "1-b",
+            "+1-0",
+            "1-0-0",
+            "18446744073709551616-0",
+        ] {
+            assert_eq!(StreamId::parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -1,9 +1,16 @@
 //! `send` entries routed to the nodes that hold their user, rather than read by every node (docs/gateway.md
-//! "Delivery"). One node at a time, the *router* (it holds a lease), reads the `send` stream through the group
-//! `gateway:router`, asks each present node's set of held users which of the batch's users it holds, and adds to
-//! each node's *inbox* stream one entry with that node's entries, each field named by the entry's id. Every node
-//! reads its own inbox and delivers, skipping an id it delivered lately: a router that stopped after forwarding a
-//! batch but before acknowledging it leaves the batch pending, and the next router forwards it again.
+//! "Delivery"). One node at a time, the *router* (it holds a lease), reads the `send` stream on from where the last
+//! router stopped (`gateway:routed`), asks each present node's set of held users which of the batch's users it
+//! holds, and adds to each node's *inbox* stream one entry with that node's entries, each field named by the
+//! entry's id; then it moves `gateway:routed` and the group `gateway:router` past the batch. Every node reads its
+//! own inbox and delivers, skipping an id it delivered lately: a router that stopped after forwarding a batch but
+//! before recording it leaves the position before the batch, and the next router forwards it again.
+//!
+//! The router reads with `XREAD`, not through its consumer group: a group read records each entry as pending and
+//! each acknowledgement removes it, which was three times the Redis time of the read itself (BENCHMARKS.md,
+//! "Gateway"). The group is kept where the router is (`XGROUP SETID`) so that `XINFO GROUPS` shows how far routing
+//! is, and so that a router of a version that read through it takes over from the right place; what such a router
+//! read and did not acknowledge is forwarded (and acknowledged) by the next router first.
 //!
 //! A node's set of held users is written in the order its clients come and go (one task, one queue), and a client
 //! is announced to the backend (`onconnect`) only once its user is in the set, so an entry the backend adds after
@@ -18,14 +25,14 @@ use std::{
 use fred::{
     bytes::Bytes,
     clients::Client as Redis,
-    interfaces::{HashesInterface, KeysInterface, SetsInterface},
+    interfaces::{HashesInterface, KeysInterface, SetsInterface, StreamsInterface},
     types::Value,
 };
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Gateway, READ_RETRY,
-    route::{self, Recent, Tags},
+    route::{self, Recent, StreamId, Tags},
     streams::{self, Entry},
     wire::{self, SendEntry},
 };
@@ -56,6 +63,8 @@ pub struct Routing {
     nodes: String,
     /// String: the router's node id, expiring.
     lease: String,
+    /// String: the id of the last `send` entry routed, where the next router reads on from.
+    routed: String,
     prefix: String,
     /// This node's queue of writes to its set of held users.
     ops: mpsc::UnboundedSender<Op>,
@@ -92,6 +101,7 @@ impl Routing {
         let routing = Self {
             nodes: format!("{prefix}gateway:nodes"),
             lease: format!("{prefix}gateway:router"),
+            routed: format!("{prefix}gateway:routed"),
             prefix: prefix.to_owned(),
             ops,
             scripts: Scripts {
@@ -217,10 +227,20 @@ impl Gateway {
         Ok(reply.as_i64() == Some(1))
     }
 
-    /// Routes one batch read from the `send` stream, then acknowledges it. An entry that does not say whom it is for
-    /// is counted and acknowledged; one for a user nobody holds is acknowledged. On an error nothing is
-    /// acknowledged: the batch is forwarded again (the nodes skip what they already had).
-    async fn forward(&self, stream: &str, entries: Vec<Entry>) -> Result<(), fred::error::Error> {
+    /// Routes one batch read from the `send` stream, then records it as routed: by moving `gateway:routed` and the
+    /// group past it, in the round trip that adds the inbox entries; or, for the `backlog` a router of an earlier
+    /// version left pending in the group, by acknowledging it. An entry that does not say whom it is for is counted
+    /// and passed over, as is one for a user nobody holds. On an error nothing is recorded: the batch is forwarded
+    /// again (the nodes skip what they already had).
+    async fn forward(
+        &self,
+        stream: &str,
+        entries: Vec<Entry>,
+        backlog: bool,
+    ) -> Result<(), fred::error::Error> {
+        let Some(last) = entries.last().map(|e| e.id.clone()) else {
+            return Ok(());
+        };
         let mut tags = Tags::default();
         // (entry, its tag's index) of the entries to route.
         let mut routed: Vec<(&Entry, usize)> = Vec::with_capacity(entries.len());
@@ -232,12 +252,12 @@ impl Gateway {
                 Err(why) => self.malformed(&entry.stream, &entry.id, &why),
             }
         }
+        let pipeline = self.publisher.pipeline();
+        let mut sent = 0;
         if !routed.is_empty() {
             let nodes = self.present().await?;
             let held = self.held(&nodes, tags.list()).await?;
             let of_entries: Vec<usize> = routed.iter().map(|(_, t)| *t).collect();
-            let pipeline = self.publisher.pipeline();
-            let mut sent = 0;
             for (node, picked) in nodes.iter().zip(route::plan(&of_entries, &held)) {
                 if picked.is_empty() {
                     continue;
@@ -254,13 +274,39 @@ impl Gateway {
                 let maxlen = self.config.stream_maxlen();
                 streams::add_fields(&pipeline, &key, maxlen, fields).await?;
             }
-            for reply in pipeline.try_all::<Value>().await {
-                reply?;
-            }
-            self.metrics.gateway_routed.inc_by(sent as u64);
         }
-        let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
-        streams::ack(&self.publisher, stream, GROUP, ids).await
+        if !backlog {
+            pipeline
+                .set::<(), _, _>(&self.routing.routed, last.as_str(), None, None, false)
+                .await?;
+            pipeline
+                .xgroup_setid::<(), _, _, _>(stream, GROUP, last.as_str())
+                .await?;
+        }
+        for reply in pipeline.try_all::<Value>().await {
+            reply?;
+        }
+        self.metrics.gateway_routed.inc_by(sent as u64);
+        if backlog {
+            let ids: Vec<String> = entries.into_iter().map(|e| e.id).collect();
+            streams::ack(&self.publisher, stream, GROUP, ids).await?;
+        }
+        Ok(())
+    }
+
+    /// Where a router that just took the lease reads on from: the later of `gateway:routed` and the group's
+    /// position (where a router of an earlier version left it); the stream's end when neither exists.
+    async fn resume_at(&self, stream: &str) -> Result<StreamId, fred::error::Error> {
+        let routed: Option<String> = self.publisher.get(&self.routing.routed).await?;
+        let routed = routed.as_deref().and_then(StreamId::parse);
+        let group = streams::group_position(&self.publisher, stream, GROUP).await?;
+        let group = group.as_deref().and_then(StreamId::parse);
+        if let Some(at) = routed.max(group) {
+            return Ok(at);
+        }
+        streams::ensure_group(&self.publisher, stream, GROUP).await?;
+        let end = streams::last_id(&self.publisher, stream).await?;
+        Ok(StreamId::parse(&end).unwrap_or_default())
     }
 
     /// The nodes present now, this one included.
@@ -284,10 +330,12 @@ impl Gateway {
         nodes: &[String],
         tags: &[String],
     ) -> Result<Vec<Vec<bool>>, fred::error::Error> {
+        // Built once and shared by every node's question (a clone is a reference count).
+        let tags: Vec<Value> = tags.iter().map(|t| Value::from(t.as_str())).collect();
         let pipeline = self.publisher.pipeline();
         for node in nodes {
             pipeline
-                .smismember::<(), _, _>(self.routing.holds(node), tags.to_vec())
+                .smismember::<(), _, _>(self.routing.holds(node), tags.clone())
                 .await?;
         }
         pipeline
@@ -307,12 +355,15 @@ impl Gateway {
 /// Routes while this node holds the lease, and tries to take it every [`LEASE_EVERY`] otherwise.
 pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
     let mut leading = false;
+    // Where this router reads on from; asked of Redis after taking the lease, and after an error.
+    let mut after: Option<StreamId> = None;
     let mut backlog = true;
     let mut renewed: Option<Instant> = None;
     let mut backlog_read = Instant::now();
     loop {
-        // A router that lost the lease while its blocking read waited in Redis may have been given entries after the
-        // next router read what was pending: they are pending still, so look again now and then (late, not lost).
+        // A router of an earlier version that lost the lease while its blocking group read waited in Redis may have
+        // been given entries after this one read what was pending: they are pending still, so look again now and
+        // then (late, not lost).
         if backlog_read.elapsed() >= LEASE {
             backlog = true;
         }
@@ -328,8 +379,9 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
             if held != leading {
                 tracing::info!(routing = held, "gateway router");
                 gateway.metrics.gateway_router.set(i64::from(held));
-                // A new router first reads what the previous one left unacknowledged.
+                // A new router reads on from where the last one recorded, after what it left pending.
                 backlog = true;
+                after = None;
             }
             leading = held;
         }
@@ -337,37 +389,71 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
             tokio::time::sleep(LEASE_EVERY).await;
             continue;
         }
-        let (id, block) = match backlog {
-            true => ("0", None),
-            // Shorter than the lease, so that it is renewed in time.
-            false => (">", Some(streams::BLOCK_MS)),
+        if backlog {
+            match streams::read_group(&reader, GROUP, CONSUMER, &stream, "0", None).await {
+                Ok(entries) if entries.is_empty() => {
+                    backlog = false;
+                    backlog_read = Instant::now();
+                }
+                Ok(entries) => {
+                    if let Err(e) = gateway.forward(&stream, entries, true).await {
+                        tracing::warn!(stream, error = %e, "gateway send entries not routed: they will be again");
+                        tokio::time::sleep(READ_RETRY).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "gateway send stream's pending entries not read");
+                    if e.details().contains("NOGROUP") {
+                        // The stream (and its group) was deleted: make them again, from the end.
+                        let _ = streams::ensure_group(&gateway.publisher, &stream, GROUP).await;
+                    }
+                    tokio::time::sleep(READ_RETRY).await;
+                }
+            }
+            continue;
+        }
+        let from = match after {
+            Some(at) => at,
+            None => match gateway.resume_at(&stream).await {
+                Ok(at) => *after.insert(at),
+                Err(e) => {
+                    tracing::debug!(error = %e, "gateway router's position not read");
+                    tokio::time::sleep(READ_RETRY).await;
+                    continue;
+                }
+            },
         };
-        let entries = match streams::read_group(&reader, GROUP, CONSUMER, &stream, id, block).await
-        {
+        // Blocks for less than the lease lasts, so that it is renewed in time.
+        let entries = match streams::read(&reader, &stream, &from.to_string()).await {
             Ok(entries) => entries,
             Err(e) => {
                 tracing::debug!(error = %e, "gateway send stream not read");
-                if e.details().contains("NOGROUP") {
-                    // The stream (and its group) was deleted: make them again, from the end.
-                    let _ = streams::ensure_group(&gateway.publisher, &stream, GROUP).await;
-                }
                 tokio::time::sleep(READ_RETRY).await;
                 continue;
             }
         };
-        if entries.is_empty() {
-            // The backlog is read; or the blocking read timed out: nothing to route, nor to acknowledge (an
-            // `XACK` without ids is an error, which sent the router back to its backlog after every idle spell).
-            if backlog {
-                backlog = false;
-                backlog_read = Instant::now();
-            }
+        let Some(last) = entries.last().map(|e| StreamId::parse(&e.id)) else {
+            // The blocking read timed out.
             continue;
-        }
-        if let Err(e) = gateway.forward(&stream, entries).await {
-            tracing::warn!(stream, error = %e, "gateway send entries not routed: they will be again");
-            backlog = true;
+        };
+        let Some(last) = last else {
+            tracing::warn!(
+                stream,
+                "gateway send stream answered an entry id that is not one"
+            );
             tokio::time::sleep(READ_RETRY).await;
+            continue;
+        };
+        match gateway.forward(&stream, entries, false).await {
+            Ok(()) => after = Some(last),
+            Err(e) => {
+                tracing::warn!(stream, error = %e, "gateway send entries not routed: they will be again");
+                if e.details().contains("NOGROUP") {
+                    let _ = streams::ensure_group(&gateway.publisher, &stream, GROUP).await;
+                }
+                after = None;
+                tokio::time::sleep(READ_RETRY).await;
+            }
         }
     }
 }
@@ -449,7 +535,15 @@ pub async fn read_inbox(gateway: Arc<Gateway>, reader: Redis, mut after: String)
                     after = entry.id.clone();
                     for (id, data) in &entry.fields {
                         let id = String::from_utf8_lossy(id);
-                        if !recent.first(&id) {
+                        let Some(at) = StreamId::parse(&id) else {
+                            gateway.malformed(
+                                &key,
+                                &id,
+                                "a routed entry's field is not named by its id",
+                            );
+                            continue;
+                        };
+                        if !recent.first(at) {
                             gateway.metrics.gateway_routed_twice.inc();
                             continue;
                         }

@@ -174,6 +174,52 @@ pub async fn last_id(client: &Client, key: &str) -> Result<String, fred::error::
     })
 }
 
+/// Where `group` of `stream` is (its `last-delivered-id`, from `XINFO GROUPS`); `None` without the stream or the
+/// group. RESP2 (each group a flat array of names and values) and RESP3 (a map) alike.
+pub async fn group_position(
+    client: &Client,
+    stream: &str,
+    group: &str,
+) -> Result<Option<String>, fred::error::Error> {
+    let raw: Value = match client.xinfo_groups(stream).await {
+        Ok(raw) => raw,
+        Err(e) if e.details().contains("no such key") => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(position_of(raw, group))
+}
+
+fn position_of(raw: Value, group: &str) -> Option<String> {
+    let Value::Array(groups) = raw else {
+        return None;
+    };
+    groups.into_iter().find_map(|info| {
+        let fields: Vec<(String, Value)> = match info {
+            Value::Map(map) => map
+                .inner()
+                .into_iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v)))
+                .collect(),
+            Value::Array(list) => {
+                let mut it = list.into_iter();
+                let mut fields = Vec::new();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    fields.extend(k.as_string().map(|k| (k, v)));
+                }
+                fields
+            }
+            _ => return None,
+        };
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.as_string())
+        };
+        (field("name")? == group).then(|| field("last-delivered-id"))?
+    })
+}
+
 /// `XGROUP DESTROY`: a group nobody reads any more; a missing stream or group is not an error.
 pub async fn destroy_group(
     client: &Client,
@@ -326,5 +372,40 @@ mod tests {
             ("r", "5-1", Some(&b"[1]"[..]))
         );
         assert!(entries(Value::Integer(3)).is_empty());
+    }
+
+    #[test]
+    fn a_group_s_position_is_read_from_either_answer_shape() {
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![
+                s("name"),
+                s("gateway:a"),
+                s("last-delivered-id"),
+                s("1-0"),
+            ]),
+            Value::Array(vec![
+                s("name"),
+                s("gateway:router"),
+                s("pending"),
+                Value::Integer(0),
+                s("last-delivered-id"),
+                s("7-2"),
+            ]),
+        ]);
+        assert_eq!(
+            position_of(resp2.clone(), "gateway:router").as_deref(),
+            Some("7-2")
+        );
+        assert_eq!(position_of(resp2, "gateway:b"), None);
+        let mut map = std::collections::HashMap::new();
+        map.insert(fred::types::Key::from("name"), s("gateway:router"));
+        map.insert(fred::types::Key::from("last-delivered-id"), s("9-0"));
+        let resp3 = Value::Array(vec![Value::Map(fred::types::Map::try_from(map).unwrap())]);
+        assert_eq!(position_of(resp3, "gateway:router").as_deref(), Some("9-0"));
+        assert_eq!(position_of(Value::Null, "gateway:router"), None);
+        assert_eq!(
+            position_of(Value::Array(vec![s("garbage")]), "gateway:router"),
+            None
+        );
     }
 }

@@ -1395,15 +1395,18 @@ async fn take_router(redis: &Redis, nodes: &mut Vec<Node>) -> (String, Node) {
     (router, nodes.remove(at))
 }
 
-/// The router's group read and acknowledged every `send` entry.
+/// The router routed every `send` entry: `gateway:routed` and its group are at the stream's last entry, and
+/// nothing is pending in the group.
 async fn routed_all(redis: &Redis) {
     eventually(
         Duration::from_secs(15),
-        &format!("gateway:router caught up on {SEND} and acknowledged"),
+        &format!("gateway:routed and gateway:router caught up on {SEND}, nothing pending"),
         async || {
             let g = groups(redis, SEND);
             let g = g.get("gateway:router")?;
-            (g["pending"] == 0 && g["last-delivered-id"] == last_id(redis, SEND).as_str())
+            let last = last_id(redis, SEND);
+            let routed = redis.cli(&["GET", "gateway:routed"]);
+            (g["pending"] == 0 && g["last-delivered-id"] == last.as_str() && routed.trim() == last)
                 .then_some(())
         },
     )
@@ -1469,6 +1472,55 @@ async fn a_killed_router_is_replaced_and_redelivers_nothing_on_restart() {
     tokio::time::sleep(QUIET).await;
     again.assert_nothing();
     on_a.assert_nothing();
+    routed_all(&redis).await;
+}
+
+/// An entry that a router of an earlier version (one that read through the group `gateway:router`) read and did
+/// not acknowledge before it died is routed by the next router, once, before what was added after it; and
+/// `gateway:routed` and the group end where the stream does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_an_earlier_router_left_pending_is_routed_once() {
+    let test = "gateway_pending";
+    let (dir, redis, mut nodes) = cluster_with_config(test, 1, &config("")).await;
+    let (router, node) = take_router(&redis, &mut nodes).await;
+    let port = node.port;
+    node.signal("KILL");
+    drop(node);
+    // Nobody routes until the test says so.
+    redis.cli(&["SET", "gateway:router", "an-earlier-router", "PX", "60000"]);
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": "pending", "payload": 1}),
+    );
+    // What the earlier router did: read it through the group, then died before acknowledging it.
+    let read = redis.cli(&[
+        "XREADGROUP",
+        "GROUP",
+        "gateway:router",
+        "router",
+        "COUNT",
+        "10",
+        "STREAMS",
+        SEND,
+        ">",
+    ]);
+    assert!(read.contains("pending"), "the group read the entry: {read}");
+    assert_eq!(groups(&redis, SEND)["gateway:router"]["pending"], 1);
+
+    let node = restart(&dir, &redis, test, &router, port).await;
+    let mut ws = Ws::user("alex", &node, "alex", "alex").await;
+    until_len(&redis, CONNECTION, 1).await;
+    redis.cli(&["DEL", "gateway:router"]);
+    assert_eq!(ws.recv().await, json!({"type": "pending", "payload": 1}));
+    xadd(
+        &redis,
+        SEND,
+        &json!({"username": "alex", "namespace": "/alex", "type": "after", "payload": 2}),
+    );
+    assert_eq!(ws.recv().await, json!({"type": "after", "payload": 2}));
+    tokio::time::sleep(QUIET).await;
+    ws.assert_nothing();
     routed_all(&redis).await;
 }
 
