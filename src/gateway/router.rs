@@ -68,6 +68,8 @@ pub struct Routing {
     prefix: String,
     /// This node's queue of writes to its set of held users.
     ops: mpsc::UnboundedSender<Op>,
+    /// Whether the log said once that Redis refuses `XGROUP SETID`.
+    told_setid: std::sync::atomic::AtomicBool,
     scripts: Scripts,
 }
 
@@ -104,6 +106,7 @@ impl Routing {
             routed: format!("{prefix}gateway:routed"),
             prefix: prefix.to_owned(),
             ops,
+            told_setid: Default::default(),
             scripts: Scripts {
                 lease: crate::redis::lease_script("gateway_lease"),
                 release: crate::redis::release_script("gateway_release"),
@@ -283,7 +286,12 @@ impl Gateway {
                 .xgroup_setid::<(), _, _, _>(stream, GROUP, last.as_str())
                 .await?;
         }
-        for reply in pipeline.try_all::<Value>().await {
+        let mut replies = pipeline.try_all::<Value>().await;
+        // The group's position is for `XINFO GROUPS` and earlier builds only: routing goes on without it.
+        if !backlog && let Some(Err(e)) = replies.pop() {
+            self.group_not_moved(stream, &e).await;
+        }
+        for reply in replies {
             reply?;
         }
         self.metrics.gateway_routed.inc_by(sent as u64);
@@ -294,13 +302,39 @@ impl Gateway {
         Ok(())
     }
 
+    /// The group was not moved past a batch: made again if the stream was deleted; a Redis user without
+    /// `XGROUP SETID` (an ACL of an earlier build) is told once.
+    async fn group_not_moved(&self, stream: &str, e: &fred::error::Error) {
+        if e.details().contains("NOGROUP") {
+            let _ = streams::ensure_group(&self.publisher, stream, GROUP).await;
+        } else if e.details().contains("NOPERM") {
+            if !self
+                .routing
+                .told_setid
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(error = %e, "gateway router: its group is not kept at its position \
+                    (`XINFO GROUPS` shows it behind); allow `XGROUP SETID` (deploy/redis-acl.example)");
+            }
+        } else {
+            tracing::debug!(error = %e, "gateway router's group not moved");
+        }
+    }
+
     /// Where a router that just took the lease reads on from: the later of `gateway:routed` and the group's
     /// position (where a router of an earlier version left it); the stream's end when neither exists.
     async fn resume_at(&self, stream: &str) -> Result<StreamId, fred::error::Error> {
         let routed: Option<String> = self.publisher.get(&self.routing.routed).await?;
         let routed = routed.as_deref().and_then(StreamId::parse);
-        let group = streams::group_position(&self.publisher, stream, GROUP).await?;
-        let group = group.as_deref().and_then(StreamId::parse);
+        let group = match streams::group_position(&self.publisher, stream, GROUP).await {
+            Ok(at) => at.as_deref().and_then(StreamId::parse),
+            // A Redis user without `XINFO GROUPS` (an ACL of an earlier build): `gateway:routed` alone.
+            Err(e) if e.details().contains("NOPERM") => {
+                tracing::warn!(error = %e, "gateway router: the group's position not read; `gateway:routed` alone");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(at) = routed.max(group) {
             return Ok(at);
         }

@@ -1524,6 +1524,49 @@ async fn an_entry_an_earlier_router_left_pending_is_routed_once() {
     routed_all(&redis).await;
 }
 
+/// A Redis user without `XINFO GROUPS` and `XGROUP SETID` (an ACL written for an earlier build): the router routes
+/// on from `gateway:routed`, across a takeover, and only the group's position is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_goes_on_without_the_group_commands() {
+    let (_dir, redis, mut nodes) = cluster_with_config("gateway_old_acl", 2, &config("")).await;
+    let (router, first) = take_router(&redis, &mut nodes).await;
+    let mut ws = Ws::user("alex", &nodes[0], "alex", "alex").await;
+    until_len(&redis, CONNECTION, 1).await;
+    redis.cli(&[
+        "ACL",
+        "SETUSER",
+        "default",
+        "-xinfo|groups",
+        "-xgroup|setid",
+    ]);
+    let send = |n: u32| {
+        xadd(
+            &redis,
+            SEND,
+            &json!({"username": "alex", "namespace": "/alex", "type": "n", "payload": n}),
+        )
+    };
+    send(1);
+    assert_eq!(ws.recv().await, json!({"type": "n", "payload": 1}));
+    // The next router finds its position without the group's.
+    first.signal("TERM");
+    eventually(Duration::from_secs(10), "another node routes", async || {
+        (router_of(&redis).await != router).then_some(())
+    })
+    .await;
+    let last = send(2);
+    assert_eq!(ws.recv().await, json!({"type": "n", "payload": 2}));
+    tokio::time::sleep(QUIET).await;
+    ws.assert_nothing();
+    assert_eq!(redis.cli(&["GET", "gateway:routed"]).trim(), last);
+    let log = redis.cli(&["ACL", "LOG"]);
+    assert!(
+        log.contains("xgroup|setid") && log.contains("xinfo|groups"),
+        "{log}"
+    );
+    drop(first);
+}
+
 /// `send` entries added steadily while the router is killed, restarted with its id, then stopped gracefully: every
 /// socket of the surviving nodes has each of its user's entries once, in order, and the entries went only to the
 /// nodes holding their user (each node's inbox holds its users' entries only).
