@@ -631,16 +631,21 @@ async fn broadcast_rounds(
     })
 }
 
+/// The `data` of user `u<i>`'s `send` entry of `round`.
+fn send_data(i: usize, round: u64) -> String {
+    json!({
+        "username": format!("u{i}"),
+        "namespace": GW_NS,
+        "type": PUSH_TYPE,
+        "payload": { "round": round },
+    })
+    .to_string()
+}
+
 async fn push_round(client: &Redis, users: usize, round: u64) -> anyhow::Result<()> {
     let pipeline = client.pipeline();
     for i in 0..users {
-        let data = json!({
-            "username": format!("u{i}"),
-            "namespace": GW_NS,
-            "type": PUSH_TYPE,
-            "payload": { "round": round },
-        })
-        .to_string();
+        let data = send_data(i, round);
         pipeline
             .xadd::<(), _, _, _, _>(SEND_STREAM, false, None::<()>, "*", vec![("data", data)])
             .await?;
@@ -680,16 +685,15 @@ async fn inboxes(backend: &Redis, users: usize) -> anyhow::Result<Vec<String>> {
 async fn push_round_direct(client: &Redis, inboxes: &[String], round: u64) -> anyhow::Result<()> {
     let pipeline = client.pipeline();
     for (i, inbox) in inboxes.iter().enumerate() {
-        let data = json!({
-            "username": format!("u{i}"),
-            "namespace": GW_NS,
-            "type": PUSH_TYPE,
-            "payload": { "round": round },
-        })
-        .to_string();
         let id = format!("{round}-{i}");
         pipeline
-            .xadd::<(), _, _, _, _>(inbox.as_str(), false, None::<()>, "*", vec![(id, data)])
+            .xadd::<(), _, _, _, _>(
+                inbox.as_str(),
+                false,
+                None::<()>,
+                "*",
+                vec![(id, send_data(i, round))],
+            )
             .await?;
     }
     pipeline.all::<Value>().await?;

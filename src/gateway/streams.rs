@@ -194,22 +194,10 @@ fn position_of(raw: Value, group: &str) -> Option<String> {
         return None;
     };
     groups.into_iter().find_map(|info| {
-        let fields: Vec<(String, Value)> = match info {
-            Value::Map(map) => map
-                .inner()
-                .into_iter()
-                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v)))
-                .collect(),
-            Value::Array(list) => {
-                let mut it = list.into_iter();
-                let mut fields = Vec::new();
-                while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    fields.extend(k.as_string().map(|k| (k, v)));
-                }
-                fields
-            }
-            _ => return None,
-        };
+        let fields: Vec<(String, Value)> = named(info)
+            .into_iter()
+            .filter_map(|(k, v)| Some((k.as_string()?, v)))
+            .collect();
         let field = |name: &str| {
             fields
                 .iter()
@@ -285,7 +273,15 @@ fn entries(raw: Value) -> Vec<Entry> {
 /// An entry's fields (`[k, v, ...]` or a map) as byte pairs; none when it was deleted. A field or value that is
 /// not a string is left out.
 fn pairs(fields: Value) -> Vec<(Bytes, Bytes)> {
-    let pairs: Vec<(Value, Value)> = match fields {
+    named(fields)
+        .into_iter()
+        .filter_map(|(k, v)| Some((bytes(k)?, bytes(v)?)))
+        .collect()
+}
+
+/// Names and values, from a RESP2 flat array (`[k, v, ...]`) or a RESP3 map; none from anything else.
+fn named(value: Value) -> Vec<(Value, Value)> {
+    match value {
         Value::Array(list) => {
             let mut it = list.into_iter();
             let mut pairs = Vec::new();
@@ -300,11 +296,7 @@ fn pairs(fields: Value) -> Vec<(Bytes, Bytes)> {
             .map(|(k, v)| (Value::Bytes(k.into_bytes()), v))
             .collect(),
         _ => Vec::new(),
-    };
-    pairs
-        .into_iter()
-        .filter_map(|(k, v)| Some((bytes(k)?, bytes(v)?)))
-        .collect()
+    }
 }
 
 /// A string or bytes value's bytes, without copying them.
