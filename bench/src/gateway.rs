@@ -112,6 +112,8 @@ pub struct GatewayRateResult {
 #[derive(Debug, Default, Serialize)]
 pub struct GatewaySendResult {
     pub users: usize,
+    /// Added straight to the inboxes (`--gateway-send-direct`): routing free.
+    pub direct: bool,
     pub k: usize,
     pub connect_secs: f64,
     pub connect_errors: usize,
@@ -973,6 +975,7 @@ impl Bench {
         let delivered = Summary::of(delivered);
         let r = GatewaySendResult {
             users,
+            direct: inboxes.is_some(),
             k: nodes.len(),
             connect_secs,
             connect_errors,
@@ -989,10 +992,15 @@ impl Bench {
             broadcast,
         };
         println!(
-            "  gateway send: {} users on {} nodes, {} rounds: connect {:.2}s ({} errors), XADDs answered p50 \
+            "  gateway send{}: {} users on {} nodes, {} rounds: connect {:.2}s ({} errors), XADDs answered p50 \
              {:.1} ms, last client p50 {:.1} ms p99 {:.1} ms = {:.0} entries/s ({} lost rounds, {} missing, {} \
              twice; CPU per round: servers {:.0} ms, bench {:.0} ms); one broadcast entry to them: last client p50 \
              {:.1} ms, CPU per round: servers {:.0} ms ({} lost rounds)",
+            if r.direct {
+                " (straight to the inboxes)"
+            } else {
+                ""
+            },
             r.users,
             r.k,
             r.rounds,

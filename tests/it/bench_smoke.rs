@@ -7,7 +7,8 @@
 //! login or `all_sockets` that does not list exactly the clients' sockets (a second, tiny run logs the admin in
 //! with a wrong password and must fail). Speed is not asserted here; BENCHMARKS.md has the numbers.
 //! With ours, the event-bus gateway phases too (a message's round trip through Redis Streams at two rates, `send`
-//! entries to 30 users), where `--check` fails on a reply or `send` frame lost or delivered twice, and the Redis
+//! entries to 30 users; again with `--gateway-send-direct`, the entries added straight to the inboxes), where
+//! `--check` fails on a reply or `send` frame lost or delivered twice, and the Redis
 //! cost per operation on 1 and 2 nodes (a wrong answer, a lost event or ack, a message left in the store fail).
 //! Both run the many-connections phase small (a holder process per node, 20 connections each, a room of 20), and
 //! the connection state recovery phases: a push's fan-out without and with recovery, and the sockets of a killed
@@ -353,5 +354,47 @@ fn bench_check_fails_on_a_refused_admin_login() {
     assert!(
         stderr.contains("connect_error: invalid credentials") && stderr.contains("1 error(s)"),
         "{stderr}"
+    );
+}
+
+/// `--gateway-send-direct` (a `send` round with routing free: entries added straight to the inboxes) reaches every
+/// user once per round, as `--check` requires.
+#[test]
+fn bench_gateway_send_direct_reaches_every_user_once() {
+    let logs = log_dir("bench_smoke_gateway_direct");
+    let mut other_phases_off = Vec::new();
+    let mut flags = OTHER_PHASES_OFF.iter();
+    while let Some(&flag) = flags.next() {
+        match flag {
+            // Set below; the value after it goes too.
+            "--gateway-send-users" => drop(flags.next()),
+            _ => other_phases_off.push(flag),
+        }
+    }
+    let out = bench_command("120")
+        .args(["--only", "ours", "--sizes", "--nodes", "2"])
+        .args(other_phases_off)
+        .args(["--admin-overhead", "--admin-sockets", "0", "--cost-nodes"])
+        .args(["--gateway-send-users", "30", "--gateway-send-rounds", "2"])
+        .args(["--gateway-send-direct", "--check", "--max-minutes", "1"])
+        .arg("--logs")
+        .arg(&logs)
+        .output()
+        .expect("run the bench binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("gateway send (straight to the inboxes): 30 users on 2 nodes, 2 rounds"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(0 lost rounds, 0 missing, 0 twice;"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("| 30 users | 2 | 2 |").count(),
+        1,
+        "{stdout}"
     );
 }
