@@ -79,7 +79,7 @@ pub fn plan(entries: &[usize], held: &[Vec<bool>]) -> Vec<Vec<usize>> {
 }
 
 /// The ids of the last `cap` entries a node delivered: a router that stopped between forwarding a batch and
-/// acknowledging it leaves the batch pending, and the next router forwards it again.
+/// recording it leaves `gateway:routed` before the batch, and the next router forwards it again.
 #[derive(Debug)]
 pub struct Recent {
     seen: HashSet<StreamId>,

@@ -7,8 +7,8 @@
 //! before recording it leaves the position before the batch, and the next router forwards it again.
 //!
 //! The router reads with `XREAD`, not through its consumer group: a group read records each entry as pending and
-//! each acknowledgement removes it, which was three times the Redis time of the read itself (BENCHMARKS.md,
-//! "Gateway"). The group is kept where the router is (`XGROUP SETID`) so that `XINFO GROUPS` shows how far routing
+//! each acknowledgement removes it, which was three times the Redis time of the read itself (BENCHMARKS.md, "The
+//! router without a consumer group"). The group is kept where the router is (`XGROUP SETID`) so that `XINFO GROUPS` shows how far routing
 //! is, and so that a router of a version that read through it takes over from the right place; what such a router
 //! read and did not acknowledge is forwarded (and acknowledged) by the next router first.
 //!
