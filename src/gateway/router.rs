@@ -8,9 +8,10 @@
 //!
 //! The router reads with `XREAD`, not through its consumer group: a group read records each entry as pending and
 //! each acknowledgement removes it, which was three times the Redis time of the read itself (BENCHMARKS.md, "The
-//! router without a consumer group"). The group is kept where the router is (`XGROUP SETID`) so that `XINFO GROUPS` shows how far routing
-//! is, and so that a router of a version that read through it takes over from the right place; what such a router
-//! read and did not acknowledge is forwarded (and acknowledged) by the next router first.
+//! router without a consumer group"). The group is kept where the router is (`XGROUP SETID`) so that
+//! `XINFO GROUPS` shows how far routing is, and so that a router of a version that read through it takes over from
+//! the right place; what such a router read and did not acknowledge is forwarded (and acknowledged) by the next
+//! router first.
 //!
 //! A node's set of held users is written in the order its clients come and go (one task, one queue), and a client
 //! is announced to the backend (`onconnect`) only once its user is in the set, so an entry the backend adds after
