@@ -483,9 +483,6 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
             Ok(()) => after = Some(last),
             Err(e) => {
                 tracing::warn!(stream, error = %e, "gateway send entries not routed: they will be again");
-                if e.details().contains("NOGROUP") {
-                    let _ = streams::ensure_group(&gateway.publisher, &stream, GROUP).await;
-                }
                 after = None;
                 tokio::time::sleep(READ_RETRY).await;
             }
