@@ -6,6 +6,8 @@ use std::{
     fmt,
 };
 
+use fred::bytes::Bytes;
+
 /// A stream entry's id, `<ms>-<seq>`, as its two numbers: ordered as Redis orders them, and cheap to keep.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId {
@@ -76,6 +78,105 @@ pub fn plan(entries: &[usize], held: &[Vec<bool>]) -> Vec<Vec<usize>> {
                 .collect()
         })
         .collect()
+}
+
+/// A change to a node's set of held users, as a node writes it to the directory stream (`gateway:directory`)
+/// next to the set itself, so that the router keeps every set in its memory instead of asking Redis per batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The node's set is empty now (it started, or is about to be written whole).
+    Reset,
+    Add(String),
+    Remove(String),
+}
+
+/// A directory entry's fields: `node` with the node's id, then one field per change in their order: `=` (reset,
+/// empty value), `+ <tag>`, `- <tag>`.
+pub fn directory_fields(node: &str, changes: &[Change]) -> Vec<(Bytes, Bytes)> {
+    let mut fields = Vec::with_capacity(changes.len() + 1);
+    fields.push((Bytes::from_static(b"node"), Bytes::from(node.to_owned())));
+    for change in changes {
+        fields.push(match change {
+            Change::Reset => (Bytes::from_static(b"="), Bytes::new()),
+            Change::Add(tag) => (Bytes::from_static(b"+"), Bytes::from(tag.clone())),
+            Change::Remove(tag) => (Bytes::from_static(b"-"), Bytes::from(tag.clone())),
+        });
+    }
+    fields
+}
+
+/// Reads a directory entry (untrusted: whatever is in Redis): the node and its changes, or why not.
+pub fn directory_changes(fields: &[(Bytes, Bytes)]) -> Result<(String, Vec<Change>), String> {
+    let text = |b: &Bytes| std::str::from_utf8(b).map(str::to_owned);
+    let Some((name, node)) = fields.first() else {
+        return Err("no fields".into());
+    };
+    let node = match (name.as_ref(), text(node)) {
+        (b"node", Ok(node)) if !node.is_empty() => node,
+        _ => return Err("the first field is not `node`".into()),
+    };
+    let changes = fields[1..]
+        .iter()
+        .map(|(op, value)| {
+            let tag = || text(value).map_err(|_| "a tag that is not UTF-8".to_owned());
+            match op.as_ref() {
+                b"=" => Ok(Change::Reset),
+                b"+" => Ok(Change::Add(tag()?)),
+                b"-" => Ok(Change::Remove(tag()?)),
+                _ => Err(format!("unknown change {:?}", String::from_utf8_lossy(op))),
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((node, changes))
+}
+
+/// The router's copy of the nodes' sets of held users: taken whole when it starts routing, then kept by the
+/// directory's changes. A node it has no set for (a node of an earlier build, which writes no changes) is asked
+/// in Redis as before.
+#[derive(Debug, Default)]
+pub struct Mirror {
+    sets: HashMap<String, HashSet<String>>,
+}
+
+impl Mirror {
+    /// A node's whole set, as read from Redis.
+    pub fn set(&mut self, node: String, tags: impl IntoIterator<Item = String>) {
+        self.sets.insert(node, tags.into_iter().collect());
+    }
+
+    /// Applies a node's changes in order. For a node it keeps no set of, only from a reset on: what came before
+    /// changed a set it never had whole (the node is asked in Redis until then).
+    pub fn apply(&mut self, node: String, changes: Vec<Change>) {
+        let mut changes = changes.into_iter().peekable();
+        if !self.sets.contains_key(&node) {
+            while changes.next_if(|c| *c != Change::Reset).is_some() {}
+            if changes.peek().is_none() {
+                return;
+            }
+        }
+        let set = self.sets.entry(node).or_default();
+        for change in changes {
+            match change {
+                Change::Reset => set.clear(),
+                Change::Add(tag) => {
+                    set.insert(tag);
+                }
+                Change::Remove(tag) => {
+                    set.remove(&tag);
+                }
+            }
+        }
+    }
+
+    /// The set of `node`, if this copy keeps it.
+    pub fn of(&self, node: &str) -> Option<&HashSet<String>> {
+        self.sets.get(node)
+    }
+
+    /// Forgets the nodes not in `present` (gone: they get nothing, and a node that comes back starts with a reset).
+    pub fn keep_only(&mut self, present: &[String]) {
+        self.sets.retain(|node, _| present.contains(node));
+    }
 }
 
 /// The ids of the last `cap` entries a node delivered: a router that stopped between forwarding a batch and
@@ -149,6 +250,75 @@ mod tests {
             vec![vec![0, 2], vec![0, 1, 2, 3, 4], vec![], vec![1, 4]]
         );
         assert!(plan(&entries, &[]).is_empty());
+    }
+
+    #[test]
+    fn directory_entries_round_trip_and_bad_ones_are_refused() {
+        let changes = vec![
+            Change::Reset,
+            Change::Add("/a|x".into()),
+            Change::Remove("/a|y".into()),
+        ];
+        let fields = directory_fields("n1", &changes);
+        assert_eq!(directory_changes(&fields), Ok(("n1".to_owned(), changes)));
+        let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+        for bad in [
+            vec![],
+            vec![(b("user"), b("n1"))],
+            vec![(b("node"), b(""))],
+            vec![(b("node"), b("n1")), (b("*"), b("/a|x"))],
+            vec![(b("node"), b("n1")), (b("+"), Bytes::from_static(&[0xff]))],
+        ] {
+            assert!(directory_changes(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_mirror_follows_a_nodes_changes_in_order() {
+        let mut mirror = Mirror::default();
+        mirror.set("n1".into(), ["/a|x".to_owned(), "/a|y".to_owned()]);
+        assert!(
+            mirror.of("n2").is_none(),
+            "a node without a set is asked in Redis"
+        );
+        mirror.apply(
+            "n1".into(),
+            vec![Change::Remove("/a|x".into()), Change::Add("/a|z".into())],
+        );
+        let mut held: Vec<_> = mirror.of("n1").unwrap().iter().cloned().collect();
+        held.sort();
+        assert_eq!(held, ["/a|y", "/a|z"]);
+        // A restart: empty, then what comes after.
+        mirror.apply(
+            "n1".into(),
+            vec![
+                Change::Add("/a|w".into()),
+                Change::Reset,
+                Change::Add("/a|v".into()),
+            ],
+        );
+        assert_eq!(mirror.of("n1").unwrap().len(), 1);
+        assert!(mirror.of("n1").unwrap().contains("/a|v"));
+        // A node it had no set for: changes before a reset changed a set it never had whole.
+        mirror.apply("n2".into(), vec![Change::Add("/b|w".into())]);
+        assert!(mirror.of("n2").is_none());
+        // From a reset on (the node started after the copy was taken), it keeps one.
+        mirror.apply(
+            "n2".into(),
+            vec![
+                Change::Add("/b|w".into()),
+                Change::Reset,
+                Change::Add("/b|x".into()),
+            ],
+        );
+        assert!(!mirror.of("n2").unwrap().contains("/b|w"));
+        assert!(mirror.of("n2").unwrap().contains("/b|x"));
+        // Replaying changes already in a set taken whole leaves it as it is.
+        mirror.apply("n2".into(), vec![Change::Add("/b|x".into())]);
+        assert_eq!(mirror.of("n2").unwrap().len(), 1);
+        mirror.keep_only(&["n2".to_owned()]);
+        assert!(mirror.of("n1").is_none());
+        assert!(mirror.of("n2").is_some());
     }
 
     fn id(s: &str) -> StreamId {

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Gateway, READ_RETRY,
-    route::{self, Recent, StreamId, Tags},
+    route::{self, Change, Mirror, Recent, StreamId, Tags},
     streams::{self, Entry},
     wire::{self, SendEntry},
 };
@@ -52,6 +52,13 @@ const INBOX_TRIM_EVERY: Duration = Duration::from_secs(1);
 const RECENT_IDS: usize = 64 * streams::READ_COUNT as usize;
 /// Writes to the set of held users sent in one round trip.
 const DIRECTORY_BATCH: usize = 1024;
+/// How often the router reads the nodes' sets whole again, besides when it starts routing and after an error:
+/// a copy that missed changes (a directory trimmed past it by its backstop) is wrong for at most this long.
+const MIRROR_FRESH: Duration = Duration::from_secs(60);
+/// Directory entries the router reads at a time.
+const DIRECTORY_READ: u64 = 1024;
+/// The directory's length, a backstop only: the router trims what it has read.
+const DIRECTORY_MAXLEN: u64 = 100_000;
 /// The router's consumer group on the `send` stream, and its one consumer name: whichever node routes reads the
 /// entries the previous router read but did not acknowledge.
 const GROUP: &str = "gateway:router";
@@ -66,6 +73,10 @@ pub struct Routing {
     lease: String,
     /// String: the id of the last `send` entry routed, where the next router reads on from.
     routed: String,
+    /// Stream: each node's changes to its set of held users, which the router keeps a copy of the sets by.
+    directory: String,
+    /// Set: the nodes that write their changes to the directory (an earlier build does not; its set is asked).
+    mirrored: String,
     prefix: String,
     /// This node's queue of writes to its set of held users.
     ops: mpsc::UnboundedSender<Op>,
@@ -105,6 +116,8 @@ impl Routing {
             nodes: format!("{prefix}gateway:nodes"),
             lease: format!("{prefix}gateway:router"),
             routed: format!("{prefix}gateway:routed"),
+            directory: format!("{prefix}gateway:directory"),
+            mirrored: format!("{prefix}gateway:mirrored"),
             prefix: prefix.to_owned(),
             ops,
             told_setid: Default::default(),
@@ -153,6 +166,12 @@ impl Gateway {
             .hset(&r.nodes, (self.node.to_string(), now_ms() + ms(PRESENCE)))
             .await?;
         let _: Value = self.publisher.del(r.holds(&self.node)).await?;
+        // The router's copy of this node's set starts empty too, and is kept by what this node writes from now.
+        let _: Value = self
+            .publisher
+            .sadd(&r.mirrored, self.node.to_string())
+            .await?;
+        self.note_changes(&self.publisher, &[Change::Reset]).await?;
         streams::ensure_group(&self.publisher, send, GROUP).await?;
         // Housekeeping only: a Redis user without the right to it still starts.
         if let Err(e) = streams::destroy_group(&self.publisher, send, &self.group()).await {
@@ -168,6 +187,7 @@ impl Gateway {
         let me = self.node.to_string();
         let _ = self.publisher.hdel::<Value, _, _>(&r.nodes, &me).await;
         let _ = self.publisher.del::<Value, _>(r.holds(&me)).await;
+        let _ = self.publisher.srem::<Value, _, _>(&r.mirrored, &me).await;
         let _ = r
             .scripts
             .release
@@ -189,6 +209,8 @@ impl Gateway {
             .publisher
             .pexpire(r.holds(&me), ms(PRESENCE), None)
             .await?;
+        // Written again in case Redis lost it; the router's copy of the set is whole from the next reset or read.
+        let _: Value = self.publisher.sadd(&r.mirrored, me.clone()).await?;
         if kept == 0 {
             let hub = self.hub.lock().unwrap();
             let users: Vec<String> = hub.users().map(|(ns, user)| route::tag(ns, user)).collect();
@@ -211,6 +233,7 @@ impl Gateway {
             .map(|(node, _)| node)
             .collect();
         if !gone.is_empty() {
+            let _: Value = self.publisher.srem(&r.mirrored, gone.clone()).await?;
             let _: Value = self.publisher.hdel(&r.nodes, gone).await?;
         }
         Ok(())
@@ -241,6 +264,7 @@ impl Gateway {
         stream: &str,
         entries: Vec<Entry>,
         backlog: bool,
+        sets: &mut Option<Sets>,
     ) -> Result<(), fred::error::Error> {
         let Some(last) = entries.last().map(|e| e.id.clone()) else {
             return Ok(());
@@ -260,7 +284,9 @@ impl Gateway {
         let mut sent = 0;
         if !routed.is_empty() {
             let nodes = self.present().await?;
-            let held = self.held(&nodes, tags.list()).await?;
+            let sets = self.sets(sets).await?;
+            sets.mirror.keep_only(&nodes);
+            let held = self.held(&nodes, tags.list(), &sets.mirror).await?;
             let of_entries: Vec<usize> = routed.iter().map(|(_, t)| *t).collect();
             for (node, picked) in nodes.iter().zip(route::plan(&of_entries, &held)) {
                 if picked.is_empty() {
@@ -359,10 +385,33 @@ impl Gateway {
         Ok(present)
     }
 
-    /// For each node, which of `tags` it holds (`SMISMEMBER`, one round trip for all nodes).
+    /// For each node, which of `tags` it holds: from the router's copy of its set, or, for a node of an earlier
+    /// build (it writes no changes), from Redis (`SMISMEMBER`, one round trip for all such nodes).
     async fn held(
         &self,
         nodes: &[String],
+        tags: &[String],
+        mirror: &Mirror,
+    ) -> Result<Vec<Vec<bool>>, fred::error::Error> {
+        let asked: Vec<&String> = nodes.iter().filter(|n| mirror.of(n).is_none()).collect();
+        let mut answers = match asked.is_empty() {
+            true => Vec::new(),
+            false => self.ask(&asked, tags).await?,
+        }
+        .into_iter();
+        Ok(nodes
+            .iter()
+            .map(|node| match mirror.of(node) {
+                Some(set) => tags.iter().map(|t| set.contains(t)).collect(),
+                None => answers.next().unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Which of `tags` each of `nodes` holds, asked of their sets in Redis.
+    async fn ask(
+        &self,
+        nodes: &[&String],
         tags: &[String],
     ) -> Result<Vec<Vec<bool>>, fred::error::Error> {
         // Built once and shared by every node's question (a clone is a reference count).
@@ -385,6 +434,112 @@ impl Gateway {
             })
             .collect()
     }
+
+    /// The router's copy of the sets, brought to now: read whole if it has none or it is older than
+    /// [`MIRROR_FRESH`], then the directory's changes since (none, mostly: one round trip).
+    async fn sets<'a>(
+        &self,
+        sets: &'a mut Option<Sets>,
+    ) -> Result<&'a mut Sets, fred::error::Error> {
+        let copy = match sets.take() {
+            Some(copy) if copy.taken.elapsed() < MIRROR_FRESH => copy,
+            _ => self.read_sets().await?,
+        };
+        let copy = sets.insert(copy);
+        self.catch_up(copy).await?;
+        Ok(copy)
+    }
+
+    /// The sets of the nodes that write their changes, read whole. The directory's end is read first: its changes
+    /// after that, replayed on top, bring each set to now whatever happened between the reads.
+    async fn read_sets(&self) -> Result<Sets, fred::error::Error> {
+        let r = &self.routing;
+        let at = streams::last_id(&self.publisher, &r.directory).await?;
+        let nodes: Vec<String> = self.publisher.smembers(&r.mirrored).await?;
+        let mut mirror = Mirror::default();
+        if !nodes.is_empty() {
+            let pipeline = self.publisher.pipeline();
+            for node in &nodes {
+                pipeline.smembers::<(), _>(r.holds(node)).await?;
+            }
+            for (node, reply) in nodes
+                .into_iter()
+                .zip(pipeline.try_all::<Vec<String>>().await)
+            {
+                mirror.set(node, reply?);
+            }
+        }
+        Ok(Sets {
+            mirror,
+            at: StreamId::parse(&at).unwrap_or_default(),
+            taken: Instant::now(),
+            trimmed: Instant::now(),
+            trim_to: None,
+        })
+    }
+
+    /// Applies the directory's changes since the copy's position, and now and then trims the directory to where
+    /// the copy was a trim before (so a router that lost its lease unawares trims only what its successor, which
+    /// read the directory's end after that, does not need).
+    async fn catch_up(&self, sets: &mut Sets) -> Result<(), fred::error::Error> {
+        let key = &self.routing.directory;
+        loop {
+            let raw: Value = self
+                .publisher
+                .xread(Some(DIRECTORY_READ), None, key, sets.at.to_string())
+                .await?;
+            let entries = streams::entries(raw);
+            let read = entries.len();
+            for entry in entries {
+                let Some(at) = StreamId::parse(&entry.id) else {
+                    self.malformed(key, &entry.id, "not an entry id");
+                    return Ok(());
+                };
+                sets.at = at;
+                match route::directory_changes(&entry.fields) {
+                    Ok((node, changes)) => sets.mirror.apply(node, changes),
+                    Err(why) => self.malformed(key, &entry.id, &why),
+                }
+            }
+            if read < DIRECTORY_READ as usize {
+                break;
+            }
+        }
+        if sets.trimmed.elapsed() >= INBOX_TRIM_EVERY {
+            if let Some(to) = sets.trim_to
+                && let Err(e) = streams::trim_before(&self.publisher, key, &to.to_string()).await
+            {
+                tracing::debug!(error = %e, "gateway directory not trimmed");
+            }
+            sets.trim_to = Some(sets.at);
+            sets.trimmed = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Adds this node's changes to its set of held users to the directory (in `client`'s pipeline, if one).
+    async fn note_changes(
+        &self,
+        client: &(impl StreamsInterface + Sync),
+        changes: &[Change],
+    ) -> Result<(), fred::error::Error> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let fields = route::directory_fields(&self.node, changes);
+        streams::add_fields(client, &self.routing.directory, DIRECTORY_MAXLEN, fields).await
+    }
+}
+
+/// The router's copy of the nodes' sets of held users, and where in the directory it is.
+struct Sets {
+    mirror: Mirror,
+    at: StreamId,
+    /// When the sets were read whole.
+    taken: Instant,
+    trimmed: Instant,
+    /// Where the copy was at the last trim: the next trim's point.
+    trim_to: Option<StreamId>,
 }
 
 /// Routes while this node holds the lease, and tries to take it every [`LEASE_EVERY`] otherwise.
@@ -393,6 +548,8 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
     // Where this router reads on from; asked of Redis after taking the lease, and after an error.
     let mut after: Option<StreamId> = None;
     let mut backlog = true;
+    // The copy of the nodes' sets of held users; read whole after taking the lease, and after an error.
+    let mut sets: Option<Sets> = None;
     let mut renewed: Option<Instant> = None;
     let mut backlog_read = Instant::now();
     loop {
@@ -417,6 +574,7 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
                 // A new router reads on from where the last one recorded, after what it left pending.
                 backlog = true;
                 after = None;
+                sets = None;
             }
             leading = held;
         }
@@ -431,7 +589,8 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
                     backlog_read = Instant::now();
                 }
                 Ok(entries) => {
-                    if let Err(e) = gateway.forward(&stream, entries, true).await {
+                    if let Err(e) = gateway.forward(&stream, entries, true, &mut sets).await {
+                        sets = None;
                         tracing::warn!(stream, error = %e, "gateway send entries not routed: they will be again");
                         tokio::time::sleep(READ_RETRY).await;
                     }
@@ -479,9 +638,10 @@ pub async fn route(gateway: Arc<Gateway>, reader: Redis, stream: String) {
             tokio::time::sleep(READ_RETRY).await;
             continue;
         };
-        match gateway.forward(&stream, entries, false).await {
+        match gateway.forward(&stream, entries, false, &mut sets).await {
             Ok(()) => after = Some(last),
             Err(e) => {
+                sets = None;
                 tracing::warn!(stream, error = %e, "gateway send entries not routed: they will be again");
                 after = None;
                 tokio::time::sleep(READ_RETRY).await;
@@ -502,16 +662,25 @@ pub async fn write_directory(gateway: Arc<Gateway>, mut queue: mpsc::UnboundedRe
         }
         let pipeline = gateway.publisher.pipeline();
         let mut told = Vec::new();
+        // The same writes as changes for the directory, added after them in the same round trip.
+        let mut changes = Vec::new();
         for op in ops {
             let queued = match op {
                 Op::Add(tag, done) => {
                     told.push(done);
+                    changes.push(Change::Add(tag.clone()));
                     pipeline.sadd::<(), _, _>(&key, tag).await
                 }
-                Op::Remove(tag) => pipeline.srem::<(), _, _>(&key, tag).await,
+                Op::Remove(tag) => {
+                    changes.push(Change::Remove(tag.clone()));
+                    pipeline.srem::<(), _, _>(&key, tag).await
+                }
                 Op::Rewrite(tags) => {
                     // A script is not pipelined: what was queued before goes first.
+                    note(&gateway, &pipeline, &mut changes).await;
                     flush(&pipeline, &mut told).await;
+                    changes.push(Change::Reset);
+                    changes.extend(tags.iter().cloned().map(Change::Add));
                     let mut args: Vec<Value> = vec![ms(PRESENCE).to_string().into()];
                     args.extend(tags.into_iter().map(Value::from));
                     let scripts = &gateway.routing.scripts;
@@ -530,8 +699,21 @@ pub async fn write_directory(gateway: Arc<Gateway>, mut queue: mpsc::UnboundedRe
             }
         }
         let _ = pipeline.pexpire::<(), _>(&key, ms(PRESENCE), None).await;
+        note(&gateway, &pipeline, &mut changes).await;
         flush(&pipeline, &mut told).await;
     }
+}
+
+/// Queues `changes` for the directory in `pipeline`, after the writes they describe.
+async fn note(
+    gateway: &Gateway,
+    pipeline: &fred::clients::Pipeline<Redis>,
+    changes: &mut Vec<Change>,
+) {
+    if let Err(e) = gateway.note_changes(pipeline, changes).await {
+        tracing::warn!(error = %e, "gateway directory not written");
+    }
+    changes.clear();
 }
 
 /// Sends what `pipeline` holds and tells the clients waiting for it (whether it worked or not: a client is not

@@ -225,7 +225,7 @@ pub async fn destroy_group(
 /// timed out is nil, an entry deleted since it was read (in a consumer's pending list) has nil fields, and field
 /// names and values may be any bytes. RESP2 (`[[stream, [[id, [k, v, ...]], ...]], ...]`) and RESP3 (a map of
 /// streams) alike.
-fn entries(raw: Value) -> Vec<Entry> {
+pub fn entries(raw: Value) -> Vec<Entry> {
     let streams: Vec<(Option<String>, Value)> = match raw {
         Value::Map(map) => map
             .inner()
