@@ -507,7 +507,8 @@ impl Gateway {
         }
         if sets.trimmed.elapsed() >= INBOX_TRIM_EVERY {
             if let Some(to) = sets.trim_to
-                && let Err(e) = streams::trim_before(&self.publisher, key, &to.to_string()).await
+                && let Err(e) =
+                    streams::trim_before(&self.publisher, key, &to.to_string(), true).await
             {
                 tracing::debug!(error = %e, "gateway directory not trimmed");
             }
@@ -739,7 +740,7 @@ pub async fn read_inbox(gateway: Arc<Gateway>, reader: Redis, mut after: String)
         // history (the router's `MAXLEN` is only a backstop).
         if trimmed.elapsed() >= INBOX_TRIM_EVERY {
             trimmed = Instant::now();
-            if let Err(e) = streams::trim_before(&gateway.publisher, &key, &after).await {
+            if let Err(e) = streams::trim_before(&gateway.publisher, &key, &after, false).await {
                 tracing::debug!(error = %e, "gateway inbox not trimmed");
             }
         }

@@ -74,10 +74,20 @@ pub async fn trim(client: &Client, key: &str, maxlen: u64) -> Result<u64, fred::
     trimmed(client.xtrim::<Value, _, _>(key, cap(maxlen)).await?)
 }
 
-/// `XTRIM key MINID ~ id`: the entries before `id` (those read), by whole listpack nodes.
-pub async fn trim_before(client: &Client, key: &str, id: &str) -> Result<(), fred::error::Error> {
+/// `XTRIM key MINID ~ id`: the entries before `id` (those read), by whole listpack nodes; every one of them when
+/// `exact` (a stream of few entries, which `~` would never trim).
+pub async fn trim_before(
+    client: &Client,
+    key: &str,
+    id: &str,
+    exact: bool,
+) -> Result<(), fred::error::Error> {
+    let how = match exact {
+        true => XCapTrim::Exact,
+        false => XCapTrim::AlmostExact,
+    };
     client
-        .xtrim::<Value, _, _>(key, (XCapKind::MinID, XCapTrim::AlmostExact, id, None))
+        .xtrim::<Value, _, _>(key, (XCapKind::MinID, how, id, None))
         .await
         .map(|_| ())
 }

@@ -1667,6 +1667,108 @@ async fn send_entries_reach_each_user_once_in_order_while_the_router_restarts() 
     }
 }
 
+/// The field names of `node`'s inbox entries: the ids of the `send` entries routed to it.
+fn routed_to(redis: &Redis, node: &str) -> Vec<String> {
+    let inbox = redis.json(&["XRANGE", &format!("gateway:inbox:{node}"), "-", "+"]);
+    inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| {
+            e[1].as_array()
+                .unwrap()
+                .chunks(2)
+                .map(|kv| kv[0].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The router keeps the nodes' sets of held users in its memory by the changes each node adds to
+/// `gateway:directory`: a user who moves to another node gets what comes after there only; a node of an earlier
+/// build (present, its set in Redis, but not in `gateway:mirrored`: it writes no changes) still gets its users'
+/// entries; and the router trims the directory to what it has read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_follows_the_sets_by_their_changes_and_asks_an_earlier_build() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_mirror", 2, &config("")).await;
+    let until = (now() + 600) * 1000;
+    redis.cli(&["HSET", "gateway:nodes", "earlier", &until.to_string()]);
+    redis.cli(&["SADD", "gateway:holds:earlier", "/alex|old"]);
+    let send = |user: &str, n: u64| {
+        xadd(
+            &redis,
+            SEND,
+            &json!({"username": user, "namespace": "/alex", "type": "n", "payload": n}),
+        )
+    };
+
+    let mut first = Ws::user("mover@0", &nodes[0], "alex", "mover").await;
+    until_len(&redis, CONNECTION, 1).await;
+    let to_earlier = send("old", 1);
+    let to_first = send("mover", 2);
+    assert_eq!(first.recv().await, json!({"type": "n", "payload": 2}));
+
+    // The user moves: gone from the first node (its change in the directory), then on the second.
+    first.close().await;
+    let left = "/alex|mover";
+    eventually(
+        Duration::from_secs(10),
+        "the first node's change: mover left",
+        async || {
+            let last = redis.json(&["XREVRANGE", "gateway:directory", "+", "-", "COUNT", "1"]);
+            let fields = last[0][1].as_array()?.clone();
+            (fields.first()? == &json!("node")
+                && fields.get(1)? == &json!(nodes[0].id)
+                && fields.chunks(2).any(|kv| kv[0] == "-" && kv[1] == left))
+            .then_some(())
+        },
+    )
+    .await;
+    let mut second = Ws::user("mover@1", &nodes[1], "alex", "mover").await;
+    until_len(&redis, CONNECTION, 2).await;
+    let to_second = send("mover", 3);
+    assert_eq!(second.recv().await, json!({"type": "n", "payload": 3}));
+
+    assert_eq!(
+        routed_to(&redis, "earlier"),
+        [to_earlier],
+        "the earlier build's node, asked in Redis"
+    );
+    assert_eq!(
+        routed_to(&redis, &nodes[0].id),
+        [to_first],
+        "the node the user left"
+    );
+    assert_eq!(routed_to(&redis, &nodes[1].id), [to_second]);
+    let mut mirrored: Vec<String> = redis
+        .cli(&["SMEMBERS", "gateway:mirrored"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    mirrored.sort();
+    let mut ids = vec![nodes[0].id.clone(), nodes[1].id.clone()];
+    ids.sort();
+    assert_eq!(mirrored, ids);
+
+    // With nothing changing, the router trims the directory down to the last change it read.
+    let mut n = 10;
+    eventually(
+        Duration::from_secs(15),
+        "the directory trimmed to its last entry",
+        async || {
+            n += 1;
+            send("mover", n);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            (xlen(&redis, "gateway:directory") == 1).then_some(())
+        },
+    )
+    .await;
+    for _ in 11..=n {
+        assert_eq!(second.recv().await["type"], "n");
+    }
+    second.assert_nothing();
+}
+
 /// A frame that is not a JSON text frame with a string `type` (binary, not JSON, no or a non-string `type`, over
 /// 64 KiB) gets an `error` with the reason, publishes nothing, and the connection stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
