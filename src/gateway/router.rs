@@ -204,7 +204,9 @@ impl Gateway {
         let r = &self.routing;
         let me = self.node.to_string();
         let now = now_ms();
-        let _: Value = self
+        // 1 when this node's presence was not there: Redis lost it (a restart without persistence), or the other
+        // nodes forgot this one (paused for longer than `PRESENCE`), and the set with it.
+        let absent: i64 = self
             .publisher
             .hset(&r.nodes, (me.clone(), now + ms(PRESENCE)))
             .await?;
@@ -214,7 +216,8 @@ impl Gateway {
             .await?;
         // Written again in case Redis lost it; the router's copy of the set is whole from the next reset or read.
         let _: Value = self.publisher.sadd(&r.mirrored, me.clone()).await?;
-        if kept == 0 {
+        // The set alone cannot say it was lost: a user who arrived since made it again with only that user.
+        if kept == 0 || absent == 1 {
             let hub = self.hub.lock().unwrap();
             let users: Vec<String> = hub.users().map(|(ns, user)| route::tag(ns, user)).collect();
             if !users.is_empty() {

@@ -1769,6 +1769,91 @@ async fn the_router_follows_the_sets_by_their_changes_and_asks_an_earlier_build(
     second.assert_nothing();
 }
 
+/// Redis loses everything (`FLUSHALL`, as a restart without persistence) and a user connects before the nodes'
+/// next housekeeping: each node still writes its whole set of held users again (its presence was gone, though the
+/// new user made its set again), adds it to the directory as a reset and its users, and `send` reaches the users
+/// connected before as well as the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_redis_lost_are_written_again_though_a_user_came_meanwhile() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_sets_lost", 2, &config("")).await;
+    let mut alex = Ws::user("alex@0", &nodes[0], "alex", "alex").await;
+    let mut bob = Ws::user("bob@1", &nodes[1], "alex", "bob").await;
+    until_len(&redis, CONNECTION, 2).await;
+    redis.cli(&["FLUSHALL"]);
+    let mut late = Ws::user("late@1", &nodes[1], "alex", "late").await;
+    eventually(
+        Duration::from_secs(10),
+        "the late user in its node's set",
+        async || {
+            let held = redis.cli(&[
+                "SISMEMBER",
+                &format!("gateway:holds:{}", nodes[1].id),
+                "/alex|late",
+            ]);
+            (held.trim() == "1").then_some(())
+        },
+    )
+    .await;
+
+    // Entries until each user has had one (those added before the sets are written again are lost, as documented).
+    let mut users = [
+        ("alex", &mut alex, false),
+        ("bob", &mut bob, false),
+        ("late", &mut late, false),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while users.iter().any(|(_, _, got)| !got) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still without an entry after 30 s: {:?}",
+            users
+                .iter()
+                .filter(|u| !u.2)
+                .map(|u| u.0)
+                .collect::<Vec<_>>()
+        );
+        for (user, _, got) in &mut users {
+            if !*got {
+                xadd(
+                    &redis,
+                    SEND,
+                    &json!({"username": user, "namespace": "/alex", "type": "n", "payload": 1}),
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for (_, ws, got) in &mut users {
+            while let Some(frame) = ws.within(Duration::ZERO).await {
+                assert!(matches!(frame, Got::Json(_)), "{}: {frame:?}", ws.name);
+                *got = true;
+            }
+        }
+    }
+    // Each node's reset and its users, in the directory since the flush.
+    let directory = redis.json(&["XRANGE", "gateway:directory", "-", "+"]);
+    for (node, users) in [
+        (&nodes[0], vec!["/alex|alex"]),
+        (&nodes[1], vec!["/alex|bob", "/alex|late"]),
+    ] {
+        let written_again = directory.as_array().unwrap().iter().any(|entry| {
+            let fields: Vec<&str> = entry[1]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            fields.get(1) == Some(&node.id.as_str())
+                && fields.contains(&"=")
+                && users.iter().all(|u| fields.contains(u))
+        });
+        assert!(
+            written_again,
+            "{}'s set in the directory again: {directory}",
+            node.id
+        );
+    }
+}
+
 /// A frame that is not a JSON text frame with a string `type` (binary, not JSON, no or a non-string `type`, over
 /// 64 KiB) gets an `error` with the reason, publishes nothing, and the connection stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
