@@ -15,8 +15,8 @@
 //!
 //! A node's set of held users is written in the order its clients come and go (one task, one queue), and a client
 //! is announced to the backend (`onconnect`) only once its user is in the set, so an entry the backend adds after
-//! hearing of a client is routed to it. Each write is also added as a change to the directory stream, in the same
-//! round trip: the router keeps a copy of every set by those changes (read before each batch) rather than asking
+//! hearing of a client is routed to it. Each write is then added as a change to the directory stream, once done:
+//! the router keeps a copy of every set by those changes (read before each batch) rather than asking
 //! each set per batch, which was a quarter of a round's Redis time; a node of an earlier build writes none, and its
 //! set is asked as before.
 
@@ -174,7 +174,7 @@ impl Gateway {
             .publisher
             .sadd(&r.mirrored, self.node.to_string())
             .await?;
-        self.note_changes(&self.publisher, &[Change::Reset]).await?;
+        self.note_changes(&[Change::Reset]).await?;
         streams::ensure_group(&self.publisher, send, GROUP).await?;
         // Housekeeping only: a Redis user without the right to it still starts.
         if let Err(e) = streams::destroy_group(&self.publisher, send, &self.group()).await {
@@ -524,17 +524,14 @@ impl Gateway {
         Ok(())
     }
 
-    /// Adds this node's changes to its set of held users to the directory (in `client`'s pipeline, if one).
-    async fn note_changes(
-        &self,
-        client: &(impl StreamsInterface + Sync),
-        changes: &[Change],
-    ) -> Result<(), fred::error::Error> {
+    /// Adds this node's changes to its set of held users to the directory.
+    async fn note_changes(&self, changes: &[Change]) -> Result<(), fred::error::Error> {
         if changes.is_empty() {
             return Ok(());
         }
         let fields = route::directory_fields(&self.node, changes);
-        streams::add_fields(client, &self.routing.directory, DIRECTORY_MAXLEN, fields).await
+        let key = &self.routing.directory;
+        streams::add_fields(&self.publisher, key, DIRECTORY_MAXLEN, fields).await
     }
 }
 
@@ -669,7 +666,7 @@ pub async fn write_directory(gateway: Arc<Gateway>, mut queue: mpsc::UnboundedRe
         }
         let pipeline = gateway.publisher.pipeline();
         let mut told = Vec::new();
-        // The same writes as changes for the directory, added after them in the same round trip.
+        // The same writes as changes for the directory, added once the writes are done.
         let mut changes = Vec::new();
         for op in ops {
             let queued = match op {
@@ -684,8 +681,7 @@ pub async fn write_directory(gateway: Arc<Gateway>, mut queue: mpsc::UnboundedRe
                 }
                 Op::Rewrite(tags) => {
                     // A script is not pipelined: what was queued before goes first.
-                    note(&gateway, &pipeline, &mut changes).await;
-                    flush(&pipeline, &mut told).await;
+                    flush(&gateway, &pipeline, &mut changes, &mut told).await;
                     changes.push(Change::Reset);
                     changes.extend(tags.iter().cloned().map(Change::Add));
                     let mut args: Vec<Value> = vec![ms(PRESENCE).to_string().into()];
@@ -706,31 +702,30 @@ pub async fn write_directory(gateway: Arc<Gateway>, mut queue: mpsc::UnboundedRe
             }
         }
         let _ = pipeline.pexpire::<(), _>(&key, ms(PRESENCE), None).await;
-        note(&gateway, &pipeline, &mut changes).await;
-        flush(&pipeline, &mut told).await;
+        flush(&gateway, &pipeline, &mut changes, &mut told).await;
     }
 }
 
-/// Queues `changes` for the directory in `pipeline`, after the writes they describe.
-async fn note(
+/// Sends the writes `pipeline` holds, then their `changes` to the directory, then tells the clients waiting for
+/// them (whether it worked or not: a client is not kept waiting for Redis; the set is rewritten when Redis lost it).
+/// The changes go only once the writes are done, also on a Redis Cluster, where the set and the directory may be on
+/// two shards: a router reading the sets whole (the directory's end first) then finds each write either in a set
+/// or among the changes after that end.
+async fn flush(
     gateway: &Gateway,
     pipeline: &fred::clients::Pipeline<Redis>,
     changes: &mut Vec<Change>,
+    told: &mut Vec<oneshot::Sender<()>>,
 ) {
-    if let Err(e) = gateway.note_changes(pipeline, changes).await {
-        tracing::warn!(error = %e, "gateway directory not written");
-    }
-    changes.clear();
-}
-
-/// Sends what `pipeline` holds and tells the clients waiting for it (whether it worked or not: a client is not
-/// kept waiting for Redis; the set is rewritten when Redis lost it).
-async fn flush(pipeline: &fred::clients::Pipeline<Redis>, told: &mut Vec<oneshot::Sender<()>>) {
     for reply in pipeline.try_all::<Value>().await {
         if let Err(e) = reply {
             tracing::warn!(error = %e, "gateway set of held users not written");
         }
     }
+    if let Err(e) = gateway.note_changes(changes).await {
+        tracing::warn!(error = %e, "gateway directory not written");
+    }
+    changes.clear();
     for done in told.drain(..) {
         let _ = done.send(());
     }
