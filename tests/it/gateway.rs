@@ -1413,6 +1413,23 @@ async fn routed_all(redis: &Redis) {
     .await
 }
 
+/// The field names of `node`'s inbox entries: the ids of the `send` entries routed to it.
+fn routed_to(redis: &Redis, node: &str) -> Vec<String> {
+    let inbox = redis.json(&["XRANGE", &format!("gateway:inbox:{node}"), "-", "+"]);
+    inbox
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|e| {
+            e[1].as_array()
+                .unwrap()
+                .chunks(2)
+                .map(|kv| kv[0].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The router killed (SIGKILL) while entries are added: another node routes them, and back with the same id it
 /// gives nothing old to a socket connected after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1639,23 +1656,14 @@ async fn send_entries_reach_each_user_once_in_order_while_the_router_restarts() 
         })
         .collect();
     for (i, node) in nodes.iter().enumerate() {
-        let inbox = redis.json(&["XRANGE", &format!("gateway:inbox:{}", node.id), "-", "+"]);
-        let mut routed_to: Vec<&str> = inbox
-            .as_array()
-            .unwrap()
+        let mut users: Vec<&str> = routed_to(&redis, &node.id)
             .iter()
-            .flat_map(|e| {
-                e[1].as_array()
-                    .unwrap()
-                    .chunks(2)
-                    .map(|kv| kv[0].as_str().unwrap())
-            })
             .map(|id| user_of[id].as_str())
             .collect();
-        routed_to.sort_unstable();
-        routed_to.dedup();
+        users.sort_unstable();
+        users.dedup();
         assert_eq!(
-            routed_to,
+            users,
             {
                 let mut own = vec![format!("u{i}"), "both".to_owned()];
                 own.sort_unstable();
@@ -1665,23 +1673,6 @@ async fn send_entries_reach_each_user_once_in_order_while_the_router_restarts() 
             node.id
         );
     }
-}
-
-/// The field names of `node`'s inbox entries: the ids of the `send` entries routed to it.
-fn routed_to(redis: &Redis, node: &str) -> Vec<String> {
-    let inbox = redis.json(&["XRANGE", &format!("gateway:inbox:{node}"), "-", "+"]);
-    inbox
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|e| {
-            e[1].as_array()
-                .unwrap()
-                .chunks(2)
-                .map(|kv| kv[0].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect()
 }
 
 /// The router keeps the nodes' sets of held users in its memory by the changes each node adds to
