@@ -22,7 +22,7 @@
 
 use std::{
     collections::HashMap,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -85,6 +85,9 @@ pub struct Routing {
     ops: mpsc::UnboundedSender<Op>,
     /// Whether the log said once that Redis refuses `XGROUP SETID`.
     told_setid: std::sync::atomic::AtomicBool,
+    /// Whether a write to this node's set or to the directory failed since the last housekeeping, which then
+    /// writes both whole again (otherwise a failed write would stay wrong until the set expired).
+    failed_write: std::sync::atomic::AtomicBool,
     scripts: Scripts,
 }
 
@@ -107,7 +110,7 @@ pub enum Op {
     Add(String, oneshot::Sender<()>),
     /// A user's last client here left.
     Remove(String),
-    /// The whole set, after Redis lost it.
+    /// The whole set, after Redis lost it or a write to it failed.
     Rewrite(Vec<String>),
 }
 
@@ -124,6 +127,7 @@ impl Routing {
             prefix: prefix.to_owned(),
             ops,
             told_setid: Default::default(),
+            failed_write: Default::default(),
             scripts: Scripts {
                 lease: crate::redis::lease_script("gateway_lease"),
                 release: crate::redis::release_script("gateway_release"),
@@ -217,13 +221,20 @@ impl Gateway {
         // Written again in case Redis lost it; the router's copy of the set is whole from the next reset or read.
         let _: Value = self.publisher.sadd(&r.mirrored, me.clone()).await?;
         // The set alone cannot say it was lost: a user who arrived since made it again with only that user.
-        if kept == 0 || absent == 1 {
+        let failed = r.failed_write.swap(false, Ordering::Relaxed);
+        if kept == 0 || absent == 1 || failed {
             let hub = self.hub.lock().unwrap();
             let users: Vec<String> = hub.users().map(|(ns, user)| route::tag(ns, user)).collect();
-            if !users.is_empty() {
+            // A lost set of nobody needs nothing; after a failed write, even an empty set is written again.
+            if failed || !users.is_empty() {
+                let why = match failed {
+                    true => "a write to it failed",
+                    false => "it was gone from Redis",
+                };
                 tracing::info!(
                     users = users.len(),
-                    "gateway: the set of held users was gone from Redis; written again"
+                    why,
+                    "gateway: the set of held users written again"
                 );
                 r.queue(Op::Rewrite(users));
             }
@@ -341,11 +352,7 @@ impl Gateway {
         if e.details().contains("NOGROUP") {
             let _ = streams::ensure_group(&self.publisher, stream, GROUP).await;
         } else if e.details().contains("NOPERM") {
-            if !self
-                .routing
-                .told_setid
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
+            if !self.routing.told_setid.swap(true, Ordering::Relaxed) {
                 tracing::warn!(error = %e, "gateway router: its group is not kept at its position \
                     (`XINFO GROUPS` shows it behind); allow `XGROUP SETID` (deploy/redis-acl.example)");
             }
@@ -693,12 +700,14 @@ pub async fn write_directory(gateway: Arc<Gateway>, mut queue: mpsc::UnboundedRe
                         .await
                     {
                         tracing::warn!(error = %e, "gateway set of held users not rewritten");
+                        gateway.routing.failed_write.store(true, Ordering::Relaxed);
                     }
                     Ok(())
                 }
             };
             if let Err(e) = queued {
                 tracing::warn!(error = %e, "gateway set of held users not written");
+                gateway.routing.failed_write.store(true, Ordering::Relaxed);
             }
         }
         let _ = pipeline.pexpire::<(), _>(&key, ms(PRESENCE), None).await;
@@ -707,7 +716,8 @@ pub async fn write_directory(gateway: Arc<Gateway>, mut queue: mpsc::UnboundedRe
 }
 
 /// Sends the writes `pipeline` holds, then their `changes` to the directory, then tells the clients waiting for
-/// them (whether it worked or not: a client is not kept waiting for Redis; the set is rewritten when Redis lost it).
+/// them (whether it worked or not: a client is not kept waiting for Redis; after a failed write, the next
+/// housekeeping writes the set and its changes whole again).
 /// The changes go only once the writes are done, also on a Redis Cluster, where the set and the directory may be on
 /// two shards: a router reading the sets whole (the directory's end first) then finds each write either in a set
 /// or among the changes after that end.
@@ -717,13 +727,16 @@ async fn flush(
     changes: &mut Vec<Change>,
     told: &mut Vec<oneshot::Sender<()>>,
 ) {
+    let failed = &gateway.routing.failed_write;
     for reply in pipeline.try_all::<Value>().await {
         if let Err(e) = reply {
             tracing::warn!(error = %e, "gateway set of held users not written");
+            failed.store(true, Ordering::Relaxed);
         }
     }
     if let Err(e) = gateway.note_changes(changes).await {
         tracing::warn!(error = %e, "gateway directory not written");
+        failed.store(true, Ordering::Relaxed);
     }
     changes.clear();
     for done in told.drain(..) {

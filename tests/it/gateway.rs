@@ -1845,6 +1845,42 @@ async fn sets_redis_lost_are_written_again_though_a_user_came_meanwhile() {
     }
 }
 
+/// A write to a node's set of held users fails (here the key is not a set: `WRONGTYPE`): at its next housekeeping
+/// the node writes its whole set again, and `send` reaches its users.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_to_a_set_is_mended_at_the_next_housekeeping() {
+    let (_dir, redis, nodes) = cluster_with_config("gateway_failed_write", 1, &config("")).await;
+    let mut alex = Ws::user("alex", &nodes[0], "alex", "alex").await;
+    until_len(&redis, CONNECTION, 1).await;
+    let key = format!("gateway:holds:{}", nodes[0].id);
+    redis.cli(&["DEL", &key]);
+    redis.cli(&["SET", &key, "not a set"]);
+    let mut bob = Ws::user("bob", &nodes[0], "alex", "bob").await;
+    until_len(&redis, CONNECTION, 2).await;
+    eventually(
+        Duration::from_secs(15),
+        "the set written again with both users",
+        async || {
+            let mut members: Vec<String> = redis
+                .cli(&["SMEMBERS", &key])
+                .lines()
+                .map(str::to_owned)
+                .collect();
+            members.sort();
+            (members == ["/alex|alex", "/alex|bob"]).then_some(())
+        },
+    )
+    .await;
+    for (user, ws) in [("alex", &mut alex), ("bob", &mut bob)] {
+        xadd(
+            &redis,
+            SEND,
+            &json!({"username": user, "namespace": "/alex", "type": "n", "payload": user}),
+        );
+        assert_eq!(ws.recv().await, json!({"type": "n", "payload": user}));
+    }
+}
+
 /// A frame that is not a JSON text frame with a string `type` (binary, not JSON, no or a non-string `type`, over
 /// 64 KiB) gets an `error` with the reason, publishes nothing, and the connection stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
