@@ -497,11 +497,9 @@ impl Gateway {
     async fn catch_up(&self, sets: &mut Sets) -> Result<(), fred::error::Error> {
         let key = &self.routing.directory;
         loop {
-            let raw: Value = self
-                .publisher
-                .xread(Some(DIRECTORY_READ), None, key, sets.at.to_string())
-                .await?;
-            let entries = streams::entries(raw);
+            let at = sets.at.to_string();
+            let entries =
+                streams::read_at_most(&self.publisher, key, &at, DIRECTORY_READ, None).await?;
             let read = entries.len();
             for entry in entries {
                 let Some(at) = StreamId::parse(&entry.id) else {
