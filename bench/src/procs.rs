@@ -316,6 +316,8 @@ pub async fn start_nodes(
             cmd.env("CONFIG", config);
         }
         if let Some(threads) = target.threads.for_nodes(k) {
+            // Builds from before `WORKER_THREADS` take tokio's own variable, so that they are measured alike.
+            cmd.env("TOKIO_WORKER_THREADS", &threads);
             cmd.env("WORKER_THREADS", threads);
         }
         cmd.envs(env.iter().map(|(k, v)| (k, v)));
