@@ -164,9 +164,9 @@ fn number(n: u64) -> Value {
     Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
-/// Sends a stream read and takes its entries from the answer's frames as they came, not converted to values
-/// first: the router reads every `send` entry, and the conversion (a UTF-8 check and an allocation per string)
-/// was a quarter of what it spent on them.
+/// Sends a stream read and takes its entries from the answer's frames as they came, not converted to fred's
+/// values first: the router reads every `send` entry, and the conversion (a UTF-8 check and a string per id, name
+/// and value, taken apart again here) was a large part of what it spends above a plain node.
 async fn read_entries(
     client: &Client,
     command: &'static str,
@@ -272,7 +272,7 @@ pub async fn destroy_group(
 /// nil, an entry deleted since it was read (in a consumer's pending list) has nil fields, and field names and values
 /// may be any bytes. RESP2 (`[[stream, [[id, [k, v, ...]], ...]], ...]`, which fred hands over as RESP3 frames) and
 /// RESP3 (a map of streams) alike; an error answer is an error.
-pub fn entries(raw: Resp3Frame) -> Result<Vec<Entry>, Error> {
+fn entries(raw: Resp3Frame) -> Result<Vec<Entry>, Error> {
     let streams: Vec<(Resp3Frame, Resp3Frame)> = match raw {
         Resp3Frame::Map { data, .. } => data.into_iter().collect(),
         Resp3Frame::Array { data, .. } => data
